@@ -1,0 +1,34 @@
+"""modelfoundry: from a dataset to a trained, evaluated, reproducible model with one YAML config.
+
+    from modelfoundry import run
+    result = run("examples/breast_cancer.yaml")
+    print(result.metrics["accuracy"], result.run_dir)
+
+Names are imported on first use, so `import modelfoundry` (and `foundry --help`) stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "run": "modelfoundry.pipeline",
+    "train": "modelfoundry.pipeline",
+    "evaluate": "modelfoundry.pipeline",
+    "predict": "modelfoundry.pipeline",
+    "RunResult": "modelfoundry.pipeline",
+    "load_config": "modelfoundry.config",
+    "Config": "modelfoundry.config",
+    "FoundryError": "modelfoundry.errors",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'modelfoundry' has no attribute {name!r}")

@@ -1,0 +1,101 @@
+"""Compose the data stage: source -> typed, cleaned frame -> splits -> fitted preprocessing -> arrays."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelfoundry.config import DataConfig
+from modelfoundry.data.balance import class_weights
+from modelfoundry.data.clean import FeatureSpec, clean_rows, infer_task, plan_features
+from modelfoundry.data.fingerprint import fingerprint
+from modelfoundry.data.sources import describe_source, load_source
+from modelfoundry.data.split import split_indices
+from modelfoundry.data.transform import Preprocessor, TargetEncoder
+from modelfoundry.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class CleanData:
+    frame: pd.DataFrame  # typed and cleaned rows; the index is the row number in the source
+    specs: list[FeatureSpec]
+    task: str
+    info: dict[str, Any]  # fingerprint + cleaning report
+
+
+@dataclass
+class PreparedData:
+    task: str
+    X: dict[str, np.ndarray]  # split -> (N, *input_shape) float32
+    y: dict[str, np.ndarray]  # split -> class indices (int64) or standardised targets (float32)
+    rows: dict[str, np.ndarray]  # split -> row numbers in the source, for error analysis
+    preprocessor: Preprocessor
+    target_encoder: TargetEncoder
+    class_weights: np.ndarray | None
+    info: dict[str, Any]  # what data.json records
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.target_encoder.classes_) if self.task == "classification" else 1
+
+
+def load_clean(cfg: DataConfig) -> CleanData:
+    """Read `cfg.source`, decide column kinds and the task, and drop the rows cleaning removes."""
+    origin = cfg.source
+    raw = load_source(cfg.source)
+    frame = raw.copy()
+    specs = plan_features(frame, cfg, origin)
+    task = infer_task(frame[cfg.target], cfg.task)
+    info = {"fingerprint": fingerprint(raw, cfg.target, task, describe_source(cfg.source))}
+    frame, report = clean_rows(frame, specs, cfg, origin)
+    if task == "classification" and frame[cfg.target].nunique() < 2:
+        only = frame[cfg.target].iloc[0]
+        raise DataError(f"Target '{cfg.target}' of {origin} has a single class ({only!r}) after cleaning; "
+                        "a classifier needs at least two.", "Check data.target, or set data.task: regression.")
+    if task == "regression":
+        frame[cfg.target] = _numeric_target(frame, cfg.target, origin)
+    info["cleaning"] = asdict(report)
+    info["features"] = [{"name": s.name, "kind": s.kind, "columns": len(s.columns)} for s in specs]
+    return CleanData(frame, specs, task, info)
+
+
+def split_frame(clean: CleanData, cfg: DataConfig, seed: int) -> dict[str, np.ndarray]:
+    """Row positions of each split; the same config and seed always give the same split."""
+    split_seed = cfg.split.seed if cfg.split.seed is not None else seed
+    labels = clean.frame[cfg.target].astype(str).to_numpy()
+    stratify = cfg.split.stratify and clean.task == "classification"
+    return split_indices(labels, cfg.split.val, cfg.split.test, stratify, split_seed)
+
+
+def prepare_data(cfg: DataConfig, seed: int) -> PreparedData:
+    """The whole data stage for training: preprocessing is fitted on the training rows only."""
+    clean = load_clean(cfg)
+    positions = split_frame(clean, cfg, seed)
+    parts = {name: clean.frame.iloc[positions[name]] for name in SPLITS}
+    pre = Preprocessor(clean.specs, cfg.clean.outliers.method, cfg.clean.outliers.factor).fit(parts["train"])
+    target = TargetEncoder(clean.task).fit(parts["train"][cfg.target])
+    X = {name: pre.transform(part, f"the {name} split of {cfg.source}") for name, part in parts.items()}
+    y = {name: target.encode(part[cfg.target], f"the {name} split of {cfg.source}") for name, part in parts.items()}
+    weights = None
+    if clean.task == "classification":
+        weights = class_weights(y["train"], target.classes_, cfg.balance.class_weights)
+    info = dict(clean.info)
+    info["split"] = {"seed": cfg.split.seed if cfg.split.seed is not None else seed,
+                     "stratified": cfg.split.stratify and clean.task == "classification",
+                     **{name: int(len(positions[name])) for name in SPLITS}}
+    info["input_shape"] = list(pre.input_shape_)
+    rows = {name: part.index.to_numpy() for name, part in parts.items()}
+    return PreparedData(clean.task, X, y, rows, pre, target, weights, info)
+
+
+def _numeric_target(frame: pd.DataFrame, target: str, origin: str) -> pd.Series:
+    from modelfoundry.data.clean import to_numeric
+
+    return to_numeric(frame[target], target, origin)

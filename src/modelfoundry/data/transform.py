@@ -1,0 +1,166 @@
+"""Fitted preprocessing, learnt on the training split only and saved with the model.
+
+`Preprocessor` turns raw columns into the model's input tensor; `TargetEncoder` turns targets into class
+indices (or standardised values) and back. Both follow the scikit-learn estimator contract.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelfoundry.data.clean import FeatureSpec, OutlierClipper, to_numeric
+from modelfoundry.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class Preprocessor:
+    """Impute, clip outliers, scale and encode tabular columns, or assemble and scale an image."""
+
+    def __init__(self, specs: list[FeatureSpec], outlier_method: str = "none", outlier_factor: float = 3.0):
+        self.specs = specs
+        self.outlier_method = outlier_method
+        self.outlier_factor = outlier_factor
+
+    @property
+    def columns(self) -> list[str]:
+        """The raw input columns the preprocessor reads, in order."""
+        return [c for spec in self.specs for c in spec.columns]
+
+    def fit(self, frame: pd.DataFrame) -> Preprocessor:
+        image = self._image_spec()
+        if image is not None:
+            pixels = self._pixels(frame, image, "the training data")
+            if image.scale == "minmax":
+                self.offset_, self.divisor_ = float(pixels.min()), float(np.ptp(pixels)) or 1.0
+            elif image.scale == "standard":
+                self.offset_, self.divisor_ = float(pixels.mean()), float(pixels.std()) or 1.0
+            else:
+                self.offset_, self.divisor_ = 0.0, 1.0
+            self.input_shape_ = tuple(image.shape)
+            self.feature_names_ = [image.name]
+            return self
+        from sklearn.compose import ColumnTransformer
+
+        self.column_transformer_ = ColumnTransformer(
+            [(spec.name, self._pipeline(spec), spec.columns) for spec in self.specs],
+            sparse_threshold=0.0, verbose_feature_names_out=False)
+        self.column_transformer_.fit(self._tabular(frame, "the training data"))
+        self.feature_names_ = [str(n) for n in self.column_transformer_.get_feature_names_out()]
+        self.input_shape_ = (len(self.feature_names_),)
+        return self
+
+    def transform(self, frame: pd.DataFrame, origin: str = "the input") -> np.ndarray:
+        """Raw rows -> float32 array of shape (N, *input_shape_)."""
+        if not hasattr(self, "input_shape_"):
+            raise RuntimeError("This Preprocessor is not fitted yet; call fit() first.")
+        self._check_columns(frame, origin)
+        image = self._image_spec()
+        if image is not None:
+            pixels = (self._pixels(frame, image, origin) - self.offset_) / self.divisor_
+            return pixels.reshape(len(frame), *self.input_shape_).astype(np.float32)
+        return self.column_transformer_.transform(self._tabular(frame, origin)).astype(np.float32)
+
+    # ---------------------------------------------------------------------------------------- internals
+    def _image_spec(self) -> FeatureSpec | None:
+        return self.specs[0] if self.specs[0].kind == "image" else None
+
+    def _pipeline(self, spec: FeatureSpec) -> Any:
+        from sklearn.impute import SimpleImputer
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
+
+        strategy = "median" if spec.missing == "drop" else spec.missing  # 'drop' rows never reach here
+        steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy=strategy, fill_value=spec.fill_value))]
+        if spec.kind == "numeric":
+            if self.outlier_method != "none":
+                steps.append(("clip", OutlierClipper(self.outlier_method, self.outlier_factor)))
+            scaler = {"standard": StandardScaler(), "minmax": MinMaxScaler(), "none": "passthrough"}[spec.scale]
+            steps.append(("scale", scaler))
+        elif spec.encode == "onehot":
+            steps.append(("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)))
+        else:
+            steps.append(("encode", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)))
+        return Pipeline(steps)
+
+    def _tabular(self, frame: pd.DataFrame, origin: str) -> pd.DataFrame:
+        import pandas as pd
+
+        out = {}
+        for spec in self.specs:
+            column = spec.columns[0]
+            series = frame[column]
+            if spec.missing == "drop" and series.isna().any():
+                rows = ", ".join(str(i) for i in series.index[series.isna()][:5])
+                raise DataError(f"Column '{column}' of {origin} has missing values (rows {rows}), and the model "
+                                "was trained with missing: drop for it, so it cannot fill them.",
+                                "Fill those values before predicting, or retrain with missing: median.")
+            if spec.kind == "numeric":
+                out[column] = to_numeric(series, column, origin)
+            else:  # strings with NaN for missing, so encoders see one consistent type
+                out[column] = series.astype(object).where(series.notna(), np.nan).map(
+                    lambda v: v if v is np.nan else str(v))
+        return pd.DataFrame(out, index=frame.index)
+
+    def _pixels(self, frame: pd.DataFrame, spec: FeatureSpec, origin: str) -> np.ndarray:
+        n_values = int(np.prod(spec.shape))
+        if len(spec.columns) == 1 and len(frame) and isinstance(frame[spec.columns[0]].iloc[0],
+                                                                  (list, tuple, np.ndarray)):
+            cells = frame[spec.columns[0]]
+            sizes = {np.asarray(v).size for v in cells}
+            if sizes != {n_values}:
+                raise DataError(f"Image column '{spec.columns[0]}' of {origin} holds arrays of sizes "
+                                f"{sorted(sizes)[:5]}; the model expects {list(spec.shape)} ({n_values} values).",
+                                "Resize the images, or set data.features.<column>.shape.")
+            pixels = np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in cells])
+        else:
+            pixels = np.column_stack([to_numeric(frame[c], c, origin).to_numpy() for c in spec.columns])
+        if np.isnan(pixels).any():
+            raise DataError(f"Image feature '{spec.name}' of {origin} has missing pixel values.",
+                            "Fill or drop those rows before training or predicting.")
+        return pixels
+
+    def _check_columns(self, frame: pd.DataFrame, origin: str) -> None:
+        missing = [c for c in self.columns if c not in frame.columns]
+        if missing:
+            shown = ", ".join(f"'{c}'" for c in missing[:8]) + (f" and {len(missing) - 8} more"
+                                                               if len(missing) > 8 else "")
+            raise DataError(f"{origin} lacks column(s) the model was trained on: {shown}.",
+                            "Send the same columns as the training data (extra columns are ignored).")
+
+
+class TargetEncoder:
+    """Classification: labels <-> class indices. Regression: values <-> standardised values."""
+
+    def __init__(self, task: str):
+        self.task = task
+
+    def fit(self, y: pd.Series) -> TargetEncoder:
+        if self.task == "classification":
+            self.classes_ = sorted(y.dropna().unique().tolist(), key=lambda v: (str(type(v)), v))
+            self.index_ = {label: i for i, label in enumerate(self.classes_)}
+        else:
+            values = to_numeric(y, str(y.name), "the target").to_numpy()
+            self.mean_, self.std_ = float(values.mean()), float(values.std()) or 1.0
+        return self
+
+    def encode(self, y: pd.Series, origin: str = "the data") -> np.ndarray:
+        if self.task == "regression":
+            values = to_numeric(y, str(y.name), origin).to_numpy()
+            return ((values - self.mean_) / self.std_).astype(np.float32)
+        codes = y.map(self.index_)
+        if codes.isna().any():
+            unseen = sorted({str(v) for v in y[codes.isna()]})[:5]
+            raise DataError(f"Target column '{y.name}' of {origin} has label(s) {unseen} that the model never saw;"
+                            f" it knows {[str(c) for c in self.classes_]}.",
+                            "Evaluate on data with the training labels, or retrain with these classes.")
+        return codes.to_numpy(dtype=np.int64)
+
+    def decode(self, encoded: np.ndarray) -> np.ndarray:
+        """Class indices -> labels, or standardised values -> values in the target's units."""
+        if self.task == "regression":
+            return np.asarray(encoded, dtype=np.float64) * self.std_ + self.mean_
+        return np.asarray(self.classes_, dtype=object)[np.asarray(encoded, dtype=np.int64)]

@@ -1,0 +1,65 @@
+"""User-facing errors: every failure a person can fix is a FoundryError with a message and a hint.
+
+The CLI prints them without a traceback and exits with `exit_code`; the server (a later stage) answers
+with `http_status`. Both map errors here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class FoundryError(Exception):
+    """Base class: `message` says what is wrong (with the value received), `hint` what to do next."""
+
+    exit_code = 1
+    http_status = 500
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n{self.hint}" if self.hint else self.message
+
+
+class ConfigError(FoundryError):
+    """The YAML config (or a command-line option standing in for it) is invalid."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class DataError(FoundryError):
+    """A data file or dataset cannot be used as asked: missing file, unknown column, bad values."""
+
+    exit_code = 3
+    http_status = 422
+
+
+class RunDirError(FoundryError):
+    """A run directory is missing, incomplete, or does not match what is asked of it."""
+
+    exit_code = 4
+    http_status = 404
+
+
+class TrainingError(FoundryError):
+    """Training could not go on (for example the loss became NaN)."""
+
+    exit_code = 5
+    http_status = 500
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A ' Did you mean ...?' suffix when `name` is close to one of `choices`, else ''."""
+    matches = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" Did you mean '{matches[0]}'?" if matches else ""
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str]) -> str:
+    """The standard sentence for a name missing from a lookup table."""
+    choices = sorted(choices)
+    return f"Unknown {kind} '{name}'.{did_you_mean(name, choices)} Valid names: {', '.join(choices)}."

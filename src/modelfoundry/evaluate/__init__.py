@@ -1,0 +1,1 @@
+"""Evaluation stage: metrics, baselines, error analysis, plots and the markdown report."""

@@ -1,0 +1,142 @@
+"""Error analysis, PNG plots (matplotlib, Agg backend) and eval/report.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def hardest_examples(task: str, y_true: np.ndarray, output: np.ndarray, rows: np.ndarray, labels: list[str],
+                     n: int) -> list[dict[str, Any]]:
+    """The `n` test rows the model got most wrong: lowest probability on the true class, or largest error.
+
+    `output` is (N, K) probabilities for classification, (N,) predictions in target units for regression;
+    `rows` are the rows' numbers in the source data.
+    """
+    if n == 0 or len(y_true) == 0:
+        return []
+    if task == "classification":
+        p_true = output[np.arange(len(y_true)), y_true]
+        pred = output.argmax(1)
+        order = [i for i in np.argsort(p_true) if pred[i] != y_true[i]][:n]
+        return [{"row": int(rows[i]), "true": labels[y_true[i]], "predicted": labels[pred[i]],
+                 "p_predicted": float(output[i, pred[i]]), "p_true": float(p_true[i])} for i in order]
+    errors = np.abs(output - y_true)
+    order = np.argsort(-errors)[:n]
+    return [{"row": int(rows[i]), "true": float(y_true[i]), "predicted": float(output[i]),
+             "abs_error": float(errors[i])} for i in order]
+
+
+def confused_pairs(cm: np.ndarray, labels: list[str], n: int = 5) -> list[tuple[str, str, int]]:
+    """(true, predicted, count) for the most frequent off-diagonal cells of the confusion matrix."""
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None)[:n]
+    pairs = [np.unravel_index(i, off.shape) for i in flat]
+    return [(labels[t], labels[p], int(off[t, p])) for t, p in pairs if off[t, p] > 0]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curves(history: list[dict[str, Any]], path: Path) -> None:
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in history]
+    metric = next((k for k in ("val_accuracy", "val_r2") if history and k in history[0]), None)
+    fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(10 if metric else 5, 3.6), squeeze=False)
+    axes[0, 0].plot(epochs, [r["train_loss"] for r in history], label="train")
+    axes[0, 0].plot(epochs, [r["val_loss"] for r in history], label="validation")
+    axes[0, 0].set(xlabel="epoch", ylabel="loss", title="Loss")
+    axes[0, 0].legend()
+    if metric:
+        axes[0, 1].plot(epochs, [r[metric] for r in history], color="tab:green")
+        axes[0, 1].set(xlabel="epoch", ylabel=metric, title=metric.replace("_", " "))
+    _save(fig, path)
+
+
+def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
+    plt = _pyplot()
+    size = min(12.0, 2.5 + 0.45 * len(labels))
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    image = ax.imshow(cm, cmap="Blues")
+    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
+           xlabel="predicted", ylabel="true", title="Confusion matrix (test)")
+    if len(labels) <= 20:
+        for (t, p), count in np.ndenumerate(cm):
+            ax.text(p, t, str(count), ha="center", va="center",
+                    color="white" if count > cm.max() / 2 else "black", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    _save(fig, path)
+
+
+def plot_roc(y_true: np.ndarray, proba: np.ndarray, labels: list[str], path: Path) -> None:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    classes = [1] if proba.shape[1] == 2 else range(proba.shape[1])
+    for k in list(classes)[:10]:
+        hits = (y_true == k).astype(int)
+        if 0 < hits.sum() < len(hits):
+            fpr, tpr, _ = roc_curve(hits, proba[:, k])
+            ax.plot(fpr, tpr, label=f"{labels[k]} (AUC {roc_auc_score(hits, proba[:, k]):.3f})")
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test, one-vs-rest)")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_regression(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].scatter(y_true, y_pred, s=10, alpha=0.7)
+    lo, hi = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
+    axes[0].plot([lo, hi], [lo, hi], "--", color="grey")
+    axes[0].set(xlabel="actual", ylabel="predicted", title="Predicted vs actual (test)")
+    axes[1].scatter(y_pred, y_true - y_pred, s=10, alpha=0.7)
+    axes[1].axhline(0, color="grey", linestyle="--")
+    axes[1].set(xlabel="predicted", ylabel="residual", title="Residuals (test)")
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+
+
+def render_report(title: str, metrics: dict[str, float], headline: list[str], hardest: list[dict[str, Any]],
+                  pairs: list[tuple[str, str, int]], plots: list[str], facts: dict[str, Any]) -> str:
+    """eval/report.md: headline metrics beside both baselines, all metrics, error analysis, plots."""
+    lines = [f"# {title}", ""]
+    lines += [f"- **{k}**: {v}" for k, v in facts.items()] + [""]
+    lines += ["## Model vs baselines (test split)", "", "| metric | model | linear baseline | dummy baseline |",
+              "|---|---|---|---|"]
+    for name in headline:
+        cells = [metrics.get(name), metrics.get(f"baseline_linear_{name}"), metrics.get(f"baseline_dummy_{name}")]
+        lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
+    lines += ["", "## All test metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items() if not k.startswith("baseline_")]
+    if pairs:
+        lines += ["", "## Most confused classes", "", "| true | predicted as | count |", "|---|---|---|"]
+        lines += [f"| {t} | {p} | {c} |" for t, p, c in pairs]
+    if hardest:
+        keys = list(hardest[0])
+        lines += ["", "## Hardest test examples", "", "Rows are numbered as in the source data.", "",
+                  "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(_cell(e[k]) for k in keys) + " |" for e in hardest]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

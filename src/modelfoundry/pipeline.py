@@ -1,0 +1,258 @@
+"""The public API: run, train, evaluate and predict. Each is a plain function the CLI calls.
+
+The composition of stages lives here: config -> data -> model -> train -> evaluate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelfoundry.config import Config, config_hash, load_config
+from modelfoundry.errors import DataError, RunDirError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from modelfoundry.data.prepare import PreparedData
+    from modelfoundry.train.loop import FitResult
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    task: str
+    metrics: dict[str, float]  # test split: model metrics and baseline_* entries
+    headline: list[str]
+    best_epoch: int
+    epochs_run: int
+    monitor: str
+    best_value: float | None
+    stopped_early: bool = False
+    interrupted: bool = False
+    wall_s: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def run(config: Config | str | Path | None = None, *, run_dir: str | Path | None = None,
+        resume: str | Path | None = None, progress: bool = True) -> RunResult:
+    """Prepare the data, train, and evaluate on the test split, writing everything to a run directory.
+
+    Args:
+        config: a validated Config or a YAML path (omit when resuming).
+        run_dir: where to write; default `<output.dir>/<name>-<timestamp>/`.
+        resume: a run directory to continue from its last checkpoint, exactly where it stopped.
+        progress: show a progress bar.
+    """
+    started = time.perf_counter()
+    data, fit_result, config, run_path = _train(config, run_dir, resume, progress)
+    result = RunResult(run_path, data.task, {}, [], fit_result.best_epoch, len(fit_result.history),
+                       fit_result.monitor, fit_result.best_value, fit_result.stopped_early, fit_result.interrupted)
+    if not fit_result.interrupted:
+        result.metrics, result.headline = _evaluate_test(config, data, fit_result, run_path)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def train(config: Config | str | Path | None = None, *, run_dir: str | Path | None = None,
+          resume: str | Path | None = None, progress: bool = True) -> RunResult:
+    """Prepare the data and train (no test evaluation); the model is saved in `run_dir/model/`."""
+    started = time.perf_counter()
+    data, fit_result, config, run_path = _train(config, run_dir, resume, progress)
+    return RunResult(run_path, data.task, {}, [], fit_result.best_epoch, len(fit_result.history), fit_result.monitor,
+                     fit_result.best_value, fit_result.stopped_early, fit_result.interrupted,
+                     wall_s=time.perf_counter() - started)
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Path | None = None) -> RunResult:
+    """Evaluate a trained run on its own test split, or on a labelled data file (`data`).
+
+    Results go to `run_dir/eval/` (test split) or `run_dir/eval-<file stem>/` unless `out` is given.
+    """
+    from modelfoundry.evaluate.baselines import baseline_metrics
+    from modelfoundry.evaluate.evaluation import evaluate_outputs
+    from modelfoundry.evaluate.metrics import headline
+    from modelfoundry.models.inference import predict_outputs
+    from modelfoundry.rundir import load_model
+
+    started = time.perf_counter()
+    saved = load_model(run_dir)
+    cfg = saved.config
+    baselines = None
+    if data is None:
+        splits = _reload_splits(saved)
+        X, y, rows = splits["X"]["test"], splits["y"]["test"], splits["rows"]["test"]
+        n_classes = saved.spec["n_outputs"] if saved.task == "classification" else 1
+        baselines = baseline_metrics(saved.task, splits["X"], splits["y"], n_classes, saved.target_encoder.decode,
+                                     cfg.evaluation.top_k)
+        out_dir, title = Path(out or saved.run_dir / "eval"), f"{cfg.name}: test split"
+    else:
+        X, y, rows = _labelled_file(saved, Path(data))
+        out_dir, title = Path(out or saved.run_dir / f"eval-{Path(data).stem}"), f"{cfg.name}: {Path(data).name}"
+    output = predict_outputs(saved.model, X, saved.task)
+    metrics = evaluate_outputs(task=saved.task, y_true=y, output=output, rows=rows, target_encoder=saved.target_encoder,
+                               cfg=cfg.evaluation, out_dir=out_dir, history=_history(saved.run_dir),
+                               baselines=baselines, title=title, facts={"rows": len(y), "run": str(saved.run_dir)})
+    return RunResult(saved.run_dir, saved.task, metrics, headline(saved.task, cfg.evaluation.metrics, metrics),
+                     0, 0, "", None, wall_s=time.perf_counter() - started, extras={"out_dir": out_dir})
+
+
+def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path | None = None) -> pd.DataFrame:
+    """Predict every row of a data file with a trained run; returns (and optionally writes) a table with a
+    `prediction` column and, for classification, one `prob_<label>` column per class."""
+    import pandas as pd
+
+    from modelfoundry.data.sources import read_table
+    from modelfoundry.models.inference import predict_outputs
+    from modelfoundry.rundir import load_model, write_bytes_atomic
+
+    saved = load_model(run_dir)
+    frame = read_table(Path(input_path))
+    X = saved.preprocessor.transform(frame, origin=str(input_path))
+    output = predict_outputs(saved.model, X, saved.task)
+    if saved.task == "classification":
+        table = pd.DataFrame({"prediction": saved.target_encoder.decode(output.argmax(1))}, index=frame.index)
+        for k, label in enumerate(saved.labels):
+            table[f"prob_{label}"] = output[:, k]
+    else:
+        table = pd.DataFrame({"prediction": saved.target_encoder.decode(output)}, index=frame.index)
+    if output_path is not None:
+        path = Path(output_path)
+        if path.suffix.lower() == ".parquet":
+            import io
+
+            buffer = io.BytesIO()
+            table.to_parquet(buffer, index=False)
+            write_bytes_atomic(path, buffer.getvalue())
+        else:
+            write_bytes_atomic(path, table.to_csv(index=False).encode())
+    return table
+
+
+# ---------------------------------------------------------------------------------------------- internals
+def _as_config(config: Config | str | Path | dict | None) -> Config:
+    if isinstance(config, Config):
+        return config
+    if config is None:
+        from modelfoundry.errors import ConfigError
+
+        raise ConfigError("No config given.", "Pass a YAML path, e.g. `foundry run examples/digits.yaml`.")
+    return load_config(config)
+
+
+def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[PreparedData, FitResult, Config, Path]:
+    from modelfoundry.data.prepare import prepare_data
+    from modelfoundry.manifest import build_manifest
+    from modelfoundry.models import build_model
+    from modelfoundry.rundir import create_run_dir, load_run_config, read_json, save_config, save_model, write_json
+    from modelfoundry.train.loop import fit
+    from modelfoundry.train.runtime import seed_everything, select_device
+
+    if resume is not None:
+        run_path = Path(resume)
+        config = load_run_config(run_path)
+    else:
+        config = _as_config(config)
+        run_path = create_run_dir(config, run_dir)
+    data = prepare_data(config.data, config.seed)
+    if resume is not None:
+        _check_same_data(run_path, data.info, read_json)
+    else:
+        save_config(run_path, config)
+        write_json(run_path / "data.json", data.info)
+    determinism = seed_everything(config.seed, config.training.deterministic)
+    model = build_model(config.model, data.preprocessor.input_shape_, data.n_outputs)
+    write_json(run_path / "manifest.json", build_manifest(
+        seed=config.seed, split_seed=data.info["split"]["seed"], device=str(select_device(config.training.device)),
+        determinism=determinism, config_hash=config_hash(config), fingerprint=data.info["fingerprint"],
+        project_dir=Path.cwd()))
+    target_std = data.target_encoder.std_ if data.task == "regression" else 1.0
+    fit_result = fit(model, data.X, data.y, config.training, task=data.task, class_weights=data.class_weights,
+                     target_std=target_std, seed=config.seed, run_dir=run_path, resume=resume is not None,
+                     progress=progress)
+    if not fit_result.interrupted:
+        spec = {"name": config.name, "task": data.task, "input_shape": list(data.preprocessor.input_shape_),
+                "n_outputs": data.n_outputs, "target": config.data.target, "columns": data.preprocessor.columns,
+                "classes": getattr(data.target_encoder, "classes_", None), "best_epoch": fit_result.best_epoch,
+                "config_hash": config_hash(config)}
+        save_model(run_path, fit_result.model.cpu(), spec, data.preprocessor, data.target_encoder)
+    return data, fit_result, config, run_path
+
+
+def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult,
+                   run_path: Path) -> tuple[dict[str, float], list[str]]:
+    from modelfoundry.evaluate.baselines import baseline_metrics
+    from modelfoundry.evaluate.evaluation import evaluate_outputs
+    from modelfoundry.evaluate.metrics import headline
+    from modelfoundry.models.inference import predict_outputs
+
+    output = predict_outputs(fit_result.model, data.X["test"], data.task)
+    baselines = baseline_metrics(data.task, data.X, data.y, data.n_outputs, data.target_encoder.decode,
+                                 config.evaluation.top_k)
+    facts = {"run": str(run_path), "model": config.model.name, "task": data.task,
+             "rows (train/val/test)": "/".join(str(data.info["split"][s]) for s in ("train", "val", "test")),
+             "best epoch": f"{fit_result.best_epoch} of {len(fit_result.history)} ({fit_result.monitor} = "
+                           f"{fit_result.best_value:.4f})" if fit_result.best_value is not None else "-"}
+    metrics = evaluate_outputs(task=data.task, y_true=data.y["test"], output=output, rows=data.rows["test"],
+                               target_encoder=data.target_encoder, cfg=config.evaluation, out_dir=run_path / "eval",
+                               history=fit_result.history, baselines=baselines, title=f"{config.name}: test split",
+                               facts=facts)
+    return metrics, headline(data.task, config.evaluation.metrics, metrics)
+
+
+def _check_same_data(run_path: Path, info: dict[str, Any], read_json: Any) -> None:
+    recorded = read_json(run_path / "data.json")["fingerprint"]["sha256"]
+    if recorded != info["fingerprint"]["sha256"]:
+        raise RunDirError(f"The data of {run_path} changed since the run started (fingerprint {recorded[:12]} then,"
+                          f" {info['fingerprint']['sha256'][:12]} now); resuming would mix two datasets.",
+                          "Restore the original data file, or start a new run.")
+
+
+def _reload_splits(saved: Any) -> dict[str, dict[str, Any]]:
+    """Re-derive the run's splits from its source and apply the saved preprocessing (no refitting)."""
+    from modelfoundry.data.prepare import SPLITS, load_clean, split_frame
+    from modelfoundry.rundir import read_json
+
+    cfg = saved.config
+    clean = load_clean(cfg.data)
+    recorded = read_json(saved.run_dir / "data.json")["fingerprint"]["sha256"]
+    if clean.info["fingerprint"]["sha256"] != recorded:
+        raise DataError(f"The source {cfg.data.source} changed since {saved.run_dir} was trained, so its test "
+                        "split cannot be rebuilt.", "Evaluate on a labelled file instead: "
+                                                    f"`foundry evaluate {saved.run_dir} --data FILE`.")
+    positions = split_frame(clean, cfg.data, cfg.seed)
+    out: dict[str, dict[str, Any]] = {"X": {}, "y": {}, "rows": {}}
+    for name in SPLITS:
+        part = clean.frame.iloc[positions[name]]
+        out["X"][name] = saved.preprocessor.transform(part, f"the {name} split")
+        out["y"][name] = saved.target_encoder.encode(part[cfg.data.target], f"the {name} split")
+        out["rows"][name] = part.index.to_numpy()
+    return out
+
+
+def _labelled_file(saved: Any, path: Path) -> tuple[Any, Any, Any]:
+    from modelfoundry.data.sources import read_table
+
+    frame = read_table(path)
+    target = saved.spec["target"]
+    if target not in frame.columns:
+        raise DataError(f"'{path}' has no target column '{target}', so it cannot be evaluated.",
+                        f"Add the '{target}' column, or use `foundry predict` for unlabelled rows.")
+    frame = frame[frame[target].notna()]
+    if frame.empty:
+        raise DataError(f"'{path}' has no rows with a value in the target column '{target}'.",
+                        "Evaluate on labelled rows.")
+    X = saved.preprocessor.transform(frame, origin=str(path))
+    y = saved.target_encoder.encode(frame[target], str(path))
+    return X, y, frame.index.to_numpy()
+
+
+def _history(run_dir: Path) -> list[dict[str, Any]]:
+    import json
+
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

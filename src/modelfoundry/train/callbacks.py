@@ -1,0 +1,152 @@
+"""What happens around the loop: early stopping, checkpoints, the metrics log, progress, TensorBoard."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from modelfoundry.config import MONITORS
+
+
+class Callback(Protocol):
+    def on_epoch_end(self, record: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+class EarlyStopping:
+    """Track the best value of a monitored metric and say when `patience` epochs passed without a better one."""
+
+    def __init__(self, monitor: str, patience: int | None, min_delta: float = 0.0):
+        self.monitor = monitor
+        self.mode = MONITORS[monitor]
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record `value` for `epoch`; True when it is the best so far."""
+        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
+                                       else value > self.best + self.min_delta)
+        if better:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a kill mid-write never leaves a truncated checkpoint."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per epoch, appended as the epoch ends."""
+
+    def __init__(self, path: Path, history: list[dict[str, Any]]):
+        self.path = path
+        # rewrite from the checkpoint's history: a killed run may have logged epochs it never checkpointed
+        write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in history).encode())
+        self.handle = open(path, "a", encoding="utf-8")
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class ProgressDisplay:
+    """A rich progress bar over all optimizer steps, with the live train loss and validation metric."""
+
+    def __init__(self, total_epochs: int, steps_per_epoch: int, start_epoch: int, monitor: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.monitor = monitor
+        self.steps_per_epoch = steps_per_epoch
+        self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), refresh_per_second=4,
+                                 transient=False)
+        self.task = self.progress.add_task("train", total=total_epochs * steps_per_epoch,
+                                           completed=start_epoch * steps_per_epoch,
+                                           epoch=f"{start_epoch}/{total_epochs}", stats="")
+        self.total_epochs = total_epochs
+        self.progress.start()
+
+    def on_steps(self, epoch: int, step: int) -> None:
+        self.progress.update(self.task, completed=epoch * self.steps_per_epoch + step)
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        epoch = record["epoch"]
+        stats = f"loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}"
+        if self.monitor != "val_loss" and self.monitor in record:
+            stats += f"  {self.monitor} {record[self.monitor]:.4f}"
+        self.progress.update(self.task, completed=epoch * self.steps_per_epoch,
+                             epoch=f"{epoch}/{self.total_epochs}", stats=stats)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+class TensorBoardLogger:
+    """Per-epoch scalars for TensorBoard (`tensorboard --logdir RUN_DIR/tensorboard`)."""
+
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, record["epoch"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class CheckpointPolicy:
+    """When to write last.pt: every `every_epochs` epochs, but not more often than `min_interval_s`."""
+
+    def __init__(self, every_epochs: int, min_interval_s: float):
+        self.every_epochs = every_epochs
+        self.min_interval_s = min_interval_s
+        self.last_save = time.perf_counter()
+
+    def due(self, epoch: int, final: bool) -> bool:
+        if final:
+            return True
+        return epoch % self.every_epochs == 0 and time.perf_counter() - self.last_save >= self.min_interval_s
+
+    def saved(self) -> None:
+        self.last_save = time.perf_counter()

@@ -1,0 +1,111 @@
+"""Optimizers, learning-rate schedules (with linear warmup) and losses, built from the config."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelfoundry.config import OptimizerConfig, SchedulerConfig
+
+WARMUP_START = 0.01  # warmup goes linearly from 1% of the lr to the full lr
+
+
+def decayed_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(weights, others): weight decay and the L1 penalty apply to matrices and kernels, not biases or norms."""
+    weights, others = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (weights if param.ndim >= 2 else others).append(param)
+    return weights, others
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    weights, others = decayed_parameters(model)
+    groups = [{"params": weights, "weight_decay": cfg.weight_decay}, {"params": others, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    common = {"lr": cfg.lr}
+    builders = {
+        "sgd": lambda: torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=cfg.nesterov, **common),
+        "adam": lambda: torch.optim.Adam(groups, betas=cfg.betas, eps=cfg.eps, **common),
+        "adamw": lambda: torch.optim.AdamW(groups, betas=cfg.betas, eps=cfg.eps, **common),
+        "rmsprop": lambda: torch.optim.RMSprop(groups, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum, **common),
+        "adagrad": lambda: torch.optim.Adagrad(groups, eps=cfg.eps, **common),
+        "adadelta": lambda: torch.optim.Adadelta(groups, rho=cfg.rho, eps=cfg.eps, **common),
+    }
+    return builders[cfg.name]()
+
+
+def build_loss(name: str, task: str, class_weights: torch.Tensor | None, label_smoothing: float) -> nn.Module:
+    if name == "auto":
+        name = "cross_entropy" if task == "classification" else "mse"
+    if name == "cross_entropy":
+        return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+    return {"mse": nn.MSELoss, "huber": nn.HuberLoss, "l1": nn.L1Loss}[name]()
+
+
+class Schedule:
+    """The learning-rate schedule: stepped after every optimizer step, and told the val loss every epoch.
+
+    step / cosine / none (and the warmup of all of them) are one LambdaLR over optimizer steps; onecycle is
+    torch's OneCycleLR; plateau is ReduceLROnPlateau on the val loss, after an optional warmup.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, steps_per_epoch: int,
+                 epochs: int, lr: float):
+        self.cfg = cfg
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = max(1, steps_per_epoch * epochs)
+        self.warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+        self.steps = 0
+        self.per_step: Any = None
+        self.plateau: Any = None
+        if cfg.name == "onecycle":
+            pct = min(0.5, cfg.warmup_epochs / epochs) if cfg.warmup_epochs else 0.3
+            self.per_step = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=cfg.max_lr or 10 * lr, total_steps=self.total_steps, pct_start=pct)
+        elif cfg.name != "none" or self.warmup_steps:
+            self.per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, self._factor)
+        if cfg.name == "plateau":
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=cfg.factor, patience=cfg.patience)
+        self.lr = lr
+
+    @property
+    def active(self) -> bool:
+        return self.per_step is not None or self.plateau is not None
+
+    def _factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return WARMUP_START + (1 - WARMUP_START) * step / self.warmup_steps
+        if self.cfg.name == "step":
+            return self.cfg.gamma ** (step // (self.cfg.step_size * self.steps_per_epoch))
+        if self.cfg.name == "cosine":
+            progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+            floor = self.cfg.min_lr / self.lr
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    def batch_end(self) -> None:
+        self.steps += 1
+        # under plateau, the LambdaLR only runs the warmup, then ReduceLROnPlateau owns the lr
+        if self.per_step is not None and (self.plateau is None or self.steps <= self.warmup_steps):
+            self.per_step.step()
+
+    def epoch_end(self, val_loss: float) -> None:
+        if self.plateau is not None and self.steps >= self.warmup_steps:
+            self.plateau.step(val_loss)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps,
+                "per_step": self.per_step.state_dict() if self.per_step is not None else None,
+                "plateau": self.plateau.state_dict() if self.plateau is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = state["steps"]
+        if self.per_step is not None:
+            self.per_step.load_state_dict(state["per_step"])
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state["plateau"])
