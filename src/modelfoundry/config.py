@@ -138,7 +138,9 @@ class OptimizerConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> OptimizerConfig:
         common = {"name", "lr", "weight_decay"}
-        foreign = self.model_fields_set - common - _OPTIMIZER_FIELDS[self.name]
+        # a key of another optimizer is an error unless it holds the default (as in a resolved config dump)
+        foreign = {f for f in self.model_fields_set - common - _OPTIMIZER_FIELDS[self.name]
+                   if getattr(self, f) != type(self).model_fields[f].default}
         if foreign:
             raise ValueError(f"{', '.join(sorted(foreign))} does not apply to {self.name}; "
                              f"{self.name} takes {', '.join(sorted(common | _OPTIMIZER_FIELDS[self.name]))}")

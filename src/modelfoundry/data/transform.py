@@ -101,8 +101,8 @@ class Preprocessor:
             if spec.kind == "numeric":
                 out[column] = to_numeric(series, column, origin)
             else:  # strings with NaN for missing, so encoders see one consistent type
-                out[column] = series.astype(object).where(series.notna(), np.nan).map(
-                    lambda v: v if v is np.nan else str(v))
+                out[column] = pd.Series([np.nan if pd.isna(v) else str(v) for v in series], index=series.index,
+                                        dtype=object)
         return pd.DataFrame(out, index=frame.index)
 
     def _pixels(self, frame: pd.DataFrame, spec: FeatureSpec, origin: str) -> np.ndarray:

@@ -126,7 +126,9 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
                         loss = loss_fn(out.squeeze(-1) if task == "regression" else out, yb)
                     if l1_params:
                         loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
-                    scaled = loss / accum if accum > 1 else loss
+                    # each micro-batch weighs its share of the rows in its accumulation group, so the
+                    # accumulated gradient is exactly that of one large batch (also for a short last group)
+                    scaled = loss * (len(idx) / _group_rows(step, accum, bs, batches, n_used)) if accum > 1 else loss
                     (scaler.scale(scaled) if scaler else scaled).backward()
                     if (step + 1) % accum == 0 or step + 1 == batches:
                         _optimizer_step(model, optimizer, scaler, cfg)
@@ -201,6 +203,12 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: 
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def _group_rows(step: int, accum: int, bs: int, batches: int, n_used: int) -> int:
+    first = (step // accum) * accum
+    last = min(first + accum, batches)
+    return min(n_used, last * bs) - first * bs
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

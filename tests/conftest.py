@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny configs on bundled data, so every test runs in seconds on 2 CPU cores."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"source": "sklearn:iris", "target": "target"},
+    "model": {"name": "mlp", "hidden": [8]},
+    "training": {"epochs": 3, "batch_size": 16, "early_stopping": None},
+    "evaluation": {"plots": False},
+}
+
+
+def tiny_config(**sections: Any) -> dict[str, Any]:
+    """TINY with sections replaced or merged one level deep: tiny_config(training={"epochs": 5})."""
+    cfg = copy.deepcopy(TINY)
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+@pytest.fixture
+def make_config():
+    from modelfoundry.config import load_config
+
+    return lambda **sections: load_config(tiny_config(**sections))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads(monkeypatch):
+    monkeypatch.setenv("PYTHONHASHSEED", "0")

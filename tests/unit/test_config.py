@@ -1,0 +1,87 @@
+import textwrap
+
+import pytest
+
+from modelfoundry.config import config_hash, dump_config, load_config
+from modelfoundry.errors import ConfigError
+from tests.conftest import tiny_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_defaults_are_filled_in_and_resolved_config_round_trips(tmp_path):
+    cfg = load_config(tiny_config())
+    assert cfg.training.optimizer.name == "adamw" and cfg.data.split.val == 0.15
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    again = load_config(path)
+    assert again == cfg and config_hash(again) == config_hash(cfg)
+
+
+def test_unknown_key_names_path_line_and_suggestion(tmp_path):
+    path = write(tmp_path, """\
+        name: x
+        data:
+          source: sklearn:iris
+        model:
+          name: mlp
+          hiddne: [4]
+        """)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "model.hiddne (line 6)" in text and "Did you mean 'hidden'?" in text
+
+
+def test_all_problems_are_collected_at_once(tmp_path):
+    path = write(tmp_path, """\
+        name: x
+        data: {source: sklearn:iris, featurs: {}}
+        training:
+          optimizer: {lr: -1}
+          batch_size: 0
+        """)
+    text = str(pytest.raises(ConfigError, load_config, path).value)
+    assert "3 problems" in text
+    assert "training.optimizer.lr (line 4)" in text and "greater than 0" in text
+    assert "training.batch_size (line 5)" in text and "data.featurs" in text
+
+
+def test_unknown_model_and_choice_values_suggest_valid_names():
+    text = str(pytest.raises(ConfigError, load_config, tiny_config(model={"name": "mpl"})).value)
+    assert "model.name" in text and "Did you mean 'mlp'?" in text and "cnn" in text
+    bad = tiny_config(training={"optimizer": {"name": "adamm"}})
+    assert "Did you mean 'adam'" in str(pytest.raises(ConfigError, load_config, bad).value)
+
+
+def test_optimizer_rejects_keys_of_another_optimizer():
+    bad = tiny_config(training={"optimizer": {"name": "sgd", "betas": [0.9, 0.99]}})
+    text = str(pytest.raises(ConfigError, load_config, bad).value)
+    assert "betas does not apply to sgd" in text
+    bad = tiny_config(training={"optimizer": {"name": "sgd", "nesterov": True}})
+    assert "nesterov needs momentum" in str(pytest.raises(ConfigError, load_config, bad).value)
+
+
+def test_monitor_must_be_known():
+    bad = tiny_config(training={"early_stopping": {"monitor": "val_acc"}})
+    text = str(pytest.raises(ConfigError, load_config, bad).value)
+    assert "val_accuracy" in text
+
+
+def test_yaml_syntax_error_and_missing_file(tmp_path):
+    path = write(tmp_path, "name: x\ndata: [source: a\n")
+    text = str(pytest.raises(ConfigError, load_config, path).value)
+    assert "not valid YAML" in text and "line" in text
+    assert "does not exist" in str(pytest.raises(ConfigError, load_config, tmp_path / "nope.yaml").value)
+    assert "mapping" in str(pytest.raises(ConfigError, load_config, write(tmp_path, "- a\n- b\n")).value)
+
+
+def test_split_fractions_and_metric_names_are_checked():
+    bad = tiny_config(data={"source": "sklearn:iris", "split": {"val": 0.5, "test": 0.45}})
+    assert "at least 10%" in str(pytest.raises(ConfigError, load_config, bad).value)
+    bad = tiny_config(evaluation={"metrics": ["acuracy"]})
+    assert "Did you mean 'accuracy'" in str(pytest.raises(ConfigError, load_config, bad).value)
