@@ -73,6 +73,11 @@ class SplitConfig(_Section):
 class BalanceConfig(_Section):
     class_weights: Literal["none", "balanced"] | dict[str, float] = "none"
 
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _label_keys(cls, v: Any) -> Any:  # YAML reads {0: 2.0} with int keys; labels are matched as text
+        return {str(k): w for k, w in v.items()} if isinstance(v, dict) else v
+
 
 class DataConfig(_Section):
     source: str  # sklearn:<name> or a path to .csv / .parquet / .jsonl
@@ -101,7 +106,7 @@ class MLPConfig(_Section):
 class CNNConfig(_Section):
     name: Literal["cnn"]
     channels: list[Annotated[int, Field(gt=0)]] = Field([32, 64], min_length=1)
-    kernel_size: int = Field(3, gt=0)
+    kernel_size: int = Field(3, gt=0)  # odd, so 'same' padding keeps the spatial size
     residual: bool = False  # each stage adds a residual block after its downsampling conv
     batch_norm: bool = True
     pool: Literal["max", "avg", "none"] = "max"  # downsampling between stages
@@ -109,6 +114,13 @@ class CNNConfig(_Section):
     activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0, lt=1)
     init: Init = "kaiming"
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (3, 5, 7, ...) so padding keeps the image size, got {v}")
+        return v
 
 
 ModelConfig = Annotated[Union[MLPConfig, CNNConfig], Field(discriminator="name")]
@@ -160,13 +172,21 @@ class SchedulerConfig(_Section):
     patience: int = Field(3, ge=0)  # plateau: epochs without val_loss improvement
 
 
+MONITORS = {"val_loss": "min", "val_accuracy": "max", "val_mae": "min", "val_rmse": "min", "val_r2": "max"}
+REGRESSION_MONITORS = ("val_mae", "val_rmse", "val_r2")
+
+
 class EarlyStoppingConfig(_Section):
     monitor: str = "val_loss"  # val_loss, or val_accuracy (classification), val_mae/val_rmse/val_r2
     patience: int = Field(10, ge=1)
     min_delta: float = Field(0.0, ge=0)
 
-
-MONITORS = {"val_loss": "min", "val_accuracy": "max", "val_mae": "min", "val_rmse": "min", "val_r2": "max"}
+    @field_validator("monitor")
+    @classmethod
+    def _monitor(cls, v: str) -> str:
+        if v not in MONITORS:
+            raise ValueError(unknown_name("monitor", v, MONITORS))
+        return v
 
 
 class CheckpointConfig(_Section):
@@ -204,9 +224,9 @@ class TrainingConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:
-        if self.early_stopping and self.early_stopping.monitor not in MONITORS:
-            raise ValueError("early_stopping.monitor: " + unknown_name("monitor", self.early_stopping.monitor,
-                                                                        MONITORS))
+        if self.scheduler.name == "cosine" and self.scheduler.min_lr >= self.optimizer.lr:
+            raise ValueError(f"scheduler.min_lr ({self.scheduler.min_lr:g}) must be below optimizer.lr "
+                             f"({self.optimizer.lr:g}), or the learning rate would rise")
         if self.clip_grad_norm and self.clip_grad_value:
             raise ValueError("set clip_grad_norm or clip_grad_value, not both")
         return self
@@ -230,9 +250,17 @@ class EvaluationConfig(_Section):
     def _metrics(cls, v: list[str]) -> list[str]:
         known = CLASSIFICATION_METRICS + REGRESSION_METRICS
         for name in v:
-            if name not in known and not re.fullmatch(r"top_\d+_accuracy", name):
-                raise ValueError(unknown_name("metric", name, known))
+            if name not in known and not re.fullmatch(r"top_[2-9]\d*_accuracy|top_1\d+_accuracy", name):
+                raise ValueError(unknown_name("metric", name, known + ("top_<k>_accuracy",)))
         return v
+
+    @model_validator(mode="after")
+    def _top_k_from_metrics(self) -> EvaluationConfig:
+        for name in self.metrics:  # naming top_5_accuracy is enough to have it computed
+            match = re.fullmatch(r"top_(\d+)_accuracy", name)
+            if match and int(match.group(1)) not in self.top_k:
+                self.top_k = sorted({*self.top_k, int(match.group(1))})
+        return self
 
 
 class OutputConfig(_Section):
@@ -247,6 +275,33 @@ class Config(_Section):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()
+
+
+def check_task(config: Config, task: str) -> None:
+    """Raise ConfigError for settings that contradict the task found in the data (all problems at once)."""
+    problems = []
+    monitor = config.training.early_stopping.monitor if config.training.early_stopping else "val_loss"
+    if task == "classification" and monitor in REGRESSION_MONITORS:
+        problems.append(f"training.early_stopping.monitor: {monitor} is a regression monitor; use val_loss or "
+                        "val_accuracy")
+    if task == "regression" and monitor == "val_accuracy":
+        problems.append("training.early_stopping.monitor: val_accuracy needs classification; use val_loss, "
+                        "val_mae, val_rmse or val_r2")
+    loss = config.training.loss
+    if task == "classification" and loss in ("mse", "huber", "l1"):
+        problems.append(f"training.loss: {loss} is a regression loss; use auto or cross_entropy")
+    if task == "regression" and loss == "cross_entropy":
+        problems.append("training.loss: cross_entropy needs classification; use auto, mse, huber or l1")
+    own = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    foreign = [m for m in config.evaluation.metrics if m not in own and not (task == "classification"
+                                                                           and m.startswith("top_"))]
+    if foreign:
+        problems.append(f"evaluation.metrics: {', '.join(foreign)} do not apply to {task}; choose from "
+                        f"{', '.join(own)}")
+    if problems:
+        raise ConfigError(f"The data makes this a {task} task, but the config says:\n" +
+                          "\n".join(f"  - {p}" for p in problems),
+                          "Fix those keys, or set data.task if the task was inferred wrongly.")
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -307,6 +362,9 @@ def _describe(err: dict[str, Any], lines: dict[tuple, int]) -> str:
     elif kind == "union_tag_invalid":
         loc = loc + ("name",)
         msg = unknown_name("model", ctx.get("tag"), re.findall(r"'([^']+)'", ctx.get("expected_tags", "")))
+    elif kind == "union_tag_not_found":
+        loc = loc + ("name",)
+        msg = "required key is missing; choose a model: cnn, mlp."
     elif kind == "literal_error":
         choices = re.findall(r"'([^']*)'", ctx.get("expected", ""))
         msg = f"got '{value}'.{did_you_mean(value, choices)} Choose one of: {', '.join(choices)}."

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelfoundry.config import Config, config_hash, load_config
+from modelfoundry.config import Config, check_task, config_hash, load_config
 from modelfoundry.errors import DataError, RunDirError
 
 if TYPE_CHECKING:
@@ -157,6 +157,12 @@ def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[Prep
         config = _as_config(config)
         run_path = create_run_dir(config, run_dir)
     data = prepare_data(config.data, config.seed)
+    check_task(config, data.task)
+    if resume is None:  # the run directory records where the data is, whatever the working directory
+        from modelfoundry.data.sources import describe_source
+
+        config = config.model_copy(update={"data": config.data.model_copy(
+            update={"source": describe_source(config.data.source)})})
     if resume is not None:
         _check_same_data(run_path, data.info, read_json)
     else:

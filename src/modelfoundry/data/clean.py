@@ -78,6 +78,9 @@ def plan_features(frame: pd.DataFrame, cfg: DataConfig, origin: str) -> list[Fea
             continue
         if kind == "numeric":
             frame[column] = to_numeric(frame[column], column, origin)
+        elif override.missing in ("mean", "median"):
+            raise DataError(f"Column '{column}' of {origin} is categorical, so missing: {override.missing} cannot "
+                            "fill it.", f"Use missing: most_frequent, constant or drop for '{column}'.")
         spec = FeatureSpec(column, [column], kind, missing=override.missing or _default_missing(kind),
                            fill_value=override.fill_value, scale=override.scale or "standard",
                            encode=override.encode or "onehot")

@@ -14,6 +14,8 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, top_k: list[in
     """`y_true`: class indices (N,); `proba`: class probabilities (N, K)."""
     from sklearn import metrics as skm
 
+    proba = np.asarray(proba, dtype=np.float64)
+    proba = proba / proba.sum(1, keepdims=True)  # float32 softmax rows can miss 1 by more than sklearn allows
     n_classes = proba.shape[1]
     labels = list(range(n_classes))
     pred = proba.argmax(1)
@@ -25,7 +27,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, top_k: list[in
         p, r, f, _ = skm.precision_recall_fscore_support(y_true, pred, labels=labels, average=avg, zero_division=0)
         out.update({f"precision_{avg}": p, f"recall_{avg}": r, f"f1_{avg}": f})
     out["roc_auc"] = _roc_auc(y_true, proba)
-    out["log_loss"] = skm.log_loss(y_true, np.clip(proba, 1e-15, 1), labels=labels)
+    out["log_loss"] = skm.log_loss(y_true, proba, labels=labels)
     for k in top_k:
         if n_classes > k:
             out[f"top_{k}_accuracy"] = skm.top_k_accuracy_score(y_true, proba, k=k, labels=labels)

@@ -64,8 +64,12 @@ class Schedule:
         self.plateau: Any = None
         if cfg.name == "onecycle":
             pct = min(0.5, cfg.warmup_epochs / epochs) if cfg.warmup_epochs else 0.3
+            # cycle momentum (or Adam's beta1) only where the optimizer has one in use
+            defaults = optimizer.defaults
+            cycle = "betas" in defaults or defaults.get("momentum", 0) > 0
             self.per_step = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=cfg.max_lr or 10 * lr, total_steps=self.total_steps, pct_start=pct)
+                optimizer, max_lr=cfg.max_lr or 10 * lr, total_steps=self.total_steps, pct_start=pct,
+                cycle_momentum=cycle)
         elif cfg.name != "none" or self.warmup_steps:
             self.per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, self._factor)
         if cfg.name == "plateau":
