@@ -101,6 +101,7 @@ class MLPConfig(_Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     batch_norm: bool = False
     init: Init = "default"
+    linear_skip: bool = False  # add a linear path from inputs to outputs (wide & deep): contains the linear model
 
 
 class CNNConfig(_Section):

@@ -49,3 +49,11 @@ def test_cnn_with_residual_blocks_and_batch_norm():
 def test_cnn_needs_images():
     with pytest.raises(ConfigError, match="needs image inputs"):
         build_model(model_cfg(name="cnn"), (30,), 2)
+
+
+def test_linear_skip_contains_the_linear_model():
+    model = build_model(model_cfg(name="mlp", hidden=[8], linear_skip=True), (5,), 1)
+    x = torch.randn(6, 5)
+    for p in model.deep.parameters():  # silence the deep branch: what is left is the linear model
+        nn.init.zeros_(p)
+    torch.testing.assert_close(model(x), model.linear(x))
