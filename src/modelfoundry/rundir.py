@@ -71,9 +71,9 @@ def save_model(run_dir: Path, model: Any, spec: dict[str, Any], preprocessor: An
 
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
-    write_bytes_atomic(run_dir / "preprocess.pkl", pickle.dumps(
+    write_bytes_atomic(run_dir / "preprocess.pkl", durable=True, data=pickle.dumps(
         {"format": FORMAT_VERSION, "preprocessor": preprocessor, "target_encoder": target_encoder}))
-    write_bytes_atomic(run_dir / "model" / "weights.pt", buffer.getvalue())
+    write_bytes_atomic(run_dir / "model" / "weights.pt", buffer.getvalue(), durable=True)
     write_json(run_dir / "model" / "model.json", {"format": FORMAT_VERSION, **spec})
 
 

@@ -59,13 +59,19 @@ def save_atomic(obj: Any, path: Path) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Path, data: bytes, durable: bool = False) -> None:
+    """Write via a temporary file and a rename, so readers see the old file or the new one, never a part.
+
+    That holds when the process is killed at any point. `durable` also fsyncs before the rename, which
+    guards against power loss at a cost of 0.3-4 ms a file (too much for a per-epoch checkpoint).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
@@ -74,48 +80,72 @@ class MetricsLog:
 
     def __init__(self, path: Path, history: list[dict[str, Any]]):
         self.path = path
-        # rewrite from the checkpoint's history: a killed run may have logged epochs it never checkpointed
-        write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in history).encode())
-        self.handle = open(path, "a", encoding="utf-8")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if history:  # resuming: a killed run may have logged epochs it never checkpointed; keep only those it did
+            write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in history).encode())
+        self.handle = open(path, "a" if history else "w", encoding="utf-8")
+        self.next_flush = 0.0
+
+    FLUSH_INTERVAL_S = 1.0  # lines reach the file at least this often (and at the end); resume never reads it
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
+        if time.perf_counter() >= self.next_flush:
+            self.handle.flush()
+            self.next_flush = time.perf_counter() + self.FLUSH_INTERVAL_S
 
     def close(self) -> None:
         self.handle.close()
 
 
 class ProgressDisplay:
-    """A rich progress bar over all optimizer steps, with the live train loss and validation metric."""
+    """A rich progress bar over all optimizer steps, with the live train loss and validation metric.
+
+    Off a terminal (CI logs, pipes) it prints a plain line per epoch instead, at most every LOG_INTERVAL_S.
+    """
+
+    LOG_INTERVAL_S = 5.0
 
     def __init__(self, total_epochs: int, steps_per_epoch: int, start_epoch: int, monitor: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.console import Console
 
         self.monitor = monitor
         self.steps_per_epoch = steps_per_epoch
+        self.total_epochs = total_epochs
+        console = Console()
+        self.progress = None
+        if not console.is_terminal:
+            self.console, self.next_line = console, 0.0
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
         self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), refresh_per_second=4,
                                  transient=False)
         self.task = self.progress.add_task("train", total=total_epochs * steps_per_epoch,
                                            completed=start_epoch * steps_per_epoch,
                                            epoch=f"{start_epoch}/{total_epochs}", stats="")
-        self.total_epochs = total_epochs
         self.progress.start()
 
     def on_steps(self, epoch: int, step: int) -> None:
-        self.progress.update(self.task, completed=epoch * self.steps_per_epoch + step)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=epoch * self.steps_per_epoch + step)
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         epoch = record["epoch"]
         stats = f"loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}"
         if self.monitor != "val_loss" and self.monitor in record:
             stats += f"  {self.monitor} {record[self.monitor]:.4f}"
-        self.progress.update(self.task, completed=epoch * self.steps_per_epoch,
-                             epoch=f"{epoch}/{self.total_epochs}", stats=stats)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=epoch * self.steps_per_epoch,
+                                 epoch=f"{epoch}/{self.total_epochs}", stats=stats)
+        elif time.perf_counter() >= self.next_line or epoch == self.total_epochs:
+            self.console.print(f"epoch {epoch}/{self.total_epochs}  {stats}", highlight=False)
+            self.next_line = time.perf_counter() + self.LOG_INTERVAL_S
 
     def close(self) -> None:
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()
 
 
 class TensorBoardLogger:

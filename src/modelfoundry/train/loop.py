@@ -75,7 +75,7 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
     l1_params = decayed_parameters(model)[0] if cfg.l1 else []
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     history: list[dict[str, Any]] = []
-    best_state = None
+    best = BestWeights(model)
     start_epoch = 0
     ckpt_dir = run_dir / "checkpoints" if run_dir else None
     if resume:
@@ -87,7 +87,8 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"], generator)
-        history, best_state, start_epoch = state["history"], state["best_model"], state["epoch"]
+        history, start_epoch = state["history"], state["epoch"]
+        best.load(state["best_model"])
 
     callbacks: list[Any] = []
     if run_dir:
@@ -101,13 +102,17 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
     interrupt = _DeferredInterrupt()
     result = FitResult(model, history, monitor, stopper.best_epoch, stopper.best, device=str(device))
 
+    best_saved = -1
+
     def checkpoint(epoch: int) -> None:
+        nonlocal best_saved
         save_atomic({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                      "early_stopping": stopper.state_dict(), "rng": rng_state(generator), "history": history,
-                     "best_model": best_state}, ckpt_dir / "last.pt")
-        if best_state is not None:
-            save_atomic(best_state, ckpt_dir / "best.pt")
+                     "best_model": best.state}, ckpt_dir / "last.pt")
+        if best.state is not None and best_saved != best.version:  # best.pt only when it changed
+            save_atomic(best.state, ckpt_dir / "best.pt")
+            best_saved = best.version
         policy.saved()
 
     try:
@@ -138,7 +143,7 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
                     if display and time.perf_counter() > next_tick:
                         display.on_steps(epoch - 1, step + 1)
                         next_tick = time.perf_counter() + PROGRESS_INTERVAL_S
-                train_loss = torch.stack(losses).float().mean().item()
+                train_loss = sum(_floats(losses)) / len(losses)  # losses are fp32, also under autocast
                 if not math.isfinite(train_loss):
                     raise TrainingError(f"The training loss became {train_loss} in epoch {epoch}.",
                                         "Lower training.optimizer.lr, set training.clip_grad_norm: 1.0, "
@@ -148,7 +153,7 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
                           "lr": optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - epoch_start}
                 schedule.epoch_end(record["val_loss"])
                 if stopper.update(record[monitor], epoch):
-                    best_state = _snapshot(model)
+                    best.capture()
                 history.append(record)
                 for callback in callbacks:
                     callback.on_epoch_end(record)
@@ -163,31 +168,53 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
         for callback in callbacks:
             callback.close()
 
-    if cfg.restore_best and best_state is not None:
-        model.load_state_dict(best_state)
+    if cfg.restore_best and best.state is not None:
+        model.load_state_dict(best.state)
     result.best_epoch, result.best_value = stopper.best_epoch, stopper.best
     result.wall_s = time.perf_counter() - started
     return result
 
 
-@torch.inference_mode()
 def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, task: str,
              autocast: Any, target_std: float = 1.0) -> dict[str, float]:
     """val_loss plus val_accuracy (classification) or val_mae / val_rmse / val_r2 in target units."""
     model.eval()
-    with autocast():
-        out = torch.cat([model(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)]).float()
-    if task == "classification":
-        loss = loss_fn(out, y)
-        acc = (out.argmax(1) == y).float().mean()
-        values = torch.stack([loss, acc]).tolist()  # one device sync
-        return {"val_loss": values[0], "val_accuracy": values[1]}
-    pred = out.squeeze(-1)
-    err = pred - y
-    stats = torch.stack([loss_fn(pred, y), err.abs().mean(), (err ** 2).mean(), ((y - y.mean()) ** 2).mean()])
-    loss, mae, mse, var = stats.tolist()
+    with torch.inference_mode():
+        with autocast():
+            out = model(x) if len(x) <= EVAL_BATCH else torch.cat(
+                [model(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+        if out.dtype != torch.float32:
+            out = out.float()
+        if task == "classification":
+            loss, correct = _floats([loss_fn(out, y), (out.argmax(1) == y).sum()])
+            return {"val_loss": loss, "val_accuracy": correct / len(y)}
+        pred = out.squeeze(-1)
+        err = pred - y
+        loss, mae, mse, var = _floats([loss_fn(pred, y), err.abs().mean(), (err ** 2).mean(),
+                                       ((y - y.mean()) ** 2).mean()])
     return {"val_loss": loss, "val_mae": mae * target_std, "val_rmse": math.sqrt(mse) * target_std,
             "val_r2": 1 - mse / var if var > 0 else 0.0}
+
+
+class BestWeights:
+    """A copy of the weights of the best epoch, kept in preallocated tensors: capturing it is one batched
+    copy, not a state_dict() and a clone of every tensor."""
+
+    def __init__(self, model: nn.Module):
+        self.live = model.state_dict()  # views of the parameters and buffers, updated in place by training
+        self.state: dict[str, torch.Tensor] | None = None
+        self.version = 0
+
+    def capture(self) -> None:
+        if self.state is None:
+            self.state = {k: v.detach().clone() for k, v in self.live.items()}
+        else:
+            torch._foreach_copy_(list(self.state.values()), list(self.live.values()))
+        self.version += 1
+
+    def load(self, state: dict[str, torch.Tensor] | None) -> None:
+        self.state = state
+        self.version += 1
 
 
 def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, cfg: TrainingConfig) -> None:
@@ -205,6 +232,13 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: 
     optimizer.zero_grad(set_to_none=True)
 
 
+def _floats(scalars: list[torch.Tensor]) -> list[float]:
+    """Scalar tensors as Python floats: one .item() each on the CPU (cheapest there), one sync elsewhere."""
+    if scalars[0].device.type == "cpu":
+        return [t.item() for t in scalars]
+    return torch.stack([t.float() for t in scalars]).tolist()
+
+
 def _group_rows(step: int, accum: int, bs: int, batches: int, n_used: int) -> int:
     first = (step // accum) * accum
     last = min(first + accum, batches)
@@ -213,10 +247,6 @@ def _group_rows(step: int, accum: int, bs: int, batches: int, n_used: int) -> in
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.require(array, requirements=["C", "W"])).to(device)
-
-
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _load_checkpoint(ckpt_dir: Path | None, device: torch.device) -> dict[str, Any]:
