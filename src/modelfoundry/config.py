@@ -173,12 +173,22 @@ class SchedulerConfig(_Section):
     patience: int = Field(3, ge=0)  # plateau: epochs without val_loss improvement
 
 
-MONITORS = {"val_loss": "min", "val_accuracy": "max", "val_mae": "min", "val_rmse": "min", "val_r2": "max"}
-REGRESSION_MONITORS = ("val_mae", "val_rmse", "val_r2")
+CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
+                          "precision_weighted", "recall_weighted", "f1_weighted", "roc_auc", "log_loss")
+REGRESSION_METRICS = ("mae", "rmse", "mse", "r2", "mape")
+LOWER_IS_BETTER = {"loss", "log_loss", "mae", "rmse", "mse", "mape"}
+# early-stopping monitors: val_loss or val_<metric>; the loop computes these itself, the rest by metric name
+FAST_MONITORS = ("val_loss", "val_accuracy", "val_mae", "val_rmse", "val_r2")
+MONITORS = ("val_loss", *(f"val_{m}" for m in CLASSIFICATION_METRICS + REGRESSION_METRICS))
+
+
+def monitor_mode(monitor: str) -> str:
+    """'min' or 'max': the direction in which `monitor` improves."""
+    return "min" if monitor.removeprefix("val_") in LOWER_IS_BETTER else "max"
 
 
 class EarlyStoppingConfig(_Section):
-    monitor: str = "val_loss"  # val_loss, or val_accuracy (classification), val_mae/val_rmse/val_r2
+    monitor: str = "val_loss"  # val_loss or val_<metric>, e.g. val_accuracy, val_f1_macro, val_roc_auc, val_r2
     patience: int = Field(10, ge=1)
     min_delta: float = Field(0.0, ge=0)
 
@@ -234,11 +244,6 @@ class TrainingConfig(_Section):
 
 
 # ----------------------------------------------------------------------------------- evaluation/output
-CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
-                          "precision_weighted", "recall_weighted", "f1_weighted", "roc_auc", "log_loss")
-REGRESSION_METRICS = ("mae", "rmse", "mse", "r2", "mape")
-
-
 class EvaluationConfig(_Section):
     # headline metrics, first = primary; empty: accuracy, f1_macro, roc_auc / r2, rmse, mae
     metrics: list[str] = []
@@ -282,12 +287,13 @@ def check_task(config: Config, task: str) -> None:
     """Raise ConfigError for settings that contradict the task found in the data (all problems at once)."""
     problems = []
     monitor = config.training.early_stopping.monitor if config.training.early_stopping else "val_loss"
-    if task == "classification" and monitor in REGRESSION_MONITORS:
+    metric = monitor.removeprefix("val_")
+    if task == "classification" and metric in REGRESSION_METRICS:
         problems.append(f"training.early_stopping.monitor: {monitor} is a regression monitor; use val_loss or "
-                        "val_accuracy")
-    if task == "regression" and monitor == "val_accuracy":
-        problems.append("training.early_stopping.monitor: val_accuracy needs classification; use val_loss, "
-                        "val_mae, val_rmse or val_r2")
+                        "val_<metric> of a classification metric (val_accuracy, val_f1_macro, val_roc_auc, ...)")
+    if task == "regression" and metric in CLASSIFICATION_METRICS:
+        problems.append(f"training.early_stopping.monitor: {monitor} needs classification; use val_loss, "
+                        "val_mae, val_rmse, val_r2, val_mse or val_mape")
     loss = config.training.loss
     if task == "classification" and loss in ("mse", "huber", "l1"):
         problems.append(f"training.loss: {loss} is a regression loss; use auto or cross_entropy")

@@ -177,7 +177,7 @@ def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[Prep
     target_std = data.target_encoder.std_ if data.task == "regression" else 1.0
     fit_result = fit(model, data.X, data.y, config.training, task=data.task, class_weights=data.class_weights,
                      target_std=target_std, seed=config.seed, run_dir=run_path, resume=resume is not None,
-                     progress=progress)
+                     progress=progress, val_metrics=_monitor_metrics(config, data))
     if not fit_result.interrupted:
         spec = {"name": config.name, "task": data.task, "input_shape": list(data.preprocessor.input_shape_),
                 "n_outputs": data.n_outputs, "target": config.data.target, "columns": data.preprocessor.columns,
@@ -185,6 +185,21 @@ def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[Prep
                 "config_hash": config_hash(config)}
         save_model(run_path, fit_result.model.cpu(), spec, data.preprocessor, data.target_encoder)
     return data, fit_result, config, run_path
+
+
+def _monitor_metrics(config: Config, data: PreparedData) -> Any:
+    """The per-epoch function for a monitored metric the loop does not compute itself, else None."""
+    from modelfoundry.config import FAST_MONITORS
+    from modelfoundry.evaluate.metrics import classification_metrics, regression_metrics
+
+    stopping = config.training.early_stopping
+    if stopping is None or stopping.monitor in FAST_MONITORS:
+        return None
+    name, y_val = stopping.monitor, data.y["val"]
+    if data.task == "classification":
+        return lambda proba: {name: classification_metrics(y_val, proba, [])[name.removeprefix("val_")]}
+    decode, truth = data.target_encoder.decode, data.target_encoder.decode(y_val)
+    return lambda pred: {name: regression_metrics(truth, decode(pred))[name.removeprefix("val_")]}
 
 
 def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult,

@@ -150,3 +150,26 @@ def test_help_does_not_import_heavy_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert subprocess.run([sys.executable, "-m", "modelfoundry.cli", "--help"], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("monitor,source", [("val_f1_macro", "sklearn:wine"), ("val_mape", "sklearn:diabetes")])
+def test_early_stopping_on_any_validation_metric(tmp_path, monitor, source):
+    from modelfoundry.pipeline import run
+
+    cfg = load_config(tiny_config(data={"source": source}, training={
+        "epochs": 25, "optimizer": {"lr": 0.01}, "early_stopping": {"monitor": monitor, "patience": 4}}))
+    result = run(cfg, run_dir=tmp_path / "run", progress=False)
+    history = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    values = [r[monitor] for r in history]
+    best = max(values) if monitor == "val_f1_macro" else min(values)
+    assert result.best_value == pytest.approx(best) and values[result.best_epoch - 1] == pytest.approx(best)
+
+
+def test_train_then_evaluate_as_separate_stages(tmp_path):
+    cfg = write_config(tmp_path, training={"epochs": 2, "tensorboard": True})
+    result = foundry("train", cfg, "--run-dir", tmp_path / "run", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run/model/weights.pt").is_file() and not (tmp_path / "run/eval").exists()
+    assert list((tmp_path / "run/tensorboard").glob("events.out.tfevents.*"))
+    result = foundry("evaluate", tmp_path / "run")
+    assert result.exit_code == 0 and (tmp_path / "run/eval/metrics.json").is_file(), result.output

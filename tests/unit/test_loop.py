@@ -46,7 +46,7 @@ def test_early_stopping_stops_and_restores_the_best_epoch(make_config):
     from modelfoundry.train.loop import validate
 
     x, y = torch.tensor(data.X["val"]), torch.tensor(data.y["val"])
-    restored = validate(result.model, x, y, torch.nn.CrossEntropyLoss(), "classification",
+    restored, _ = validate(result.model, x, y, torch.nn.CrossEntropyLoss(), "classification",
                         lambda: torch.autocast("cpu", enabled=False))
     assert restored["val_loss"] == pytest.approx(min(losses), rel=1e-5)
 

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import torch
 
-from modelfoundry.config import MONITORS
+from modelfoundry.config import monitor_mode
 
 
 class Callback(Protocol):
@@ -24,7 +24,7 @@ class EarlyStopping:
 
     def __init__(self, monitor: str, patience: int | None, min_delta: float = 0.0):
         self.monitor = monitor
-        self.mode = MONITORS[monitor]
+        self.mode = monitor_mode(monitor)
         self.patience = patience
         self.min_delta = min_delta
         self.best: float | None = None

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -46,8 +46,13 @@ class FitResult:
 
 def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cfg: TrainingConfig, *,
         task: str, class_weights: np.ndarray | None = None, target_std: float = 1.0, seed: int = 0,
-        run_dir: Path | None = None, resume: bool = False, progress: bool = True) -> FitResult:
+        run_dir: Path | None = None, resume: bool = False, progress: bool = True,
+        val_metrics: Callable[[np.ndarray], dict[str, float]] | None = None) -> FitResult:
     """Train `model` on X/y['train'], validating on X/y['val'] each epoch.
+
+    `val_metrics` maps the validation outputs (probabilities, or model-scale predictions) to extra
+    `val_*` entries for the epoch record; the pipeline passes one when early stopping monitors a metric
+    that the loop does not compute itself (val_f1_macro, val_roc_auc, ...).
 
     With `run_dir`, writes metrics.jsonl and checkpoints/{last,best}.pt there; `resume` continues from
     checkpoints/last.pt exactly where it stopped (weights, optimizer, schedule, RNG, early stopping).
@@ -148,8 +153,10 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
                     raise TrainingError(f"The training loss became {train_loss} in epoch {epoch}.",
                                         "Lower training.optimizer.lr, set training.clip_grad_norm: 1.0, "
                                         "or check the data for extreme values.")
-                record = {"epoch": epoch, "train_loss": train_loss,
-                          **validate(model, x_val, y_val, loss_fn, task, autocast, target_std),
+                val, val_out = validate(model, x_val, y_val, loss_fn, task, autocast, target_std)
+                if val_metrics is not None:
+                    val.update(val_metrics(_outputs_numpy(val_out, task)))
+                record = {"epoch": epoch, "train_loss": train_loss, **val,
                           "lr": optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - epoch_start}
                 schedule.epoch_end(record["val_loss"])
                 if stopper.update(record[monitor], epoch):
@@ -176,8 +183,9 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
 
 
 def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, task: str,
-             autocast: Any, target_std: float = 1.0) -> dict[str, float]:
-    """val_loss plus val_accuracy (classification) or val_mae / val_rmse / val_r2 in target units."""
+             autocast: Any, target_std: float = 1.0) -> tuple[dict[str, float], torch.Tensor]:
+    """val_loss plus val_accuracy (classification) or val_mae / val_rmse / val_r2 in target units,
+    and the raw outputs (N, n_outputs)."""
     model.eval()
     with torch.inference_mode():
         with autocast():
@@ -187,13 +195,19 @@ def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Mod
             out = out.float()
         if task == "classification":
             loss, correct = _floats([loss_fn(out, y), (out.argmax(1) == y).sum()])
-            return {"val_loss": loss, "val_accuracy": correct / len(y)}
+            return {"val_loss": loss, "val_accuracy": correct / len(y)}, out
         pred = out.squeeze(-1)
         err = pred - y
         loss, mae, mse, var = _floats([loss_fn(pred, y), err.abs().mean(), (err ** 2).mean(),
                                        ((y - y.mean()) ** 2).mean()])
     return {"val_loss": loss, "val_mae": mae * target_std, "val_rmse": math.sqrt(mse) * target_std,
-            "val_r2": 1 - mse / var if var > 0 else 0.0}
+            "val_r2": 1 - mse / var if var > 0 else 0.0}, out
+
+
+def _outputs_numpy(out: torch.Tensor, task: str) -> np.ndarray:
+    if task == "classification":
+        return torch.softmax(out.float(), dim=1).cpu().numpy().astype(np.float64)
+    return out.float().squeeze(-1).cpu().numpy().astype(np.float64)
 
 
 class BestWeights:
