@@ -33,8 +33,3 @@ def make_config():
     from modelfoundry.config import load_config
 
     return lambda **sections: load_config(tiny_config(**sections))
-
-
-@pytest.fixture(autouse=True)
-def _quiet_threads(monkeypatch):
-    monkeypatch.setenv("PYTHONHASHSEED", "0")

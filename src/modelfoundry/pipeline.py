@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelfoundry.config import Config, check_task, config_hash, load_config
 from modelfoundry.errors import DataError, RunDirError
+from modelfoundry.storage import read_json, write_bytes_atomic, write_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -106,7 +107,7 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
 
     from modelfoundry.data.sources import read_table
     from modelfoundry.models.inference import predict_outputs
-    from modelfoundry.rundir import load_model, write_bytes_atomic
+    from modelfoundry.rundir import load_model
 
     saved = load_model(run_dir)
     frame = read_table(Path(input_path))
@@ -146,7 +147,7 @@ def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[Prep
     from modelfoundry.data.prepare import prepare_data
     from modelfoundry.manifest import build_manifest
     from modelfoundry.models import build_model
-    from modelfoundry.rundir import create_run_dir, load_run_config, read_json, save_config, save_model, write_json
+    from modelfoundry.rundir import create_run_dir, load_run_config, save_config, save_model
     from modelfoundry.train.loop import fit
     from modelfoundry.train.runtime import seed_everything, select_device
 
@@ -164,7 +165,7 @@ def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[Prep
         config = config.model_copy(update={"data": config.data.model_copy(
             update={"source": describe_source(config.data.source)})})
     if resume is not None:
-        _check_same_data(run_path, data.info, read_json)
+        _check_same_data(run_path, data.info)
     else:
         save_config(run_path, config)
         write_json(run_path / "data.json", data.info)
@@ -223,7 +224,7 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult,
     return metrics, headline(data.task, config.evaluation.metrics, metrics)
 
 
-def _check_same_data(run_path: Path, info: dict[str, Any], read_json: Any) -> None:
+def _check_same_data(run_path: Path, info: dict[str, Any]) -> None:
     recorded = read_json(run_path / "data.json")["fingerprint"]["sha256"]
     if recorded != info["fingerprint"]["sha256"]:
         raise RunDirError(f"The data of {run_path} changed since the run started (fingerprint {recorded[:12]} then,"
@@ -234,7 +235,6 @@ def _check_same_data(run_path: Path, info: dict[str, Any], read_json: Any) -> No
 def _reload_splits(saved: Any) -> dict[str, dict[str, Any]]:
     """Re-derive the run's splits from its source and apply the saved preprocessing (no refitting)."""
     from modelfoundry.data.prepare import SPLITS, load_clean, split_frame
-    from modelfoundry.rundir import read_json
 
     cfg = saved.config
     clean = load_clean(cfg.data)

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 import time
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 
 from modelfoundry.config import Config, dump_config, load_config
 from modelfoundry.errors import RunDirError
-from modelfoundry.train.callbacks import write_bytes_atomic
+from modelfoundry.storage import read_json, write_bytes_atomic, write_json, write_text
 
 FORMAT_VERSION = 1
 
@@ -37,18 +36,6 @@ def create_run_dir(config: Config, run_dir: str | Path | None = None) -> Path:
                               f"Pick a new --run-dir, or continue it with `foundry run --resume {root}`.")
     root.mkdir(parents=True, exist_ok=True)
     return root
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
-
-
-def write_text(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def save_config(run_dir: Path, config: Config) -> None:

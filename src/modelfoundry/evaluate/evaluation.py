@@ -20,7 +20,7 @@ def evaluate_outputs(*, task: str, y_true: np.ndarray, output: np.ndarray, rows:
 
     Returns the flat metrics dict written to metrics.json (model metrics, then baseline_* entries).
     """
-    from modelfoundry.rundir import write_json, write_text
+    from modelfoundry.storage import write_json, write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plots: list[str] = []

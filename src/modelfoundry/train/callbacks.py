@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -12,6 +11,7 @@ from typing import Any, Protocol
 import torch
 
 from modelfoundry.config import monitor_mode
+from modelfoundry.storage import write_bytes_atomic
 
 
 class Callback(Protocol):
@@ -57,22 +57,6 @@ def save_atomic(obj: Any, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     write_bytes_atomic(path, buffer.getvalue())
-
-
-def write_bytes_atomic(path: Path, data: bytes, durable: bool = False) -> None:
-    """Write via a temporary file and a rename, so readers see the old file or the new one, never a part.
-
-    That holds when the process is killed at any point. `durable` also fsyncs before the rename, which
-    guards against power loss at a cost of 0.3-4 ms a file (too much for a per-epoch checkpoint).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class MetricsLog:

@@ -1,0 +1,48 @@
+"""The dependency direction of DESIGN.md, checked on the source: a stage imports only earlier stages."""
+
+import ast
+from pathlib import Path
+
+import modelfoundry
+
+PACKAGE = Path(modelfoundry.__file__).parent
+# what each part may import from the package, besides itself; config, errors and storage are open to all
+ALLOWED = {
+    "data": set(),
+    "models": set(),
+    "train": {"models"},
+    "evaluate": {"data", "models"},
+    "rundir": {"models", "train"},
+    "manifest": set(),
+    "pipeline": {"data", "models", "train", "evaluate", "rundir", "manifest"},
+    "cli": {"pipeline", "data", "rundir"},
+}
+BASE = {"config", "errors", "storage"}
+
+
+def imports_of(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("modelfoundry."):
+            names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("modelfoundry."))
+    return names
+
+
+def test_stages_import_only_earlier_stages():
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        part = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        if part in BASE or part == "__init__":
+            continue
+        assert part in ALLOWED, f"new top-level module {part}: add it to ALLOWED with its place in the direction"
+        bad = imports_of(path) - ALLOWED[part] - BASE - {part}
+        if bad:
+            problems.append(f"{path.relative_to(PACKAGE)} imports {sorted(bad)}")
+    assert not problems, problems
+
+
+def test_nothing_imports_the_cli():
+    users = [p for p in PACKAGE.rglob("*.py") if p.name != "cli.py" and "cli" in imports_of(p)]
+    assert not users
