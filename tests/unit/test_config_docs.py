@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from modelfoundry.config import Config, load_config
+from modelfoundry.config import _unwrap  # the same unwrapping the config errors use
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "config.md"
@@ -28,20 +29,6 @@ SECTIONS = tuple(Config.model_fields)
 
 
 # --------------------------------------------------------------------------------------- the models
-def _unwrap(tp: Any) -> Any:
-    """Strip Annotated[...] and Optional[...] around a type."""
-    while True:
-        if typing.get_origin(tp) is Annotated:
-            tp = typing.get_args(tp)[0]
-        elif typing.get_origin(tp) in (Union, types.UnionType):
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if len(args) != 1:
-                return tp
-            tp = args[0]
-        else:
-            return tp
-
-
 def _nested(tp: Any) -> list[tuple[tuple[str, ...], type[BaseModel]]]:
     """The models reachable inside a field type, each with the path segments in between."""
     tp = _unwrap(tp)

@@ -78,6 +78,9 @@ class MetricsLog:
             self.handle.flush()
             self.next_flush = time.perf_counter() + self.FLUSH_INTERVAL_S
 
+    def flush(self) -> None:
+        self.handle.flush()
+
     def close(self) -> None:
         self.handle.close()
 
@@ -129,6 +132,8 @@ class ProgressDisplay:
 
     def close(self) -> None:
         if self.progress is not None:
+            done = self.progress.tasks[0].completed
+            self.progress.update(self.task, total=done)  # stopped early: the bar ends full where training ended
             self.progress.stop()
 
 

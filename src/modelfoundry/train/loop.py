@@ -96,8 +96,9 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
         best.load(state["best_model"])
 
     callbacks: list[Any] = []
-    if run_dir:
-        callbacks.append(MetricsLog(run_dir / "metrics.jsonl", history))
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", history) if run_dir else None
+    if metrics_log:
+        callbacks.append(metrics_log)
         if cfg.tensorboard:
             callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
     display = ProgressDisplay(cfg.epochs, batches, start_epoch, monitor) if progress else None
@@ -118,6 +119,7 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
         if best.state is not None and best_saved != best.version:  # best.pt only when it changed
             save_atomic(best.state, ckpt_dir / "best.pt")
             best_saved = best.version
+        metrics_log.flush()  # the log holds at least every checkpointed epoch
         policy.saved()
 
     try:
