@@ -42,6 +42,11 @@ def friendly_errors(command: Callable) -> Callable:
             if exc.hint:
                 console.print(f"[bold]Next:[/] {exc.hint}", soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # permissions, a full disk, a path that is a directory: not a bug, say so
+            where = f" '{exc.filename}'" if exc.filename else ""
+            _console(stderr=True).print(f"[bold red]Error:[/] could not access{where}: {exc.strerror or exc}.",
+                                        soft_wrap=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             _console(stderr=True).print("Interrupted.")
             raise typer.Exit(130) from None

@@ -84,3 +84,20 @@ def test_bad_run_dirs_and_prediction_inputs(tmp_path):
     assert result.exit_code == 3 and "petal length (cm)" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--no-progress"])
     assert result.exit_code == 4 and "already holds a run" in result.output
+
+
+def test_an_unwritable_output_directory_is_reported_cleanly(tmp_path):
+    import os
+
+    if os.geteuid() == 0:  # root writes anywhere: block the path with a file instead
+        blocker = tmp_path / "blocked"
+        blocker.write_text("a file where the run directory should go")
+        run_dir = blocker / "run"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        run_dir = locked / "run"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config()))
+    result = runner.invoke(app, ["run", str(cfg), "--run-dir", str(run_dir), "--no-progress"])
+    assert result.exit_code == 1 and "Error: could not access" in result.output and "Traceback" not in result.output

@@ -101,8 +101,9 @@ class Preprocessor:
             if spec.kind == "numeric":
                 out[column] = to_numeric(series, column, origin)
             else:  # strings with NaN for missing, so encoders see one consistent type
-                out[column] = pd.Series([np.nan if pd.isna(v) else str(v) for v in series], index=series.index,
-                                        dtype=object)
+                text = series.astype(str).astype(object)
+                text[series.isna()] = np.nan
+                out[column] = text
         return pd.DataFrame(out, index=frame.index)
 
     def _pixels(self, frame: pd.DataFrame, spec: FeatureSpec, origin: str) -> np.ndarray:
