@@ -14,6 +14,7 @@ TINY: dict[str, Any] = {
     "model": {"name": "mlp", "hidden": [8]},
     "training": {"epochs": 3, "batch_size": 16, "early_stopping": None},
     "evaluation": {"plots": False},
+    "tracking": {"enabled": False},  # registry tests turn it on against their own database
 }
 
 

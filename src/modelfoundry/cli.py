@@ -17,7 +17,8 @@ app = typer.Typer(name="foundry", no_args_is_help=True, add_completion=False, pr
                   help="modelfoundry: dataset -> trained, evaluated, reproducible model, from one YAML config.")
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", show_default=False)]
-RunDirArg = Annotated[Path, typer.Argument(help="A run directory made by `foundry run`.", show_default=False)]
+RunDirArg = Annotated[Path, typer.Argument(help="A run directory made by `foundry run`, or a registered model: "
+                                           "NAME, NAME/VERSION or NAME@ALIAS.", show_default=False)]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")]
 
 
@@ -131,6 +132,101 @@ def datasets() -> None:
         typer.echo(f"sklearn:{name}")
 
 
+registry_app = typer.Typer(help="Registered models: versions, aliases, lineage, rollback.", no_args_is_help=True,
+                           rich_markup_mode=None)
+app.add_typer(registry_app, name="registry")
+UriOption = Annotated[Optional[str], typer.Option("--uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
+                                                  "or sqlite:///foundry.db).")]
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why; kept in the alias history.")]
+
+
+@registry_app.command("list")
+@friendly_errors
+def registry_list(uri: UriOption = None) -> None:
+    """List registered models with their latest version and aliases."""
+    from rich.table import Table
+
+    from modelfoundry.registry import list_models
+
+    table = Table("model", "versions", "latest", "aliases", "updated", title_justify="left")
+    for m in list_models(uri):
+        aliases = ", ".join(f"{a}->v{v}" for a, v in sorted(m["aliases"].items())) or "-"
+        table.add_row(m["name"], str(m["versions"]), str(m["latest"]), aliases, m["updated"] or "-")
+    _console().print(table)
+
+
+@registry_app.command("show")
+@friendly_errors
+def registry_show(ref: Annotated[str, typer.Argument(help="NAME, NAME/VERSION or NAME@ALIAS.")],
+                  uri: UriOption = None) -> None:
+    """Show a model's versions, or one version's lineage and test metrics."""
+    from modelfoundry.registry import show
+
+    info = show(ref, uri)
+    console = _console()
+    for version in info.get("versions", [info]):
+        console.print(f"[bold]{info['name']} v{version['version']}[/]  created {version['created']}")
+        for key, value in sorted(version["tags"].items()):
+            console.print(f"  {key.removeprefix('foundry.')}: {value}", markup=False)
+        for key, value in sorted(version["metrics"].items()):
+            console.print(f"  test {key}: {value:.4f}", markup=False)
+    console.print(f"aliases: {info['aliases'] or 'none'}")
+
+
+@registry_app.command("promote")
+@friendly_errors
+def registry_promote(name: str, version: str,
+                     alias: Annotated[str, typer.Option("--alias", help="Alias to move.")] = "production",
+                     reason: ReasonOption = "", uri: UriOption = None) -> None:
+    """Point an alias (default: production) at a version."""
+    from modelfoundry.registry import promote
+
+    entry = promote(name, version, alias, reason, uri)
+    _console().print(f"{name}@{alias}: v{entry['from'] or '-'} -> v{entry['to']}")
+
+
+@registry_app.command("rollback")
+@friendly_errors
+def registry_rollback(name: str, alias: Annotated[str, typer.Option("--alias", help="Alias to move back.")] = "production",
+                      reason: ReasonOption = "", uri: UriOption = None) -> None:
+    """Move an alias back to the version that held it before."""
+    from modelfoundry.registry import rollback
+
+    entry = rollback(name, alias, reason, uri)
+    _console().print(f"{name}@{alias}: v{entry['from']} -> v{entry['to']} (rolled back)")
+
+
+@registry_app.command("history")
+@friendly_errors
+def registry_history(name: str, uri: UriOption = None) -> None:
+    """Every alias move of a model: time, user, alias, from, to, action, reason."""
+    from rich.table import Table
+
+    from modelfoundry.registry import history
+
+    table = Table("time (UTC)", "user", "alias", "from", "to", "action", "reason", title_justify="left")
+    for e in history(name, uri):
+        table.add_row(e["time"][:19], e["user"], e["alias"], str(e["from"] or "-"), e["to"], e["action"], e["reason"])
+    _console().print(table)
+
+
+@registry_app.command("diff")
+@friendly_errors
+def registry_diff(name: str, v1: str, v2: str, uri: UriOption = None) -> None:
+    """Config keys and test metrics of two versions side by side."""
+    from rich.table import Table
+
+    from modelfoundry.registry import diff
+
+    result = diff(name, v1, v2, uri)
+    table = Table("key", f"v{v1}", f"v{v2}", title=f"{name}: v{v1} vs v{v2}", title_justify="left")
+    for key, (a, b) in result["config"].items():
+        table.add_row(key, str(a), str(b))
+    for key, (a, b) in result["metrics"].items():
+        table.add_row(f"test {key}", "-" if a is None else f"{a:.4f}", "-" if b is None else f"{b:.4f}")
+    _console().print(table)
+
+
 def _need_config_or_resume(config: Optional[Path], resume: Optional[Path]) -> None:
     from modelfoundry.errors import ConfigError
 
@@ -167,6 +263,10 @@ def _print_summary(result: Any) -> None:
     elif result.metrics:
         report = result.extras.get("out_dir", Path(result.run_dir) / "eval") / "report.md"
         console.print(f"Report: {report}")
+    registered = result.extras.get("registry")
+    if registered and registered["version"]:
+        console.print(f"Registered as version {registered['version']} in {registered['uri']} "
+                      f"(`foundry registry show {registered['model']}/{registered['version']}`).")
 
 
 def main() -> None:

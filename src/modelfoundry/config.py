@@ -273,6 +273,16 @@ class OutputConfig(_Section):
     dir: str = "runs"  # runs are created as <dir>/<name>-<timestamp>/
 
 
+class TrackingConfig(_Section):
+    """MLflow tracking and model registry. The embedded default needs no setup: sqlite:///foundry.db."""
+
+    enabled: bool = True  # log every `foundry run` (params, per-epoch metrics, artifacts) to MLflow
+    register_model: bool = True  # and register its model as a new version of the model named by `name`
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI if set, else sqlite:///foundry.db
+    artifacts: str = "mlartifacts"  # artifact folder for experiments this creates (local tracking URIs)
+    experiment: str | None = None  # None: the config's name
+
+
 class Config(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     seed: int = 42
@@ -281,6 +291,7 @@ class Config(_Section):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
 
 def check_task(config: Config, task: str) -> None:

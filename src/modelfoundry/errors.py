@@ -46,6 +46,20 @@ class RunDirError(FoundryError):
     http_status = 404
 
 
+class ModelNotFound(FoundryError):
+    """A registered model, version or alias does not exist."""
+
+    exit_code = 6
+    http_status = 404
+
+
+class RegistryError(FoundryError):
+    """The registry refused an operation (nothing to roll back to, a bad reference, ...)."""
+
+    exit_code = 6
+    http_status = 409
+
+
 class TrainingError(FoundryError):
     """Training could not go on (for example the loss became NaN)."""
 

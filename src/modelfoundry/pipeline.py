@@ -53,6 +53,8 @@ def run(config: Config | str | Path | None = None, *, run_dir: str | Path | None
                        fit_result.monitor, fit_result.best_value, fit_result.stopped_early, fit_result.interrupted)
     if not fit_result.interrupted:
         result.metrics, result.headline = _evaluate_test(config, data, fit_result, run_path)
+        if config.tracking.enabled:
+            result.extras["registry"] = _track(run_path, config, result.metrics)
     result.wall_s = time.perf_counter() - started
     return result
 
@@ -79,7 +81,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Pat
     from modelfoundry.rundir import load_model
 
     started = time.perf_counter()
-    saved = load_model(run_dir)
+    saved = load_model(model_dir(run_dir))
     cfg = saved.config
     baselines = None
     if data is None:
@@ -109,7 +111,7 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
     from modelfoundry.models.inference import predict_outputs
     from modelfoundry.rundir import load_model
 
-    saved = load_model(run_dir)
+    saved = load_model(model_dir(run_dir))
     frame = read_table(Path(input_path))
     X = saved.preprocessor.transform(frame, origin=str(input_path))
     output = predict_outputs(saved.model, X, saved.task)
@@ -130,6 +132,20 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
         else:
             write_bytes_atomic(path, table.to_csv(index=False).encode())
     return table
+
+
+def model_dir(ref: str | Path) -> Path:
+    """A run directory as given, or the local copy of a registered model (NAME, NAME/VERSION, NAME@ALIAS)."""
+    path = Path(ref)
+    if path.exists():
+        return path
+    from modelfoundry.registry import REF, download
+
+    if REF.match(str(ref)):
+        return download(str(ref))
+    raise RunDirError(f"'{ref}' is neither a run directory nor a registered model reference.",
+                      "Pass a directory under runs/, or NAME, NAME/VERSION or NAME@ALIAS "
+                      "(see `foundry registry list`).")
 
 
 # ---------------------------------------------------------------------------------------------- internals
@@ -186,6 +202,23 @@ def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[Prep
                 "config_hash": config_hash(config)}
         save_model(run_path, fit_result.model.cpu(), spec, data.preprocessor, data.target_encoder)
     return data, fit_result, config, run_path
+
+
+def _track(run_path: Path, config: Config, metrics: dict[str, float]) -> dict[str, Any]:
+    """Log the run to MLflow and register its model; failures keep the run directory and say how to retry."""
+    from modelfoundry.errors import RegistryError
+    from modelfoundry.registry import log_run, resolve_uri
+
+    try:
+        return log_run(run_path, config, metrics)
+    except ImportError as exc:
+        raise RegistryError(f"Tracking is on but MLflow is not installed ({exc}). The run itself is complete in "
+                            f"{run_path}.", "pip install mlflow-skinny, or set tracking.enabled: false.") from None
+    except Exception as exc:  # noqa: BLE001 - any store failure: the run directory is intact either way
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RegistryError(f"Could not log the run to the tracking store {resolve_uri(config.tracking.uri)}: "
+                            f"{first}. The run itself is complete in {run_path}.",
+                            "Fix tracking.uri (or $MLFLOW_TRACKING_URI), or set tracking.enabled: false.") from None
 
 
 def _monitor_metrics(config: Config, data: PreparedData) -> Any:

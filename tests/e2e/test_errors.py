@@ -71,7 +71,7 @@ def test_broken_input_gives_a_clean_error(tmp_path, case):
 
 def test_bad_run_dirs_and_prediction_inputs(tmp_path):
     result = runner.invoke(app, ["evaluate", str(tmp_path / "nowhere")])
-    assert result.exit_code == 4 and "does not exist" in result.output
+    assert result.exit_code == 4 and "neither a run directory" in result.output
     result = runner.invoke(app, ["run", "--resume", str(tmp_path)])
     assert result.exit_code == 4 and "not a run directory" in result.output
     result = runner.invoke(app, ["run"])

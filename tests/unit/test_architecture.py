@@ -14,8 +14,10 @@ ALLOWED = {
     "evaluate": {"data", "models"},
     "rundir": {"models", "train"},
     "manifest": set(),
-    "pipeline": {"data", "models", "train", "evaluate", "rundir", "manifest"},
-    "cli": {"pipeline", "data", "rundir"},
+    "export": {"data", "models", "rundir"},
+    "registry": set(),
+    "pipeline": {"data", "models", "train", "evaluate", "rundir", "manifest", "registry"},
+    "cli": {"pipeline", "data", "rundir", "registry"},
 }
 BASE = {"config", "errors", "storage"}
 

@@ -1,0 +1,131 @@
+"""Tracking and the registry on real MLflow (SQLite): lineage, aliases, rollback, history, diff, references."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from modelfoundry.cli import app
+from modelfoundry.config import load_config
+from modelfoundry.errors import ModelNotFound, RegistryError
+from modelfoundry.pipeline import predict, run
+from tests.conftest import tiny_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One tracking store holding two versions of model 'iris' (different learning rates)."""
+    tmp = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{tmp / 'foundry.db'}"
+    tracking = {"enabled": True, "uri": uri, "artifacts": str(tmp / "mlartifacts")}
+    runs = []
+    for i, lr in enumerate((1e-3, 1e-2)):
+        cfg = load_config(tiny_config(name="iris", tracking=tracking, training={"epochs": 4, "optimizer": {"lr": lr}}))
+        runs.append(run(cfg, run_dir=tmp / f"run{i}", progress=False))
+    return {"uri": uri, "runs": runs, "tmp": tmp}
+
+
+def cli(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_each_run_is_logged_and_registered_with_lineage(store):
+    from modelfoundry.registry import client, show
+
+    first, second = (r.extras["registry"] for r in store["runs"])
+    assert (first["version"], second["version"]) == ("1", "2")
+    info = show("iris/1", store["uri"])
+    tags = info["tags"]
+    manifest = json.loads((store["tmp"] / "run0/manifest.json").read_text())
+    assert tags["foundry.data_sha256"] == manifest["dataset"]["sha256"]
+    assert tags["foundry.config_hash"] == manifest["config_hash"] and tags["foundry.task"] == "classification"
+    assert tags["foundry.run_dir"] == str((store["tmp"] / "run0").resolve())
+    assert info["metrics"]["accuracy"] == pytest.approx(store["runs"][0].metrics["accuracy"])
+    mlf = client(store["uri"])
+    assert len(mlf.get_metric_history(first["run_id"], "val_loss")) == 4
+    params = mlf.get_run(first["run_id"]).data.params
+    assert params["training.optimizer.lr"] == "0.001" and params["data.source"] == "sklearn:iris"
+    artifacts = {a.path for a in mlf.list_artifacts(first["run_id"])}
+    assert {"model", "eval", "config.yaml", "preprocess.pkl", "manifest.json"} <= artifacts
+
+
+def test_promote_rollback_and_history(store):
+    from modelfoundry.registry import history, promote, rollback, show
+
+    uri = store["uri"]
+    promote("iris", "1", "production", "first", uri)
+    promote("iris", "2", "production", "better", uri)
+    assert show("iris@production", uri)["version"] == "2"
+    entry = rollback("iris", "production", "regression in prod", uri)
+    assert (entry["from"], entry["to"]) == ("2", "1") and show("iris", uri)["aliases"] == {"production": "1"}
+    with pytest.raises(RegistryError, match="no earlier version"):
+        rollback("iris", "production", "", uri)
+    moves = history("iris", uri)
+    assert [(m["action"], m["from"], m["to"]) for m in moves] == [("promote", None, "1"), ("promote", "1", "2"),
+                                                                 ("rollback", "2", "1")]
+    assert moves[2]["reason"] == "regression in prod" and moves[0]["user"]
+
+
+def test_diff_shows_config_and_metric_differences(store):
+    from modelfoundry.registry import diff
+
+    result = diff("iris", "1", "2", store["uri"])
+    assert result["config"]["training.optimizer.lr"] == [0.001, 0.01]
+    assert "name" not in result["config"] and "accuracy" in result["metrics"]
+
+
+def test_registered_references_work_where_run_directories_do(store, tmp_path, monkeypatch):
+    from modelfoundry.data.sources import load_source
+    from modelfoundry.registry import promote
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    monkeypatch.chdir(tmp_path)  # the download cache goes under the working directory
+    promote("iris", "2", "staging", "", store["uri"])
+    rows = tmp_path / "rows.csv"
+    load_source("sklearn:iris").drop(columns="target").head(20).to_csv(rows, index=False)
+    from_registry = predict("iris@staging", rows)
+    from_run = predict(store["tmp"] / "run1", rows)
+    assert from_registry.equals(from_run)
+    with pytest.raises(ModelNotFound, match="Did you mean 'iris'"):
+        predict("irs@staging", rows)
+    with pytest.raises(ModelNotFound, match="no alias 'canary'"):
+        predict("iris@canary", rows)
+
+
+def test_registry_commands(store):
+    uri = store["uri"]
+    assert "iris" in cli("registry", "list", "--uri", uri)
+    shown = cli("registry", "show", "iris/2", "--uri", uri)
+    assert "iris v2" in shown and "config_hash" in shown and "test accuracy" in shown
+    assert "iris@canary: v- -> v2" in cli("registry", "promote", "iris", "2", "--alias", "canary", "--reason", "try",
+                                          "--uri", uri)
+    assert "iris@canary: v2 -> v1" in cli("registry", "promote", "iris", "1", "--alias", "canary", "--uri", uri)
+    assert "iris@canary: v1 -> v2 (rolled back)" in cli("registry", "rollback", "iris", "--alias", "canary", "--uri", uri)
+    moves = cli("registry", "history", "iris", "--uri", uri)
+    assert "canary" in moves and "try" in moves and "rollback" in moves
+    assert "training.optimizer.lr" in cli("registry", "diff", "iris", "1", "2", "--uri", uri)
+    result = runner.invoke(app, ["registry", "show", "nope", "--uri", uri])
+    assert result.exit_code == 6 and "No registered model 'nope'" in result.output
+
+
+def test_a_failed_registration_leaves_no_version(store, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from modelfoundry.registry import show
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("store went away")
+
+    monkeypatch.setattr(MlflowClient, "create_model_version", broken)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(name="iris", tracking={"enabled": True, "uri": store["uri"]})))
+    result = runner.invoke(app, ["run", str(cfg), "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code == 6 and "store went away" in result.output and "complete in" in result.output
+    assert (tmp_path / "run/model/weights.pt").is_file()
+    monkeypatch.undo()
+    assert [v["version"] for v in show("iris", store["uri"])["versions"]] == ["1", "2"]
