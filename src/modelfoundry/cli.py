@@ -169,7 +169,8 @@ def registry_show(ref: Annotated[str, typer.Argument(help="NAME, NAME/VERSION or
         for key, value in sorted(version["tags"].items()):
             console.print(f"  {key.removeprefix('foundry.')}: {value}", markup=False)
         for key, value in sorted(version["metrics"].items()):
-            console.print(f"  test {key}: {value:.4f}", markup=False)
+            if not key.startswith("baseline_"):  # baselines stay in the run's report and `registry diff`
+                console.print(f"  test {key}: {value:.4f}", markup=False)
     console.print(f"aliases: {info['aliases'] or 'none'}")
 
 

@@ -72,7 +72,9 @@ def log_run(run_dir: Path, config: Config, metrics: dict[str, float], *, parent_
     run = mlf.create_run(experiment, run_name=Path(run_dir).name, tags={"foundry.run_dir": str(run_dir)})
     run_id = run.info.run_id
     now = int(time.time() * 1000)
-    params = [Param(k, str(v)[:500]) for k, v in _flatten(config.model_dump(mode="json")).items()]
+    # MLflow keys allow letters, digits, _ - . space : / only (a glob feature key such as pixel_* does not)
+    params = [Param(re.sub(r"[^\w\-. :/]", "_", k), str(v)[:500])
+              for k, v in _flatten(config.model_dump(mode="json")).items()]
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     series = [Metric(k, float(v), now, r["epoch"]) for r in epochs for k, v in r.items()
               if k != "epoch" and isinstance(v, (int, float))]

@@ -23,7 +23,8 @@ def store(tmp_path_factory):
     tracking = {"enabled": True, "uri": uri, "artifacts": str(tmp / "mlartifacts")}
     runs = []
     for i, lr in enumerate((1e-3, 1e-2)):
-        cfg = load_config(tiny_config(name="iris", tracking=tracking, training={"epochs": 4, "optimizer": {"lr": lr}}))
+        cfg = load_config(tiny_config(name="iris", tracking=tracking, training={"epochs": 4, "optimizer": {"lr": lr}},
+                                      data={"source": "sklearn:iris", "features": {"petal*": {"scale": "minmax"}}}))
         runs.append(run(cfg, run_dir=tmp / f"run{i}", progress=False))
     return {"uri": uri, "runs": runs, "tmp": tmp}
 
@@ -50,6 +51,7 @@ def test_each_run_is_logged_and_registered_with_lineage(store):
     assert len(mlf.get_metric_history(first["run_id"], "val_loss")) == 4
     params = mlf.get_run(first["run_id"]).data.params
     assert params["training.optimizer.lr"] == "0.001" and params["data.source"] == "sklearn:iris"
+    assert params["data.features.petal_.scale"] == "minmax"  # '*' is not allowed in MLflow keys
     artifacts = {a.path for a in mlf.list_artifacts(first["run_id"])}
     assert {"model", "eval", "config.yaml", "preprocess.pkl", "manifest.json"} <= artifacts
 

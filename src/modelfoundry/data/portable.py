@@ -1,0 +1,222 @@
+"""A portable, pickle-free description of fitted preprocessing, and a numpy implementation of it.
+
+`describe_preprocessor` turns a fitted `Preprocessor` (and optionally its `TargetEncoder`) into plain
+JSON; `apply_portable` applies that JSON to raw rows with numpy and pandas only, giving exactly what
+`Preprocessor.transform` gives. An ONNX export ships it as `preprocess.json` next to `model.onnx`, so a
+server - in any language - can turn raw columns into the model's input without unpickling anything.
+
+The format (version `format: 1`)::
+
+    {
+      "format": 1,
+      "kind": "tabular" | "image",
+      "columns": [...],            # raw input columns read, in order (extra columns are ignored)
+      "feature_names": [...],      # the model's input features, in order (tabular: one per input value)
+      "input_shape": [F] | [C, H, W],   # per row; the model input is (batch, *input_shape), float32
+      "features": [...],           # tabular only: one entry per raw column, in output order (below)
+      "image": {...},              # image only (below)
+      "target": {...}              # present when a target encoder was given (below)
+    }
+
+Each tabular feature entry, applied to its column; all arithmetic in float64, cast to float32 at the end:
+
+    {"name", "column", "kind": "numeric",
+     "missing": "mean|median|most_frequent|constant|drop",   # "drop": a missing value is an error
+     "fill": float,                                          # replaces missing values (NaN)
+     "clip": [lower, upper] | null,                          # then np.clip(x, lower, upper)
+     "scale": {"method": "standard", "mean": m, "scale": s}  # then (x - m) / s
+            | {"method": "minmax", "min": m, "scale": s}     #   or x * s + m
+            | {"method": "none"},
+     "width": 1}                 # 0 (and "fill": null) for a column that had no value when fitted
+    {"name", "column", "kind": "categorical", "missing", "fill": "<category>",
+     "encode": "onehot" | "ordinal",
+     "categories": ["<category>", ...],  # onehot: one output per category, all 0 for an unseen value;
+                                         # ordinal: the index of the value, -1 when unseen
+     "width": len(categories) | 1}
+
+Numeric columns are parsed as numbers (text that is not a number is an error; empty cells are missing).
+Categorical values are compared as text: each value becomes `str(value)` (so 3 -> "3", 3.0 -> "3.0")
+with missing cells filled first.
+
+The image entry: `{"name", "array_column": name | null, "columns": [...], "shape": [C, H, W],
+"offset": o, "divisor": d}`. Pixels come from one column whose cells hold arrays (`array_column`; the
+rule is: a single column whose first cell is an array), or else from `columns` in order, one pixel each;
+each row becomes `((pixels - o) / d).reshape(C, H, W)`; missing pixels are an error.
+
+The target entry: `{"task": "classification", "column", "classes": [...]}` - output k of the model is
+the probability of `classes[k]` - or `{"task": "regression", "column", "mean": m, "std": s}`: the model
+predicts standardised values, `value = output * s + m`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelfoundry.data.clean import to_numeric
+from modelfoundry.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from modelfoundry.data.transform import Preprocessor, TargetEncoder
+
+PORTABLE_FORMAT = 1
+
+
+def describe_preprocessor(pre: Preprocessor, target_encoder: TargetEncoder | None = None,
+                          target_column: str | None = None) -> dict[str, Any]:
+    """The JSON-serialisable description of a fitted `Preprocessor` (see the module docstring)."""
+    if not hasattr(pre, "input_shape_"):
+        raise RuntimeError("This Preprocessor is not fitted yet; call fit() first.")
+    desc: dict[str, Any] = {"format": PORTABLE_FORMAT, "columns": list(pre.columns),
+                            "feature_names": list(pre.feature_names_), "input_shape": list(pre.input_shape_)}
+    first = pre.specs[0]
+    if first.kind == "image":
+        desc["kind"] = "image"
+        desc["image"] = {"name": first.name, "array_column": _array_column(pre),
+                         "columns": list(first.columns), "shape": list(pre.input_shape_),
+                         "offset": float(pre.offset_), "divisor": float(pre.divisor_)}
+    else:
+        desc["kind"] = "tabular"
+        fitted = pre.column_transformer_.named_transformers_
+        desc["features"] = [_describe_column(spec, fitted[spec.name]) for spec in pre.specs]
+        width = sum(f["width"] for f in desc["features"])
+        if width != len(pre.feature_names_):
+            raise DataError(f"The fitted preprocessing gives {len(pre.feature_names_)} features but its columns "
+                            f"describe {width}; a column without any value in the training split was dropped.",
+                            "Set type: ignore for empty columns in data.features and retrain.")
+    if target_encoder is not None:
+        desc["target"] = describe_target(target_encoder, target_column)
+    return desc
+
+
+def describe_target(encoder: TargetEncoder, column: str | None = None) -> dict[str, Any]:
+    """Classes (as JSON values) for classification; the standardisation mean/std for regression."""
+    if encoder.task == "classification":
+        return {"task": "classification", "column": column, "classes": [_json_value(c) for c in encoder.classes_]}
+    return {"task": "regression", "column": column, "mean": float(encoder.mean_), "std": float(encoder.std_)}
+
+
+def apply_portable(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the input") -> np.ndarray:
+    """Raw rows -> float32 array (N, *input_shape), exactly as `Preprocessor.transform` computes it."""
+    if desc.get("format") != PORTABLE_FORMAT:
+        raise DataError(f"The preprocessing description has format {desc.get('format')!r}; this version of "
+                        f"modelfoundry reads format {PORTABLE_FORMAT}.", "Export the model again.")
+    _check_columns(desc["columns"], frame, origin)
+    if desc["kind"] == "image":
+        image = desc["image"]
+        pixels = (_pixels(image, frame, origin) - image["offset"]) / image["divisor"]
+        return pixels.reshape(len(frame), *desc["input_shape"]).astype(np.float32)
+    parts = [_apply_column(feature, frame[feature["column"]], origin) for feature in desc["features"]]
+    out = np.hstack(parts) if parts else np.empty((len(frame), 0))
+    return out.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- describe
+def _describe_column(spec: Any, pipeline: Any) -> dict[str, Any]:
+    steps = pipeline.named_steps
+    fill = steps["impute"].statistics_[0]
+    entry: dict[str, Any] = {"name": spec.name, "column": spec.columns[0], "kind": spec.kind,
+                             "missing": spec.missing}
+    if spec.kind == "numeric":
+        if math.isnan(fill):  # no value in the training split: scikit-learn's imputer drops the column
+            return {**entry, "fill": None, "clip": None, "scale": {"method": "none"}, "width": 0}
+        clipper = steps.get("clip")
+        entry["fill"] = float(fill)
+        entry["clip"] = [float(clipper.lower_[0]), float(clipper.upper_[0])] if clipper is not None else None
+        entry["scale"] = _describe_scaler(steps["scale"])
+        entry["width"] = 1
+        return entry
+    encoder = steps["encode"]
+    entry["fill"] = _json_value(fill)
+    entry["encode"] = spec.encode
+    entry["categories"] = [_json_value(c) for c in encoder.categories_[0]]
+    entry["width"] = len(entry["categories"]) if spec.encode == "onehot" else 1
+    return entry
+
+
+def _describe_scaler(scaler: Any) -> dict[str, Any]:
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    if isinstance(scaler, StandardScaler):
+        return {"method": "standard", "mean": float(scaler.mean_[0]), "scale": float(scaler.scale_[0])}
+    if isinstance(scaler, MinMaxScaler):
+        return {"method": "minmax", "min": float(scaler.min_[0]), "scale": float(scaler.scale_[0])}
+    return {"method": "none"}  # 'passthrough'
+
+
+def _array_column(pre: Preprocessor) -> str | None:
+    """The column holding whole arrays, when the image came from one (an image of many pixels in one column)."""
+    spec = pre.specs[0]
+    return spec.columns[0] if len(spec.columns) == 1 and int(np.prod(spec.shape)) > 1 else None
+
+
+def _json_value(value: Any) -> Any:
+    """numpy scalars -> Python scalars, so labels and categories survive json.dumps unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# ------------------------------------------------------------------------------------------------- apply
+def _apply_column(feature: dict[str, Any], series: pd.Series, origin: str) -> np.ndarray:
+    column = feature["column"]
+    missing = series.isna().to_numpy()
+    if feature["missing"] == "drop" and missing.any():
+        rows = ", ".join(str(i) for i in series.index[missing][:5])
+        raise DataError(f"Column '{column}' of {origin} has missing values (rows {rows}), and the model "
+                        "was trained with missing: drop for it, so it cannot fill them.",
+                        "Fill those values before predicting, or retrain with missing: median.")
+    if feature["kind"] == "numeric":
+        if feature["width"] == 0:
+            return np.empty((len(series), 0))
+        x = to_numeric(series, column, origin).to_numpy(dtype=np.float64, copy=True)
+        x[np.isnan(x)] = feature["fill"]
+        if feature["clip"] is not None:
+            x = np.clip(x, *feature["clip"])
+        scale = feature["scale"]
+        if scale["method"] == "standard":
+            x = (x - scale["mean"]) / scale["scale"]
+        elif scale["method"] == "minmax":
+            x = x * scale["scale"] + scale["min"]
+        return x.reshape(-1, 1)
+    texts = series.astype(str).astype(object).to_numpy()
+    index = {category: i for i, category in enumerate(feature["categories"])}
+    fill = index.get(feature["fill"], -1)
+    codes = np.array([fill if m else index.get(v, -1) for v, m in zip(texts, missing)], dtype=np.int64)
+    if feature["encode"] == "ordinal":
+        return codes.astype(np.float64).reshape(-1, 1)
+    onehot = np.zeros((len(codes), len(index)))  # (N, K); unseen categories stay all zero
+    known = codes >= 0
+    onehot[np.flatnonzero(known), codes[known]] = 1.0
+    return onehot
+
+
+def _pixels(image: dict[str, Any], frame: pd.DataFrame, origin: str) -> np.ndarray:
+    n_values = int(np.prod(image["shape"]))
+    columns = image["columns"]
+    # the same rule as Preprocessor: one column whose cells are arrays, else one pixel per column
+    if len(columns) == 1 and len(frame) and isinstance(frame[columns[0]].iloc[0], (list, tuple, np.ndarray)):
+        cells = frame[columns[0]]
+        sizes = {np.asarray(v).size for v in cells}
+        if sizes != {n_values}:
+            raise DataError(f"Image column '{columns[0]}' of {origin} holds arrays of sizes {sorted(sizes)[:5]}; "
+                            f"the model expects {image['shape']} ({n_values} values).",
+                            "Resize the images, or set data.features.<column>.shape.")
+        pixels = np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in cells])
+    else:
+        pixels = np.column_stack([to_numeric(frame[c], c, origin).to_numpy() for c in columns])
+    if np.isnan(pixels).any():
+        raise DataError(f"Image feature '{image['name']}' of {origin} has missing pixel values.",
+                        "Fill or drop those rows before predicting.")
+    return pixels
+
+
+def _check_columns(columns: list[str], frame: pd.DataFrame, origin: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        shown = ", ".join(f"'{c}'" for c in missing[:8]) + (f" and {len(missing) - 8} more"
+                                                           if len(missing) > 8 else "")
+        raise DataError(f"{origin} lacks column(s) the model was trained on: {shown}.",
+                        "Send the same columns as the training data (extra columns are ignored).")

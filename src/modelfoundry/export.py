@@ -1,0 +1,354 @@
+"""ONNX export of a trained run, checked for parity with the PyTorch model before anything is published.
+
+    <out_dir>/                      (default: <run_dir>/model/onnx/)
+      model.onnx        input "input" (batch, *input_shape) float32 -> "probabilities" (batch, K)
+                        for classification (softmax included), "prediction" (batch, 1) for regression
+                        (standardised: value = output * std + mean, both in preprocess.json)
+      model.onnx.data   the weights, only for models too large to embed (over 1 GiB)
+      preprocess.json   raw columns -> model input, pickle-free (format in modelfoundry.data.portable)
+      export.json       what was exported, how, and the parity reached; written last, so a directory
+                        with export.json holds a complete export
+
+The parity check runs the run's test split through both paths - saved Preprocessor + torch model, and
+preprocess.json + ONNX Runtime - and refuses to publish when they differ by more than `tolerance`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelfoundry.errors import ConfigError, DataError, FoundryError, RunDirError
+from modelfoundry.storage import read_json, write_json
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import pandas as pd
+    from torch import nn
+
+    from modelfoundry.rundir import SavedModel
+
+EXPORT_FORMAT = 1
+INPUT_NAME = "input"
+EXTERNAL_DATA_BYTES = 1 << 30  # above this the weights go to model.onnx.data (protobuf caps a file at 2 GiB)
+MAX_THREADS = 4  # ONNX Runtime intra-op threads: more rarely helps small models and starves other requests
+BATCH = 4096
+
+
+class ExportError(FoundryError):
+    """A model could not be exported, or its export does not reproduce the PyTorch model."""
+
+    exit_code = 6
+    http_status = 500
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    onnx_path: Path
+    max_abs_diff: float  # largest |torch - onnxruntime| over the rows checked and all outputs
+    rows_checked: int
+    input_name: str
+    output_name: str
+    exporter: str  # "dynamo" (torch.export) or "torchscript" (the fallback)
+    opset: int
+    tolerance: float
+    files: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, tolerance: float = 1e-4,
+                opset: int | None = None, parity_rows: pd.DataFrame | None = None) -> ExportResult:
+    """Export a run's model to ONNX with its portable preprocessing, after checking both reproduce it.
+
+    Args:
+        run_dir: a trained run directory.
+        out_dir: where to publish; default `<run_dir>/model/onnx/`. Files already there are replaced
+            only when the new export passes the parity check.
+        tolerance: the largest absolute difference allowed between PyTorch and ONNX Runtime outputs
+            (probabilities, or standardised predictions for regression).
+        opset: the ONNX opset; default the exporter's own.
+        parity_rows: raw rows to check on instead of the run's test split (e.g. when the source moved).
+    """
+    from modelfoundry.data.portable import describe_preprocessor
+    from modelfoundry.rundir import load_model
+
+    started = time.perf_counter()
+    if not tolerance >= 0:
+        raise ConfigError(f"The 'tolerance' parameter of export_onnx must be >= 0. Got {tolerance} instead.")
+    saved = load_model(run_dir)
+    rows = _test_rows(saved) if parity_rows is None else parity_rows
+    if len(rows) == 0:
+        raise ExportError(f"There are no rows to check the export of {saved.run_dir} on.",
+                          "Pass rows with parity_rows, or give the run a non-empty test split.")
+    desc = describe_preprocessor(saved.preprocessor, saved.target_encoder, saved.spec["target"])
+    out = Path(out_dir) if out_dir is not None else saved.run_dir / "model" / "onnx"
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))  # same filesystem, so os.replace is atomic
+    try:
+        metadata = _stage(saved, desc, rows, staging, tolerance, opset)
+        _publish(staging, out, metadata["files"])
+    except BaseException:
+        if created and not any(p != staging for p in out.iterdir()):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(out, out / "model.onnx", metadata["parity"]["max_abs_diff"],
+                        metadata["parity"]["rows_checked"], metadata["input"]["name"], metadata["output"]["name"],
+                        metadata["exporter"], metadata["opset"], tolerance, metadata["files"],
+                        time.perf_counter() - started)
+
+
+@dataclass
+class OnnxPredictor:
+    """Raw rows -> probabilities (N, K) or predictions in the target's units (N,), with ONNX Runtime only."""
+
+    session: Any
+    preprocess: dict[str, Any]
+    metadata: dict[str, Any]
+    input_name: str
+    output_name: str
+
+    @classmethod
+    def open(cls, directory: Path, preprocess: dict[str, Any], metadata: dict[str, Any]) -> OnnxPredictor:
+        session = _session(directory / "model.onnx")
+        return cls(session, preprocess, metadata, session.get_inputs()[0].name, session.get_outputs()[0].name)
+
+    @property
+    def task(self) -> str:
+        return self.preprocess["target"]["task"]
+
+    @property
+    def labels(self) -> list[str]:
+        return [str(c) for c in self.preprocess["target"].get("classes") or []]
+
+    def predict_array(self, X: np.ndarray) -> np.ndarray:
+        """Model input (N, *input_shape) -> the ONNX output, float32 (N, K) or (N, 1)."""
+        X = np.require(X, dtype=np.float32, requirements=["C"])
+        parts = [self.session.run([self.output_name], {self.input_name: X[i:i + BATCH]})[0]
+                 for i in range(0, len(X), BATCH)]
+        return np.concatenate(parts) if parts else np.empty((0, len(self.labels) or 1), dtype=np.float32)
+
+    def predict_frame(self, frame: pd.DataFrame, origin: str = "the input") -> np.ndarray:
+        """What `foundry predict` computes: class probabilities (float64), or values in the target's units."""
+        from modelfoundry.data.portable import apply_portable
+
+        output = self.predict_array(apply_portable(self.preprocess, frame, origin)).astype(np.float64)
+        if self.task == "classification":
+            return output
+        target = self.preprocess["target"]
+        return output[:, 0] * target["std"] + target["mean"]
+
+
+def load_onnx_predictor(out_dir: str | Path) -> OnnxPredictor:
+    """Open an export made by `export_onnx` (model.onnx, preprocess.json, export.json) for inference."""
+    out = Path(out_dir)
+    missing = [name for name in ("export.json", "preprocess.json", "model.onnx") if not (out / name).is_file()]
+    if missing:
+        raise RunDirError(f"'{out}' holds no complete ONNX export (missing {', '.join(missing)}).",
+                          "Export the run first: `foundry export RUN_DIR --format onnx`.")
+    return OnnxPredictor.open(out, read_json(out / "preprocess.json"), read_json(out / "export.json"))
+
+
+# ---------------------------------------------------------------------------------------------- internals
+def _stage(saved: SavedModel, desc: dict[str, Any], rows: pd.DataFrame, staging: Path, tolerance: float,
+           opset: int | None) -> dict[str, Any]:
+    """Export, write preprocess.json, check parity and write export.json, all inside `staging`."""
+    output_name = "probabilities" if saved.task == "classification" else "prediction"
+    exporter = _export_model(_exportable(saved), tuple(saved.spec["input_shape"]), staging / "model.onnx",
+                             output_name, opset)
+    _check_onnx(staging / "model.onnx")
+    write_json(staging / "preprocess.json", desc)
+    predictor = OnnxPredictor.open(staging, read_json(staging / "preprocess.json"), {})
+    parity = _parity(saved, predictor, rows, tolerance)
+    weights = sorted(p.name for p in staging.iterdir() if p.name not in ("model.onnx", "preprocess.json"))
+    files = [*weights, "model.onnx", "preprocess.json", "export.json"]  # the order they are published in
+    metadata = _metadata(saved, predictor, staging / "model.onnx", exporter, parity, tolerance, files)
+    write_json(staging / "export.json", metadata)
+    return metadata
+
+
+def _exportable(saved: SavedModel) -> nn.Module:
+    """The model in eval mode on the CPU in float32, with a softmax head for classification."""
+    from torch import nn
+
+    model = saved.model.cpu().float().eval()
+    if saved.task != "classification":
+        return model
+
+    class WithSoftmax(nn.Module):
+        def __init__(self, inner: nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):  # (B, *input_shape) -> (B, K) probabilities
+            return self.inner(x).softmax(dim=1)
+
+    return WithSoftmax(model).eval()
+
+
+def _export_model(module: nn.Module, input_shape: tuple[int, ...], path: Path, output_name: str,
+                  opset: int | None) -> str:
+    """Write `path` with the torch.export-based exporter, or the TorchScript one if that fails; which one."""
+    import torch
+
+    example = (torch.zeros(2, *input_shape),)  # batch 2: torch.export would specialise a batch of 1
+    names = {"input_names": [INPUT_NAME], "output_names": [output_name], "opset_version": opset}
+    large = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
+    with warnings.catch_warnings(), _quiet_logger("torch.onnx._internal.exporter._registration"):
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))  # torch internals, not actionable
+        try:
+            torch.onnx.export(module, example, str(path), dynamo=True, external_data=large, verbose=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), **names)
+            return "dynamo"
+        except Exception as exc:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
+            first = exc
+        for leftover in path.parent.glob(f"{path.name}*"):  # a half-written model.onnx(.data)
+            leftover.unlink()
+        try:
+            torch.onnx.export(module, example, str(path), dynamo=False,
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}}, **names)
+            return "torchscript"
+        except Exception as exc:  # noqa: BLE001 - reported with both causes
+            raise ExportError(f"Could not export the model to ONNX. torch.export exporter: {_first_line(first)}; "
+                              f"TorchScript exporter: {_first_line(exc)}.",
+                              "Report the model config; meanwhile serve the run with the torch backend.") from exc
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Errors only from `name` meanwhile (the exporter warns on every call that torchvision is missing)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_onnx(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))  # by path, so external weights are checked too
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"The exported ONNX model is invalid: {_first_line(exc)}.",
+                          "Try another opset (--opset), or report the model config.") from exc
+
+
+def _parity(saved: SavedModel, predictor: OnnxPredictor, rows: pd.DataFrame, tolerance: float) -> dict[str, Any]:
+    """Torch on the saved Preprocessor vs ONNX Runtime on preprocess.json, on every row and on one row alone."""
+    from modelfoundry.data.portable import apply_portable
+    from modelfoundry.models.inference import predict_outputs
+
+    X_torch = saved.preprocessor.transform(rows, "the parity rows")
+    X_portable = apply_portable(predictor.preprocess, rows, "the parity rows")
+    expected = predict_outputs(saved.model, X_torch, saved.task).reshape(len(rows), -1)  # (N, K) or (N, 1)
+    shape = predictor.session.get_inputs()[0].shape
+    if not isinstance(shape[0], str):
+        raise ExportError(f"The exported model has a fixed batch size ({shape[0]}) instead of a dynamic one.",
+                          "Report the model config; meanwhile serve the run with the torch backend.")
+    try:
+        got = predictor.predict_array(X_portable).astype(np.float64)
+        single = predictor.predict_array(X_portable[:1]).astype(np.float64)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ExportError(f"ONNX Runtime could not run the exported model: {_first_line(exc)}.",
+                          "Try another opset (--opset), or report the model config.") from exc
+    diff = float(max(np.abs(got - expected).max(), np.abs(single - expected[:1]).max()))
+    if not diff <= tolerance:
+        raise ExportError(f"The ONNX export differs from the PyTorch model by up to {diff:.3g} on "
+                          f"{len(rows)} rows, more than the tolerance {tolerance:g}; nothing was written.",
+                          "Raise --tolerance if the difference is acceptable, or try another --opset.")
+    return {"max_abs_diff": diff, "rows_checked": len(rows),
+            "preprocess_max_abs_diff": float(np.abs(X_portable - X_torch).max()) if X_torch.size else 0.0}
+
+
+def _test_rows(saved: SavedModel) -> pd.DataFrame:
+    """The raw rows of the run's test split, rebuilt from its source (checked unchanged by fingerprint)."""
+    from modelfoundry.data.prepare import load_clean, split_frame
+
+    cfg = saved.config
+    clean = load_clean(cfg.data)
+    recorded = read_json(saved.run_dir / "data.json")["fingerprint"]["sha256"]
+    if clean.info["fingerprint"]["sha256"] != recorded:
+        raise DataError(f"The source {cfg.data.source} changed since {saved.run_dir} was trained, so its test "
+                        "split cannot be rebuilt to check the export.",
+                        "Check the export on other rows: export_onnx(..., parity_rows=frame).")
+    return clean.frame.iloc[split_frame(clean, cfg.data, cfg.seed)["test"]]
+
+
+def _metadata(saved: SavedModel, predictor: OnnxPredictor, onnx_path: Path, exporter: str,
+              parity: dict[str, Any], tolerance: float, files: list[str]) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    import modelfoundry
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    output_meaning = ("class probabilities, in the order of labels" if saved.task == "classification"
+                      else "standardised prediction: value = output * target.std + target.mean (preprocess.json)")
+    return {
+        "format": EXPORT_FORMAT,
+        "name": saved.spec["name"], "architecture": saved.config.model.name, "task": saved.task,
+        "labels": saved.labels, "target": saved.spec["target"], "config_hash": saved.spec.get("config_hash"),
+        "run_dir": str(saved.run_dir.resolve()),
+        "input": {"name": predictor.input_name, "shape": ["batch", *saved.spec["input_shape"]], "dtype": "float32"},
+        "output": {"name": predictor.output_name, "shape": ["batch", saved.spec["n_outputs"]],
+                   "meaning": output_meaning},
+        "opset": opset, "exporter": exporter, "files": files,
+        "parity": {**parity, "tolerance": tolerance},
+        "versions": {"modelfoundry": modelfoundry.__version__, "torch": torch.__version__,
+                     "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _publish(staging: Path, out: Path, files: list[str]) -> None:
+    """Move the staged files into `out` (weights, model, preprocessing): old export.json out first, new in last."""
+    previous = read_json(out / "export.json").get("files", []) if (out / "export.json").is_file() else []
+    (out / "export.json").unlink(missing_ok=True)
+    for name in files:  # export.json is the last of them
+        os.replace(staging / name, out / name)
+    for name in set(previous) - set(files):  # e.g. a model.onnx.data the new export no longer needs
+        (out / name).unlink(missing_ok=True)
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = min(MAX_THREADS, _cpu_count())
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _cpu_count() -> int:
+    """Cores this process may use (the affinity mask, which containers and taskset restrict)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
