@@ -123,6 +123,22 @@ def predict(run_dir: RunDirArg,
     _console().print(f"Wrote {len(table)} predictions to [bold]{output}[/].")
 
 
+@app.command("export")
+@friendly_errors
+def export_model(model: RunDirArg,
+                 fmt: Annotated[str, typer.Option("--format", help="Export format.")] = "onnx",
+                 output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output directory "
+                                                                "(default: RUN_DIR/model/onnx).")] = None,
+                 tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed difference between "
+                                                          "PyTorch and ONNX Runtime outputs.")] = 1e-4) -> None:
+    """Export to ONNX (dynamic batch) with its preprocessing sidecar, checked for parity on held-out rows."""
+    from modelfoundry.pipeline import export
+
+    result = export(str(model), output, fmt=fmt, tolerance=tolerance)
+    _console().print(f"Exported to [bold]{result.out_dir}[/] ({result.exporter} exporter, opset {result.opset}): "
+                     f"max |torch - onnxruntime| = {result.max_abs_diff:.2e} on {result.rows_checked} held-out rows.")
+
+
 @app.command()
 def datasets() -> None:
     """List the bundled datasets usable as data.source without any download."""

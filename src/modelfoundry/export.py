@@ -49,7 +49,7 @@ BATCH = 4096
 class ExportError(FoundryError):
     """A model could not be exported, or its export does not reproduce the PyTorch model."""
 
-    exit_code = 6
+    exit_code = 7  # 6 is taken by the registry errors
     http_status = 500
 
 
@@ -279,16 +279,10 @@ def _parity(saved: SavedModel, predictor: OnnxPredictor, rows: pd.DataFrame, tol
 
 def _test_rows(saved: SavedModel) -> pd.DataFrame:
     """The raw rows of the run's test split, rebuilt from its source (checked unchanged by fingerprint)."""
-    from modelfoundry.data.prepare import load_clean, split_frame
+    from modelfoundry.data.prepare import rebuild_splits
 
-    cfg = saved.config
-    clean = load_clean(cfg.data)
     recorded = read_json(saved.run_dir / "data.json")["fingerprint"]["sha256"]
-    if clean.info["fingerprint"]["sha256"] != recorded:
-        raise DataError(f"The source {cfg.data.source} changed since {saved.run_dir} was trained, so its test "
-                        "split cannot be rebuilt to check the export.",
-                        "Check the export on other rows: export_onnx(..., parity_rows=frame).")
-    return clean.frame.iloc[split_frame(clean, cfg.data, cfg.seed)["test"]]
+    return rebuild_splits(saved.config.data, saved.config.seed, recorded, saved.run_dir)["test"]
 
 
 def _metadata(saved: SavedModel, predictor: OnnxPredictor, onnx_path: Path, exporter: str,
@@ -326,7 +320,8 @@ def _publish(staging: Path, out: Path, files: list[str]) -> None:
     for name in files:  # export.json is the last of them
         os.replace(staging / name, out / name)
     for name in set(previous) - set(files):  # e.g. a model.onnx.data the new export no longer needs
-        (out / name).unlink(missing_ok=True)
+        if name == Path(name).name:  # a plain file name, never a path out of `out`
+            (out / name).unlink(missing_ok=True)
 
 
 def _session(path: Path) -> Any:

@@ -134,6 +134,30 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
     return table
 
 
+def export(model: str | Path, out_dir: str | Path | None = None, *, fmt: str = "onnx",
+           tolerance: float = 1e-4) -> Any:
+    """Export a run directory or registered model (NAME[/VERSION|@ALIAS]) to ONNX, with a parity check.
+
+    The ONNX file has a dynamic batch dimension; preprocessing travels as the pickle-free sidecar
+    preprocess.json (see data/portable.py). A registered model gets the result as version tags.
+    """
+    from modelfoundry.errors import ConfigError, unknown_name
+    from modelfoundry.export import export_onnx
+
+    if fmt != "onnx":
+        raise ConfigError(unknown_name("export format", fmt, ["onnx"]))
+    local = model_dir(model)
+    result = export_onnx(local, out_dir, tolerance=tolerance)
+    if not Path(model).exists():  # a registry reference: record the export on that version
+        from modelfoundry.registry import tag_version
+
+        tag_version(str(model), {"foundry.onnx.max_abs_diff": f"{result.max_abs_diff:.3g}",
+                                 "foundry.onnx.rows_checked": str(result.rows_checked),
+                                 "foundry.onnx.opset": str(result.opset),
+                                 "foundry.onnx.exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    return result
+
+
 def model_dir(ref: str | Path) -> Path:
     """A run directory as given, or the local copy of a registered model (NAME, NAME/VERSION, NAME@ALIAS)."""
     path = Path(ref)
@@ -267,19 +291,12 @@ def _check_same_data(run_path: Path, info: dict[str, Any]) -> None:
 
 def _reload_splits(saved: Any) -> dict[str, dict[str, Any]]:
     """Re-derive the run's splits from its source and apply the saved preprocessing (no refitting)."""
-    from modelfoundry.data.prepare import SPLITS, load_clean, split_frame
+    from modelfoundry.data.prepare import rebuild_splits
 
     cfg = saved.config
-    clean = load_clean(cfg.data)
     recorded = read_json(saved.run_dir / "data.json")["fingerprint"]["sha256"]
-    if clean.info["fingerprint"]["sha256"] != recorded:
-        raise DataError(f"The source {cfg.data.source} changed since {saved.run_dir} was trained, so its test "
-                        "split cannot be rebuilt.", "Evaluate on a labelled file instead: "
-                                                    f"`foundry evaluate {saved.run_dir} --data FILE`.")
-    positions = split_frame(clean, cfg.data, cfg.seed)
     out: dict[str, dict[str, Any]] = {"X": {}, "y": {}, "rows": {}}
-    for name in SPLITS:
-        part = clean.frame.iloc[positions[name]]
+    for name, part in rebuild_splits(cfg.data, cfg.seed, recorded, saved.run_dir).items():
         out["X"][name] = saved.preprocessor.transform(part, f"the {name} split")
         out["y"][name] = saved.target_encoder.encode(part[cfg.data.target], f"the {name} split")
         out["rows"][name] = part.index.to_numpy()

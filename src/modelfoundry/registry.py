@@ -235,6 +235,16 @@ def _latest(mlf: Any, name: str) -> Any:
     return max(versions, key=lambda v: int(v.version))
 
 
+def tag_version(ref: str, tags: dict[str, str], uri: str | None = None) -> str:
+    """Set tags on the version `ref` names (NAME/VERSION or NAME@ALIAS); returns the version number."""
+    mlf = client(uri)
+    name, version, alias = parse_ref(ref)
+    v = _version(mlf, name, version, alias) if version or alias else _latest(mlf, name)
+    for key, value in tags.items():
+        mlf.set_model_version_tag(name, v.version, key, value)
+    return str(v.version)
+
+
 # ---------------------------------------------------------------------------------------- aliases
 def promote(name: str, version: str, alias: str, reason: str = "", uri: str | None = None) -> dict[str, Any]:
     """Point `alias` at `version`, recording the move in the alias history."""

@@ -131,3 +131,16 @@ def test_a_failed_registration_leaves_no_version(store, tmp_path, monkeypatch):
     assert (tmp_path / "run/model/weights.pt").is_file()
     monkeypatch.undo()
     assert [v["version"] for v in show("iris", store["uri"])["versions"]] == ["1", "2"]
+
+
+def test_export_a_registered_version_records_parity_on_it(store, tmp_path, monkeypatch):
+    from modelfoundry.registry import show
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])  # export finds the store as a user's shell would
+    output = cli("export", "iris/1", "-o", tmp_path / "onnx")
+    assert "max |torch - onnxruntime|" in output and (tmp_path / "onnx/model.onnx").is_file()
+    tags = show("iris/1", store["uri"])["tags"]
+    assert float(tags["foundry.onnx.max_abs_diff"]) < 1e-4 and tags["foundry.onnx.rows_checked"] == "23"
+    result = runner.invoke(app, ["export", "iris/1", "--format", "tflite"])
+    assert result.exit_code == 2 and "Valid names: onnx" in result.output

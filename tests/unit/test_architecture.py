@@ -16,7 +16,7 @@ ALLOWED = {
     "manifest": set(),
     "export": {"data", "models", "rundir"},
     "registry": set(),
-    "pipeline": {"data", "models", "train", "evaluate", "rundir", "manifest", "registry"},
+    "pipeline": {"data", "models", "train", "evaluate", "rundir", "manifest", "registry", "export"},
     "cli": {"pipeline", "data", "rundir", "registry"},
 }
 BASE = {"config", "errors", "storage"}

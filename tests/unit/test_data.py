@@ -212,3 +212,12 @@ def test_fingerprint_records_hash_shape_balance_and_missing(tmp_path):
     frame.to_csv(path, index=False)
     assert load_clean(data_cfg(path)).info["fingerprint"]["sha256"] != fp["sha256"]
     json.dumps(info)  # data.json must be serialisable
+
+
+def test_clipping_without_scaling_and_an_empty_training_column():
+    train = pd.DataFrame({"a": [1.0, 2.0, 3.0, 100.0], "empty": [np.nan] * 4, "y": [0, 1, 0, 1]})
+    cfg = data_cfg("f.csv", target="y", features={"a": {"scale": "none"}})
+    pre = Preprocessor(plan_features(train.copy(), cfg, "f.csv"), "zscore", 1.0).fit(train)
+    out = pre.transform(pd.DataFrame({"a": [1000.0], "empty": [5.0]}))
+    assert out.shape == (1, 2) and pre.feature_names_ == ["a", "empty"]
+    assert out[0, 0] == pytest.approx(train.a.mean() + train.a.std(ddof=0))  # clipped, not scaled

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from modelfoundry.config import DataConfig, FeatureConfig
 from modelfoundry.errors import DataError, did_you_mean
@@ -138,10 +139,11 @@ def clean_rows(frame: pd.DataFrame, specs: list[FeatureSpec], cfg: DataConfig,
     return frame, report
 
 
-class OutlierClipper:
+class OutlierClipper(BaseEstimator):
     """Clip each column to bounds learnt on the training rows: IQR fences or mean +/- k standard deviations.
 
-    Follows the scikit-learn estimator contract, so it sits inside a scikit-learn Pipeline.
+    A scikit-learn estimator (BaseEstimator gives get_params/set_params and the tags scikit-learn 1.6+
+    checks), so it sits inside a scikit-learn Pipeline.
     """
 
     def __init__(self, method: str = "iqr", factor: float = 3.0):
@@ -168,14 +170,6 @@ class OutlierClipper:
 
     def fit_transform(self, X: np.ndarray, y: Any = None) -> np.ndarray:
         return self.fit(X).transform(X)
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {"method": self.method, "factor": self.factor}
-
-    def set_params(self, **params: Any) -> OutlierClipper:
-        for key, value in params.items():
-            setattr(self, key, value)
-        return self
 
     def get_feature_names_out(self, input_features: Any = None) -> Any:
         return input_features

@@ -194,24 +194,9 @@ def _apply_column(feature: dict[str, Any], series: pd.Series, origin: str) -> np
 
 
 def _pixels(image: dict[str, Any], frame: pd.DataFrame, origin: str) -> np.ndarray:
-    n_values = int(np.prod(image["shape"]))
-    columns = image["columns"]
-    # the same rule as Preprocessor: one column whose cells are arrays, else one pixel per column
-    if len(columns) == 1 and len(frame) and isinstance(frame[columns[0]].iloc[0], (list, tuple, np.ndarray)):
-        cells = frame[columns[0]]
-        sizes = {np.asarray(v).size for v in cells}
-        if sizes != {n_values}:
-            raise DataError(f"Image column '{columns[0]}' of {origin} holds arrays of sizes {sorted(sizes)[:5]}; "
-                            f"the model expects {image['shape']} ({n_values} values).",
-                            "Resize the images, or set data.features.<column>.shape.")
-        pixels = np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in cells])
-    else:
-        pixels = np.column_stack([to_numeric(frame[c], c, origin).to_numpy() for c in columns])
-    if np.isnan(pixels).any():
-        raise DataError(f"Image feature '{image['name']}' of {origin} has missing pixel values.",
-                        "Fill or drop those rows before predicting.")
-    return pixels
+    from modelfoundry.data.transform import assemble_pixels  # the same rule as Preprocessor, by construction
 
+    return assemble_pixels(frame, image["columns"], image["shape"], image["name"], origin)
 
 def _check_columns(columns: list[str], frame: pd.DataFrame, origin: str) -> None:
     missing = [c for c in columns if c not in frame.columns]

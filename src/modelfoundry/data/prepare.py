@@ -99,3 +99,15 @@ def _numeric_target(frame: pd.DataFrame, target: str, origin: str) -> pd.Series:
     from modelfoundry.data.clean import to_numeric
 
     return to_numeric(frame[target], target, origin)
+
+
+def rebuild_splits(cfg: DataConfig, seed: int, recorded_sha256: str, run_dir: Any) -> dict[str, pd.DataFrame]:
+    """The raw rows of each split of a finished run, rebuilt from its source; the source must be unchanged."""
+    clean = load_clean(cfg)
+    if clean.info["fingerprint"]["sha256"] != recorded_sha256:
+        raise DataError(f"The source {cfg.source} changed since {run_dir} was trained (fingerprint "
+                        f"{recorded_sha256[:12]} then, {clean.info['fingerprint']['sha256'][:12]} now), so its "
+                        "splits cannot be rebuilt.", "Use a labelled file instead (for example "
+                        f"`foundry evaluate {run_dir} --data FILE`), or restore the original data.")
+    positions = split_frame(clean, cfg, seed)
+    return {name: clean.frame.iloc[positions[name]] for name in SPLITS}

@@ -74,7 +74,10 @@ class Preprocessor:
         from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
 
         strategy = "median" if spec.missing == "drop" else spec.missing  # 'drop' rows never reach here
-        steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy=strategy, fill_value=spec.fill_value))]
+        # keep_empty_features: a column with no value in the training split stays (filled with 0) instead of
+        # vanishing and shifting every later feature
+        steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy=strategy, fill_value=spec.fill_value,
+                                                                 keep_empty_features=True))]
         if spec.kind == "numeric":
             if self.outlier_method != "none":
                 steps.append(("clip", OutlierClipper(self.outlier_method, self.outlier_factor)))
@@ -107,22 +110,7 @@ class Preprocessor:
         return pd.DataFrame(out, index=frame.index)
 
     def _pixels(self, frame: pd.DataFrame, spec: FeatureSpec, origin: str) -> np.ndarray:
-        n_values = int(np.prod(spec.shape))
-        if len(spec.columns) == 1 and len(frame) and isinstance(frame[spec.columns[0]].iloc[0],
-                                                                  (list, tuple, np.ndarray)):
-            cells = frame[spec.columns[0]]
-            sizes = {np.asarray(v).size for v in cells}
-            if sizes != {n_values}:
-                raise DataError(f"Image column '{spec.columns[0]}' of {origin} holds arrays of sizes "
-                                f"{sorted(sizes)[:5]}; the model expects {list(spec.shape)} ({n_values} values).",
-                                "Resize the images, or set data.features.<column>.shape.")
-            pixels = np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in cells])
-        else:
-            pixels = np.column_stack([to_numeric(frame[c], c, origin).to_numpy() for c in spec.columns])
-        if np.isnan(pixels).any():
-            raise DataError(f"Image feature '{spec.name}' of {origin} has missing pixel values.",
-                            "Fill or drop those rows before training or predicting.")
-        return pixels
+        return assemble_pixels(frame, spec.columns, spec.shape, spec.name, origin)
 
     def _check_columns(self, frame: pd.DataFrame, origin: str) -> None:
         missing = [c for c in self.columns if c not in frame.columns]
@@ -131,6 +119,25 @@ class Preprocessor:
                                                                if len(missing) > 8 else "")
             raise DataError(f"{origin} lacks column(s) the model was trained on: {shown}.",
                             "Send the same columns as the training data (extra columns are ignored).")
+
+
+def assemble_pixels(frame: pd.DataFrame, columns: list[str], shape: Any, name: str, origin: str) -> np.ndarray:
+    """(N, C*H*W) float64 pixels: from one column whose cells are arrays, else one pixel per column."""
+    n_values = int(np.prod(shape))
+    if len(columns) == 1 and len(frame) and isinstance(frame[columns[0]].iloc[0], (list, tuple, np.ndarray)):
+        cells = frame[columns[0]]
+        sizes = {np.asarray(v).size for v in cells}
+        if sizes != {n_values}:
+            raise DataError(f"Image column '{columns[0]}' of {origin} holds arrays of sizes {sorted(sizes)[:5]}; "
+                            f"the model expects {list(shape)} ({n_values} values).",
+                            "Resize the images, or set data.features.<column>.shape.")
+        pixels = np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in cells])
+    else:
+        pixels = np.column_stack([to_numeric(frame[c], c, origin).to_numpy() for c in columns])
+    if np.isnan(pixels).any():
+        raise DataError(f"Image feature '{name}' of {origin} has missing pixel values.",
+                        "Fill or drop those rows before training or predicting.")
+    return pixels
 
 
 class TargetEncoder:
