@@ -244,6 +244,36 @@ def registry_diff(name: str, v1: str, v2: str, uri: UriOption = None) -> None:
     _console().print(table)
 
 
+models_app = typer.Typer(help="Move registered model versions between registries as .tar.gz archives.",
+                         no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("export")
+@friendly_errors
+def models_export(ref: Annotated[str, typer.Argument(help="NAME/VERSION or NAME@ALIAS.")],
+                  output: Annotated[Path, typer.Option("-o", "--output", help="Archive to write (.tar.gz).")],
+                  uri: UriOption = None) -> None:
+    """Write one registered version, its artifacts and metadata to a .tar.gz archive."""
+    from modelfoundry.archive import export_archive
+
+    meta = export_archive(ref, output, uri)
+    _console().print(f"Wrote {meta['name']} v{meta['version']} to [bold]{output}[/].")
+
+
+@models_app.command("import")
+@friendly_errors
+def models_import(archive: Annotated[Path, typer.Argument(help="A .tar.gz made by `foundry models export`.")],
+                  name: Annotated[Optional[str], typer.Option("--name", help="Register under this name "
+                                                              "(default: the archived model's).")] = None,
+                  uri: UriOption = None) -> None:
+    """Register an archived version in this registry as a new version (lineage kept; aliases not copied)."""
+    from modelfoundry.archive import import_archive
+
+    info = import_archive(archive, name, uri)
+    _console().print(f"Registered {info['name']} v{info['version']} (from {info['imported_from']}).")
+
+
 def _need_config_or_resume(config: Optional[Path], resume: Optional[Path]) -> None:
     from modelfoundry.errors import ConfigError
 

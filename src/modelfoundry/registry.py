@@ -163,7 +163,7 @@ def show(ref: str, uri: str | None = None) -> dict[str, Any]:
     if version is None and alias is None:
         versions = sorted(mlf.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
         return {"name": name, "aliases": _aliases(model), "versions": [_version_info(mlf, v) for v in versions]}
-    return {"name": name, "aliases": _aliases(model), **_version_info(mlf, _version(mlf, name, version, alias))}
+    return {"name": name, "aliases": _aliases(model), **_version_info(mlf, find_version(mlf, name, version, alias))}
 
 
 def _aliases(model: Any) -> dict[str, str]:
@@ -192,7 +192,7 @@ def _model(mlf: Any, name: str) -> Any:
                             "List them with `foundry registry list`; `foundry run CONFIG` registers one.") from None
 
 
-def _version(mlf: Any, name: str, version: str | None, alias: str | None) -> Any:
+def find_version(mlf: Any, name: str, version: str | None, alias: str | None) -> Any:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -212,7 +212,7 @@ def download(ref: str, uri: str | None = None, dst: Path | None = None) -> Path:
 
     mlf = client(uri)
     name, version, alias = parse_ref(ref)
-    v = _version(mlf, name, version, alias) if version or alias else _latest(mlf, name)
+    v = find_version(mlf, name, version, alias) if version or alias else _latest(mlf, name)
     target = dst or Path(".foundry-cache") / name / str(v.version)
     if not (target / "model" / "weights.pt").is_file():  # download beside it, then rename: never half a copy
         import shutil
@@ -239,7 +239,7 @@ def tag_version(ref: str, tags: dict[str, str], uri: str | None = None) -> str:
     """Set tags on the version `ref` names (NAME/VERSION or NAME@ALIAS); returns the version number."""
     mlf = client(uri)
     name, version, alias = parse_ref(ref)
-    v = _version(mlf, name, version, alias) if version or alias else _latest(mlf, name)
+    v = find_version(mlf, name, version, alias) if version or alias else _latest(mlf, name)
     for key, value in tags.items():
         mlf.set_model_version_tag(name, v.version, key, value)
     return str(v.version)
@@ -249,7 +249,7 @@ def tag_version(ref: str, tags: dict[str, str], uri: str | None = None) -> str:
 def promote(name: str, version: str, alias: str, reason: str = "", uri: str | None = None) -> dict[str, Any]:
     """Point `alias` at `version`, recording the move in the alias history."""
     mlf = client(uri)
-    target = _version(mlf, name, str(version), None)
+    target = find_version(mlf, name, str(version), None)
     previous = _aliases(_model(mlf, name)).get(alias)
     mlf.set_registered_model_alias(name, alias, target.version)
     return _record(mlf, name, alias, previous, str(target.version), "promote", reason)
@@ -318,7 +318,7 @@ def diff(name: str, v1: str, v2: str, uri: str | None = None) -> dict[str, Any]:
     mlf = client(uri)
     configs, metrics = [], []
     for version in (v1, v2):
-        info = _version_info(mlf, _version(mlf, name, str(version), None))
+        info = _version_info(mlf, find_version(mlf, name, str(version), None))
         config_text = _artifact_text(info["source"], "config.yaml")
         configs.append(_flatten(yaml.safe_load(config_text)) if config_text else {})
         metrics.append(info["metrics"])

@@ -144,3 +144,36 @@ def test_export_a_registered_version_records_parity_on_it(store, tmp_path, monke
     assert float(tags["foundry.onnx.max_abs_diff"]) < 1e-4 and tags["foundry.onnx.rows_checked"] == "23"
     result = runner.invoke(app, ["export", "iris/1", "--format", "tflite"])
     assert result.exit_code == 2 and "Valid names: onnx" in result.output
+
+
+def test_archive_moves_a_version_to_another_registry(store, tmp_path, monkeypatch):
+    import tarfile
+
+    from modelfoundry.registry import show
+
+    monkeypatch.chdir(tmp_path)
+    archive = tmp_path / "iris-2.tar.gz"
+    cli("models", "export", "iris/2", "-o", archive, "--uri", store["uri"])
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    output = cli("models", "import", archive, "--uri", other)
+    assert "Registered iris v1" in output
+    original, moved = show("iris/2", store["uri"]), show("iris/1", other)
+    for key in ("foundry.config_hash", "foundry.data_sha256", "foundry.task"):
+        assert moved["tags"][key] == original["tags"][key]
+    assert moved["tags"]["foundry.imported_from"].startswith("iris/2 @ sqlite:///")
+    assert moved["metrics"]["accuracy"] == pytest.approx(original["metrics"]["accuracy"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    rows = tmp_path / "rows.csv"
+    from modelfoundry.data.sources import load_source
+
+    load_source("sklearn:iris").drop(columns="target").to_csv(rows, index=False)
+    assert predict("iris/1", rows).equals(predict(store["tmp"] / "run1", rows))
+
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        tar.add(rows, arcname="../escape.csv")
+    result = runner.invoke(app, ["models", "import", str(evil), "--uri", other])
+    assert result.exit_code == 6 and "not a readable model archive" in result.output
+    assert not (tmp_path.parent / "escape.csv").exists()
+    result = runner.invoke(app, ["models", "export", "iris", "-o", str(tmp_path / "x.tar.gz"), "--uri", other])
+    assert result.exit_code == 6 and "names a model, not a version" in result.output

@@ -16,8 +16,9 @@ ALLOWED = {
     "manifest": set(),
     "export": {"data", "models", "rundir"},
     "registry": set(),
+    "archive": {"registry"},
     "pipeline": {"data", "models", "train", "evaluate", "rundir", "manifest", "registry", "export"},
-    "cli": {"pipeline", "data", "rundir", "registry"},
+    "cli": {"pipeline", "data", "rundir", "registry", "archive"},
 }
 BASE = {"config", "errors", "storage"}
 
