@@ -20,6 +20,8 @@ ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", sho
 RunDirArg = Annotated[Path, typer.Argument(help="A run directory made by `foundry run`, or a registered model: "
                                            "NAME, NAME/VERSION or NAME@ALIAS.", show_default=False)]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")]
+UriOption = Annotated[Optional[str], typer.Option("--uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
+                                                  "or sqlite:///foundry.db).")]
 
 
 def _console(stderr: bool = False) -> Any:
@@ -140,6 +142,29 @@ def export_model(model: RunDirArg,
 
 
 @app.command()
+@friendly_errors
+def serve(model: RunDirArg,
+          host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+          workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes.")] = 1,
+          backend: Annotated[str, typer.Option("--backend", help="onnx (ONNX Runtime, default) or torch.")] = "onnx",
+          uri: UriOption = None) -> None:
+    """Serve a model over HTTP: Open Inference Protocol v2 and POST /predict."""
+    import os
+
+    import uvicorn
+
+    from modelfoundry.errors import ConfigError, unknown_name
+    from modelfoundry.serve.main import ENV_BACKEND, ENV_MODEL, ENV_URI
+
+    if backend not in ("onnx", "torch"):
+        raise ConfigError(unknown_name("backend", backend, ["onnx", "torch"]))
+    os.environ.update({ENV_MODEL: str(model), ENV_URI: uri or "", ENV_BACKEND: backend})
+    uvicorn.run("modelfoundry.serve.main:build", factory=True, host=host, port=port, workers=workers,
+                timeout_graceful_shutdown=30, log_level="info")
+
+
+@app.command()
 def datasets() -> None:
     """List the bundled datasets usable as data.source without any download."""
     from modelfoundry.data.sources import BUNDLED
@@ -151,8 +176,6 @@ def datasets() -> None:
 registry_app = typer.Typer(help="Registered models: versions, aliases, lineage, rollback.", no_args_is_help=True,
                            rich_markup_mode=None)
 app.add_typer(registry_app, name="registry")
-UriOption = Annotated[Optional[str], typer.Option("--uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
-                                                  "or sqlite:///foundry.db).")]
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why; kept in the alias history.")]
 
 

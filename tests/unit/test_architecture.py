@@ -17,8 +17,9 @@ ALLOWED = {
     "export": {"data", "models", "rundir"},
     "registry": set(),
     "archive": {"registry"},
+    "serve": {"export", "rundir", "models", "registry"},
     "pipeline": {"data", "models", "train", "evaluate", "rundir", "manifest", "registry", "export"},
-    "cli": {"pipeline", "data", "rundir", "registry", "archive"},
+    "cli": {"pipeline", "data", "rundir", "registry", "archive", "serve"},
 }
 BASE = {"config", "errors", "storage"}
 

@@ -1,0 +1,1 @@
+"""Serving stage: an HTTP inference server (FastAPI) over ONNX Runtime or PyTorch backends."""

@@ -1,0 +1,200 @@
+"""The inference server: Open Inference Protocol v2 (KServe/Triton REST) plus a friendly /predict.
+
+    GET  /v2/health/live            the process is up
+    GET  /v2/health/ready           the model is loaded and warmed up (503 until then)
+    GET  /v2/models/{name}          model metadata: version, platform, one input per raw column, outputs
+    POST /v2/models/{name}/infer    OIP v2 inference: one input tensor per raw column
+    POST /predict                   {"records": [{column: raw value, ...}]} -> predictions + probabilities
+
+Built by `create_app(settings, store)`; every FoundryError maps to its own HTTP status in one handler, and
+request validation errors name the field, so bad input never yields a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelfoundry.errors import FoundryError, ModelNotFound
+from modelfoundry.serve.backends import warm_up
+from modelfoundry.serve.store import LoadedModel, ModelStore
+
+log = logging.getLogger(__name__)
+OIP_TYPES = {"BOOL": bool, "INT8": int, "INT16": int, "INT32": int, "INT64": int, "UINT8": int, "UINT16": int,
+             "UINT32": int, "UINT64": int, "FP16": float, "FP32": float, "FP64": float, "BYTES": str}
+
+
+@dataclass
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    max_records: int = 10_000  # rows per request
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    records: list[dict[str, Any]] = Field(min_length=1)
+
+
+class InferInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    inputs: list[InferInput] = Field(min_length=1)
+    outputs: list[dict[str, Any]] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ServedModel:
+    """The model being served; `predict` runs the backend off the event loop."""
+
+    def __init__(self) -> None:
+        self.current: LoadedModel | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def get(self, name: str | None = None) -> LoadedModel:
+        if self.current is None:
+            raise FoundryError("The model is still loading.", "Retry when /v2/health/ready answers 200.")
+        if name is not None and name != self.current.name:
+            raise ModelNotFound(f"This server serves model '{self.current.name}', not '{name}'.",
+                                f"Use /v2/models/{self.current.name}/infer.")
+        return self.current
+
+    async def predict(self, model: LoadedModel, frame: Any) -> np.ndarray:
+        return await asyncio.to_thread(model.backend.predict_frame, frame)
+
+
+def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
+    """The FastAPI app serving `store`'s model; it loads and warms up the model at start-up."""
+    served = ServedModel()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loaded = await asyncio.to_thread(store.load)
+        await asyncio.to_thread(warm_up, loaded.backend)
+        served.current = loaded
+        log.info("serving %s v%s on %s", loaded.name, loaded.version, loaded.backend.platform)
+        yield
+
+    app = FastAPI(title="modelfoundry inference server", lifespan=lifespan)
+    app.state.served = served
+
+    @app.exception_handler(FoundryError)
+    async def foundry_error(request: Request, exc: FoundryError) -> JSONResponse:
+        status = 503 if not served.ready else exc.http_status
+        return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": "; ".join(problems[:10])}, status_code=422)
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> JSONResponse:
+        return JSONResponse({"ready": served.ready}, status_code=200 if served.ready else 503)
+
+    @app.get("/v2/models/{name}")
+    async def metadata(name: str) -> dict[str, Any]:
+        model = served.get(name)
+        backend = model.backend
+        outputs = [{"name": "predictions", "datatype": "BYTES" if backend.task == "classification" else "FP64",
+                    "shape": [-1]}]
+        if backend.task == "classification":
+            outputs.append({"name": "probabilities", "datatype": "FP64", "shape": [-1, len(backend.labels)]})
+        return {"name": model.name, "versions": [model.version], "platform": backend.platform,
+                "inputs": [{"name": c, "datatype": "FP64", "shape": [-1]} for c in backend.columns],
+                "outputs": outputs, "parameters": {"alias": model.alias, "task": backend.task,
+                                                   "labels": backend.labels}}
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(name: str, request: InferRequest) -> dict[str, Any]:
+        model = served.get(name)
+        frame = _frame_from_inputs(request.inputs, settings.max_records)
+        output = await served.predict(model, frame)
+        predictions, probabilities = _decode(model, output)
+        outputs = [{"name": "predictions", "shape": [len(predictions)],
+                    "datatype": "BYTES" if model.backend.task == "classification" else "FP64", "data": predictions}]
+        if probabilities is not None:
+            outputs.append({"name": "probabilities", "shape": list(output.shape), "datatype": "FP64",
+                            "data": [p for row in probabilities for p in row]})
+        return {"model_name": model.name, "model_version": model.version, "id": request.id, "outputs": outputs}
+
+    @app.post("/predict")
+    async def predict(request: PredictRequest) -> dict[str, Any]:
+        import pandas as pd
+
+        if len(request.records) > settings.max_records:
+            raise _too_many(len(request.records), settings.max_records)
+        model = served.get()
+        output = await served.predict(model, pd.DataFrame.from_records(request.records))
+        predictions, probabilities = _decode(model, output)
+        body: dict[str, Any] = {"predictions": predictions, "model": model.name, "version": model.version}
+        if probabilities is not None:
+            body["probabilities"] = probabilities
+        return body
+
+    return app
+
+
+def _decode(model: LoadedModel, output: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
+    if model.backend.task == "classification":
+        labels = model.backend.labels
+        return [labels[i] for i in output.argmax(1)], output.round(8).tolist()
+    return output.tolist(), None
+
+
+def _frame_from_inputs(inputs: list[InferInput], max_records: int) -> Any:
+    """OIP v2 inputs, one per raw column (shape [N] or [N, 1]), as a DataFrame; errors name the input."""
+    import pandas as pd
+
+    from modelfoundry.errors import DataError
+
+    columns: dict[str, list[Any]] = {}
+    rows = None
+    for tensor in inputs:
+        if tensor.datatype not in OIP_TYPES:
+            raise DataError(f"Input '{tensor.name}' has datatype '{tensor.datatype}'; expected one of "
+                            f"{', '.join(OIP_TYPES)}.", "Use FP32/FP64 for numbers and BYTES for text.")
+        n = tensor.shape[0] if tensor.shape else 0
+        if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1) \
+                or len(tensor.data) != n:
+            raise DataError(f"Input '{tensor.name}' has shape {tensor.shape} and {len(tensor.data)} values; each "
+                            "input is one column, shape [N] or [N, 1] with N values.", "Send one tensor per column.")
+        if rows is not None and n != rows:
+            raise DataError(f"Input '{tensor.name}' has {n} rows but an earlier input has {rows}.",
+                            "Send the same number of rows for every column.")
+        rows = n
+        columns[tensor.name] = tensor.data
+    if rows and rows > max_records:
+        raise _too_many(rows, max_records)
+    return pd.DataFrame(columns)
+
+
+def _too_many(n: int, limit: int) -> FoundryError:
+    from modelfoundry.errors import DataError
+
+    return DataError(f"The request holds {n} rows; this server takes at most {limit} per request.",
+                     "Split the request into smaller batches.")

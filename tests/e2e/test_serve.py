@@ -1,0 +1,117 @@
+"""The inference server in-process (FastAPI TestClient): OIP v2, /predict, and 4xx for bad input."""
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from modelfoundry.config import load_config
+from modelfoundry.data.sources import load_source
+from modelfoundry.pipeline import predict, run
+from modelfoundry.serve.app import ServeSettings, create_app
+from modelfoundry.serve.store import RunDirStore
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    cfg = load_config(tiny_config(name="bc", data={"source": "sklearn:breast_cancer"},
+                                  model={"name": "mlp", "hidden": [16], "batch_norm": True}, training={"epochs": 5}))
+    run(cfg, run_dir=tmp / "run", progress=False)
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module", params=["onnx", "torch"])
+def client(run_dir, request):
+    with TestClient(create_app(ServeSettings(max_records=500), RunDirStore(run_dir, backend=request.param))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return load_source("sklearn:breast_cancer").drop(columns="target").head(25)
+
+
+def test_health_and_metadata(client):
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").status_code == 200
+    meta = client.get("/v2/models/bc").json()
+    assert meta["name"] == "bc" and meta["versions"] == ["run"] and len(meta["inputs"]) == 30
+    assert meta["inputs"][0]["name"] == "mean radius" and meta["outputs"][1]["shape"] == [-1, 2]
+    assert client.get("/v2/models/other").status_code == 404
+
+
+def test_predict_matches_foundry_predict(client, run_dir, rows, tmp_path):
+    body = client.post("/predict", json={"records": rows.to_dict(orient="records")}).json()
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    expected = predict(run_dir, tmp_path / "rows.csv")
+    assert body["predictions"] == expected.prediction.tolist() and body["model"] == "bc"
+    probabilities = pd.DataFrame(body["probabilities"], columns=["prob_0", "prob_1"])
+    assert (probabilities - expected[["prob_0", "prob_1"]]).abs().max().max() < 1e-4
+
+
+def test_oip_v2_infer(client, rows):
+    inputs = [{"name": c, "shape": [len(rows)], "datatype": "FP64", "data": rows[c].tolist()} for c in rows.columns]
+    out = client.post("/v2/models/bc/infer", json={"id": "42", "inputs": inputs}).json()
+    assert out["model_name"] == "bc" and out["id"] == "42"
+    predictions, probabilities = out["outputs"]
+    assert predictions["shape"] == [25] and probabilities["shape"] == [25, 2] and len(probabilities["data"]) == 50
+    single = client.post("/predict", json={"records": rows.head(1).to_dict(orient="records")}).json()
+    assert predictions["data"][0] == single["predictions"][0]
+
+
+@pytest.mark.parametrize("payload,fragment", [
+    ({"records": [{"mean radius": 1.0}]}, "lacks column"),
+    ({"records": []}, "records"),
+    ({"rows": []}, "records"),
+    ({"records": [{"mean radius": "big"}]}, "lacks column"),
+])
+def test_bad_predict_requests_get_4xx_naming_the_problem(client, payload, fragment):
+    response = client.post("/predict", json=payload)
+    assert response.status_code == 422 and fragment in response.json()["error"]
+
+
+def test_bad_values_and_shapes_are_422(client, rows):
+    record = rows.head(1).to_dict(orient="records")[0] | {"mean texture": "abc"}
+    response = client.post("/predict", json={"records": [record]})
+    assert response.status_code == 422 and "'mean texture'" in response.json()["error"]
+    inputs = [{"name": "mean radius", "shape": [2, 3], "datatype": "FP64", "data": [1, 2]}]
+    response = client.post("/v2/models/bc/infer", json={"inputs": inputs})
+    assert response.status_code == 422 and "'mean radius'" in response.json()["error"]
+    response = client.post("/predict", json={"records": [record] * 501})
+    assert response.status_code == 422 and "at most 500" in response.json()["error"]
+    assert client.post("/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_foundry_serve_runs_uvicorn_and_shuts_down_on_sigterm(run_dir, rows):
+    """The real command: uvicorn on loopback, a request over TCP, then SIGTERM and a clean exit."""
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "modelfoundry.cli", "serve", str(run_dir), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{base}/v2/health/ready", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        request = urllib.request.Request(f"{base}/predict", headers={"content-type": "application/json"},
+                                         data=json.dumps({"records": rows.head(2).to_dict(orient="records")}).encode())
+        body = json.load(urllib.request.urlopen(request, timeout=10))
+        assert len(body["predictions"]) == 2 and body["model"] == "bc"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0 and "Application shutdown complete" in output
