@@ -114,4 +114,5 @@ def test_foundry_serve_runs_uvicorn_and_shuts_down_on_sigterm(run_dir, rows):
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0].decode()
-    assert proc.returncode == 0 and "Application shutdown complete" in output
+    # uvicorn drains, runs shutdown, then re-raises the signal (exit -15) as process managers expect
+    assert proc.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output
