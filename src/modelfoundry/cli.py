@@ -148,18 +148,34 @@ def serve(model: RunDirArg,
           port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
           workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes.")] = 1,
           backend: Annotated[str, typer.Option("--backend", help="onnx (ONNX Runtime, default) or torch.")] = "onnx",
+          batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Coalesce concurrent "
+                                                 "requests into one model call.")] = True,
+          max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, help="Rows per model call.")] = 64,
+          max_latency_ms: Annotated[float, typer.Option("--max-latency-ms", min=0, help="How long a batch waits "
+                                                        "for more requests.")] = 5.0,
+          max_queue_size: Annotated[int, typer.Option("--max-queue-size", min=1, help="Waiting requests before "
+                                                      "503.")] = 1024,
+          queue_timeout_ms: Annotated[float, typer.Option("--queue-timeout-ms", min=1, help="Longest wait in the "
+                                                          "queue before 503.")] = 1000.0,
+          poll_s: Annotated[float, typer.Option("--poll-s", min=0, help="Seconds between checks of the alias "
+                                                "(hot switch); 0 disables.")] = 2.0,
           uri: UriOption = None) -> None:
     """Serve a model over HTTP: Open Inference Protocol v2 and POST /predict."""
+    import json
     import os
 
     import uvicorn
 
     from modelfoundry.errors import ConfigError, unknown_name
-    from modelfoundry.serve.main import ENV_BACKEND, ENV_MODEL, ENV_URI
+    from modelfoundry.serve.main import ENV_BACKEND, ENV_MODEL, ENV_SETTINGS, ENV_URI
 
     if backend not in ("onnx", "torch"):
         raise ConfigError(unknown_name("backend", backend, ["onnx", "torch"]))
-    os.environ.update({ENV_MODEL: str(model), ENV_URI: uri or "", ENV_BACKEND: backend})
+    settings = {"host": host, "port": port, "workers": workers, "batching": batching, "max_batch_size": max_batch_size,
+                "max_latency_ms": max_latency_ms, "max_queue_size": max_queue_size,
+                "queue_timeout_ms": queue_timeout_ms, "poll_s": poll_s}
+    os.environ.update({ENV_MODEL: str(model), ENV_URI: uri or "", ENV_BACKEND: backend,
+                       ENV_SETTINGS: json.dumps(settings)})
     uvicorn.run("modelfoundry.serve.main:build", factory=True, host=host, port=port, workers=workers,
                 timeout_graceful_shutdown=30, log_level="info")
 

@@ -177,3 +177,45 @@ def test_archive_moves_a_version_to_another_registry(store, tmp_path, monkeypatc
     assert not (tmp_path.parent / "escape.csv").exists()
     result = runner.invoke(app, ["models", "export", "iris", "-o", str(tmp_path / "x.tar.gz"), "--uri", other])
     assert result.exit_code == 6 and "names a model, not a version" in result.output
+
+
+def test_server_follows_an_alias_move_without_failing_a_request(store, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from modelfoundry.data.sources import load_source
+    from modelfoundry.registry import promote
+    from modelfoundry.serve.app import ServeSettings, create_app
+    from modelfoundry.serve.store import RegistryStore
+
+    monkeypatch.chdir(tmp_path)
+    promote("iris", "1", "live", "", store["uri"])
+    body = {"records": load_source("sklearn:iris").drop(columns="target").head(3).to_dict(orient="records")}
+    seen, stop = [], threading.Event()
+    app = create_app(ServeSettings(poll_s=0.2), RegistryStore("iris@live", store["uri"]))
+    with TestClient(app) as client:
+        def hammer():
+            while not stop.is_set():
+                answer = client.post("/predict", json=body)
+                seen.append((answer.status_code, answer.json().get("version")))
+
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        promote("iris", "2", "live", "hot switch test", store["uri"])
+        deadline = time.time() + 30
+        while time.time() < deadline and client.get("/v2/models/iris").json()["versions"] != ["2"]:
+            time.sleep(0.1)
+        time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join()
+        info = client.get("/metrics").text
+    assert {code for code, _ in seen} == {200}, "a request failed during the switch"
+    versions = [v for _, v in seen]
+    assert versions[0] == "1" and versions[-1] == "2" and versions.index("2") > 0
+    assert "1" not in versions[versions.index("2"):]  # once switched, never back
+    assert 'foundry_model_info{alias="live",model="iris",version="2"} 1.0' in info

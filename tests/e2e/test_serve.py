@@ -116,3 +116,50 @@ def test_foundry_serve_runs_uvicorn_and_shuts_down_on_sigterm(run_dir, rows):
         output = proc.communicate(timeout=30)[0].decode()
     # uvicorn drains, runs shutdown, then re-raises the signal (exit -15) as process managers expect
     assert proc.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output
+
+
+def test_metrics_follow_prometheus_naming(client, rows):
+    client.post("/predict", json={"records": rows.head(3).to_dict(orient="records")})
+    client.post("/predict", json={"records": [{"mean radius": 1.0}]})
+    text = client.get("/metrics").text
+    assert 'foundry_requests_total{route="/predict",status="200"}' in text
+    assert 'foundry_requests_total{route="/predict",status="422"}' in text
+    assert 'foundry_model_info{alias="",model="bc",version="run"} 1.0' in text
+    for name in ("foundry_request_duration_seconds_bucket", "foundry_queue_duration_seconds_count",
+                 "foundry_batch_size_bucket", "foundry_inflight_requests"):
+        assert name in text
+
+
+def test_a_bad_request_in_a_shared_batch_fails_alone(run_dir, rows):
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = ServeSettings(max_batch_size=64, max_latency_ms=200)  # long window: requests share batches
+    good = {"records": rows.head(2).to_dict(orient="records")}
+    bad = {"records": [rows.head(1).to_dict(orient="records")[0] | {"mean area": "huge"}]}
+    with TestClient(create_app(settings, RunDirStore(run_dir))) as c, ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda body: c.post("/predict", json=body), [good, bad] * 4))
+        batches = [line for line in c.get("/metrics").text.splitlines() if line.startswith("foundry_batch_size_count")]
+    assert [a.status_code for a in answers] == [200, 422] * 4
+    assert "'mean area'" in answers[1].json()["error"]
+    assert float(batches[0].split()[-1]) < 8  # some requests did share a batch
+
+
+def test_overload_answers_503_with_retry_after(run_dir, rows):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    class SlowStore(RunDirStore):
+        def load(self, version=None):
+            loaded = super().load(version)
+            predict_frame = loaded.backend.predict_frame
+            loaded.backend.predict_frame = lambda frame: (time.sleep(0.3), predict_frame(frame))[1]
+            return loaded
+
+    settings = ServeSettings(max_batch_size=1, max_queue_size=1, queue_timeout_ms=5000)
+    body = {"records": rows.head(1).to_dict(orient="records")}
+    with TestClient(create_app(settings, SlowStore(run_dir))) as c, ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: c.post("/predict", json=body), range(6)))
+    codes = sorted(a.status_code for a in answers)
+    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
+    busy = next(a for a in answers if a.status_code == 503)
+    assert int(busy.headers["retry-after"]) >= 1 and "overloaded" in busy.json()["error"]

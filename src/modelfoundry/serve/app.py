@@ -3,6 +3,7 @@
     GET  /v2/health/live            the process is up
     GET  /v2/health/ready           the model is loaded and warmed up (503 until then)
     GET  /v2/models/{name}          model metadata: version, platform, one input per raw column, outputs
+    GET  /metrics                   Prometheus metrics (see metrics.py)
     POST /v2/models/{name}/infer    OIP v2 inference: one input tensor per raw column
     POST /predict                   {"records": [{column: raw value, ...}]} -> predictions + probabilities
 
@@ -21,11 +22,13 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelfoundry.errors import FoundryError, ModelNotFound
 from modelfoundry.serve.backends import warm_up
+from modelfoundry.serve.batching import DynamicBatcher, Overloaded
+from modelfoundry.serve.metrics import MetricsMiddleware, ServerMetrics
 from modelfoundry.serve.store import LoadedModel, ModelStore
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,12 @@ class ServeSettings:
     port: int = 8000
     workers: int = 1
     max_records: int = 10_000  # rows per request
+    batching: bool = True
+    max_batch_size: int = 64  # rows per model call
+    max_latency_ms: float = 5.0  # how long a batch waits for more requests after its first
+    max_queue_size: int = 1024  # waiting requests before 503
+    queue_timeout_ms: float = 1000.0  # a request waiting longer gets 503
+    poll_s: float = 2.0  # how often a registry alias is checked for a move (hot switch); 0 disables
 
 
 class PredictRequest(BaseModel):
@@ -62,10 +71,12 @@ class InferRequest(BaseModel):
 
 
 class ServedModel:
-    """The model being served; `predict` runs the backend off the event loop."""
+    """The model being served. `predict` goes through the dynamic batcher (or straight to the backend) and
+    returns the outputs with the model that produced them, so a hot switch never mixes versions."""
 
     def __init__(self) -> None:
         self.current: LoadedModel | None = None
+        self.batcher: DynamicBatcher | None = None
 
     @property
     def ready(self) -> bool:
@@ -79,29 +90,72 @@ class ServedModel:
                                 f"Use /v2/models/{self.current.name}/infer.")
         return self.current
 
-    async def predict(self, model: LoadedModel, frame: Any) -> np.ndarray:
-        return await asyncio.to_thread(model.backend.predict_frame, frame)
+    async def predict(self, frame: Any) -> tuple[np.ndarray, LoadedModel]:
+        if self.batcher is not None:
+            return await self.batcher.submit(frame)
+        model = self.get()
+        return await asyncio.to_thread(model.backend.predict_frame, frame), model
+
+    async def run_batch(self, frames: list[Any]) -> tuple[list[Any], LoadedModel]:
+        """One model call for all frames; if it fails on bad input, each frame alone, so only the bad
+        request fails (its slot then holds the exception)."""
+        import pandas as pd
+
+        model = self.get()
+        if len(frames) == 1:
+            return [await asyncio.to_thread(model.backend.predict_frame, frames[0])], model
+        try:
+            output = await asyncio.to_thread(model.backend.predict_frame, pd.concat(frames, ignore_index=True))
+        except FoundryError:
+            return [await self._alone(model, f) for f in frames], model
+        return np.split(output, np.cumsum([len(f) for f in frames])[:-1]), model
+
+    @staticmethod
+    async def _alone(model: LoadedModel, frame: Any) -> Any:
+        try:
+            return await asyncio.to_thread(model.backend.predict_frame, frame)
+        except FoundryError as exc:
+            return exc
 
 
 def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
     """The FastAPI app serving `store`'s model; it loads and warms up the model at start-up."""
     served = ServedModel()
+    metrics = ServerMetrics(settings.max_batch_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loaded = await asyncio.to_thread(store.load)
         await asyncio.to_thread(warm_up, loaded.backend)
         served.current = loaded
+        metrics.set_model(loaded.name, loaded.version, loaded.alias)
+        if settings.batching:
+            served.batcher = DynamicBatcher(served.run_batch, settings.max_batch_size, settings.max_latency_ms,
+                                            settings.max_queue_size, settings.queue_timeout_ms, metrics.observe_batch)
+            served.batcher.start()
+        watcher = None
+        if settings.poll_s > 0 and hasattr(store, "resolve"):
+            watcher = asyncio.get_running_loop().create_task(_follow_alias(store, served, metrics, settings.poll_s))
         log.info("serving %s v%s on %s", loaded.name, loaded.version, loaded.backend.platform)
         yield
+        if watcher:
+            watcher.cancel()
+        if served.batcher:
+            await served.batcher.stop()
 
     app = FastAPI(title="modelfoundry inference server", lifespan=lifespan)
-    app.state.served = served
+    app.state.served, app.state.metrics = served, metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(FoundryError)
     async def foundry_error(request: Request, exc: FoundryError) -> JSONResponse:
         status = 503 if not served.ready else exc.http_status
-        return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=status)
+        headers = {"Retry-After": str(int(max(1, round(exc.retry_after_s))))} if isinstance(exc, Overloaded) else None
+        return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=status, headers=headers)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -131,9 +185,9 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
 
     @app.post("/v2/models/{name}/infer")
     async def infer(name: str, request: InferRequest) -> dict[str, Any]:
-        model = served.get(name)
+        served.get(name)
         frame = _frame_from_inputs(request.inputs, settings.max_records)
-        output = await served.predict(model, frame)
+        output, model = _raise_if_error(await served.predict(frame))
         predictions, probabilities = _decode(model, output)
         outputs = [{"name": "predictions", "shape": [len(predictions)],
                     "datatype": "BYTES" if model.backend.task == "classification" else "FP64", "data": predictions}]
@@ -148,8 +202,8 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
 
         if len(request.records) > settings.max_records:
             raise _too_many(len(request.records), settings.max_records)
-        model = served.get()
-        output = await served.predict(model, pd.DataFrame.from_records(request.records))
+        served.get()
+        output, model = _raise_if_error(await served.predict(pd.DataFrame.from_records(request.records)))
         predictions, probabilities = _decode(model, output)
         body: dict[str, Any] = {"predictions": predictions, "model": model.name, "version": model.version}
         if probabilities is not None:
@@ -157,6 +211,30 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
         return body
 
     return app
+
+
+def _raise_if_error(result: tuple[Any, LoadedModel]) -> tuple[np.ndarray, LoadedModel]:
+    if isinstance(result[0], Exception):  # this request's rows failed inside a shared batch
+        raise result[0]
+    return result
+
+
+async def _follow_alias(store: Any, served: ServedModel, metrics: ServerMetrics, poll_s: float) -> None:
+    """Hot switch: when the alias moves, load and warm the new version in the background, then swap it in
+    at once. Batches already running finish on the old version; later ones use the new."""
+    while True:
+        await asyncio.sleep(poll_s)
+        try:
+            name, version, alias = await asyncio.to_thread(store.resolve)
+            if served.current is None or version == served.current.version:
+                continue
+            loaded = await asyncio.to_thread(store.load, version)
+            await asyncio.to_thread(warm_up, loaded.backend)
+            served.current = loaded  # one assignment on the event loop: atomic for every request
+            metrics.set_model(loaded.name, loaded.version, loaded.alias)
+            log.info("switched %s to v%s", name, version)
+        except Exception as exc:  # noqa: BLE001 - keep serving the current version; try again next poll
+            log.warning("could not follow %s: %s", getattr(store, "ref", "the alias"), exc)
 
 
 def _decode(model: LoadedModel, output: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:

@@ -18,7 +18,7 @@ class LoadedModel:
 
 
 class ModelStore(Protocol):
-    def load(self) -> LoadedModel: ...
+    def load(self, version: str | None = None) -> LoadedModel: ...
 
 
 class RunDirStore:
@@ -27,7 +27,7 @@ class RunDirStore:
     def __init__(self, run_dir: Path, name: str | None = None, backend: str = "onnx"):
         self.run_dir, self.name, self.backend = Path(run_dir), name, backend
 
-    def load(self) -> LoadedModel:
+    def load(self, version: str | None = None) -> LoadedModel:
         from modelfoundry.storage import read_json
 
         name = self.name or read_json(self.run_dir / "model" / "model.json")["name"]
@@ -50,10 +50,14 @@ class RegistryStore:
             version = str(max(int(v.version) for v in versions)) if versions else None
         return name, str(find_version(mlf, name, version, alias).version), alias
 
-    def load(self) -> LoadedModel:
-        from modelfoundry.registry import download
+    def load(self, version: str | None = None) -> LoadedModel:
+        """The version the reference resolves to now, or `version` (the hot switch passes the new one)."""
+        from modelfoundry.registry import download, parse_ref
 
-        name, version, alias = self.resolve()
+        if version is None:
+            name, version, alias = self.resolve()
+        else:
+            name, _, alias = parse_ref(self.ref)
         local = download(f"{name}/{version}", self.uri)
         return LoadedModel(name, version, alias, load_backend(local, self.backend))
 
