@@ -242,7 +242,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if False:
+                if received > self.max_bytes:
                     too_large = self._too_large(f"of at least {received} bytes")
                     raise too_large
             return message
