@@ -159,6 +159,13 @@ def serve(model: RunDirArg,
                                                           "queue before 503.")] = 1000.0,
           poll_s: Annotated[float, typer.Option("--poll-s", min=0, help="Seconds between checks of the alias "
                                                 "(hot switch); 0 disables.")] = 2.0,
+          api_keys_file: Annotated[Optional[Path], typer.Option("--api-keys-file", help="Require an API key "
+                                                                "(file from `foundry keys create`).")] = None,
+          max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest request body.")] = 4.0,
+          rate_limit: Annotated[Optional[float], typer.Option("--rate-limit", min=0.001, help="Requests per second "
+                                                              "per API key (per client without keys).")] = None,
+          rate_burst: Annotated[int, typer.Option("--rate-burst", min=1, help="Requests allowed at once "
+                                                  "above the rate.")] = 20,
           uri: UriOption = None) -> None:
     """Serve a model over HTTP: Open Inference Protocol v2 and POST /predict."""
     import json
@@ -173,7 +180,14 @@ def serve(model: RunDirArg,
         raise ConfigError(unknown_name("backend", backend, ["onnx", "torch"]))
     settings = {"host": host, "port": port, "workers": workers, "batching": batching, "max_batch_size": max_batch_size,
                 "max_latency_ms": max_latency_ms, "max_queue_size": max_queue_size,
-                "queue_timeout_ms": queue_timeout_ms, "poll_s": poll_s}
+                "queue_timeout_ms": queue_timeout_ms, "poll_s": poll_s,
+                "api_keys_file": str(api_keys_file.resolve()) if api_keys_file else None,
+                "max_body_bytes": int(max_body_mb * 1024 * 1024), "rate_limit_per_s": rate_limit,
+                "rate_burst": rate_burst}
+    if api_keys_file:
+        from modelfoundry.serve.security import ApiKeys
+
+        ApiKeys.from_file(api_keys_file)  # a bad file fails here, with its line, not in every worker
     os.environ.update({ENV_MODEL: str(model), ENV_URI: uri or "", ENV_BACKEND: backend,
                        ENV_SETTINGS: json.dumps(settings)})
     uvicorn.run("modelfoundry.serve.main:build", factory=True, host=host, port=port, workers=workers,
@@ -187,6 +201,24 @@ def datasets() -> None:
 
     for name in BUNDLED:
         typer.echo(f"sklearn:{name}")
+
+
+keys_app = typer.Typer(help="API keys for `foundry serve --api-keys-file`.", no_args_is_help=True,
+                       rich_markup_mode=None)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+@friendly_errors
+def keys_create(name: Annotated[str, typer.Argument(help="Who the key is for (letters, digits, _ . -).")],
+                file: Annotated[Path, typer.Option("--file", help="Keys file (created if missing; only hashes "
+                                                   "are stored).")] = Path("api-keys.txt")) -> None:
+    """Create an API key; it is printed once, and only its hash is stored."""
+    from modelfoundry.serve.security import create_key
+
+    key = create_key(file, name)
+    _console().print(f"API key for [bold]{name}[/] (shown once; send as 'Authorization: Bearer KEY'):")
+    typer.echo(key)
 
 
 registry_app = typer.Typer(help="Registered models: versions, aliases, lineage, rollback.", no_args_is_help=True,

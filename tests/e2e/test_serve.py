@@ -163,3 +163,32 @@ def test_overload_answers_503_with_retry_after(run_dir, rows):
     assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
     busy = next(a for a in answers if a.status_code == 503)
     assert int(busy.headers["retry-after"]) >= 1 and "overloaded" in busy.json()["error"]
+
+
+def test_api_keys_rate_limit_and_body_limit(run_dir, rows, tmp_path):
+    from typer.testing import CliRunner
+
+    from modelfoundry.cli import app as cli_app
+
+    made = CliRunner().invoke(cli_app, ["keys", "create", "alice", "--file", str(tmp_path / "keys.txt")])
+    assert made.exit_code == 0, made.output
+    key = made.output.strip().splitlines()[-1]
+    assert key not in (tmp_path / "keys.txt").read_text()  # only the hash is stored
+    settings = ServeSettings(api_keys_file=str(tmp_path / "keys.txt"), rate_limit_per_s=0.5, rate_burst=2,
+                             max_body_bytes=100_000)
+    body = {"records": rows.head(1).to_dict(orient="records")}
+    with TestClient(create_app(settings, RunDirStore(run_dir))) as c:
+        assert c.get("/v2/health/ready").status_code == 200  # health stays open
+        missing = c.post("/predict", json=body)
+        assert missing.status_code == 401 and "missing API key" in missing.json()["error"]
+        assert missing.headers["www-authenticate"] == "Bearer"
+        assert c.post("/predict", json=body, headers={"X-API-Key": "mf_wrong"}).status_code == 401
+        auth = {"Authorization": f"Bearer {key}"}
+        assert [c.post("/predict", json=body, headers=auth).status_code for _ in range(2)] == [200, 200]
+        limited = c.post("/predict", json=body, headers=auth)
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        big = c.post("/predict", content=b"x" * 10_000_000, headers={**auth, "content-type": "application/json"})
+        assert big.status_code == 413 and "exceeds the limit" in big.json()["error"]
+        text = c.get("/metrics").text
+    for status in ("401", "429", "413"):
+        assert f'route="/predict",status="{status}"' in text

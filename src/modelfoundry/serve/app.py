@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +31,7 @@ from modelfoundry.errors import FoundryError, ModelNotFound
 from modelfoundry.serve.backends import warm_up
 from modelfoundry.serve.batching import DynamicBatcher, Overloaded
 from modelfoundry.serve.metrics import MetricsMiddleware, ServerMetrics
+from modelfoundry.serve.security import ApiKeys, AuthError, BodySizeLimit, RateLimiter, key_from_headers
 from modelfoundry.serve.store import LoadedModel, ModelStore
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,10 @@ class ServeSettings:
     max_queue_size: int = 1024  # waiting requests before 503
     queue_timeout_ms: float = 1000.0  # a request waiting longer gets 503
     poll_s: float = 2.0  # how often a registry alias is checked for a move (hot switch); 0 disables
+    api_keys_file: str | None = None  # NAME:SHA256 lines (see security.py); None: no authentication
+    max_body_bytes: int = 4 * 1024 * 1024  # larger request bodies get 413
+    rate_limit_per_s: float | None = None  # per API key (or per client address without keys); None: no limit
+    rate_burst: int = 20
 
 
 class PredictRequest(BaseModel):
@@ -143,15 +150,30 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
         if served.batcher:
             await served.batcher.stop()
 
+    keys = ApiKeys.from_file(Path(settings.api_keys_file)) if settings.api_keys_file else None
+    limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_burst) if settings.rate_limit_per_s else None
+
+    async def authorize(request: Request) -> None:
+        """API key (when configured) and rate limit, for the routes that run the model."""
+        who = keys.verify(key_from_headers(request.headers)) if keys else (request.client.host if request.client
+                                                                           else "anonymous")
+        if limiter:
+            limiter.acquire(who)
+
     app = FastAPI(title="modelfoundry inference server", lifespan=lifespan)
     app.state.served, app.state.metrics = served, metrics
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: also counts 413s
 
     @app.exception_handler(FoundryError)
     async def foundry_error(request: Request, exc: FoundryError) -> JSONResponse:
         status = 503 if not served.ready else exc.http_status
-        headers = {"Retry-After": str(int(max(1, round(exc.retry_after_s))))} if isinstance(exc, Overloaded) else None
-        return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=status, headers=headers)
+        headers = {}
+        if hasattr(exc, "retry_after_s"):  # Overloaded (503), RateLimited (429)
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        if isinstance(exc, AuthError):
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=status, headers=headers or None)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -170,7 +192,7 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
     async def ready() -> JSONResponse:
         return JSONResponse({"ready": served.ready}, status_code=200 if served.ready else 503)
 
-    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}", dependencies=[Depends(authorize)])
     async def metadata(name: str) -> dict[str, Any]:
         model = served.get(name)
         backend = model.backend
@@ -183,7 +205,7 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
                 "outputs": outputs, "parameters": {"alias": model.alias, "task": backend.task,
                                                    "labels": backend.labels}}
 
-    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/infer", dependencies=[Depends(authorize)])
     async def infer(name: str, request: InferRequest) -> dict[str, Any]:
         served.get(name)
         frame = _frame_from_inputs(request.inputs, settings.max_records)
@@ -196,7 +218,7 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
                             "data": [p for row in probabilities for p in row]})
         return {"model_name": model.name, "model_version": model.version, "id": request.id, "outputs": outputs}
 
-    @app.post("/predict")
+    @app.post("/predict", dependencies=[Depends(authorize)])
     async def predict(request: PredictRequest) -> dict[str, Any]:
         import pandas as pd
 
