@@ -22,7 +22,7 @@ server share the cores, so expect noisy numbers. The last line is machine-readab
 
 Run from the repository root::
 
-    python bench/serve_load.py            # about a minute and a half on a 2-core machine
+    python bench/serve_load.py            # about a minute on a quiet 2-core machine
     python bench/serve_load.py --quick    # a fast smoke run
     python bench/serve_load.py --clients 64 --seconds 10
     python bench/serve_load.py --max-batch-size 32 --max-latency-ms 2   # batching settings for `ours`
@@ -299,6 +299,14 @@ def request_body(tmp: Path) -> Path:
     return path
 
 
+def uvicorn_stack() -> str:
+    """What uvicorn's 'auto' picks here: httptools and uvloop (uvicorn[standard]) are much faster than h11."""
+    from importlib.util import find_spec
+
+    return (f"{'httptools' if find_spec('httptools') else 'h11'} + "
+            f"{'uvloop' if find_spec('uvloop') else 'asyncio'}")
+
+
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
@@ -386,7 +394,8 @@ def main() -> None:
         body = request_body(tmp)
         print(f"trained and exported in {time.perf_counter() - started:.0f} s; {args.clients} clients, "
               f"{args.warmup:g} s warm-up + {args.seconds:g} s per server; {os.cpu_count()} CPUs shared by the "
-              f"load generator and the server, load average {os.getloadavg()[0]:.1f}", flush=True)
+              f"load generator and the server, load average {os.getloadavg()[0]:.1f}; uvicorn on {uvicorn_stack()}",
+              flush=True)
         overhead = compare_overhead(small, args, body, batching_on)
         batching = {}
         if heavy is None:
