@@ -110,9 +110,37 @@ def apply_portable(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the
         image = desc["image"]
         pixels = (_pixels(image, frame, origin) - image["offset"]) / image["divisor"]
         return pixels.reshape(len(frame), *desc["input_shape"]).astype(np.float32)
-    parts = [_apply_column(feature, frame[feature["column"]], origin) for feature in desc["features"]]
+    block = _numeric_block(desc["features"], frame)
+    parts = [block[feature["column"]] if feature["column"] in block
+             else _apply_column(feature, frame[feature["column"]], origin) for feature in desc["features"]]
     out = np.hstack(parts) if parts else np.empty((len(frame), 0))
     return out.astype(np.float32)
+
+
+def _numeric_block(features: list[dict[str, Any]], frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Fast path: every numeric column that already holds numbers, filled, clipped and scaled as one
+    (N, F) array operation (the per-column path costs ~100 us a column). Columns that need text parsing
+    or checks for `missing: drop` are left to `_apply_column`, which also raises the precise errors."""
+    import pandas as pd
+
+    chosen = [f for f in features if f["kind"] == "numeric" and f["width"] == 1 and f["missing"] != "drop"
+              and pd.api.types.is_numeric_dtype(frame[f["column"]]) and not pd.api.types.is_bool_dtype(
+                  frame[f["column"]])]
+    if not chosen:
+        return {}
+    x = frame[[f["column"] for f in chosen]].to_numpy(dtype=np.float64, copy=True)  # (N, F)
+    fill = np.array([f["fill"] for f in chosen], dtype=np.float64)
+    x = np.where(np.isnan(x), fill, x)
+    lower = np.array([f["clip"][0] if f["clip"] is not None else -np.inf for f in chosen])
+    upper = np.array([f["clip"][1] if f["clip"] is not None else np.inf for f in chosen])
+    x = np.clip(x, lower, upper)
+    for j, f in enumerate(chosen):  # per-column scaling constants, applied the same way as _apply_column
+        scale = f["scale"]
+        if scale["method"] == "standard":
+            x[:, j] = (x[:, j] - scale["mean"]) / scale["scale"]
+        elif scale["method"] == "minmax":
+            x[:, j] = x[:, j] * scale["scale"] + scale["min"]
+    return {f["column"]: x[:, j:j + 1] for j, f in enumerate(chosen)}
 
 
 # ---------------------------------------------------------------------------------------------- describe

@@ -97,11 +97,12 @@ class ServedModel:
                                 f"Use /v2/models/{self.current.name}/infer.")
         return self.current
 
-    async def predict(self, frame: Any) -> tuple[np.ndarray, LoadedModel]:
+    async def predict(self, rows: Any) -> tuple[np.ndarray, LoadedModel]:
+        """`rows`: a DataFrame or a list of record dicts."""
         if self.batcher is not None:
-            return await self.batcher.submit(frame)
+            return await self.batcher.submit(rows)
         model = self.get()
-        return await asyncio.to_thread(model.backend.predict_frame, frame), model
+        return await asyncio.to_thread(model.backend.predict_frame, _as_frame(rows)), model
 
     async def run_batch(self, frames: list[Any]) -> tuple[list[Any], LoadedModel]:
         """One model call for all frames; if it fails on bad input, each frame alone, so only the bad
@@ -110,11 +111,11 @@ class ServedModel:
 
         model = self.get()
         if len(frames) == 1:
-            return [await asyncio.to_thread(model.backend.predict_frame, frames[0])], model
+            return [await asyncio.to_thread(model.backend.predict_frame, _as_frame(frames[0]))], model
         try:
-            output = await asyncio.to_thread(model.backend.predict_frame, pd.concat(frames, ignore_index=True))
+            output = await asyncio.to_thread(model.backend.predict_frame, _one_frame(frames))
         except FoundryError:
-            return [await self._alone(model, f) for f in frames], model
+            return [await self._alone(model, _as_frame(f)) for f in frames], model
         return np.split(output, np.cumsum([len(f) for f in frames])[:-1]), model
 
     @staticmethod
@@ -224,8 +225,8 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
 
         if len(request.records) > settings.max_records:
             raise _too_many(len(request.records), settings.max_records)
-        served.get()
-        output, model = _raise_if_error(await served.predict(pd.DataFrame.from_records(request.records)))
+        served.get()  # records stay a list of dicts: the batch builds one DataFrame for all its requests
+        output, model = _raise_if_error(await served.predict(request.records))
         predictions, probabilities = _decode(model, output)
         body: dict[str, Any] = {"predictions": predictions, "model": model.name, "version": model.version}
         if probabilities is not None:
@@ -233,6 +234,21 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
         return body
 
     return app
+
+
+def _as_frame(rows: Any) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame.from_records(rows) if isinstance(rows, list) else rows
+
+
+def _one_frame(parts: list[Any]) -> Any:
+    """One DataFrame for a whole batch: record lists are joined first (one from_records, not one per request)."""
+    import pandas as pd
+
+    if all(isinstance(p, list) for p in parts):
+        return pd.DataFrame.from_records([record for part in parts for record in part])
+    return pd.concat([_as_frame(p) for p in parts], ignore_index=True)
 
 
 def _raise_if_error(result: tuple[Any, LoadedModel]) -> tuple[np.ndarray, LoadedModel]:

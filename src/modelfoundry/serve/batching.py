@@ -32,7 +32,7 @@ class Overloaded(FoundryError):
 
 @dataclass
 class _Pending:
-    frame: Any  # pandas DataFrame of raw rows
+    frame: Any  # raw rows: a pandas DataFrame or a list of record dicts (len = rows)
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -127,6 +127,8 @@ class DynamicBatcher:
             return await self.run(frames)
         frame, parts, tag = frames[0], [], None
         for start in range(0, len(frame), self.max_batch_size):
-            out, tag = await self.run([frame.iloc[start:start + self.max_batch_size]])
+            part = frame[start:start + self.max_batch_size] if isinstance(frame, list) else \
+                frame.iloc[start:start + self.max_batch_size]
+            out, tag = await self.run([part])
             parts.append(out[0])
         return [np.concatenate(parts)], tag
