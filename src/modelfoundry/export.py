@@ -328,7 +328,7 @@ def _session(path: Path) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = min(MAX_THREADS, _cpu_count())
+    options.intra_op_num_threads = max(1, min(MAX_THREADS, _cpu_count() - 1))  # one core left for the HTTP side
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

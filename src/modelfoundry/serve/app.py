@@ -137,6 +137,10 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
         await asyncio.to_thread(warm_up, loaded.backend)
         served.current = loaded
         metrics.set_model(loaded.name, loaded.version, loaded.alias)
+        import gc
+
+        gc.freeze()  # the loaded model and libraries are long-lived: keep them out of every collection
+        gc.set_threshold(50_000, 50, 100)  # per-request garbage is short-lived; collect it less often
         if settings.batching:
             served.batcher = DynamicBatcher(served.run_batch, settings.max_batch_size, settings.max_latency_ms,
                                             settings.max_queue_size, settings.queue_timeout_ms, metrics.observe_batch)
