@@ -190,6 +190,10 @@ def serve(model: RunDirArg,
         from modelfoundry.serve.security import ApiKeys
 
         ApiKeys.from_file(api_keys_file)  # a bad file fails here, with its line, not in every worker
+    if workers > 1:  # download and export once, here, rather than racing in every worker
+        from modelfoundry.serve.store import store_for
+
+        store_for(str(model), uri, backend).load()
     os.environ.update({ENV_MODEL: str(model), ENV_URI: uri or "", ENV_BACKEND: backend,
                        ENV_SETTINGS: json.dumps(settings)})
     uvicorn.run("modelfoundry.serve.main:build", factory=True, host=host, port=port, workers=workers,

@@ -222,7 +222,11 @@ def download(ref: str, uri: str | None = None, dst: Path | None = None) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=v.source, dst_path=str(staging)))
         shutil.rmtree(target, ignore_errors=True)
-        os.replace(local, target)
+        try:
+            os.replace(local, target)
+        except OSError:  # another process (a second server worker) finished the same download first
+            if not (target / "model" / "weights.pt").is_file():
+                raise
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
