@@ -67,6 +67,51 @@ class TrainingError(FoundryError):
     http_status = 500
 
 
+class ExportError(FoundryError):
+    """An export failed or its parity check exceeded the tolerance; nothing half-written is left."""
+
+    exit_code = 7
+    http_status = 500
+
+
+class ServingError(FoundryError):
+    """A request the server refuses for a reason other than its content (auth, limits, load)."""
+
+    exit_code = 8
+
+
+class AuthError(ServingError):
+    """A missing or unknown API key."""
+
+    http_status = 401
+
+
+class PayloadTooLarge(ServingError):
+    """A request body over the server's limit."""
+
+    http_status = 413
+
+
+class RetryLater(ServingError):
+    """The client should retry after `retry_after_s` seconds (sent as the Retry-After header)."""
+
+    def __init__(self, message: str, hint: str | None = None, *, retry_after_s: float = 1.0):
+        super().__init__(message, hint)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(RetryLater):
+    """A key sent more requests than its rate limit allows."""
+
+    http_status = 429
+
+
+class Overloaded(RetryLater):
+    """The server is saturated: its queue is full, or a request waited too long in it."""
+
+    http_status = 503
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A ' Did you mean ...?' suffix when `name` is close to one of `choices`, else ''."""
     matches = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelfoundry.errors import ConfigError, DataError, FoundryError, RunDirError
+from modelfoundry.errors import ConfigError, ExportError, RunDirError
 from modelfoundry.storage import read_json, write_json
 
 if TYPE_CHECKING:
@@ -44,13 +44,6 @@ INPUT_NAME = "input"
 EXTERNAL_DATA_BYTES = 1 << 30  # above this the weights go to model.onnx.data (protobuf caps a file at 2 GiB)
 MAX_THREADS = 4  # ONNX Runtime intra-op threads: more rarely helps small models and starves other requests
 BATCH = 4096
-
-
-class ExportError(FoundryError):
-    """A model could not be exported, or its export does not reproduce the PyTorch model."""
-
-    exit_code = 7  # 6 is taken by the registry errors
-    http_status = 500
 
 
 @dataclass

@@ -11,7 +11,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Any, Union
 
 import pytest
 import yaml

@@ -27,9 +27,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelfoundry.errors import FoundryError, ModelNotFound
+from modelfoundry.errors import FoundryError, ModelNotFound, RetryLater
 from modelfoundry.serve.backends import warm_up
-from modelfoundry.serve.batching import DynamicBatcher, Overloaded
+from modelfoundry.serve.batching import DynamicBatcher
 from modelfoundry.serve.metrics import MetricsMiddleware, ServerMetrics
 from modelfoundry.serve.security import ApiKeys, AuthError, BodySizeLimit, RateLimiter, key_from_headers
 from modelfoundry.serve.store import LoadedModel, ModelStore
@@ -107,8 +107,6 @@ class ServedModel:
     async def run_batch(self, frames: list[Any]) -> tuple[list[Any], LoadedModel]:
         """One model call for all frames; if it fails on bad input, each frame alone, so only the bad
         request fails (its slot then holds the exception)."""
-        import pandas as pd
-
         model = self.get()
         if len(frames) == 1:
             return [await asyncio.to_thread(model.backend.predict_frame, _as_frame(frames[0]))], model
@@ -174,7 +172,7 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
     async def foundry_error(request: Request, exc: FoundryError) -> JSONResponse:
         status = 503 if not served.ready else exc.http_status
         headers = {}
-        if hasattr(exc, "retry_after_s"):  # Overloaded (503), RateLimited (429)
+        if isinstance(exc, RetryLater):  # Overloaded (503), RateLimited (429)
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
         if isinstance(exc, AuthError):
             headers["WWW-Authenticate"] = "Bearer"
@@ -225,7 +223,6 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
 
     @app.post("/predict", dependencies=[Depends(authorize)])
     async def predict(request: PredictRequest) -> dict[str, Any]:
-        import pandas as pd
 
         if len(request.records) > settings.max_records:
             raise _too_many(len(request.records), settings.max_records)

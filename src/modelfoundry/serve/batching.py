@@ -16,18 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from modelfoundry.errors import FoundryError
-
-
-class Overloaded(FoundryError):
-    """The server is saturated; the client should retry after `retry_after_s`."""
-
-    exit_code = 8
-    http_status = 503
-
-    def __init__(self, message: str, hint: str | None = None, retry_after_s: float = 1.0):
-        super().__init__(message, hint)
-        self.retry_after_s = retry_after_s
+from modelfoundry.errors import Overloaded
 
 
 @dataclass

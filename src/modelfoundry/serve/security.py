@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from modelfoundry.errors import ConfigError, FoundryError
+from modelfoundry.errors import AuthError, ConfigError, FoundryError, PayloadTooLarge, RateLimited
 from modelfoundry.storage import write_bytes_atomic
 
 # the command that makes a key, quoted in hints; keep in step with cli.py
@@ -33,31 +33,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class AuthError(FoundryError):
-    """A request carries no API key, or one that is not in the keys file."""
-
-    exit_code = 8
-    http_status = 401
-
-
-class RateLimited(FoundryError):
-    """A key sent more requests than its rate limit allows; `retry_after_s` says when one more will pass."""
-
-    exit_code = 8
-    http_status = 429
-
-    def __init__(self, message: str, hint: str | None = None, *, retry_after_s: float):
-        super().__init__(message, hint)
-        self.retry_after_s = retry_after_s
-
-
-class PayloadTooLarge(FoundryError):
-    """A request body is larger than the server accepts."""
-
-    exit_code = 8
-    http_status = 413
 
 
 def hash_key(key: str) -> str:
