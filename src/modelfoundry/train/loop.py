@@ -21,7 +21,7 @@ from torch import nn
 
 from modelfoundry.config import TrainingConfig
 from modelfoundry.errors import RunDirError, TrainingError
-from modelfoundry.train.callbacks import (CheckpointPolicy, EarlyStopping, MetricsLog, ProgressDisplay,
+from modelfoundry.train.callbacks import (Callback, CheckpointPolicy, EarlyStopping, MetricsLog, ProgressDisplay,
                                           TensorBoardLogger, save_atomic)
 from modelfoundry.train.optim import Schedule, build_loss, build_optimizer, decayed_parameters
 from modelfoundry.train.runtime import autocast_dtype, restore_rng_state, rng_state, select_device
@@ -95,7 +95,7 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
         history, start_epoch = state["history"], state["epoch"]
         best.load(state["best_model"])
 
-    callbacks: list[Any] = []
+    callbacks: list[Callback] = []
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", history) if run_dir else None
     if metrics_log:
         callbacks.append(metrics_log)
