@@ -185,10 +185,9 @@ def _as_config(config: Config | str | Path | dict | None) -> Config:
 
 def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[PreparedData, FitResult, Config, Path]:
     from modelfoundry.data.prepare import prepare_data
+    from modelfoundry.experiment import fit_config
     from modelfoundry.manifest import build_manifest
-    from modelfoundry.models import build_model
     from modelfoundry.rundir import create_run_dir, load_run_config, save_config, save_model
-    from modelfoundry.train.loop import fit
     from modelfoundry.train.runtime import seed_everything, select_device
 
     if resume is not None:
@@ -210,15 +209,11 @@ def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[Prep
         save_config(run_path, config)
         write_json(run_path / "data.json", data.info)
     determinism = seed_everything(config.seed, config.training.deterministic)
-    model = build_model(config.model, data.preprocessor.input_shape_, data.n_outputs)
     write_json(run_path / "manifest.json", build_manifest(
         seed=config.seed, split_seed=data.info["split"]["seed"], device=str(select_device(config.training.device)),
         determinism=determinism, config_hash=config_hash(config), fingerprint=data.info["fingerprint"],
         project_dir=Path.cwd()))
-    target_std = data.target_encoder.std_ if data.task == "regression" else 1.0
-    fit_result = fit(model, data.X, data.y, config.training, task=data.task, class_weights=data.class_weights,
-                     target_std=target_std, seed=config.seed, run_dir=run_path, resume=resume is not None,
-                     progress=progress, val_metrics=_monitor_metrics(config, data))
+    fit_result = fit_config(config, data, run_dir=run_path, resume=resume is not None, progress=progress)
     if not fit_result.interrupted:
         spec = {"name": config.name, "task": data.task, "input_shape": list(data.preprocessor.input_shape_),
                 "n_outputs": data.n_outputs, "target": config.data.target, "columns": data.preprocessor.columns,
@@ -243,21 +238,6 @@ def _track(run_path: Path, config: Config, metrics: dict[str, float]) -> dict[st
         raise RegistryError(f"Could not log the run to the tracking store {resolve_uri(config.tracking.uri)}: "
                             f"{first}. The run itself is complete in {run_path}.",
                             "Fix tracking.uri (or $MLFLOW_TRACKING_URI), or set tracking.enabled: false.") from None
-
-
-def _monitor_metrics(config: Config, data: PreparedData) -> Any:
-    """The per-epoch function for a monitored metric the loop does not compute itself, else None."""
-    from modelfoundry.config import FAST_MONITORS
-    from modelfoundry.evaluate.metrics import classification_metrics, regression_metrics
-
-    stopping = config.training.early_stopping
-    if stopping is None or stopping.monitor in FAST_MONITORS:
-        return None
-    name, y_val = stopping.monitor, data.y["val"]
-    if data.task == "classification":
-        return lambda proba: {name: classification_metrics(y_val, proba, [])[name.removeprefix("val_")]}
-    decode, truth = data.target_encoder.decode, data.target_encoder.decode(y_val)
-    return lambda pred: {name: regression_metrics(truth, decode(pred))[name.removeprefix("val_")]}
 
 
 def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult,

@@ -12,13 +12,14 @@ ALLOWED = {
     "models": set(),
     "train": {"models"},
     "evaluate": {"data", "models"},
+    "experiment": {"data", "models", "train", "evaluate"},
     "rundir": {"models", "train"},
     "manifest": set(),
     "export": {"data", "models", "rundir"},
     "registry": set(),
     "archive": {"registry"},
     "serve": {"export", "rundir", "models", "registry"},
-    "pipeline": {"data", "models", "train", "evaluate", "rundir", "manifest", "registry", "export"},
+    "pipeline": {"data", "models", "train", "evaluate", "experiment", "rundir", "manifest", "registry", "export"},
     "cli": {"pipeline", "data", "rundir", "registry", "archive", "serve"},
 }
 BASE = {"config", "errors", "storage"}

@@ -47,7 +47,8 @@ class FitResult:
 def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cfg: TrainingConfig, *,
         task: str, class_weights: np.ndarray | None = None, target_std: float = 1.0, seed: int = 0,
         run_dir: Path | None = None, resume: bool = False, progress: bool = True,
-        val_metrics: Callable[[np.ndarray], dict[str, float]] | None = None) -> FitResult:
+        val_metrics: Callable[[np.ndarray], dict[str, float]] | None = None,
+        callbacks: list[Callback] | None = None) -> FitResult:
     """Train `model` on X/y['train'], validating on X/y['val'] each epoch.
 
     `val_metrics` maps the validation outputs (probabilities, or model-scale predictions) to extra
@@ -56,6 +57,8 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
 
     With `run_dir`, writes metrics.jsonl and checkpoints/{last,best}.pt there; `resume` continues from
     checkpoints/last.pt exactly where it stopped (weights, optimizer, schedule, RNG, early stopping).
+    `callbacks` see each epoch record after the built-in ones; one may raise to end training (a tuning
+    pruner does), and every callback is closed either way.
     """
     started = time.perf_counter()
     device = select_device(cfg.device)
@@ -95,7 +98,7 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
         history, start_epoch = state["history"], state["epoch"]
         best.load(state["best_model"])
 
-    callbacks: list[Callback] = []
+    extra_callbacks, callbacks = list(callbacks or []), []
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", history) if run_dir else None
     if metrics_log:
         callbacks.append(metrics_log)
@@ -104,6 +107,7 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
     display = ProgressDisplay(cfg.epochs, batches, start_epoch, monitor) if progress else None
     if display:
         callbacks.append(display)
+    callbacks.extend(extra_callbacks)
     policy = CheckpointPolicy(cfg.checkpoint.every_epochs, cfg.checkpoint.min_interval_s)
     interrupt = _DeferredInterrupt()
     result = FitResult(model, history, monitor, stopper.best_epoch, stopper.best, device=str(device))

@@ -1,0 +1,70 @@
+"""One training of one config on prepared data: the unit that `run`, tuning trials and CV folds share.
+
+It sits after `evaluate` in the direction because the per-epoch validation metrics the loop does not
+compute itself (val_f1_macro, val_roc_auc, ...) come from evaluate/metrics.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+
+from modelfoundry.config import FAST_MONITORS, Config
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from modelfoundry.data.prepare import PreparedData
+    from modelfoundry.train.callbacks import Callback
+    from modelfoundry.train.loop import FitResult
+
+
+def fit_config(config: Config, data: PreparedData, *, run_dir: Path | None = None, resume: bool = False,
+               progress: bool = True, callbacks: Sequence[Callback] = (), metrics: Iterable[str] = ()) -> FitResult:
+    """Seed, build the config's model for `data` and train it.
+
+    Args:
+        metrics: extra `val_*` names each epoch record must carry (besides the early-stopping monitor),
+            e.g. the metric a tuning study optimises.
+        callbacks: more per-epoch callbacks (a tuning pruner, ...), called after the built-in ones.
+    """
+    from modelfoundry.models import build_model
+    from modelfoundry.train.loop import fit
+    from modelfoundry.train.runtime import seed_everything
+
+    seed_everything(config.seed, config.training.deterministic)
+    model = build_model(config.model, data.preprocessor.input_shape_, data.n_outputs)
+    target_std = data.target_encoder.std_ if data.task == "regression" else 1.0
+    stopping = config.training.early_stopping
+    names = {stopping.monitor if stopping else "val_loss", *metrics}
+    return fit(model, data.X, data.y, config.training, task=data.task, class_weights=data.class_weights,
+               target_std=target_std, seed=config.seed, run_dir=run_dir, resume=resume, progress=progress,
+               val_metrics=val_metric_fn(names, data), callbacks=list(callbacks))
+
+
+def val_metric_fn(names: Iterable[str], data: PreparedData) -> Callable[[np.ndarray], dict[str, float]] | None:
+    """The per-epoch function for the `val_*` names the loop does not compute itself, else None."""
+    from modelfoundry.evaluate.metrics import classification_metrics, regression_metrics
+
+    wanted = sorted(n for n in set(names) if n not in FAST_MONITORS)
+    if not wanted:
+        return None
+    y_val = data.y["val"]
+    if data.task == "classification":
+        def compute(proba: np.ndarray) -> dict[str, float]:
+            values = classification_metrics(y_val, proba, [])
+            return {n: values.get(n.removeprefix("val_"), float("nan")) for n in wanted}
+        return compute
+    decode, truth = data.target_encoder.decode, data.target_encoder.decode(y_val)
+
+    def compute_regression(pred: np.ndarray) -> dict[str, float]:
+        values = regression_metrics(truth, decode(pred))
+        return {n: values.get(n.removeprefix("val_"), float("nan")) for n in wanted}
+    return compute_regression
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line for a record (a failed trial, a failed fold)."""
+    message = getattr(exc, "message", None) or str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {message.splitlines()[0]}"
+
