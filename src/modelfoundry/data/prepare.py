@@ -68,10 +68,14 @@ def load_clean(cfg: DataConfig) -> CleanData:
 
 def split_frame(clean: CleanData, cfg: DataConfig, seed: int) -> dict[str, np.ndarray]:
     """Row positions of each split; the same config and seed always give the same split."""
-    split_seed = cfg.split.seed if cfg.split.seed is not None else seed
     labels = clean.frame[cfg.target].astype(str).to_numpy()
     stratify = cfg.split.stratify and clean.task == "classification"
-    return split_indices(labels, cfg.split.val, cfg.split.test, stratify, split_seed)
+    return split_indices(labels, cfg.split.val, cfg.split.test, stratify, split_seed(cfg, seed))
+
+
+def split_seed(cfg: DataConfig, seed: int) -> int:
+    """The seed of the splits: data.split.seed, else the config's top-level seed."""
+    return cfg.split.seed if cfg.split.seed is not None else seed
 
 
 def prepare_data(cfg: DataConfig, seed: int) -> PreparedData:
@@ -79,6 +83,17 @@ def prepare_data(cfg: DataConfig, seed: int) -> PreparedData:
     clean = load_clean(cfg)
     positions = split_frame(clean, cfg, seed)
     parts = {name: clean.frame.iloc[positions[name]] for name in SPLITS}
+    stratified = cfg.split.stratify and clean.task == "classification"
+    return prepare_parts(clean, parts, cfg, split_seed(cfg, seed), stratified)
+
+
+def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataConfig, seed: int,
+                  stratified: bool) -> PreparedData:
+    """Fit preprocessing and the target encoding on `parts['train']` only and turn every part into arrays.
+
+    `parts` holds the train, val and test rows of `clean.frame` (a cross-validation fold puts its held-out
+    rows in 'test'); `seed` (the split seed) and `stratified` are recorded in `info['split']`.
+    """
     pre = Preprocessor(clean.specs, cfg.clean.outliers.method, cfg.clean.outliers.factor).fit(parts["train"])
     target = TargetEncoder(clean.task).fit(parts["train"][cfg.target])
     X = {name: pre.transform(part, f"the {name} split of {cfg.source}") for name, part in parts.items()}
@@ -87,9 +102,8 @@ def prepare_data(cfg: DataConfig, seed: int) -> PreparedData:
     if clean.task == "classification":
         weights = class_weights(y["train"], target.classes_, cfg.balance.class_weights)
     info = dict(clean.info)
-    info["split"] = {"seed": cfg.split.seed if cfg.split.seed is not None else seed,
-                     "stratified": cfg.split.stratify and clean.task == "classification",
-                     **{name: int(len(positions[name])) for name in SPLITS}}
+    info["split"] = {"seed": seed, "stratified": stratified,
+                     **{name: int(len(part)) for name, part in parts.items()}}
     info["input_shape"] = list(pre.input_shape_)
     rows = {name: part.index.to_numpy() for name, part in parts.items()}
     return PreparedData(clean.task, X, y, rows, pre, target, weights, info)
