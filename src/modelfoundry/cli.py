@@ -113,6 +113,40 @@ def evaluate(run_dir: RunDirArg,
 
 @app.command()
 @friendly_errors
+def cv(config: ConfigArg,
+       folds: Annotated[int, typer.Option("--folds", "-k", min=2, help="Number of folds K.")] = 5,
+       stratified: Annotated[Optional[bool], typer.Option("--stratified/--no-stratified", help="Keep class "
+                                                          "proportions in every fold (default: data.split.stratify, "
+                                                          "classification only).", show_default=False)] = None,
+       out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: "
+                                                   "runs/<name>-cv-<UTC timestamp>/).")] = None,
+       no_progress: NoProgress = False) -> None:
+    """K-fold cross-validation: train once per fold, print per-fold and mean ± std held-out metrics."""
+    from rich.table import Table
+
+    from modelfoundry.pipeline import cross_validate
+
+    result = cross_validate(config, folds=folds, stratified=stratified, out=out, progress=not no_progress)
+    info = result.info
+    table = Table("fold", "train/val/held-out", "best epoch", *result.headline, title_justify="left",
+                  title=f"{info['name']}: {info['k']}-fold cross-validation ({result.task}, "
+                        f"{'stratified, ' if info['stratified'] else ''}{info['rows']} rows, seed {info['seed']})")
+    for fold in result.folds:
+        table.add_row(str(fold["fold"]), f"{fold['rows_train']}/{fold['rows_val']}/{fold['rows_heldout']}",
+                      f"{fold['best_epoch']} of {fold['epochs_run']}",
+                      *(f"{fold['metrics'][n]:.4f}" for n in result.headline), end_section=fold is result.folds[-1])
+    table.add_row("mean ± std", "", "", *(f"{result.mean[n]:.4f} ± {result.std[n]:.4f}" for n in result.headline),
+                  style="bold")
+    console = _console()
+    if not console.is_terminal:  # logs and pipes have no width to fit; rich would assume 80 columns
+        console.width = max(console.width, 120)
+    console.print(table)
+    console.print(f"Wall time {result.wall_s:.1f} s. Per-fold metrics and held-out rows: {result.path}",
+                  markup=False, soft_wrap=True)
+
+
+@app.command()
+@friendly_errors
 def predict(run_dir: RunDirArg,
             input_path: Annotated[Path, typer.Argument(help="Rows to predict (.csv/.parquet/.jsonl), with the "
                                                        "training columns.", show_default=False)],
@@ -123,6 +157,29 @@ def predict(run_dir: RunDirArg,
 
     table = predict_rows(run_dir, input_path, output)
     _console().print(f"Wrote {len(table)} predictions to [bold]{output}[/].")
+
+
+@app.command()
+@friendly_errors
+def tune(config: ConfigArg,
+         n_trials: Annotated[Optional[int], typer.Option("--n-trials", min=1, help="Trials in the whole study "
+                                                         "(default: tune.n_trials).")] = None,
+         n_jobs: Annotated[Optional[int], typer.Option("--n-jobs", min=1, help="Worker processes on this machine "
+                                                       "(default: tune.n_jobs).")] = None,
+         out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: "
+                                                     "runs/<name>-tune/).")] = None,
+         storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna storage URL shared by workers, "
+                                                        "e.g. postgresql://user:pass@host/db (default: SQLite "
+                                                        "study.db in the output directory).")] = None,
+         resume: Annotated[bool, typer.Option("--resume", help="Continue the study (or join it as another "
+                                              "worker) until it has its n_trials.")] = False,
+         no_progress: NoProgress = False) -> None:
+    """Search hyperparameters with Optuna (the config's tune: section); writes best.yaml, trials.csv, plots."""
+    from modelfoundry.pipeline import tune as tune_study
+
+    result = tune_study(config, n_trials=n_trials, n_jobs=n_jobs, out=out, storage=storage, resume=resume,
+                        progress=not no_progress)
+    _print_tune_summary(result)
 
 
 @app.command("export")
@@ -391,6 +448,56 @@ def _print_summary(result: Any) -> None:
     if registered and registered["version"]:
         console.print(f"Registered as version {registered['version']} in {registered['uri']} "
                       f"(`foundry registry show {registered['model']}/{registered['version']}`).")
+
+
+def _print_tune_summary(result: Any) -> None:
+    from rich.table import Table
+
+    console = _console()
+    summary, metric = result.summary, result.metric
+    states = summary["states"]
+    table = Table(title=f"Study {result.study_name}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("trials", f"{summary['trials']} ({states['COMPLETE']} complete, {states['PRUNED']} pruned, "
+                            f"{states['FAIL']} failed)")
+    table.add_row("objective", f"{result.direction} {metric}")
+    if summary["base_config_value"] is not None:
+        table.add_row("config as written", f"{metric} {summary['base_config_value']:.4f} (trial 0)")
+    best = summary["best"]
+    if best:
+        table.add_row("best", f"{metric} {best['value']:.4f} (trial {best['number']})")
+        for path, value in best["params"].items():
+            table.add_row(f"  {path}", f"{value:.4g}" if isinstance(value, float) else str(value))
+    table.add_row("output", str(result.out_dir))
+    table.add_row("storage", result.storage)
+    table.add_row("wall time", f"{result.wall_s:.1f} s")
+    console.print(table)
+    ranked = sorted((r for r in result.rows if r["state"] == "COMPLETE" and r["value"] is not None),
+                    key=lambda r: r["value"], reverse=result.direction == "maximize")[:5]
+    if ranked:
+        top = Table("trial", metric, "epochs", *result.summary["best"]["params"], title="Top trials",
+                    title_justify="left")
+        for r in ranked:
+            top.add_row(str(r["number"]), f"{r['value']:.4f}", str(r["epochs"]),
+                        *(f"{r[p]:.4g}" if isinstance(r[p], float) else str(r[p]) for p in best["params"]))
+        console.print(top)
+    failed = [r for r in result.rows if r["state"] == "FAIL" and r.get("error")]
+    for r in failed[:3]:
+        console.print(f"[yellow]trial {r['number']} failed:[/] {r['error']}", soft_wrap=True)
+    skipped = {k: v for k, v in summary["plots"].items() if v.startswith("skipped")}
+    for name, why in skipped.items():
+        console.print(f"plot {name} {why}", markup=False)
+    if result.recovered:
+        console.print(f"Trials {', '.join(map(str, result.recovered))} of a killed run were failed and queued again.")
+    if result.interrupted:
+        console.print(f"[yellow]Interrupted.[/] Continue with `foundry tune CONFIG --resume --out {result.out_dir}`.")
+    if best:
+        console.print(f"Next: `foundry run {best['config']}` trains the best config.")
+    tracked = result.extras.get("tracking")
+    if tracked:
+        console.print(f"Logged to {tracked['uri']} (experiment {tracked['experiment']}, {tracked['trials_logged']} "
+                      "new trial runs).")
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelfoundry.errors import ConfigError, did_you_mean, unknown_name
 
@@ -283,6 +283,132 @@ class TrackingConfig(_Section):
     experiment: str | None = None  # None: the config's name
 
 
+# ----------------------------------------------------------------------------------------------- tune
+class ParamSpace(_Section):
+    """One dimension of a search space: a float or int range, or a list of choices."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = Field(None, gt=0)  # float/int: only multiples of step above low
+    log: bool = False  # float/int: sample on a log scale (low must be > 0)
+    choices: list[Any] | None = None  # categorical: two or more values (numbers, text, lists, ...)
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamSpace:
+        if self.type == "categorical":
+            extra = [k for k in ("low", "high", "step") if getattr(self, k) is not None] + (["log"] if self.log else [])
+            if extra:
+                raise ValueError(f"a categorical takes only choices, not {', '.join(extra)}")
+            distinct = {json.dumps(c, sort_keys=True) for c in self.choices or []}
+            if len(distinct) < 2:
+                raise ValueError(f"a categorical needs at least two different choices, got {self.choices or []}; "
+                                 "fix the value in the config instead of tuning it")
+            return self
+        if self.low is None or self.high is None or self.choices is not None:
+            raise ValueError(f"a{'n' if self.type == 'int' else ''} {self.type} range takes low and high "
+                             "(and optionally step or log), not choices")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) is above high ({self.high:g})")
+        if self.low == self.high:
+            raise ValueError(f"the range is empty (low = high = {self.low:g}); fix the value instead of tuning it")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0, got low = {self.low:g}")
+        if self.log and self.step is not None:
+            raise ValueError("set step or log: true, not both")
+        if self.type == "int":
+            bad = [f"{k} = {v:g}" for k, v in (("low", self.low), ("high", self.high), ("step", self.step))
+                   if v is not None and not float(v).is_integer()]
+            if bad:
+                raise ValueError(f"an int range needs whole numbers, got {', '.join(bad)}")
+        if self.step is not None and self.step > self.high - self.low:
+            raise ValueError(f"step ({self.step:g}) is wider than the range {self.low:g}..{self.high:g}")
+        return self
+
+    def extremes(self) -> list[Any]:
+        """The values that bound this dimension: low and high, or every choice."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        cast = int if self.type == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
+class SamplerConfig(_Section):
+    name: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
+    seed: int | None = None  # None: the top-level seed
+    n_startup_trials: int = Field(10, ge=0)  # tpe, gp, cmaes: random trials before the model guides the search
+    multivariate: bool = True  # tpe: model the parameters jointly
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:  # `sampler: tpe` means `sampler: {name: tpe}`
+        return {"name": v} if isinstance(v, str) else v
+
+
+class PrunerConfig(_Section):
+    name: Literal["median", "hyperband", "none"] = "median"
+    n_startup_trials: int = Field(5, ge=0)  # median: trials that run to the end before any is pruned
+    n_warmup_steps: int = Field(3, ge=0)  # median: epochs a trial always runs
+    min_resource: int = Field(1, ge=1)  # hyperband: fewest epochs of a trial
+    reduction_factor: int = Field(3, ge=2)  # hyperband: how aggressively brackets shrink
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+
+# top-level keys and sections a search may not change, and why
+FROZEN_PATHS = {
+    "name": "it names the study and the model",
+    "seed": "it reshuffles the data split, so trials would be scored on different validation rows",
+    "data.source": "every trial must see the same data", "data.target": "every trial must see the same data",
+    "data.task": "every trial must solve the same task",
+    "data.split": "trials would be scored on different validation rows",
+    "evaluation": "it does not change training (tune.metric chooses what is optimised)",
+    "output": "it does not change training", "tracking": "it does not change training",
+    "tune": "a search cannot tune itself",
+}
+
+
+class TuneConfig(_Section):
+    """A hyperparameter search (`foundry tune`): a space over config fields by dotted path, run on Optuna."""
+
+    space: dict[str, ParamSpace] = Field(min_length=1)  # dotted config path -> range or choices
+    metric: str | None = None  # val_loss or val_<metric>; None: training.early_stopping.monitor (else val_loss)
+    direction: Literal["auto", "maximize", "minimize"] = "auto"  # auto: from the metric
+    n_trials: int | None = Field(20, ge=1)  # trials in the whole study, across resumes and workers
+    timeout_s: float | None = Field(None, gt=0, validation_alias=AliasChoices("timeout_s", "timeout"))
+    sampler: SamplerConfig = SamplerConfig()
+    pruner: PrunerConfig = PrunerConfig()
+    study_name: str | None = None  # None: the config's name
+    storage: str | None = None  # Optuna storage URL (e.g. postgresql://...); None: SQLite in the output directory
+    n_jobs: int = Field(1, ge=1)  # worker processes on this machine
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str | None) -> str | None:
+        if v is not None and v not in MONITORS:
+            raise ValueError(unknown_name("metric", v, MONITORS))
+        return v
+
+    @model_validator(mode="after")
+    def _grid(self) -> TuneConfig:
+        if self.sampler.name == "grid":
+            loose = [p for p, s in self.space.items() if s.type == "float" and s.step is None]
+            if loose:
+                raise ValueError(f"the grid sampler needs a finite grid: give {', '.join(loose)} a step "
+                                 "(or make it a categorical), or use sampler: tpe / random")
+        return self
+
+    def objective(self, training: TrainingConfig) -> tuple[str, str]:
+        """(metric, 'maximize' | 'minimize'): what the study optimises."""
+        metric = self.metric or (training.early_stopping.monitor if training.early_stopping else "val_loss")
+        if self.direction != "auto":
+            return metric, self.direction
+        return metric, "minimize" if monitor_mode(metric) == "min" else "maximize"
+
+
 class Config(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     seed: int = 42
@@ -292,6 +418,110 @@ class Config(_Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()
     tracking: TrackingConfig = TrackingConfig()
+    tune: TuneConfig | None = None  # only `foundry tune` reads it; `foundry run` ignores it
+
+    def with_params(self, params: dict[str, Any]) -> Config:
+        """This config with dotted-path values set (`{"training.optimizer.lr": 0.01}`), validated again."""
+        data = self.model_dump(mode="json", exclude={"tune"})
+        for path, value in params.items():
+            set_path(data, path, value)
+        return Config.model_validate(data)
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set `value` at a dotted path in a nested dict (list items by index: `model.hidden.0`)."""
+    *parents, last = path.split(".")
+    node: Any = data
+    for part in parents:
+        if isinstance(node, list):
+            node = node[int(part)]
+        else:
+            if node.get(part) is None:  # an unset optional section (early_stopping: null) gets its defaults
+                node[part] = {}
+            node = node[part]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def _space_problems(config: Config, path: str, space: ParamSpace) -> list[str]:
+    """What is wrong with tuning `path` over `space` on top of `config` (empty when nothing): a frozen or
+    unknown path, or a bound (low, high, a choice) that does not give a valid config."""
+    parts = path.split(".")
+    for n in range(1, len(parts) + 1):
+        reason = FROZEN_PATHS.get(".".join(parts[:n]))
+        if reason:
+            return [f"cannot be tuned: {reason}."]
+    where = _path_problem(config, parts)
+    if where:
+        return [where]
+    annotation = _unwrap(_annotation_at(config, parts))
+    if space.type == "float" and annotation is int:
+        return ["this key takes whole numbers; use type: int."]
+    problems = []
+    for value in space.extremes():  # every bound must give a valid config, so no trial fails on it
+        try:
+            config.with_params({path: value})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in _display_loc(first["loc"]))
+            problems.append(f"{json.dumps(value)} is not a valid value here ({field}: "
+                            f"{first['msg'].removeprefix('Value error, ')}); narrow the range or change the base config.")
+    return problems
+
+
+def _path_problem(config: Config, parts: list[str]) -> str | None:
+    """Why `parts` names no field of `config`, or None."""
+    node: Any = config
+    for i, part in enumerate(parts):
+        here = ".".join(parts[:i]) or "the top level"
+        if isinstance(node, BaseModel):
+            fields = list(type(node).model_fields)
+            if part not in fields:
+                return f"not a config key: {here} has no '{part}'.{did_you_mean(part, fields)} It has: {', '.join(fields)}."
+            node = getattr(node, part)
+            if node is None:  # an unset optional section: check the rest against its defaults
+                node = _default_instance(config, parts[:i + 1])
+        elif isinstance(node, dict):
+            if part not in node:
+                return (f"not a config key: {here} has no '{part}' (it holds "
+                        f"{', '.join(map(str, node)) or 'nothing'}).")
+            node = node[part]
+        elif isinstance(node, (list, tuple)):
+            if not part.isdigit() or int(part) >= len(node):
+                return (f"not a config key: {here} is a list of {len(node)}; use an index below {len(node)}, or "
+                        "tune the whole list as a categorical of lists.")
+            node = node[int(part)]
+        else:
+            return f"not a config key: {here} is a value, not a section."
+    if isinstance(node, BaseModel):
+        return f"this is a whole section; tune one of its keys ({', '.join(type(node).model_fields)})."
+    return None
+
+
+def _default_instance(config: Config, parts: list[str]) -> Any:
+    """An instance with defaults of the (unset, optional) section at `parts`."""
+    annotation = _unwrap(_annotation_at(config, parts))
+    return annotation() if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _annotation_at(config: Config, parts: list[str]) -> Any:
+    node: Any = config
+    annotation: Any = None
+    for part in parts:
+        if isinstance(node, BaseModel):
+            annotation = type(node).model_fields[part].annotation
+            node = getattr(node, part)
+        elif isinstance(node, dict):
+            annotation, node = None, node.get(part)
+        elif isinstance(node, (list, tuple)):
+            args = typing.get_args(_unwrap(annotation)) if annotation is not None else ()
+            annotation, node = (args[0] if args else None), node[int(part)]
+        if node is None and annotation is not None:
+            inner = _unwrap(annotation)
+            node = inner() if isinstance(inner, type) and issubclass(inner, BaseModel) else None
+    return annotation
 
 
 def check_task(config: Config, task: str) -> None:
@@ -316,6 +546,12 @@ def check_task(config: Config, task: str) -> None:
     if foreign:
         problems.append(f"evaluation.metrics: {', '.join(foreign)} do not apply to {task}; choose from "
                         f"{', '.join(own)}")
+    if config.tune is not None:
+        metric, _ = config.tune.objective(config.training)
+        plain = metric.removeprefix("val_")
+        if plain in (REGRESSION_METRICS if task == "classification" else CLASSIFICATION_METRICS):
+            problems.append(f"tune.metric: {metric} does not apply to {task}; use val_loss or val_<metric> of a "
+                            f"{task} metric ({', '.join('val_' + m for m in own[:4])}, ...)")
     if problems:
         raise ConfigError(f"The data makes this a {task} task, but the config says:\n" +
                           "\n".join(f"  - {p}" for p in problems),
@@ -348,25 +584,64 @@ def load_config(source: str | Path | dict[str, Any]) -> Config:
 
 
 def dump_config(config: Config) -> str:
-    """The fully resolved config (every default filled in) as YAML."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The fully resolved config (every default filled in) as YAML; no `tune: null` when there is no search."""
+    return yaml.safe_dump(config.model_dump(mode="json", exclude={"tune"} if config.tune is None else None),
+                          sort_keys=False, allow_unicode=True)
 
 
 def config_hash(config: Config) -> str:
-    """A short content hash of the resolved config, stable across key order."""
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    """A short content hash of the resolved config, stable across key order. The `tune:` section is left
+    out: it does not change what a run trains."""
+    canonical = json.dumps(config.model_dump(mode="json", exclude={"tune"}), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def _validate(data: dict[str, Any], origin: str, lines: dict[tuple, int]) -> Config:
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
+        problems = _tune_problems(config, config.tune.space if config.tune else {}, lines)
     except ValidationError as exc:
+        config = None
         problems = [_describe(err, lines) for err in exc.errors()]
-        noun = "problem" if len(problems) == 1 else "problems"
-        body = "\n".join(f"  - {p}" for p in problems)
-        raise ConfigError(f"{origin}: {len(problems)} {noun} in the config:\n{body}",
-                          "Every key is documented in docs/config.md; `foundry validate CONFIG` re-checks.") from None
+        problems += _partial_tune_problems(data, lines)
+    if not problems:
+        return config
+    noun = "problem" if len(problems) == 1 else "problems"
+    body = "\n".join(f"  - {p}" for p in problems)
+    raise ConfigError(f"{origin}: {len(problems)} {noun} in the config:\n{body}",
+                      "Every key is documented in docs/config.md; `foundry validate CONFIG` re-checks.")
+
+
+def _tune_problems(config: Config, spaces: dict[str, ParamSpace], lines: dict[tuple, int]) -> list[str]:
+    """Path problems of each dimension (unknown, frozen, overlapping, invalid bounds), with YAML lines."""
+    problems = []
+    for path, space in spaces.items():
+        line = _line_of(("tune", "space", path), lines)
+        overlap = [p for p in spaces if p != path and path.startswith(p + ".")]
+        found = [f"overlaps {overlap[0]}, which is tuned too; keep one of the two."] if overlap else \
+            _space_problems(config, path, space)
+        problems += [f"tune.space.{path}{f' (line {line})' if line else ''}: {p}" for p in found]
+    return problems
+
+
+def _partial_tune_problems(data: dict[str, Any], lines: dict[tuple, int]) -> list[str]:
+    """When the config has other errors, still check the paths of the well-formed dimensions against the
+    rest of the config, so one run of `foundry validate` lists everything."""
+    tune = data.get("tune")
+    space = tune.get("space") if isinstance(tune, dict) else None
+    if not isinstance(space, dict):
+        return []
+    try:
+        config = Config.model_validate({k: v for k, v in data.items() if k != "tune"})
+    except ValidationError:
+        return []
+    valid = {}
+    for path, raw in space.items():
+        try:
+            valid[path] = ParamSpace.model_validate(raw)
+        except ValidationError:
+            continue
+    return _tune_problems(config, valid, lines)
 
 
 def _describe(err: dict[str, Any], lines: dict[tuple, int]) -> str:

@@ -1,4 +1,4 @@
-"""The public API: run, train, evaluate and predict. Each is a plain function the CLI calls.
+"""The public API: run, train, evaluate, cross_validate and predict. Each is a plain function the CLI calls.
 
 The composition of stages lives here: config -> data -> model -> train -> evaluate.
 """
@@ -17,6 +17,7 @@ from modelfoundry.storage import read_json, write_bytes_atomic, write_json
 if TYPE_CHECKING:
     import pandas as pd
 
+    from modelfoundry.cv import CVResult
     from modelfoundry.data.prepare import PreparedData
     from modelfoundry.train.loop import FitResult
 
@@ -102,6 +103,33 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Pat
                      0, 0, "", None, wall_s=time.perf_counter() - started, extras={"out_dir": out_dir})
 
 
+def cross_validate(config: Config | str | Path, *, folds: int = 5, stratified: bool | None = None,
+                   out: str | Path | None = None, progress: bool = True) -> CVResult:
+    """K-fold cross-validation of a config: per-fold and mean ± std held-out metrics, written to cv.json.
+
+    The folds partition every cleaned row (an alternative estimate to the single test split of `run`);
+    nothing is registered. Results go to `out`, default `<output.dir>/<name>-cv-<UTC timestamp>/`, next
+    to the resolved config.yaml; `result.path` is the cv.json written.
+    """
+    from modelfoundry.cv import cross_validate as run_folds
+    from modelfoundry.cv import write_cv_json
+    from modelfoundry.data.sources import describe_source
+    from modelfoundry.rundir import save_config
+
+    config = _as_config(config)
+    # the source as `run` records it, so config_hash matches a run of the same config
+    config = config.model_copy(update={"data": config.data.model_copy(
+        update={"source": describe_source(config.data.source)})})
+    out_dir = Path(out) if out is not None else _fresh_dir(Path(config.output.dir), f"{config.name}-cv")
+    if (out_dir / "cv.json").exists():
+        raise RunDirError(f"'{out_dir}' already holds a cv.json.", "Pick a new --out, or remove the old results.")
+    result = run_folds(config, folds=folds, stratified=stratified, progress=progress)
+    save_config(out_dir, config)
+    result.path = out_dir / "cv.json"
+    write_cv_json(result, result.path)
+    return result
+
+
 def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path | None = None) -> pd.DataFrame:
     """Predict every row of a data file with a trained run; returns (and optionally writes) a table with a
     `prediction` column and, for classification, one `prob_<label>` column per class."""
@@ -158,6 +186,64 @@ def export(model: str | Path, out_dir: str | Path | None = None, *, fmt: str = "
     return result
 
 
+@dataclass
+class TuneResult:
+    out_dir: Path
+    study_name: str
+    storage: str
+    metric: str
+    direction: str
+    summary: dict[str, Any]  # what summary.json holds: counts, best trial, base config value, plots
+    rows: list[dict[str, Any]]  # one per trial, as in trials.csv
+    recovered: list[int] = field(default_factory=list)  # trials of a killed run, queued again
+    interrupted: bool = False
+    wall_s: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def tune(config: Config | str | Path, *, n_trials: int | None = None, n_jobs: int | None = None,
+         out: str | Path | None = None, storage: str | None = None, resume: bool = False,
+         progress: bool = True) -> TuneResult:
+    """Run the config's hyperparameter search (its `tune:` section) on Optuna.
+
+    The study lives in `storage` (default: SQLite `study.db` in the output directory); `resume` continues
+    it, or joins it as another worker, until the study has `n_trials` trials. The output directory
+    (default `<output.dir>/<name>-tune/`) gets best.yaml, trials.csv, summary.json and plots.
+
+    Args:
+        n_trials, n_jobs, storage: override tune.n_trials, tune.n_jobs and tune.storage.
+    """
+    from modelfoundry.data.prepare import prepare_data
+    from modelfoundry.errors import ConfigError
+    from modelfoundry.tune.report import trial_rows, write_outputs
+    from modelfoundry.tune.study import default_storage
+    from modelfoundry.tune.trials import run_study
+
+    config = _as_config(config)
+    if config.tune is None:
+        raise ConfigError(f"The config '{config.name}' has no tune: section, so there is nothing to search.",
+                          "Add one (see examples/breast_cancer_tune.yaml and docs/tuning.md).")
+    overrides = {k: v for k, v in {"n_trials": n_trials, "n_jobs": n_jobs, "storage": storage}.items()
+                 if v is not None}
+    if overrides:
+        config = config.model_copy(update={"tune": config.tune.model_validate(
+            {**config.tune.model_dump(), **overrides})})
+    data = prepare_data(config.data, config.seed)  # bad data or a metric foreign to the task: before any trial
+    check_task(config, data.task)
+    out_dir = Path(out) if out else Path(config.output.dir) / f"{config.name}-tune"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    url = config.tune.storage or default_storage(out_dir)
+    name = config.tune.study_name or config.name
+    study_run = run_study(config, url, name, resume=resume, progress=progress, data=data)
+    summary = write_outputs(config, study_run.study, out_dir)
+    metric, direction = config.tune.objective(config.training)
+    result = TuneResult(out_dir, name, url, metric, direction, summary, trial_rows(config, study_run.study),
+                        study_run.recovered, study_run.interrupted, study_run.wall_s)
+    if config.tracking.enabled and result.rows:
+        result.extras["tracking"] = _track_study(config, result)
+    return result
+
+
 def model_dir(ref: str | Path) -> Path:
     """A run directory as given, or the local copy of a registered model (NAME, NAME/VERSION, NAME@ALIAS)."""
     path = Path(ref)
@@ -181,6 +267,16 @@ def _as_config(config: Config | str | Path | dict | None) -> Config:
 
         raise ConfigError("No config given.", "Pass a YAML path, e.g. `foundry run examples/digits.yaml`.")
     return load_config(config)
+
+
+def _fresh_dir(root: Path, prefix: str) -> Path:
+    """A new `<root>/<prefix>-<UTC timestamp>[-N]/`."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    path, suffix = root / f"{prefix}-{stamp}", 1
+    while path.exists():
+        suffix += 1
+        path = root / f"{prefix}-{stamp}-{suffix}"
+    return path
 
 
 def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[PreparedData, FitResult, Config, Path]:
@@ -237,6 +333,20 @@ def _track(run_path: Path, config: Config, metrics: dict[str, float]) -> dict[st
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RegistryError(f"Could not log the run to the tracking store {resolve_uri(config.tracking.uri)}: "
                             f"{first}. The run itself is complete in {run_path}.",
+                            "Fix tracking.uri (or $MLFLOW_TRACKING_URI), or set tracking.enabled: false.") from None
+
+
+def _track_study(config: Config, result: TuneResult) -> dict[str, Any]:
+    """Log the study to MLflow (a parent run, one nested run per trial); the study itself is complete either way."""
+    from modelfoundry.errors import RegistryError
+    from modelfoundry.registry import log_study, resolve_uri
+
+    try:
+        return log_study(config, result.study_name, result.storage, result.rows, result.summary)
+    except Exception as exc:  # noqa: BLE001 - any store failure: the study and its outputs are intact
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RegistryError(f"Could not log the study to the tracking store {resolve_uri(config.tracking.uri)}: "
+                            f"{first}. The study itself is complete in {result.out_dir}.",
                             "Fix tracking.uri (or $MLFLOW_TRACKING_URI), or set tracking.enabled: false.") from None
 
 

@@ -72,9 +72,7 @@ def log_run(run_dir: Path, config: Config, metrics: dict[str, float], *, parent_
     run = mlf.create_run(experiment, run_name=Path(run_dir).name, tags={"foundry.run_dir": str(run_dir)})
     run_id = run.info.run_id
     now = int(time.time() * 1000)
-    # MLflow keys allow letters, digits, _ - . space : / only (a glob feature key such as pixel_* does not)
-    params = [Param(re.sub(r"[^\w\-. :/]", "_", k), str(v)[:500])
-              for k, v in _flatten(config.model_dump(mode="json")).items()]
+    params = [Param(_param_key(k), str(v)[:500]) for k, v in _flatten(config.model_dump(mode="json")).items()]
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     series = [Metric(k, float(v), now, r["epoch"]) for r in epochs for k, v in r.items()
               if k != "epoch" and isinstance(v, (int, float))]
@@ -95,6 +93,57 @@ def log_run(run_dir: Path, config: Config, metrics: dict[str, float], *, parent_
         version = register(mlf, config.name, run.info.artifact_uri, run_id, _lineage(run_dir, config, parent_version))
     return {"run_id": run_id, "experiment": cfg.experiment or config.name, "model": config.name, "version": version,
             "uri": resolve_uri(cfg.uri)}
+
+
+def log_study(config: Config, study: str, storage: str, trials: list[dict[str, Any]],
+              summary: dict[str, Any]) -> dict[str, Any]:
+    """Log a tuning study: one parent run with the search and its best value, one nested run per trial
+    (parameters, value, state, error). Trials logged by an earlier call (a resumed study) are skipped."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    cfg: TrackingConfig = config.tracking
+    mlf = client(cfg.uri)
+    experiment = _experiment_id(mlf, cfg.experiment or config.name, cfg.artifacts)
+    key = f"{storage}#{study}"
+    found = mlf.search_runs([experiment], filter_string=f"tags.`foundry.study_key` = '{_quoted(key)}'",
+                            max_results=1)
+    if found:
+        parent = found[0].info.run_id
+    else:
+        parent = mlf.create_run(experiment, run_name=f"tune-{study}",
+                                tags={"foundry.study_key": key, "foundry.study": study}).info.run_id
+        params = [Param(_param_key(k), str(v)[:500]) for k, v in _flatten(config.model_dump(mode="json")).items()]
+        for i in range(0, len(params), 100):
+            mlf.log_batch(parent, params=params[i:i + 100])
+    logged = {r.data.tags.get("foundry.trial") for r in mlf.search_runs(
+        [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=50000)}
+    now = int(time.time() * 1000)
+    new = [t for t in trials if str(t["number"]) not in logged and t["state"] in ("COMPLETE", "PRUNED", "FAIL")]
+    for t in new:
+        run = mlf.create_run(experiment, run_name=f"trial-{t['number']}", tags={
+            "mlflow.parentRunId": parent, "foundry.trial": str(t["number"]), "foundry.state": t["state"],
+            **({"foundry.error": str(t["error"])[:5000]} if t.get("error") else {})})
+        params = [Param(_param_key(k), str(v)[:500]) for k, v in t.items() if k in config.tune.space]
+        metrics = [Metric(summary["metric"], float(t["value"]), now, 0)] if t["value"] is not None else []
+        metrics += [Metric(k, float(t[k]), now, 0) for k in ("epochs", "wall_s") if t.get(k) is not None]
+        mlf.log_batch(run.info.run_id, params=params, metrics=metrics)
+        mlf.set_terminated(run.info.run_id, "FINISHED" if t["state"] != "FAIL" else "FAILED")
+    best = summary.get("best")
+    tags = [RunTag("foundry.trials", str(summary["trials"]))]
+    if best:
+        mlf.log_batch(parent, metrics=[Metric(f"best_{summary['metric']}", float(best["value"]), now, 0)],
+                      tags=tags + [RunTag("foundry.best_trial", str(best["number"]))])
+    mlf.set_terminated(parent)
+    return {"run_id": parent, "experiment": cfg.experiment or config.name, "trials_logged": len(new),
+            "uri": resolve_uri(cfg.uri)}
+
+
+def _param_key(key: str) -> str:
+    return re.sub(r"[^\w\-. :/]", "_", key)  # MLflow keys allow letters, digits, _ - . space : / only
+
+
+def _quoted(text: str) -> str:
+    return text.replace("'", "\\'")
 
 
 def register(mlf: Any, name: str, source: str, run_id: str, tags: dict[str, str]) -> str:

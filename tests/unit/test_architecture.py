@@ -13,13 +13,16 @@ ALLOWED = {
     "train": {"models"},
     "evaluate": {"data", "models"},
     "experiment": {"data", "models", "train", "evaluate"},
+    "cv": {"data", "models", "train", "evaluate", "experiment"},
+    "tune": {"data", "models", "train", "evaluate", "experiment"},
     "rundir": {"models", "train"},
     "manifest": set(),
     "export": {"data", "models", "rundir"},
     "registry": set(),
     "archive": {"registry"},
     "serve": {"export", "rundir", "models", "registry"},
-    "pipeline": {"data", "models", "train", "evaluate", "experiment", "rundir", "manifest", "registry", "export"},
+    "pipeline": {"data", "models", "train", "evaluate", "experiment", "cv", "tune", "rundir", "manifest", "registry",
+                 "export"},
     "cli": {"pipeline", "data", "rundir", "registry", "archive", "serve"},
 }
 BASE = {"config", "errors", "storage"}

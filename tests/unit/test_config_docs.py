@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "config.md"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 PLACEHOLDER = "<column>"  # stands for a key of a mapping of sections (data.features.<column>.type)
+PLACEHOLDERS = {"tune.space": "<path>"}  # mappings whose keys are not column names: tune.space.<path>.low
 SECTIONS = tuple(Config.model_fields)
 
 
@@ -51,6 +52,8 @@ def _fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[
         path = (*prefix, name)
         out.append((".".join(path), model, name))
         for segments, sub in _nested(info.annotation):
+            key = PLACEHOLDERS.get(".".join(path), PLACEHOLDER)
+            segments = tuple(key if s == PLACEHOLDER else s for s in segments)
             if segments:  # the mapping's own entry, data.features.<column>, is a documented key too
                 out.append((".".join((*path, *segments)), model, name))
             out += _fields(sub, (*path, *segments))
@@ -131,7 +134,7 @@ def test_documented_defaults_match_the_code():
         if key is None or key.group(1) not in PATHS:
             continue
         model, name = _owner(key.group(1), heading)
-        if key.group(1).endswith(PLACEHOLDER):
+        if key.group(1).endswith((PLACEHOLDER, *PLACEHOLDERS.values())):
             continue
         info = model.model_fields[name]
         if default is None:  # prose such as "required" or "all defaults"
@@ -162,5 +165,6 @@ def test_there_are_examples():
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_says_how_to_run_it_and_is_valid(path):
     first = path.read_text(encoding="utf-8").splitlines()[0]
-    assert first == f"# foundry run examples/{path.name}", f"{path.name} starts with {first!r}"
-    load_config(path)
+    config = load_config(path)
+    command = "tune" if config.tune is not None else "run"  # a config with a search space is made to be tuned
+    assert first == f"# foundry {command} examples/{path.name}", f"{path.name} starts with {first!r}"

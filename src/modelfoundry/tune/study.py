@@ -1,0 +1,210 @@
+"""The Optuna study behind `foundry tune`: samplers and pruners by name, storage, the trial budget, and
+stale trials left by a killed worker.
+
+One study lives in one storage (SQLite in the output directory by default, any Optuna URL otherwise), so
+resuming and extra workers are the same thing: open the study and run trials until the budget is spent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from modelfoundry.config import Config, PrunerConfig, SamplerConfig, TuneConfig, config_hash
+from modelfoundry.errors import ConfigError
+from modelfoundry.tune.space import base_point, decoded, grid
+
+HEARTBEAT_S = 30  # a trial whose worker stops beating for GRACE_S is failed and tried again
+GRACE_S = 120
+
+
+def quiet_optuna() -> None:
+    """Optuna's per-trial INFO lines and experimental-feature warnings would run through our progress bar."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*(independent sampl|CmaEsSampler|GPSampler).*")
+
+
+# ------------------------------------------------------------------------------- samplers and pruners
+def _tpe(cfg: SamplerConfig, tune: TuneConfig, seed: int) -> Any:
+    from optuna.samplers import TPESampler
+
+    return TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials, multivariate=cfg.multivariate,
+                      constant_liar=True)  # parallel workers do not all pick the same promising point
+
+
+def _random(cfg: SamplerConfig, tune: TuneConfig, seed: int) -> Any:
+    from optuna.samplers import RandomSampler
+
+    return RandomSampler(seed=seed)
+
+
+def _grid(cfg: SamplerConfig, tune: TuneConfig, seed: int) -> Any:
+    from optuna.samplers import GridSampler
+
+    return GridSampler(grid(tune.space), seed=seed)
+
+
+def _gp(cfg: SamplerConfig, tune: TuneConfig, seed: int) -> Any:
+    from optuna.samplers import GPSampler
+
+    return GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
+
+
+def _cmaes(cfg: SamplerConfig, tune: TuneConfig, seed: int) -> Any:
+    from optuna.samplers import CmaEsSampler
+
+    return CmaEsSampler(seed=seed, n_startup_trials=cfg.n_startup_trials)  # categoricals are sampled at random
+
+
+SAMPLERS: dict[str, Callable[[SamplerConfig, TuneConfig, int], Any]] = {
+    "tpe": _tpe, "random": _random, "grid": _grid, "gp": _gp, "cmaes": _cmaes}
+
+
+def build_pruner(cfg: PrunerConfig, max_epochs: int) -> Any:
+    from optuna import pruners
+
+    if cfg.name == "median":
+        return pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps)
+    if cfg.name == "hyperband":
+        return pruners.HyperbandPruner(min_resource=cfg.min_resource, max_resource=max_epochs,
+                                       reduction_factor=cfg.reduction_factor)
+    return pruners.NopPruner()
+
+
+# --------------------------------------------------------------------------------------------- storage
+def default_storage(out_dir: Path) -> str:
+    return f"sqlite:///{(out_dir / 'study.db').resolve()}"
+
+
+def open_storage(url: str) -> Any:
+    """An RDB storage with heartbeats, so the trials of a worker that died are failed and retried."""
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    except Exception as exc:  # noqa: BLE001 - a bad URL or an unreachable database: say which
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"Cannot open the Optuna storage '{url}': {first}.",
+                          "Check tune.storage / --storage (e.g. postgresql://user:pass@host/db, or omit it for "
+                          "SQLite in the output directory) and that the database server is reachable.") from None
+
+
+def search_hash(config: Config) -> str:
+    """What makes two runs the same study: the base config and the space, not the budget or workers."""
+    tune = config.tune.model_dump(mode="json", include={"space", "metric", "direction", "sampler", "pruner"})
+    return config_hash(config) + "-" + hashlib.sha256(json.dumps(tune, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def open_study(config: Config, storage: Any, study_name: str, resume: bool, seed: int) -> tuple[Any, bool]:
+    """Create the study, or open the existing one when resuming; returns (study, created)."""
+    import optuna
+
+    tune = config.tune
+    metric, direction = tune.objective(config.training)
+    sampler = SAMPLERS[tune.sampler.name](tune.sampler, tune, seed)
+    pruner = build_pruner(tune.pruner, config.training.epochs)
+    exists = study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    if exists:
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+        recorded = study.user_attrs.get("foundry.search_hash")
+        if recorded and recorded != search_hash(config):
+            raise ConfigError(f"The study '{study_name}' in this storage was started with a different config or "
+                              "search space, so its trials are not comparable with this one.",
+                              "Restore that config, or start a new study: another --out DIR, or tune.study_name.")
+        if not resume and study.trials:
+            raise ConfigError(f"The study '{study_name}' already has {len(study.trials)} trials in this storage.",
+                              "Add --resume to continue it (or join it as another worker), or pass another "
+                              "--out DIR / tune.study_name for a new study.")
+        return study, False
+    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+                                direction=direction, load_if_exists=True)  # another worker may create it first
+    study.set_user_attr("foundry.search_hash", search_hash(config))
+    study.set_user_attr("foundry.metric", metric)
+    study.set_user_attr("foundry.config", config.model_dump(mode="json"))
+    if tune.sampler.name != "grid" and not study.trials:
+        point = base_point(config, tune.space)
+        if point is not None:  # trial 0 is the config as written, so the search can only improve on it
+            study.enqueue_trial(point, user_attrs={"foundry.base": True}, skip_if_exists=True)
+    return study, True
+
+
+# ------------------------------------------------------------------------------------------- budget
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def counted(trial: Any) -> bool:
+    """Whether a finished trial spends the budget: a trial stopped by Ctrl-C or a kill does not."""
+    from optuna.trial import TrialState
+
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) and \
+        not trial.user_attrs.get("foundry.interrupted")
+
+
+def spent(study: Any) -> tuple[int, int]:
+    """(trials that count, trials running now)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    return sum(counted(t) for t in trials), sum(t.state == TrialState.RUNNING for t in trials)
+
+
+def budget_callback(n_trials: int | None) -> Callable[[Any, Any], None]:
+    """Stop this worker once the study as a whole (every worker) has used up `n_trials`."""
+    def check(study: Any, trial: Any) -> None:
+        done, running = spent(study)
+        if n_trials is not None and done + running >= n_trials:
+            study.stop()
+    return check
+
+
+def recover_stale(study: Any) -> list[int]:
+    """Fail the RUNNING trials of dead workers on this machine (a killed `foundry tune`), marked as
+    interrupted so they do not spend the budget, and queue their parameters again. Workers on other
+    machines are covered by heartbeats. Returns the numbers of the trials recovered."""
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(trial.user_attrs.get("foundry.worker", ""))
+        name, _, pid = worker.rpartition(":")
+        if name != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "foundry.interrupted", True)
+        study._storage.set_trial_user_attr(trial._trial_id, "foundry.error", "interrupted: its worker was killed")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        if trial.params:
+            study.enqueue_trial(trial.params, user_attrs=retry_attrs(trial))
+        recovered.append(trial.number)
+    return recovered
+
+
+def retry_attrs(trial: Any) -> dict[str, Any]:
+    """The user attributes of a trial queued again in place of `trial`."""
+    return {"foundry.retry_of": trial.number, **{k: v for k, v in trial.user_attrs.items() if k == "foundry.base"}}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stored_params(config: Config, trial: Any) -> dict[str, Any]:
+    """A trial's parameters as config values."""
+    return decoded(config.tune.space, trial.params)

@@ -1,0 +1,230 @@
+"""Running trials: the objective (one training per trial, pruned on the per-epoch validation metric), the
+worker loop, and the parent that runs workers in this process or in several and shows progress."""
+
+from __future__ import annotations
+
+import math
+import queue
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from modelfoundry.config import Config
+from modelfoundry.errors import FoundryError
+from modelfoundry.experiment import describe, fit_config
+from modelfoundry.tune.study import (budget_callback, open_storage, open_study, quiet_optuna, recover_stale,
+                                     retry_attrs, spent, worker_id)
+from modelfoundry.tune.space import suggest
+
+if TYPE_CHECKING:
+    from modelfoundry.data.prepare import PreparedData
+
+POLL_S = 1.0
+
+
+class PruningCallback:
+    """Report the monitored metric to the trial each epoch; end training when the pruner says so."""
+
+    def __init__(self, trial: Any, metric: str):
+        self.trial, self.metric = trial, metric
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        import optuna
+
+        value = record.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return
+        self.trial.report(value, record["epoch"])
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {record['epoch']} ({self.metric} = {value:.4g})")
+
+    def close(self) -> None:
+        pass
+
+
+class Objective:
+    """One trial: the base config with the suggested values, trained on the (cached) prepared data; the
+    value is the metric at the epoch whose weights the run keeps (the best one with restore_best)."""
+
+    def __init__(self, config: Config, data: PreparedData | None = None):
+        self.config = config
+        self.metric, _ = config.tune.objective(config.training)
+        self._data: dict[str, PreparedData] = {}
+        if data is not None:
+            self._data[config.data.model_dump_json()] = data
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        trial.set_user_attr("foundry.worker", worker_id())
+        started = time.perf_counter()
+        try:
+            trial_config = self.config.with_params(suggest(trial, self.config.tune.space))
+            result = fit_config(trial_config, self.data(trial_config), progress=False, metrics=[self.metric],
+                                callbacks=[PruningCallback(trial, self.metric)])
+        except optuna.TrialPruned:
+            trial.set_user_attr("foundry.wall_s", round(time.perf_counter() - started, 3))
+            raise
+        except KeyboardInterrupt:
+            self._interrupted(trial)
+            raise
+        except Exception as exc:
+            trial.set_user_attr("foundry.error", describe(exc))
+            trial.set_user_attr("foundry.traceback", traceback.format_exc()[-4000:])
+            raise
+        trial.set_user_attr("foundry.wall_s", round(time.perf_counter() - started, 3))
+        trial.set_user_attr("foundry.epochs", len(result.history))
+        trial.set_user_attr("foundry.best_epoch", result.best_epoch)
+        if result.interrupted:  # Ctrl-C: the epoch finished, the trial did not; it runs again on --resume
+            self._interrupted(trial)
+            raise KeyboardInterrupt
+        keep = result.best_epoch if trial_config.training.restore_best and result.best_epoch else len(result.history)
+        record = next(r for r in result.history if r["epoch"] == keep)
+        return float(record.get(self.metric, float("nan")))
+
+    def data(self, config: Config) -> PreparedData:
+        """Prepared data per distinct data section: prepared once unless a trial tunes data.* keys."""
+        from modelfoundry.data.prepare import prepare_data
+
+        key = config.data.model_dump_json()
+        if key not in self._data:
+            self._data[key] = prepare_data(config.data, config.seed)
+        return self._data[key]
+
+    @staticmethod
+    def _interrupted(trial: Any) -> None:
+        trial.set_user_attr("foundry.interrupted", True)
+        trial.set_user_attr("foundry.error", "interrupted (Ctrl-C); runs again on --resume")
+        trial.study.enqueue_trial(trial.params, user_attrs=retry_attrs(trial))
+
+
+def run_worker(config: Config, storage_url: str, study_name: str, seed: int, *, threads: int | None = None,
+               data: PreparedData | None = None, callbacks: list[Callable[[Any, Any], None]] = ()) -> None:
+    """Run trials of an existing study until the study's budget (`tune.n_trials`) or `tune.timeout_s` is spent."""
+    quiet_optuna()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    tune = config.tune
+    study, _ = open_study(config, open_storage(storage_url), study_name, resume=True, seed=seed)
+    done, running = spent(study)
+    remaining = None if tune.n_trials is None else tune.n_trials - done - running
+    if remaining is not None and remaining <= 0:
+        return
+    study.optimize(Objective(config, data), n_trials=remaining, timeout=tune.timeout_s, catch=(Exception,),
+                   callbacks=[budget_callback(tune.n_trials), *callbacks], gc_after_trial=False)
+
+
+def _worker_process(config_json: str, storage_url: str, study_name: str, seed: int, threads: int,
+                    errors: Any) -> None:
+    """Entry point of a worker process (spawned: it imports the package afresh)."""
+    try:
+        run_worker(Config.model_validate_json(config_json), storage_url, study_name, seed, threads=threads)
+    except KeyboardInterrupt:
+        pass
+    except FoundryError as exc:
+        errors.put(f"{exc.message} {exc.hint}".strip())
+
+
+@dataclass
+class StudyRun:
+    study: Any
+    created: bool
+    recovered: list[int] = field(default_factory=list)
+    interrupted: bool = False
+    wall_s: float = 0.0
+
+
+def run_study(config: Config, storage_url: str, study_name: str, *, resume: bool, progress: bool,
+              data: PreparedData | None = None) -> StudyRun:
+    """Open (or create) the study and run its trials: in this process with one job, else in `tune.n_jobs`
+    worker processes sharing the storage, each with its share of the cores."""
+    import os
+
+    quiet_optuna()
+    started = time.perf_counter()
+    tune = config.tune
+    study, created = open_study(config, open_storage(storage_url), study_name, resume=resume, seed=config.seed)
+    outcome = StudyRun(study, created, [] if created else recover_stale(study))
+    base_seed = (tune.sampler.seed if tune.sampler.seed is not None else config.seed) + 1009 * len(study.trials)
+    display = _Progress(study, tune.n_trials) if progress else None
+    try:
+        if tune.n_jobs == 1:
+            run_worker(config, storage_url, study_name, base_seed, data=data,
+                       callbacks=[display.update] if display else [])
+        else:
+            _run_processes(config, storage_url, study_name, base_seed, display,
+                           threads=max(1, (os.cpu_count() or 1) // tune.n_jobs))
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+    finally:
+        if display:
+            display.close()
+    outcome.wall_s = time.perf_counter() - started
+    return outcome
+
+
+def _run_processes(config: Config, storage_url: str, study_name: str, base_seed: int, display: Any,
+                   threads: int) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    workers = [context.Process(target=_worker_process, daemon=False,
+                               args=(config.model_dump_json(), storage_url, study_name, base_seed + 7919 * i,
+                                     threads, errors))
+               for i in range(config.tune.n_jobs)]
+    for worker in workers:
+        worker.start()
+    try:
+        while any(w.is_alive() for w in workers):
+            time.sleep(POLL_S)
+            if display:
+                display.update(None, None)
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C: they finish their epoch and stop
+        for worker in workers:
+            worker.join(timeout=60)
+        raise
+    finally:
+        for worker in workers:
+            worker.join()
+    try:
+        message = errors.get(timeout=0.1)
+    except queue.Empty:
+        return
+    raise FoundryError(f"A tuning worker stopped: {message}")
+
+
+class _Progress:
+    """A progress bar over the study's trial budget (all workers), with the best value so far."""
+
+    def __init__(self, study: Any, n_trials: int | None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.study = study
+        self.progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.description}"), transient=False)
+        self.task = self.progress.add_task("", total=n_trials)
+        self.progress.start()
+        self.update(None, None)
+
+    def update(self, study: Any, trial: Any) -> None:
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+        complete = [t for t in done if t.state == TrialState.COMPLETE and t.value is not None]
+        text = (f"{sum(t.state == TrialState.PRUNED for t in done)} pruned, "
+                f"{sum(t.state == TrialState.FAIL for t in done)} failed")
+        if complete:
+            best = (min if self.study.direction.name == "MINIMIZE" else max)(t.value for t in complete)
+            text += f", best {self.study.user_attrs.get('foundry.metric', 'value')} {best:.4f}"
+        self.progress.update(self.task, completed=sum(1 for t in done if not t.user_attrs.get("foundry.interrupted")),
+                             description=text)
+
+    def close(self) -> None:
+        self.update(None, None)
+        self.progress.stop()
+
