@@ -349,6 +349,7 @@ class PrunerConfig(_Section):
     name: Literal["median", "hyperband", "none"] = "median"
     n_startup_trials: int = Field(5, ge=0)  # median: trials that run to the end before any is pruned
     n_warmup_steps: int = Field(3, ge=0)  # median: epochs a trial always runs
+    interval_epochs: int = Field(1, ge=1)  # median, hyperband: epochs between pruning checks
     min_resource: int = Field(1, ge=1)  # hyperband: fewest epochs of a trial
     reduction_factor: int = Field(3, ge=2)  # hyperband: how aggressively brackets shrink
 
@@ -384,6 +385,7 @@ class TuneConfig(_Section):
     study_name: str | None = None  # None: the config's name
     storage: str | None = None  # Optuna storage URL (e.g. postgresql://...); None: SQLite in the output directory
     n_jobs: int = Field(1, ge=1)  # worker processes on this machine
+    start_from_config: bool = True  # trial 0 is the config as written (when its values lie in the space)
 
     @field_validator("metric")
     @classmethod

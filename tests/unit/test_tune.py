@@ -149,3 +149,22 @@ def test_pruned_training_stops_inside_the_loop(make_config):
         fit_config(cfg, prepare_data(cfg.data, cfg.seed), progress=False,
                    callbacks=[PruningCallback(trial, "val_loss")])
     assert sorted(trial.reported) == [1, 2]
+
+
+def test_the_median_pruner_decides_on_a_snapshot_exactly_as_optuna_does():
+    from modelfoundry.tune.trials import PruningCallback
+
+    study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    for offset in (0.0, 0.1, 0.2):  # three finished trials with decreasing curves
+        trial = study.ask()
+        for epoch in range(1, 6):
+            trial.report(1.0 / epoch + offset, epoch)
+        study.tell(trial, 1.0 / 5 + offset)
+    for start in (0.05, 0.5):  # a better and a worse running trial
+        trial = study.ask()
+        callback = PruningCallback(trial, "val_loss")
+        for epoch in range(1, 6):
+            trial.report(1.0 / epoch + start, epoch)
+            callback.values[epoch] = 1.0 / epoch + start
+            assert callback._should_prune() == trial.should_prune(), (start, epoch)
+        assert callback._should_prune() is (start == 0.5)

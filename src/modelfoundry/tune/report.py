@@ -21,6 +21,8 @@ def trial_rows(config: Config, study: Any) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
+        if attrs.get("foundry.surplus"):  # started after the budget was full; never trained
+            continue
         row = {"number": t.number, "state": t.state.name, "value": t.value,
                "epochs": attrs.get("foundry.epochs", _last_step(t)), "best_epoch": attrs.get("foundry.best_epoch"),
                "wall_s": attrs.get("foundry.wall_s", t.duration.total_seconds() if t.duration else None),

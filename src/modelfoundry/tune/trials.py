@@ -10,12 +10,12 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from modelfoundry.config import Config
+from modelfoundry.config import Config, PrunerConfig
 from modelfoundry.errors import FoundryError
 from modelfoundry.experiment import describe, fit_config
-from modelfoundry.tune.study import (budget_callback, open_storage, open_study, quiet_optuna, recover_stale,
-                                     retry_attrs, spent, worker_id)
-from modelfoundry.tune.space import suggest
+from modelfoundry.tune.study import (budget_callback, counted, open_storage, open_study, quiet_optuna,
+                                     recover_stale, retry_attrs, spent, worker_id)
+from modelfoundry.tune.space import grid_size, suggest
 
 if TYPE_CHECKING:
     from modelfoundry.data.prepare import PreparedData
@@ -24,23 +24,77 @@ POLL_S = 1.0
 
 
 class PruningCallback:
-    """Report the monitored metric to the trial each epoch; end training when the pruner says so."""
+    """Report the monitored metric to the trial each epoch; from epoch `first_check` on, every `interval`
+    epochs, ask the pruner and end training when it says so.
 
-    def __init__(self, trial: Any, metric: str):
+    The median pruner is asked with a snapshot of the study's completed trials (refreshed every
+    SNAPSHOT_S, so other workers' trials still count): Optuna's own `should_prune` re-reads every trial
+    from the storage each time, ~5 ms on SQLite, which is as long as a small model's epoch."""
+
+    SNAPSHOT_S = 5.0
+
+    def __init__(self, trial: Any, metric: str, first_check: int | None = 1, interval: int = 1):
         self.trial, self.metric = trial, metric
+        self.first_check, self.interval = first_check, interval
+        self.values: dict[int, float] = {}
+        self._snapshot: tuple[float, list[Any]] | None = None
+
+    @classmethod
+    def for_config(cls, trial: Any, metric: str, pruner: PrunerConfig) -> PruningCallback:
+        first = {"median": max(1, pruner.n_warmup_steps), "hyperband": pruner.min_resource}.get(pruner.name)
+        return cls(trial, metric, first, pruner.interval_epochs)
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         import optuna
 
-        value = record.get(self.metric)
+        value, epoch = record.get(self.metric), record["epoch"]
         if value is None or not math.isfinite(value):
             return
-        self.trial.report(value, record["epoch"])
-        if self.trial.should_prune():
+        self.trial.report(value, epoch)
+        self.values[epoch] = value
+        if self.first_check is None or epoch < self.first_check or (epoch - self.first_check) % self.interval:
+            return
+        if self._should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {record['epoch']} ({self.metric} = {value:.4g})")
+
+    def _should_prune(self) -> bool:
+        from optuna.pruners import PercentilePruner
+
+        study = getattr(self.trial, "study", None)
+        if study is None or not isinstance(study.pruner, PercentilePruner):
+            return self.trial.should_prune()
+        now = time.monotonic()
+        if self._snapshot is None or now - self._snapshot[0] > self.SNAPSHOT_S:
+            from optuna.trial import TrialState
+
+            self._snapshot = (now, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        view = _StudyView(study.direction, self._snapshot[1])
+        return bool(study.pruner.prune(view, _TrialView(dict(self.values))))
 
     def close(self) -> None:
         pass
+
+
+@dataclass
+class _StudyView:
+    """What a percentile pruner reads of a study: its direction and completed trials."""
+
+    direction: Any
+    completed: list[Any]
+
+    def get_trials(self, deepcopy: bool = False, states: Any = None) -> list[Any]:
+        return self.completed
+
+
+@dataclass
+class _TrialView:
+    """What a percentile pruner reads of the running trial: its reported values."""
+
+    intermediate_values: dict[int, float]
+
+    @property
+    def last_step(self) -> int | None:
+        return max(self.intermediate_values) if self.intermediate_values else None
 
 
 class Objective:
@@ -58,11 +112,15 @@ class Objective:
         import optuna
 
         trial.set_user_attr("foundry.worker", worker_id())
+        if self._surplus(trial):
+            trial.set_user_attr("foundry.surplus", True)
+            trial.study.stop()
+            raise optuna.TrialPruned("surplus: other workers filled the budget while this trial started")
         started = time.perf_counter()
         try:
             trial_config = self.config.with_params(suggest(trial, self.config.tune.space))
             result = fit_config(trial_config, self.data(trial_config), progress=False, metrics=[self.metric],
-                                callbacks=[PruningCallback(trial, self.metric)])
+                                callbacks=[PruningCallback.for_config(trial, self.metric, self.config.tune.pruner)])
         except optuna.TrialPruned:
             trial.set_user_attr("foundry.wall_s", round(time.perf_counter() - started, 3))
             raise
@@ -82,6 +140,19 @@ class Objective:
         keep = result.best_epoch if trial_config.training.restore_best and result.best_epoch else len(result.history)
         record = next(r for r in result.history if r["epoch"] == keep)
         return float(record.get(self.metric, float("nan")))
+
+    def _surplus(self, trial: Any) -> bool:
+        """Whether the trials before this one (finished or still running) already fill the budget: with
+        several workers, each checks the budget after its trial, so two can start one trial too many."""
+        from optuna.trial import TrialState
+
+        n_trials = self.config.tune.n_trials
+        if n_trials is None:
+            return False
+        before = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                 TrialState.FAIL, TrialState.RUNNING))
+        return sum(t.number < trial.number and (t.state == TrialState.RUNNING or counted(t)) for t in before) \
+            >= n_trials
 
     def data(self, config: Config) -> PreparedData:
         """Prepared data per distinct data section: prepared once unless a trial tunes data.* keys."""
@@ -111,6 +182,9 @@ def run_worker(config: Config, storage_url: str, study_name: str, seed: int, *, 
     study, _ = open_study(config, open_storage(storage_url), study_name, resume=True, seed=seed)
     done, running = spent(study)
     remaining = None if tune.n_trials is None else tune.n_trials - done - running
+    if tune.sampler.name == "grid":  # a finished grid would be walked again from the start
+        left = grid_size(tune.space) - done - running
+        remaining = left if remaining is None else min(remaining, left)
     if remaining is not None and remaining <= 0:
         return
     study.optimize(Objective(config, data), n_trials=remaining, timeout=tune.timeout_s, catch=(Exception,),
@@ -213,16 +287,14 @@ class _Progress:
     def update(self, study: Any, trial: Any) -> None:
         from optuna.trial import TrialState
 
-        trials = self.study.get_trials(deepcopy=False)
-        done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+        done = [t for t in self.study.get_trials(deepcopy=False) if counted(t)]
         complete = [t for t in done if t.state == TrialState.COMPLETE and t.value is not None]
         text = (f"{sum(t.state == TrialState.PRUNED for t in done)} pruned, "
                 f"{sum(t.state == TrialState.FAIL for t in done)} failed")
         if complete:
             best = (min if self.study.direction.name == "MINIMIZE" else max)(t.value for t in complete)
             text += f", best {self.study.user_attrs.get('foundry.metric', 'value')} {best:.4f}"
-        self.progress.update(self.task, completed=sum(1 for t in done if not t.user_attrs.get("foundry.interrupted")),
-                             description=text)
+        self.progress.update(self.task, completed=len(done), description=text)
 
     def close(self) -> None:
         self.update(None, None)
