@@ -182,6 +182,45 @@ def tune(config: ConfigArg,
     _print_tune_summary(result)
 
 
+@app.command()
+@friendly_errors
+def compress(model: RunDirArg,
+             max_drop: Annotated[Optional[float], typer.Option("--max-drop", min=0, help="Largest allowed drop of the "
+                                                               "validation metric, in its units (default: "
+                                                               "compress.max_drop, 0.01).")] = None,
+             prefer: Annotated[Optional[str], typer.Option("--prefer", help="latency or size: what the chosen "
+                                                           "variant should improve.")] = None,
+             out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: "
+                                                         "runs/<name>-compressed-<timestamp>/).")] = None,
+             only: Annotated[Optional[str], typer.Option("--only", help="Comma-separated compressors to try "
+                                                         "(default: compress.variants).")] = None,
+             no_progress: NoProgress = False) -> None:
+    """Try int8/fp16 quantization, pruning and distillation; keep the best variant within the accuracy guard."""
+    from modelfoundry.errors import CompressError, ConfigError, unknown_name
+    from modelfoundry.pipeline import compress as compress_model
+
+    if prefer is not None and prefer not in ("latency", "size"):
+        raise ConfigError(unknown_name("--prefer", prefer, ["latency", "size"]))
+    variants = [v.strip() for v in only.split(",") if v.strip()] if only else None
+    result = compress_model(str(model), max_drop=max_drop, prefer=prefer, out=out, variants=variants,
+                            progress=not no_progress)
+    _print_compress_summary(result)
+    if result.chosen is None:
+        failing = result.best_failing
+        if failing is None:
+            reason = "no variant could be measured"
+        else:
+            reason = (f"the closest, {failing['name']}, changes validation {result.metric} by "
+                      f"{failing['metric_delta']:+.4f} (allowed: {'+' if result.lower_is_better else '-'}"
+                      f"{result.max_drop:g})")
+        kept = [e for e in result.variants if e["passed_guard"] and e["servable"]]
+        if failing is None and kept:
+            reason = "the variants within the guard are neither faster nor smaller than the original here"
+        raise CompressError(f"No compressed variant was kept: {reason}. The original is untouched; the "
+                            f"measurements are in {result.report}.",
+                            "Allow a larger drop with --max-drop, or try other compressors (compress.variants).")
+
+
 @app.command("export")
 @friendly_errors
 def export_model(model: RunDirArg,
@@ -498,6 +537,49 @@ def _print_tune_summary(result: Any) -> None:
     if tracked:
         console.print(f"Logged to {tracked['uri']} (experiment {tracked['experiment']}, {tracked['trials_logged']} "
                       "new trial runs).")
+
+
+def _print_compress_summary(result: Any) -> None:
+    from rich.table import Table
+
+    from modelfoundry.compress.report import pareto
+
+    console = _console()
+    entries = [result.original, *result.variants]
+    front = pareto([e for e in entries if e["servable"]])
+    table = Table("variant", "runtime", f"val {result.metric}", "Δ", "b1 ms", "b64 ms", "speedup b1/b64", "size",
+                  "params", "guard", title=f"Compression variants (validation split; guard: drop ≤ {result.max_drop:g})",
+                  title_justify="left")
+    for e in entries:
+        if e.get("error"):
+            table.add_row(e["name"], e["runtime"], "-", "-", "-", "-", "-", "-", "-", f"failed: {e['error'][:60]}")
+            continue
+        chosen = result.chosen is not None and e["name"] == result.chosen["name"]
+        mark = "chosen" if chosen else ("pareto" if e["name"] in front else "")
+        guard = "-" if e["name"] == "original" else ("pass" if e["passed_guard"] else "FAIL")
+        if not e["servable"]:
+            guard += " (not served)"
+        table.add_row(f"{e['name']}{' *' if chosen else ''}", e["runtime"], f"{e['metric']:.4f}",
+                      "" if e["name"] == "original" else f"{e['metric_delta']:+.4f}",
+                      f"{e['latency_b1_ms']:.3f}", f"{e['latency_b64_ms']:.3f}",
+                      f"{e['speedup_b1']:.2f}x / {e['speedup_b64']:.2f}x", _size(e["size_bytes"]), f"{e['params']:,}",
+                      f"{guard} {mark}".strip())
+    console.print(table)
+    if result.chosen is not None:
+        c = result.chosen
+        console.print(f"Chosen: [bold]{c['name']}[/] — {c['speedup_b1']:.2f}x faster at batch 1, "
+                      f"{c['speedup_b64']:.2f}x at batch 64, {1 / c['size_ratio']:.2f}x smaller, val {result.metric} "
+                      f"{c['metric_delta']:+.4f}; agreement with the original {c['agreement']:.4f}.")
+        console.print(f"Saved to {result.model_dir} (evaluate, predict, export and serve take it). "
+                      f"Test {result.metric}: {result.test_metrics.get(result.metric, float('nan')):.4f}.")
+        registered = result.extras.get("registry")
+        if registered and registered.get("version"):
+            console.print(f"Registered as {registered['model']}/{registered['version']} with its parent and recipe.")
+    console.print(f"Report: {result.report}; plot: {result.out_dir / 'scatter.png'}; wall time {result.wall_s:.1f} s.")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
 def main() -> None:

@@ -359,6 +359,50 @@ class PrunerConfig(_Section):
         return {"name": v} if isinstance(v, str) else v
 
 
+# ------------------------------------------------------------------------------------------- compress
+COMPRESSORS = ("ort_fp16", "ort_int8_dynamic", "ort_int8_static", "torch_bf16", "torch_int8_eager", "pt2e_int8",
+               "prune_structured", "prune_unstructured", "distill")
+
+
+class DistillConfig(_Section):
+    student: ModelConfig | None = None  # None: the teacher's architecture with widths x shrink
+    shrink: float = Field(0.5, gt=0, lt=1)  # width / channel factor of a derived student
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1)  # weight of the soft (teacher) loss; 1 - alpha on the labels
+    epochs: int | None = Field(None, ge=1)  # None: the teacher's training.epochs
+
+
+class CompressConfig(_Section):
+    """`foundry compress`: which variants to try and the accuracy guard that decides between them."""
+
+    max_drop: float = Field(0.01, ge=0)  # largest allowed drop of the metric on the validation split
+    metric: str | None = None  # None: the first of evaluation.metrics, else accuracy / r2
+    prefer: Literal["latency", "size"] = "latency"  # among variants within the guard
+    variants: list[str] = list(COMPRESSORS)  # which compressors to try (all by default)
+    keep: list[Annotated[float, Field(gt=0, lt=1)]] = [0.5, 0.25]  # prune_structured: fraction of neurons kept
+    sparsity: list[Annotated[float, Field(gt=0, lt=1)]] = [0.5, 0.8]  # prune_unstructured: fraction of zeros
+    finetune_epochs: int = Field(10, ge=0)  # after pruning
+    distill: DistillConfig = DistillConfig()
+    repeats: int = Field(50, ge=5)  # latency: timed calls per batch size (the median is kept)
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in COMPRESSORS:
+                raise ValueError(unknown_name("compressor", name, COMPRESSORS))
+        if not v:
+            raise ValueError("list at least one compressor")
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str | None) -> str | None:
+        if v is not None and v not in CLASSIFICATION_METRICS + REGRESSION_METRICS:
+            raise ValueError(unknown_name("metric", v, CLASSIFICATION_METRICS + REGRESSION_METRICS))
+        return v
+
+
 # top-level keys and sections a search may not change, and why
 FROZEN_PATHS = {
     "name": "it names the study and the model",
@@ -368,6 +412,7 @@ FROZEN_PATHS = {
     "data.split": "trials would be scored on different validation rows",
     "evaluation": "it does not change training (tune.metric chooses what is optimised)",
     "output": "it does not change training", "tracking": "it does not change training",
+    "compress": "it does not change training",
     "tune": "a search cannot tune itself",
 }
 
@@ -421,6 +466,7 @@ class Config(_Section):
     output: OutputConfig = OutputConfig()
     tracking: TrackingConfig = TrackingConfig()
     tune: TuneConfig | None = None  # only `foundry tune` reads it; `foundry run` ignores it
+    compress: CompressConfig = CompressConfig()  # only `foundry compress` reads it
 
     def with_params(self, params: dict[str, Any]) -> Config:
         """This config with dotted-path values set (`{"training.optimizer.lr": 0.01}`), validated again."""
@@ -592,9 +638,9 @@ def dump_config(config: Config) -> str:
 
 
 def config_hash(config: Config) -> str:
-    """A short content hash of the resolved config, stable across key order. The `tune:` section is left
-    out: it does not change what a run trains."""
-    canonical = json.dumps(config.model_dump(mode="json", exclude={"tune"}), sort_keys=True)
+    """A short content hash of the resolved config, stable across key order. The `tune:` and `compress:`
+    sections are left out: they do not change what a run trains."""
+    canonical = json.dumps(config.model_dump(mode="json", exclude={"tune", "compress"}), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

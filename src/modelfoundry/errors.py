@@ -67,6 +67,13 @@ class TrainingError(FoundryError):
     http_status = 500
 
 
+class CompressError(FoundryError):
+    """No compressed variant met the accuracy guard (or none improved on the original); the original is kept."""
+
+    exit_code = 9
+    http_status = 500
+
+
 class ExportError(FoundryError):
     """An export failed or its parity check exceeded the tolerance; nothing half-written is left."""
 

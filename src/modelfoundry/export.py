@@ -81,6 +81,8 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, toler
     if not tolerance >= 0:
         raise ConfigError(f"The 'tolerance' parameter of export_onnx must be >= 0. Got {tolerance} instead.")
     saved = load_model(run_dir)
+    if saved.spec.get("runtime") == "onnx":  # already a graph (a compressed variant): publish it as it is
+        return _copy_graph(saved, Path(out_dir) if out_dir is not None else None, started)
     rows = _test_rows(saved) if parity_rows is None else parity_rows
     if len(rows) == 0:
         raise ExportError(f"There are no rows to check the export of {saved.run_dir} on.",
@@ -157,6 +159,21 @@ def load_onnx_predictor(out_dir: str | Path) -> OnnxPredictor:
 
 
 # ---------------------------------------------------------------------------------------------- internals
+def _copy_graph(saved: SavedModel, out: Path | None, started: float) -> ExportResult:
+    """Export of a model whose runtime is ONNX: its graph, sidecar and export.json, copied as they are."""
+    source = saved.run_dir / "model" / "onnx"
+    meta = read_json(source / "export.json")
+    if out is not None and out.resolve() != source.resolve():
+        out.mkdir(parents=True, exist_ok=True)
+        for name in meta["files"]:
+            shutil.copyfile(source / name, out / name)
+    target = out or source
+    parity = meta.get("parity", {})
+    return ExportResult(target, target / "model.onnx", parity.get("max_abs_diff", 0.0), parity.get("rows_checked", 0),
+                        meta["input"]["name"], meta["output"]["name"], meta["exporter"], meta["opset"],
+                        parity.get("tolerance", 0.0), meta["files"], time.perf_counter() - started)
+
+
 def _stage(saved: SavedModel, desc: dict[str, Any], rows: pd.DataFrame, staging: Path, tolerance: float,
            opset: int | None) -> dict[str, Any]:
     """Export, write preprocess.json, check parity and write export.json, all inside `staging`."""

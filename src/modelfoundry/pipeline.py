@@ -5,13 +5,15 @@ The composition of stages lives here: config -> data -> model -> train -> evalua
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from modelfoundry.config import Config, check_task, config_hash, load_config
-from modelfoundry.errors import DataError, RunDirError
+from modelfoundry.errors import ConfigError, DataError, RunDirError
 from modelfoundry.storage import read_json, write_bytes_atomic, write_json
 
 if TYPE_CHECKING:
@@ -244,6 +246,86 @@ def tune(config: Config | str | Path, *, n_trials: int | None = None, n_jobs: in
     return result
 
 
+@dataclass
+class CompressResult:
+    out_dir: Path
+    report: Path  # report.json
+    metric: str
+    original: dict[str, Any]
+    variants: list[dict[str, Any]]
+    chosen: dict[str, Any] | None  # None: no variant beat the original within the guard
+    best_failing: dict[str, Any] | None
+    model_dir: Path | None  # the chosen variant as a run directory (evaluate, predict, export, serve take it)
+    max_drop: float
+    lower_is_better: bool
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def compress(model: str | Path, *, max_drop: float | None = None, prefer: str | None = None,
+             out: str | Path | None = None, variants: list[str] | None = None, progress: bool = True) -> CompressResult:
+    """Try compression variants of a trained model (run directory or NAME[/VERSION|@ALIAS]), measure each
+    on the runtime it would be served with, and save the best one within the accuracy guard.
+
+    The guard: the variant's validation metric (the model's own: compress.metric, else its first headline
+    metric) may be at most `max_drop` worse than the original's. The original is never modified. The
+    chosen variant is saved in `<out>/model/`, evaluated on the test split and, with tracking on,
+    registered as a new version with its parent and recipe.
+    """
+    from pydantic import ValidationError
+
+    from modelfoundry.compress.report import write_report, write_scatter
+    from modelfoundry.compress.search import Bench, search
+    from modelfoundry.config import LOWER_IS_BETTER, CompressConfig
+    from modelfoundry.data.balance import class_weights
+    from modelfoundry.rundir import load_model, load_run_config
+
+    started = time.perf_counter()
+    local = model_dir(model)
+    saved = load_model(local)
+    if saved.spec.get("runtime") == "onnx":
+        raise ConfigError(f"{local} is already a compressed ONNX graph ({saved.spec['compression']['method']}).",
+                          f"Compress its parent instead: {saved.spec.get('parent_run')}.")
+    overrides = {k: v for k, v in {"max_drop": max_drop, "prefer": prefer, "variants": variants}.items()
+                 if v is not None}
+    try:
+        cfg = CompressConfig.model_validate({**saved.config.compress.model_dump(), **overrides})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
+        raise ConfigError(f"Compression options: {problems}.", "See docs/config.md#compress.") from None
+    metric = _compress_metric(saved, cfg)
+    out_dir = Path(out) if out else _fresh_dir(Path(saved.config.output.dir), f"{saved.config.name}-compressed")
+    if (out_dir / "report.json").exists():
+        raise RunDirError(f"{out_dir} already holds a compression report.", "Pass another --out DIR.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = _reload_splits(saved)
+    weights = None
+    if saved.task == "classification":
+        weights = class_weights(splits["y"]["train"], list(saved.target_encoder.classes_),
+                                saved.config.data.balance.class_weights)
+    bench = Bench(saved, splits, metric, cfg, out_dir / ".work", weights)
+    with _steps(progress, len(cfg.variants) + 3) as step:
+        outcome = search(bench, out_dir, on_step=step)
+    facts = {"parent": str(model), "parent_run": str(saved.run_dir), "max_drop": cfg.max_drop,
+             "prefer": cfg.prefer, "split": "val", "rows": int(len(splits["y"]["val"]))}
+    report = write_report(outcome, out_dir, facts)
+    write_scatter(outcome, out_dir, metric in LOWER_IS_BETTER)
+    shutil.rmtree(out_dir / ".work", ignore_errors=True)
+    result = CompressResult(out_dir, report, metric, outcome.original, outcome.variants, outcome.chosen,
+                            outcome.best_failing, outcome.model_dir, cfg.max_drop, metric in LOWER_IS_BETTER)
+    if outcome.model_dir is not None:
+        result.test_metrics = evaluate(outcome.model_dir).metrics
+        if saved.config.tracking.enabled:
+            parent = local.name if not Path(model).exists() else None  # .foundry-cache/<name>/<version>
+            result.extras["registry"] = _track(outcome.model_dir, load_run_config(outcome.model_dir),
+                                               result.test_metrics, parent_version=parent,
+                                               recipe=outcome.chosen["recipe"])
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
 def model_dir(ref: str | Path) -> Path:
     """A run directory as given, or the local copy of a registered model (NAME, NAME/VERSION, NAME@ALIAS)."""
     path = Path(ref)
@@ -319,13 +401,20 @@ def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[Prep
     return data, fit_result, config, run_path
 
 
-def _track(run_path: Path, config: Config, metrics: dict[str, float]) -> dict[str, Any]:
+def _track(run_path: Path, config: Config, metrics: dict[str, float], *, parent_version: str | None = None,
+           recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Log the run to MLflow and register its model; failures keep the run directory and say how to retry."""
+    import json
+
     from modelfoundry.errors import RegistryError
-    from modelfoundry.registry import log_run, resolve_uri
+    from modelfoundry.registry import log_run, resolve_uri, tag_version
 
     try:
-        return log_run(run_path, config, metrics)
+        logged = log_run(run_path, config, metrics, parent_version=parent_version)
+        if recipe is not None and logged["version"]:
+            tag_version(f"{config.name}/{logged['version']}", {"foundry.compression": json.dumps(recipe)[:5000]},
+                        config.tracking.uri)
+        return logged
     except ImportError as exc:
         raise RegistryError(f"Tracking is on but MLflow is not installed ({exc}). The run itself is complete in "
                             f"{run_path}.", "pip install mlflow-skinny, or set tracking.enabled: false.") from None
@@ -334,6 +423,35 @@ def _track(run_path: Path, config: Config, metrics: dict[str, float]) -> dict[st
         raise RegistryError(f"Could not log the run to the tracking store {resolve_uri(config.tracking.uri)}: "
                             f"{first}. The run itself is complete in {run_path}.",
                             "Fix tracking.uri (or $MLFLOW_TRACKING_URI), or set tracking.enabled: false.") from None
+
+
+def _compress_metric(saved: Any, cfg: Any) -> str:
+    from modelfoundry.config import CLASSIFICATION_METRICS, REGRESSION_METRICS
+
+    own = CLASSIFICATION_METRICS if saved.task == "classification" else REGRESSION_METRICS
+    headline = [m for m in saved.config.evaluation.metrics if m in own]
+    metric = cfg.metric or (headline[0] if headline else "accuracy" if saved.task == "classification" else "r2")
+    if metric not in own:
+        raise ConfigError(f"compress.metric: {metric} does not apply to this {saved.task} model.",
+                          f"Choose one of {', '.join(own)}.")
+    return metric
+
+
+@contextlib.contextmanager
+def _steps(progress: bool, total: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar with the current step's name, or nothing."""
+    if not progress:
+        yield lambda name: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]compress"), BarColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
+                  transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def step(name: str) -> None:
+            bar.update(task, description=name, advance=1)
+        yield step
 
 
 def _track_study(config: Config, result: TuneResult) -> dict[str, Any]:

@@ -263,7 +263,7 @@ def download(ref: str, uri: str | None = None, dst: Path | None = None) -> Path:
     name, version, alias = parse_ref(ref)
     v = find_version(mlf, name, version, alias) if version or alias else _latest(mlf, name)
     target = dst or Path(".foundry-cache") / name / str(v.version)
-    if not (target / "model" / "weights.pt").is_file():  # download beside it, then rename: never half a copy
+    if not (target / "model" / "model.json").is_file():  # download beside it, then rename: never half a copy
         import shutil
         import tempfile
 
@@ -274,7 +274,7 @@ def download(ref: str, uri: str | None = None, dst: Path | None = None) -> Path:
         try:
             os.replace(local, target)
         except OSError:  # another process (a second server worker) finished the same download first
-            if not (target / "model" / "weights.pt").is_file():
+            if not (target / "model" / "model.json").is_file():
                 raise
         shutil.rmtree(staging, ignore_errors=True)
     return target

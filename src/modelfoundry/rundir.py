@@ -92,7 +92,10 @@ def load_model(run_dir: str | Path) -> SavedModel:
     if not run_dir.is_dir():
         raise RunDirError(f"Run directory '{run_dir}' does not exist.", "List runs with `ls runs/`.")
     config = load_run_config(run_dir)
-    needed = [run_dir / "model" / "weights.pt", run_dir / "model" / "model.json", run_dir / "preprocess.pkl"]
+    spec_path = run_dir / "model" / "model.json"
+    runtime = read_json(spec_path).get("runtime") if spec_path.is_file() else None
+    weights = run_dir / "model" / ("onnx/model.onnx" if runtime == "onnx" else "weights.pt")
+    needed = [weights, run_dir / "model" / "model.json", run_dir / "preprocess.pkl"]
     missing = [str(p.relative_to(run_dir)) for p in needed if not p.is_file()]
     if missing:
         raise RunDirError(f"Run directory '{run_dir}' has no trained model (missing {', '.join(missing)}).",
@@ -100,7 +103,12 @@ def load_model(run_dir: str | Path) -> SavedModel:
     spec = read_json(run_dir / "model" / "model.json")
     with open(run_dir / "preprocess.pkl", "rb") as handle:
         fitted = pickle.load(handle)  # noqa: S301 - our own file, written by save_model
-    model = build_model(config.model, tuple(spec["input_shape"]), spec["n_outputs"])
-    model.load_state_dict(torch.load(run_dir / "model" / "weights.pt", map_location="cpu", weights_only=True))
+    if runtime == "onnx":  # a compressed (int8, fp16) graph: evaluate and predict run what is served
+        from modelfoundry.models.onnx_graph import OnnxGraph
+
+        model = OnnxGraph(weights, spec["task"])
+    else:
+        model = build_model(config.model, tuple(spec["input_shape"]), spec["n_outputs"])
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model.eval()
     return SavedModel(run_dir, config, model, spec, fitted["preprocessor"], fitted["target_encoder"])

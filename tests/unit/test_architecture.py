@@ -15,15 +15,17 @@ ALLOWED = {
     "experiment": {"data", "models", "train", "evaluate"},
     "cv": {"data", "models", "train", "evaluate", "experiment"},
     "tune": {"data", "models", "train", "evaluate", "experiment"},
+    # compress works on the exported ONNX graph, so it comes after export (DESIGN lists it before)
+    "compress": {"data", "models", "train", "evaluate", "experiment", "export", "rundir"},
     "rundir": {"models", "train"},
     "manifest": set(),
     "export": {"data", "models", "rundir"},
     "registry": set(),
     "archive": {"registry"},
     "serve": {"export", "rundir", "models", "registry"},
-    "pipeline": {"data", "models", "train", "evaluate", "experiment", "cv", "tune", "rundir", "manifest", "registry",
+    "pipeline": {"data", "models", "train", "evaluate", "experiment", "cv", "tune", "compress", "rundir", "manifest", "registry",
                  "export"},
-    "cli": {"pipeline", "data", "rundir", "registry", "archive", "serve"},
+    "cli": {"pipeline", "data", "rundir", "registry", "archive", "serve", "compress"},
 }
 BASE = {"config", "errors", "storage"}
 

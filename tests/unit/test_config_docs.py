@@ -26,6 +26,7 @@ DOCS = ROOT / "docs" / "config.md"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 PLACEHOLDER = "<column>"  # stands for a key of a mapping of sections (data.features.<column>.type)
 PLACEHOLDERS = {"tune.space": "<path>"}  # mappings whose keys are not column names: tune.space.<path>.low
+REFERENCES = {"compress.distill.student"}  # sections of an already documented kind (a `model:` section)
 SECTIONS = tuple(Config.model_fields)
 
 
@@ -51,6 +52,8 @@ def _fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[
     for name, info in model.model_fields.items():
         path = (*prefix, name)
         out.append((".".join(path), model, name))
+        if ".".join(path) in REFERENCES:
+            continue
         for segments, sub in _nested(info.annotation):
             key = PLACEHOLDERS.get(".".join(path), PLACEHOLDER)
             segments = tuple(key if s == PLACEHOLDER else s for s in segments)

@@ -48,7 +48,8 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
         task: str, class_weights: np.ndarray | None = None, target_std: float = 1.0, seed: int = 0,
         run_dir: Path | None = None, resume: bool = False, progress: bool = True,
         val_metrics: Callable[[np.ndarray], dict[str, float]] | None = None,
-        callbacks: list[Callback] | None = None) -> FitResult:
+        callbacks: list[Callback] | None = None,
+        train_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> FitResult:
     """Train `model` on X/y['train'], validating on X/y['val'] each epoch.
 
     `val_metrics` maps the validation outputs (probabilities, or model-scale predictions) to extra
@@ -59,6 +60,10 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
     checkpoints/last.pt exactly where it stopped (weights, optimizer, schedule, RNG, early stopping).
     `callbacks` see each epoch record after the built-in ones; one may raise to end training (a tuning
     pruner does), and every callback is closed either way.
+
+    `train_loss(outputs, targets, rows)` replaces the built loss on the training batches only (knowledge
+    distillation passes one): `outputs` as the built loss sees them, (B, n_outputs) or (B,) for regression,
+    and `rows` (B,) the positions of the batch in X['train']. Validation keeps the built loss.
     """
     started = time.perf_counter()
     device = select_device(cfg.device)
@@ -139,7 +144,8 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
                     xb, yb = x_train[idx], y_train[idx]  # (B, *input_shape), (B,)
                     with autocast():
                         out = model(xb)  # (B, n_outputs)
-                        loss = loss_fn(out.squeeze(-1) if task == "regression" else out, yb)
+                        pred = out.squeeze(-1) if task == "regression" else out
+                        loss = train_loss(pred, yb, idx) if train_loss is not None else loss_fn(pred, yb)
                     if l1_params:
                         loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
                     # each micro-batch weighs its share of the rows in its accumulation group, so the
@@ -154,15 +160,15 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
                     if display and time.perf_counter() > next_tick:
                         display.on_steps(epoch - 1, step + 1)
                         next_tick = time.perf_counter() + PROGRESS_INTERVAL_S
-                train_loss = sum(_floats(losses)) / len(losses)  # losses are fp32, also under autocast
-                if not math.isfinite(train_loss):
-                    raise TrainingError(f"The training loss became {train_loss} in epoch {epoch}.",
+                mean_loss = sum(_floats(losses)) / len(losses)  # losses are fp32, also under autocast
+                if not math.isfinite(mean_loss):
+                    raise TrainingError(f"The training loss became {mean_loss} in epoch {epoch}.",
                                         "Lower training.optimizer.lr, set training.clip_grad_norm: 1.0, "
                                         "or check the data for extreme values.")
                 val, val_out = validate(model, x_val, y_val, loss_fn, task, autocast, target_std)
                 if val_metrics is not None:
                     val.update(val_metrics(_outputs_numpy(val_out, task)))
-                record = {"epoch": epoch, "train_loss": train_loss, **val,
+                record = {"epoch": epoch, "train_loss": mean_loss, **val,
                           "lr": optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - epoch_start}
                 schedule.epoch_end(record["val_loss"])
                 if stopper.update(record[monitor], epoch):

@@ -1,0 +1,1 @@
+"""Compression: quantization, pruning and distillation under an accuracy guard."""

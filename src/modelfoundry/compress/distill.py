@@ -1,0 +1,89 @@
+"""Knowledge distillation: train a smaller student on the teacher's soft labels plus the hard labels.
+
+The student trains through the ordinary loop (`fit`) with a training loss that mixes both; validation,
+early stopping and the metrics stay those of the labels, so the student is judged like any model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modelfoundry.config import FAST_MONITORS, CNNConfig, MLPConfig, TrainingConfig
+from modelfoundry.errors import ConfigError
+from modelfoundry.train.loop import FitResult, fit
+from modelfoundry.train.optim import build_loss
+from modelfoundry.train.runtime import select_device
+
+TEACHER_BATCH = 4096
+
+
+def student_config(teacher_cfg: MLPConfig | CNNConfig, shrink: float) -> MLPConfig | CNNConfig:
+    """The teacher's architecture with every width (hidden sizes, CNN channels) x `shrink`, at least 1; the
+    depth stays. A student given explicitly in the config needs no deriving: build it as it is."""
+    if not 0 < shrink <= 1:
+        raise ConfigError(f"The 'shrink' factor of a distillation student must be in (0, 1]. Got {shrink} instead.",
+                          "Use for example compress.distill.shrink: 0.5.")
+    if not isinstance(teacher_cfg, (MLPConfig, CNNConfig)):
+        raise ConfigError(f"A student can be derived from mlp and cnn teachers. Got '{teacher_cfg.name}' instead.",
+                          "Give the student explicitly in compress.distill.student.")
+
+    def narrow(widths: list[int]) -> list[int]:
+        return [max(1, round(w * shrink)) for w in widths]
+
+    update = {"hidden": narrow(teacher_cfg.hidden)}
+    if isinstance(teacher_cfg, CNNConfig):
+        update["channels"] = narrow(teacher_cfg.channels)
+    return teacher_cfg.model_copy(update=update)
+
+
+def distill(teacher: nn.Module, student: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray],
+            training_cfg: TrainingConfig, *, task: str, temperature: float = 4.0, alpha: float = 0.7, epochs: int,
+            class_weights: np.ndarray | None = None, target_std: float = 1.0, seed: int = 0) -> FitResult:
+    """Train `student` (in place) to imitate `teacher` on X['train'] with the run's training settings.
+
+    Classification: alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * the
+    ordinary loss on the labels (the T^2 keeps the soft gradients' size independent of T, as in Hinton et
+    al.). Regression: alpha * MSE(student, teacher) + (1 - alpha) * the ordinary loss. An early-stopping
+    monitor the loop does not compute itself (val_f1_macro, ...) becomes val_loss.
+    """
+    device = select_device(training_cfg.device)
+    teacher_out = teacher_outputs(teacher, X["train"], device)  # (N, n_outputs)
+    if task == "regression":
+        teacher_out = teacher_out.squeeze(-1)  # (N,): the shape of the training loss's outputs
+    weights = torch.as_tensor(class_weights, device=device) if class_weights is not None else None
+    hard_loss = build_loss(training_cfg.loss, task, weights, training_cfg.label_smoothing)
+
+    def loss(outputs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        target = teacher_out[rows]
+        outputs = outputs.float()
+        if task == "classification":
+            soft = F.kl_div(F.log_softmax(outputs / temperature, dim=1), F.log_softmax(target / temperature, dim=1),
+                            reduction="batchmean", log_target=True) * temperature ** 2
+        else:
+            soft = F.mse_loss(outputs, target)
+        return alpha * soft + (1 - alpha) * hard_loss(outputs, targets)
+
+    update: dict = {"epochs": epochs}
+    stopping = training_cfg.early_stopping
+    if stopping is not None and stopping.monitor not in FAST_MONITORS:
+        update["early_stopping"] = stopping.model_copy(update={"monitor": "val_loss"})
+    torch.manual_seed(seed)  # dropout
+    return fit(student, X, y, training_cfg.model_copy(update=update), task=task, class_weights=class_weights,
+               target_std=target_std, seed=seed, run_dir=None, progress=False, train_loss=loss)
+
+
+@torch.no_grad()
+def teacher_outputs(teacher: nn.Module, x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The teacher's raw outputs (logits) on `x`, (N, n_outputs) float32 on `device`, computed once in eval
+    mode; the teacher goes back to where it was."""
+    param = next(teacher.parameters(), None)
+    was = param.device if param is not None else device
+    teacher.eval().to(device)
+    inputs = torch.from_numpy(np.require(x, dtype=np.float32, requirements=["C"]))
+    out = torch.cat([teacher(inputs[i:i + TEACHER_BATCH].to(device)).float()
+                     for i in range(0, len(inputs), TEACHER_BATCH)])
+    teacher.to(was)
+    return out

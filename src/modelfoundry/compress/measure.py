@@ -1,0 +1,217 @@
+"""Measure a model variant on the runtime it will be served with: latency, size on disk, parameters, outputs.
+
+ONNX variants run in an InferenceSession configured exactly as `modelfoundry.export` serves them; torch
+variants run eagerly (or compiled, if the module is) under `torch.inference_mode()`. Latencies are the
+median wall time of one call on a fixed random batch, after a warm-up, over at least `repeats` calls and
+at least `min_time_s` seconds, so a noisy machine moves the median rather than the answer.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from torch import nn
+
+PREDICT_BATCH = 4096
+_BATCHNORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def onnx_session(path: str | Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime session set up like the one `foundry serve` and `export_onnx` use.
+
+    Args:
+        path: an .onnx file.
+        threads: intra-op threads; default the serving choice, max(1, min(4, cores - 1)).
+
+    Returns:
+        An `onnxruntime.InferenceSession` on the CPU execution provider.
+    """
+    import onnxruntime as ort
+
+    # The same settings as modelfoundry.export._session (a private helper without a thread count), copied
+    # so a caller can pin threads; test_compress_quantize checks the two stay in step.
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or serving_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting between calls
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def onnx_latency_ms(path: str | Path, input_shape: tuple[int, ...], batch: int, *, warmup: int = 10,
+                    repeats: int = 50, min_time_s: float = 0.3, threads: int | None = None) -> float:
+    """Median wall time of one `session.run` on a fixed random float32 batch, in milliseconds.
+
+    Args:
+        path: an .onnx file whose single input takes (batch, *input_shape) float32.
+        input_shape: one row's shape, without the batch dimension.
+        batch: rows per call.
+        warmup: calls made before timing (session start-up, allocator growth, caches).
+        repeats: the fewest timed calls.
+        min_time_s: the least total time spent timing; more calls are made until it is reached.
+        threads: intra-op threads; default the serving choice (see `onnx_session`).
+    """
+    session = onnx_session(path, threads)
+    feed = {session.get_inputs()[0].name: _random_batch(input_shape, batch)}
+    output = session.get_outputs()[0].name
+    return _median_ms(lambda: session.run([output], feed), warmup, repeats, min_time_s)
+
+
+def torch_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int, *, warmup: int = 10,
+                     repeats: int = 50, min_time_s: float = 0.3, threads: int | None = None) -> float:
+    """Median wall time of one forward pass under `torch.inference_mode()`, in milliseconds.
+
+    The input is float32, cast to the dtype of the module's first floating-point parameter or buffer, so
+    fp32, bf16/fp16-weight and eager-quantized modules (whose int8 weights are not parameters) all run.
+
+    Args:
+        model: the module; put in eval mode.
+        input_shape: one row's shape, without the batch dimension.
+        batch: rows per call.
+        warmup: calls made before timing (for a `torch.compile`d module the first ones compile).
+        repeats: the fewest timed calls.
+        min_time_s: the least total time spent timing.
+        threads: torch intra-op threads while timing (restored afterwards); default the same count as
+            `onnx_session`, so candidates on both runtimes are compared on the same cores (with all cores
+            on a busy machine, OpenMP's barriers wait on descheduled threads: 10-40 ms stalls were measured
+            on 2 cores).
+    """
+    import torch
+
+    model.eval()
+    x = torch.from_numpy(_random_batch(input_shape, batch)).to(first_float_dtype(model))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or serving_threads())
+    try:
+        with torch.inference_mode():
+            return _median_ms(lambda: model(x), warmup, repeats, min_time_s)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def serving_threads() -> int:
+    """The intra-op threads ONNX models are served with: max(1, min(4, cores - 1)), a core left for HTTP."""
+    from modelfoundry.export import MAX_THREADS
+
+    return max(1, min(MAX_THREADS, _usable_cores() - 1))
+
+
+def first_float_dtype(model: nn.Module) -> Any:
+    """The dtype of the module's first floating-point parameter or buffer; float32 when it has none."""
+    import itertools
+
+    import torch
+
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def onnx_size_bytes(path: str | Path) -> int:
+    """Bytes on disk of an ONNX model: the .onnx file plus every external data file it names."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {entry.value for tensor in model.graph.initializer
+                 if tensor.data_location == onnx.TensorProto.EXTERNAL
+                 for entry in tensor.external_data if entry.key == "location"}
+    return path.stat().st_size + sum((path.parent / name).stat().st_size for name in locations)
+
+
+def onnx_params(path: str | Path) -> int:
+    """Elements in all initializers of an ONNX model.
+
+    Every initializer counts, whatever its dtype: an int8 weight counts once (its fp32 original is gone
+    after quantization), and so do the quantization scales and zero points and the few shape constants the
+    exporter stores, so a quantized model reads a little above its fp32 original (one scale and zero point
+    per tensor or channel). BatchNorm folded into a convolution counts as the convolution's weights only,
+    so an exported model may read below `torch_params` of the module it came from.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)  # dims are in the protobuf; no need for the bytes
+    return int(sum(int(np.prod(tensor.dims, dtype=np.int64)) for tensor in model.graph.initializer))
+
+
+def torch_params(model: nn.Module) -> int:
+    """Elements in the module's state dict except BatchNorm running statistics.
+
+    The state dict rather than `parameters()`, because quantized modules keep their int8 weights outside
+    `parameters()` (packed, or as graph constants); like `onnx_params`, their scales and zero points count.
+    """
+    total = 0
+    for name, value in model.state_dict().items():
+        if not name.endswith(_BATCHNORM_STATISTICS):
+            total += sum(tensor.numel() for tensor in _tensors_in(value))
+    return total
+
+
+def torch_size_bytes(model: nn.Module) -> int:
+    """Bytes of `torch.save(model.state_dict())`, written to memory."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def onnx_predict(path: str | Path, X: np.ndarray, batch: int = PREDICT_BATCH) -> np.ndarray:
+    """The model's first output on `X` (N, *input_shape), in batches: probabilities or standardised values."""
+    session = onnx_session(path)
+    name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
+    X = np.require(X, dtype=np.float32, requirements=["C"])
+    parts = [session.run([output], {name: X[i:i + batch]})[0] for i in range(0, len(X), batch)]
+    if not parts:
+        raise ValueError("onnx_predict needs at least one row.")
+    return np.concatenate(parts)
+
+
+# ---------------------------------------------------------------------------------------------- internals
+def _random_batch(input_shape: tuple[int, ...], batch: int) -> np.ndarray:
+    """A fixed standard-normal batch (batch, *input_shape): the same numbers for every variant compared."""
+    return np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
+
+
+def _median_ms(call: Callable[[], Any], warmup: int, repeats: int, min_time_s: float) -> float:
+    for _ in range(warmup):
+        call()
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - started < min_time_s:
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def _tensors_in(value: Any) -> list[Any]:
+    """The tensors inside a state-dict entry (quantized layers store tuples of packed params)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors_in(item)]
+    return []
+
+
+def _usable_cores() -> int:
+    """Cores this process may use (the affinity mask), as modelfoundry.export counts them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1

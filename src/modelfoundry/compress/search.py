@@ -1,0 +1,385 @@
+"""Try compression variants of a trained model, measure each on the runtime it would be served with, and
+pick the best one within the accuracy guard.
+
+Every variant ends as a complete run directory under `<out>/variants/<name>/`:
+- variants that change the network (structured pruning, unstructured pruning, distillation) are ordinary
+  models of an ordinary config, exported to ONNX like any run and measured on ONNX Runtime;
+- ONNX-level variants (int8, fp16) keep the parent's config and hold the rewritten graph in
+  `model/onnx/`, with `"runtime": "onnx"` in model.json (see rundir.load_model);
+- torch-runtime candidates (bf16 weights, eager int8, PT2E int8) are measured for comparison only: the
+  platform serves with ONNX Runtime, so they are reported but not chosen.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from modelfoundry.config import LOWER_IS_BETTER, CompressConfig
+from modelfoundry.storage import read_json, write_json
+
+ONNX = "onnxruntime"
+TORCH = "torch"
+
+
+@dataclass
+class Variant:
+    name: str
+    runtime: str
+    recipe: dict[str, Any]
+    metric: float | None = None
+    latency_b1_ms: float | None = None
+    latency_b64_ms: float | None = None
+    size_bytes: int | None = None
+    params: int | None = None
+    servable: bool = True  # can be saved and served by the platform (ONNX Runtime or an ordinary model)
+    run_dir: Path | None = None
+    agreement: float | None = None  # with the original on the validation rows: same class (or max |diff|)
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Bench:
+    """What every variant is judged by: the parent model, its splits, the metric and the latency settings."""
+
+    saved: Any  # rundir.SavedModel of the parent
+    splits: dict[str, dict[str, Any]]  # X / y / rows per split, rebuilt with the saved preprocessing
+    metric: str
+    cfg: CompressConfig
+    work_dir: Path
+    class_weights: np.ndarray | None = None
+    reference: np.ndarray | None = None  # the original's validation outputs
+
+    @property
+    def task(self) -> str:
+        return self.saved.task
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.saved.spec["input_shape"])
+
+    def score(self, output: np.ndarray) -> float:
+        """The metric on the validation split from model outputs (probabilities, or standardised values)."""
+        from modelfoundry.evaluate.metrics import classification_metrics, regression_metrics
+
+        y = self.splits["y"]["val"]
+        if self.task == "classification":
+            return classification_metrics(y, output, [])[self.metric]
+        decode = self.saved.target_encoder.decode
+        return regression_metrics(decode(y), decode(np.asarray(output).reshape(-1)))[self.metric]
+
+    def drop(self, value: float, original: float) -> float:
+        """How much worse `value` is than `original` (positive = worse), in the metric's units."""
+        return value - original if self.metric in LOWER_IS_BETTER else original - value
+
+    def measure_onnx(self, variant: Variant, path: Path) -> None:
+        from modelfoundry.compress.measure import onnx_latency_ms, onnx_params, onnx_predict, onnx_size_bytes
+
+        output = onnx_predict(path, self.splits["X"]["val"])
+        self._judge(variant, output if self.task == "classification" else output[:, 0])
+        variant.latency_b1_ms = onnx_latency_ms(path, self.input_shape, 1, repeats=self.cfg.repeats)
+        variant.latency_b64_ms = onnx_latency_ms(path, self.input_shape, 64, repeats=self.cfg.repeats)
+        variant.size_bytes, variant.params = onnx_size_bytes(path), onnx_params(path)
+
+    def _judge(self, variant: Variant, output: np.ndarray) -> None:
+        """The metric of `output`, and its agreement with the original's outputs on the same rows."""
+        output = np.asarray(output, dtype=np.float64)
+        variant.metric = self.score(output)
+        if self.reference is None:
+            self.reference = output
+        elif self.task == "classification":
+            variant.agreement = float((output.argmax(1) == self.reference.argmax(1)).mean())
+        else:
+            variant.agreement = float(np.abs(output - self.reference).max() * _target_std(self.saved))
+
+    def measure_torch(self, variant: Variant, model: Any) -> None:
+        from modelfoundry.compress.measure import torch_latency_ms, torch_params, torch_size_bytes
+        from modelfoundry.models.inference import predict_outputs
+
+        self._judge(variant, predict_outputs(model, self.splits["X"]["val"], self.task))
+        variant.latency_b1_ms = torch_latency_ms(model, self.input_shape, 1, repeats=self.cfg.repeats)
+        variant.latency_b64_ms = torch_latency_ms(model, self.input_shape, 64, repeats=self.cfg.repeats)
+        variant.size_bytes, variant.params = torch_size_bytes(model), torch_params(model)
+
+
+# ------------------------------------------------------------------------------------------ variants
+def onnx_variants(bench: Bench, fp32: Path) -> list[tuple[str, dict[str, Any], Callable[[Path], Path]]]:
+    """(name, recipe, build(out_path) -> onnx path) for each graph-level candidate the config asks for."""
+    wanted = bench.cfg.variants
+    if not any(name.startswith("ort_") for name in wanted):
+        return []
+    from modelfoundry.compress import quantize
+
+    calibration = _calibration(bench)
+    out: list[tuple[str, dict[str, Any], Callable[[Path], Path]]] = []
+    if "ort_fp16" in wanted:
+        out.append(("ort_fp16", {"method": "ort_fp16"}, lambda p: quantize.ort_fp16(fp32, p)))
+    if "ort_int8_dynamic" in wanted:
+        out.append(("ort_int8_dynamic", {"method": "ort_int8_dynamic", "weights": "int8 per-tensor"},
+                    lambda p: quantize.ort_dynamic_int8(fp32, p)))
+    if "ort_int8_static" in wanted:
+        for fmt, activation in (("qdq", "uint8"), ("qoperator", "uint8")):
+            recipe = {"method": "ort_int8_static", "format": fmt, "activation": activation, "per_channel": True,
+                      "calibration_rows": len(calibration)}
+            out.append((f"ort_int8_static_{fmt}", recipe,
+                        lambda p, f=fmt, a=activation: quantize.ort_static_int8(fp32, p, calibration, fmt=f,
+                                                                                activation=a)))
+    return out
+
+
+def torch_candidates(bench: Bench) -> list[tuple[str, dict[str, Any], Callable[[], Any]]]:
+    """(name, recipe, build() -> module) for torch-runtime candidates, measured for comparison only."""
+    import copy
+
+    import torch
+
+    model, wanted = bench.saved.model, bench.cfg.variants
+    out: list[tuple[str, dict[str, Any], Callable[[], Any]]] = [
+        ("torch_fp32", {"method": "none", "note": "eager PyTorch, for reference"}, lambda: model)]
+    if not any(name in wanted for name in ("torch_bf16", "torch_int8_eager", "pt2e_int8")):
+        return out
+    from modelfoundry.compress import quantize
+
+    if "torch_bf16" in wanted:
+        out.append(("torch_bf16", {"method": "torch_bf16"}, lambda: quantize.bf16_torch(copy.deepcopy(model))))
+    if "torch_int8_eager" in wanted:
+        out.append(("torch_int8_eager (deprecated API)", {"method": "torch_int8_eager"},
+                    lambda: quantize.torch_dynamic_int8_eager(copy.deepcopy(model))))
+    if "pt2e_int8" in wanted:
+        example = torch.zeros((1, *bench.input_shape))
+        out.append(("pt2e_int8", {"method": "pt2e_int8", "quantizer": "X86InductorQuantizer"},
+                    lambda: quantize.torch_pt2e_int8(copy.deepcopy(model), example, _calibration(bench))))
+    return out
+
+
+def network_variants(bench: Bench) -> list[tuple[str, dict[str, Any], Callable[[], tuple[Any, Any, list]]]]:
+    """(name, recipe, build() -> (model, model config, history)) for variants that change the network."""
+    import copy
+
+    from modelfoundry.compress import distill, prune
+
+    saved, cfg = bench.saved, bench.cfg
+    X, y, task = bench.splits["X"], bench.splits["y"], bench.task
+    common = {"task": task, "class_weights": bench.class_weights, "target_std": _target_std(saved),
+              "seed": saved.config.seed}
+    out: list[tuple[str, dict[str, Any], Callable[[], tuple[Any, Any, list]]]] = []
+    if "prune_structured" in cfg.variants:
+        for keep in cfg.keep:
+            def build(keep: float = keep) -> tuple[Any, Any, list]:
+                model, model_cfg = prune.shrink_structured(copy.deepcopy(saved.model), saved.config.model, keep)
+                fitted = prune.finetune(model, X, y, saved.config.training, epochs=cfg.finetune_epochs, **common)
+                return fitted.model, model_cfg, fitted.history
+            out.append((f"prune_structured_keep{keep:g}", {"method": "prune_structured", "keep": keep,
+                                                          "finetune_epochs": cfg.finetune_epochs}, build))
+    if "prune_unstructured" in cfg.variants:
+        for sparsity in cfg.sparsity:
+            def build_sparse(sparsity: float = sparsity) -> tuple[Any, Any, list]:
+                model = prune.prune_unstructured(copy.deepcopy(saved.model), sparsity)
+                fitted = prune.finetune(model, X, y, saved.config.training, epochs=cfg.finetune_epochs, **common)
+                return prune.make_permanent(fitted.model), saved.config.model, fitted.history
+            out.append((f"prune_unstructured_{sparsity:g}", {"method": "prune_unstructured", "sparsity": sparsity,
+                                                            "finetune_epochs": cfg.finetune_epochs}, build_sparse))
+    if "distill" in cfg.variants:
+        d = cfg.distill
+        student_cfg = d.student or distill.student_config(saved.config.model, d.shrink)
+
+        def build_student() -> tuple[Any, Any, list]:
+            from modelfoundry.models import build_model
+            from modelfoundry.train.runtime import seed_everything
+
+            seed_everything(saved.config.seed, saved.config.training.deterministic)
+            student = build_model(student_cfg, bench.input_shape, saved.spec["n_outputs"])
+            fitted = distill.distill(saved.model, student, X, y, saved.config.training, temperature=d.temperature,
+                                     alpha=d.alpha, epochs=d.epochs or saved.config.training.epochs, **common)
+            return fitted.model, student_cfg, fitted.history
+        recipe = {"method": "distill", "student": student_cfg.model_dump(mode="json"), "temperature": d.temperature,
+                  "alpha": d.alpha}
+        out.append(("distill", recipe, build_student))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ choosing
+def entry(variant: Variant, original: Variant, bench: Bench) -> dict[str, Any]:
+    """A report.json entry: the measurements and how they compare with the original."""
+    out = {k: v for k, v in asdict(variant).items() if k not in ("run_dir", "notes")}
+    out["run_dir"] = str(variant.run_dir) if variant.run_dir else None
+    out["notes"] = variant.notes
+    if variant.error or variant.metric is None:
+        out.update(metric_delta=None, speedup_b1=None, speedup_b64=None, size_ratio=None, passed_guard=False)
+        return out
+    out["metric_delta"] = variant.metric - original.metric
+    out["speedup_b1"] = original.latency_b1_ms / variant.latency_b1_ms
+    out["speedup_b64"] = original.latency_b64_ms / variant.latency_b64_ms
+    out["size_ratio"] = variant.size_bytes / original.size_bytes
+    out["passed_guard"] = bool(bench.drop(variant.metric, original.metric) <= bench.cfg.max_drop + 1e-12)
+    return out
+
+
+def choose(entries: list[dict[str, Any]], prefer: str) -> dict[str, Any] | None:
+    """The servable variant within the guard that is fastest (geometric mean of the batch-1 and batch-64
+    speedups) or smallest, if it beats the original on that; ties go to the better metric."""
+    eligible = [e for e in entries if e["passed_guard"] and e["servable"]]
+    if prefer == "latency":
+        def gain(e: dict[str, Any]) -> float:
+            return math.sqrt(e["speedup_b1"] * e["speedup_b64"])
+    else:
+        def gain(e: dict[str, Any]) -> float:
+            return 1 / e["size_ratio"]
+    better = [e for e in eligible if gain(e) > 1.0]
+    return max(better, key=lambda e: (gain(e), e["metric_delta"])) if better else None
+
+
+# ------------------------------------------------------------------------------------------ run dirs
+def save_variant(saved: Any, dest: Path, *, model: Any = None, model_cfg: Any = None, onnx_from: Path | None = None,
+                 baseline_export: Path | None = None, recipe: dict[str, Any],
+                 history: list[dict[str, Any]] | None = None) -> Path:
+    """A complete run directory for a variant: the parent's data record and preprocessing, plus either a
+    model (of `model_cfg`) or a rewritten ONNX graph (`onnx_from`, served with ONNX Runtime)."""
+    from modelfoundry.config import config_hash
+    from modelfoundry.rundir import save_config, save_model
+
+    config = saved.config if model_cfg is None else saved.config.model_copy(update={"model": model_cfg})
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("data.json", "manifest.json"):
+        shutil.copyfile(saved.run_dir / name, dest / name)
+    save_config(dest, config)
+    lines = history if history is not None else []
+    (dest / "metrics.jsonl").write_text("".join(_json_line(r) for r in lines))
+    spec = {**{k: v for k, v in saved.spec.items() if k != "format"}, "config_hash": config_hash(config),
+            "compression": recipe, "parent_run": str(saved.run_dir.resolve())}
+    if model is not None:
+        save_model(dest, model, spec, saved.preprocessor, saved.target_encoder)
+        return dest
+    # graph-level variant: the parent's preprocessing with the rewritten graph beside its sidecars
+    save_model(dest, saved.model, spec, saved.preprocessor, saved.target_encoder)
+    (dest / "model" / "weights.pt").unlink()
+    spec = read_json(dest / "model" / "model.json")
+    write_json(dest / "model" / "model.json", {**spec, "runtime": "onnx"})
+    parent_export = baseline_export or saved.run_dir / "model" / "onnx"
+    onnx_dir = dest / "model" / "onnx"
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(parent_export / "preprocess.json", onnx_dir / "preprocess.json")
+    shutil.copyfile(onnx_from, onnx_dir / "model.onnx")
+    meta = read_json(parent_export / "export.json")
+    meta.update(files=["model.onnx", "preprocess.json", "export.json"], compression=recipe,
+                run_dir=str(dest.resolve()), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_json(onnx_dir / "export.json", meta)
+    return dest
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(record) + "\n"
+
+
+def _calibration(bench: Bench) -> np.ndarray:
+    """Up to 512 training rows (a seeded sample) for static quantization."""
+    X = bench.splits["X"]["train"]
+    rng = np.random.default_rng(bench.saved.config.seed)
+    take = rng.choice(len(X), size=min(512, len(X)), replace=False)
+    return np.ascontiguousarray(X[np.sort(take)], dtype=np.float32)
+
+
+def _target_std(saved: Any) -> float:
+    return float(saved.target_encoder.std_) if saved.task == "regression" else 1.0
+
+
+# ------------------------------------------------------------------------------------------ the search
+@dataclass
+class Outcome:
+    original: dict[str, Any]
+    variants: list[dict[str, Any]]
+    chosen: dict[str, Any] | None
+    best_failing: dict[str, Any] | None  # when nothing passes the guard: the variant that came closest
+    model_dir: Path | None  # the chosen variant, saved as a run directory
+    metric: str
+    wall_s: float = 0.0
+
+
+def search(bench: Bench, out_dir: Path, on_step: Callable[[str], None] | None = None) -> Outcome:
+    """Measure the original and every variant; save the chosen one as `<out_dir>/model/`."""
+    from modelfoundry.export import export_onnx
+
+    started = time.perf_counter()
+    step = on_step or (lambda name: None)
+    saved = bench.saved
+    step("original (fp32, ONNX Runtime)")
+    baseline_dir = bench.work_dir / "original" / "onnx"
+    export_onnx(saved.run_dir, baseline_dir)
+    original = Variant("original", ONNX, {"method": "none"})
+    bench.measure_onnx(original, baseline_dir / "model.onnx")
+    variants: list[Variant] = []
+
+    for name, recipe, build in onnx_variants(bench, baseline_dir / "model.onnx"):
+        step(name)
+        variant = Variant(name, ONNX, recipe)
+        _attempt(variant, lambda: _graph_variant(bench, variant, build, baseline_dir))
+        variants.append(variant)
+    for name, recipe, build_net in network_variants(bench):
+        step(name)
+        variant = Variant(name, ONNX, recipe)
+        _attempt(variant, lambda: _network_variant(bench, variant, build_net))
+        variants.append(variant)
+    for name, recipe, build_torch in torch_candidates(bench):
+        step(name)
+        variant = Variant(name, TORCH, recipe, servable=False,
+                          notes=["measured for comparison; foundry serves with ONNX Runtime"])
+        _attempt(variant, lambda: bench.measure_torch(variant, build_torch()))
+        variants.append(variant)
+
+    base = entry(original, original, bench)
+    entries = [entry(v, original, bench) for v in variants]
+    chosen = choose(entries, bench.cfg.prefer)
+    failing = None
+    if chosen is None:
+        scored = [e for e in entries if e["metric"] is not None and e["servable"] and not e["passed_guard"]]
+        failing = min(scored, key=lambda e: bench.drop(e["metric"], original.metric)) if scored else None
+    model_dir = None
+    if chosen is not None:
+        model_dir = out_dir / "model"
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        shutil.copytree(chosen["run_dir"], model_dir)
+        if (model_dir / "model" / "onnx" / "export.json").is_file():
+            meta = read_json(model_dir / "model" / "onnx" / "export.json")
+            write_json(model_dir / "model" / "onnx" / "export.json", {**meta, "run_dir": str(model_dir.resolve())})
+    return Outcome(base, entries, chosen, failing, model_dir, bench.metric, time.perf_counter() - started)
+
+
+def _attempt(variant: Variant, work: Callable[[], Any]) -> None:
+    """Run one variant; a failure is recorded on it (with its reason) and the search goes on."""
+    from modelfoundry.experiment import describe
+
+    try:
+        work()
+    except Exception as exc:  # noqa: BLE001 - one variant failing (an unsupported op, a backend missing) is data
+        variant.error = describe(exc)
+        variant.metric = None
+
+
+def _graph_variant(bench: Bench, variant: Variant, build: Callable[[Path], Path], baseline_dir: Path) -> None:
+    scratch = bench.work_dir / "graphs" / f"{variant.name}.onnx"
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    path = build(scratch)
+    bench.measure_onnx(variant, path)
+    variant.run_dir = save_variant(bench.saved, bench.work_dir / "variants" / variant.name, onnx_from=path,
+                                   recipe=variant.recipe, baseline_export=baseline_dir)
+
+
+def _network_variant(bench: Bench, variant: Variant, build: Callable[[], tuple[Any, Any, list]]) -> None:
+    from modelfoundry.export import export_onnx
+
+    model, model_cfg, history = build()
+    dest = save_variant(bench.saved, bench.work_dir / "variants" / variant.name, model=model.cpu().eval(),
+                        model_cfg=model_cfg, recipe=variant.recipe, history=history)
+    export_onnx(dest)
+    bench.measure_onnx(variant, dest / "model" / "onnx" / "model.onnx")
+    variant.run_dir = dest

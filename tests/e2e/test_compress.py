@@ -1,0 +1,140 @@
+"""`foundry compress`: variants measured and judged on the validation split, the chosen one saved as a model
+that evaluate, predict, export and serve take, and the guard refusing when nothing is good enough."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from modelfoundry.cli import app
+from modelfoundry.config import load_config
+from modelfoundry.data.sources import load_source
+from modelfoundry.pipeline import compress, evaluate, export, predict, run
+from tests.conftest import tiny_config
+
+runner = CliRunner()
+ENTRY_KEYS = {"name", "metric", "metric_delta", "latency_b1_ms", "latency_b64_ms", "size_bytes", "params",
+              "speedup_b1", "size_ratio", "passed_guard"}
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compress")
+    cfg = load_config(tiny_config(name="bc", data={"source": "sklearn:breast_cancer"},
+                                  model={"name": "mlp", "hidden": [64, 32], "batch_norm": True},
+                                  training={"epochs": 12, "batch_size": 32, "num_threads": 1},
+                                  compress={"repeats": 5, "finetune_epochs": 3, "keep": [0.5], "sparsity": [0.5],
+                                            "distill": {"epochs": 8}}))
+    run(cfg, run_dir=tmp / "run", progress=False)
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def result(parent, tmp_path_factory):
+    """Size first: fp16 and int8 graphs are always smaller, so a variant is chosen whatever the timings."""
+    out = tmp_path_factory.mktemp("out") / "c"
+    return compress(str(parent), prefer="size", max_drop=0.05, out=out, progress=False,
+                    variants=["ort_fp16", "ort_int8_dynamic", "prune_structured", "prune_unstructured", "distill",
+                              "torch_int8_eager"])
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_report_has_every_variant_measured_and_judged(result):
+    report = json.loads(result.report.read_text())
+    assert set(report) >= {"original", "variants", "chosen"}
+    names = [v["name"] for v in report["variants"]]
+    assert {"ort_fp16", "ort_int8_dynamic", "prune_structured_keep0.5", "prune_unstructured_0.5", "distill"} <= set(names)
+    for entry in report["variants"]:
+        assert ENTRY_KEYS <= set(entry), entry["name"]
+        if entry["error"] is None:
+            assert entry["latency_b1_ms"] > 0 and entry["latency_b64_ms"] > 0 and entry["size_bytes"] > 0
+            assert entry["metric_delta"] == pytest.approx(entry["metric"] - report["original"]["metric"])
+            assert entry["passed_guard"] == (report["original"]["metric"] - entry["metric"] <= 0.05 + 1e-12)
+    by_name = {v["name"]: v for v in report["variants"]}
+    assert by_name["prune_structured_keep0.5"]["params"] < report["original"]["params"]  # really smaller
+    assert by_name["distill"]["params"] < report["original"]["params"]
+    assert by_name["ort_int8_dynamic"]["size_ratio"] < 0.6
+    eager = next(v for v in report["variants"] if v["name"].startswith("torch_int8_eager"))
+    assert eager["servable"] is False and "deprecated" in eager["name"]
+    assert (result.out_dir / "scatter.png").stat().st_size > 1000
+
+
+def test_the_chosen_variant_is_the_smallest_within_the_guard(result):
+    eligible = [v for v in result.variants if v["passed_guard"] and v["servable"]]
+    assert result.chosen is not None and result.chosen["name"] == min(eligible, key=lambda v: v["size_ratio"])["name"]
+    assert result.model_dir.is_dir() and result.test_metrics["accuracy"] > 0.85
+
+
+def test_the_chosen_model_works_with_evaluate_predict_export_and_serve(result, parent, tmp_path):
+    from modelfoundry.serve.app import ServeSettings, create_app
+    from modelfoundry.serve.store import RunDirStore
+
+    rows = load_source("sklearn:breast_cancer").drop(columns="target").head(40)
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    mine, theirs = predict(result.model_dir, tmp_path / "rows.csv"), predict(parent, tmp_path / "rows.csv")
+    assert (mine["prediction"] == theirs["prediction"]).mean() >= 0.95  # predicts like the original
+    assert evaluate(result.model_dir).metrics["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
+    exported = export(result.model_dir, tmp_path / "onnx")
+    assert (tmp_path / "onnx" / "model.onnx").is_file() and exported.out_dir == tmp_path / "onnx"
+    with TestClient(create_app(ServeSettings(), RunDirStore(result.model_dir))) as client:
+        body = client.post("/predict", json={"records": rows.head(5).to_dict(orient="records")}).json()
+    assert body["predictions"] == mine["prediction"].head(5).tolist()  # served as foundry predict predicts
+
+
+def test_the_guard_refuses_and_leaves_the_original_untouched(parent, tmp_path):
+    weights = digest(parent / "model" / "weights.pt")
+    config = yaml.safe_load((parent / "config.yaml").read_text())
+    config["compress"].update(sparsity=[0.99], finetune_epochs=0)
+    (parent / "config.yaml").write_text(yaml.safe_dump(config))  # the run's own compress: section is used
+    try:
+        out = runner.invoke(app, ["compress", str(parent), "--only", "prune_unstructured", "--max-drop", "0",
+                                  "--out", str(tmp_path / "c"), "--no-progress"])
+    finally:
+        config["compress"].update(sparsity=[0.5], finetune_epochs=3)
+        (parent / "config.yaml").write_text(yaml.safe_dump(config))
+    assert out.exit_code == 9, out.output
+    assert "No compressed variant was kept" in out.output and "prune_unstructured_0.99" in out.output
+    assert "Traceback" not in out.output
+    assert digest(parent / "model" / "weights.pt") == weights
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert report["chosen"] is None and not (tmp_path / "c" / "model").exists()
+
+
+def test_bad_options_are_refused_before_any_work(parent, tmp_path):
+    out = runner.invoke(app, ["compress", str(parent), "--only", "int4", "--out", str(tmp_path / "c")])
+    assert out.exit_code == 2 and "int4" in out.output and "Traceback" not in out.output
+    out = runner.invoke(app, ["compress", str(parent), "--prefer", "speed"])
+    assert out.exit_code == 2 and "latency" in out.output
+
+
+def test_agreement_is_reported_for_every_measured_variant(result):
+    for entry in result.variants:
+        if entry["error"] is None:
+            assert entry["agreement"] is not None and 0.0 <= entry["agreement"] <= 1.0, entry["name"]
+
+
+def test_predictions_of_an_onnx_variant_come_from_its_graph(result, tmp_path):
+    """An int8/fp16 variant's model.json says runtime onnx, and evaluate/predict run that graph."""
+    from modelfoundry.rundir import load_model
+
+    spec = json.loads((result.model_dir / "model" / "model.json").read_text())
+    saved = load_model(result.model_dir)
+    if spec.get("runtime") == "onnx":
+        assert type(saved.model).__name__ == "OnnxGraph"
+        assert not (result.model_dir / "model" / "weights.pt").exists()
+    X = np.zeros((3, *spec["input_shape"]), dtype=np.float32)
+    from modelfoundry.models.inference import predict_outputs
+
+    proba = predict_outputs(saved.model, X, "classification")
+    assert proba.shape == (3, 2) and np.allclose(proba.sum(1), 1.0, atol=1e-4)
+    assert isinstance(pd.DataFrame(proba), pd.DataFrame)
