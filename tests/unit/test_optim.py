@@ -58,6 +58,11 @@ def test_warmup_then_cosine_to_min_lr():
     assert all(a >= b for a, b in zip(out[20:], out[21:]))
 
 
+def test_cosine_without_warmup_starts_at_lr_and_decays():
+    out = lrs(SchedulerConfig(name="cosine", min_lr=0.1))  # once crashed: the factor read lr before it was set
+    assert out[0] == pytest.approx(1.0) and out[-1] == pytest.approx(0.1, abs=0.01)
+
+
 def test_step_and_onecycle_and_plateau():
     step = lrs(SchedulerConfig(name="step", step_size=3, gamma=0.5))
     assert step[29] == 1.0 and step[30] == 0.5 and step[60] == 0.25

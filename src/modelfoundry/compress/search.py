@@ -56,6 +56,7 @@ class Bench:
     work_dir: Path
     class_weights: np.ndarray | None = None
     reference: np.ndarray | None = None  # the original's validation outputs
+    original_metric: float | None = None
 
     @property
     def task(self) -> str:
@@ -174,7 +175,8 @@ def network_variants(bench: Bench) -> list[tuple[str, dict[str, Any], Callable[[
         for keep in cfg.keep:
             def build(keep: float = keep) -> tuple[Any, Any, list]:
                 model, model_cfg = prune.shrink_structured(copy.deepcopy(saved.model), saved.config.model, keep)
-                fitted = prune.finetune(model, X, y, saved.config.training, epochs=cfg.finetune_epochs, **common)
+                fitted = prune.finetune(model, X, y, saved.config.training, epochs=cfg.finetune_epochs,
+                                        lr_scale=1.0, **common)
                 return fitted.model, model_cfg, fitted.history
             out.append((f"prune_structured_keep{keep:g}", {"method": "prune_structured", "keep": keep,
                                                           "finetune_epochs": cfg.finetune_epochs}, build))
@@ -182,7 +184,8 @@ def network_variants(bench: Bench) -> list[tuple[str, dict[str, Any], Callable[[
         for sparsity in cfg.sparsity:
             def build_sparse(sparsity: float = sparsity) -> tuple[Any, Any, list]:
                 model = prune.prune_unstructured(copy.deepcopy(saved.model), sparsity)
-                fitted = prune.finetune(model, X, y, saved.config.training, epochs=cfg.finetune_epochs, **common)
+                fitted = prune.finetune(model, X, y, saved.config.training, epochs=cfg.finetune_epochs,
+                                        lr_scale=1.0, **common)
                 return prune.make_permanent(fitted.model), saved.config.model, fitted.history
             out.append((f"prune_unstructured_{sparsity:g}", {"method": "prune_unstructured", "sparsity": sparsity,
                                                             "finetune_epochs": cfg.finetune_epochs}, build_sparse))
@@ -239,7 +242,7 @@ def choose(entries: list[dict[str, Any]], prefer: str) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------------------ run dirs
 def save_variant(saved: Any, dest: Path, *, model: Any = None, model_cfg: Any = None, onnx_from: Path | None = None,
                  baseline_export: Path | None = None, recipe: dict[str, Any],
-                 history: list[dict[str, Any]] | None = None) -> Path:
+                 history: list[dict[str, Any]] | None = None, parent_run: Path | None = None) -> Path:
     """A complete run directory for a variant: the parent's data record and preprocessing, plus either a
     model (of `model_cfg`) or a rewritten ONNX graph (`onnx_from`, served with ONNX Runtime)."""
     from modelfoundry.config import config_hash
@@ -253,7 +256,7 @@ def save_variant(saved: Any, dest: Path, *, model: Any = None, model_cfg: Any = 
     lines = history if history is not None else []
     (dest / "metrics.jsonl").write_text("".join(_json_line(r) for r in lines))
     spec = {**{k: v for k, v in saved.spec.items() if k != "format"}, "config_hash": config_hash(config),
-            "compression": recipe, "parent_run": str(saved.run_dir.resolve())}
+            "compression": recipe, "parent_run": str((parent_run or saved.run_dir).resolve())}
     if model is not None:
         save_model(dest, model, spec, saved.preprocessor, saved.target_encoder)
         return dest
@@ -316,6 +319,7 @@ def search(bench: Bench, out_dir: Path, on_step: Callable[[str], None] | None = 
     export_onnx(saved.run_dir, baseline_dir)
     original = Variant("original", ONNX, {"method": "none"})
     bench.measure_onnx(original, baseline_dir / "model.onnx")
+    bench.original_metric = original.metric
     variants: list[Variant] = []
 
     for name, recipe, build in onnx_variants(bench, baseline_dir / "model.onnx"):
@@ -323,10 +327,17 @@ def search(bench: Bench, out_dir: Path, on_step: Callable[[str], None] | None = 
         variant = Variant(name, ONNX, recipe)
         _attempt(variant, lambda: _graph_variant(bench, variant, build, baseline_dir))
         variants.append(variant)
+    networks = []
     for name, recipe, build_net in network_variants(bench):
         step(name)
         variant = Variant(name, ONNX, recipe)
         _attempt(variant, lambda: _network_variant(bench, variant, build_net))
+        networks.append(variant)
+    variants += networks
+    for name, recipe, base_variant in stacked_variants(bench, networks):
+        step(name)
+        variant = Variant(name, ONNX, recipe)
+        _attempt(variant, lambda: _stacked_variant(bench, variant, base_variant))
         variants.append(variant)
     for name, recipe, build_torch in torch_candidates(bench):
         step(name)
@@ -372,6 +383,41 @@ def _graph_variant(bench: Bench, variant: Variant, build: Callable[[Path], Path]
     bench.measure_onnx(variant, path)
     variant.run_dir = save_variant(bench.saved, bench.work_dir / "variants" / variant.name, onnx_from=path,
                                    recipe=variant.recipe, baseline_export=baseline_dir)
+
+
+def stacked_variants(bench: Bench, base: list[Variant]) -> list[tuple[str, dict[str, Any], Variant]]:
+    """int8 on top of each network variant that passed the guard (pruning or distillation, then
+    quantization): dynamic int8 for MLPs, static QDQ int8 for CNNs (the kind that was fast for each)."""
+    wanted = bench.cfg.variants
+    method = "ort_int8_static" if bench.saved.config.model.name == "cnn" else "ort_int8_dynamic"
+    if method not in wanted:
+        return []
+    out = []
+    for v in base:
+        if v.run_dir is None or v.metric is None or bench.drop(v.metric, bench.original_metric) > bench.cfg.max_drop:
+            continue
+        recipe = {"method": "stack", "steps": [v.recipe, {"method": method, "format": "qdq", "activation": "uint8"}]
+                  if method == "ort_int8_static" else [v.recipe, {"method": method}]}
+        out.append((f"{v.name}+int8", recipe, v))
+    return out
+
+
+def _stacked_variant(bench: Bench, variant: Variant, base: Variant) -> None:
+    from modelfoundry.compress import quantize
+    from modelfoundry.rundir import load_model
+
+    source = base.run_dir / "model" / "onnx"
+    scratch = bench.work_dir / "graphs" / f"{variant.name}.onnx"
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    if variant.recipe["steps"][1]["method"] == "ort_int8_static":
+        path = quantize.ort_static_int8(source / "model.onnx", scratch, _calibration(bench), fmt="qdq",
+                                        activation="uint8")
+    else:
+        path = quantize.ort_dynamic_int8(source / "model.onnx", scratch)
+    bench.measure_onnx(variant, path)
+    variant.run_dir = save_variant(load_model(base.run_dir), bench.work_dir / "variants" / variant.name,
+                                   onnx_from=path, recipe=variant.recipe, baseline_export=source,
+                                   parent_run=bench.saved.run_dir)
 
 
 def _network_variant(bench: Bench, variant: Variant, build: Callable[[], tuple[Any, Any, list]]) -> None:

@@ -13,7 +13,8 @@ BATCH = 4096
 def predict_outputs(model: nn.Module, X: np.ndarray, task: str) -> np.ndarray:
     """(N, K) class probabilities for classification, (N,) model-scale predictions for regression."""
     model.eval()
-    device = next(model.parameters()).device
+    first = next(model.parameters(), None)  # an eager-int8 model keeps its weights packed, not as parameters
+    device = first.device if first is not None else torch.device("cpu")
     x = torch.from_numpy(np.require(X, dtype=np.float32, requirements=["C"]))
     outs = [model(x[i:i + BATCH].to(device)).float().cpu() for i in range(0, len(x), BATCH)]
     out = torch.cat(outs) if outs else torch.empty(0, 1)

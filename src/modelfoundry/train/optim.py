@@ -60,6 +60,7 @@ class Schedule:
         self.total_steps = max(1, steps_per_epoch * epochs)
         self.warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
         self.steps = 0
+        self.lr = lr  # before the LambdaLR below, which calls _factor(0) at once
         self.per_step: Any = None
         self.plateau: Any = None
         if cfg.name == "onecycle":
@@ -75,7 +76,6 @@ class Schedule:
         if cfg.name == "plateau":
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=cfg.factor, patience=cfg.patience)
-        self.lr = lr
 
     @property
     def active(self) -> bool:
