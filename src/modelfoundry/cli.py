@@ -545,6 +545,8 @@ def _print_compress_summary(result: Any) -> None:
     from modelfoundry.compress.report import pareto
 
     console = _console()
+    if not console.is_terminal:  # logs and pipes have no width to fit; rich would assume 80 columns
+        console.width = max(console.width, 150)
     entries = [result.original, *result.variants]
     front = pareto([e for e in entries if e["servable"]])
     table = Table("variant", "runtime", f"val {result.metric}", "Δ", "b1 ms", "b64 ms", "speedup b1/b64", "size",

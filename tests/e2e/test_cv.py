@@ -4,26 +4,12 @@ import json
 
 import numpy as np
 import pytest
-import yaml
-from typer.testing import CliRunner
 
-from modelfoundry.cli import app
 from modelfoundry.config import load_config
 from modelfoundry.data.prepare import load_clean
 from modelfoundry.data.sources import load_source
 from tests.conftest import tiny_config
-
-runner = CliRunner()
-
-
-def write_config(tmp_path, **sections):
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(tiny_config(**sections)))
-    return path
-
-
-def foundry(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from tests.e2e.test_cli import foundry, write_config
 
 
 @pytest.fixture(scope="module")
