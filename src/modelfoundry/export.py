@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 EXPORT_FORMAT = 1
 INPUT_NAME = "input"
 EXTERNAL_DATA_BYTES = 1 << 30  # above this the weights go to model.onnx.data (protobuf caps a file at 2 GiB)
-MAX_THREADS = 4  # ONNX Runtime intra-op threads: more rarely helps small models and starves other requests
 BATCH = 4096
 
 
@@ -335,26 +334,9 @@ def _publish(staging: Path, out: Path, files: list[str]) -> None:
 
 
 def _session(path: Path) -> Any:
-    import onnxruntime as ort
+    from modelfoundry.models.onnx_graph import ort_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, min(MAX_THREADS, _cpu_count() - 1))  # one core left for the HTTP side
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only
-    # no busy-waiting between calls: under a server's uneven load, spinning threads burn the cores the
-    # HTTP side needs (measured: 2-4x the CPU per call at batch 1-32)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def _cpu_count() -> int:
-    """Cores this process may use (the affinity mask, which containers and taskset restrict)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+    return ort_session(path)
 
 
 def _first_line(exc: BaseException) -> str:

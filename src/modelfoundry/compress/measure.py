@@ -9,13 +9,14 @@ at least `min_time_s` seconds, so a noisy machine moves the median rather than t
 from __future__ import annotations
 
 import io
-import os
 import statistics
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from modelfoundry.models.onnx_graph import serving_threads
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,18 +37,9 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
     Returns:
         An `onnxruntime.InferenceSession` on the CPU execution provider.
     """
-    import onnxruntime as ort
+    from modelfoundry.models.onnx_graph import ort_session
 
-    # The same settings as modelfoundry.export._session (a private helper without a thread count), copied
-    # so a caller can pin threads; test_compress_quantize checks the two stay in step.
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or serving_threads()
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting between calls
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort_session(path, threads)
 
 
 def onnx_latency_ms(path: str | Path, input_shape: tuple[int, ...], batch: int, *, warmup: int = 10,
@@ -99,13 +91,6 @@ def torch_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int,
             return _median_ms(lambda: model(x), warmup, repeats, min_time_s)
     finally:
         torch.set_num_threads(previous)
-
-
-def serving_threads() -> int:
-    """The intra-op threads ONNX models are served with: max(1, min(4, cores - 1)), a core left for HTTP."""
-    from modelfoundry.export import MAX_THREADS
-
-    return max(1, min(MAX_THREADS, _usable_cores() - 1))
 
 
 def first_float_dtype(model: nn.Module) -> Any:
@@ -207,11 +192,3 @@ def _tensors_in(value: Any) -> list[Any]:
     if isinstance(value, (tuple, list)):
         return [t for item in value for t in _tensors_in(item)]
     return []
-
-
-def _usable_cores() -> int:
-    """Cores this process may use (the affinity mask), as modelfoundry.export counts them."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
