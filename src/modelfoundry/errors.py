@@ -129,3 +129,9 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> str:
     """The standard sentence for a name missing from a lookup table."""
     choices = sorted(choices)
     return f"Unknown {kind} '{name}'.{did_you_mean(name, choices)} Valid names: {', '.join(choices)}."
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its class name when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

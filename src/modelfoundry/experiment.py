@@ -65,6 +65,8 @@ def val_metric_fn(names: Iterable[str], data: PreparedData) -> Callable[[np.ndar
 
 def describe(exc: BaseException) -> str:
     """An exception as one line for a record (a failed trial, a failed fold)."""
-    message = getattr(exc, "message", None) or str(exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__}: {message.splitlines()[0]}"
+    from modelfoundry.errors import first_line
+
+    message = getattr(exc, "message", None)
+    return f"{type(exc).__name__}: {message.splitlines()[0] if message else first_line(exc)}"
 

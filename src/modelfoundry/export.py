@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelfoundry.errors import ConfigError, ExportError, RunDirError
+from modelfoundry.errors import ConfigError, ExportError, RunDirError, first_line
 from modelfoundry.storage import read_json, write_json
 
 if TYPE_CHECKING:
@@ -232,8 +232,8 @@ def _export_model(module: nn.Module, input_shape: tuple[int, ...], path: Path, o
                               dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}}, **names)
             return "torchscript"
         except Exception as exc:  # noqa: BLE001 - reported with both causes
-            raise ExportError(f"Could not export the model to ONNX. torch.export exporter: {_first_line(first)}; "
-                              f"TorchScript exporter: {_first_line(exc)}.",
+            raise ExportError(f"Could not export the model to ONNX. torch.export exporter: {first_line(first)}; "
+                              f"TorchScript exporter: {first_line(exc)}.",
                               "Report the model config; meanwhile serve the run with the torch backend.") from exc
 
 
@@ -255,7 +255,7 @@ def _check_onnx(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))  # by path, so external weights are checked too
     except onnx.checker.ValidationError as exc:
-        raise ExportError(f"The exported ONNX model is invalid: {_first_line(exc)}.",
+        raise ExportError(f"The exported ONNX model is invalid: {first_line(exc)}.",
                           "Try another opset (--opset), or report the model config.") from exc
 
 
@@ -275,7 +275,7 @@ def _parity(saved: SavedModel, predictor: OnnxPredictor, rows: pd.DataFrame, tol
         got = predictor.predict_array(X_portable).astype(np.float64)
         single = predictor.predict_array(X_portable[:1]).astype(np.float64)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ExportError(f"ONNX Runtime could not run the exported model: {_first_line(exc)}.",
+        raise ExportError(f"ONNX Runtime could not run the exported model: {first_line(exc)}.",
                           "Try another opset (--opset), or report the model config.") from exc
     diff = float(max(np.abs(got - expected).max(), np.abs(single - expected[:1]).max()))
     if not diff <= tolerance:
@@ -337,8 +337,3 @@ def _session(path: Path) -> Any:
     from modelfoundry.models.onnx_graph import ort_session
 
     return ort_session(path)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from modelfoundry.config import Config, check_task, config_hash, load_config
-from modelfoundry.errors import ConfigError, DataError, RunDirError
+from modelfoundry.errors import ConfigError, DataError, RunDirError, first_line
 from modelfoundry.storage import read_json, write_bytes_atomic, write_json
 
 if TYPE_CHECKING:
@@ -419,7 +419,7 @@ def _track(run_path: Path, config: Config, metrics: dict[str, float], *, parent_
         raise RegistryError(f"Tracking is on but MLflow is not installed ({exc}). The run itself is complete in "
                             f"{run_path}.", "pip install mlflow-skinny, or set tracking.enabled: false.") from None
     except Exception as exc:  # noqa: BLE001 - any store failure: the run directory is intact either way
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise RegistryError(f"Could not log the run to the tracking store {resolve_uri(config.tracking.uri)}: "
                             f"{first}. The run itself is complete in {run_path}.",
                             "Fix tracking.uri (or $MLFLOW_TRACKING_URI), or set tracking.enabled: false.") from None
@@ -462,7 +462,7 @@ def _track_study(config: Config, result: TuneResult) -> dict[str, Any]:
     try:
         return log_study(config, result.study_name, result.storage, result.rows, result.summary)
     except Exception as exc:  # noqa: BLE001 - any store failure: the study and its outputs are intact
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise RegistryError(f"Could not log the study to the tracking store {resolve_uri(config.tracking.uri)}: "
                             f"{first}. The study itself is complete in {result.out_dir}.",
                             "Fix tracking.uri (or $MLFLOW_TRACKING_URI), or set tracking.enabled: false.") from None

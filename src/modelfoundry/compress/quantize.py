@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from modelfoundry.errors import ExportError
+from modelfoundry.errors import ExportError, first_line
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -67,7 +67,7 @@ def ort_dynamic_int8(fp32: Path, out: Path, *, per_channel: bool = False) -> Pat
             quantize_dynamic(source, out, per_channel=per_channel, weight_type=QuantType.QInt8,
                              use_external_data_format=_is_large(fp32))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises assorted types
-            raise ExportError(f"Dynamic int8 quantization of {fp32} failed: {_first_line(exc)}.", _BUG_HINT) from exc
+            raise ExportError(f"Dynamic int8 quantization of {fp32} failed: {first_line(exc)}.", _BUG_HINT) from exc
     return _checked(out, "dynamic int8")
 
 
@@ -117,7 +117,7 @@ def ort_static_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_chann
                             use_external_data_format=_is_large(fp32))
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"Static int8 quantization ({fmt}, {activation} activations) of {fp32} failed: "
-                              f"{_first_line(exc)}.", _BUG_HINT) from exc
+                              f"{first_line(exc)}.", _BUG_HINT) from exc
     return _checked(out, f"static int8 ({fmt}, {activation})")
 
 
@@ -144,7 +144,7 @@ def ort_fp16(fp32: Path, out: Path) -> Path:
             out.parent.mkdir(parents=True, exist_ok=True)
             onnx.save(model, str(out), save_as_external_data=_is_large(fp32), location=f"{out.name}.data")
         except Exception as exc:  # noqa: BLE001
-            raise ExportError(f"fp16 conversion of {fp32} failed: {_first_line(exc)}.", _BUG_HINT) from exc
+            raise ExportError(f"fp16 conversion of {fp32} failed: {first_line(exc)}.", _BUG_HINT) from exc
     return _checked(out, "fp16")
 
 
@@ -205,7 +205,7 @@ def torch_pt2e_int8(model: nn.Module, example: torch.Tensor, calibration: np.nda
             _drop_unused_weights(converted)
             allow_exported_model_train_eval(converted)  # so .eval() works on it (and on a compiled wrapper)
         except Exception as exc:  # noqa: BLE001 - torch.export raises many types
-            raise ExportError(f"PT2E int8 quantization failed: {_first_line(exc)}.", _BUG_HINT) from exc
+            raise ExportError(f"PT2E int8 quantization failed: {first_line(exc)}.", _BUG_HINT) from exc
     return torch.compile(converted) if compiled else converted
 
 
@@ -273,7 +273,7 @@ def _torchao_pt2e() -> tuple[Any, Any, Any, Any]:
             from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer
         except ImportError as exc:
             raise ExportError("PT2E int8 quantization needs torchao, which is not installed "
-                              f"({_first_line(exc)}); torch {torch.__version__} no longer ships PT2E in torch.ao.",
+                              f"({first_line(exc)}); torch {torch.__version__} no longer ships PT2E in torch.ao.",
                               "Run `pip install torchao` (an add-on that leaves torch as it is), or skip this "
                               "candidate.") from exc
     return allow_exported_model_train_eval, prepare_pt2e, convert_pt2e, x86_inductor_quantizer
@@ -333,7 +333,7 @@ def _checked(path: Path, what: str) -> Path:
         onnx_session(path)
     except Exception as exc:  # noqa: BLE001
         path.unlink(missing_ok=True)
-        raise ExportError(f"ONNX Runtime cannot load the {what} model: {_first_line(exc)}.", _BUG_HINT) from exc
+        raise ExportError(f"ONNX Runtime cannot load the {what} model: {first_line(exc)}.", _BUG_HINT) from exc
     return path
 
 
@@ -371,8 +371,3 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         root.setLevel(level)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

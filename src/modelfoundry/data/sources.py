@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelfoundry.errors import DataError, unknown_name
+from modelfoundry.errors import DataError, first_line, unknown_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,7 +55,7 @@ def read_table(path: Path) -> pd.DataFrame:
         if isinstance(exc, pd.errors.EmptyDataError):
             raise DataError(f"Data file '{path}' is empty.", "Point data.source at a file with a header "
                             "row and data rows.") from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise DataError(f"Could not read '{path}' as {fmt}: {first}.",
                         "Check that the file is complete and really is in that format.") from None
     if frame.empty:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfoundry.config import Config, dump_config
+from modelfoundry.errors import first_line
 from modelfoundry.storage import write_bytes_atomic, write_json, write_text
 from modelfoundry.tune.space import decoded
 
@@ -105,7 +106,7 @@ def write_plots(study: Any, out_dir: Path) -> dict[str, str]:
             out[name] = f"{name}.png"
         except Exception as exc:  # noqa: BLE001 - a plot Optuna refuses must not lose the study's results
             plt.close("all")
-            out[name] = f"skipped: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            out[name] = f"skipped: {first_line(exc)}"
     return out
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from modelfoundry.config import Config, PrunerConfig, SamplerConfig, TuneConfig, config_hash
-from modelfoundry.errors import ConfigError
-from modelfoundry.tune.space import base_point, decoded, grid
+from modelfoundry.errors import ConfigError, first_line
+from modelfoundry.tune.space import base_point, grid
 
 HEARTBEAT_S = 30  # a trial whose worker stops beating for GRACE_S is failed and tried again
 GRACE_S = 120
@@ -102,7 +102,7 @@ def open_storage(url: str) -> Any:
                 continue
             error = exc
             break
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    first = first_line(error)
     raise ConfigError(f"Cannot open the Optuna storage '{url}': {first}.",
                       "Check tune.storage / --storage (e.g. postgresql://user:pass@host/db, or omit it for "
                       "SQLite in the output directory) and that the database server is reachable.")
@@ -235,8 +235,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def stored_params(config: Config, trial: Any) -> dict[str, Any]:
-    """A trial's parameters as config values."""
-    return decoded(config.tune.space, trial.params)
