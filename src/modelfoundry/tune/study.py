@@ -92,9 +92,12 @@ def open_storage(url: str) -> Any:
     engine_kwargs = _sqlite_engine(url) if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(1, 6):
         try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                              grace_period=GRACE_S,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                                 grace_period=GRACE_S,
+                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+            if url.startswith("sqlite"):
+                _serialise_transactions(storage.engine)
+            return storage
         except Exception as exc:  # noqa: BLE001 - a bad URL or an unreachable database: say which
             # workers starting together on a new database race to create Optuna's tables: the loser retries
             if attempt < 5 and ("already exists" in str(exc) or "UNIQUE constraint failed: alembic" in str(exc)):
@@ -120,12 +123,27 @@ def _sqlite_engine(url: str) -> dict[str, Any]:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
     def connect() -> sqlite3.Connection:
-        connection = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        # isolation_level=None: the driver issues no BEGIN of its own (see _serialise_transactions)
+        connection = sqlite3.connect(path, timeout=60, check_same_thread=False, isolation_level=None)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         return connection
 
     return {"creator": connect}
+
+
+def _serialise_transactions(engine: Any) -> None:
+    """Begin every SQLite transaction with BEGIN IMMEDIATE (the write lock).
+
+    Python's sqlite3 driver opens a transaction only at the first write, so Optuna's check-then-set of a
+    queued trial (WAITING -> RUNNING) was two steps: two workers starting together both took the same
+    queued trial, and the second failed on "Cannot tell a COMPLETE trial". Under the write lock the check
+    and the set are one step; other workers wait (busy timeout 60 s)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "begin")
+    def begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def search_hash(config: Config) -> str:
