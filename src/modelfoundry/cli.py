@@ -297,6 +297,18 @@ def serve(model: RunDirArg,
 
 
 @app.command()
+@friendly_errors
+def migrate(run_dir: Annotated[Path, typer.Argument(help="A run directory made by modelfoundry 0.1 "
+                                                  "(with preprocess.pkl).", show_default=False)]) -> None:
+    """Convert a 0.1 run directory's pickled preprocessing to preprocess.json, without executing the pickle."""
+    from modelfoundry.legacy import migrate_run_dir
+
+    written = migrate_run_dir(run_dir)
+    _console().print(f"[green]Migrated[/] {run_dir}: wrote {written.name}; the pickle is kept as "
+                     "preprocess.pkl.migrated and never loaded.", soft_wrap=True)
+
+
+@app.command()
 def datasets() -> None:
     """List the bundled datasets usable as data.source without any download."""
     from modelfoundry.data.sources import BUNDLED

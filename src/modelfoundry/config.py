@@ -283,6 +283,30 @@ class TrackingConfig(_Section):
     experiment: str | None = None  # None: the config's name
 
 
+# ---------------------------------------------------------------------------------------------- serve
+class ServeConfig(_Section):
+    """`foundry serve`: the server's settings for this model; each `foundry serve` flag overrides one key."""
+
+    host: str = "127.0.0.1"  # interface to bind
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)  # server processes
+    backend: Literal["onnx", "torch"] = "onnx"  # ONNX Runtime (exported and parity-checked on first use) or PyTorch
+    batching: bool = True  # coalesce concurrent requests into one model call
+    max_batch_size: int = Field(64, ge=1)  # rows per model call
+    max_latency_ms: float = Field(5.0, ge=0)  # how long a batch waits for more requests after its first
+    max_queue_size: int = Field(1024, ge=1)  # waiting requests before 503
+    queue_timeout_ms: float = Field(1000.0, gt=0)  # a request waiting longer in the queue gets 503
+    max_records: int = Field(10_000, ge=1)  # rows per request
+    max_body_mb: float = Field(4.0, gt=0)  # larger request bodies get 413
+    poll_s: float = Field(2.0, ge=0)  # how often a registry alias is checked for a move (hot switch); 0: never
+    api_keys_file: str | None = None  # NAME:SHA256 lines from `foundry keys create`; None: no authentication
+    rate_limit_per_s: float | None = Field(None, gt=0)  # per API key (per client address without keys)
+    rate_burst: int = Field(20, ge=1)  # requests allowed at once above the rate
+    on_unseen: Literal["warn", "reject"] = "warn"  # a category the model never saw: predict and warn, or 422
+    openapi: bool = False  # serve /openapi.json (behind the API key when keys are set); no HTML docs page
+    access_log: bool = False  # log every request (costs ~5% of throughput)
+
+
 # ----------------------------------------------------------------------------------------------- tune
 class ParamSpace(_Section):
     """One dimension of a search space: a float or int range, or a list of choices."""
@@ -412,7 +436,7 @@ FROZEN_PATHS = {
     "data.split": "trials would be scored on different validation rows",
     "evaluation": "it does not change training (tune.metric chooses what is optimised)",
     "output": "it does not change training", "tracking": "it does not change training",
-    "compress": "it does not change training",
+    "compress": "it does not change training", "serve": "it does not change training",
     "tune": "a search cannot tune itself",
 }
 
@@ -467,6 +491,7 @@ class Config(_Section):
     tracking: TrackingConfig = TrackingConfig()
     tune: TuneConfig | None = None  # only `foundry tune` reads it; `foundry run` ignores it
     compress: CompressConfig = CompressConfig()  # only `foundry compress` reads it
+    serve: ServeConfig = ServeConfig()  # only `foundry serve` reads it
 
     def with_params(self, params: dict[str, Any]) -> Config:
         """This config with dotted-path values set (`{"training.optimizer.lr": 0.01}`), validated again."""
@@ -638,9 +663,9 @@ def dump_config(config: Config) -> str:
 
 
 def config_hash(config: Config) -> str:
-    """A short content hash of the resolved config, stable across key order. The `tune:` and `compress:`
-    sections are left out: they do not change what a run trains."""
-    canonical = json.dumps(config.model_dump(mode="json", exclude={"tune", "compress"}), sort_keys=True)
+    """A short content hash of the resolved config, stable across key order. The `tune:`, `compress:` and
+    `serve:` sections are left out: they do not change what a run trains."""
+    canonical = json.dumps(config.model_dump(mode="json", exclude={"tune", "compress", "serve"}), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -27,7 +27,7 @@ from modelfoundry.storage import read_json
 
 DEFAULT_URI = "sqlite:///foundry.db"
 LOG_PREFIX = "foundry.alias_log."
-LOGGED_FILES = ("config.yaml", "data.json", "manifest.json", "preprocess.pkl", "metrics.jsonl")
+LOGGED_FILES = ("config.yaml", "data.json", "manifest.json", "preprocess.json", "metrics.jsonl")
 LOGGED_DIRS = ("model", "eval")
 REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))?$")
 

@@ -1,20 +1,25 @@
 """The run directory, the unit of reproducibility: its layout, atomic writes, and the saved model.
 
     runs/<name>-<timestamp>/
-      config.yaml  data.json  manifest.json  preprocess.pkl  metrics.jsonl
+      config.yaml  data.json  manifest.json  preprocess.json  metrics.jsonl
       checkpoints/{last,best}.pt   eval/   model/{weights.pt,model.json}
+
+Nothing loaded from a run directory can execute code: preprocessing is the JSON description of
+data/portable.py, weights and checkpoints load with `torch.load(weights_only=True)`. Run directories of
+modelfoundry 0.1 stored preprocessing as a pickle (preprocess.pkl); they are refused until `foundry
+migrate RUN_DIR` converts them (see legacy.py, which reads the pickle without executing it).
 """
 
 from __future__ import annotations
 
-import pickle
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modelfoundry.config import Config, dump_config, load_config
-from modelfoundry.errors import RunDirError
+from modelfoundry.errors import RunDirError, first_line
 from modelfoundry.storage import read_json, write_bytes_atomic, write_json, write_text
 
 FORMAT_VERSION = 1
@@ -50,16 +55,22 @@ def load_run_config(run_dir: Path) -> Config:
     return load_config(path)
 
 
+PREPROCESS = "preprocess.json"
+LEGACY_PREPROCESS = "preprocess.pkl"
+
+
 def save_model(run_dir: Path, model: Any, spec: dict[str, Any], preprocessor: Any, target_encoder: Any) -> None:
-    """model/weights.pt (state_dict, loadable with weights_only), model/model.json, preprocess.pkl."""
+    """model/weights.pt (state_dict, loadable with weights_only), model/model.json, preprocess.json."""
     import io
 
     import torch
 
+    from modelfoundry.data.portable import describe_preprocessor
+
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
-    write_bytes_atomic(run_dir / "preprocess.pkl", durable=True, data=pickle.dumps(
-        {"format": FORMAT_VERSION, "preprocessor": preprocessor, "target_encoder": target_encoder}))
+    desc = describe_preprocessor(preprocessor, target_encoder, spec.get("target"))
+    write_bytes_atomic(run_dir / PREPROCESS, (json.dumps(desc, indent=1) + "\n").encode(), durable=True)
     write_bytes_atomic(run_dir / "model" / "weights.pt", buffer.getvalue(), durable=True)
     write_json(run_dir / "model" / "model.json", {"format": FORMAT_VERSION, **spec})
 
@@ -83,32 +94,83 @@ class SavedModel:
 
 
 def load_model(run_dir: str | Path) -> SavedModel:
-    """Rebuild the trained model of a run directory, with its preprocessing, on the CPU."""
-    import torch
-
+    """Rebuild the trained model of a run directory, with its preprocessing, on the CPU (executing nothing)."""
     from modelfoundry.models import build_model
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunDirError(f"Run directory '{run_dir}' does not exist.", "List runs with `ls runs/`.")
+        what = "is a file, not a run directory" if run_dir.exists() else "does not exist"
+        raise RunDirError(f"Run directory '{run_dir}' {what}.", "List runs with `ls runs/`.")
     config = load_run_config(run_dir)
     spec_path = run_dir / "model" / "model.json"
-    runtime = read_json(spec_path).get("runtime") if spec_path.is_file() else None
+    spec = read_record(spec_path, run_dir) if spec_path.is_file() else {}
+    runtime = spec.get("runtime")
     weights = run_dir / "model" / ("onnx/model.onnx" if runtime == "onnx" else "weights.pt")
-    needed = [weights, run_dir / "model" / "model.json", run_dir / "preprocess.pkl"]
+    if not (run_dir / PREPROCESS).is_file() and (run_dir / LEGACY_PREPROCESS).is_file():
+        raise RunDirError(f"'{run_dir}' stores its preprocessing as a pickle ({LEGACY_PREPROCESS}, made by "
+                          "modelfoundry 0.1), which could execute code when loaded, so it is not loaded.",
+                          f"Convert it once with `foundry migrate {run_dir}` (it reads the pickle without running "
+                          "it and writes preprocess.json).")
+    needed = [weights, spec_path, run_dir / PREPROCESS]
     missing = [str(p.relative_to(run_dir)) for p in needed if not p.is_file()]
     if missing:
         raise RunDirError(f"Run directory '{run_dir}' has no trained model (missing {', '.join(missing)}).",
                           f"Finish training first: `foundry run --resume {run_dir}`.")
-    spec = read_json(run_dir / "model" / "model.json")
-    with open(run_dir / "preprocess.pkl", "rb") as handle:
-        fitted = pickle.load(handle)  # noqa: S301 - our own file, written by save_model
+    preprocessor, target_encoder = load_preprocessing(run_dir / PREPROCESS, run_dir)
     if runtime == "onnx":  # a compressed (int8, fp16) graph: evaluate and predict run what is served
         from modelfoundry.models.onnx_graph import OnnxGraph
 
         model = OnnxGraph(weights, spec["task"])
     else:
-        model = build_model(config.model, tuple(spec["input_shape"]), spec["n_outputs"])
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        try:
+            model = build_model(config.model, tuple(spec["input_shape"]), spec["n_outputs"])
+        except (KeyError, TypeError) as exc:
+            raise RunDirError(f"{spec_path} is malformed ({first_line(exc)}).",
+                              "Use a run directory made by `foundry run`.") from None
+        model.load_state_dict(load_weights(weights, run_dir))
     model.eval()
-    return SavedModel(run_dir, config, model, spec, fitted["preprocessor"], fitted["target_encoder"])
+    return SavedModel(run_dir, config, model, spec, preprocessor, target_encoder)
+
+
+def load_weights(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
+    """A state_dict saved by save_model, loaded data-only (weights_only=True); anything else is refused."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated file, a pickle with code, a foreign format
+        raise RunDirError(f"'{path}' is not a readable weights file ({first_line(exc)}).",
+                          "It may be truncated or not made by modelfoundry; use a complete run directory "
+                          "or registered version.") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RunDirError(f"'{path}' holds no model weights (a mapping of tensors).",
+                          "Use a run directory made by `foundry run`.")
+    return state
+
+
+def load_preprocessing(path: Path, run_dir: Path | None = None) -> tuple[Any, Any]:
+    """(PortablePreprocessor, TargetEncoder) from a preprocess.json."""
+    from modelfoundry.data.portable import PortablePreprocessor
+    from modelfoundry.data.transform import TargetEncoder
+    from modelfoundry.errors import DataError
+
+    desc = read_record(path, run_dir)
+    try:
+        return PortablePreprocessor(desc), TargetEncoder.from_description(desc["target"])
+    except DataError as exc:
+        raise RunDirError(f"{path}: {exc.message}", exc.hint) from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise RunDirError(f"{path} is not a valid preprocessing description ({first_line(exc)}).",
+                          "Use a run directory made by `foundry run`.") from None
+
+
+def read_record(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
+    """A JSON object from a run directory; a corrupt or truncated file is a RunDirError naming it."""
+    try:
+        record = read_json(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"'{path}' is corrupt ({first_line(exc)}).",
+                          "Restore it from a backup or the registry, or train the run again.") from None
+    if not isinstance(record, dict):
+        raise RunDirError(f"'{path}' does not hold a JSON object.", "Use a run directory made by `foundry run`.")
+    return record

@@ -42,7 +42,7 @@ def bc_run(tmp_path_factory):
 def test_run_writes_a_complete_run_directory(bc_run):
     run_dir, output = bc_run
     assert "Summary" in output and "test accuracy" in output and "linear baseline" in output
-    for name in ("config.yaml", "data.json", "manifest.json", "preprocess.pkl", "metrics.jsonl",
+    for name in ("config.yaml", "data.json", "manifest.json", "preprocess.json", "metrics.jsonl",
                  "checkpoints/last.pt", "checkpoints/best.pt", "model/weights.pt", "model/model.json",
                  "eval/metrics.json", "eval/report.md", "eval/curves.png", "eval/confusion_matrix.png", "eval/roc.png"):
         assert (run_dir / name).is_file(), name

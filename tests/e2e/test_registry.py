@@ -53,7 +53,7 @@ def test_each_run_is_logged_and_registered_with_lineage(store):
     assert params["training.optimizer.lr"] == "0.001" and params["data.source"] == "sklearn:iris"
     assert params["data.features.petal_.scale"] == "minmax"  # '*' is not allowed in MLflow keys
     artifacts = {a.path for a in mlf.list_artifacts(first["run_id"])}
-    assert {"model", "eval", "config.yaml", "preprocess.pkl", "manifest.json"} <= artifacts
+    assert {"model", "eval", "config.yaml", "preprocess.json", "manifest.json"} <= artifacts
 
 
 def test_promote_rollback_and_history(store):

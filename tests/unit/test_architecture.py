@@ -17,7 +17,8 @@ ALLOWED = {
     "tune": {"data", "models", "train", "evaluate", "experiment"},
     # compress works on the exported ONNX graph, so it comes after export (DESIGN lists it before)
     "compress": {"data", "models", "train", "evaluate", "experiment", "export", "rundir"},
-    "rundir": {"models", "train"},
+    "rundir": {"data", "models", "train"},
+    "legacy": {"data", "rundir"},
     "manifest": set(),
     "export": {"data", "models", "rundir"},
     "registry": set(),
@@ -25,7 +26,7 @@ ALLOWED = {
     "serve": {"export", "rundir", "models", "registry"},
     "pipeline": {"data", "models", "train", "evaluate", "experiment", "cv", "tune", "compress", "rundir", "manifest", "registry",
                  "export"},
-    "cli": {"pipeline", "data", "rundir", "registry", "archive", "serve", "compress"},
+    "cli": {"pipeline", "data", "rundir", "registry", "archive", "serve", "compress", "legacy"},
 }
 BASE = {"config", "errors", "storage"}
 

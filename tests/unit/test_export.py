@@ -71,6 +71,15 @@ def split_rows(run_dir):
     return clean.frame.iloc[split_frame(clean, config.data, config.seed)["test"]]
 
 
+def fitted_preprocessor(run_dir):
+    """The scikit-learn preprocessing of a run, fitted again on its training split (run dirs keep only the
+    portable description)."""
+    from modelfoundry.data.prepare import prepare_data
+
+    config = load_model(run_dir).config
+    return prepare_data(config.data, config.seed).preprocessor.fitted
+
+
 def round_trip(desc):
     return json.loads(json.dumps(desc))
 
@@ -83,7 +92,7 @@ def test_portable_preprocessing_equals_the_fitted_one(exported, name):
     assert desc == round_trip(describe_preprocessor(saved.preprocessor, saved.target_encoder, "target"))
     assert desc["format"] == portable.PORTABLE_FORMAT and desc["feature_names"] == saved.preprocessor.feature_names_
     rows = split_rows(run_dir)
-    expected = saved.preprocessor.transform(rows)
+    expected = fitted_preprocessor(run_dir).transform(rows)
     got = apply_portable(desc, rows)
     assert got.dtype == np.float32 and got.shape == expected.shape == (len(rows), *desc["input_shape"])
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
@@ -91,7 +100,7 @@ def test_portable_preprocessing_equals_the_fitted_one(exported, name):
 
 def test_unseen_categories_missing_values_and_numeric_text(exported):
     run_dir, out_dir, _ = exported("mlp_categorical")
-    pre = load_model(run_dir).preprocessor
+    pre = fitted_preprocessor(run_dir)
     desc = json.loads((out_dir / "preprocess.json").read_text())
     rows = pd.DataFrame({"sepal length (cm)": [np.nan, "5.1", 4.4, None], "sepal width (cm)": [np.nan, 3.0, 99.0, 2.5],
                          "petal length (cm)": ["1.4", "4.0", "6.1", "2.2"], "petal width (cm)": [0.2, 1.3, 2.5, 9.0],
@@ -179,14 +188,17 @@ def test_onnx_predictor_matches_foundry_predict(exported, name, tmp_path):
 def test_a_failed_parity_check_publishes_nothing(exported, tmp_path, monkeypatch):
     run_dir, out_dir, _ = exported("mlp_breast_cancer")
     before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
-    describe = portable.describe_preprocessor
+    from modelfoundry import export
 
-    def drifted(*args, **kwargs):  # a sidecar that no longer matches the fitted preprocessing
-        desc = describe(*args, **kwargs)
-        desc["features"][0]["scale"]["mean"] += 1.0
-        return desc
+    exportable = export._exportable
 
-    monkeypatch.setattr(portable, "describe_preprocessor", drifted)
+    def drifted(saved):  # a graph that no longer computes what the torch model does
+        module = __import__("copy").deepcopy(exportable(saved))  # the saved model itself stays as trained
+        with __import__("torch").no_grad():
+            next(module.parameters()).add_(0.5)
+        return module
+
+    monkeypatch.setattr(export, "_exportable", drifted)
     with pytest.raises(ExportError, match=r"differs from the PyTorch model by up to .* tolerance 0.0001"):
         export_onnx(run_dir, tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()

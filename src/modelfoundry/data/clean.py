@@ -99,19 +99,40 @@ def plan_features(frame: pd.DataFrame, cfg: DataConfig, origin: str) -> list[Fea
 
 
 def to_numeric(series: pd.Series, column: str, origin: str) -> pd.Series:
-    """Convert a column to float, or raise naming the column, the offending rows and their values."""
+    """Convert a column to float, or raise naming the column, the offending rows and their values.
+
+    Missing cells become NaN; text that is not a number and infinite values are errors.
+    """
     import pandas as pd
 
     if pd.api.types.is_numeric_dtype(series):
-        return series.astype(float)
-    converted = pd.to_numeric(series, errors="coerce")
-    bad = series[converted.isna() & series.notna()]
-    if len(bad):
-        rows = ", ".join(f"row {i}: {v!r}" for i, v in list(bad.items())[:3])
-        raise DataError(f"Column '{column}' in {origin} should be numeric but holds text ({len(bad)} value(s); "
-                        f"{rows}).", f"Fix those values, or declare data.features: {{'{column}': "
-                        "{type: categorical}} if the column is really categorical.")
-    return converted.astype(float)
+        converted = series.astype(float)
+    else:
+        converted = pd.to_numeric(series, errors="coerce")
+        bad = series[converted.isna() & series.notna()]
+        if len(bad):
+            rows = ", ".join(f"row {i}: {_plain(v)!r}" for i, v in list(bad.items())[:3])
+            raise DataError(f"Column '{column}' in {origin} should be numeric but holds text ({len(bad)} value(s); "
+                            f"{rows}).", f"Fix those values, or declare data.features: {{'{column}': "
+                            "{type: categorical}} if the column is really categorical.")
+        converted = converted.astype(float)
+    infinite = np.isinf(converted.to_numpy())
+    if infinite.any():
+        raise_infinite(column, converted.index[infinite], origin)
+    return converted
+
+
+def raise_infinite(column: str, rows: Any, origin: str) -> None:
+    """The one error for infinite values (inf, -inf, 1e400 read as inf) in a numeric column."""
+    shown = ", ".join(str(_plain(i)) for i in list(rows)[:5])
+    raise DataError(f"Column '{column}' in {origin} has {len(rows)} infinite value(s) (rows {shown}); "
+                    "numeric values must be finite.",
+                    "Replace them with real values, or leave the cells empty to treat them as missing.")
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python values, so messages read 1 rather than np.int64(1)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def clean_rows(frame: pd.DataFrame, specs: list[FeatureSpec], cfg: DataConfig,

@@ -5,10 +5,10 @@ JSON; `apply_portable` applies that JSON to raw rows with numpy and pandas only,
 `Preprocessor.transform` gives. An ONNX export ships it as `preprocess.json` next to `model.onnx`, so a
 server - in any language - can turn raw columns into the model's input without unpickling anything.
 
-The format (version `format: 1`)::
+The format (version `format: 2`; format 1, without "range", is read too)::
 
     {
-      "format": 1,
+      "format": 2,
       "kind": "tabular" | "image",
       "columns": [...],            # raw input columns read, in order (extra columns are ignored)
       "feature_names": [...],      # the model's input features, in order (tabular: one per input value)
@@ -27,6 +27,8 @@ Each tabular feature entry, applied to its column; all arithmetic in float64, ca
      "scale": {"method": "standard", "mean": m, "scale": s}  # then (x - m) / s
             | {"method": "minmax", "min": m, "scale": s}     #   or x * s + m
             | {"method": "none"},
+     "range": [min, max] | null, # the training split's values before any treatment (not applied: it tells a
+                                 # server which values lie outside what the model saw)
      "width": 1}                 # 0 (and "fill": null) for a column that had no value when fitted
     {"name", "column", "kind": "categorical", "missing", "fill": "<category>",
      "encode": "onehot" | "ordinal",
@@ -34,7 +36,8 @@ Each tabular feature entry, applied to its column; all arithmetic in float64, ca
                                          # ordinal: the index of the value, -1 when unseen
      "width": len(categories) | 1}
 
-Numeric columns are parsed as numbers (text that is not a number is an error; empty cells are missing).
+Numeric columns are parsed as numbers (text that is not a number is an error; empty cells are missing;
+infinite values are an error, and so is a value that is too large for float32 after scaling).
 Categorical values are compared as text: each value becomes `str(value)` (so 3 -> "3", 3.0 -> "3.0")
 with missing cells filled first.
 
@@ -63,12 +66,52 @@ if TYPE_CHECKING:
 
     from modelfoundry.data.transform import Preprocessor, TargetEncoder
 
-PORTABLE_FORMAT = 1
+PORTABLE_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 
 
-def describe_preprocessor(pre: Preprocessor, target_encoder: TargetEncoder | None = None,
+class PortablePreprocessor:
+    """Fitted preprocessing as its portable description: what a run directory stores and every stage applies.
+
+    It has the interface of a fitted `Preprocessor` that inference needs (`transform`, `columns`,
+    `feature_names_`, `input_shape_`), computed by `apply_portable` - so training, evaluation, predict,
+    export and serving all turn raw rows into model inputs with the same code, and loading it executes
+    nothing. `fitted` is the scikit-learn `Preprocessor` it was described from (in memory only, after fitting).
+    """
+
+    def __init__(self, desc: dict[str, Any], fitted: Preprocessor | None = None):
+        if desc.get("format") not in READABLE_FORMATS:
+            raise DataError(f"The preprocessing description has format {desc.get('format')!r}; this version of "
+                            f"modelfoundry reads formats {', '.join(map(str, READABLE_FORMATS))}.",
+                            "Use the modelfoundry version that made the model, or retrain it.")
+        self.desc = {k: v for k, v in desc.items() if k != "target"}
+        self.fitted = fitted
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.desc["columns"])
+
+    @property
+    def feature_names_(self) -> list[str]:
+        return list(self.desc["feature_names"])
+
+    @property
+    def input_shape_(self) -> tuple[int, ...]:
+        return tuple(self.desc["input_shape"])
+
+    def transform(self, frame: pd.DataFrame, origin: str = "the input") -> np.ndarray:
+        """Raw rows -> float32 array of shape (N, *input_shape_)."""
+        return apply_portable(self.desc, frame, origin)
+
+
+def describe_preprocessor(pre: Preprocessor | PortablePreprocessor, target_encoder: TargetEncoder | None = None,
                           target_column: str | None = None) -> dict[str, Any]:
     """The JSON-serialisable description of a fitted `Preprocessor` (see the module docstring)."""
+    if isinstance(pre, PortablePreprocessor):
+        desc = dict(pre.desc)
+        if target_encoder is not None:
+            desc["target"] = describe_target(target_encoder, target_column)
+        return desc
     if not hasattr(pre, "input_shape_"):
         raise RuntimeError("This Preprocessor is not fitted yet; call fit() first.")
     desc: dict[str, Any] = {"format": PORTABLE_FORMAT, "columns": list(pre.columns),
@@ -81,8 +124,8 @@ def describe_preprocessor(pre: Preprocessor, target_encoder: TargetEncoder | Non
                          "offset": float(pre.offset_), "divisor": float(pre.divisor_)}
     else:
         desc["kind"] = "tabular"
-        fitted = pre.column_transformer_.named_transformers_
-        desc["features"] = [_describe_column(spec, fitted[spec.name]) for spec in pre.specs]
+        desc["features"] = [_describe_column(spec, *pre.fitted_step(spec), pre.ranges_.get(spec.name))
+                            for spec in pre.specs]
         width = sum(f["width"] for f in desc["features"])
         if width != len(pre.feature_names_):
             raise DataError(f"The fitted preprocessing gives {len(pre.feature_names_)} features but its columns "
@@ -102,22 +145,44 @@ def describe_target(encoder: TargetEncoder, column: str | None = None) -> dict[s
 
 def apply_portable(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the input") -> np.ndarray:
     """Raw rows -> float32 array (N, *input_shape), exactly as `Preprocessor.transform` computes it."""
-    if desc.get("format") != PORTABLE_FORMAT:
+    if desc.get("format") not in READABLE_FORMATS:
         raise DataError(f"The preprocessing description has format {desc.get('format')!r}; this version of "
-                        f"modelfoundry reads format {PORTABLE_FORMAT}.", "Export the model again.")
+                        f"modelfoundry reads formats {', '.join(map(str, READABLE_FORMATS))}.",
+                        "Export the model again.")
     _check_columns(desc["columns"], frame, origin)
     if desc["kind"] == "image":
         image = desc["image"]
         pixels = (_pixels(image, frame, origin) - image["offset"]) / image["divisor"]
-        return pixels.reshape(len(frame), *desc["input_shape"]).astype(np.float32)
-    block = _numeric_block(desc["features"], frame)
+        out = pixels.reshape(len(frame), *desc["input_shape"]).astype(np.float32)
+        if not np.isfinite(out).all():
+            raise DataError(f"Image feature '{image['name']}' of {origin} has pixel values too large for the model "
+                            "(beyond float32 after scaling).", "Send pixel values in the range the model was "
+                            "trained on.")
+        return out
+    block = _numeric_block(desc["features"], frame, origin)
     parts = [block[feature["column"]] if feature["column"] in block
              else _apply_column(feature, frame[feature["column"]], origin) for feature in desc["features"]]
-    out = np.hstack(parts) if parts else np.empty((len(frame), 0))
-    return out.astype(np.float32)
+    out = (np.hstack(parts) if parts else np.empty((len(frame), 0))).astype(np.float32)
+    if not np.isfinite(out).all():
+        _raise_too_large(desc["features"], parts, frame, origin)
+    return out
 
 
-def _numeric_block(features: list[dict[str, Any]], frame: pd.DataFrame) -> dict[str, np.ndarray]:
+def _raise_too_large(features: list[dict[str, Any]], parts: list[np.ndarray], frame: pd.DataFrame,
+                     origin: str) -> None:
+    """The numeric column whose values overflow float32 once filled, clipped and scaled, as a DataError."""
+    for feature, part in zip(features, parts):
+        bad = ~np.isfinite(part.astype(np.float32)).all(axis=1)
+        if bad.any():
+            rows = ", ".join(str(i) for i in frame.index[bad][:5])
+            raise DataError(f"Column '{feature['column']}' of {origin} has {int(bad.sum())} value(s) too large for "
+                            f"the model (beyond float32 once scaled; rows {rows}).",
+                            "Send values in the range the model was trained on"
+                            + (f" ({feature['range'][0]:g} to {feature['range'][1]:g})." if feature.get("range")
+                               else "."))
+
+
+def _numeric_block(features: list[dict[str, Any]], frame: pd.DataFrame, origin: str) -> dict[str, np.ndarray]:
     """Fast path: every numeric column that already holds numbers, filled, clipped and scaled as one
     (N, F) array operation (the per-column path costs ~100 us a column). Columns that need text parsing
     or checks for `missing: drop` are left to `_apply_column`, which also raises the precise errors."""
@@ -129,6 +194,12 @@ def _numeric_block(features: list[dict[str, Any]], frame: pd.DataFrame) -> dict[
     if not chosen:
         return {}
     x = frame[[f["column"] for f in chosen]].to_numpy(dtype=np.float64, copy=True)  # (N, F)
+    infinite = np.isinf(x)
+    if infinite.any():
+        from modelfoundry.data.clean import raise_infinite
+
+        j = int(np.flatnonzero(infinite.any(axis=0))[0])
+        raise_infinite(chosen[j]["column"], frame.index[infinite[:, j]], origin)
     fill = np.array([f["fill"] for f in chosen], dtype=np.float64)
     x = np.where(np.isnan(x), fill, x)
     lower = np.array([f["clip"][0] if f["clip"] is not None else -np.inf for f in chosen])
@@ -144,35 +215,37 @@ def _numeric_block(features: list[dict[str, Any]], frame: pd.DataFrame) -> dict[
 
 
 # ---------------------------------------------------------------------------------------------- describe
-def _describe_column(spec: Any, pipeline: Any) -> dict[str, Any]:
+def _describe_column(spec: Any, pipeline: Any, j: int, value_range: list[float] | None) -> dict[str, Any]:
+    """One feature entry: the parameters of column `j` of the (possibly many-column) fitted `pipeline`."""
     steps = pipeline.named_steps
-    fill = steps["impute"].statistics_[0]
+    fill = steps["impute"].statistics_[j]
     entry: dict[str, Any] = {"name": spec.name, "column": spec.columns[0], "kind": spec.kind,
                              "missing": spec.missing}
     if spec.kind == "numeric":
         if math.isnan(fill):  # no value in the training split: scikit-learn's imputer drops the column
-            return {**entry, "fill": None, "clip": None, "scale": {"method": "none"}, "width": 0}
+            return {**entry, "fill": None, "clip": None, "scale": {"method": "none"}, "range": None, "width": 0}
         clipper = steps.get("clip")
         entry["fill"] = float(fill)
-        entry["clip"] = [float(clipper.lower_[0]), float(clipper.upper_[0])] if clipper is not None else None
-        entry["scale"] = _describe_scaler(steps["scale"])
+        entry["clip"] = [float(clipper.lower_[j]), float(clipper.upper_[j])] if clipper is not None else None
+        entry["scale"] = _describe_scaler(steps["scale"], j)
+        entry["range"] = value_range
         entry["width"] = 1
         return entry
     encoder = steps["encode"]
     entry["fill"] = _json_value(fill)
     entry["encode"] = spec.encode
-    entry["categories"] = [_json_value(c) for c in encoder.categories_[0]]
+    entry["categories"] = [_json_value(c) for c in encoder.categories_[j]]
     entry["width"] = len(entry["categories"]) if spec.encode == "onehot" else 1
     return entry
 
 
-def _describe_scaler(scaler: Any) -> dict[str, Any]:
+def _describe_scaler(scaler: Any, j: int) -> dict[str, Any]:
     from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
     if isinstance(scaler, StandardScaler):
-        return {"method": "standard", "mean": float(scaler.mean_[0]), "scale": float(scaler.scale_[0])}
+        return {"method": "standard", "mean": float(scaler.mean_[j]), "scale": float(scaler.scale_[j])}
     if isinstance(scaler, MinMaxScaler):
-        return {"method": "minmax", "min": float(scaler.min_[0]), "scale": float(scaler.scale_[0])}
+        return {"method": "minmax", "min": float(scaler.min_[j]), "scale": float(scaler.scale_[j])}
     return {"method": "none"}  # 'passthrough'
 
 

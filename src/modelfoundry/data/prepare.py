@@ -11,6 +11,7 @@ from modelfoundry.config import DataConfig
 from modelfoundry.data.balance import class_weights
 from modelfoundry.data.clean import FeatureSpec, clean_rows, infer_task, plan_features
 from modelfoundry.data.fingerprint import fingerprint
+from modelfoundry.data.portable import PortablePreprocessor, describe_preprocessor
 from modelfoundry.data.sources import describe_source, load_source
 from modelfoundry.data.split import split_indices
 from modelfoundry.data.transform import Preprocessor, TargetEncoder
@@ -36,7 +37,7 @@ class PreparedData:
     X: dict[str, np.ndarray]  # split -> (N, *input_shape) float32
     y: dict[str, np.ndarray]  # split -> class indices (int64) or standardised targets (float32)
     rows: dict[str, np.ndarray]  # split -> row numbers in the source, for error analysis
-    preprocessor: Preprocessor
+    preprocessor: PortablePreprocessor  # what is saved and applied everywhere; .fitted is the scikit-learn one
     target_encoder: TargetEncoder
     class_weights: np.ndarray | None
     info: dict[str, Any]  # what data.json records
@@ -57,6 +58,7 @@ def load_clean(cfg: DataConfig) -> CleanData:
     frame, report = clean_rows(frame, specs, cfg, origin)
     if task == "classification" and frame[cfg.target].nunique() < 2:
         only = frame[cfg.target].iloc[0]
+        only = only.item() if isinstance(only, np.generic) else only
         raise DataError(f"Target '{cfg.target}' of {origin} has a single class ({only!r}) after cleaning; "
                         "a classifier needs at least two.", "Check data.target, or set data.task: regression.")
     if task == "regression":
@@ -94,7 +96,9 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
     `parts` holds the train, val and test rows of `clean.frame` (a cross-validation fold puts its held-out
     rows in 'test'); `seed` (the split seed) and `stratified` are recorded in `info['split']`.
     """
-    pre = Preprocessor(clean.specs, cfg.clean.outliers.method, cfg.clean.outliers.factor).fit(parts["train"])
+    fitted = Preprocessor(clean.specs, cfg.clean.outliers.method, cfg.clean.outliers.factor).fit(parts["train"])
+    pre = PortablePreprocessor(describe_preprocessor(fitted), fitted)
+    _check_description(fitted, pre, parts["train"])
     target = TargetEncoder(clean.task).fit(parts["train"][cfg.target])
     X = {name: pre.transform(part, f"the {name} split of {cfg.source}") for name, part in parts.items()}
     y = {name: target.encode(part[cfg.target], f"the {name} split of {cfg.source}") for name, part in parts.items()}
@@ -107,6 +111,20 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
     info["input_shape"] = list(pre.input_shape_)
     rows = {name: part.index.to_numpy() for name, part in parts.items()}
     return PreparedData(clean.task, X, y, rows, pre, target, weights, info)
+
+
+CHECK_ROWS = 512
+
+
+def _check_description(fitted: Preprocessor, portable: PortablePreprocessor, train: pd.DataFrame) -> None:
+    """The portable description must reproduce the scikit-learn preprocessing it was taken from; checked on
+    up to CHECK_ROWS training rows (a bug here would make served predictions differ from evaluated ones)."""
+    rows = train.iloc[:CHECK_ROWS]
+    expected, got = fitted.transform(rows, "the training split"), portable.transform(rows, "the training split")
+    if expected.shape != got.shape or not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
+        worst = float(np.abs(got - expected).max()) if expected.shape == got.shape else float("nan")
+        raise RuntimeError(f"The portable preprocessing differs from the fitted one (shapes {got.shape} vs "
+                           f"{expected.shape}, max difference {worst:.3g}); this is a bug in modelfoundry.")
 
 
 def _numeric_target(frame: pd.DataFrame, target: str, origin: str) -> pd.Series:

@@ -45,13 +45,30 @@ class Preprocessor:
             return self
         from sklearn.compose import ColumnTransformer
 
+        # one scikit-learn pipeline per treatment, over all the columns that share it: a wide table of 2,000
+        # numeric columns is one imputer + one scaler, not 2,000 pipelines
+        self.groups_ = self._groups()
+        self.step_names_ = [f"group{i}" for i in range(len(self.groups_))]
         self.column_transformer_ = ColumnTransformer(
-            [(spec.name, self._pipeline(spec), spec.columns) for spec in self.specs],
-            sparse_threshold=0.0, verbose_feature_names_out=False)
-        self.column_transformer_.fit(self._tabular(frame, "the training data"))
-        self.feature_names_ = [str(n) for n in self.column_transformer_.get_feature_names_out()]
+            [(name, self._pipeline(specs[0]), [s.columns[0] for s in specs])
+             for name, specs in zip(self.step_names_, self.groups_)], sparse_threshold=0.0,
+            verbose_feature_names_out=False)
+        table = self._tabular(frame, "the training data")
+        self.column_transformer_.fit(table)
+        self.ranges_ = {spec.name: _range(table[spec.columns[0]]) for spec in self.specs if spec.kind == "numeric"}
+        grouped_names = [str(n) for n in self.column_transformer_.get_feature_names_out()]
+        self.order_ = self._spec_order(len(grouped_names))
+        self.feature_names_ = [grouped_names[i] for i in self.order_]
         self.input_shape_ = (len(self.feature_names_),)
         return self
+
+    def fitted_step(self, spec: FeatureSpec) -> tuple[Any, int]:
+        """(the fitted pipeline that treats `spec`'s column, the column's position among that pipeline's columns)."""
+        for name, specs in zip(self.step_names_, self.groups_):
+            for j, member in enumerate(specs):
+                if member is spec or member.name == spec.name:
+                    return self.column_transformer_.named_transformers_[name], j
+        raise KeyError(spec.name)
 
     def transform(self, frame: pd.DataFrame, origin: str = "the input") -> np.ndarray:
         """Raw rows -> float32 array of shape (N, *input_shape_)."""
@@ -62,11 +79,33 @@ class Preprocessor:
         if image is not None:
             pixels = (self._pixels(frame, image, origin) - self.offset_) / self.divisor_
             return pixels.reshape(len(frame), *self.input_shape_).astype(np.float32)
-        return self.column_transformer_.transform(self._tabular(frame, origin)).astype(np.float32)
+        grouped = self.column_transformer_.transform(self._tabular(frame, origin))
+        return np.ascontiguousarray(grouped[:, self.order_], dtype=np.float32)  # back in the order of the columns
 
     # ---------------------------------------------------------------------------------------- internals
     def _image_spec(self) -> FeatureSpec | None:
         return self.specs[0] if self.specs[0].kind == "image" else None
+
+    def _groups(self) -> list[list[FeatureSpec]]:
+        """The tabular specs grouped by identical treatment, in order of first appearance."""
+        groups: dict[tuple, list[FeatureSpec]] = {}
+        for spec in self.specs:
+            key = (spec.kind, spec.missing, repr(spec.fill_value), spec.scale, spec.encode)
+            groups.setdefault(key, []).append(spec)
+        return list(groups.values())
+
+    def _spec_order(self, width: int) -> np.ndarray:
+        """Positions in the grouped output of each spec's outputs, in spec order (the features' order)."""
+        start, spans = 0, {}
+        for name, specs in zip(self.step_names_, self.groups_):
+            step = self.column_transformer_.named_transformers_[name]
+            for j, spec in enumerate(specs):
+                n = _output_width(spec, step, j)
+                spans[spec.name] = range(start, start + n)
+                start += n
+        if start != width:
+            raise RuntimeError(f"The fitted preprocessing gives {width} features but its columns describe {start}.")
+        return np.array([k for spec in self.specs for k in spans[spec.name]], dtype=np.int64)
 
     def _pipeline(self, spec: FeatureSpec) -> Any:
         from sklearn.impute import SimpleImputer
@@ -121,6 +160,18 @@ class Preprocessor:
                             "Send the same columns as the training data (extra columns are ignored).")
 
 
+def _output_width(spec: FeatureSpec, pipeline: Any, j: int) -> int:
+    if spec.kind == "categorical" and spec.encode == "onehot":
+        return len(pipeline.named_steps["encode"].categories_[j])
+    return 1
+
+
+def _range(values: pd.Series) -> list[float] | None:
+    """[min, max] of a numeric training column (missing values ignored), or None when it has no value."""
+    present = values.dropna()
+    return [float(present.min()), float(present.max())] if len(present) else None
+
+
 def assemble_pixels(frame: pd.DataFrame, columns: list[str], shape: Any, name: str, origin: str) -> np.ndarray:
     """(N, C*H*W) float64 pixels: from one column whose cells are arrays, else one pixel per column."""
     n_values = int(np.prod(shape))
@@ -131,7 +182,14 @@ def assemble_pixels(frame: pd.DataFrame, columns: list[str], shape: Any, name: s
             raise DataError(f"Image column '{columns[0]}' of {origin} holds arrays of sizes {sorted(sizes)[:5]}; "
                             f"the model expects {list(shape)} ({n_values} values).",
                             "Resize the images, or set data.features.<column>.shape.")
-        pixels = np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in cells])
+        try:
+            pixels = np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in cells])
+        except (TypeError, ValueError):
+            raise DataError(f"Image column '{columns[0]}' of {origin} holds values that are not numbers.",
+                            "Send each image as a nested list of numbers.") from None
+        if np.isinf(pixels).any():
+            raise DataError(f"Image column '{columns[0]}' of {origin} has infinite pixel values.",
+                            "Pixel values must be finite numbers.")
     else:
         pixels = np.column_stack([to_numeric(frame[c], c, origin).to_numpy() for c in columns])
     if np.isnan(pixels).any():
@@ -146,9 +204,20 @@ class TargetEncoder:
     def __init__(self, task: str):
         self.task = task
 
+    @classmethod
+    def from_description(cls, desc: dict[str, Any]) -> TargetEncoder:
+        """The fitted encoder a portable description's `target` entry holds (see data/portable.py)."""
+        encoder = cls(desc["task"])
+        if encoder.task == "classification":
+            encoder.classes_ = list(desc["classes"])
+            encoder.index_ = {label: i for i, label in enumerate(encoder.classes_)}
+        else:
+            encoder.mean_, encoder.std_ = float(desc["mean"]), float(desc["std"])
+        return encoder
+
     def fit(self, y: pd.Series) -> TargetEncoder:
         if self.task == "classification":
-            self.classes_ = sorted(y.dropna().unique().tolist(), key=lambda v: (str(type(v)), v))
+            self.classes_ = sorted((_plain(v) for v in y.dropna().unique().tolist()), key=lambda v: (str(type(v)), v))
             self.index_ = {label: i for i, label in enumerate(self.classes_)}
         else:
             values = to_numeric(y, str(y.name), "the target").to_numpy()
@@ -160,8 +229,14 @@ class TargetEncoder:
             values = to_numeric(y, str(y.name), origin).to_numpy()
             return ((values - self.mean_) / self.std_).astype(np.float32)
         codes = y.map(self.index_)
+        if codes.isna().any():  # the same labels written another way: 0 read as '0' or 0.0 from another file
+            by_text = {}
+            for i, label in enumerate(self.classes_):
+                by_text.setdefault(label_text(label), []).append(i)
+            unique = {text: found[0] for text, found in by_text.items() if len(found) == 1}
+            codes = codes.where(codes.notna(), y.map(lambda v: unique.get(label_text(v))))
         if codes.isna().any():
-            unseen = sorted({str(v) for v in y[codes.isna()]})[:5]
+            unseen = sorted({str(_plain(v)) for v in y[codes.isna()]})[:5]
             raise DataError(f"Target column '{y.name}' of {origin} has label(s) {unseen} that the model never saw;"
                             f" it knows {[str(c) for c in self.classes_]}.",
                             "Evaluate on data with the training labels, or retrain with these classes.")
@@ -172,3 +247,23 @@ class TargetEncoder:
         if self.task == "regression":
             return np.asarray(encoded, dtype=np.float64) * self.std_ + self.mean_
         return np.asarray(self.classes_, dtype=object)[np.asarray(encoded, dtype=np.int64)]
+
+
+def label_text(value: Any) -> str:
+    """A class label as canonical text: 0, 0.0, '0' and np.int64(0) all read '0'; '1.50' and 1.5 read '1.5'."""
+    value = _plain(value)
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return value
+        value = number
+    if isinstance(value, (int, float)) and np.isfinite(value):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

@@ -27,6 +27,7 @@ from modelfoundry.train.optim import Schedule, build_loss, build_optimizer, deca
 from modelfoundry.train.runtime import autocast_dtype, restore_rng_state, rng_state, select_device
 
 EVAL_BATCH = 4096
+CHECKPOINT_FORMAT = 2  # 1 (modelfoundry 0.1) needed weights_only=False to load: it is refused
 PROGRESS_INTERVAL_S = 0.25
 
 
@@ -92,7 +93,7 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
     start_epoch = 0
     ckpt_dir = run_dir / "checkpoints" if run_dir else None
     if resume:
-        state = _load_checkpoint(ckpt_dir, device)
+        state = load_checkpoint(ckpt_dir / "last.pt" if ckpt_dir else Path("checkpoints/last.pt"), device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -121,10 +122,12 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
 
     def checkpoint(epoch: int) -> None:
         nonlocal best_saved
-        save_atomic({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                     "early_stopping": stopper.state_dict(), "rng": rng_state(generator), "history": history,
-                     "best_model": best.state}, ckpt_dir / "last.pt")
+        save_atomic({"format": CHECKPOINT_FORMAT, "epoch": epoch, "epochs": cfg.epochs,
+                     "finished": epoch == cfg.epochs or stopper.should_stop, "model": model.state_dict(),
+                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                     "scaler": scaler.state_dict() if scaler else None, "early_stopping": stopper.state_dict(),
+                     "rng": rng_state(generator), "history": plain(history), "best_model": best.state},
+                    ckpt_dir / "last.pt")
         if best.state is not None and best_saved != best.version:  # best.pt only when it changed
             save_atomic(best.state, ckpt_dir / "best.pt")
             best_saved = best.version
@@ -275,12 +278,41 @@ def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.require(array, requirements=["C", "W"])).to(device)
 
 
-def _load_checkpoint(ckpt_dir: Path | None, device: torch.device) -> dict[str, Any]:
-    path = ckpt_dir / "last.pt" if ckpt_dir else None
-    if path is None or not path.is_file():
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A last.pt written by `fit`, loaded data-only (weights_only=True: a checkpoint holding code is refused)."""
+    if not path.is_file():
         raise RunDirError(f"Cannot resume: there is no checkpoint at {path}.",
                           "Resume a run directory that trained at least one epoch, or start a new run.")
-    return torch.load(path, map_location=device, weights_only=False)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt, or holding objects that are not plain data
+        from modelfoundry.errors import first_line
+
+        why = first_line(exc)
+        if "Weights only load failed" in why or "Unsupported global" in str(exc):
+            why = "it holds objects other than tensors and plain values, which could run code, so it was not loaded"
+        raise RunDirError(f"Cannot resume from {path}: {why}.",
+                          "The checkpoint is damaged or not from this version of modelfoundry; start a new run "
+                          "(the run's finished model, if any, is in model/).") from None
+    needed = {"epoch", "model", "optimizer", "schedule", "early_stopping", "rng", "history"}
+    if not isinstance(state, dict) or not needed <= set(state):
+        missing = sorted(needed - set(state)) if isinstance(state, dict) else sorted(needed)
+        raise RunDirError(f"Cannot resume from {path}: it is not a modelfoundry checkpoint (missing "
+                          f"{', '.join(missing)}).", "Start a new run.")
+    return state
+
+
+def plain(value: Any) -> Any:
+    """`value` with numpy scalars and arrays turned into Python values and tensors (weights_only can load it)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    return value
 
 
 class _DeferredInterrupt:
