@@ -78,7 +78,9 @@ def plan_features(frame: pd.DataFrame, cfg: DataConfig, origin: str) -> list[Fea
             _add_image_column(groups, specs, key, column, override, frame[column], origin)
             continue
         if kind == "numeric":
-            frame[column] = to_numeric(frame[column], column, origin)
+            converted = to_numeric(frame[column], column, origin)
+            if converted.dtype != frame[column].dtype:  # a wide float table is checked, not copied
+                frame[column] = converted
         elif override.missing in ("mean", "median"):
             raise DataError(f"Column '{column}' of {origin} is categorical, so missing: {override.missing} cannot "
                             "fill it.", f"Use missing: most_frequent, constant or drop for '{column}'.")
@@ -209,11 +211,11 @@ def _override_for(column: str, features: dict[str, FeatureConfig]) -> tuple[str,
 def _infer_kind(series: pd.Series) -> str:
     import pandas as pd
 
+    if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        return "numeric"  # checked first: a numeric dtype cannot hold arrays, and it is the common case
     first = series.dropna().iloc[0] if series.notna().any() else None
     if isinstance(first, (list, tuple, np.ndarray)):
         return "image"
-    if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
-        return "numeric"
     converted = pd.to_numeric(series, errors="coerce")
     present = series.notna().sum()
     parsed = (converted.notna() & series.notna()).sum()

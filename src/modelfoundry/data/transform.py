@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelfoundry.data.clean import FeatureSpec, OutlierClipper, to_numeric
+from modelfoundry.data.clean import FeatureSpec, OutlierClipper, raise_infinite, to_numeric
 from modelfoundry.errors import DataError
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class Preprocessor:
             verbose_feature_names_out=False)
         table = self._tabular(frame, "the training data")
         self.column_transformer_.fit(table)
-        self.ranges_ = {spec.name: _range(table[spec.columns[0]]) for spec in self.specs if spec.kind == "numeric"}
+        self.ranges_ = _ranges(table, [spec for spec in self.specs if spec.kind == "numeric"])
         grouped_names = [str(n) for n in self.column_transformer_.get_feature_names_out()]
         self.order_ = self._spec_order(len(grouped_names))
         self.feature_names_ = [grouped_names[i] for i in self.order_]
@@ -64,11 +64,11 @@ class Preprocessor:
 
     def fitted_step(self, spec: FeatureSpec) -> tuple[Any, int]:
         """(the fitted pipeline that treats `spec`'s column, the column's position among that pipeline's columns)."""
-        for name, specs in zip(self.step_names_, self.groups_):
-            for j, member in enumerate(specs):
-                if member is spec or member.name == spec.name:
-                    return self.column_transformer_.named_transformers_[name], j
-        raise KeyError(spec.name)
+        if getattr(self, "_steps_by_name", None) is None:  # built once: a wide table asks 2,000 times
+            fitted = self.column_transformer_.named_transformers_
+            self._steps_by_name = {member.name: (fitted[name], j) for name, specs in zip(self.step_names_, self.groups_)
+                                   for j, member in enumerate(specs)}
+        return self._steps_by_name[spec.name]
 
     def transform(self, frame: pd.DataFrame, origin: str = "the input") -> np.ndarray:
         """Raw rows -> float32 array of shape (N, *input_shape_)."""
@@ -132,8 +132,19 @@ class Preprocessor:
         import pandas as pd
 
         out = {}
+        numbers = [s.columns[0] for s in self.specs if s.kind == "numeric" and s.missing != "drop"]
+        block = frame[numbers] if numbers else None
+        if block is not None and all(pd.api.types.is_float_dtype(t) for t in block.dtypes):
+            # a wide float table in one array operation (the per-column path costs ~0.2 ms a column)
+            infinite = np.isinf(block.to_numpy())
+            if infinite.any():
+                j = int(np.flatnonzero(infinite.any(axis=0))[0])
+                raise_infinite(numbers[j], block.index[infinite[:, j]], origin)
+            out = dict(block.items())
         for spec in self.specs:
             column = spec.columns[0]
+            if column in out:
+                continue
             series = frame[column]
             if spec.missing == "drop" and series.isna().any():
                 rows = ", ".join(str(i) for i in series.index[series.isna()][:5])
@@ -166,10 +177,16 @@ def _output_width(spec: FeatureSpec, pipeline: Any, j: int) -> int:
     return 1
 
 
-def _range(values: pd.Series) -> list[float] | None:
-    """[min, max] of a numeric training column (missing values ignored), or None when it has no value."""
-    present = values.dropna()
-    return [float(present.min()), float(present.max())] if len(present) else None
+def _ranges(table: pd.DataFrame, specs: list[FeatureSpec]) -> dict[str, list[float] | None]:
+    """{feature: [min, max]} of numeric training columns (missing values ignored; None when a column has no
+    value), in one pass over the table."""
+    if not specs:
+        return {}
+    values = table[[s.columns[0] for s in specs]].to_numpy(dtype=np.float64)
+    present = ~np.isnan(values).all(axis=0)
+    with np.errstate(invalid="ignore"):
+        low, high = np.nanmin(np.where(present, values, 0.0), axis=0), np.nanmax(np.where(present, values, 0.0), axis=0)
+    return {s.name: [float(low[j]), float(high[j])] if present[j] else None for j, s in enumerate(specs)}
 
 
 def assemble_pixels(frame: pd.DataFrame, columns: list[str], shape: Any, name: str, origin: str) -> np.ndarray:
