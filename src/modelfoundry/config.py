@@ -638,18 +638,30 @@ def load_config(source: str | Path | dict[str, Any]) -> Config:
         return _validate(source, origin="config", lines={})
     path = Path(source)
     if not path.is_file():
-        raise ConfigError(f"Config file '{path}' does not exist.",
+        what = "is a directory, not a YAML file" if path.is_dir() else \
+            "is not a regular file" if path.exists() else "does not exist"
+        raise ConfigError(f"Config file '{path}' {what}.",
                           "Check the path; the examples/ folder has ready configs (examples/digits.yaml).")
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at line {line} cannot "
+                          "be decoded.", "Save the config as UTF-8 (most editors have an encoding option).") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        lines = _key_lines(node) if node is not None else {}
         data = yaml.safe_load(text)
-        lines = _key_lines(yaml.compose(text)) if data is not None else {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path} is not valid YAML{where}: {problem}.",
                           "Check indentation and that each 'key: value' has a space after the colon.") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is nested too deeply to read (more than a few hundred levels).",
+                          "A config is a few levels deep (section: key: value); check for runaway brackets "
+                          "or indentation.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (name, data, model, training, ...), "
                           f"got {type(data).__name__}.", "See docs/config.md for the layout.")
@@ -762,12 +774,25 @@ def _line_of(loc: tuple, lines: dict[tuple, int]) -> int | None:
 
 
 def _key_lines(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
-    """Map each key path in a composed YAML document to its 1-based line number."""
+    """Map each key path in a composed YAML document to its 1-based line number.
+
+    A key given twice in one mapping is an error naming both lines: YAML loaders keep the last silently.
+    """
     out: dict[tuple, int] = {}
     if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, str], int] = {}
         for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):  # a list or mapping as a key: the loader reports it
+                continue
             path = prefix + (key.value,)
-            out[path] = key.start_mark.line + 1
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in seen and key.tag != "tag:yaml.org,2002:merge":
+                dotted = ".".join(str(p) for p in path)
+                raise ConfigError(f"'{dotted}' is given twice, at lines {seen[key.tag, key.value]} and {line}; "
+                                  "YAML would silently keep only the second.",
+                                  "Delete one of the two (or merge them into one section).")
+            seen[key.tag, key.value] = line
+            out[path] = line
             out.update(_key_lines(value, path))
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):

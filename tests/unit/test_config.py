@@ -85,3 +85,38 @@ def test_split_fractions_and_metric_names_are_checked():
     assert "at least 10%" in str(pytest.raises(ConfigError, load_config, bad).value)
     bad = tiny_config(evaluation={"metrics": ["acuracy"]})
     assert "Did you mean 'accuracy'" in str(pytest.raises(ConfigError, load_config, bad).value)
+
+
+def test_duplicate_keys_are_rejected_with_both_lines(tmp_path):
+    path = write(tmp_path, """\
+        name: x
+        data:
+          source: sklearn:iris
+          target: target
+          source: sklearn:wine
+        """)
+    with pytest.raises(ConfigError, match=r"'data\.source' is given twice, at lines 3 and 5"):
+        load_config(path)
+    top = write(tmp_path, "name: a\nseed: 1\nname: b\n")
+    with pytest.raises(ConfigError, match=r"'name' is given twice, at lines 1 and 3"):
+        load_config(top)
+    # the same key in two different sections, and 1 next to '1', are not duplicates
+    ok = write(tmp_path, "name: x\ndata:\n  source: sklearn:iris\n  features:\n    '1': {type: numeric}\n"
+                         "training:\n  epochs: 2\n")
+    assert load_config(ok).training.epochs == 2
+
+
+def test_unreadable_config_files_are_config_errors(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"name: x\ndata:\n  source: caf\xe9.csv\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text: byte 0xe9 at line 3"):
+        load_config(latin)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: x\nmodel: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(deep)
+    with pytest.raises(ConfigError, match="is a directory, not a YAML file"):
+        load_config(tmp_path)
+    complex_key = write(tmp_path, "? [1, 2]\n: x\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(complex_key)
