@@ -202,6 +202,7 @@ def compress(model: RunDirArg,
     if prefer is not None and prefer not in ("latency", "size"):
         raise ConfigError(unknown_name("--prefer", prefer, ["latency", "size"]))
     variants = [v.strip() for v in only.split(",") if v.strip()] if only else None
+    _say_tracking(config=model / "config.yaml" if model.is_dir() else None)
     result = compress_model(str(model), max_drop=max_drop, prefer=prefer, out=out, variants=variants,
                             progress=not no_progress)
     _print_compress_summary(result)
@@ -210,9 +211,9 @@ def compress(model: RunDirArg,
         if failing is None:
             reason = "no variant could be measured"
         else:
-            reason = (f"the closest, {failing['name']}, changes validation {result.metric} by "
-                      f"{failing['metric_delta']:+.4f} (allowed: {'+' if result.lower_is_better else '-'}"
-                      f"{result.max_drop:g})")
+            failed = [c for c in failing["guard"] if not c["passed"]]
+            reason = (f"the closest, {failing['name']}, fails the {', '.join(c['metric'] for c in failed)} "
+                      f"guard{'s' if len(failed) > 1 else ''}: {'; '.join(_guard_failure(c) for c in failed)}")
         kept = [e for e in result.variants if e["passed_guard"] and e["servable"]]
         if failing is None and kept:
             reason = "the variants within the guard are neither faster nor smaller than the original here"

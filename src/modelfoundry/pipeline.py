@@ -6,6 +6,7 @@ The composition of stages lives here: config -> data -> model -> train -> evalua
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -51,13 +52,27 @@ def run(config: Config | str | Path | None = None, *, run_dir: str | Path | None
         progress: show a progress bar.
     """
     started = time.perf_counter()
+    if resume is not None:  # a finished run resumes as a no-op; one cut off after training finishes its steps
+        done = _completed_run(Path(resume), evaluated=True)
+        if done is not None:
+            done.wall_s = time.perf_counter() - started
+            return done
     data, fit_result, config, run_path = _train(config, run_dir, resume, progress)
     result = RunResult(run_path, data.task, {}, [], fit_result.best_epoch, len(fit_result.history),
                        fit_result.monitor, fit_result.best_value, fit_result.stopped_early, fit_result.interrupted)
     if not fit_result.interrupted:
-        result.metrics, result.headline = _evaluate_test(config, data, fit_result, run_path)
+        evaluated = run_path / "eval" / "metrics.json"
+        if fit_result.extras.get("finished_before") and evaluated.is_file():  # only registration was cut off
+            from modelfoundry.evaluate.metrics import headline
+
+            result.metrics = read_json(evaluated)
+            result.headline = headline(data.task, config.evaluation.metrics, result.metrics)
+        else:
+            result.metrics, result.headline = _evaluate_test(config, data, fit_result, run_path)
         if config.tracking.enabled:
             result.extras["registry"] = _track(run_path, config, result.metrics)
+            write_json(run_path / REGISTERED, {k: result.extras["registry"].get(k)
+                                               for k in ("model", "version", "run_id", "experiment")})
     result.wall_s = time.perf_counter() - started
     return result
 
@@ -66,6 +81,11 @@ def train(config: Config | str | Path | None = None, *, run_dir: str | Path | No
           resume: str | Path | None = None, progress: bool = True) -> RunResult:
     """Prepare the data and train (no test evaluation); the model is saved in `run_dir/model/`."""
     started = time.perf_counter()
+    if resume is not None:
+        done = _completed_run(Path(resume), evaluated=False)
+        if done is not None:
+            done.wall_s = time.perf_counter() - started
+            return done
     data, fit_result, config, run_path = _train(config, run_dir, resume, progress)
     return RunResult(run_path, data.task, {}, [], fit_result.best_epoch, len(fit_result.history), fit_result.monitor,
                      fit_result.best_value, fit_result.stopped_early, fit_result.interrupted,
@@ -363,35 +383,61 @@ def _fresh_dir(root: Path, prefix: str) -> Path:
 
 def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[PreparedData, FitResult, Config, Path]:
     from modelfoundry.data.prepare import prepare_data
-    from modelfoundry.experiment import fit_config
-    from modelfoundry.manifest import build_manifest
-    from modelfoundry.rundir import create_run_dir, load_run_config, save_config, save_model
-    from modelfoundry.train.runtime import seed_everything, select_device
+    from modelfoundry.rundir import load_run_config, plan_run_dir, save_config
 
+    finished_before = False
     if resume is not None:
         run_path = Path(resume)
         config = load_run_config(run_path)
+        finished_before = _finished_checkpoint(run_path, config) is not None
     else:
         config = _as_config(config)
-        run_path = create_run_dir(config, run_dir)
+        run_path = plan_run_dir(config, run_dir)  # checked now, created once the data is known to be usable
     data = prepare_data(config.data, config.seed)
     check_task(config, data.task)
-    if resume is None:  # the run directory records where the data is, whatever the working directory
-        from modelfoundry.data.sources import describe_source
-
-        config = config.model_copy(update={"data": config.data.model_copy(
-            update={"source": describe_source(config.data.source)})})
     if resume is not None:
         _check_same_data(run_path, data.info)
-    else:
+        return _fit_and_save(config, data, run_path, True, finished_before, progress)
+    from modelfoundry.data.sources import describe_source
+
+    # the run directory records where the data is, whatever the working directory
+    config = config.model_copy(update={"data": config.data.model_copy(
+        update={"source": describe_source(config.data.source)})})
+    created = not run_path.exists()
+    try:
+        run_path.mkdir(parents=True, exist_ok=True)
         save_config(run_path, config)
         write_json(run_path / "data.json", data.info)
+        return _fit_and_save(config, data, run_path, False, False, progress)
+    except Exception:
+        if created and not (run_path / "checkpoints" / "last.pt").exists():  # nothing to resume: leave no husk
+            shutil.rmtree(run_path, ignore_errors=True)
+        raise
+
+
+def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bool, finished_before: bool,
+                  progress: bool) -> tuple[PreparedData, FitResult, Config, Path]:
+    from modelfoundry.experiment import fit_config
+    from modelfoundry.manifest import build_manifest
+    from modelfoundry.rundir import save_model
+    from modelfoundry.train.runtime import seed_everything, select_device
+
     determinism = seed_everything(config.seed, config.training.deterministic)
-    write_json(run_path / "manifest.json", build_manifest(
-        seed=config.seed, split_seed=data.info["split"]["seed"], device=str(select_device(config.training.device)),
-        determinism=determinism, config_hash=config_hash(config), fingerprint=data.info["fingerprint"],
-        project_dir=Path.cwd()))
-    fit_result = fit_config(config, data, run_dir=run_path, resume=resume is not None, progress=progress)
+    if not finished_before:  # a finished run keeps the manifest of the process that trained it
+        write_json(run_path / "manifest.json", build_manifest(
+            seed=config.seed, split_seed=data.info["split"]["seed"],
+            device=str(select_device(config.training.device)), determinism=determinism,
+            config_hash=config_hash(config), fingerprint=data.info["fingerprint"], project_dir=Path.cwd()))
+    try:
+        fit_result = fit_config(config, data, run_dir=run_path, resume=resume, progress=progress)
+    except (MemoryError, RuntimeError) as exc:
+        error = _allocation_error(exc, config)
+        if error is exc:
+            raise
+        raise error from None
+    fit_result.extras["finished_before"] = finished_before
+    if finished_before and _model_saved(run_path):
+        return data, fit_result, config, run_path
     if not fit_result.interrupted:
         spec = {"name": config.name, "task": data.task, "input_shape": list(data.preprocessor.input_shape_),
                 "n_outputs": data.n_outputs, "target": config.data.target, "columns": data.preprocessor.columns,
@@ -487,6 +533,67 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult,
                                history=fit_result.history, baselines=baselines, title=f"{config.name}: test split",
                                facts=facts)
     return metrics, headline(data.task, config.evaluation.metrics, metrics)
+
+
+REGISTERED = "registered.json"  # written once `run` has logged and registered the run
+
+
+def _finished_checkpoint(run_path: Path, config: Config) -> dict[str, Any] | None:
+    """The state of the run's last checkpoint if its training ended (last epoch or early stopping), else None."""
+    from modelfoundry.train.loop import checkpoint_finished, load_checkpoint
+
+    state = load_checkpoint(run_path / "checkpoints" / "last.pt")
+    return state if checkpoint_finished(state, config.training) else None
+
+
+def _model_saved(run_path: Path) -> bool:
+    from modelfoundry.rundir import PREPROCESS
+
+    return all((run_path / p).is_file() for p in ("model/weights.pt", "model/model.json", PREPROCESS))
+
+
+def _completed_run(run_path: Path, *, evaluated: bool) -> RunResult | None:
+    """For `--resume` of a run with nothing left to do (trained to its end or stopped early, model saved and,
+    for `run`, evaluated and registered): its result, read from the run directory, without writing anything.
+    None when something is left to do."""
+    from modelfoundry.evaluate.metrics import headline
+    from modelfoundry.rundir import load_run_config, read_record
+
+    config = load_run_config(run_path)
+    state = _finished_checkpoint(run_path, config)
+    if state is None or not _model_saved(run_path):
+        return None
+    registered = run_path / REGISTERED
+    if evaluated and (not (run_path / "eval" / "metrics.json").is_file()
+                      or (config.tracking.enabled and not registered.is_file())):
+        return None
+    task = read_record(run_path / "model" / "model.json", run_path)["task"]
+    stopping = state["early_stopping"]
+    metrics = read_json(run_path / "eval" / "metrics.json") if evaluated else {}
+    result = RunResult(run_path, task, metrics, headline(task, config.evaluation.metrics, metrics) if metrics else [],
+                       stopping["best_epoch"], len(state["history"]), config.training.early_stopping.monitor
+                       if config.training.early_stopping else "val_loss", stopping["best"],
+                       stopped_early=state["epoch"] < state.get("epochs", config.training.epochs))
+    result.extras["already_finished"] = True
+    if evaluated and registered.is_file():
+        result.extras["registered_before"] = read_json(registered)
+    return result
+
+
+def _allocation_error(exc: BaseException, config: Config) -> BaseException:
+    """A TrainingError for memory that could not be allocated (a model or batch too big); other errors as they are."""
+    from modelfoundry.errors import TrainingError
+
+    text = first_line(exc) if str(exc) else type(exc).__name__
+    if not isinstance(exc, MemoryError) and not re.search(r"allocate|out of memory", text, re.IGNORECASE):
+        return exc
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", text)
+    sizes = {k: v for k, v in config.model.model_dump().items() if k in ("hidden", "channels")}
+    return TrainingError(f"The model does not fit in memory ({text}); model {config.model.name} with "
+                         f"{', '.join(f'{k}: {v}' for k, v in sizes.items())}, training.batch_size: "
+                         f"{config.training.batch_size}.",
+                         "Make the model smaller (model.hidden / model.channels) or the batches "
+                         "(training.batch_size), or train on a machine with more memory.")
 
 
 def _check_same_data(run_path: Path, info: dict[str, Any]) -> None:

@@ -27,6 +27,13 @@ FORMAT_VERSION = 1
 
 def create_run_dir(config: Config, run_dir: str | Path | None = None) -> Path:
     """`run_dir` if given (created if needed), else a fresh `<output.dir>/<name>-<timestamp>/`."""
+    root = plan_run_dir(config, run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def plan_run_dir(config: Config, run_dir: str | Path | None = None) -> Path:
+    """The directory `create_run_dir` would use, checked (not holding a run, not a file) but not created."""
     if run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         root = Path(config.output.dir) / f"{config.name}-{stamp}"
@@ -36,10 +43,11 @@ def create_run_dir(config: Config, run_dir: str | Path | None = None) -> Path:
             root = Path(config.output.dir) / f"{config.name}-{stamp}-{suffix}"
     else:
         root = Path(run_dir)
+        if root.exists() and not root.is_dir():
+            raise RunDirError(f"Run directory '{root}' is a file, not a directory.", "Pick a new --run-dir.")
         if (root / "model").exists() or (root / "checkpoints" / "last.pt").exists():
             raise RunDirError(f"Run directory '{root}' already holds a run.",
                               f"Pick a new --run-dir, or continue it with `foundry run --resume {root}`.")
-    root.mkdir(parents=True, exist_ok=True)
     return root
 
 

@@ -173,3 +173,37 @@ def test_train_then_evaluate_as_separate_stages(tmp_path):
     assert list((tmp_path / "run/tensorboard").glob("events.out.tfevents.*"))
     result = foundry("evaluate", tmp_path / "run")
     assert result.exit_code == 0 and (tmp_path / "run/eval/metrics.json").is_file(), result.output
+
+
+def test_resuming_a_finished_run_is_a_no_op(tmp_path):
+    """An early-stopped, registered run resumed: nothing trains, nothing is written, nothing is registered
+    again. With its evaluation cut off, resume evaluates (to the same metrics) without training."""
+    from modelfoundry.registry import list_models
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    cfg = write_config(tmp_path, tracking={"enabled": True, "uri": uri, "artifacts": str(tmp_path / "mlartifacts")},
+                       training={"epochs": 200, "optimizer": {"lr": 0.05}, "early_stopping": {"patience": 2}})
+    run_dir = tmp_path / "run"
+    assert foundry("run", cfg, "--run-dir", run_dir, "--no-progress").exit_code == 0
+    epochs = len((run_dir / "metrics.jsonl").read_text().splitlines())
+    assert epochs < 200
+    files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.rglob("*") if p.is_file()}
+    result = foundry("run", "--resume", run_dir, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "Nothing to resume" in result.output and "stopped early" in result.output
+    assert "Already registered as tiny/1" in result.output and "test accuracy" in result.output
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.rglob("*") if p.is_file()} == files
+    assert [m["versions"] for m in list_models(uri)] == [1]
+    assert foundry("train", "--resume", run_dir, "--no-progress").exit_code == 0
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.rglob("*") if p.is_file()} == files
+
+    import shutil
+
+    metrics = json.loads((run_dir / "eval/metrics.json").read_text())
+    shutil.rmtree(run_dir / "eval")  # killed after training, before the evaluation was written
+    result = foundry("run", "--resume", run_dir, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_dir / "eval/metrics.json").read_text()) == pytest.approx(metrics)
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == epochs
+    assert (run_dir / "model/weights.pt").read_bytes() == files[run_dir / "model/weights.pt"][1]
+    assert [m["versions"] for m in list_models(uri)] == [1]

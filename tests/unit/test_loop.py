@@ -146,3 +146,31 @@ def test_ctrl_c_checkpoints_and_resume_continues_exactly(make_config, tmp_path, 
     assert [r["val_loss"] for r in resumed.history] == pytest.approx([r["val_loss"] for r in straight.history])
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resuming_a_finished_fit_trains_no_further(make_config, tmp_path):
+    """An early-stopped run and a run trained to its last epoch both resume as they ended (no new epoch);
+    a checkpoint without the `finished` flag (older format) is judged by its epoch and early-stopping state."""
+    sections = dict(training={"epochs": 200, "optimizer": {"lr": 0.05}, "checkpoint": {"min_interval_s": 0},
+                              "early_stopping": {"monitor": "val_loss", "patience": 2}})
+    cfg, data, model = setup(make_config, **sections)
+    stopped = train(cfg, data, model, run_dir=tmp_path / "es")
+    assert stopped.stopped_early and len(stopped.history) < 200
+    last = tmp_path / "es" / "checkpoints" / "last.pt"
+    for drop_flag in (False, True):
+        if drop_flag:
+            state = torch.load(last, weights_only=True)
+            del state["finished"]
+            torch.save(state, last)
+        cfg, data, model = setup(make_config, **sections)
+        again = train(cfg, data, model, run_dir=tmp_path / "es", resume=True)
+        assert len(again.history) == len(stopped.history) and again.stopped_early
+        assert again.best_epoch == stopped.best_epoch and again.best_value == stopped.best_value
+        for key, value in weights_of(again.model).items():
+            torch.testing.assert_close(value, weights_of(stopped.model)[key])
+    cfg, data, model = setup(make_config, training={"epochs": 3})
+    full = train(cfg, data, model, run_dir=tmp_path / "full")
+    cfg, data, model = setup(make_config, training={"epochs": 3})
+    again = train(cfg, data, model, run_dir=tmp_path / "full", resume=True)
+    assert [r["epoch"] for r in again.history] == [1, 2, 3] and not again.stopped_early
+    assert again.best_epoch == full.best_epoch

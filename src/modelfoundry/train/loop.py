@@ -91,6 +91,7 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
     history: list[dict[str, Any]] = []
     best = BestWeights(model)
     start_epoch = 0
+    finished = False
     ckpt_dir = run_dir / "checkpoints" if run_dir else None
     if resume:
         state = load_checkpoint(ckpt_dir / "last.pt" if ckpt_dir else Path("checkpoints/last.pt"), device)
@@ -103,6 +104,7 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
         restore_rng_state(state["rng"], generator)
         history, start_epoch = state["history"], state["epoch"]
         best.load(state["best_model"])
+        finished = checkpoint_finished(state, cfg)  # trained to its end or stopped early: train no further
 
     extra_callbacks, callbacks = list(callbacks or []), []
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", history) if run_dir else None
@@ -134,9 +136,10 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
         metrics_log.flush()  # the log holds at least every checkpointed epoch
         policy.saved()
 
+    result.stopped_early = finished and stopper.should_stop
     try:
         with interrupt:
-            for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            for epoch in range(start_epoch + 1, start_epoch + 1 if finished else cfg.epochs + 1):
                 epoch_start = time.perf_counter()
                 model.train()
                 perm = torch.randperm(n, generator=generator).to(device)
@@ -300,6 +303,20 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
         raise RunDirError(f"Cannot resume from {path}: it is not a modelfoundry checkpoint (missing "
                           f"{', '.join(missing)}).", "Start a new run.")
     return state
+
+
+def checkpoint_finished(state: dict[str, Any], cfg: TrainingConfig) -> bool:
+    """Whether a checkpoint's run ended (its last epoch, or early stopping): resuming it trains no further.
+
+    Checkpoints record this as `finished`; for one without the flag, the epoch is compared with the
+    epochs planned and the early-stopping state with the patience.
+    """
+    if "finished" in state:
+        return bool(state["finished"])
+    if state["epoch"] >= state.get("epochs", cfg.epochs):
+        return True
+    stopping = state.get("early_stopping") or {}
+    return cfg.early_stopping is not None and stopping.get("bad_epochs", 0) >= cfg.early_stopping.patience
 
 
 def plain(value: Any) -> Any:
