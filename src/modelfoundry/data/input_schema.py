@@ -1,0 +1,345 @@
+"""A model's raw inputs as arrays: each request (or file) checked on its own, transformed, and flagged.
+
+`InputSchema` is compiled once from a portable preprocessing description (see portable.py). It turns the
+rows of one request - JSON records, OIP column tensors or a DataFrame - into `CheckedRows`: the numeric
+columns as one (N, Fn) float64 array (NaN where missing), the categorical columns as category codes, and
+the model input X, exactly what `apply_portable` computes. Every problem with one request's values (text
+or a list in a numeric column, an integer too large for a float, NaN or an infinite value, a value beyond
+float32 once scaled, an unseen category under `on_unseen="reject"`) is a DataError naming the column, so
+a bad request fails alone, before it can share a batch with others.
+
+`warnings` then flags, for a whole batch at once, every value the model did not see in training:
+
+    {"column": c, "kind": "unseen_category", "value": "Atlantis"}     # encoded as no known category
+    {"column": c, "kind": "imputed", "value": 43.9}                    # missing; the fill the model used
+    {"column": c, "kind": "out_of_range", "value": 912.0, "range": [lo, hi]}   # outside the training split
+
+Image models are checked and transformed by `apply_portable` on a DataFrame of the request (no warnings).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelfoundry.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+UNSEEN, MISSING = -1, -2  # category codes besides 0..K-1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+WARNING_KINDS = ("unseen_category", "imputed", "out_of_range")
+
+
+@dataclass
+class CheckedRows:
+    """One request's rows, checked: raw numeric values, category codes and texts, and the model input."""
+
+    numeric: np.ndarray  # (N, Fn) float64, NaN where missing
+    codes: np.ndarray  # (N, Fc) int64: category index, UNSEEN or MISSING
+    texts: np.ndarray  # (N, Fc) object: the categorical values as text (None where missing)
+    X: np.ndarray  # (N, *input_shape) float32: what the model takes
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def __getitem__(self, rows: slice) -> CheckedRows:
+        return CheckedRows(self.numeric[rows], self.codes[rows], self.texts[rows], self.X[rows])
+
+    @staticmethod
+    def join(parts: Sequence[CheckedRows]) -> CheckedRows:
+        if len(parts) == 1:
+            return parts[0]
+        return CheckedRows(*(np.concatenate([getattr(p, name) for p in parts])
+                             for name in ("numeric", "codes", "texts", "X")))
+
+
+class InputSchema:
+    """The raw columns a model reads and how each is checked, compiled from its portable description."""
+
+    def __init__(self, desc: dict[str, Any], on_unseen: str = "warn"):
+        self.desc = desc
+        self.on_unseen = on_unseen
+        self.columns: list[str] = list(desc["columns"])
+        self.image = desc["kind"] == "image"
+        features = [] if self.image else desc["features"]
+        self.numeric = [f for f in features if f["kind"] == "numeric" and f["width"] == 1]
+        self.categorical = [f for f in features if f["kind"] == "categorical"]
+        self.kinds = {f["column"]: f["kind"] for f in features} if not self.image else \
+            {c: "numeric" for c in self.columns}
+        self._compile_numeric()
+        self._compile_categorical()
+        self.others = set(self.columns) != set(self.num_columns)  # columns that itemgetter does not check
+        self.width = int(np.prod(desc["input_shape"]))
+
+    # ------------------------------------------------------------------------------------------ compile
+    def _compile_numeric(self) -> None:
+        num = self.numeric
+        self.num_columns = [f["column"] for f in num]
+        self.num_get = _getter(self.num_columns)
+        self.fill = np.array([f["fill"] for f in num], dtype=np.float64)
+        self.lower = np.array([f["clip"][0] if f["clip"] else -np.inf for f in num], dtype=np.float64)
+        self.upper = np.array([f["clip"][1] if f["clip"] else np.inf for f in num], dtype=np.float64)
+        # every scaling as (x - sub) / div * mul + add: the same float64 operations as apply_portable
+        scale = [f["scale"] for f in num]
+        self.sub = np.array([s["mean"] if s["method"] == "standard" else 0.0 for s in scale])
+        self.div = np.array([s["scale"] if s["method"] == "standard" else 1.0 for s in scale])
+        self.mul = np.array([s["scale"] if s["method"] == "minmax" else 1.0 for s in scale])
+        self.add = np.array([s["min"] if s["method"] == "minmax" else 0.0 for s in scale])
+        ranges = [f.get("range") or [np.nan, np.nan] for f in num]
+        self.range_min = np.array([r[0] for r in ranges], dtype=np.float64)
+        self.range_max = np.array([r[1] for r in ranges], dtype=np.float64)
+        self.num_drop = np.array([f["missing"] == "drop" for f in num], dtype=bool)
+        positions, offset = {}, 0
+        for f in ([] if self.image else self.desc["features"]):
+            positions[f["name"]] = offset
+            offset += f["width"]
+        self.num_pos = np.array([positions[f["name"]] for f in num], dtype=np.int64)
+        self._positions = positions
+
+    def _compile_categorical(self) -> None:
+        cat = self.categorical
+        self.cat_columns = [f["column"] for f in cat]
+        self.lookups = [{**{c: i for i, c in enumerate(f["categories"])}, None: MISSING} for f in cat]
+        self.fill_codes = np.array([lk.get(f["fill"], UNSEEN) if f["fill"] is not None else UNSEEN
+                                    for f, lk in zip(cat, self.lookups)], dtype=np.int64)
+        self.cat_drop = np.array([f["missing"] == "drop" for f in cat], dtype=bool)
+        self.onehot = np.array([f["encode"] == "onehot" for f in cat], dtype=bool)
+        self.cat_pos = np.array([self._positions[f["name"]] for f in cat], dtype=np.int64)
+
+    # ---------------------------------------------------------------------------------------- requests
+    def from_records(self, records: list[dict[str, Any]], origin: str = "the request") -> CheckedRows:
+        """JSON records ({column: value}) -> CheckedRows; a column absent from every record is an error,
+        absent from some records it is missing there; other keys are ignored."""
+        if self.image:
+            import pandas as pd
+
+            return self.from_frame(pd.DataFrame.from_records(records), origin)
+        try:
+            table = [self.num_get(r) for r in records]
+        except KeyError:
+            table = None
+        if table is None or self.others:  # some numeric column absent from a record, or other columns to check
+            self._require(lambda c: any(c in r for r in records), origin)
+        if table is None:
+            table = [tuple(r.get(c) for c in self.num_columns) for r in records]
+        numeric = self._numeric(table, len(records), origin)
+        texts = [[r.get(c) for r in records] for c in self.cat_columns]
+        return self._finish(numeric, texts, len(records), origin)
+
+    def from_columns(self, columns: dict[str, list[Any]], n: int, origin: str = "the request") -> CheckedRows:
+        """One list of n values per column (OIP v2 inputs) -> CheckedRows."""
+        if self.image:
+            import pandas as pd
+
+            return self.from_frame(pd.DataFrame(columns), origin)
+        self._require(lambda c: c in columns, origin)
+        table = list(zip(*(columns[c] for c in self.num_columns))) if self.num_columns else [()] * n
+        numeric = self._numeric(table, n, origin)
+        return self._finish(numeric, [columns[c] for c in self.cat_columns], n, origin)
+
+    def from_frame(self, frame: pd.DataFrame, origin: str = "the input") -> CheckedRows:
+        """A DataFrame (a data file) -> CheckedRows; X is `apply_portable`'s, errors are the files' errors."""
+        from modelfoundry.data.clean import to_numeric
+        from modelfoundry.data.portable import apply_portable
+
+        X = apply_portable(self.desc, frame, origin)  # checks columns, text, infinite and too-large values
+        n = len(frame)
+        if self.image:
+            return CheckedRows(np.empty((n, 0)), np.empty((n, 0), np.int64), np.empty((n, 0), object), X)
+        numeric = np.empty((n, len(self.num_columns)))
+        for j, column in enumerate(self.num_columns):
+            numeric[:, j] = to_numeric(frame[column], column, origin).to_numpy(dtype=np.float64)
+        codes = np.empty((n, len(self.cat_columns)), dtype=np.int64)
+        texts = np.empty((n, len(self.cat_columns)), dtype=object)
+        for j, column in enumerate(self.cat_columns):
+            missing = frame[column].isna().to_numpy()
+            values = frame[column].astype(str).to_numpy(dtype=object, copy=True)
+            values[missing] = None
+            texts[:, j] = values
+            codes[:, j] = [self.lookups[j].get(v, UNSEEN) for v in values]
+        return CheckedRows(numeric, codes, texts, X)
+
+    # -------------------------------------------------------------------------------------- internals
+    def _require(self, present: Callable[[str], bool], origin: str) -> None:
+        missing = [c for c in self.columns if not present(c)]
+        if missing:
+            shown = ", ".join(f"'{c}'" for c in missing[:8]) + (f" and {len(missing) - 8} more"
+                                                               if len(missing) > 8 else "")
+            raise DataError(f"{origin} lacks column(s) the model was trained on: {shown}.",
+                            "Send the same columns as the training data (extra columns are ignored).")
+
+    def _numeric(self, table: list[tuple], n: int, origin: str) -> np.ndarray:
+        """Rows of numeric values -> (N, Fn) float64 with NaN for missing (null); anything else is an error."""
+        shape = (n, len(self.num_columns))
+        try:
+            x = np.array(table, dtype=np.float64).reshape(shape) if n else np.empty(shape)
+            if x.shape != shape:
+                raise ValueError("nested values")
+        except (TypeError, ValueError, OverflowError):
+            _raise_bad_numeric(table, self.num_columns, origin)
+        bad = ~np.isfinite(x)
+        if bad.any():  # null -> missing; NaN/Infinity literals, "nan"/"inf" text and 1e400 are errors
+            for i, j in zip(*np.nonzero(bad)):
+                if table[i][j] is not None:
+                    raise DataError(_not_finite(self.num_columns[j], table[i][j], int(i), origin),
+                                    "Send finite numbers; send null for a missing value.")
+        return x
+
+    def _finish(self, numeric: np.ndarray, cat_values: list[Sequence[Any]], n: int, origin: str) -> CheckedRows:
+        codes = np.empty((n, len(self.cat_columns)), dtype=np.int64)
+        texts = np.empty((n, len(self.cat_columns)), dtype=object)
+        for j, (column, values) in enumerate(zip(self.cat_columns, cat_values)):
+            texts[:, j] = [v if v is None or type(v) is str else _category_text(v, column, i, origin)
+                           for i, v in enumerate(values)]
+            codes[:, j] = [self.lookups[j].get(t, UNSEEN) for t in texts[:, j]]
+        self._check_missing(numeric, codes, origin)
+        if self.on_unseen == "reject" and (codes == UNSEEN).any():
+            i, j = (int(k[0]) for k in np.nonzero(codes == UNSEEN))
+            feature = self.categorical[j]
+            raise DataError(f"Column '{feature['column']}' of {origin} has the value {texts[i, j]!r} (row {i}), a "
+                            "category the model never saw in training; this server rejects unseen categories.",
+                            "Send one of: " + ", ".join(map(str, feature["categories"][:20]))
+                            + (" ..." if len(feature["categories"]) > 20 else "") + ".")
+        return CheckedRows(numeric, codes, texts, self._transform(numeric, codes, origin))
+
+    def _check_missing(self, numeric: np.ndarray, codes: np.ndarray, origin: str) -> None:
+        missing = np.concatenate([np.isnan(numeric) & self.num_drop, (codes == MISSING) & self.cat_drop], axis=1)
+        if missing.any():
+            j = int(np.flatnonzero(missing.any(axis=0))[0])
+            column = (self.num_columns + self.cat_columns)[j]
+            rows = ", ".join(str(i) for i in np.flatnonzero(missing[:, j])[:5])
+            raise DataError(f"Column '{column}' of {origin} has missing values (rows {rows}), and the model "
+                            "was trained with missing: drop for it, so it cannot fill them.",
+                            "Fill those values before predicting, or retrain with missing: median.")
+
+    def _transform(self, numeric: np.ndarray, codes: np.ndarray, origin: str) -> np.ndarray:
+        """Fill, clip, scale and encode: the float32 model input (N, F), as apply_portable computes it."""
+        n = len(numeric)
+        x = np.where(np.isnan(numeric), self.fill, numeric)
+        x = (np.clip(x, self.lower, self.upper) - self.sub) / self.div * self.mul + self.add
+        too_large = np.abs(x) > FLOAT32_MAX
+        if too_large.any():
+            j = int(np.flatnonzero(too_large.any(axis=0))[0])
+            feature = self.numeric[j]
+            rows = ", ".join(str(i) for i in np.flatnonzero(too_large[:, j])[:5])
+            span = f" ({feature['range'][0]:g} to {feature['range'][1]:g})" if feature.get("range") else ""
+            raise DataError(f"Column '{feature['column']}' of {origin} has {int(too_large[:, j].sum())} value(s) "
+                            f"too large for the model (beyond float32 once scaled; rows {rows}).",
+                            f"Send values in the range the model was trained on{span}.")
+        out = np.zeros((n, self.width), dtype=np.float32)
+        out[:, self.num_pos] = x
+        if self.categorical:
+            codes = np.where(codes == MISSING, self.fill_codes, codes)
+            ordinal = ~self.onehot
+            out[:, self.cat_pos[ordinal]] = codes[:, ordinal]
+            hot = codes[:, self.onehot]
+            rows, cols = np.nonzero(hot >= 0)
+            out[rows, self.cat_pos[self.onehot][cols] + hot[rows, cols]] = 1.0
+        return out
+
+    # --------------------------------------------------------------------------------------- warnings
+    def warnings(self, rows: CheckedRows) -> tuple[list[list[dict[str, Any]]] | None, dict[tuple[str, str], int]]:
+        """Per-row warnings for a whole batch (None when there are none) and counts per (column, kind).
+
+        Vectorised: three masks over the batch; Python only touches the flagged values."""
+        if self.image or not len(rows):
+            return None, {}
+        x, codes = rows.numeric, rows.codes
+        with np.errstate(invalid="ignore"):
+            outside = (x < self.range_min) | (x > self.range_max)
+        masks = [("unseen_category", codes == UNSEEN, self.cat_columns),
+                 ("imputed", np.concatenate([np.isnan(x), codes == MISSING], axis=1),
+                  self.num_columns + self.cat_columns),
+                 ("out_of_range", outside, self.num_columns)]
+        if not any(mask.any() for _, mask, _ in masks):
+            return None, {}
+        per_row: list[list[dict[str, Any]]] = [[] for _ in range(len(rows))]
+        counts: dict[tuple[str, str], int] = {}
+        for kind, mask, columns in masks:
+            for i, j in zip(*np.nonzero(mask)):
+                per_row[i].append(self._warning(kind, columns[j], int(j), rows, int(i)))
+            for j in np.flatnonzero(mask.any(axis=0)):
+                counts[(columns[j], kind)] = int(mask[:, j].sum())
+        return per_row, counts
+
+    def _warning(self, kind: str, column: str, j: int, rows: CheckedRows, i: int) -> dict[str, Any]:
+        if kind == "unseen_category":
+            return {"column": column, "kind": kind, "value": rows.texts[i, j]}
+        if kind == "out_of_range":
+            return {"column": column, "kind": kind, "value": float(rows.numeric[i, j]),
+                    "range": [float(self.range_min[j]), float(self.range_max[j])]}
+        if j < len(self.num_columns):
+            return {"column": column, "kind": kind, "value": float(self.fill[j])}
+        return {"column": column, "kind": kind, "value": self.categorical[j - len(self.num_columns)]["fill"]}
+
+
+def _getter(columns: list[str]) -> Callable[[dict[str, Any]], tuple]:
+    """record -> tuple of its values for `columns` (KeyError when one is absent)."""
+    if len(columns) == 1:
+        column = columns[0]
+        return lambda record: (record[column],)
+    if not columns:
+        return lambda record: ()
+    return operator.itemgetter(*columns)
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _raise_bad_numeric(table: list[tuple], columns: list[str], origin: str) -> None:
+    """The first value numpy could not read as a float, as a DataError naming its column and row."""
+    for i, row in enumerate(table):
+        for column, value in zip(columns, row):
+            if value is None or isinstance(value, (bool, float)):
+                continue
+            if isinstance(value, int):
+                try:
+                    float(value)
+                    continue
+                except OverflowError:
+                    raise DataError(f"Column '{column}' of {origin} has an integer too large for a number "
+                                    f"({len(str(abs(value)))} digits; row {i}).",
+                                    "Send values in the range the model was trained on.") from None
+            if isinstance(value, str):
+                try:
+                    float(value)
+                    continue
+                except ValueError:
+                    raise DataError(f"Column '{column}' of {origin} should be numeric but holds text (row {i}: "
+                                    f"{_describe(value)}).", "Send numbers (or null for a missing value) in "
+                                    "numeric columns.") from None
+            raise DataError(f"Column '{column}' of {origin} should be a number but holds a "
+                            f"{type(value).__name__} (row {i}: {_describe(value)}).",
+                            "Send one number (or null) per column and row.")
+    raise DataError(f"The numeric columns of {origin} could not be read as numbers.",
+                    "Send one number (or null) per column and row.")
+
+
+def _not_finite(column: str, value: Any, row: int, origin: str) -> str:
+    if isinstance(value, float) and value != value:
+        return f"Column '{column}' of {origin} has NaN (row {row}); numeric values must be finite."
+    if isinstance(value, str) and math.isnan(float(value)):  # "nan" is text, as in files; "inf" is infinite
+        return f"Column '{column}' of {origin} should be numeric but holds text (row {row}: {_describe(value)})."
+    return f"Column '{column}' of {origin} has an infinite value (row {row}); numeric values must be finite."
+
+
+def _category_text(value: Any, column: str, row: int, origin: str) -> str:
+    """A categorical value as text, as pandas' astype(str) writes it (3 -> '3', 3.0 -> '3.0', True -> 'True')."""
+    if isinstance(value, (bool, int)):
+        return str(value)
+    if isinstance(value, float):
+        if np.isfinite(value):
+            return str(value)
+        raise DataError(f"Column '{column}' of {origin} has {value!r} (row {row}), which is not a category.",
+                        "Send a category as text; send null for a missing value.")
+    raise DataError(f"Column '{column}' of {origin} should hold one category but holds a {type(value).__name__} "
+                    f"(row {row}: {_describe(value)}).", "Send a category as text; send null for a missing value.")
