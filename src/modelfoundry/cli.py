@@ -31,28 +31,38 @@ def _console(stderr: bool = False) -> Any:
 
 
 def friendly_errors(command: Callable) -> Callable:
-    """Print FoundryErrors as one clean paragraph (no traceback) and exit with their code."""
+    """Print FoundryErrors as one clean paragraph (no traceback) and exit with their code. Credentials in URIs
+    are redacted from everything printed, tracebacks of unexpected errors included."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from modelfoundry.errors import FoundryError
+        from modelfoundry.redact import redact, redact_exception
+
+        def text(value: Any) -> str:  # redacted, and literal: a '[...]' in a message is not rich markup
+            from rich.markup import escape
+
+            return escape(redact(value))
 
         try:
             return command(*args, **kwargs)
         except FoundryError as exc:
             console = _console(stderr=True)
-            console.print(f"[bold red]Error:[/] {exc.message}", soft_wrap=True, markup=True)
+            console.print(f"[bold red]Error:[/] {text(exc.message)}", soft_wrap=True, markup=True)
             if exc.hint:
-                console.print(f"[bold]Next:[/] {exc.hint}", soft_wrap=True)
+                console.print(f"[bold]Next:[/] {text(exc.hint)}", soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:  # permissions, a full disk, a path that is a directory: not a bug, say so
-            where = f" '{exc.filename}'" if exc.filename else ""
-            _console(stderr=True).print(f"[bold red]Error:[/] could not access{where}: {exc.strerror or exc}.",
-                                        soft_wrap=True)
+            where = f" '{text(exc.filename)}'" if exc.filename else ""
+            _console(stderr=True).print(f"[bold red]Error:[/] could not access{where}: "
+                                        f"{text(exc.strerror or exc)}.", soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             _console(stderr=True).print("Interrupted.")
             raise typer.Exit(130) from None
+        except Exception as exc:  # a bug: its traceback stays, without the credentials of any URI in it
+            redact_exception(exc)
+            raise
 
     return wrapper
 
@@ -81,6 +91,7 @@ def run(config: Annotated[Optional[Path], typer.Argument(help="Experiment config
     from modelfoundry.pipeline import run as run_pipeline
 
     _need_config_or_resume(config, resume)
+    _say_tracking(config=config if config is not None else resume / "config.yaml")
     result = run_pipeline(config, run_dir=run_dir, resume=resume, progress=not no_progress)
     _print_summary(result)
 
@@ -177,6 +188,7 @@ def tune(config: ConfigArg,
     """Search hyperparameters with Optuna (the config's tune: section); writes best.yaml, trials.csv, plots."""
     from modelfoundry.pipeline import tune as tune_study
 
+    _say_tracking(config=config)
     result = tune_study(config, n_trials=n_trials, n_jobs=n_jobs, out=out, storage=storage, resume=resume,
                         progress=not no_progress)
     _print_tune_summary(result)
@@ -233,6 +245,8 @@ def export_model(model: RunDirArg,
     """Export to ONNX (dynamic batch) with its preprocessing sidecar, checked for parity on held-out rows."""
     from modelfoundry.pipeline import export
 
+    if not model.exists():  # a registered version: the export is recorded on it
+        _say_tracking()
     result = export(str(model), output, fmt=fmt, tolerance=tolerance)
     _console().print(f"Exported to [bold]{result.out_dir}[/] ({result.exporter} exporter, opset {result.opset}): "
                      f"max |torch - onnxruntime| = {result.max_abs_diff:.2e} on {result.rows_checked} held-out rows.")
@@ -384,6 +398,7 @@ def registry_promote(name: str, version: str,
     """Point an alias (default: production) at a version."""
     from modelfoundry.registry import promote
 
+    _say_tracking(uri)
     entry = promote(name, version, alias, reason, uri)
     _console().print(f"{name}@{alias}: v{entry['from'] or '-'} -> v{entry['to']}")
 
@@ -395,6 +410,7 @@ def registry_rollback(name: str, alias: Annotated[str, typer.Option("--alias", h
     """Move an alias back to the version that held it before."""
     from modelfoundry.registry import rollback
 
+    _say_tracking(uri)
     entry = rollback(name, alias, reason, uri)
     _console().print(f"{name}@{alias}: v{entry['from']} -> v{entry['to']} (rolled back)")
 
@@ -456,8 +472,30 @@ def models_import(archive: Annotated[Path, typer.Argument(help="A .tar.gz made b
     """Register an archived version in this registry as a new version (lineage kept; aliases not copied)."""
     from modelfoundry.archive import import_archive
 
+    _say_tracking(uri)
     info = import_archive(archive, name, uri)
     _console().print(f"Registered {info['name']} v{info['version']} (from {info['imported_from']}).")
+
+
+def _say_tracking(uri: Optional[str] = None, *, config: Optional[Path] = None) -> None:
+    """Say where tracking lives before a command writes to it: found from the working directory unless a URI
+    is set, so running from elsewhere would otherwise write to another store without a word (docs/tracking.md).
+    With `config`, its tracking section decides (nothing is said when tracking is off or the file is unreadable:
+    the command itself reports that)."""
+    from modelfoundry.registry import describe_uri
+
+    if config is not None:
+        from modelfoundry.config import load_config
+        from modelfoundry.errors import FoundryError
+
+        try:
+            tracking = load_config(config).tracking
+        except FoundryError:
+            return
+        if not tracking.enabled:
+            return
+        uri = tracking.uri
+    _console().print(f"Tracking: {describe_uri(uri)}", markup=False, soft_wrap=True)
 
 
 def _need_config_or_resume(config: Optional[Path], resume: Optional[Path]) -> None:
@@ -505,6 +543,8 @@ def _print_summary(result: Any) -> None:
 def _print_tune_summary(result: Any) -> None:
     from rich.table import Table
 
+    from modelfoundry.redact import redact
+
     console = _console()
     summary, metric = result.summary, result.metric
     states = summary["states"]
@@ -522,7 +562,7 @@ def _print_tune_summary(result: Any) -> None:
         for path, value in best["params"].items():
             table.add_row(f"  {path}", f"{value:.4g}" if isinstance(value, float) else str(value))
     table.add_row("output", str(result.out_dir))
-    table.add_row("storage", result.storage)
+    table.add_row("storage", redact(result.storage))
     table.add_row("wall time", f"{result.wall_s:.1f} s")
     console.print(table)
     ranked = sorted((r for r in result.rows if r["state"] == "COMPLETE" and r["value"] is not None),

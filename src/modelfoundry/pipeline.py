@@ -452,23 +452,20 @@ def _track(run_path: Path, config: Config, metrics: dict[str, float], *, parent_
     """Log the run to MLflow and register its model; failures keep the run directory and say how to retry."""
     import json
 
-    from modelfoundry.errors import RegistryError
-    from modelfoundry.registry import log_run, resolve_uri, tag_version
+    from modelfoundry.errors import FoundryError
+    from modelfoundry.registry import log_run, store_error, tag_version
 
     try:
         logged = log_run(run_path, config, metrics, parent_version=parent_version)
-        if recipe is not None and logged["version"]:
+        if recipe is not None and logged["version"] and not logged["existing"]:
             tag_version(f"{config.name}/{logged['version']}", {"foundry.compression": json.dumps(recipe)[:5000]},
                         config.tracking.uri)
         return logged
-    except ImportError as exc:
-        raise RegistryError(f"Tracking is on but MLflow is not installed ({exc}). The run itself is complete in "
-                            f"{run_path}.", "pip install mlflow-skinny, or set tracking.enabled: false.") from None
-    except Exception as exc:  # noqa: BLE001 - any store failure: the run directory is intact either way
-        first = first_line(exc)
-        raise RegistryError(f"Could not log the run to the tracking store {resolve_uri(config.tracking.uri)}: "
-                            f"{first}. The run itself is complete in {run_path}.",
-                            "Fix tracking.uri (or $MLFLOW_TRACKING_URI), or set tracking.enabled: false.") from None
+    except Exception as exc:  # noqa: BLE001 - any store failure (a missing driver too): the run is intact either way
+        if isinstance(exc, FoundryError):
+            raise
+        raise store_error(exc, config.tracking.uri, f" The run itself is complete in {run_path}; running it again "
+                          "registers it once.") from None
 
 
 def _compress_metric(saved: Any, cfg: Any) -> str:
@@ -502,16 +499,15 @@ def _steps(progress: bool, total: int) -> Iterator[Callable[[str], None]]:
 
 def _track_study(config: Config, result: TuneResult) -> dict[str, Any]:
     """Log the study to MLflow (a parent run, one nested run per trial); the study itself is complete either way."""
-    from modelfoundry.errors import RegistryError
-    from modelfoundry.registry import log_study, resolve_uri
+    from modelfoundry.errors import FoundryError
+    from modelfoundry.registry import log_study, store_error
 
     try:
         return log_study(config, result.study_name, result.storage, result.rows, result.summary)
     except Exception as exc:  # noqa: BLE001 - any store failure: the study and its outputs are intact
-        first = first_line(exc)
-        raise RegistryError(f"Could not log the study to the tracking store {resolve_uri(config.tracking.uri)}: "
-                            f"{first}. The study itself is complete in {result.out_dir}.",
-                            "Fix tracking.uri (or $MLFLOW_TRACKING_URI), or set tracking.enabled: false.") from None
+        if isinstance(exc, FoundryError):
+            raise
+        raise store_error(exc, config.tracking.uri, f" The study itself is complete in {result.out_dir}.") from None
 
 
 def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult,

@@ -173,7 +173,7 @@ def test_archive_moves_a_version_to_another_registry(store, tmp_path, monkeypatc
     with tarfile.open(evil, "w:gz") as tar:
         tar.add(rows, arcname="../escape.csv")
     result = runner.invoke(app, ["models", "import", str(evil), "--uri", other])
-    assert result.exit_code == 6 and "not a readable model archive" in result.output
+    assert result.exit_code == 6 and "points outside the archive" in result.output
     assert not (tmp_path.parent / "escape.csv").exists()
     result = runner.invoke(app, ["models", "export", "iris", "-o", str(tmp_path / "x.tar.gz"), "--uri", other])
     assert result.exit_code == 6 and "names a model, not a version" in result.output

@@ -22,13 +22,13 @@ ALLOWED = {
     "manifest": set(),
     "export": {"data", "models", "rundir"},
     "registry": set(),
-    "archive": {"registry"},
+    "archive": {"registry", "rundir"},  # an imported archive must load as a run directory does
     "serve": {"export", "rundir", "models", "registry"},
     "pipeline": {"data", "models", "train", "evaluate", "experiment", "cv", "tune", "compress", "rundir", "manifest", "registry",
                  "export"},
     "cli": {"pipeline", "data", "rundir", "registry", "archive", "serve", "compress", "legacy"},
 }
-BASE = {"config", "errors", "storage"}
+BASE = {"config", "errors", "storage", "redact"}
 
 
 def imports_of(path: Path) -> set[str]:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from modelfoundry.config import Config, PrunerConfig, SamplerConfig, TuneConfig, config_hash
 from modelfoundry.errors import ConfigError, first_line
+from modelfoundry.redact import redact
 from modelfoundry.tune.space import base_point, grid
 
 HEARTBEAT_S = 30  # a trial whose worker stops beating for GRACE_S is failed and tried again
@@ -105,8 +106,8 @@ def open_storage(url: str) -> Any:
                 continue
             error = exc
             break
-    first = first_line(error)
-    raise ConfigError(f"Cannot open the Optuna storage '{url}': {first}.",
+    first = redact(first_line(error))  # an Optuna URL may carry a password: never shown, never stored
+    raise ConfigError(f"Cannot open the Optuna storage '{redact(url)}': {first}.",
                       "Check tune.storage / --storage (e.g. postgresql://user:pass@host/db, or omit it for "
                       "SQLite in the output directory) and that the database server is reachable.")
 
