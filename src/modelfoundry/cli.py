@@ -24,10 +24,18 @@ UriOption = Annotated[Optional[str], typer.Option("--uri", help="MLflow tracking
                                                   "or sqlite:///foundry.db).")]
 
 
+PIPED_WIDTH = 1000  # off a terminal rich would assume 80 columns: cut tables, commands wrapped mid-way
+
+
 def _console(stderr: bool = False) -> Any:
+    """A console for the CLI's output; off a terminal (a pipe, a log, CI) lines are never wrapped or cut."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console.soft_wrap = True
+        console.width = max(console.width, PIPED_WIDTH)
+    return console
 
 
 def friendly_errors(command: Callable) -> Callable:

@@ -207,3 +207,15 @@ def test_resuming_a_finished_run_is_a_no_op(tmp_path):
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == epochs
     assert (run_dir / "model/weights.pt").read_bytes() == files[run_dir / "model/weights.pt"][1]
     assert [m["versions"] for m in list_models(uri)] == [1]
+
+
+def test_piped_output_is_not_cut_or_wrapped_at_80_columns(tmp_path):
+    """CliRunner is not a terminal; with COLUMNS=80 rich would cut the summary table and wrap long lines."""
+    run_dir = tmp_path / ("a-run-directory-with-a-long-name-" + "x" * 60)
+    cfg = write_config(tmp_path, training={"epochs": 2})
+    result = runner.invoke(app, ["run", str(cfg), "--run-dir", str(run_dir)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(str(run_dir) in line and line.startswith("│ run directory") for line in lines), result.output
+    assert f"Report: {run_dir / 'eval' / 'report.md'}" in lines
+    assert [line.split()[1] for line in lines if line.startswith("epoch ")][-1] == "2/2"

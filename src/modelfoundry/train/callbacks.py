@@ -88,7 +88,8 @@ class MetricsLog:
 class ProgressDisplay:
     """A rich progress bar over all optimizer steps, with the live train loss and validation metric.
 
-    Off a terminal (CI logs, pipes) it prints a plain line per epoch instead, at most every LOG_INTERVAL_S.
+    Off a terminal (CI logs, pipes) it prints a plain line per epoch instead; when epochs are quick it
+    prints every Nth epoch (about one line per LOG_INTERVAL_S), says so once, and always prints the last.
     """
 
     LOG_INTERVAL_S = 5.0
@@ -99,10 +100,10 @@ class ProgressDisplay:
         self.monitor = monitor
         self.steps_per_epoch = steps_per_epoch
         self.total_epochs = total_epochs
-        console = Console()
+        console = Console(highlight=False, soft_wrap=True)
         self.progress = None
         if not console.is_terminal:
-            self.console, self.next_line = console, 0.0
+            self.console, self.every, self.unprinted = console, 0, None
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -123,18 +124,44 @@ class ProgressDisplay:
         stats = f"loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}"
         if self.monitor != "val_loss" and self.monitor in record:
             stats += f"  {self.monitor} {record[self.monitor]:.4f}"
+        line = f"epoch {epoch}/{self.total_epochs}  {stats}"
         if self.progress is not None:
             self.progress.update(self.task, completed=epoch * self.steps_per_epoch,
                                  epoch=f"{epoch}/{self.total_epochs}", stats=stats)
-        elif time.perf_counter() >= self.next_line or epoch == self.total_epochs:
-            self.console.print(f"epoch {epoch}/{self.total_epochs}  {stats}", highlight=False)
-            self.next_line = time.perf_counter() + self.LOG_INTERVAL_S
+            return
+        if not self.every:  # the first epoch of this process: printed, and it sets the pace
+            self.console.print(line, markup=False)
+            self.every = line_every(record.get("epoch_s", 0.0), self.LOG_INTERVAL_S)
+            if self.every > 1 and epoch < self.total_epochs:
+                self.console.print(f"(epochs take {record['epoch_s']:.2g} s: printing every {ordinal(self.every)} "
+                                   "epoch and the last)", markup=False)
+            self.unprinted = None
+        elif epoch % self.every == 0 or epoch == self.total_epochs:
+            self.console.print(line, markup=False)
+            self.unprinted = None
+        else:
+            self.unprinted = line
 
     def close(self) -> None:
         if self.progress is not None:
             done = self.progress.tasks[0].completed
             self.progress.update(self.task, total=done)  # stopped early: the bar ends full where training ended
             self.progress.stop()
+        elif self.unprinted is not None:  # stopped early or interrupted between printed epochs: show where
+            self.console.print(self.unprinted, markup=False)
+            self.unprinted = None
+
+
+def line_every(epoch_s: float, interval_s: float) -> int:
+    """Print every Nth epoch so that lines come about every `interval_s`: N from 1, 2, 5, 10, 20, 50, ..."""
+    step = 1
+    while step * epoch_s < interval_s and step < 10 ** 6:
+        step = step * 5 // 2 if str(step).startswith("2") else step * 2
+    return step
+
+
+def ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 class TensorBoardLogger:
