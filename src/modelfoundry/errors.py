@@ -99,6 +99,12 @@ class PayloadTooLarge(ServingError):
     http_status = 413
 
 
+class UnsupportedMediaType(ServingError):
+    """A request body in a format the server does not read (it reads JSON)."""
+
+    http_status = 415
+
+
 class RetryLater(ServingError):
     """The client should retry after `retry_after_s` seconds (sent as the Retry-After header)."""
 
