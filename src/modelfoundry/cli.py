@@ -518,6 +518,9 @@ def _print_summary(result: Any) -> None:
     from rich.table import Table
 
     console = _console()
+    if result.extras.get("already_finished"):
+        console.print(f"Nothing to resume: {result.run_dir} finished training "
+                      f"({'stopped early' if result.stopped_early else 'all epochs'}); its results are unchanged.")
     table = Table(title="Summary", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
@@ -533,7 +536,8 @@ def _print_summary(result: Any) -> None:
         linear = result.metrics.get(f"baseline_linear_{name}")
         if linear is not None:
             value += f"   (linear baseline {linear:.4f}, dummy {result.metrics.get(f'baseline_dummy_{name}', 0):.4f})"
-        table.add_row(f"test {name}", value)
+        evaluated_on = result.extras.get("evaluated_on", "test split")
+        table.add_row(f"test {name}" if evaluated_on == "test split" else f"{name} ({evaluated_on})", value)
     table.add_row("wall time", f"{result.wall_s:.1f} s")
     console.print(table)
     if result.interrupted:
@@ -546,6 +550,9 @@ def _print_summary(result: Any) -> None:
     if registered and registered["version"]:
         console.print(f"Registered as version {registered['version']} in {registered['uri']} "
                       f"(`foundry registry show {registered['model']}/{registered['version']}`).")
+    before = result.extras.get("registered_before")
+    if before and before.get("version"):
+        console.print(f"Already registered as {before['model']}/{before['version']} (not registered again).")
 
 
 def _print_tune_summary(result: Any) -> None:

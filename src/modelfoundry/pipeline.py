@@ -95,7 +95,9 @@ def train(config: Config | str | Path | None = None, *, run_dir: str | Path | No
 def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Path | None = None) -> RunResult:
     """Evaluate a trained run on its own test split, or on a labelled data file (`data`).
 
-    Results go to `run_dir/eval/` (test split) or `run_dir/eval-<file stem>/` unless `out` is given.
+    Results go to `out` if given, else `run_dir/eval-<file stem>/` for a file, and for the test split
+    `run_dir/eval/` unless that already holds the report `foundry run` wrote (then `run_dir/eval-test-split/`).
+    Reports, plots and `extras["evaluated_on"]` name the rows evaluated: "test split" or the file's name.
     """
     from modelfoundry.evaluate.baselines import baseline_metrics
     from modelfoundry.evaluate.evaluation import evaluate_outputs
@@ -113,16 +115,24 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Pat
         n_classes = saved.spec["n_outputs"] if saved.task == "classification" else 1
         baselines = baseline_metrics(saved.task, splits["X"], splits["y"], n_classes, saved.target_encoder.decode,
                                      cfg.evaluation.top_k)
-        out_dir, title = Path(out or saved.run_dir / "eval"), f"{cfg.name}: test split"
+        split = "test split"
+        kept = saved.run_dir / "eval" / "report.md"  # the run's own report (learning curves, best epoch): kept
+        out_dir = Path(out or saved.run_dir / ("eval-test-split" if kept.is_file() else "eval"))
+        facts = {"run": str(saved.run_dir), "model": cfg.model.name, "task": saved.task, "rows (test)": len(y)}
+        if saved.spec.get("best_epoch"):
+            facts["best epoch"] = saved.spec["best_epoch"]
     else:
         X, y, rows = _labelled_file(saved, Path(data))
-        out_dir, title = Path(out or saved.run_dir / f"eval-{Path(data).stem}"), f"{cfg.name}: {Path(data).name}"
+        split = Path(data).name
+        out_dir = Path(out or saved.run_dir / f"eval-{Path(data).stem}")
+        facts = {"data": str(data), "rows": len(y), "run": str(saved.run_dir), "model": cfg.model.name}
     output = predict_outputs(saved.model, X, saved.task)
     metrics = evaluate_outputs(task=saved.task, y_true=y, output=output, rows=rows, target_encoder=saved.target_encoder,
                                cfg=cfg.evaluation, out_dir=out_dir, history=_history(saved.run_dir),
-                               baselines=baselines, title=title, facts={"rows": len(y), "run": str(saved.run_dir)})
+                               baselines=baselines, title=f"{cfg.name}: {split}", facts=facts, split=split)
     return RunResult(saved.run_dir, saved.task, metrics, headline(saved.task, cfg.evaluation.metrics, metrics),
-                     0, 0, "", None, wall_s=time.perf_counter() - started, extras={"out_dir": out_dir})
+                     0, 0, "", None, wall_s=time.perf_counter() - started,
+                     extras={"out_dir": out_dir, "evaluated_on": split})
 
 
 def cross_validate(config: Config | str | Path, *, folds: int = 5, stratified: bool | None = None,

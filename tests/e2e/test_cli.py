@@ -219,3 +219,27 @@ def test_piped_output_is_not_cut_or_wrapped_at_80_columns(tmp_path):
     assert any(str(run_dir) in line and line.startswith("│ run directory") for line in lines), result.output
     assert f"Report: {run_dir / 'eval' / 'report.md'}" in lines
     assert [line.split()[1] for line in lines if line.startswith("epoch ")][-1] == "2/2"
+
+
+def test_evaluate_names_the_data_and_keeps_the_run_report(bc_run, tmp_path):
+    run_dir, _ = bc_run
+    report = (run_dir / "eval/report.md").read_text()
+    result = foundry("evaluate", run_dir)
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "eval/report.md").read_text() == report  # the run's own report is not overwritten
+    assert f"Report: {run_dir / 'eval-test-split' / 'report.md'}" in result.output and "test accuracy" in result.output
+    again = (run_dir / "eval-test-split/report.md").read_text()
+    assert "## Model vs baselines (test split)" in again and "best epoch" in again
+    # training rows, labels read back as 0.0/1.0 (a missing label makes the column float) and as text
+    frame = load_source("sklearn:breast_cancer").head(100).astype({"target": float})
+    frame.loc[frame.index[0], "target"] = None
+    frame.to_csv(tmp_path / "train_rows.csv", index=False)
+    frame.dropna().astype({"target": int}).astype({"target": str}).to_json(
+        tmp_path / "as_text.jsonl", orient="records", lines=True)
+    for name in ("train_rows.csv", "as_text.jsonl"):
+        result = foundry("evaluate", run_dir, "--data", tmp_path / name, "--out", tmp_path / name.split(".")[0])
+        assert result.exit_code == 0, result.output
+        assert f"accuracy ({name})" in result.output and "test accuracy" not in result.output
+        text = (tmp_path / name.split(".")[0] / "report.md").read_text()
+        assert f"# tiny: {name}" in text and f"## All metrics ({name})" in text and "(test" not in text
+        assert json.loads((tmp_path / name.split(".")[0] / "metrics.json").read_text())["accuracy"] > 0.8

@@ -73,5 +73,5 @@ def test_evaluation_writes_flat_metrics_plots_and_report(tmp_path):
     for name in ("curves.png", "confusion_matrix.png", "roc.png", "report.md", "errors.json"):
         assert (tmp_path / name).stat().st_size > 0
     report = (tmp_path / "report.md").read_text()
-    assert "| accuracy | " in report and "0.5000" in report and "Hardest test examples" in report
+    assert "| accuracy | " in report and "0.5000" in report and "Hardest examples (test split)" in report
     assert sum(map(sum, json.loads((tmp_path / "confusion_matrix.json").read_text())["matrix"])) == 60

@@ -15,11 +15,13 @@ from modelfoundry.evaluate.metrics import classification_metrics, confusion, hea
 def evaluate_outputs(*, task: str, y_true: np.ndarray, output: np.ndarray, rows: np.ndarray, target_encoder: Any,
                      cfg: EvaluationConfig, out_dir: Path, history: list[dict[str, Any]] | None = None,
                      baselines: dict[str, float] | None = None, title: str = "Evaluation",
-                     facts: dict[str, Any] | None = None) -> dict[str, float]:
+                     facts: dict[str, Any] | None = None, split: str = "test split") -> dict[str, float]:
     """Compute the metrics of `output` against `y_true` (encoded targets) and write the eval directory.
 
+    `split` names the rows evaluated ("test split", or a data file's name) in the report and plots.
     Returns the flat metrics dict written to metrics.json (model metrics, then baseline_* entries).
     """
+    short = split.removesuffix(" split")
     from modelfoundry.storage import write_json, write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -33,15 +35,15 @@ def evaluate_outputs(*, task: str, y_true: np.ndarray, output: np.ndarray, rows:
         hardest = report.hardest_examples(task, y_true, output, rows, labels, cfg.confused_examples)
         write_json(out_dir / "confusion_matrix.json", {"labels": labels, "matrix": cm.tolist()})
         if cfg.plots:
-            report.plot_confusion(cm, labels, out_dir / "confusion_matrix.png")
-            report.plot_roc(y_true, output, labels, out_dir / "roc.png")
+            report.plot_confusion(cm, labels, out_dir / "confusion_matrix.png", short)
+            report.plot_roc(y_true, output, labels, out_dir / "roc.png", short)
             plots += ["confusion_matrix.png", "roc.png"]
     else:
         truth, pred = target_encoder.decode(y_true), target_encoder.decode(output)
         metrics = regression_metrics(truth, pred)
         hardest = report.hardest_examples(task, truth, pred, rows, [], cfg.confused_examples)
         if cfg.plots:
-            report.plot_regression(truth, pred, out_dir / "predictions.png")
+            report.plot_regression(truth, pred, out_dir / "predictions.png", short)
             plots.append("predictions.png")
     if history and cfg.plots:
         report.plot_learning_curves(history, out_dir / "curves.png")
@@ -50,6 +52,6 @@ def evaluate_outputs(*, task: str, y_true: np.ndarray, output: np.ndarray, rows:
     write_json(out_dir / "metrics.json", metrics)
     write_json(out_dir / "errors.json", hardest)
     text = report.render_report(title, metrics, headline(task, cfg.metrics, metrics), hardest, pairs, plots,
-                                facts or {})
+                                facts or {}, split)
     write_text(out_dir / "report.md", text)
     return metrics

@@ -62,13 +62,13 @@ def plot_learning_curves(history: list[dict[str, Any]], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
+def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, split: str = "test") -> None:
     plt = _pyplot()
     size = min(12.0, 2.5 + 0.45 * len(labels))
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
     image = ax.imshow(cm, cmap="Blues")
     ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
-           xlabel="predicted", ylabel="true", title="Confusion matrix (test)")
+           xlabel="predicted", ylabel="true", title=f"Confusion matrix ({split})")
     if len(labels) <= 20:
         for (t, p), count in np.ndenumerate(cm):
             ax.text(p, t, str(count), ha="center", va="center",
@@ -77,7 +77,7 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_roc(y_true: np.ndarray, proba: np.ndarray, labels: list[str], path: Path) -> None:
+def plot_roc(y_true: np.ndarray, proba: np.ndarray, labels: list[str], path: Path, split: str = "test") -> None:
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _pyplot()
@@ -89,21 +89,21 @@ def plot_roc(y_true: np.ndarray, proba: np.ndarray, labels: list[str], path: Pat
             fpr, tpr, _ = roc_curve(hits, proba[:, k])
             ax.plot(fpr, tpr, label=f"{labels[k]} (AUC {roc_auc_score(hits, proba[:, k]):.3f})")
     ax.plot([0, 1], [0, 1], "--", color="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test, one-vs-rest)")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC ({split}, one-vs-rest)")
     ax.legend(fontsize=7)
     _save(fig, path)
 
 
-def plot_regression(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> None:
+def plot_regression(y_true: np.ndarray, y_pred: np.ndarray, path: Path, split: str = "test") -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].scatter(y_true, y_pred, s=10, alpha=0.7)
     lo, hi = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
     axes[0].plot([lo, hi], [lo, hi], "--", color="grey")
-    axes[0].set(xlabel="actual", ylabel="predicted", title="Predicted vs actual (test)")
+    axes[0].set(xlabel="actual", ylabel="predicted", title=f"Predicted vs actual ({split})")
     axes[1].scatter(y_pred, y_true - y_pred, s=10, alpha=0.7)
     axes[1].axhline(0, color="grey", linestyle="--")
-    axes[1].set(xlabel="predicted", ylabel="residual", title="Residuals (test)")
+    axes[1].set(xlabel="predicted", ylabel="residual", title=f"Residuals ({split})")
     _save(fig, path)
 
 
@@ -114,23 +114,29 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def render_report(title: str, metrics: dict[str, float], headline: list[str], hardest: list[dict[str, Any]],
-                  pairs: list[tuple[str, str, int]], plots: list[str], facts: dict[str, Any]) -> str:
-    """eval/report.md: headline metrics beside both baselines, all metrics, error analysis, plots."""
+                  pairs: list[tuple[str, str, int]], plots: list[str], facts: dict[str, Any],
+                  split: str = "test split") -> str:
+    """eval/report.md: headline metrics beside both baselines, all metrics, error analysis, plots.
+
+    `split` names the rows evaluated ("test split", or a data file's name) in every heading.
+    """
     lines = [f"# {title}", ""]
     lines += [f"- **{k}**: {v}" for k, v in facts.items()] + [""]
-    lines += ["## Model vs baselines (test split)", "", "| metric | model | linear baseline | dummy baseline |",
-              "|---|---|---|---|"]
-    for name in headline:
-        cells = [metrics.get(name), metrics.get(f"baseline_linear_{name}"), metrics.get(f"baseline_dummy_{name}")]
-        lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
-    lines += ["", "## All test metrics", "", "| metric | value |", "|---|---|"]
+    if any(k.startswith("baseline_") for k in metrics):
+        lines += [f"## Model vs baselines ({split})", "", "| metric | model | linear baseline | dummy baseline |",
+                  "|---|---|---|---|"]
+        for name in headline:
+            cells = [metrics.get(name), metrics.get(f"baseline_linear_{name}"), metrics.get(f"baseline_dummy_{name}")]
+            lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
+        lines.append("")
+    lines += [f"## All metrics ({split})", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items() if not k.startswith("baseline_")]
     if pairs:
         lines += ["", "## Most confused classes", "", "| true | predicted as | count |", "|---|---|---|"]
         lines += [f"| {t} | {p} | {c} |" for t, p, c in pairs]
     if hardest:
         keys = list(hardest[0])
-        lines += ["", "## Hardest test examples", "", "Rows are numbered as in the source data.", "",
+        lines += ["", f"## Hardest examples ({split})", "", "Rows are numbered as in the source data.", "",
                   "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(_cell(e[k]) for k in keys) + " |" for e in hardest]
     if plots:
