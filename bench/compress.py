@@ -74,7 +74,8 @@ def main() -> None:
                     continue
                 print(f"  {v['name']:<34} {v['runtime']:<11} Δ{v['metric_delta']:+.4f}  "
                       f"b1 {v['speedup_b1']:5.2f}x  b64 {v['speedup_b64']:5.2f}x  size {1 / v['size_ratio']:5.2f}x "
-                      f"smaller  {'pass' if v['passed_guard'] else 'FAIL'}{'' if v['servable'] else ' (not served)'}")
+                      f"smaller  {'pass' if v['passed_guard'] else 'FAIL ' + ','.join(v['failed_guards'])}"
+                      f"{'' if v['servable'] else ' (not served)'}")
             eligible = [v for v in result.variants if v["passed_guard"] and v["servable"]]
             smallest = min(eligible, key=lambda v: v["size_ratio"]) if eligible else None
             chosen = result.chosen

@@ -239,7 +239,14 @@ def compress(model: RunDirArg,
             reason = "the variants within the guard are neither faster nor smaller than the original here"
         raise CompressError(f"No compressed variant was kept: {reason}. The original is untouched; the "
                             f"measurements are in {result.report}.",
-                            "Allow a larger drop with --max-drop, or try other compressors (compress.variants).")
+                            "Allow a larger drop of the primary metric with --max-drop, loosen compress.guard "
+                            "(docs/compression.md#the-guard), or try other compressors (compress.variants).")
+
+
+def _guard_failure(check: dict[str, Any]) -> str:
+    from modelfoundry.compress.guard import failure_text
+
+    return failure_text(check)
 
 
 @app.command("export")
@@ -610,15 +617,16 @@ def _print_tune_summary(result: Any) -> None:
 def _print_compress_summary(result: Any) -> None:
     from rich.table import Table
 
-    from modelfoundry.compress.report import pareto
+    from modelfoundry.compress.report import pareto, ratio_words
 
     console = _console()
     if not console.is_terminal:  # logs and pipes have no width to fit; rich would assume 80 columns
         console.width = max(console.width, 150)
     entries = [result.original, *result.variants]
     front = pareto([e for e in entries if e["servable"]])
+    rules = [g.describe() for g in result.guard] or [f"{result.metric} drop ≤ {result.max_drop:g}"]
     table = Table("variant", "runtime", f"val {result.metric}", "Δ", "b1 ms", "b64 ms", "speedup b1/b64", "size",
-                  "params", "guard", title=f"Compression variants (validation split; guard: drop ≤ {result.max_drop:g})",
+                  "params", "guard", title=f"Compression variants (validation split; guard: {'; '.join(rules)})",
                   title_justify="left")
     for e in entries:
         if e.get("error"):
@@ -626,7 +634,8 @@ def _print_compress_summary(result: Any) -> None:
             continue
         chosen = result.chosen is not None and e["name"] == result.chosen["name"]
         mark = "chosen" if chosen else ("pareto" if e["name"] in front else "")
-        guard = "-" if e["name"] == "original" else ("pass" if e["passed_guard"] else "FAIL")
+        guard = "-" if e["name"] == "original" else ("pass" if e["passed_guard"] else
+                                                     f"FAIL {', '.join(e['failed_guards'])}")
         if not e["servable"]:
             guard += " (not served)"
         table.add_row(f"{e['name']}{' *' if chosen else ''}", e["runtime"], f"{e['metric']:.4f}",
@@ -637,8 +646,9 @@ def _print_compress_summary(result: Any) -> None:
     console.print(table)
     if result.chosen is not None:
         c = result.chosen
-        console.print(f"Chosen: [bold]{c['name']}[/] — {c['speedup_b1']:.2f}x faster at batch 1, "
-                      f"{c['speedup_b64']:.2f}x at batch 64, {1 / c['size_ratio']:.2f}x smaller, val {result.metric} "
+        console.print(f"Chosen: [bold]{c['name']}[/] — {ratio_words(c['speedup_b1'], 'faster', 'slower')} at "
+                      f"batch 1, {ratio_words(c['speedup_b64'], 'faster', 'slower')} at batch 64, "
+                      f"{ratio_words(1 / c['size_ratio'], 'smaller', 'larger')}, val {result.metric} "
                       f"{c['metric_delta']:+.4f}; agreement with the original {c['agreement']:.4f}.")
         console.print(f"Saved to {result.model_dir} (evaluate, predict, export and serve take it). "
                       f"Test {result.metric}: {result.test_metrics.get(result.metric, float('nan')):.4f}.")

@@ -291,6 +291,7 @@ class CompressResult:
     test_metrics: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
     extras: dict[str, Any] = field(default_factory=dict)
+    guard: list[Any] = field(default_factory=list)  # compress.guard.Guard: the primary metric's first
 
 
 def compress(model: str | Path, *, max_drop: float | None = None, prefer: str | None = None,
@@ -299,12 +300,14 @@ def compress(model: str | Path, *, max_drop: float | None = None, prefer: str | 
     on the runtime it would be served with, and save the best one within the accuracy guard.
 
     The guard: the variant's validation metric (the model's own: compress.metric, else its first headline
-    metric) may be at most `max_drop` worse than the original's. The original is never modified. The
-    chosen variant is saved in `<out>/model/`, evaluated on the test split and, with tracking on,
-    registered as a new version with its parent and recipe.
+    metric) may be at most `max_drop` worse than the original's, and every metric of compress.guard (by
+    default log_loss and calibration error for classifiers, rmse and mae for regression) within its own
+    tolerance. The original is never modified. The chosen variant is saved in `<out>/model/`, evaluated on
+    the test split and, with tracking on, registered as a new version with its parent and recipe.
     """
     from pydantic import ValidationError
 
+    from modelfoundry.compress.guard import guards
     from modelfoundry.compress.report import write_report, write_scatter
     from modelfoundry.compress.search import Bench, search
     from modelfoundry.config import LOWER_IS_BETTER, CompressConfig
@@ -326,6 +329,7 @@ def compress(model: str | Path, *, max_drop: float | None = None, prefer: str | 
                              for e in exc.errors())
         raise ConfigError(f"Compression options: {problems}.", "See docs/config.md#compress.") from None
     metric = _compress_metric(saved, cfg)
+    rules = guards(saved.task, metric, cfg.max_drop, cfg.guard)
     out_dir = Path(out) if out else _fresh_dir(Path(saved.config.output.dir), f"{saved.config.name}-compressed")
     if (out_dir / "report.json").exists():
         raise RunDirError(f"{out_dir} already holds a compression report.", "Pass another --out DIR.")
@@ -335,20 +339,22 @@ def compress(model: str | Path, *, max_drop: float | None = None, prefer: str | 
     if saved.task == "classification":
         weights = class_weights(splits["y"]["train"], list(saved.target_encoder.classes_),
                                 saved.config.data.balance.class_weights)
-    bench = Bench(saved, splits, metric, cfg, out_dir / ".work", weights)
+    bench = Bench(saved, splits, metric, cfg, out_dir / ".work", weights, guards=rules)
     with _steps(progress, len(cfg.variants) + 3) as step:
         outcome = search(bench, out_dir, on_step=step)
-    facts = {"parent": str(model), "parent_run": str(saved.run_dir), "max_drop": cfg.max_drop,
+    facts = {"parent": str(model), "parent_run": str(saved.run_dir.resolve()), "max_drop": cfg.max_drop,
+             "guard": {g.metric: {"max_worse": g.max_worse, "max_worse_rel": g.max_worse_rel} for g in rules},
              "prefer": cfg.prefer, "split": "val", "rows": int(len(splits["y"]["val"]))}
     report = write_report(outcome, out_dir, facts)
     write_scatter(outcome, out_dir, metric in LOWER_IS_BETTER)
     shutil.rmtree(out_dir / ".work", ignore_errors=True)
     result = CompressResult(out_dir, report, metric, outcome.original, outcome.variants, outcome.chosen,
-                            outcome.best_failing, outcome.model_dir, cfg.max_drop, metric in LOWER_IS_BETTER)
+                            outcome.best_failing, outcome.model_dir, cfg.max_drop, metric in LOWER_IS_BETTER,
+                            guard=rules)
     if outcome.model_dir is not None:
         result.test_metrics = evaluate(outcome.model_dir).metrics
         if saved.config.tracking.enabled:
-            parent = local.name if not Path(model).exists() else None  # .foundry-cache/<name>/<version>
+            parent = _parent_version(model, local, saved)
             result.extras["registry"] = _track(outcome.model_dir, load_run_config(outcome.model_dir),
                                                result.test_metrics, parent_version=parent,
                                                recipe=outcome.chosen["recipe"])
@@ -476,6 +482,23 @@ def _track(run_path: Path, config: Config, metrics: dict[str, float], *, parent_
             raise
         raise store_error(exc, config.tracking.uri, f" The run itself is complete in {run_path}; running it again "
                           "registers it once.") from None
+
+
+def _parent_version(model: str | Path, local: Path, saved: Any) -> str | None:
+    """The registered version a compressed model derives from: the one a NAME/VERSION or NAME@ALIAS
+    reference resolved to (its download is .foundry-cache/<name>/<version>), or the version registered from
+    the run directory given; None when the parent was never registered."""
+    if not Path(model).exists():
+        return local.name
+    from modelfoundry.registry import client
+
+    try:
+        versions = client(saved.config.tracking.uri).search_model_versions(f"name='{saved.config.name}'")
+    except Exception:  # noqa: BLE001 - an unreachable store fails (clearly) at registration, just after
+        return None
+    mine = str(saved.run_dir.resolve())
+    found = [v for v in versions if (v.tags or {}).get("foundry.run_dir") == mine]
+    return str(min(int(v.version) for v in found)) if found else None
 
 
 def _compress_metric(saved: Any, cfg: Any) -> str:

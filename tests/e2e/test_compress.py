@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -59,7 +60,18 @@ def test_the_report_has_every_variant_measured_and_judged(result):
         if entry["error"] is None:
             assert entry["latency_b1_ms"] > 0 and entry["latency_b64_ms"] > 0 and entry["size_bytes"] > 0
             assert entry["metric_delta"] == pytest.approx(entry["metric"] - report["original"]["metric"])
-            assert entry["passed_guard"] == (report["original"]["metric"] - entry["metric"] <= 0.05 + 1e-12)
+            checks = {c["metric"]: c for c in entry["guard"]}
+            assert list(checks) == ["accuracy", "log_loss", "ece"], entry["name"]  # primary first, then defaults
+            original = report["original"]["metrics"]
+            assert checks["accuracy"]["passed"] == (original["accuracy"] - entry["metric"] <= 0.05 + 1e-12)
+            rise = entry["metrics"]["log_loss"] - original["log_loss"]
+            assert checks["log_loss"]["passed"] == (rise <= 0.02 + 0.2 * original["log_loss"] + 1e-12)
+            assert checks["ece"]["passed"] == (entry["metrics"]["ece"] - original["ece"] <= 0.03 + 1e-12)
+            assert entry["passed_guard"] == all(c["passed"] for c in checks.values())
+            assert entry["failed_guards"] == [name for name, c in checks.items() if not c["passed"]]
+    assert report["guard"] == {"accuracy": {"max_worse": 0.05, "max_worse_rel": 0.0},
+                               "log_loss": {"max_worse": 0.02, "max_worse_rel": 0.2},
+                               "ece": {"max_worse": 0.03, "max_worse_rel": 0.0}}
     by_name = {v["name"]: v for v in report["variants"]}
     assert by_name["prune_structured_keep0.5"]["params"] < report["original"]["params"]  # really smaller
     assert by_name["distill"]["params"] < report["original"]["params"]
@@ -138,3 +150,95 @@ def test_predictions_of_an_onnx_variant_come_from_its_graph(result, tmp_path):
     proba = predict_outputs(saved.model, X, "classification")
     assert proba.shape == (3, 2) and np.allclose(proba.sum(1), 1.0, atol=1e-4)
     assert isinstance(pd.DataFrame(proba), pd.DataFrame)
+
+
+def _paths(tree, key=""):
+    """(key, value) for every string in report.json stored under a key naming a directory or run."""
+    if isinstance(tree, dict):
+        return [p for k, v in tree.items() for p in _paths(v, k)]
+    if isinstance(tree, list):
+        return [p for v in tree for p in _paths(v, key)]
+    return [(key, tree)] if isinstance(tree, str) and (key.endswith("dir") or key.endswith("run")) else []
+
+
+def test_every_path_in_the_report_exists_after_the_command(result):
+    from pathlib import Path
+
+    report = json.loads(result.report.read_text())
+    paths = _paths(report)
+    assert ("model_dir", str(result.model_dir.resolve())) in paths
+    for key, value in paths:
+        assert Path(value).is_absolute() and Path(value).exists(), (key, value)
+    chosen = [v for v in report["variants"] if v["run_dir"] is not None]
+    assert [v["name"] for v in chosen] == [report["chosen"]["name"]]  # the others' work folders are gone
+    assert not (result.out_dir / ".work").exists()
+
+
+def _with_compress_section(parent, section, args):
+    """Run `foundry compress PARENT ARGS` with the run's own compress: section changed for the call."""
+    config = yaml.safe_load((parent / "config.yaml").read_text())
+    saved = dict(config["compress"])
+    config["compress"].update(section)
+    (parent / "config.yaml").write_text(yaml.safe_dump(config))
+    try:
+        return runner.invoke(app, ["compress", str(parent), *map(str, args), "--no-progress"])
+    finally:
+        config["compress"] = saved
+        (parent / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_a_variant_much_worse_on_log_loss_is_refused_though_its_accuracy_passes(parent, tmp_path):
+    """A barely trained student keeps accuracy within a loose guard but its probabilities are far worse:
+    the log_loss guard refuses it, and the message and table say which guard failed."""
+    out = _with_compress_section(parent, {"distill": {"epochs": 1, "shrink": 0.25}},
+                                 ["--only", "distill", "--max-drop", "1", "--prefer", "size", "--out", tmp_path / "c"])
+    assert out.exit_code == 9, out.output
+    text = " ".join(out.output.split())
+    assert "the closest, distill, fails the log_loss" in text and "Traceback" not in out.output
+    assert "FAIL log_loss" in text and re.search(r"log_loss \d\.\d{4} vs \d\.\d{4} \(\+\d\.\d{4} worse", text)
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    distilled = report["variants"][0]
+    checks = {c["metric"]: c for c in distilled["guard"]}
+    assert checks["accuracy"]["passed"] and not checks["log_loss"]["passed"]
+    assert distilled["metrics"]["log_loss"] > 1.2 * report["original"]["metrics"]["log_loss"] + 0.02
+    assert report["chosen"] is None and report["best_failing"]["name"] == "distill"
+    assert "log_loss" in report["best_failing"]["failed_guards"]
+
+
+def test_each_guard_has_its_own_configurable_tolerance(parent, tmp_path):
+    """The same student passes once compress.guard allows its log_loss; an empty guard keeps only max_drop."""
+    out = _with_compress_section(parent, {"distill": {"epochs": 1, "shrink": 0.25},
+                                          "guard": {"log_loss": {"max_worse_rel": 100.0}}},
+                                 ["--only", "distill", "--max-drop", "1", "--prefer", "size", "--out", tmp_path / "c"])
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert report["chosen"]["name"] == "distill"
+    assert [c["metric"] for c in report["chosen"]["guard"]] == ["accuracy", "log_loss"]  # no ece: not listed
+    out = _with_compress_section(parent, {"guard": {"accuracy": {"max_worse": 0.1}}},
+                                 ["--only", "distill", "--out", tmp_path / "d"])
+    assert out.exit_code == 2 and "max_drop" in out.output and "Traceback" not in out.output
+    out = _with_compress_section(parent, {"guard": {"rmse": {"max_worse": 0.1}}},
+                                 ["--only", "distill", "--out", tmp_path / "e"])
+    assert out.exit_code == 2 and "rmse does not apply" in " ".join(out.output.split())
+
+
+def test_compressing_a_registered_model_tags_its_parent_version(tmp_path, monkeypatch):
+    """By run directory or by reference, the compressed version records the version it came from."""
+    from modelfoundry.registry import show
+
+    uri = f"sqlite:///{tmp_path / 'foundry.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # the download cache of NAME/VERSION
+    tracking = {"enabled": True, "uri": uri, "artifacts": str(tmp_path / "mlartifacts")}
+    cfg = load_config(tiny_config(name="wide", tracking=tracking, model={"name": "mlp", "hidden": [256, 128]},
+                                  compress={"repeats": 5}))
+    first = run(cfg, run_dir=tmp_path / "run", progress=False)
+    assert first.extras["registry"]["version"] == "1"
+    options = {"prefer": "size", "max_drop": 1.0, "variants": ["ort_fp16"], "progress": False}
+    by_dir = compress(tmp_path / "run", out=tmp_path / "c1", **options)  # fp16: always smaller
+    by_ref = compress("wide/1", out=tmp_path / "c2", **options)
+    for result in (by_dir, by_ref):
+        version = result.extras["registry"]["version"]
+        tags = show(f"wide/{version}", uri)["tags"]
+        assert tags["foundry.parent_version"] == "1", (version, tags)
+        assert json.loads(tags["foundry.compression"]) == {"method": "ort_fp16"}

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "config.md"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 PLACEHOLDER = "<column>"  # stands for a key of a mapping of sections (data.features.<column>.type)
-PLACEHOLDERS = {"tune.space": "<path>"}  # mappings whose keys are not column names: tune.space.<path>.low
+PLACEHOLDERS = {"tune.space": "<path>", "compress.guard": "<metric>"}  # mappings whose keys are not column names: tune.space.<path>.low
 REFERENCES = {"compress.distill.student"}  # sections of an already documented kind (a `model:` section)
 SECTIONS = tuple(Config.model_fields)
 

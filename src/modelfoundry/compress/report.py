@@ -18,6 +18,14 @@ def write_report(outcome: Any, out_dir: Path, facts: dict[str, Any]) -> Path:
     return out_dir / "report.json"
 
 
+def ratio_words(ratio: float, better: str, worse: str) -> str:
+    """A speedup or shrink factor as people read it: 1.5 -> '1.50x faster', 0.97 -> '1.03x slower'
+    (with better='faster', worse='slower'); within half a percent of 1, '1.00x (no change)'."""
+    if abs(ratio - 1.0) < 0.005:
+        return "1.00x (no change)"
+    return f"{ratio:.2f}x {better}" if ratio > 1 else f"{1 / ratio:.2f}x {worse}"
+
+
 def pareto(entries: list[dict[str, Any]]) -> set[str]:
     """Names of the variants no other variant beats on metric, batch-1 latency and size at once."""
     scored = [e for e in entries if e.get("metric") is not None and e.get("latency_b1_ms") is not None]

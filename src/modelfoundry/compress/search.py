@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from modelfoundry.config import LOWER_IS_BETTER, CompressConfig
+from modelfoundry.compress.guard import Guard, failure_text, judge, measure
+from modelfoundry.config import CompressConfig
 from modelfoundry.storage import read_json, write_json
 
 ONNX = "onnxruntime"
@@ -43,6 +44,7 @@ class Variant:
     agreement: float | None = None  # with the original on the validation rows: same class (or max |diff|)
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    metrics: dict[str, float | None] = field(default_factory=dict)  # every guarded metric, on the validation rows
 
 
 @dataclass
@@ -57,6 +59,12 @@ class Bench:
     class_weights: np.ndarray | None = None
     reference: np.ndarray | None = None  # the original's validation outputs
     original_metric: float | None = None
+    guards: list[Guard] = field(default_factory=list)  # the primary metric's first; empty: the primary alone
+    original_metrics: dict[str, float | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.guards:
+            self.guards = [Guard(self.metric, max_worse=self.cfg.max_drop)]
 
     @property
     def task(self) -> str:
@@ -66,19 +74,19 @@ class Bench:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.saved.spec["input_shape"])
 
-    def score(self, output: np.ndarray) -> float:
-        """The metric on the validation split from model outputs (probabilities, or standardised values)."""
-        from modelfoundry.evaluate.metrics import classification_metrics, regression_metrics
-
-        y = self.splits["y"]["val"]
-        if self.task == "classification":
-            return classification_metrics(y, output, [])[self.metric]
-        decode = self.saved.target_encoder.decode
-        return regression_metrics(decode(y), decode(np.asarray(output).reshape(-1)))[self.metric]
+    def score(self, output: np.ndarray) -> dict[str, float | None]:
+        """Every guarded metric on the validation split from model outputs (probabilities, or standardised
+        values)."""
+        return measure(self.task, self.splits["y"]["val"], output, self.saved.target_encoder.decode,
+                       [g.metric for g in self.guards])
 
     def drop(self, value: float, original: float) -> float:
-        """How much worse `value` is than `original` (positive = worse), in the metric's units."""
-        return value - original if self.metric in LOWER_IS_BETTER else original - value
+        """How much worse `value` is than `original` (positive = worse), in the primary metric's units."""
+        return self.guards[0].worse_by(value, original)
+
+    def checks(self, variant: Variant) -> list[dict[str, Any]]:
+        """One check per guard (the primary metric first) against the original's metrics."""
+        return judge(self.guards, variant.metrics, self.original_metrics)
 
     def measure_onnx(self, variant: Variant, path: Path) -> None:
         from modelfoundry.compress.measure import onnx_latency_ms, onnx_params, onnx_predict, onnx_size_bytes
@@ -92,7 +100,8 @@ class Bench:
     def _judge(self, variant: Variant, output: np.ndarray) -> None:
         """The metric of `output`, and its agreement with the original's outputs on the same rows."""
         output = np.asarray(output, dtype=np.float64)
-        variant.metric = self.score(output)
+        variant.metrics = self.score(output)
+        variant.metric = variant.metrics[self.metric]
         if self.reference is None:
             self.reference = output
         elif self.task == "classification":
@@ -215,19 +224,26 @@ def entry(variant: Variant, original: Variant, bench: Bench) -> dict[str, Any]:
     out["run_dir"] = str(variant.run_dir) if variant.run_dir else None
     out["notes"] = variant.notes
     if variant.error or variant.metric is None:
-        out.update(metric_delta=None, speedup_b1=None, speedup_b64=None, size_ratio=None, passed_guard=False)
+        out.update(metric_delta=None, speedup_b1=None, speedup_b64=None, size_ratio=None, guard=[],
+                   failed_guards=[], passed_guard=False)
         return out
     out["metric_delta"] = variant.metric - original.metric
     out["speedup_b1"] = original.latency_b1_ms / variant.latency_b1_ms
     out["speedup_b64"] = original.latency_b64_ms / variant.latency_b64_ms
     out["size_ratio"] = variant.size_bytes / original.size_bytes
-    out["passed_guard"] = bool(bench.drop(variant.metric, original.metric) <= bench.cfg.max_drop + 1e-12)
+    if variant is original:
+        out.update(guard=[], failed_guards=[], passed_guard=True)
+        return out
+    out["guard"] = bench.checks(variant)
+    out["failed_guards"] = [c["metric"] for c in out["guard"] if not c["passed"]]
+    out["passed_guard"] = not out["failed_guards"]
+    out["guard_failure"] = "; ".join(failure_text(c) for c in out["guard"] if not c["passed"]) or None
     return out
 
 
-def choose(entries: list[dict[str, Any]], prefer: str) -> dict[str, Any] | None:
-    """The servable variant within the guard that is fastest (geometric mean of the batch-1 and batch-64
-    speedups) or smallest, if it beats the original on that; ties go to the better metric."""
+def choose(entries: list[dict[str, Any]], prefer: str, lower_is_better: bool = False) -> dict[str, Any] | None:
+    """The servable variant within every guard that is fastest (geometric mean of the batch-1 and batch-64
+    speedups) or smallest, if it beats the original on that; ties go to the better primary metric."""
     eligible = [e for e in entries if e["passed_guard"] and e["servable"]]
     if prefer == "latency":
         def gain(e: dict[str, Any]) -> float:
@@ -236,7 +252,17 @@ def choose(entries: list[dict[str, Any]], prefer: str) -> dict[str, Any] | None:
         def gain(e: dict[str, Any]) -> float:
             return 1 / e["size_ratio"]
     better = [e for e in eligible if gain(e) > 1.0]
-    return max(better, key=lambda e: (gain(e), e["metric_delta"])) if better else None
+    sign = -1.0 if lower_is_better else 1.0
+    return max(better, key=lambda e: (gain(e), sign * e["metric_delta"])) if better else None
+
+
+def closest_failing(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """When nothing passes: the servable measured variant failing the fewest guards, then the one whose
+    primary metric is least worse."""
+    scored = [e for e in entries if e["metric"] is not None and e["servable"] and not e["passed_guard"]]
+    if not scored:
+        return None
+    return min(scored, key=lambda e: (len(e["failed_guards"]), e["guard"][0]["worse_by"] or 0.0))
 
 
 # ------------------------------------------------------------------------------------------ run dirs
@@ -319,7 +345,7 @@ def search(bench: Bench, out_dir: Path, on_step: Callable[[str], None] | None = 
     export_onnx(saved.run_dir, baseline_dir)
     original = Variant("original", ONNX, {"method": "none"})
     bench.measure_onnx(original, baseline_dir / "model.onnx")
-    bench.original_metric = original.metric
+    bench.original_metric, bench.original_metrics = original.metric, original.metrics
     variants: list[Variant] = []
 
     for name, recipe, build in onnx_variants(bench, baseline_dir / "model.onnx"):
@@ -348,20 +374,19 @@ def search(bench: Bench, out_dir: Path, on_step: Callable[[str], None] | None = 
 
     base = entry(original, original, bench)
     entries = [entry(v, original, bench) for v in variants]
-    chosen = choose(entries, bench.cfg.prefer)
-    failing = None
-    if chosen is None:
-        scored = [e for e in entries if e["metric"] is not None and e["servable"] and not e["passed_guard"]]
-        failing = min(scored, key=lambda e: bench.drop(e["metric"], original.metric)) if scored else None
+    chosen = choose(entries, bench.cfg.prefer, bench.guards[0].lower_is_better)
+    failing = closest_failing(entries) if chosen is None else None
     model_dir = None
     if chosen is not None:
-        model_dir = out_dir / "model"
+        model_dir = (out_dir / "model").resolve()
         if model_dir.exists():
             shutil.rmtree(model_dir)
         shutil.copytree(chosen["run_dir"], model_dir)
         if (model_dir / "model" / "onnx" / "export.json").is_file():
             meta = read_json(model_dir / "model" / "onnx" / "export.json")
-            write_json(model_dir / "model" / "onnx" / "export.json", {**meta, "run_dir": str(model_dir.resolve())})
+            write_json(model_dir / "model" / "onnx" / "export.json", {**meta, "run_dir": str(model_dir)})
+    for e in entries:  # the work directory goes away: only the chosen variant keeps a run directory
+        e["run_dir"] = str(model_dir) if e is chosen else None
     return Outcome(base, entries, chosen, failing, model_dir, bench.metric, time.perf_counter() - started)
 
 
@@ -394,7 +419,7 @@ def stacked_variants(bench: Bench, base: list[Variant]) -> list[tuple[str, dict[
         return []
     out = []
     for v in base:
-        if v.run_dir is None or v.metric is None or bench.drop(v.metric, bench.original_metric) > bench.cfg.max_drop:
+        if v.run_dir is None or v.metric is None or not all(c["passed"] for c in bench.checks(v)):
             continue
         recipe = {"method": "stack", "steps": [v.recipe, {"method": method, "format": "qdq", "activation": "uint8"}]
                   if method == "ort_int8_static" else [v.recipe, {"method": method}]}
