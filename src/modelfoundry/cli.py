@@ -64,6 +64,9 @@ def friendly_errors(command: Callable) -> Callable:
             where = f" '{text(exc.filename)}'" if exc.filename else ""
             _console(stderr=True).print(f"[bold red]Error:[/] could not access{where}: "
                                         f"{text(exc.strerror or exc)}.", soft_wrap=True)
+            if isinstance(exc, IsADirectoryError):
+                _console(stderr=True).print("[bold]Next:[/] Give the path of a file (inside that directory, or "
+                                            "elsewhere), not of a directory.", soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             _console(stderr=True).print("Interrupted.")

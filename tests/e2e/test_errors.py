@@ -101,3 +101,50 @@ def test_an_unwritable_output_directory_is_reported_cleanly(tmp_path):
     cfg.write_text(yaml.safe_dump(tiny_config()))
     result = runner.invoke(app, ["run", str(cfg), "--run-dir", str(run_dir), "--no-progress"])
     assert result.exit_code == 1 and "Error: could not access" in result.output and "Traceback" not in result.output
+
+
+def one_paragraph(result, code, *expected):
+    """Exit `code`, an 'Error:' paragraph holding every `expected` text, and no traceback."""
+    assert result.exit_code == code, result.output
+    assert "Error:" in result.output and all(e in result.output for e in expected), result.output
+    assert "Traceback" not in result.output and (result.exception is None or isinstance(result.exception, SystemExit))
+
+
+def test_failures_before_training_leave_no_run_directory(tmp_path):
+    frame = iris()
+    frame.loc[3, "sepal length (cm)"] = np.inf
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(data={"source": csv(tmp_path, frame)}, output={"dir": str(tmp_path / "runs")})))
+    one_paragraph(runner.invoke(app, ["run", str(cfg), "--no-progress"]), 3, "sepal length (cm)", "infinite")
+    one_paragraph(runner.invoke(app, ["run", str(cfg), "--run-dir", str(tmp_path / "run"), "--no-progress"]), 3,
+                  "infinite")
+    assert not (tmp_path / "run").exists() and not list((tmp_path / "runs").glob("*"))
+    big = tmp_path / "big.yaml"  # 160 GB of weights: refused by the allocator, reported as one paragraph
+    big.write_text(yaml.safe_dump(tiny_config(model={"name": "mlp", "hidden": [10_000_000_000]})))
+    one_paragraph(runner.invoke(app, ["run", str(big), "--run-dir", str(tmp_path / "big"), "--no-progress"]), 5,
+                  "does not fit in memory", "hidden: [10000000000]")
+    assert not (tmp_path / "big").exists()
+
+
+def test_broken_inputs_to_a_trained_run_are_one_paragraph(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(training={"epochs": 2})))
+    assert runner.invoke(app, ["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--no-progress"]).exit_code == 0
+    rows = iris().drop(columns="target")
+    rows.loc[5, "petal width (cm)"] = -np.inf
+    one_paragraph(runner.invoke(app, ["predict", str(tmp_path / "r"), csv(tmp_path, rows, "rows.csv"), "-o",
+                                      str(tmp_path / "p.csv")]), 3, "petal width (cm)", "infinite")
+    (tmp_path / "out").mkdir()
+    result = runner.invoke(app, ["predict", str(tmp_path / "r"), csv(tmp_path, iris().drop(columns="target"),
+                                                                      "ok.csv"), "-o", str(tmp_path / "out")])
+    one_paragraph(result, 1, "is a directory")
+    assert not [p.name for p in tmp_path.rglob("*tmp*")], "a temporary file was left behind"
+    one_paragraph(runner.invoke(app, ["evaluate", str(cfg)]), 4, "is a file, not a run directory")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(yaml.safe_dump(tiny_config()).encode().replace(b"tiny", b"t\xefny"))
+    one_paragraph(runner.invoke(app, ["validate", str(latin)]), 2, "not UTF-8")
+    one_paragraph(runner.invoke(app, ["run", str(latin), "--no-progress"]), 2, "not UTF-8")
+    (tmp_path / "r/checkpoints/last.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    (tmp_path / "r/model/weights.pt").unlink()  # so that resume has work to do and must read the checkpoint
+    one_paragraph(runner.invoke(app, ["run", "--resume", str(tmp_path / "r"), "--no-progress"]), 4, "Cannot resume",
+                  "last.pt")
