@@ -273,60 +273,77 @@ def export_model(model: RunDirArg,
 @app.command()
 @friendly_errors
 def serve(model: RunDirArg,
-          host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
-          port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
-          workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes.")] = 1,
-          backend: Annotated[str, typer.Option("--backend", help="onnx (ONNX Runtime, default) or torch.")] = "onnx",
-          batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Coalesce concurrent "
-                                                 "requests into one model call.")] = True,
-          max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, help="Rows per model call.")] = 64,
-          max_latency_ms: Annotated[float, typer.Option("--max-latency-ms", min=0, help="How long a batch waits "
-                                                        "for more requests.")] = 5.0,
-          max_queue_size: Annotated[int, typer.Option("--max-queue-size", min=1, help="Waiting requests before "
-                                                      "503.")] = 1024,
-          queue_timeout_ms: Annotated[float, typer.Option("--queue-timeout-ms", min=1, help="Longest wait in the "
-                                                          "queue before 503.")] = 1000.0,
-          poll_s: Annotated[float, typer.Option("--poll-s", min=0, help="Seconds between checks of the alias "
-                                                "(hot switch); 0 disables.")] = 2.0,
+          host: Annotated[Optional[str], typer.Option("--host", help="Interface to bind [serve.host: "
+                                                      "127.0.0.1].")] = None,
+          port: Annotated[Optional[int], typer.Option("--port", help="TCP port [serve.port: 8000].")] = None,
+          workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Server processes "
+                                                         "[serve.workers: 1].")] = None,
+          backend: Annotated[Optional[str], typer.Option("--backend", help="onnx (ONNX Runtime) or torch "
+                                                         "[serve.backend: onnx].")] = None,
+          batching: Annotated[Optional[bool], typer.Option("--batching/--no-batching", help="Coalesce concurrent "
+                                                           "requests into one model call [serve.batching: "
+                                                           "on].", show_default=False)] = None,
+          max_batch_size: Annotated[Optional[int], typer.Option("--max-batch-size", min=1, help="Rows per model "
+                                                                "call [serve.max_batch_size: 64].")] = None,
+          max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", min=0, help="How long a batch "
+                                                                  "waits for more requests [5.0].")] = None,
+          max_queue_size: Annotated[Optional[int], typer.Option("--max-queue-size", min=1, help="Waiting requests "
+                                                                "before 503 [1024].")] = None,
+          queue_timeout_ms: Annotated[Optional[float], typer.Option("--queue-timeout-ms", min=1, help="Longest wait "
+                                                                    "in the queue before 503 [1000.0].")] = None,
+          max_records: Annotated[Optional[int], typer.Option("--max-records", min=1, help="Rows per request "
+                                                             "[10000].")] = None,
+          poll_s: Annotated[Optional[float], typer.Option("--poll-s", min=0, help="Seconds between checks of the "
+                                                          "alias (hot switch); 0 disables [2.0].")] = None,
           api_keys_file: Annotated[Optional[Path], typer.Option("--api-keys-file", help="Require an API key "
                                                                 "(file from `foundry keys create`).")] = None,
-          max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest request body.")] = 4.0,
+          max_body_mb: Annotated[Optional[float], typer.Option("--max-body-mb", min=0.001, help="Largest request "
+                                                               "body [4.0].")] = None,
           rate_limit: Annotated[Optional[float], typer.Option("--rate-limit", min=0.001, help="Requests per second "
                                                               "per API key (per client without keys).")] = None,
-          rate_burst: Annotated[int, typer.Option("--rate-burst", min=1, help="Requests allowed at once "
-                                                  "above the rate.")] = 20,
-          access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request "
-                                                   "(costs ~5% of throughput).")] = False,
+          rate_burst: Annotated[Optional[int], typer.Option("--rate-burst", min=1, help="Requests allowed at once "
+                                                            "above the rate [20].")] = None,
+          on_unseen: Annotated[Optional[str], typer.Option("--on-unseen", help="An unseen category: warn "
+                                                           "(predict, with a warning) or reject (422) [warn].")] = None,
+          openapi: Annotated[Optional[bool], typer.Option("--openapi/--no-openapi", help="Serve /openapi.json "
+                                                          "[off].", show_default=False)] = None,
+          access_log: Annotated[Optional[bool], typer.Option("--access-log/--no-access-log", help="Log every "
+                                                             "request (costs ~5% of throughput) [off].",
+                                                             show_default=False)] = None,
           uri: UriOption = None) -> None:
-    """Serve a model over HTTP: Open Inference Protocol v2 and POST /predict."""
-    import json
+    """Serve a model over HTTP: Open Inference Protocol v2 and POST /predict.
+
+    Settings come from the model's own config (its serve: section); each option given overrides one key."""
     import os
 
     import uvicorn
 
-    from modelfoundry.errors import ConfigError, unknown_name
-    from modelfoundry.serve.main import ENV_BACKEND, ENV_MODEL, ENV_SETTINGS, ENV_URI
+    from modelfoundry.serve.main import ENV_MODEL, ENV_SETTINGS, ENV_URI
+    from modelfoundry.serve.store import serve_settings, store_for
 
-    if backend not in ("onnx", "torch"):
-        raise ConfigError(unknown_name("backend", backend, ["onnx", "torch"]))
-    settings = {"host": host, "port": port, "workers": workers, "batching": batching, "max_batch_size": max_batch_size,
-                "max_latency_ms": max_latency_ms, "max_queue_size": max_queue_size,
-                "queue_timeout_ms": queue_timeout_ms, "poll_s": poll_s,
-                "api_keys_file": str(api_keys_file.resolve()) if api_keys_file else None,
-                "max_body_bytes": int(max_body_mb * 1024 * 1024), "rate_limit_per_s": rate_limit,
-                "rate_burst": rate_burst}
-    if api_keys_file:
+    given = {"host": host, "port": port, "workers": workers, "backend": backend, "batching": batching,
+             "max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms, "max_queue_size": max_queue_size,
+             "queue_timeout_ms": queue_timeout_ms, "max_records": max_records, "poll_s": poll_s,
+             "api_keys_file": str(api_keys_file) if api_keys_file else None, "max_body_mb": max_body_mb,
+             "rate_limit_per_s": rate_limit, "rate_burst": rate_burst, "on_unseen": on_unseen, "openapi": openapi,
+             "access_log": access_log}
+    settings = serve_settings(store_for(str(model), uri), {k: v for k, v in given.items() if v is not None})
+    if settings.api_keys_file:
         from modelfoundry.serve.security import ApiKeys
 
-        ApiKeys.from_file(api_keys_file)  # a bad file fails here, with its line, not in every worker
-    if workers > 1:  # download and export once, here, rather than racing in every worker
-        from modelfoundry.serve.store import store_for
+        settings.api_keys_file = str(Path(settings.api_keys_file).resolve())
+        ApiKeys.from_file(Path(settings.api_keys_file))  # a bad file fails here, with its line, not in every worker
+    store = store_for(str(model), uri, settings.backend)
+    loaded = store.load()  # an unloadable model fails here, as one paragraph; downloaded and exported once
+    options = {"host": settings.host, "port": settings.port, "timeout_graceful_shutdown": 30, "log_level": "info",
+               "access_log": settings.access_log}
+    if settings.workers == 1:
+        from modelfoundry.serve.app import create_app
 
-        store_for(str(model), uri, backend).load()
-    os.environ.update({ENV_MODEL: str(model), ENV_URI: uri or "", ENV_BACKEND: backend,
-                       ENV_SETTINGS: json.dumps(settings)})
-    uvicorn.run("modelfoundry.serve.main:build", factory=True, host=host, port=port, workers=workers,
-                timeout_graceful_shutdown=30, log_level="info", access_log=access_log)
+        uvicorn.run(create_app(settings, store, preloaded=loaded), **options)
+        return
+    os.environ.update({ENV_MODEL: str(model), ENV_URI: uri or "", ENV_SETTINGS: settings.model_dump_json()})
+    uvicorn.run("modelfoundry.serve.main:build", factory=True, workers=settings.workers, **options)
 
 
 @app.command()

@@ -23,7 +23,7 @@ ALLOWED = {
     "export": {"data", "models", "rundir"},
     "registry": set(),
     "archive": {"registry", "rundir"},  # an imported archive must load as a run directory does
-    "serve": {"export", "rundir", "models", "registry"},
+    "serve": {"data", "export", "rundir", "models", "registry"},
     "pipeline": {"data", "models", "train", "evaluate", "experiment", "cv", "tune", "compress", "rundir", "manifest", "registry",
                  "export"},
     "cli": {"pipeline", "data", "rundir", "registry", "archive", "serve", "compress", "legacy"},

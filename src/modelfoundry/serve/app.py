@@ -4,20 +4,23 @@
     GET  /v2/health/ready           the model is loaded and warmed up (503 until then)
     GET  /v2/models/{name}          model metadata: version, platform, one input per raw column, outputs
     GET  /metrics                   Prometheus metrics (see metrics.py)
+    GET  /openapi.json              the OpenAPI schema, only with serve.openapi (behind the API key if any)
     POST /v2/models/{name}/infer    OIP v2 inference: one input tensor per raw column
     POST /predict                   {"records": [{column: raw value, ...}]} -> predictions + probabilities
 
-Built by `create_app(settings, store)`; every FoundryError maps to its own HTTP status in one handler, and
-request validation errors name the field, so bad input never yields a 500.
+Built by `create_app(settings, store)` from the `serve:` config section. Every error answers one JSON shape,
+{"error", "hint"}: FoundryErrors with their own HTTP status, unknown routes 404, wrong methods 405, and an
+unexpected failure 500. Each request is checked on its own before it may share a batch (runner.py), so bad
+input is a 4xx for that request alone, never a 500.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,113 +28,44 @@ import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
-from modelfoundry.errors import FoundryError, ModelNotFound, RetryLater
+from modelfoundry.config import ServeConfig
+from modelfoundry.data.input_schema import InputSchema
+from modelfoundry.errors import FoundryError, RetryLater
 from modelfoundry.serve.backends import warm_up
 from modelfoundry.serve.batching import DynamicBatcher
 from modelfoundry.serve.metrics import MetricsMiddleware, ServerMetrics
+from modelfoundry.serve.payloads import (InferRequest, PredictRequest, body_schema, infer_columns, infer_request,
+                                         parse_json, predict_records)
+from modelfoundry.serve.runner import ServedModel, prepare
 from modelfoundry.serve.security import ApiKeys, AuthError, BodySizeLimit, RateLimiter, key_from_headers
 from modelfoundry.serve.store import LoadedModel, ModelStore
 
 log = logging.getLogger(__name__)
-OIP_TYPES = {"BOOL": bool, "INT8": int, "INT16": int, "INT32": int, "INT64": int, "UINT8": int, "UINT16": int,
-             "UINT32": int, "UINT64": int, "FP16": float, "FP32": float, "FP64": float, "BYTES": str}
+ServeSettings = ServeConfig  # the server's settings are the config's serve: section (older name, kept for imports)
+ROUTES_HINT = ("Routes: POST /predict, POST /v2/models/{name}/infer, GET /v2/models/{name}, GET /v2/health/live, "
+               "GET /v2/health/ready, GET /metrics.")
 
 
-@dataclass
-class ServeSettings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    max_records: int = 10_000  # rows per request
-    batching: bool = True
-    max_batch_size: int = 64  # rows per model call
-    max_latency_ms: float = 5.0  # how long a batch waits for more requests after its first
-    max_queue_size: int = 1024  # waiting requests before 503
-    queue_timeout_ms: float = 1000.0  # a request waiting longer gets 503
-    poll_s: float = 2.0  # how often a registry alias is checked for a move (hot switch); 0 disables
-    api_keys_file: str | None = None  # NAME:SHA256 lines (see security.py); None: no authentication
-    max_body_bytes: int = 4 * 1024 * 1024  # larger request bodies get 413
-    rate_limit_per_s: float | None = None  # per API key (or per client address without keys); None: no limit
-    rate_burst: int = 20
+def max_body_bytes(settings: ServeConfig) -> int:
+    """serve.max_body_mb in bytes (the body limit's one conversion)."""
+    return int(settings.max_body_mb * 1024 * 1024)
 
 
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    records: list[dict[str, Any]] = Field(min_length=1)
-
-
-class InferInput(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    data: list[Any]
-    parameters: dict[str, Any] | None = None
-
-
-class InferRequest(BaseModel):
-    id: str | None = None
-    inputs: list[InferInput] = Field(min_length=1)
-    outputs: list[dict[str, Any]] | None = None
-    parameters: dict[str, Any] | None = None
-
-
-class ServedModel:
-    """The model being served. `predict` goes through the dynamic batcher (or straight to the backend) and
-    returns the outputs with the model that produced them, so a hot switch never mixes versions."""
-
-    def __init__(self) -> None:
-        self.current: LoadedModel | None = None
-        self.batcher: DynamicBatcher | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.current is not None
-
-    def get(self, name: str | None = None) -> LoadedModel:
-        if self.current is None:
-            raise FoundryError("The model is still loading.", "Retry when /v2/health/ready answers 200.")
-        if name is not None and name != self.current.name:
-            raise ModelNotFound(f"This server serves model '{self.current.name}', not '{name}'.",
-                                f"Use /v2/models/{self.current.name}/infer.")
-        return self.current
-
-    async def predict(self, rows: Any) -> tuple[np.ndarray, LoadedModel]:
-        """`rows`: a DataFrame or a list of record dicts."""
-        if self.batcher is not None:
-            return await self.batcher.submit(rows)
-        model = self.get()
-        return await asyncio.to_thread(model.backend.predict_frame, _as_frame(rows)), model
-
-    async def run_batch(self, frames: list[Any]) -> tuple[list[Any], LoadedModel]:
-        """One model call for all frames; if it fails on bad input, each frame alone, so only the bad
-        request fails (its slot then holds the exception)."""
-        model = self.get()
-        if len(frames) == 1:
-            return [await asyncio.to_thread(model.backend.predict_frame, _as_frame(frames[0]))], model
-        try:
-            output = await asyncio.to_thread(model.backend.predict_frame, _one_frame(frames))
-        except FoundryError:
-            return [await self._alone(model, _as_frame(f)) for f in frames], model
-        return np.split(output, np.cumsum([len(f) for f in frames])[:-1]), model
-
-    @staticmethod
-    async def _alone(model: LoadedModel, frame: Any) -> Any:
-        try:
-            return await asyncio.to_thread(model.backend.predict_frame, frame)
-        except FoundryError as exc:
-            return exc
-
-
-def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
-    """The FastAPI app serving `store`'s model; it loads and warms up the model at start-up."""
-    served = ServedModel()
+def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel | None = None) -> FastAPI:
+    """The FastAPI app serving `store`'s model (or `preloaded`, already loaded by the caller); it loads and warms
+    up the model at start-up."""
     metrics = ServerMetrics(settings.max_batch_size)
+    served = ServedModel(metrics.count_warnings)
+
+    def with_schema(loaded: LoadedModel) -> LoadedModel:
+        loaded.schema = InputSchema(loaded.backend.desc, settings.on_unseen)
+        return loaded
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        loaded = await asyncio.to_thread(store.load)
+        loaded = with_schema(preloaded or await asyncio.to_thread(store.load))
         await asyncio.to_thread(warm_up, loaded.backend)
         served.current = loaded
         metrics.set_model(loaded.name, loaded.version, loaded.alias)
@@ -145,7 +79,8 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
             served.batcher.start()
         watcher = None
         if settings.poll_s > 0 and hasattr(store, "resolve"):
-            watcher = asyncio.get_running_loop().create_task(_follow_alias(store, served, metrics, settings.poll_s))
+            watcher = asyncio.get_running_loop().create_task(
+                _follow_alias(store, served, metrics, settings.poll_s, with_schema))
         log.info("serving %s v%s on %s", loaded.name, loaded.version, loaded.backend.platform)
         yield
         if watcher:
@@ -163,29 +98,17 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
         if limiter:
             limiter.acquire(who)
 
-    app = FastAPI(title="modelfoundry inference server", lifespan=lifespan)
+    # no /docs or /redoc (their pages load scripts from a CDN); /openapi.json only when asked, below
+    app = FastAPI(title="modelfoundry inference server", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     app.state.served, app.state.metrics = served, metrics
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes(settings))
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: also counts 413s
-
-    @app.exception_handler(FoundryError)
-    async def foundry_error(request: Request, exc: FoundryError) -> JSONResponse:
-        status = 503 if not served.ready else exc.http_status
-        headers = {}
-        if isinstance(exc, RetryLater):  # Overloaded (503), RateLimited (429)
-            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
-        if isinstance(exc, AuthError):
-            headers["WWW-Authenticate"] = "Bearer"
-        return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=status, headers=headers or None)
+    _add_error_handlers(app, served)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse({"error": "; ".join(problems[:10])}, status_code=422)
 
     @app.get("/v2/health/live")
     async def live() -> dict[str, bool]:
@@ -195,6 +118,11 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
     async def ready() -> JSONResponse:
         return JSONResponse({"ready": served.ready}, status_code=200 if served.ready else 503)
 
+    if settings.openapi:
+        @app.get("/openapi.json", dependencies=[Depends(authorize)], include_in_schema=False)
+        async def openapi() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
     @app.get("/v2/models/{name}", dependencies=[Depends(authorize)])
     async def metadata(name: str) -> dict[str, Any]:
         model = served.get(name)
@@ -203,62 +131,89 @@ def create_app(settings: ServeSettings, store: ModelStore) -> FastAPI:
                     "shape": [-1]}]
         if backend.task == "classification":
             outputs.append({"name": "probabilities", "datatype": "FP64", "shape": [-1, len(backend.labels)]})
-        return {"name": model.name, "versions": [model.version], "platform": backend.platform,
-                "inputs": [{"name": c, "datatype": "FP64", "shape": [-1]} for c in backend.columns],
+        outputs.append({"name": "warnings", "datatype": "BYTES", "shape": [-1]})  # only when a row has any
+        kinds = model.schema.kinds
+        inputs = [{"name": c, "datatype": "BYTES" if kinds.get(c) == "categorical" else "FP64", "shape": [-1]}
+                  for c in backend.columns]
+        return {"name": model.name, "versions": [model.version], "platform": backend.platform, "inputs": inputs,
                 "outputs": outputs, "parameters": {"alias": model.alias, "task": backend.task,
-                                                   "labels": backend.labels}}
+                                                   "labels": backend.labels, "on_unseen": settings.on_unseen}}
 
-    @app.post("/v2/models/{name}/infer", dependencies=[Depends(authorize)])
-    async def infer(name: str, request: InferRequest) -> dict[str, Any]:
-        served.get(name)
-        frame = _frame_from_inputs(request.inputs, settings.max_records)
-        output, model = _raise_if_error(await served.predict(frame))
-        predictions, probabilities = _decode(model, output)
+    @app.post("/v2/models/{name}/infer", dependencies=[Depends(authorize)], openapi_extra=body_schema(InferRequest))
+    async def infer(name: str, request: Request) -> JSONResponse:
+        body = infer_request(parse_json(await request.body(), request.headers.get("content-type")))
+        model = served.get(name)
+        columns, n = infer_columns(body.inputs, model.schema, settings.max_records)
+        answer, model = await served.predict(await prepare(model, lambda s: s.from_columns(columns, n), n))
+        predictions, probabilities = _decode(model, answer.output)
         outputs = [{"name": "predictions", "shape": [len(predictions)],
                     "datatype": "BYTES" if model.backend.task == "classification" else "FP64", "data": predictions}]
         if probabilities is not None:
-            outputs.append({"name": "probabilities", "shape": list(output.shape), "datatype": "FP64",
+            outputs.append({"name": "probabilities", "shape": list(answer.output.shape), "datatype": "FP64",
                             "data": [p for row in probabilities for p in row]})
-        return {"model_name": model.name, "model_version": model.version, "id": request.id, "outputs": outputs}
+        if answer.warnings is not None:  # one JSON list per row, as BYTES: OIP parameters hold only scalars
+            outputs.append({"name": "warnings", "shape": [n], "datatype": "BYTES",
+                            "data": [json.dumps(row) for row in answer.warnings]})
+        return JSONResponse({"model_name": model.name, "model_version": model.version, "id": body.id,
+                             "outputs": outputs})
 
-    @app.post("/predict", dependencies=[Depends(authorize)])
-    async def predict(request: PredictRequest) -> dict[str, Any]:
-
-        if len(request.records) > settings.max_records:
-            raise _too_many(len(request.records), settings.max_records)
-        served.get()  # records stay a list of dicts: the batch builds one DataFrame for all its requests
-        output, model = _raise_if_error(await served.predict(request.records))
-        predictions, probabilities = _decode(model, output)
+    @app.post("/predict", dependencies=[Depends(authorize)], openapi_extra=body_schema(PredictRequest))
+    async def predict(request: Request) -> JSONResponse:
+        records = predict_records(parse_json(await request.body(), request.headers.get("content-type")),
+                                  settings.max_records)
+        model = served.get()
+        answer, model = await served.predict(await prepare(model, lambda s: s.from_records(records), len(records)))
+        predictions, probabilities = _decode(model, answer.output)
         body: dict[str, Any] = {"predictions": predictions, "model": model.name, "version": model.version}
         if probabilities is not None:
             body["probabilities"] = probabilities
-        return body
+        if answer.warnings is not None:
+            body["warnings"] = answer.warnings
+        return JSONResponse(body)
 
     return app
 
 
-def _as_frame(rows: Any) -> Any:
-    import pandas as pd
+def _add_error_handlers(app: FastAPI, served: ServedModel) -> None:
+    """One error body everywhere: {"error": what was wrong, "hint": what to do}."""
 
-    return pd.DataFrame.from_records(rows) if isinstance(rows, list) else rows
+    @app.exception_handler(FoundryError)
+    async def foundry_error(request: Request, exc: FoundryError) -> JSONResponse:
+        status = 503 if not served.ready else exc.http_status
+        headers = {}
+        if isinstance(exc, RetryLater):  # Overloaded (503), RateLimited (429)
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        if isinstance(exc, AuthError):
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse({"error": exc.message, "hint": exc.hint or "See docs/serving.md."}, status_code=status,
+                            headers=headers or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": "; ".join(problems[:10]), "hint": "See docs/serving.md for the request "
+                             "formats."}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            error, hint = f"No route {request.method} {request.url.path}.", ROUTES_HINT
+        elif exc.status_code == 405:
+            error = f"{request.method} is not allowed on {request.url.path}."
+            hint = f"Use {(exc.headers or {}).get('Allow', 'another method')}."
+        else:
+            error, hint = str(exc.detail), "See docs/serving.md."
+        return JSONResponse({"error": error, "hint": hint}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # logged by the server with its traceback
+        return JSONResponse({"error": f"Internal server error ({type(exc).__name__}).",
+                             "hint": "This is a bug, not a problem with the request; the server log has the "
+                                     "details."}, status_code=500)
 
 
-def _one_frame(parts: list[Any]) -> Any:
-    """One DataFrame for a whole batch: record lists are joined first (one from_records, not one per request)."""
-    import pandas as pd
-
-    if all(isinstance(p, list) for p in parts):
-        return pd.DataFrame.from_records([record for part in parts for record in part])
-    return pd.concat([_as_frame(p) for p in parts], ignore_index=True)
-
-
-def _raise_if_error(result: tuple[Any, LoadedModel]) -> tuple[np.ndarray, LoadedModel]:
-    if isinstance(result[0], Exception):  # this request's rows failed inside a shared batch
-        raise result[0]
-    return result
-
-
-async def _follow_alias(store: Any, served: ServedModel, metrics: ServerMetrics, poll_s: float) -> None:
+async def _follow_alias(store: Any, served: ServedModel, metrics: ServerMetrics, poll_s: float,
+                        with_schema: Any) -> None:
     """Hot switch: when the alias moves, load and warm the new version in the background, then swap it in
     at once. Batches already running finish on the old version; later ones use the new."""
     while True:
@@ -267,7 +222,7 @@ async def _follow_alias(store: Any, served: ServedModel, metrics: ServerMetrics,
             name, version, alias = await asyncio.to_thread(store.resolve)
             if served.current is None or version == served.current.version:
                 continue
-            loaded = await asyncio.to_thread(store.load, version)
+            loaded = with_schema(await asyncio.to_thread(store.load, version))
             await asyncio.to_thread(warm_up, loaded.backend)
             served.current = loaded  # one assignment on the event loop: atomic for every request
             metrics.set_model(loaded.name, loaded.version, loaded.alias)
@@ -281,37 +236,3 @@ def _decode(model: LoadedModel, output: np.ndarray) -> tuple[list[Any], list[lis
         labels = model.backend.labels
         return [labels[i] for i in output.argmax(1)], output.round(8).tolist()
     return output.tolist(), None
-
-
-def _frame_from_inputs(inputs: list[InferInput], max_records: int) -> Any:
-    """OIP v2 inputs, one per raw column (shape [N] or [N, 1]), as a DataFrame; errors name the input."""
-    import pandas as pd
-
-    from modelfoundry.errors import DataError
-
-    columns: dict[str, list[Any]] = {}
-    rows = None
-    for tensor in inputs:
-        if tensor.datatype not in OIP_TYPES:
-            raise DataError(f"Input '{tensor.name}' has datatype '{tensor.datatype}'; expected one of "
-                            f"{', '.join(OIP_TYPES)}.", "Use FP32/FP64 for numbers and BYTES for text.")
-        n = tensor.shape[0] if tensor.shape else 0
-        if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1) \
-                or len(tensor.data) != n:
-            raise DataError(f"Input '{tensor.name}' has shape {tensor.shape} and {len(tensor.data)} values; each "
-                            "input is one column, shape [N] or [N, 1] with N values.", "Send one tensor per column.")
-        if rows is not None and n != rows:
-            raise DataError(f"Input '{tensor.name}' has {n} rows but an earlier input has {rows}.",
-                            "Send the same number of rows for every column.")
-        rows = n
-        columns[tensor.name] = tensor.data
-    if rows and rows > max_records:
-        raise _too_many(rows, max_records)
-    return pd.DataFrame(columns)
-
-
-def _too_many(n: int, limit: int) -> FoundryError:
-    from modelfoundry.errors import DataError
-
-    return DataError(f"The request holds {n} rows; this server takes at most {limit} per request.",
-                     "Split the request into smaller batches.")

@@ -1,7 +1,9 @@
-"""Inference backends: raw rows in, class probabilities (or target-unit predictions) out.
+"""Inference backends: the model input (already preprocessed) in, class probabilities (or target-unit
+predictions) out.
 
 ONNX Runtime is the default (2-10x faster than eager torch at batch 1 on CPU); PyTorch is the fallback
-when a model cannot be exported. Both apply the run's fitted preprocessing before the model.
+when a model cannot be exported. Each exposes the run's portable preprocessing description (`desc`), from
+which the server checks and transforms every request on its own (data/input_schema.py) before batching.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ class Backend(Protocol):
     task: str
     labels: list[Any]  # class values as in the training data (ints stay ints in JSON)
     columns: list[str]
+    desc: dict[str, Any]  # the portable preprocessing description (data/portable.py)
+
+    def predict_array(self, X: np.ndarray) -> np.ndarray: ...
 
     def predict_frame(self, frame: pd.DataFrame) -> np.ndarray: ...
 
@@ -39,13 +44,22 @@ class OnnxBackend:
         self.task = self.predictor.task
         self.labels = list(self.predictor.preprocess["target"].get("classes") or [])  # original class values
         self.columns = list(self.predictor.preprocess["columns"])
+        self.desc = self.predictor.preprocess
+
+    def predict_array(self, X: np.ndarray) -> np.ndarray:
+        """Model input (N, *input_shape) float32 -> probabilities (N, K) or values (N,) in the target's units."""
+        output = self.predictor.predict_array(X).astype(np.float64)
+        if self.task == "classification":
+            return output
+        target = self.desc["target"]
+        return output[:, 0] * target["std"] + target["mean"]
 
     def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
         return self.predictor.predict_frame(frame, origin="the request")
 
 
 class TorchBackend:
-    """The PyTorch model with the pickled preprocessing, for models ONNX export cannot handle."""
+    """The PyTorch model with the portable preprocessing, for models ONNX export cannot handle."""
 
     platform = "pytorch"
 
@@ -56,12 +70,16 @@ class TorchBackend:
         self.task = self.saved.task
         self.labels = list(getattr(self.saved.target_encoder, "classes_", []))  # original class values
         self.columns = list(self.saved.preprocessor.columns)
+        self.desc = self.saved.preprocessor.desc
 
-    def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
+    def predict_array(self, X: np.ndarray) -> np.ndarray:
         from modelfoundry.models.inference import predict_outputs
 
-        output = predict_outputs(self.saved.model, self.saved.preprocessor.transform(frame, "the request"), self.task)
+        output = predict_outputs(self.saved.model, X, self.task)
         return output if self.task == "classification" else self.saved.target_encoder.decode(output)
+
+    def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.predict_array(self.saved.preprocessor.transform(frame, "the request"))
 
 
 def load_backend(run_dir: Path, prefer: str = "onnx") -> Backend:
@@ -80,11 +98,8 @@ def load_backend(run_dir: Path, prefer: str = "onnx") -> Backend:
 
 
 def warm_up(backend: Backend) -> None:
-    """One prediction on a neutral row, so the first request does not pay for lazy initialisation."""
-    import pandas as pd
-
-    frame = pd.DataFrame({c: [0.0] for c in backend.columns})
+    """One prediction on a neutral model input, so the first request does not pay for lazy initialisation."""
     try:
-        backend.predict_frame(frame)
-    except Exception as exc:  # noqa: BLE001 - a categorical column may reject 0.0; warm-up is best effort
+        backend.predict_array(np.zeros((1, *backend.desc["input_shape"]), dtype=np.float32))
+    except Exception as exc:  # noqa: BLE001 - warm-up is best effort
         log.info("warm-up skipped: %s", exc)

@@ -21,12 +21,13 @@ from modelfoundry.errors import Overloaded
 
 @dataclass
 class _Pending:
-    frame: Any  # raw rows: a pandas DataFrame or a list of record dicts (len = rows)
+    frame: Any  # one request's rows: anything with len() and slicing (a checked request, a DataFrame)
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-# run(frames) -> (outputs, tag): one call for the whole batch; tag travels back with every result (the version)
+# run(frames) -> (outputs, tag): one call for the whole batch; tag travels back with every result (the version).
+# An output may be an exception: that request alone fails with it.
 BatchRunner = Callable[[list[Any]], Awaitable[tuple[list[np.ndarray], Any]]]
 
 
@@ -108,7 +109,10 @@ class DynamicBatcher:
             return
         for item, output in zip(live, outputs):
             if not item.future.done():
-                item.future.set_result((output, tag))
+                if isinstance(output, BaseException):
+                    item.future.set_exception(output)
+                else:
+                    item.future.set_result((output, tag))
 
     async def _run_sliced(self, frames: list[Any]) -> tuple[list[np.ndarray], Any]:
         """One call, or, for a single request larger than max_batch_size, one call per slice."""
@@ -116,8 +120,10 @@ class DynamicBatcher:
             return await self.run(frames)
         frame, parts, tag = frames[0], [], None
         for start in range(0, len(frame), self.max_batch_size):
-            part = frame[start:start + self.max_batch_size] if isinstance(frame, list) else \
-                frame.iloc[start:start + self.max_batch_size]
+            part = frame.iloc[start:start + self.max_batch_size] if hasattr(frame, "iloc") else \
+                frame[start:start + self.max_batch_size]
             out, tag = await self.run([part])
+            if isinstance(out[0], BaseException):  # a slice failed: so does the request
+                return [out[0]], tag
             parts.append(out[0])
-        return [np.concatenate(parts)], tag
+        return [parts[0].join(parts) if hasattr(parts[0], "join") else np.concatenate(parts)], tag

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 
-from modelfoundry.serve.app import ServeSettings, create_app
+from modelfoundry.config import ServeConfig
+from modelfoundry.serve.app import create_app
 from modelfoundry.serve.store import store_for
 
-ENV_MODEL, ENV_URI, ENV_BACKEND = "FOUNDRY_SERVE_MODEL", "FOUNDRY_SERVE_URI", "FOUNDRY_SERVE_BACKEND"
-ENV_SETTINGS = "FOUNDRY_SERVE_SETTINGS"  # ServeSettings fields as JSON
+ENV_MODEL, ENV_URI = "FOUNDRY_SERVE_MODEL", "FOUNDRY_SERVE_URI"
+ENV_SETTINGS = "FOUNDRY_SERVE_SETTINGS"  # the resolved serve: section (ServeConfig) as JSON
 
 
 def build():  # noqa: ANN201 - FastAPI app
-    store = store_for(os.environ[ENV_MODEL], os.environ.get(ENV_URI) or None, os.environ.get(ENV_BACKEND, "onnx"))
-    return create_app(ServeSettings(**json.loads(os.environ.get(ENV_SETTINGS) or "{}")), store)
+    settings = ServeConfig.model_validate(json.loads(os.environ.get(ENV_SETTINGS) or "{}"))
+    return create_app(settings, store_for(os.environ[ENV_MODEL], os.environ.get(ENV_URI) or None, settings.backend))

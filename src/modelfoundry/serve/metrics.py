@@ -3,6 +3,8 @@
     foundry_requests_total{route,status}        foundry_request_duration_seconds{route} (histogram)
     foundry_queue_duration_seconds (histogram)  foundry_batch_size (histogram)
     foundry_inflight_requests (gauge)           foundry_model_info{model,version,alias} = 1
+    foundry_input_warnings_total{column,kind}   values the model did not see in training (kind: unseen_category,
+                                                imputed, out_of_range; see data/input_schema.py)
 
 Each app has its own registry, so several apps (tests) never collide. With several worker processes each
 worker reports its own series (set PROMETHEUS_MULTIPROC_DIR for prometheus-client's multiprocess mode).
@@ -13,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-ROUTES = ("/v2/health/live", "/v2/health/ready", "/predict", "/metrics")
+ROUTES = ("/v2/health/live", "/v2/health/ready", "/predict", "/metrics", "/openapi.json")
 
 
 class ServerMetrics:
@@ -34,6 +36,8 @@ class ServerMetrics:
         self.inflight = Gauge("foundry_inflight_requests", "Requests being handled now.", registry=self.registry)
         self.info = Gauge("foundry_model_info", "The model version being served (value 1).",
                           ["model", "version", "alias"], registry=self.registry)
+        self.input_warnings = Counter("foundry_input_warnings", "Input values the model did not see in training, "
+                                      "by column and kind.", ["column", "kind"], registry=self.registry)
 
     def set_model(self, name: str, version: str, alias: str | None) -> None:
         self.info.clear()
@@ -43,6 +47,10 @@ class ServerMetrics:
         self.batch.observe(rows)
         for wait in waits_s:
             self.queue.observe(wait)
+
+    def count_warnings(self, counts: dict[tuple[str, str], int]) -> None:
+        for (column, kind), n in counts.items():
+            self.input_warnings.labels(column, kind).inc(n)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest

@@ -15,10 +15,14 @@ class LoadedModel:
     version: str
     alias: str | None
     backend: Backend
+    run_dir: Path | None = None
+    schema: Any = None  # its InputSchema (data/input_schema.py), set by the server (it knows serve.on_unseen)
 
 
 class ModelStore(Protocol):
     def load(self, version: str | None = None) -> LoadedModel: ...
+
+    def local_dir(self) -> Path: ...
 
 
 class RunDirStore:
@@ -31,7 +35,10 @@ class RunDirStore:
         from modelfoundry.storage import read_json
 
         name = self.name or read_json(self.run_dir / "model" / "model.json")["name"]
-        return LoadedModel(name, "run", None, load_backend(self.run_dir, self.backend))
+        return LoadedModel(name, "run", None, load_backend(self.run_dir, self.backend), self.run_dir)
+
+    def local_dir(self) -> Path:
+        return self.run_dir
 
 
 class RegistryStore:
@@ -59,9 +66,46 @@ class RegistryStore:
         else:
             name, _, alias = parse_ref(self.ref)
         local = download(f"{name}/{version}", self.uri)
-        return LoadedModel(name, version, alias, load_backend(local, self.backend))
+        return LoadedModel(name, version, alias, load_backend(local, self.backend), local)
+
+    def local_dir(self) -> Path:
+        """The local copy of the version the reference resolves to now (downloaded once, then cached)."""
+        from modelfoundry.registry import download
+
+        name, version, _ = self.resolve()
+        return download(f"{name}/{version}", self.uri)
 
 
 def store_for(model: str, uri: str | None = None, backend: str = "onnx") -> Any:
-    """A RunDirStore for an existing directory, else a RegistryStore."""
-    return RunDirStore(Path(model), backend=backend) if Path(model).is_dir() else RegistryStore(model, uri, backend)
+    """A RunDirStore for an existing directory, a RegistryStore for NAME, NAME/VERSION or NAME@ALIAS."""
+    from modelfoundry.errors import RunDirError
+    from modelfoundry.registry import REF
+
+    path = Path(model)
+    if path.is_dir():
+        return RunDirStore(path, backend=backend)
+    if path.exists():
+        raise RunDirError(f"'{model}' is a file, not a run directory.",
+                          "Pass a directory made by `foundry run` (under runs/), or NAME, NAME/VERSION or NAME@ALIAS.")
+    if REF.match(str(model)):
+        return RegistryStore(str(model), uri, backend)
+    raise RunDirError(f"'{model}' is neither a run directory nor a registered model reference.",
+                      "Pass a directory under runs/, or NAME, NAME/VERSION or NAME@ALIAS (see `foundry registry "
+                      "list`).")
+
+
+def serve_settings(store: Any, overrides: dict[str, Any]) -> Any:
+    """The served model's `serve:` config section with `overrides` (the flags given) applied: the one place
+    a server's settings are decided."""
+    from pydantic import ValidationError
+
+    from modelfoundry.config import ServeConfig
+    from modelfoundry.errors import ConfigError
+    from modelfoundry.rundir import load_run_config
+
+    section = load_run_config(store.local_dir()).serve
+    try:
+        return ServeConfig.model_validate({**section.model_dump(), **overrides})
+    except ValidationError as exc:
+        problems = [f"serve.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("; ".join(problems), "Fix the option (or the model config's serve: section).") from None
