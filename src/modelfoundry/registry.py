@@ -347,12 +347,19 @@ def _model(mlf: Any, name: str) -> Any:
 
     try:
         return mlf.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if not _not_found(exc):  # an unreachable store: not worth a second request for a did-you-mean
+            raise
         known = [m.name for m in mlf.search_registered_models(max_results=1000)]
         from modelfoundry.errors import did_you_mean
 
         raise ModelNotFound(f"No registered model '{name}'.{did_you_mean(name, known)}",
                             "List them with `foundry registry list`; `foundry run CONFIG` registers one.") from None
+
+
+def _not_found(exc: Any) -> bool:
+    """Whether an MlflowException says the thing asked for does not exist (a missing alias is a bad parameter)."""
+    return getattr(exc, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 def find_version(mlf: Any, name: str, version: str | None, alias: str | None) -> Any:
@@ -362,7 +369,9 @@ def find_version(mlf: Any, name: str, version: str | None, alias: str | None) ->
         if alias is not None:
             return mlf.get_model_version_by_alias(name, alias)
         return mlf.get_model_version(name, version)
-    except MlflowException:
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
         model = _model(mlf, name)
         what = f"alias '{alias}'" if alias else f"version {version}"
         raise ModelNotFound(f"Model '{name}' has no {what} (aliases: {_aliases(model) or 'none'}).",
