@@ -242,3 +242,18 @@ def test_compressing_a_registered_model_tags_its_parent_version(tmp_path, monkey
         tags = show(f"wide/{version}", uri)["tags"]
         assert tags["foundry.parent_version"] == "1", (version, tags)
         assert json.loads(tags["foundry.compression"]) == {"method": "ort_fp16"}
+
+
+def test_a_regression_model_is_guarded_on_its_errors_in_target_units(tmp_path):
+    cfg = load_config(tiny_config(name="diab", data={"source": "sklearn:diabetes", "task": "regression"},
+                                  model={"name": "mlp", "hidden": [256, 128]}, training={"epochs": 3},
+                                  compress={"repeats": 5}))
+    run(cfg, run_dir=tmp_path / "run", progress=False)
+    result = compress(tmp_path / "run", prefer="size", max_drop=1.0, variants=["ort_fp16"], out=tmp_path / "c",
+                      progress=False)
+    fp16 = next(v for v in result.variants if v["name"] == "ort_fp16")
+    assert [c["metric"] for c in fp16["guard"]] == ["r2", "rmse", "mae"]
+    rmse = next(c for c in fp16["guard"] if c["metric"] == "rmse")
+    assert rmse["original"] > 10  # diabetes progression is in the tens: target units, not standardised
+    assert rmse["allowed"] == pytest.approx(0.05 * rmse["original"])
+    assert rmse["passed"] == (rmse["value"] - rmse["original"] <= rmse["allowed"] + 1e-12)
