@@ -20,8 +20,8 @@ ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", sho
 RunDirArg = Annotated[Path, typer.Argument(help="A run directory made by `foundry run`, or a registered model: "
                                            "NAME, NAME/VERSION or NAME@ALIAS.", show_default=False)]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")]
-UriOption = Annotated[Optional[str], typer.Option("--uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
-                                                  "or sqlite:///foundry.db).")]
+UriOption = Annotated[Optional[str], typer.Option("--uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                                                  "else the nearest foundry.db here or in a parent directory).")]
 
 
 PIPED_WIDTH = 1000  # off a terminal rich would assume 80 columns: cut tables, commands wrapped mid-way
@@ -575,8 +575,9 @@ def _print_summary(result: Any) -> None:
         console.print(f"Report: {report}")
     registered = result.extras.get("registry")
     if registered and registered["version"]:
-        console.print(f"Registered as version {registered['version']} in {registered['uri']} "
-                      f"(`foundry registry show {registered['model']}/{registered['version']}`).")
+        already = "Already registered (not again)" if registered.get("existing") else "Registered"
+        console.print(f"{already} as version {registered['version']} in {registered['uri']} "
+                      f"(`foundry registry show {registered['model']}/{registered['version']}`).", markup=False)
     before = result.extras.get("registered_before")
     if before and before.get("version"):
         console.print(f"Already registered as {before['model']}/{before['version']} (not registered again).")

@@ -278,8 +278,8 @@ class TrackingConfig(_Section):
 
     enabled: bool = True  # log every `foundry run` (params, per-epoch metrics, artifacts) to MLflow
     register_model: bool = True  # and register its model as a new version of the model named by `name`
-    uri: str | None = None  # None: $MLFLOW_TRACKING_URI if set, else sqlite:///foundry.db
-    artifacts: str = "mlartifacts"  # artifact folder for experiments this creates (local tracking URIs)
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI if set, else the nearest foundry.db here or in a parent
+    artifacts: str = "mlartifacts"  # artifact folder for experiments this creates (relative: beside a SQLite store)
     experiment: str | None = None  # None: the config's name
 
 
