@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from modelfoundry.errors import DataError
+from modelfoundry.errors import DataError, first_line
 
 
 def split_indices(labels: np.ndarray, val: float, test: float, stratify: bool,
@@ -16,9 +16,16 @@ def split_indices(labels: np.ndarray, val: float, test: float, stratify: bool,
     if stratify:
         _check_stratifiable(labels, val, test)
     strat = labels if stratify else None
-    rest, test_idx = train_test_split(positions, test_size=test, random_state=seed, stratify=strat)
-    strat_rest = labels[rest] if stratify else None
-    train_idx, val_idx = train_test_split(rest, test_size=val / (1 - test), random_state=seed, stratify=strat_rest)
+    try:  # too few rows for a split to hold every class (or any row at all)
+        rest, test_idx = train_test_split(positions, test_size=test, random_state=seed, stratify=strat)
+        strat_rest = labels[rest] if stratify else None
+        train_idx, val_idx = train_test_split(rest, test_size=val / (1 - test), random_state=seed,
+                                              stratify=strat_rest)
+    except ValueError as exc:
+        raise DataError(f"{len(labels)} rows cannot be split into train/val/test"
+                        f"{' stratified by class' if stratify else ''}: {first_line(exc)}.",
+                        "Use more rows, larger data.split.val / data.split.test fractions, or data.split.stratify: "
+                        "false.") from None
     if min(len(train_idx), len(val_idx), len(test_idx)) == 0:
         raise DataError(f"{len(labels)} rows are too few to split into train/val/test "
                         f"({len(train_idx)}/{len(val_idx)}/{len(test_idx)}).",
