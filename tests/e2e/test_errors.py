@@ -140,6 +140,8 @@ def test_broken_inputs_to_a_trained_run_are_one_paragraph(tmp_path):
     one_paragraph(result, 1, "is a directory")
     assert not [p.name for p in tmp_path.rglob("*tmp*")], "a temporary file was left behind"
     one_paragraph(runner.invoke(app, ["evaluate", str(cfg)]), 4, "is a file, not a run directory")
+    one_paragraph(runner.invoke(app, ["predict", str(tmp_path / "r"), str(tmp_path / "out")]), 3,
+                  "is a directory, not a file")
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(yaml.safe_dump(tiny_config()).encode().replace(b"tiny", b"t\xefny"))
     one_paragraph(runner.invoke(app, ["validate", str(latin)]), 2, "not UTF-8")

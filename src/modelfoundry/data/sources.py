@@ -40,6 +40,9 @@ def read_table(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"Data file '{path}' does not exist (looked in {path.resolve().parent}).",
                         "Fix data.source in the config; relative paths are taken from the current directory.")
+    if path.is_dir():
+        raise DataError(f"Data file '{path}' is a directory, not a file.",
+                        f"Point at one file inside it ({', '.join(sorted(SUFFIXES))}).")
     fmt = SUFFIXES.get(path.suffix.lower())
     if fmt is None:
         raise DataError(f"Data file '{path}' has suffix '{path.suffix}', which modelfoundry cannot read.",
