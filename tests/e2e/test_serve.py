@@ -1,5 +1,7 @@
 """The inference server in-process (FastAPI TestClient): OIP v2, /predict, and 4xx for bad input."""
 
+import json
+
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -17,7 +19,8 @@ from tests.conftest import tiny_config
 def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     cfg = load_config(tiny_config(name="bc", data={"source": "sklearn:breast_cancer"},
-                                  model={"name": "mlp", "hidden": [16], "batch_norm": True}, training={"epochs": 5}))
+                                  model={"name": "mlp", "hidden": [16], "batch_norm": True}, training={"epochs": 5},
+                                  serve={"max_batch_size": 32, "on_unseen": "reject"}))
     run(cfg, run_dir=tmp / "run", progress=False)
     return tmp / "run"
 
@@ -193,3 +196,89 @@ def test_api_keys_rate_limit_and_body_limit(run_dir, rows, tmp_path):
         text = c.get("/metrics").text
     for status in ("401", "429", "413"):
         assert f'route="/predict",status="{status}"' in text
+
+
+def test_one_error_shape_for_bad_bodies_unknown_routes_and_methods(client):
+    json_header = {"content-type": "application/json"}
+    answers = {
+        "unparseable": (client.post("/predict", content=b"{not json", headers=json_header), 422),
+        "truncated": (client.post("/v2/models/bc/infer", content=b'{"inputs": [', headers=json_header), 422),
+        "nested": (client.post("/predict", content=b"[" * 100_000 + b"]" * 100_000, headers=json_header), 422),
+        "not utf-8": (client.post("/predict", content=b'{"records": "\xff"}', headers=json_header), 422),
+        "form": (client.post("/predict", content=b"records=1",
+                             headers={"content-type": "application/x-www-form-urlencoded"}), 415),
+        "list body": (client.post("/predict", json=[1, 2]), 422),
+        "record not an object": (client.post("/predict", json={"records": [[1, 2]]}), 422),
+        "oip validation": (client.post("/v2/models/bc/infer", json={"inputs": [{"name": "x"}]}), 422),
+        "no route": (client.get("/nowhere"), 404),
+        "wrong method": (client.get("/predict"), 405),
+        "docs off": (client.get("/docs"), 404),
+        "redoc off": (client.get("/redoc"), 404),
+        "openapi off": (client.get("/openapi.json"), 404),
+    }
+    for what, (answer, status) in answers.items():
+        assert answer.status_code == status, (what, answer.text)
+        body = answer.json()
+        assert set(body) == {"error", "hint"} and body["error"] and body["hint"], (what, body)
+    assert "POST" in answers["wrong method"][0].json()["hint"]
+    assert "/predict" in answers["no route"][0].json()["hint"]
+
+
+def test_openapi_only_when_asked_and_behind_the_key(run_dir, tmp_path):
+    from modelfoundry.serve.security import create_key
+
+    with TestClient(create_app(ServeConfig(openapi=True), RunDirStore(run_dir))) as c:
+        schema = c.get("/openapi.json").json()
+        assert "/predict" in schema["paths"] and c.get("/docs").status_code == 404
+        assert "records" in json.dumps(schema["paths"]["/predict"]["post"]["requestBody"])
+    key = create_key(tmp_path / "keys.txt", "ops")
+    with TestClient(create_app(ServeConfig(openapi=True, api_keys_file=str(tmp_path / "keys.txt")),
+                               RunDirStore(run_dir))) as c:
+        assert c.get("/openapi.json").status_code == 401
+        assert c.get("/openapi.json", headers={"X-API-Key": key}).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["Infinity", "-Infinity", "NaN", "1e308", "1e400"])
+def test_non_finite_and_float32_overflowing_values_are_422_naming_the_column(client, rows, value):
+    body = json.dumps({"records": [rows.head(1).to_dict(orient="records")[0] | {"mean area": "X"}]})
+    answer = client.post("/predict", content=body.replace('"X"', value).encode(),
+                         headers={"content-type": "application/json"})
+    assert answer.status_code == 422 and "'mean area'" in answer.json()["error"], answer.text
+
+
+def test_settings_come_from_the_model_config_and_flags_override_only_given_keys(run_dir):
+    from modelfoundry.serve.store import serve_settings
+
+    settings = serve_settings(RunDirStore(run_dir), {"port": 9123, "max_records": 7})
+    assert (settings.port, settings.max_records) == (9123, 7)  # flags given
+    assert (settings.max_batch_size, settings.on_unseen) == (32, "reject")  # the model's serve: section
+    assert settings.max_latency_ms == 5.0 and settings.host == "127.0.0.1"  # schema defaults
+
+
+def test_foundry_serve_with_a_bad_model_is_one_paragraph(tmp_path, run_dir):
+    from typer.testing import CliRunner
+
+    from modelfoundry.cli import app as cli_app
+
+    (tmp_path / "file.txt").write_text("x")
+    cases = {"no/such/run": ("neither a run directory nor a registered model", 4),
+             str(tmp_path / "file.txt"): ("is a file", 4),
+             str(tmp_path): ("not a run directory", 4)}
+    for model, (fragment, code) in cases.items():
+        result = CliRunner().invoke(cli_app, ["serve", model])
+        assert result.exit_code == code and fragment in result.output, (model, result.output)
+        assert "Traceback" not in result.output
+    result = CliRunner().invoke(cli_app, ["serve", str(run_dir), "--on-unseen", "maybe"])
+    assert result.exit_code == 2 and "serve.on_unseen" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_foundry_serve_with_an_unknown_registered_model_is_one_paragraph(tmp_path):
+    from typer.testing import CliRunner
+
+    from modelfoundry.cli import app as cli_app
+
+    for ref in ("nosuch", "nosuch/3", "nosuch@live"):  # an empty registry
+        result = CliRunner().invoke(cli_app, ["serve", ref, "--uri", f"sqlite:///{tmp_path}/registry.db"])
+        assert result.exit_code == 6 and "No registered model 'nosuch'" in result.output, (ref, result.output)
+        assert "Traceback" not in result.output

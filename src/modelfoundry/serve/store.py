@@ -54,7 +54,12 @@ class RegistryStore:
         mlf = client(self.uri)
         if version is None and alias is None:
             versions = mlf.search_model_versions(f"name='{name}'")
-            version = str(max(int(v.version) for v in versions)) if versions else None
+            if not versions:
+                from modelfoundry.errors import ModelNotFound
+
+                raise ModelNotFound(f"No registered model '{name}'.",
+                                    "List them with `foundry registry list`; `foundry run CONFIG` registers one.")
+            version = str(max(int(v.version) for v in versions))
         return name, str(find_version(mlf, name, version, alias).version), alias
 
     def load(self, version: str | None = None) -> LoadedModel:
