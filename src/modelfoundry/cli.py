@@ -179,6 +179,15 @@ def predict(run_dir: RunDirArg,
 
     table = predict_rows(run_dir, input_path, output)
     _console().print(f"Wrote {len(table)} predictions to [bold]{output}[/].")
+    counts = table.attrs.get("input_warnings") or {}
+    if counts:  # one line; each row's details are in the file's warnings column
+        kinds: dict[str, list[str]] = {}
+        for (column, kind), n in counts.items():
+            kinds.setdefault(kind, []).append(f"'{column}' {n}")
+        flagged = int((table["warnings"] != "").sum())
+        _console().print(f"[yellow]Input warnings[/] on {flagged} of {len(table)} rows: "
+                         + "; ".join(f"{kind.replace('_', ' ')} ({', '.join(cols)})" for kind, cols in kinds.items())
+                         + " - see the warnings column.", soft_wrap=True)
 
 
 @app.command()

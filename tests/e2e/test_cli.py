@@ -85,7 +85,8 @@ def test_predict_and_evaluate_on_a_file_agree(bc_run, tmp_path):
     result = foundry("predict", run_dir, tmp_path / "rows.csv", "-o", tmp_path / "pred.csv")
     assert result.exit_code == 0, result.output
     pred = pd.read_csv(tmp_path / "pred.csv")
-    assert list(pred.columns) == ["prediction", "prob_0", "prob_1"] and len(pred) == 120
+    assert list(pred.columns)[:3] == ["prediction", "prob_0", "prob_1"] and len(pred) == 120
+    assert set(pred.columns) <= {"prediction", "prob_0", "prob_1", "warnings"}  # warnings: rows outside training
     assert ((pred.prob_0 + pred.prob_1) - 1).abs().max() < 1e-5
     accuracy = (pred.prediction.to_numpy() == frame.target.to_numpy()).mean()
     result = foundry("evaluate", run_dir, "--data", tmp_path / "labelled.csv", "--out", tmp_path / "ev")

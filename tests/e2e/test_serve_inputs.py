@@ -182,3 +182,27 @@ def test_on_unseen_reject_answers_422_naming_column_and_value(run_dir):
         assert "red" in answer.json()["hint"]
         assert c.post("/predict", json={"records": GOOD}).status_code == 200
         assert c.get("/v2/models/flowers").json()["parameters"]["on_unseen"] == "reject"
+
+
+def test_foundry_predict_writes_warnings_and_a_one_line_summary(run_dir, tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from modelfoundry.cli import app as cli_app
+
+    pd.DataFrame([GOOD[0], GOOD[1] | {"colour": "Atlantis", "petal length (cm)": None}]).to_csv(tmp_path / "rows.csv",
+                                                                                              index=False)
+    result = CliRunner().invoke(cli_app, ["predict", str(run_dir), str(tmp_path / "rows.csv"),
+                                          "-o", str(tmp_path / "out.csv")])
+    assert result.exit_code == 0, result.output
+    summary = next(line for line in result.output.splitlines() if "warnings" in line)
+    assert "1 of 2 rows" in summary and "unseen category ('colour' 1)" in summary
+    assert "imputed ('petal length (cm)' 1)" in summary
+    table = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    assert table["warnings"][0] == ""
+    assert {"column": "colour", "kind": "unseen_category", "value": "Atlantis"} in json.loads(table["warnings"][1])
+    with TestClient(create_app(ServeConfig(), RunDirStore(run_dir))) as c:  # the server agrees, row for row
+        body = c.post("/predict", json={"records": [GOOD[0], GOOD[1] | {"colour": "Atlantis",
+                                                                          "petal length (cm)": None}]}).json()
+    assert body["warnings"] == [[], json.loads(table["warnings"][1])]
+    assert body["predictions"] == table["prediction"].tolist()
