@@ -556,7 +556,8 @@ def _print_summary(result: Any) -> None:
     console = _console()
     if result.extras.get("already_finished"):
         console.print(f"Nothing to resume: {result.run_dir} finished training "
-                      f"({'stopped early' if result.stopped_early else 'all epochs'}); its results are unchanged.")
+                      f"({'stopped early' if result.stopped_early else 'all epochs'}); its results are unchanged.",
+                      markup=False)
     table = Table(title="Summary", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
@@ -589,7 +590,8 @@ def _print_summary(result: Any) -> None:
                       f"(`foundry registry show {registered['model']}/{registered['version']}`).", markup=False)
     before = result.extras.get("registered_before")
     if before and before.get("version"):
-        console.print(f"Already registered as {before['model']}/{before['version']} (not registered again).")
+        console.print(f"Already registered as {before['model']}/{before['version']} (not registered again).",
+                      markup=False)
 
 
 def _print_tune_summary(result: Any) -> None:

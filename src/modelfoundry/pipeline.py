@@ -417,7 +417,9 @@ def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[Prep
     if resume is not None:
         run_path = Path(resume)
         config = load_run_config(run_path)
-        finished_before = _finished_checkpoint(run_path, config) is not None
+        # a finished run with its model saved: only evaluation/registration can be left (a run killed before
+        # saving its model trains no further either: the loop sees the finished checkpoint)
+        finished_before = _model_saved(run_path) and _finished_checkpoint(run_path, config) is not None
     else:
         config = _as_config(config)
         run_path = plan_run_dir(config, run_dir)  # checked now, created once the data is known to be usable
@@ -601,8 +603,10 @@ def _completed_run(run_path: Path, *, evaluated: bool) -> RunResult | None:
     from modelfoundry.rundir import load_run_config, read_record
 
     config = load_run_config(run_path)
+    if not _model_saved(run_path):  # checked first: it spares loading the checkpoint of an unfinished run
+        return None
     state = _finished_checkpoint(run_path, config)
-    if state is None or not _model_saved(run_path):
+    if state is None:
         return None
     registered = run_path / REGISTERED
     if evaluated and (not (run_path / "eval" / "metrics.json").is_file()
