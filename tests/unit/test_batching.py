@@ -69,3 +69,49 @@ def test_requests_that_waited_too_long_fail_instead_of_running_late():
     results = asyncio.run(main())
     assert not isinstance(results[0], Exception)
     assert all(isinstance(r, Overloaded) and "waited" in r.message for r in results[1:])
+
+
+def test_a_failed_slot_fails_only_its_own_request():
+    """The runner answers each request with its output or its own error; neighbours in the batch are unaffected."""
+    calls = []
+
+    async def run(frames):
+        calls.append(len(frames))
+        return [ValueError("bad rows") if f["x"].iloc[0] < 0 else f["x"].to_numpy() * 2 for f in frames], "v1"
+
+    async def main():
+        batcher = DynamicBatcher(run, max_batch_size=8, max_latency_ms=50)
+        batcher.start()
+        results = await asyncio.gather(batcher.submit(frame(1, 1)), batcher.submit(frame(1, -5)),
+                                       batcher.submit(frame(1, 3)), return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    good, bad, other = asyncio.run(main())
+    assert calls == [3]  # one shared batch
+    assert good[0].tolist() == [2.0] and other[0].tolist() == [6.0]
+    assert isinstance(bad, ValueError)
+
+
+def test_a_large_checked_request_runs_in_slices_and_is_joined():
+    from modelfoundry.serve.runner import Answer
+
+    class Rows(list):  # a request type with len() and slicing, like a checked request
+        def __getitem__(self, part):
+            return Rows(super().__getitem__(part)) if isinstance(part, slice) else super().__getitem__(part)
+
+    async def run(frames):
+        sizes.append([len(f) for f in frames])
+        return [Answer(np.array(f) * 2.0, [[{"row": v}] for v in f] if 5 in f else None) for f in frames], "v1"
+
+    async def main():
+        batcher = DynamicBatcher(run, max_batch_size=4)
+        batcher.start()
+        result = await batcher.submit(Rows(range(10)))
+        await batcher.stop()
+        return result
+
+    sizes = []
+    answer, tag = asyncio.run(main())
+    assert sizes == [[4], [4], [2]] and answer.output.tolist() == [2.0 * v for v in range(10)]
+    assert answer.warnings == [[], [], [], [], [{"row": 4}], [{"row": 5}], [{"row": 6}], [{"row": 7}], [], []]
