@@ -58,7 +58,9 @@ def save_config(run_dir: Path, config: Config) -> None:
 def load_run_config(run_dir: Path) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise RunDirError(f"'{run_dir}' is not a run directory: it has no config.yaml.",
+        why = ("it has no config.yaml" if Path(run_dir).is_dir() else
+               "it is a file" if Path(run_dir).exists() else "it does not exist")
+        raise RunDirError(f"'{run_dir}' is not a run directory: {why}.",
                           "Pass a directory made by `foundry run` (they live under runs/ by default).")
     return load_config(path)
 

@@ -140,6 +140,8 @@ def test_broken_inputs_to_a_trained_run_are_one_paragraph(tmp_path):
     one_paragraph(result, 1, "is a directory")
     assert not [p.name for p in tmp_path.rglob("*tmp*")], "a temporary file was left behind"
     one_paragraph(runner.invoke(app, ["evaluate", str(cfg)]), 4, "is a file, not a run directory")
+    one_paragraph(runner.invoke(app, ["run", "--resume", str(tmp_path / "gone")]), 4, "it does not exist")
+    one_paragraph(runner.invoke(app, ["run", "--resume", str(cfg)]), 4, "is not a run directory: it is a file")
     one_paragraph(runner.invoke(app, ["predict", str(tmp_path / "r"), str(tmp_path / "out")]), 3,
                   "is a directory, not a file")
     latin = tmp_path / "latin.yaml"
