@@ -282,3 +282,31 @@ def test_foundry_serve_with_an_unknown_registered_model_is_one_paragraph(tmp_pat
         result = CliRunner().invoke(cli_app, ["serve", ref, "--uri", f"sqlite:///{tmp_path}/registry.db"])
         assert result.exit_code == 6 and "No registered model 'nosuch'" in result.output, (ref, result.output)
         assert "Traceback" not in result.output
+
+
+def test_a_failing_model_call_is_retried_alone_and_never_a_plain_500(run_dir, rows):
+    from concurrent.futures import ThreadPoolExecutor
+
+    class FlakyStore(RunDirStore):  # the model call fails for more than 2 rows at once
+        def load(self, version=None):
+            loaded = super().load(version)
+            predict_array = loaded.backend.predict_array
+
+            def flaky(X):
+                if len(X) > 2:
+                    raise RuntimeError("kernel crashed")
+                return predict_array(X)
+            loaded.backend.predict_array = flaky
+            return loaded
+
+    one = {"records": rows.head(1).to_dict(orient="records")}
+    with TestClient(create_app(ServeConfig(max_latency_ms=100), FlakyStore(run_dir))) as c, \
+            ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: c.post("/predict", json=one), range(6)))
+        assert [a.status_code for a in answers] == [200] * 6  # batches failed, each request alone succeeded
+        batches = next(line for line in c.get("/metrics").text.splitlines()
+                       if line.startswith("foundry_batch_size_count"))
+        assert float(batches.split()[-1]) < 6  # so some requests did share a (failing) batch
+        three = c.post("/predict", json={"records": rows.head(3).to_dict(orient="records")})
+    assert three.status_code == 500 and three.headers["content-type"] == "application/json"
+    assert "RuntimeError: kernel crashed" in three.json()["error"] and "server log" in three.json()["hint"]
