@@ -28,8 +28,9 @@ from typing import Any
 from modelfoundry.config import TrackingConfig
 from modelfoundry.errors import FoundryError, RegistryError, first_line
 from modelfoundry.redact import redact
-from modelfoundry.registry import (LOGGED_DIRS, LOGGED_FILES, REF, client, describe_uri, download,
-                                   experiment_for, find_version, parse_ref, reaching_store, register, store_error)
+from modelfoundry.registry import REF, download, find_version, parse_ref
+from modelfoundry.tracking import (LOGGED_DIRS, LOGGED_FILES, client, describe_uri, experiment_for, reaching_store,
+                                   register, store_error)
 from modelfoundry.storage import write_bytes_atomic
 
 ARCHIVE_FORMAT = 1

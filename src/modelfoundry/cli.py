@@ -526,7 +526,7 @@ def _say_tracking(uri: Optional[str] = None, *, config: Optional[Path] = None) -
     is set, so running from elsewhere would otherwise write to another store without a word (docs/tracking.md).
     With `config`, its tracking section decides (nothing is said when tracking is off or the file is unreadable:
     the command itself reports that)."""
-    from modelfoundry.registry import describe_uri
+    from modelfoundry.tracking import describe_uri
 
     if config is not None:
         from modelfoundry.config import load_config

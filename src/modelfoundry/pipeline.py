@@ -483,7 +483,8 @@ def _track(run_path: Path, config: Config, metrics: dict[str, float], *, parent_
     import json
 
     from modelfoundry.errors import FoundryError
-    from modelfoundry.registry import log_run, store_error, tag_version
+    from modelfoundry.registry import tag_version
+    from modelfoundry.tracking import log_run, store_error
 
     try:
         logged = log_run(run_path, config, metrics, parent_version=parent_version)
@@ -547,7 +548,7 @@ def _steps(progress: bool, total: int) -> Iterator[Callable[[str], None]]:
 def _track_study(config: Config, result: TuneResult) -> dict[str, Any]:
     """Log the study to MLflow (a parent run, one nested run per trial); the study itself is complete either way."""
     from modelfoundry.errors import FoundryError
-    from modelfoundry.registry import log_study, store_error
+    from modelfoundry.tracking import log_study, store_error
 
     try:
         return log_study(config, result.study_name, result.storage, result.rows, result.summary)

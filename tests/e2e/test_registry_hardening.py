@@ -231,7 +231,8 @@ def test_credentials_are_redacted_in_the_imported_from_tag_and_registry_output(s
 def test_registration_is_idempotent_per_run_directory_and_config(source):
     from mlflow import MlflowClient
 
-    from modelfoundry.registry import client, log_run
+    from modelfoundry.registry import client
+    from modelfoundry.tracking import log_run
 
     uri, run_dir, cfg = source["uri"], source["tmp"] / "run", source["config"]
     metrics = source["result"].metrics
@@ -258,7 +259,8 @@ def test_registration_is_idempotent_per_run_directory_and_config(source):
 
 
 def test_a_subdirectory_shares_the_project_store_and_says_where_it_is(tmp_path, monkeypatch):
-    from modelfoundry.registry import project_store, resolve_uri, show
+    from modelfoundry.registry import show
+    from modelfoundry.tracking import project_store, resolve_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     project = tmp_path / "project"
@@ -327,7 +329,8 @@ def test_a_run_with_an_unusable_tracking_uri_keeps_credentials_out_of_its_error(
 
 
 def test_mlflow_params_and_the_study_key_are_redacted(source):
-    from modelfoundry.registry import client, log_run, log_study
+    from modelfoundry.registry import client
+    from modelfoundry.tracking import log_run, log_study
 
     storage = f"postgresql://ops:{SECRET}@db.internal/optuna"
     cfg = source["config"].model_copy(update={"seed": 7})

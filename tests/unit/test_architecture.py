@@ -21,12 +21,13 @@ ALLOWED = {
     "legacy": {"data", "rundir"},
     "manifest": set(),
     "export": {"data", "models", "rundir"},
-    "registry": set(),
-    "archive": {"registry", "rundir"},  # an imported archive must load as a run directory does
+    "tracking": set(),
+    "registry": {"tracking"},
+    "archive": {"registry", "tracking", "rundir"},  # an imported archive must load as a run directory does
     "serve": {"data", "export", "rundir", "models", "registry"},
     "pipeline": {"data", "models", "train", "evaluate", "experiment", "cv", "tune", "compress", "rundir", "manifest", "registry",
-                 "export"},
-    "cli": {"pipeline", "data", "rundir", "registry", "archive", "serve", "compress", "legacy"},
+                 "tracking", "export"},
+    "cli": {"pipeline", "data", "rundir", "registry", "tracking", "archive", "serve", "compress", "legacy"},
 }
 BASE = {"config", "errors", "storage", "redact"}
 

@@ -91,7 +91,7 @@ def test_tune_storage_errors_and_summary_are_redacted(tmp_path, capsys):
 
 
 def test_describe_uri_redacts_and_makes_sqlite_paths_absolute(tmp_path, monkeypatch):
-    from modelfoundry.registry import describe_uri
+    from modelfoundry.tracking import describe_uri
 
     monkeypatch.chdir(tmp_path)
     assert describe_uri(f"http://u:{SECRET}@h:5000") == "http://u:***@h:5000"
