@@ -345,15 +345,22 @@ def compress(model: str | Path, *, max_drop: float | None = None, prefer: str | 
     out_dir = Path(out) if out else _fresh_dir(Path(saved.config.output.dir), f"{saved.config.name}-compressed")
     if (out_dir / "report.json").exists():
         raise RunDirError(f"{out_dir} already holds a compression report.", "Pass another --out DIR.")
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits = _reload_splits(saved)
-    weights = None
-    if saved.task == "classification":
-        weights = class_weights(splits["y"]["train"], list(saved.target_encoder.classes_),
-                                saved.config.data.balance.class_weights)
-    bench = Bench(saved, splits, metric, cfg, out_dir / ".work", weights, guards=rules)
-    with _steps(progress, len(cfg.variants) + 3) as step:
-        outcome = search(bench, out_dir, on_step=step)
+    try:
+        splits = _reload_splits(saved)
+        weights = None
+        if saved.task == "classification":
+            weights = class_weights(splits["y"]["train"], list(saved.target_encoder.classes_),
+                                    saved.config.data.balance.class_weights)
+        bench = Bench(saved, splits, metric, cfg, out_dir / ".work", weights, guards=rules)
+        with _steps(progress, len(cfg.variants) + 3) as step:
+            outcome = search(bench, out_dir, on_step=step)
+    except BaseException:  # an error or Ctrl-C: no work folder left behind, nor an empty output folder
+        shutil.rmtree(out_dir / ".work", ignore_errors=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
     facts = {"parent": str(model), "parent_run": str(saved.run_dir.resolve()), "max_drop": cfg.max_drop,
              "guard": {g.metric: {"max_worse": g.max_worse, "max_worse_rel": g.max_worse_rel} for g in rules},
              "prefer": cfg.prefer, "split": "val", "rows": int(len(splits["y"]["val"]))}

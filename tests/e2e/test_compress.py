@@ -257,3 +257,20 @@ def test_a_regression_model_is_guarded_on_its_errors_in_target_units(tmp_path):
     assert rmse["original"] > 10  # diabetes progression is in the tens: target units, not standardised
     assert rmse["allowed"] == pytest.approx(0.05 * rmse["original"])
     assert rmse["passed"] == (rmse["value"] - rmse["original"] <= rmse["allowed"] + 1e-12)
+
+
+def test_a_failed_search_leaves_no_output_folder_behind(parent, tmp_path, monkeypatch):
+    import modelfoundry.compress.search as search_module
+
+    def failing(bench, out_dir, on_step=None):
+        (bench.work_dir / "original").mkdir(parents=True)  # some work was done when it failed
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(search_module, "search", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        compress(parent, out=tmp_path / "c", progress=False, variants=["ort_fp16"])
+    assert not (tmp_path / "c").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made is kept, without the work folder
+    with pytest.raises(RuntimeError, match="boom"):
+        compress(parent, out=tmp_path / "mine", progress=False, variants=["ort_fp16"])
+    assert (tmp_path / "mine").is_dir() and not (tmp_path / "mine" / ".work").exists()

@@ -346,6 +346,12 @@ def search(bench: Bench, out_dir: Path, on_step: Callable[[str], None] | None = 
     original = Variant("original", ONNX, {"method": "none"})
     bench.measure_onnx(original, baseline_dir / "model.onnx")
     bench.original_metric, bench.original_metrics = original.metric, original.metrics
+    if original.metric is None or not math.isfinite(original.metric):
+        from modelfoundry.errors import ConfigError
+
+        raise ConfigError(f"The primary metric {bench.metric} is not defined on the validation rows of "
+                          f"{saved.run_dir} (mape needs a target without zeros), so no variant can be judged.",
+                          "Set compress.metric to another metric of the task (e.g. rmse or r2).")
     variants: list[Variant] = []
 
     for name, recipe, build in onnx_variants(bench, baseline_dir / "model.onnx"):
