@@ -555,8 +555,10 @@ def _print_summary(result: Any) -> None:
 
     console = _console()
     if result.extras.get("already_finished"):
-        console.print(f"Nothing to resume: {result.run_dir} finished training "
-                      f"({'stopped early' if result.stopped_early else 'all epochs'}); its results are unchanged.",
+        how = "stopped early" if result.stopped_early else "all epochs"
+        console.print(f"{result.run_dir} finished training ({how}); only its registration was left to do." if
+                      result.extras.get("registry") else
+                      f"Nothing to resume: {result.run_dir} finished training ({how}); its results are unchanged.",
                       markup=False)
     table = Table(title="Summary", show_header=False, title_justify="left")
     table.add_column(style="bold")

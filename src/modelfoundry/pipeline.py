@@ -55,26 +55,28 @@ def run(config: Config | str | Path | None = None, *, run_dir: str | Path | None
     if resume is not None:  # a finished run resumes as a no-op; one cut off after training finishes its steps
         done = _completed_run(Path(resume), evaluated=True)
         if done is not None:
+            if done.extras.pop("unregistered", False):  # cut off before its registration: only that is left
+                from modelfoundry.rundir import load_run_config
+
+                _register(done, load_run_config(done.run_dir))
             done.wall_s = time.perf_counter() - started
             return done
     data, fit_result, config, run_path = _train(config, run_dir, resume, progress)
     result = RunResult(run_path, data.task, {}, [], fit_result.best_epoch, len(fit_result.history),
                        fit_result.monitor, fit_result.best_value, fit_result.stopped_early, fit_result.interrupted)
     if not fit_result.interrupted:
-        evaluated = run_path / "eval" / "metrics.json"
-        if fit_result.extras.get("finished_before") and evaluated.is_file():  # only registration was cut off
-            from modelfoundry.evaluate.metrics import headline
-
-            result.metrics = read_json(evaluated)
-            result.headline = headline(data.task, config.evaluation.metrics, result.metrics)
-        else:
-            result.metrics, result.headline = _evaluate_test(config, data, fit_result, run_path)
+        result.metrics, result.headline = _evaluate_test(config, data, fit_result, run_path)
         if config.tracking.enabled:
-            result.extras["registry"] = _track(run_path, config, result.metrics)
-            write_json(run_path / REGISTERED, {k: result.extras["registry"].get(k)
-                                               for k in ("model", "version", "run_id", "experiment")})
+            _register(result, config)
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def _register(result: RunResult, config: Config) -> None:
+    """Log and register the run (idempotent per run), and note it in the run directory for later resumes."""
+    result.extras["registry"] = _track(result.run_dir, config, result.metrics)
+    write_json(result.run_dir / REGISTERED, {k: result.extras["registry"].get(k)
+                                             for k in ("model", "version", "run_id", "experiment")})
 
 
 def train(config: Config | str | Path | None = None, *, run_dir: str | Path | None = None,
@@ -472,7 +474,6 @@ def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bo
         if error is exc:
             raise
         raise error from None
-    fit_result.extras["finished_before"] = finished_before
     if finished_before and _model_saved(run_path):
         return data, fit_result, config, run_path
     if not fit_result.interrupted:
@@ -604,9 +605,9 @@ def _model_saved(run_path: Path) -> bool:
 
 
 def _completed_run(run_path: Path, *, evaluated: bool) -> RunResult | None:
-    """For `--resume` of a run with nothing left to do (trained to its end or stopped early, model saved and,
-    for `run`, evaluated and registered): its result, read from the run directory, without writing anything.
-    None when something is left to do."""
+    """For `--resume` of a run that trained to its end (or stopped early) and saved its model and, for `run`,
+    its evaluation: its result, read from the run directory, without writing anything; None when training
+    or evaluation is left to do. `extras["unregistered"]` says that registration (tracking on) is left."""
     from modelfoundry.evaluate.metrics import headline
     from modelfoundry.rundir import load_run_config, read_record
 
@@ -617,8 +618,7 @@ def _completed_run(run_path: Path, *, evaluated: bool) -> RunResult | None:
     if state is None:
         return None
     registered = run_path / REGISTERED
-    if evaluated and (not (run_path / "eval" / "metrics.json").is_file()
-                      or (config.tracking.enabled and not registered.is_file())):
+    if evaluated and not (run_path / "eval" / "metrics.json").is_file():
         return None
     task = read_record(run_path / "model" / "model.json", run_path)["task"]
     stopping = state["early_stopping"]
@@ -630,6 +630,8 @@ def _completed_run(run_path: Path, *, evaluated: bool) -> RunResult | None:
     result.extras["already_finished"] = True
     if evaluated and registered.is_file():
         result.extras["registered_before"] = read_json(registered)
+    elif evaluated and config.tracking.enabled:
+        result.extras["unregistered"] = True
     return result
 
 

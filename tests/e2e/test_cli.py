@@ -197,6 +197,12 @@ def test_resuming_a_finished_run_is_a_no_op(tmp_path):
     assert [m["versions"] for m in list_models(uri)] == [1]
     assert foundry("train", "--resume", run_dir, "--no-progress").exit_code == 0
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.rglob("*") if p.is_file()} == files
+    (run_dir / "registered.json").unlink()  # killed during registration: resume only registers (idempotently)
+    result = foundry("run", "--resume", run_dir, "--no-progress")
+    assert result.exit_code == 0 and "only its registration was left" in result.output, result.output
+    assert (run_dir / "registered.json").is_file() and [m["versions"] for m in list_models(uri)] == [1]
+    del files[run_dir / "registered.json"]
+    assert {p: v for p, v in files.items()} == {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
 
     import shutil
 
