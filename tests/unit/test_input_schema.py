@@ -115,3 +115,22 @@ def test_missing_columns_nulls_and_on_unseen_reject(desc):
     with pytest.raises(DataError) as err:
         InputSchema(desc, on_unseen="reject").from_records([GOOD | {"colour": "Atlantis"}])
     assert "'colour'" in err.value.message and "'Atlantis'" in err.value.message
+
+
+def test_images_of_one_pixel_per_column_are_read_like_numeric_columns():
+    from modelfoundry.config import load_config
+    from modelfoundry.data.prepare import prepare_data
+    from modelfoundry.data.sources import load_source
+    from tests.conftest import tiny_config
+
+    cfg = load_config(tiny_config(data={"source": "sklearn:digits", "features": {"pixel_*": {"type": "image"}}},
+                                  model={"name": "cnn", "channels": [4]}))
+    desc = prepare_data(cfg.data, cfg.seed).preprocessor.desc
+    frame = load_source("sklearn:digits").drop(columns="target").head(5)
+    schema = InputSchema(desc)
+    np.testing.assert_array_equal(schema.from_records(frame.to_dict(orient="records")).X, apply_portable(desc, frame))
+    assert schema.warnings(schema.from_records(frame.to_dict(orient="records"))) == (None, {})
+    for value, fragment in ((10 ** 400, "too large"), (None, "missing pixel"), (float("nan"), "NaN")):
+        with pytest.raises(DataError) as err:
+            schema.from_records([frame.iloc[0].to_dict() | {"pixel_2_3": value}])
+        assert "pixel_2_3" in err.value.message and fragment in err.value.message

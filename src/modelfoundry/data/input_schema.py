@@ -14,7 +14,8 @@ a bad request fails alone, before it can share a batch with others.
     {"column": c, "kind": "imputed", "value": 43.9}                    # missing; the fill the model used
     {"column": c, "kind": "out_of_range", "value": 912.0, "range": [lo, hi]}   # outside the training split
 
-Image models are checked and transformed by `apply_portable` on a DataFrame of the request (no warnings).
+Images of one pixel per column are read like numeric columns; images held as arrays in one column go through
+`apply_portable` on a DataFrame of the request. Images get no warnings.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class InputSchema:
             {c: "numeric" for c in self.columns}
         self._compile_numeric()
         self._compile_categorical()
+        if self.image and len(desc["image"]["columns"]) > 1:  # one pixel per column: read like numeric columns
+            self.num_columns = list(desc["image"]["columns"])
+            self.num_get = _getter(self.num_columns)
+        self.frame_only = self.image and len(desc["image"]["columns"]) == 1  # arrays in one column: a DataFrame
         self.others = set(self.columns) != set(self.num_columns)  # columns that itemgetter does not check
         self.width = int(np.prod(desc["input_shape"]))
 
@@ -117,7 +122,7 @@ class InputSchema:
     def from_records(self, records: list[dict[str, Any]], origin: str = "the request") -> CheckedRows:
         """JSON records ({column: value}) -> CheckedRows; a column absent from every record is an error,
         absent from some records it is missing there; other keys are ignored."""
-        if self.image:
+        if self.frame_only:
             import pandas as pd
 
             return self.from_frame(pd.DataFrame.from_records(records), origin)
@@ -130,18 +135,22 @@ class InputSchema:
         if table is None:
             table = [tuple(r.get(c) for c in self.num_columns) for r in records]
         numeric = self._numeric(table, len(records), origin)
+        if self.image:
+            return self._image(numeric, origin)
         texts = [[r.get(c) for r in records] for c in self.cat_columns]
         return self._finish(numeric, texts, len(records), origin)
 
     def from_columns(self, columns: dict[str, list[Any]], n: int, origin: str = "the request") -> CheckedRows:
         """One list of n values per column (OIP v2 inputs) -> CheckedRows."""
-        if self.image:
+        if self.frame_only:
             import pandas as pd
 
             return self.from_frame(pd.DataFrame(columns), origin)
         self._require(lambda c: c in columns, origin)
         table = list(zip(*(columns[c] for c in self.num_columns))) if self.num_columns else [()] * n
         numeric = self._numeric(table, n, origin)
+        if self.image:
+            return self._image(numeric, origin)
         return self._finish(numeric, [columns[c] for c in self.cat_columns], n, origin)
 
     def from_frame(self, frame: pd.DataFrame, origin: str = "the input") -> CheckedRows:
@@ -191,6 +200,21 @@ class InputSchema:
                     raise DataError(_not_finite(self.num_columns[j], table[i][j], int(i), origin),
                                     "Send finite numbers; send null for a missing value.")
         return x
+
+    def _image(self, pixels: np.ndarray, origin: str) -> CheckedRows:
+        """(N, C*H*W) pixels -> CheckedRows, as apply_portable scales and shapes them."""
+        image, n = self.desc["image"], len(pixels)
+        missing = np.isnan(pixels)
+        if missing.any():
+            i, j = (int(k[0]) for k in np.nonzero(missing))
+            raise DataError(f"Image feature '{image['name']}' of {origin} has missing pixel values (column "
+                            f"'{self.num_columns[j]}', row {i}).", "Send every pixel of every image.")
+        X = ((pixels - image["offset"]) / image["divisor"]).reshape(n, *self.desc["input_shape"]).astype(np.float32)
+        if not np.isfinite(X).all():
+            raise DataError(f"Image feature '{image['name']}' of {origin} has pixel values too large for the model "
+                            "(beyond float32 after scaling).", "Send pixel values in the range the model was "
+                            "trained on.")
+        return CheckedRows(np.empty((n, 0)), np.empty((n, 0), np.int64), np.empty((n, 0), object), X)
 
     def _finish(self, numeric: np.ndarray, cat_values: list[Sequence[Any]], n: int, origin: str) -> CheckedRows:
         codes = np.empty((n, len(self.cat_columns)), dtype=np.int64)
