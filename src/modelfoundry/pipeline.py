@@ -469,7 +469,7 @@ def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bo
             config_hash=config_hash(config), fingerprint=data.info["fingerprint"], project_dir=Path.cwd()))
     try:
         fit_result = fit_config(config, data, run_dir=run_path, resume=resume, progress=progress)
-    except (MemoryError, RuntimeError) as exc:
+    except (MemoryError, RuntimeError, TypeError, OverflowError) as exc:
         error = _allocation_error(exc, config)
         if error is exc:
             raise
@@ -640,14 +640,16 @@ def _allocation_error(exc: BaseException, config: Config) -> BaseException:
     from modelfoundry.errors import TrainingError
 
     text = first_line(exc) if str(exc) else type(exc).__name__
-    if not isinstance(exc, MemoryError) and not re.search(r"allocate|out of memory", text, re.IGNORECASE):
+    if re.search(r"overflow", text, re.IGNORECASE):
+        text = "a tensor size is beyond what torch can represent"
+    elif not isinstance(exc, MemoryError) and not re.search(r"allocate|out of memory", text, re.IGNORECASE):
         return exc
     text = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", text)
     sizes = {k: v for k, v in config.model.model_dump().items() if k in ("hidden", "channels")}
     return TrainingError(f"The model does not fit in memory ({text}); model {config.model.name} with "
                          f"{', '.join(f'{k}: {v}' for k, v in sizes.items())}, training.batch_size: "
                          f"{config.training.batch_size}.",
-                         "Make the model smaller (model.hidden / model.channels) or the batches "
+                         "Make the model smaller (model.hidden, model.channels, model.kernel_size) or the batches "
                          "(training.batch_size), or train on a machine with more memory.")
 
 

@@ -124,6 +124,9 @@ def test_failures_before_training_leave_no_run_directory(tmp_path):
     one_paragraph(runner.invoke(app, ["run", str(big), "--run-dir", str(tmp_path / "big"), "--no-progress"]), 5,
                   "does not fit in memory", "hidden: [10000000000]")
     assert not (tmp_path / "big").exists()
+    big.write_text(yaml.safe_dump(tiny_config(model={"name": "mlp", "hidden": [10 ** 30]})))  # past int64
+    one_paragraph(runner.invoke(app, ["run", str(big), "--run-dir", str(tmp_path / "big"), "--no-progress"]), 5,
+                  "beyond what torch can represent")
 
 
 def test_broken_inputs_to_a_trained_run_are_one_paragraph(tmp_path):
