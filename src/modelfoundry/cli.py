@@ -282,47 +282,52 @@ def export_model(model: RunDirArg,
 @app.command()
 @friendly_errors
 def serve(model: RunDirArg,
-          host: Annotated[Optional[str], typer.Option("--host", help="Interface to bind [serve.host: "
-                                                      "127.0.0.1].")] = None,
-          port: Annotated[Optional[int], typer.Option("--port", help="TCP port [serve.port: 8000].")] = None,
+          host: Annotated[Optional[str], typer.Option("--host", help="Interface to bind [serve.host].")] = None,
+          port: Annotated[Optional[int], typer.Option("--port", help="TCP port [serve.port].")] = None,
           workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Server processes "
-                                                         "[serve.workers: 1].")] = None,
+                                                         "[serve.workers].")] = None,
           backend: Annotated[Optional[str], typer.Option("--backend", help="onnx (ONNX Runtime) or torch "
-                                                         "[serve.backend: onnx].")] = None,
+                                                         "[serve.backend].")] = None,
           batching: Annotated[Optional[bool], typer.Option("--batching/--no-batching", help="Coalesce concurrent "
-                                                           "requests into one model call [serve.batching: "
-                                                           "on].", show_default=False)] = None,
+                                                           "requests into one model call "
+                                                           "[serve.batching].", show_default=False)] = None,
           max_batch_size: Annotated[Optional[int], typer.Option("--max-batch-size", min=1, help="Rows per model "
-                                                                "call [serve.max_batch_size: 64].")] = None,
-          max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", min=0, help="How long a batch "
-                                                                  "waits for more requests [5.0].")] = None,
+                                                                "call [serve.max_batch_size].")] = None,
+          max_latency_ms: Annotated[Optional[float], typer.Option(
+              "--max-latency-ms", min=0, help="How long a batch waits for more requests "
+              "[serve.max_latency_ms].")] = None,
           max_queue_size: Annotated[Optional[int], typer.Option("--max-queue-size", min=1, help="Waiting requests "
-                                                                "before 503 [1024].")] = None,
-          queue_timeout_ms: Annotated[Optional[float], typer.Option("--queue-timeout-ms", min=1, help="Longest wait "
-                                                                    "in the queue before 503 [1000.0].")] = None,
+                                                                "before 503 [serve.max_queue_size].")] = None,
+          queue_timeout_ms: Annotated[Optional[float], typer.Option(
+              "--queue-timeout-ms", min=1, help="Longest wait in the queue before 503 "
+              "[serve.queue_timeout_ms].")] = None,
           max_records: Annotated[Optional[int], typer.Option("--max-records", min=1, help="Rows per request "
-                                                             "[10000].")] = None,
+                                                             "[serve.max_records].")] = None,
           poll_s: Annotated[Optional[float], typer.Option("--poll-s", min=0, help="Seconds between checks of the "
-                                                          "alias (hot switch); 0 disables [2.0].")] = None,
-          api_keys_file: Annotated[Optional[Path], typer.Option("--api-keys-file", help="Require an API key "
-                                                                "(file from `foundry keys create`).")] = None,
+                                                          "alias (hot switch); 0 disables [serve.poll_s].")] = None,
+          api_keys_file: Annotated[Optional[Path], typer.Option(
+              "--api-keys-file", help="Require an API key (file from `foundry keys create`) "
+              "[serve.api_keys_file].")] = None,
           max_body_mb: Annotated[Optional[float], typer.Option("--max-body-mb", min=0.001, help="Largest request "
-                                                               "body [4.0].")] = None,
-          rate_limit: Annotated[Optional[float], typer.Option("--rate-limit", min=0.001, help="Requests per second "
-                                                              "per API key (per client without keys).")] = None,
+                                                               "body [serve.max_body_mb].")] = None,
+          rate_limit: Annotated[Optional[float], typer.Option(
+              "--rate-limit", min=0.001, help="Requests per second per API key (per client without keys) "
+              "[serve.rate_limit_per_s].")] = None,
           rate_burst: Annotated[Optional[int], typer.Option("--rate-burst", min=1, help="Requests allowed at once "
-                                                            "above the rate [20].")] = None,
-          on_unseen: Annotated[Optional[str], typer.Option("--on-unseen", help="An unseen category: warn "
-                                                           "(predict, with a warning) or reject (422) [warn].")] = None,
+                                                            "above the rate [serve.rate_burst].")] = None,
+          on_unseen: Annotated[Optional[str], typer.Option(
+              "--on-unseen", help="An unseen category: warn (predict, with a warning) or reject (422) "
+              "[serve.on_unseen].")] = None,
           openapi: Annotated[Optional[bool], typer.Option("--openapi/--no-openapi", help="Serve /openapi.json "
-                                                          "[off].", show_default=False)] = None,
+                                                          "[serve.openapi].", show_default=False)] = None,
           access_log: Annotated[Optional[bool], typer.Option("--access-log/--no-access-log", help="Log every "
-                                                             "request (costs ~5% of throughput) [off].",
+                                                             "request (costs ~5% of throughput) [serve.access_log].",
                                                              show_default=False)] = None,
           uri: UriOption = None) -> None:
     """Serve a model over HTTP: Open Inference Protocol v2 and POST /predict.
 
-    Settings come from the model's own config (its serve: section); each option given overrides one key."""
+    Settings come from the model's own config (its serve: section, defaults in docs/config.md); each option
+    given overrides the key in brackets."""
     import os
 
     import uvicorn
