@@ -166,11 +166,16 @@ def check_archive(path: Path, into: Path) -> dict[str, Any]:
     model loads data-only. Returns the manifest; raises one RegistryError listing what is wrong."""
     try:
         with tarfile.open(path, "r:gz") as tar:
-            members = tar.getmembers()
+            members = []
+            for member in tar:  # one by one: an archive of millions of entries stops here, not in memory
+                members.append(member)
+                if len(members) > MAX_MEMBERS:
+                    raise _refused(path, "its contents are not those of a model archive",
+                                   [f"more than {MAX_MEMBERS:,} entries"])
             problems = _member_problems(members)
             if problems:
                 raise _refused(path, "its contents are not those of a model archive", problems)
-            tar.extractall(into, filter="data")  # a second guard: refuses absolute paths, '..', links
+            tar.extractall(into, members=members, filter="data")  # a second guard: refuses absolute paths, '..', links
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise RegistryError(f"'{path}' is not a readable model archive: {redact(first_line(exc))}.", HINT) from None
     manifest, artifacts = into / MANIFEST, into / "artifacts"
@@ -189,8 +194,6 @@ def check_archive(path: Path, into: Path) -> dict[str, Any]:
 
 def _member_problems(members: list[tarfile.TarInfo]) -> list[str]:
     problems: list[str] = []
-    if len(members) > MAX_MEMBERS:
-        return [f"{len(members)} entries (at most {MAX_MEMBERS})"]
     total = 0
     for m in members:
         parts = PurePosixPath(m.name).parts

@@ -174,6 +174,10 @@ def test_links_devices_strays_and_oversized_files_are_refused(source, target, tm
     output = one_paragraph(invoke("models", "import", evil, "--uri", target, code=6))
     assert "artifacts/eval/passwd is a link" in output and "artifacts/eval/tty is a device" in output
     assert "artifacts/run.py is a pickle, checkpoint or code file" in output
+    monkeypatch.setattr(archive_module, "MAX_MEMBERS", 3)
+    output = one_paragraph(invoke("models", "import", source["archive"], "--uri", target, code=6))
+    assert "more than 3 entries" in output
+    monkeypatch.setattr(archive_module, "MAX_MEMBERS", 10_000)
     monkeypatch.setattr(archive_module, "MAX_FILE_BYTES", 1000)
     output = one_paragraph(invoke("models", "import", source["archive"], "--uri", target, code=6))
     assert "artifacts/model/weights.pt is" in output and "larger than allowed" in output
