@@ -24,6 +24,8 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+SEED_MAX = 2 ** 32 - 1  # numpy and scikit-learn take seeds in [0, 2**32 - 1]
+
 # ----------------------------------------------------------------------------------------------- data
 MissingStrategy = Literal["drop", "mean", "median", "most_frequent", "constant"]
 
@@ -61,7 +63,7 @@ class SplitConfig(_Section):
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
     stratify: bool = True
-    seed: int | None = None  # None: the top-level seed
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)  # None: the top-level seed
 
     @model_validator(mode="after")
     def _check(self) -> SplitConfig:
@@ -223,7 +225,7 @@ class TrainingConfig(_Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = True
-    num_threads: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(None, ge=1, le=4096)
     tensorboard: bool = False
 
     @field_validator("device")
@@ -359,7 +361,7 @@ class ParamSpace(_Section):
 
 class SamplerConfig(_Section):
     name: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
-    seed: int | None = None  # None: the top-level seed
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)  # None: the top-level seed
     n_startup_trials: int = Field(10, ge=0)  # tpe, gp, cmaes: random trials before the model guides the search
     multivariate: bool = True  # tpe: model the parameters jointly
 
@@ -512,7 +514,7 @@ class TuneConfig(_Section):
 
 class Config(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=SEED_MAX)
     data: DataConfig
     model: ModelConfig = MLPConfig()
     training: TrainingConfig = TrainingConfig()

@@ -120,3 +120,12 @@ def test_unreadable_config_files_are_config_errors(tmp_path):
     complex_key = write(tmp_path, "? [1, 2]\n: x\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(complex_key)
+
+
+def test_values_torch_numpy_and_sklearn_cannot_take_are_config_errors():
+    for sections, where in [({"seed": -1}, "seed"), ({"seed": 2 ** 64}, "seed"),
+                            ({"data": {"source": "sklearn:iris", "split": {"seed": 2 ** 32}}}, "data.split.seed"),
+                            ({"training": {"num_threads": 2 ** 40}}, "training.num_threads")]:
+        with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+            load_config(tiny_config(**sections))
+    assert load_config(tiny_config(seed=2 ** 32 - 1)).seed == 2 ** 32 - 1

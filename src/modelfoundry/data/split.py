@@ -23,7 +23,7 @@ def split_indices(labels: np.ndarray, val: float, test: float, stratify: bool,
                                               stratify=strat_rest)
     except ValueError as exc:
         raise DataError(f"{len(labels)} rows cannot be split into train/val/test"
-                        f"{' stratified by class' if stratify else ''}: {first_line(exc)}.",
+                        f"{' stratified by class' if stratify else ''}: {first_line(exc).rstrip('.')}.",
                         "Use more rows, larger data.split.val / data.split.test fractions, or data.split.stratify: "
                         "false.") from None
     if min(len(train_idx), len(val_idx), len(test_idx)) == 0:
