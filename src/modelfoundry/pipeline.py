@@ -513,7 +513,7 @@ def _parent_version(model: str | Path, local: Path, saved: Any) -> str | None:
     the run directory given; None when the parent was never registered."""
     if not Path(model).exists():
         return local.name
-    from modelfoundry.registry import client
+    from modelfoundry.tracking import client
 
     try:
         versions = client(saved.config.tracking.uri).search_model_versions(f"name='{saved.config.name}'")
