@@ -453,3 +453,10 @@ def test_a_broken_tune_section_is_a_clean_error_before_anything_is_written(tmp_p
     assert named in result.output and "Did you mean" in result.output
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)  # typer.Exit(2), no crash
     assert not (tmp_path / "out").exists()
+
+
+def test_a_storage_url_with_a_password_is_redacted_in_the_error(tmp_path):
+    cfg = write_config(tmp_path, tuned({"n_trials": 1}))
+    result = foundry("tune", cfg, "--out", tmp_path / "out", "--storage", "postgresql://ops:hunter2@127.0.0.1:1/optuna")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "hunter2" not in result.output and "postgresql://ops:***@127.0.0.1:1/optuna" in squeezed(result.output)
