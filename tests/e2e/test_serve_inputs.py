@@ -206,3 +206,12 @@ def test_foundry_predict_writes_warnings_and_a_one_line_summary(run_dir, tmp_pat
                                                                           "petal length (cm)": None}]}).json()
     assert body["warnings"] == [[], json.loads(table["warnings"][1])]
     assert body["predictions"] == table["prediction"].tolist()
+
+
+def test_long_client_values_are_cut_in_warnings_and_errors(batched):
+    body = batched.post("/predict", json={"records": [GOOD[0] | {"colour": "x" * 100_000}]}).json()
+    assert len(body["warnings"][0][0]["value"]) == 100
+    tensors = infer_body(GOOD)
+    tensors["inputs"][0]["datatype"] = "Y" * 100_000
+    answer = batched.post("/v2/models/flowers/infer", json=tensors)
+    assert answer.status_code == 422 and len(answer.json()["error"]) < 300

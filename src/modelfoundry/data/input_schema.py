@@ -227,8 +227,9 @@ class InputSchema:
         if self.on_unseen == "reject" and (codes == UNSEEN).any():
             i, j = (int(k[0]) for k in np.nonzero(codes == UNSEEN))
             feature = self.categorical[j]
-            raise DataError(f"Column '{feature['column']}' of {origin} has the value {texts[i, j]!r} (row {i}), a "
-                            "category the model never saw in training; this server rejects unseen categories.",
+            raise DataError(f"Column '{feature['column']}' of {origin} has the value {_describe(texts[i, j])} "
+                            f"(row {i}), a category the model never saw in training; this server rejects unseen "
+                            "categories.",
                             "Send one of: " + ", ".join(map(str, feature["categories"][:20]))
                             + (" ..." if len(feature["categories"]) > 20 else "") + ".")
         return CheckedRows(numeric, codes, texts, self._transform(numeric, codes, origin))
@@ -295,7 +296,8 @@ class InputSchema:
 
     def _warning(self, kind: str, column: str, j: int, rows: CheckedRows, i: int) -> dict[str, Any]:
         if kind == "unseen_category":
-            return {"column": column, "kind": kind, "value": rows.texts[i, j]}
+            text = rows.texts[i, j]  # echoed back: a long value is cut
+            return {"column": column, "kind": kind, "value": text if len(text) <= 100 else text[:97] + "..."}
         if kind == "out_of_range":
             return {"column": column, "kind": kind, "value": float(rows.numeric[i, j]),
                     "range": [float(self.range_min[j]), float(self.range_max[j])]}

@@ -93,25 +93,25 @@ def infer_columns(inputs: list[InferInput], schema: InputSchema, max_records: in
     columns: dict[str, list[Any]] = {}
     rows = None
     for tensor in inputs:
-        kind = schema.kinds.get(tensor.name)
+        kind, name = schema.kinds.get(tensor.name), _short(tensor.name)
         expected = "BYTES" if kind == "categorical" else "FP64"
         if tensor.datatype not in OIP_TYPES:
-            raise DataError(f"Input '{tensor.name}' has datatype '{tensor.datatype}'; expected {expected}.",
+            raise DataError(f"Input '{name}' has datatype '{_short(tensor.datatype)}'; expected {expected}.",
                             "Use the datatypes of GET /v2/models/{name}: FP64 for numbers, BYTES for text.")
         if kind is not None and (tensor.datatype in OIP_NUMERIC) != (kind != "categorical"):
-            raise DataError(f"Input '{tensor.name}' has datatype '{tensor.datatype}'; this model expects "
+            raise DataError(f"Input '{name}' has datatype '{tensor.datatype}'; this model expects "
                             f"{expected} for it ({kind} column).",
                             "Use the datatypes of GET /v2/models/{name}: FP64 for numbers, BYTES for text.")
         n = tensor.shape[0] if tensor.shape else -1
         if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1) \
                 or len(tensor.data) != n:
-            raise DataError(f"Input '{tensor.name}' has shape {tensor.shape} and {len(tensor.data)} values; each "
+            raise DataError(f"Input '{name}' has shape {_short(tensor.shape)} and {len(tensor.data)} values; each "
                             "input is one column, shape [N] or [N, 1] with N values.", "Send one tensor per column.")
         if rows is not None and n != rows:
-            raise DataError(f"Input '{tensor.name}' has {n} rows but an earlier input has {rows}.",
+            raise DataError(f"Input '{name}' has {n} rows but an earlier input has {rows}.",
                             "Send the same number of rows for every column.")
         if tensor.name in columns:
-            raise DataError(f"Input '{tensor.name}' appears twice.", "Send one tensor per column.")
+            raise DataError(f"Input '{name}' appears twice.", "Send one tensor per column.")
         rows = n
         columns[tensor.name] = tensor.data
     if not rows:
@@ -139,6 +139,12 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
         return [inline(v) for v in node] if isinstance(node, list) else node
 
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A client's value in a message, cut to `limit` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _json_type(value: Any) -> str:
