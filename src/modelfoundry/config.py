@@ -21,7 +21,8 @@ from modelfoundry.errors import ConfigError, did_you_mean, unknown_name
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # no .inf / .nan anywhere: no setting means infinity, and they only surface later as NaN losses or overflows
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 SEED_MAX = 2 ** 32 - 1  # numpy and scikit-learn take seeds in [0, 2**32 - 1]
@@ -79,6 +80,15 @@ class BalanceConfig(_Section):
     @classmethod
     def _label_keys(cls, v: Any) -> Any:  # YAML reads {0: 2.0} with int keys; labels are matched as text
         return {str(k): w for k, w in v.items()} if isinstance(v, dict) else v
+
+    @field_validator("class_weights")
+    @classmethod
+    def _weights(cls, v: Any) -> Any:
+        bad = {k: w for k, w in v.items() if not 0 <= w <= 1e6} if isinstance(v, dict) else {}
+        if bad:
+            shown = ", ".join(f"{k}: {w:g}" for k, w in bad.items())
+            raise ValueError(f"class weights must be between 0 and 1e6, got {shown}")
+        return v
 
 
 class DataConfig(_Section):

@@ -640,7 +640,11 @@ def _allocation_error(exc: BaseException, config: Config) -> BaseException:
     from modelfoundry.errors import TrainingError
 
     text = first_line(exc) if str(exc) else type(exc).__name__
-    if re.search(r"overflow", text, re.IGNORECASE):
+    if "without overflow" in text:  # a value past float32 in an optimizer step
+        return TrainingError(f"A value overflowed during training ({text}).",
+                             "Lower training.optimizer.lr (and training.scheduler.max_lr) or other extreme "
+                             "settings; float32 ends at 3.4e38.")
+    if re.search(r"overflow when unpacking|size calculation overflowed", text, re.IGNORECASE):
         text = "a tensor size is beyond what torch can represent"
     elif not isinstance(exc, MemoryError) and not re.search(r"allocate|out of memory", text, re.IGNORECASE):
         return exc

@@ -127,6 +127,10 @@ def test_failures_before_training_leave_no_run_directory(tmp_path):
     big.write_text(yaml.safe_dump(tiny_config(model={"name": "mlp", "hidden": [10 ** 30]})))  # past int64
     one_paragraph(runner.invoke(app, ["run", str(big), "--run-dir", str(tmp_path / "big"), "--no-progress"]), 5,
                   "beyond what torch can represent")
+    big.write_text(yaml.safe_dump(tiny_config(training={"epochs": 1, "scheduler": {"name": "onecycle",
+                                                                                  "max_lr": 1e300}})))
+    one_paragraph(runner.invoke(app, ["run", str(big), "--run-dir", str(tmp_path / "big"), "--no-progress"]), 5,
+                  "overflowed during training", "max_lr")
 
 
 def test_broken_inputs_to_a_trained_run_are_one_paragraph(tmp_path):

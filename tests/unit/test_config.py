@@ -129,3 +129,7 @@ def test_values_torch_numpy_and_sklearn_cannot_take_are_config_errors():
         with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
             load_config(tiny_config(**sections))
     assert load_config(tiny_config(seed=2 ** 32 - 1)).seed == 2 ** 32 - 1
+    with pytest.raises(ConfigError, match=r"training\.optimizer\.lr.*finite number; got inf"):
+        load_config(tiny_config(training={"optimizer": {"lr": float("inf")}}))
+    with pytest.raises(ConfigError, match=r"class weights must be between 0 and 1e6, got 0: -1"):
+        load_config(tiny_config(data={"source": "sklearn:iris", "balance": {"class_weights": {0: -1, 1: 2}}}))
