@@ -636,7 +636,8 @@ def _completed_run(run_path: Path, *, evaluated: bool) -> RunResult | None:
 
 
 def _allocation_error(exc: BaseException, config: Config) -> BaseException:
-    """A TrainingError for memory that could not be allocated (a model or batch too big); other errors as they are."""
+    """A TrainingError for memory that could not be allocated (a model or batch too big, or a size beyond what
+    torch can represent); other errors as they are."""
     from modelfoundry.errors import TrainingError
 
     text = first_line(exc) if str(exc) else type(exc).__name__
@@ -649,7 +650,7 @@ def _allocation_error(exc: BaseException, config: Config) -> BaseException:
     elif not isinstance(exc, MemoryError) and not re.search(r"allocate|out of memory", text, re.IGNORECASE):
         return exc
     text = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", text)
-    sizes = {k: v for k, v in config.model.model_dump().items() if k in ("hidden", "channels")}
+    sizes = {k: v for k, v in config.model.model_dump().items() if k in ("hidden", "channels", "kernel_size")}
     return TrainingError(f"The model does not fit in memory ({text}); model {config.model.name} with "
                          f"{', '.join(f'{k}: {v}' for k, v in sizes.items())}, training.batch_size: "
                          f"{config.training.batch_size}.",
