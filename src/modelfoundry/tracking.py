@@ -120,7 +120,7 @@ def client(uri: str | None = None) -> Any:
 
 
 def log_run(run_dir: Path, config: Config, metrics: dict[str, float], *, parent_version: str | None = None) -> dict:
-    """Log a finished run to MLflow and (unless `tracking.register` is off) register its model.
+    """Log a finished run to MLflow and (unless `tracking.register_model` is off) register its model.
 
     Idempotent per run: when this run directory with this config hash is already logged (a resumed or repeated
     call), nothing is logged again and its existing version is returned (registered now if that failed before).
