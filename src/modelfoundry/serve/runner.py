@@ -22,7 +22,7 @@ from modelfoundry.serve.batching import DynamicBatcher
 from modelfoundry.serve.store import LoadedModel
 
 log = logging.getLogger(__name__)
-THREAD_ROWS = 256  # requests with more rows are checked in a worker thread, off the event loop
+THREAD_CELLS = 16_384  # requests with more values (rows x columns) are checked in a worker thread, off the loop
 
 
 @dataclass
@@ -57,7 +57,10 @@ class Answer:
 async def prepare(model: LoadedModel, check: Callable[[InputSchema], CheckedRows], rows: int) -> Job:
     """Check and convert one request for `model`; any failure is this request's 4xx alone."""
     try:
-        checked = await asyncio.to_thread(check, model.schema) if rows > THREAD_ROWS else check(model.schema)
+        if rows * len(model.schema.columns) > THREAD_CELLS:
+            checked = await asyncio.to_thread(check, model.schema)
+        else:
+            checked = check(model.schema)
     except FoundryError:
         raise
     except Exception as exc:  # noqa: BLE001 - an input nobody foresaw: still the request's fault, not a 500
