@@ -2,7 +2,6 @@
 touches the good requests sharing its batch; OIP datatypes; input warnings; serve.on_unseen."""
 
 import json
-import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
