@@ -692,6 +692,10 @@ def load_config(source: str | Path | dict[str, Any]) -> Config:
                           "be decoded.", "Save the config as UTF-8 (most editors have an encoding option).") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, {}) > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{path} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases that "
+                              "repeat aliases), far more than any config holds.",
+                              "Write the values out, or use anchors (&name / *name) only for a few sections.")
         lines = _key_lines(node) if node is not None else {}
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -813,6 +817,19 @@ def _line_of(loc: tuple, lines: dict[tuple, int]) -> int | None:
         if loc[:end] in lines:
             return lines[loc[:end]]
     return None
+
+
+MAX_CONFIG_VALUES = 1_000_000  # a config holds hundreds; aliases of aliases can expand to billions
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes a composed document holds once every alias is expanded (each shared node counted
+    once per use, computed once per node)."""
+    if id(node) not in sizes:
+        children = node.value if isinstance(node, yaml.SequenceNode) else \
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
 
 
 def _key_lines(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:

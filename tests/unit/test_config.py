@@ -133,3 +133,18 @@ def test_values_torch_numpy_and_sklearn_cannot_take_are_config_errors():
         load_config(tiny_config(training={"optimizer": {"lr": float("inf")}}))
     with pytest.raises(ConfigError, match=r"class weights must be between 0 and 1e6, got 0: -1"):
         load_config(tiny_config(data={"source": "sklearn:iris", "balance": {"class_weights": {0: -1, 1: 2}}}))
+
+
+def test_aliases_that_expand_to_billions_of_values_are_refused_at_once(tmp_path):
+    import time
+
+    lines = ["name: lol", "data: {source: sklearn:iris}", "l0: &l0 [" + ", ".join(["x"] * 10) + "]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 10)]  # 10**10 values
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="expands to more than 1,000,000 values"):
+        load_config(path)
+    assert time.perf_counter() - started < 2
+    shared = write(tmp_path, "name: x\ndata: {source: sklearn:iris}\ntune:\n  space:\n    model.hidden.0: &b {type: "
+                             "int, low: 8, high: 64}\n    model.hidden.1: *b\n")  # a few aliases stay fine
+    assert load_config(shared).tune.space["model.hidden.1"].high == 64
