@@ -105,6 +105,9 @@ class ServedModel:
     async def run_batch(self, jobs: list[Job]) -> tuple[list[Answer | FoundryError], LoadedModel]:
         """One model call for all jobs' rows; each slot holds the job's Answer or its own error."""
         model = self.get()
+        return await self._run(model, jobs), model
+
+    async def _run(self, model: LoadedModel, jobs: list[Job]) -> list[Answer | FoundryError]:
         slots: list[Any] = [None] * len(jobs)
         live: list[tuple[int, CheckedRows]] = []
         for k, job in enumerate(jobs):
@@ -113,31 +116,31 @@ class ServedModel:
             except Exception as exc:  # noqa: BLE001 - only this job fails
                 slots[k] = _as_error(exc, model)
         if not live:
-            return slots, model
+            return slots
         rows = CheckedRows.join([r for _, r in live])
         try:
             output = await asyncio.to_thread(model.backend.predict_array, rows.X)
         except Exception as exc:  # noqa: BLE001 - retry each job alone, so only a job that fails alone fails
             if len(live) == 1:
                 slots[live[0][0]] = _as_error(exc, model)
-                return slots, model
-            alone = await asyncio.gather(*(self.run_batch([jobs[k]]) for k, _ in live))
-            for (k, _), (answers, _) in zip(live, alone):
+                return slots
+            alone = await asyncio.gather(*(self._run(model, [jobs[k]]) for k, _ in live))
+            for (k, _), answers in zip(live, alone):
                 slots[k] = answers[0]
-            return slots, model
+            return slots
         warnings, counts = model.schema.warnings(rows)  # one vectorised pass for the whole batch
         if counts and self.count_warnings:
             self.count_warnings(counts)
         start = 0
         for k, part in live:
             stop = start + len(part)
-            out = output[start:stop]
-            slots[k] = Answer(out, warnings[start:stop] if warnings else None) if np.isfinite(out).all() else \
+            out, flagged = output[start:stop], warnings[start:stop] if warnings else None
+            slots[k] = Answer(out, flagged if flagged and any(flagged) else None) if np.isfinite(out).all() else \
                 FoundryError(f"The model gave a non-finite output for this request (model {model.name} "
                              f"v{model.version}).", "The inputs were valid; the model itself is broken. Check "
                              "its training run, or roll back to another version.")
             start = stop
-        return slots, model
+        return slots
 
 
 def _as_error(exc: BaseException, model: LoadedModel) -> FoundryError:
