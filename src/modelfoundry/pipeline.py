@@ -474,7 +474,7 @@ def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bo
         if error is exc:
             raise
         raise error from None
-    if finished_before and _model_saved(run_path):
+    if finished_before:  # its model is saved already
         return data, fit_result, config, run_path
     if not fit_result.interrupted:
         spec = {"name": config.name, "task": data.task, "input_shape": list(data.preprocessor.input_shape_),
