@@ -4,6 +4,8 @@
 JSON; `apply_portable` applies that JSON to raw rows with numpy and pandas only, giving exactly what
 `Preprocessor.transform` gives. An ONNX export ships it as `preprocess.json` next to `model.onnx`, so a
 server - in any language - can turn raw columns into the model's input without unpickling anything.
+The server itself checks and converts each request without a DataFrame, with `InputSchema`
+(data/input_schema.py), which gives exactly this module's model input and flags values outside training.
 
 The format (version `format: 2`; format 1, without "range", is read too)::
 
