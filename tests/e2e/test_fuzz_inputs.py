@@ -166,12 +166,15 @@ def test_mutated_data_files_prepare_or_fail_as_one_data_error(table):
     else:
         for part in prepared.X.values():
             assert np.isfinite(part).all()
-    try:  # the same file as rows to predict, with the preprocessing fitted on clean data
-        X = TRAINED.preprocessor.transform(read_table(path), origin=str(path))
+    try:  # the same file as rows to predict, or to evaluate, with the preprocessing fitted on clean data
+        frame = read_table(path)
+        X = TRAINED.preprocessor.transform(frame, origin=str(path))
+        assert np.isfinite(X).all()
+        labelled = frame[frame["target"].notna()] if "target" in frame.columns else frame.iloc[:0]
+        codes = TRAINED.target_encoder.encode(labelled["target"], str(path)) if len(labelled) else np.zeros(0)
+        assert set(codes.tolist()) <= {0, 1, 2}
     except FoundryError as exc:
         check_error(exc)
-    else:
-        assert np.isfinite(X).all()
 
 
 runner = CliRunner()
