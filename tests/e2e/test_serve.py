@@ -284,6 +284,19 @@ def test_foundry_serve_with_an_unknown_registered_model_is_one_paragraph(tmp_pat
         assert "Traceback" not in result.output
 
 
+def test_foundry_serve_on_an_unreachable_store_is_one_paragraph(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from modelfoundry.cli import app as cli_app
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    result = CliRunner().invoke(cli_app, ["serve", "bc@production", "--uri", "http://ops:hunter2@127.0.0.1:9"])
+    assert result.exit_code == 6, result.output
+    assert "could not be used" in result.output and "Traceback" not in result.output
+    assert "hunter2" not in result.output  # the password in the URI is redacted
+
+
 def test_a_failing_model_call_is_retried_alone_and_never_a_plain_500(run_dir, rows):
     from concurrent.futures import ThreadPoolExecutor
 

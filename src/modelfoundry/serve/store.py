@@ -48,6 +48,18 @@ class RegistryStore:
         self.ref, self.uri, self.backend = ref, uri, backend
 
     def resolve(self) -> tuple[str, str, str | None]:
+        """(name, version, alias) the reference names now; an unreachable store is one RegistryError."""
+        from modelfoundry.errors import FoundryError
+        from modelfoundry.tracking import store_error
+
+        try:
+            return self._resolve()
+        except FoundryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - MLflow, SQLAlchemy, requests: one paragraph for people
+            raise store_error(exc, self.uri) from None
+
+    def _resolve(self) -> tuple[str, str, str | None]:
         from modelfoundry.registry import client, find_version, parse_ref
 
         name, version, alias = parse_ref(self.ref)
