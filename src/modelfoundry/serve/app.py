@@ -43,6 +43,7 @@ from modelfoundry.serve.security import ApiKeys, AuthError, BodySizeLimit, RateL
 from modelfoundry.serve.store import LoadedModel, ModelStore
 
 log = logging.getLogger(__name__)
+INLINE_CALL_S = 0.0005  # a model whose full batch takes less runs on the event loop: a thread hop costs more
 ServeSettings = ServeConfig  # the server's settings are the config's serve: section (older name, kept for imports)
 ROUTES_HINT = ("Routes: POST /predict, POST /v2/models/{name}/infer, GET /v2/models/{name}, GET /v2/health/live, "
                "GET /v2/health/ready, GET /metrics.")
@@ -63,10 +64,14 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
         loaded.schema = InputSchema(loaded.backend.desc, settings.on_unseen)
         return loaded
 
+    async def warmed(loaded: LoadedModel) -> LoadedModel:
+        call_s = await asyncio.to_thread(warm_up, loaded.backend, settings.max_batch_size)
+        loaded.inline = call_s is not None and call_s < INLINE_CALL_S
+        return loaded
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        loaded = with_schema(preloaded or await asyncio.to_thread(store.load))
-        await asyncio.to_thread(warm_up, loaded.backend)
+        loaded = await warmed(with_schema(preloaded or await asyncio.to_thread(store.load)))
         served.current = loaded
         metrics.set_model(loaded.name, loaded.version, loaded.alias)
         import gc
@@ -80,7 +85,7 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
         watcher = None
         if settings.poll_s > 0 and hasattr(store, "resolve"):
             watcher = asyncio.get_running_loop().create_task(
-                _follow_alias(store, served, metrics, settings.poll_s, with_schema))
+                _follow_alias(store, served, metrics, settings.poll_s, lambda m: warmed(with_schema(m))))
         log.info("serving %s v%s on %s", loaded.name, loaded.version, loaded.backend.platform)
         yield
         if watcher:
@@ -97,6 +102,8 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
                                                                            else "anonymous")
         if limiter:
             limiter.acquire(who)
+
+    guarded = [Depends(authorize)] if keys or limiter else []  # no dependency to solve when nothing is checked
 
     # no /docs or /redoc (their pages load scripts from a CDN); /openapi.json only when asked, below
     app = FastAPI(title="modelfoundry inference server", lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -119,11 +126,11 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
         return JSONResponse({"ready": served.ready}, status_code=200 if served.ready else 503)
 
     if settings.openapi:
-        @app.get("/openapi.json", dependencies=[Depends(authorize)], include_in_schema=False)
+        @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
         async def openapi() -> JSONResponse:
             return JSONResponse(app.openapi())
 
-    @app.get("/v2/models/{name}", dependencies=[Depends(authorize)])
+    @app.get("/v2/models/{name}", dependencies=guarded)
     async def metadata(name: str) -> dict[str, Any]:
         model = served.get(name)
         backend = model.backend
@@ -139,7 +146,7 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
                 "outputs": outputs, "parameters": {"alias": model.alias, "task": backend.task,
                                                    "labels": backend.labels, "on_unseen": settings.on_unseen}}
 
-    @app.post("/v2/models/{name}/infer", dependencies=[Depends(authorize)], openapi_extra=body_schema(InferRequest))
+    @app.post("/v2/models/{name}/infer", dependencies=guarded, openapi_extra=body_schema(InferRequest))
     async def infer(name: str, request: Request) -> JSONResponse:
         body = infer_request(parse_json(await request.body(), request.headers.get("content-type")))
         model = served.get(name)
@@ -157,7 +164,7 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
         return JSONResponse({"model_name": model.name, "model_version": model.version, "id": body.id,
                              "outputs": outputs})
 
-    @app.post("/predict", dependencies=[Depends(authorize)], openapi_extra=body_schema(PredictRequest))
+    @app.post("/predict", dependencies=guarded, openapi_extra=body_schema(PredictRequest))
     async def predict(request: Request) -> JSONResponse:
         records = predict_records(parse_json(await request.body(), request.headers.get("content-type")),
                                   settings.max_records)
@@ -213,7 +220,7 @@ def _add_error_handlers(app: FastAPI, served: ServedModel) -> None:
 
 
 async def _follow_alias(store: Any, served: ServedModel, metrics: ServerMetrics, poll_s: float,
-                        with_schema: Any) -> None:
+                        ready_model: Any) -> None:
     """Hot switch: when the alias moves, load and warm the new version in the background, then swap it in
     at once. Batches already running finish on the old version; later ones use the new."""
     while True:
@@ -222,8 +229,7 @@ async def _follow_alias(store: Any, served: ServedModel, metrics: ServerMetrics,
             name, version, alias = await asyncio.to_thread(store.resolve)
             if served.current is None or version == served.current.version:
                 continue
-            loaded = with_schema(await asyncio.to_thread(store.load, version))
-            await asyncio.to_thread(warm_up, loaded.backend)
+            loaded = await ready_model(await asyncio.to_thread(store.load, version))
             served.current = loaded  # one assignment on the event loop: atomic for every request
             metrics.set_model(loaded.name, loaded.version, loaded.alias)
             log.info("switched %s to v%s", name, version)

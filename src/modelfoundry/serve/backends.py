@@ -97,9 +97,20 @@ def load_backend(run_dir: Path, prefer: str = "onnx") -> Backend:
     return TorchBackend(Path(run_dir))
 
 
-def warm_up(backend: Backend) -> None:
-    """One prediction on a neutral model input, so the first request does not pay for lazy initialisation."""
+def warm_up(backend: Backend, rows: int = 1, repeats: int = 5) -> float | None:
+    """Predict on neutral model inputs, so the first request does not pay for lazy initialisation; returns
+    the median seconds of a `rows`-row call (None when the model could not be called)."""
+    import time
+
+    X = np.zeros((rows, *backend.desc["input_shape"]), dtype=np.float32)
     try:
-        backend.predict_array(np.zeros((1, *backend.desc["input_shape"]), dtype=np.float32))
+        backend.predict_array(X[:1])
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            backend.predict_array(X)
+            times.append(time.perf_counter() - start)
     except Exception as exc:  # noqa: BLE001 - warm-up is best effort
         log.info("warm-up skipped: %s", exc)
+        return None
+    return sorted(times)[len(times) // 2]

@@ -206,6 +206,9 @@ class BodySizeLimit:
         if declared is not None and declared > self.max_bytes:
             await _send_error(send, self._too_large(f"of {declared} bytes"))
             return
+        if declared is not None:  # the HTTP server reads exactly Content-Length bytes: nothing more can arrive
+            await self.app(scope, receive, send)
+            return
         received = 0
         too_large: PayloadTooLarge | None = None
         app_started = False  # the app began its answer before the limit was passed: it must go on

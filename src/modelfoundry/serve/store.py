@@ -17,6 +17,7 @@ class LoadedModel:
     backend: Backend
     run_dir: Path | None = None
     schema: Any = None  # its InputSchema (data/input_schema.py), set by the server (it knows serve.on_unseen)
+    inline: bool = False  # a full batch takes well under a millisecond: call it on the event loop, no thread hop
 
 
 class ModelStore(Protocol):
