@@ -323,3 +323,40 @@ def test_a_failing_model_call_is_retried_alone_and_never_a_plain_500(run_dir, ro
         three = c.post("/predict", json={"records": rows.head(3).to_dict(orient="records")})
     assert three.status_code == 500 and three.headers["content-type"] == "application/json"
     assert "RuntimeError: kernel crashed" in three.json()["error"] and "server log" in three.json()["hint"]
+
+
+def test_cheap_models_run_inline_and_slow_ones_in_a_thread(run_dir, rows):
+    """Warm-up times a full batch: the tiny MLP runs on the event loop (a thread hop would cost more than
+    the call), a model slower than INLINE_CALL_S goes to a worker thread; both answer the same."""
+    import threading
+    import time
+
+    from modelfoundry.serve import app as app_module
+
+    seen: dict[str, set] = {"fast": set(), "slow": set()}
+
+    class TimedStore(RunDirStore):
+        def __init__(self, run_dir, delay_s, key):
+            super().__init__(run_dir)
+            self.delay_s, self.key = delay_s, key
+
+        def load(self, version=None):
+            loaded = super().load(version)
+            call = loaded.backend.predict_array
+
+            def timed(X):
+                seen[self.key].add(threading.current_thread() is threading.main_thread())
+                time.sleep(self.delay_s)
+                return call(X)
+            loaded.backend.predict_array = timed
+            return loaded
+
+    records = {"records": rows.head(3).to_dict(orient="records")}
+    answers = {}
+    for key, delay_s in (("fast", 0.0), ("slow", 5 * app_module.INLINE_CALL_S)):
+        with TestClient(create_app(ServeConfig(), TimedStore(run_dir, delay_s, key))) as c:
+            assert c.app.state.served.current.inline is (key == "fast")
+            seen[key].clear()  # warm-up ran in a thread; what matters is where requests run
+            answers[key] = c.post("/predict", json=records).json()["predictions"]
+    assert answers["fast"] == answers["slow"]
+    assert seen["slow"] == {False}  # a worker thread, never the event loop's
