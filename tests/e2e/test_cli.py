@@ -107,6 +107,7 @@ def test_regression_and_image_pipelines(tmp_path):
     assert "top_3_accuracy" in json.loads((tmp_path / "img/eval/metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_kill_and_resume_ends_like_an_uninterrupted_run(tmp_path):
     """SIGKILL a real `foundry run` mid-training, resume it, and compare with a run that was never killed."""
     import time

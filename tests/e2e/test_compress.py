@@ -20,6 +20,8 @@ from modelfoundry.data.sources import load_source
 from modelfoundry.pipeline import compress, evaluate, export, predict, run
 from tests.conftest import tiny_config
 
+pytestmark = pytest.mark.slow  # each test compresses a trained model: seconds to tens of seconds
+
 runner = CliRunner()
 ENTRY_KEYS = {"name", "metric", "metric_delta", "latency_b1_ms", "latency_b64_ms", "size_bytes", "params",
               "speedup_b1", "size_ratio", "passed_guard"}

@@ -179,6 +179,7 @@ def test_archive_moves_a_version_to_another_registry(store, tmp_path, monkeypatc
     assert result.exit_code == 6 and "names a model, not a version" in result.output
 
 
+@pytest.mark.slow
 def test_server_follows_an_alias_move_without_failing_a_request(store, tmp_path, monkeypatch):
     import threading
     import time
