@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from modelfoundry.config import Config, load_config
-from modelfoundry.config import _unwrap  # the same unwrapping the config errors use
+from modelfoundry.config.paths import unwrap as _unwrap  # the same unwrapping the config errors use
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "config.md"

@@ -1,17 +1,59 @@
-"""Classification and regression metrics on a split, as a flat {name: float} dict."""
+"""Classification and regression metrics on a split, as a flat {name: float} dict, and the metric table.
+
+The table (`METRICS`) is where metric names live: config validates `evaluation.metrics`, early-stopping
+monitors, `tune.metric` and the compression guard against it. numpy and scikit-learn are imported inside the
+functions, so reading the table costs nothing.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What config needs to know about a metric: its task and which way is better."""
+
+    task: Literal["classification", "regression"]
+    lower_is_better: bool = False
+    calibration: bool = False  # a calibration measure of class probabilities, computed by the compression guard
+
+
+# name -> Metric, in the order error messages list them
+METRICS: dict[str, Metric] = {
+    "accuracy": Metric("classification"),
+    "balanced_accuracy": Metric("classification"),
+    "precision_macro": Metric("classification"),
+    "recall_macro": Metric("classification"),
+    "f1_macro": Metric("classification"),
+    "precision_weighted": Metric("classification"),
+    "recall_weighted": Metric("classification"),
+    "f1_weighted": Metric("classification"),
+    "roc_auc": Metric("classification"),
+    "log_loss": Metric("classification", lower_is_better=True),
+    "ece": Metric("classification", lower_is_better=True, calibration=True),  # expected calibration error (15 bins, top class)
+    "brier": Metric("classification", lower_is_better=True, calibration=True),  # Brier score
+    "mae": Metric("regression", lower_is_better=True),
+    "rmse": Metric("regression", lower_is_better=True),
+    "mse": Metric("regression", lower_is_better=True),
+    "r2": Metric("regression"),
+    "mape": Metric("regression", lower_is_better=True),
+}
+CLASSIFICATION_METRICS = tuple(n for n, m in METRICS.items() if m.task == "classification" and not m.calibration)
+REGRESSION_METRICS = tuple(n for n, m in METRICS.items() if m.task == "regression")
+CALIBRATION_METRICS = tuple(n for n, m in METRICS.items() if m.calibration)
 
 DEFAULT_HEADLINE = {"classification": ["accuracy", "f1_macro", "roc_auc"], "regression": ["r2", "rmse", "mae"]}
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, top_k: list[int]) -> dict[str, float]:
     """`y_true`: class indices (N,); `proba`: class probabilities (N, K)."""
+    import numpy as np
     from sklearn import metrics as skm
 
     proba = np.asarray(proba, dtype=np.float64)
@@ -36,6 +78,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, top_k: list[in
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """Both in the target's own units."""
+    import numpy as np
     from sklearn import metrics as skm
 
     mse = skm.mean_squared_error(y_true, y_pred)
@@ -59,6 +102,7 @@ def headline(task: str, requested: list[str], available: dict[str, Any]) -> list
 
 
 def _roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float | None:
+    import numpy as np
     from sklearn.metrics import roc_auc_score
 
     present = np.unique(y_true)

@@ -1,51 +1,53 @@
-"""A small CNN for images: stages of conv blocks (optionally residual), global pooling, a dense head."""
+"""A small CNN for images: stages of conv blocks (optionally residual), global pooling, a dense head.
+
+This module holds the `model: {name: cnn}` config and its builder; torch is imported inside the builder, so
+validating a config never loads it.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from modelfoundry.models.layers import activation, init_weights
+from pydantic import Field, field_validator
 
+from modelfoundry.config.base import Section
+from modelfoundry.errors import ConfigError
+from modelfoundry.models.choices import Activation, Init
 
-class ConvBlock(nn.Module):
-    """conv -> (BatchNorm) -> activation."""
-
-    def __init__(self, c_in: int, c_out: int, kernel_size: int, batch_norm: bool, act: str):
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2, bias=not batch_norm)
-        self.norm = nn.BatchNorm2d(c_out) if batch_norm else nn.Identity()
-        self.act = activation(act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv(x)))
+if TYPE_CHECKING:
+    from torch import nn
 
 
-class ResidualBlock(nn.Module):
-    """Two same-width convs with an identity shortcut (the ResNet basic block)."""
+class CNNConfig(Section):
+    name: Literal["cnn"]
+    channels: list[Annotated[int, Field(gt=0)]] = Field([32, 64], min_length=1)
+    kernel_size: int = Field(3, gt=0)  # odd, so 'same' padding keeps the spatial size
+    residual: bool = False  # each stage adds a residual block after its downsampling conv
+    batch_norm: bool = True
+    pool: Literal["max", "avg", "none"] = "max"  # downsampling between stages
+    hidden: list[Annotated[int, Field(gt=0)]] = []  # dense layers after global average pooling
+    activation: Activation = "relu"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    init: Init = "kaiming"
 
-    def __init__(self, channels: int, kernel_size: int, batch_norm: bool, act: str):
-        super().__init__()
-        pad = kernel_size // 2
-        self.conv1 = nn.Conv2d(channels, channels, kernel_size, padding=pad, bias=not batch_norm)
-        self.norm1 = nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
-        self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding=pad, bias=not batch_norm)
-        self.norm2 = nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
-        self.act = activation(act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act(self.norm1(self.conv1(x)))
-        return self.act(x + self.norm2(self.conv2(out)))
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (3, 5, 7, ...) so padding keeps the image size, got {v}")
+        return v
 
 
-def build_cnn(config, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
+def build_cnn(config: CNNConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
     """A CNN from `CNNConfig` for (C, H, W) inputs; spatial size halves between stages while it can."""
     if len(input_shape) != 3:
-        from modelfoundry.errors import ConfigError
-
         raise ConfigError(f"model cnn needs image inputs (C, H, W), but the data gives {list(input_shape)}.",
                           "Declare the image columns with data.features: {'pixel_*': {type: image}}, "
                           "or use model: {name: mlp}.")
+    from torch import nn
+
+    from modelfoundry.models.layers import ConvBlock, ResidualBlock, activation, init_weights
+
     c_in, height, width = input_shape
     layers: list[nn.Module] = []
     for i, channels in enumerate(config.channels):
@@ -68,3 +70,12 @@ def build_cnn(config, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module
     model = nn.Sequential(*layers)
     init_weights(model, config.init, config.activation)
     return model
+
+
+def __getattr__(name: str) -> Any:
+    # ConvBlock and ResidualBlock moved to models.layers (a torch module); the old import path keeps working
+    if name in ("ConvBlock", "ResidualBlock"):
+        from modelfoundry.models import layers
+
+        return getattr(layers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,29 +1,39 @@
-"""Multi-layer perceptron for tabular inputs: [Linear -> (BatchNorm) -> activation -> (Dropout)] x N -> Linear."""
+"""Multi-layer perceptron for tabular inputs: [Linear -> (BatchNorm) -> activation -> (Dropout)] x N -> Linear.
+
+This module holds the `model: {name: mlp}` config and its builder; torch is imported inside the builder, so
+validating a config never loads it.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import torch
-from torch import nn
+from pydantic import Field
 
-from modelfoundry.models.layers import activation, init_weights
+from modelfoundry.config.base import Section
+from modelfoundry.models.choices import Activation, Init
 
-
-class LinearSkip(nn.Module):
-    """deep(x) + linear(x): the network contains a linear model and learns what it misses (wide & deep)."""
-
-    def __init__(self, deep: nn.Module, in_features: int, n_outputs: int):
-        super().__init__()
-        self.deep = deep
-        self.linear = nn.Linear(in_features, n_outputs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.deep(x) + self.linear(x.flatten(1))  # (B, n_outputs)
+if TYPE_CHECKING:
+    from torch import nn
 
 
-def build_mlp(config, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
+class MLPConfig(Section):
+    name: Literal["mlp"] = "mlp"
+    hidden: list[Annotated[int, Field(gt=0)]] = [128, 64]
+    activation: Activation = "relu"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    batch_norm: bool = False
+    init: Init = "default"
+    linear_skip: bool = False  # add a linear path from inputs to outputs (wide & deep): contains the linear model
+
+
+def build_mlp(config: MLPConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
     """An MLP from `MLPConfig`; image inputs are flattened first."""
+    from torch import nn
+
+    from modelfoundry.models.layers import LinearSkip, activation, init_weights
+
     layers: list[nn.Module] = [nn.Flatten()] if len(input_shape) > 1 else []
     width = in_features = math.prod(input_shape)
     for hidden in config.hidden:
@@ -40,3 +50,12 @@ def build_mlp(config, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module
     if config.linear_skip:
         model = LinearSkip(model, in_features, n_outputs)
     return model
+
+
+def __getattr__(name: str) -> Any:
+    # LinearSkip moved to models.layers (a torch module); the old import path keeps working
+    if name == "LinearSkip":
+        from modelfoundry.models import layers
+
+        return layers.LinearSkip
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,81 @@
+"""The `data:` section: the source, the target, per-column overrides, cleaning, the split and class balance."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from modelfoundry.config.base import SEED_MAX, Section
+
+MissingStrategy = Literal["drop", "mean", "median", "most_frequent", "constant"]
+
+
+class FeatureConfig(Section):
+    """Per-column override. Keys of `data.features` are column names or glob patterns (`pixel_*`)."""
+
+    type: Literal["auto", "numeric", "categorical", "image", "ignore"] = "auto"
+    missing: MissingStrategy | None = None  # None: median for numeric, most_frequent for categorical
+    fill_value: float | int | str | None = None  # used by missing: constant
+    scale: Literal["standard", "minmax", "none"] | None = None  # None: standard
+    encode: Literal["onehot", "ordinal"] | None = None  # None: onehot
+    shape: list[int] | None = None  # image only: (C, H, W) or (H, W)
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureConfig:
+        if self.missing == "constant" and self.fill_value is None:
+            raise ValueError("missing: constant needs a fill_value (for example fill_value: 0)")
+        if self.shape is not None and (len(self.shape) not in (2, 3) or min(self.shape) < 1):
+            raise ValueError(f"shape must be [H, W] or [C, H, W] of positive sizes, got {self.shape}")
+        return self
+
+
+class OutlierConfig(Section):
+    method: Literal["none", "iqr", "zscore"] = "none"
+    factor: float = Field(3.0, gt=0)  # IQR multiplier, or number of standard deviations
+
+
+class CleanConfig(Section):
+    duplicates: Literal["drop", "keep"] = "drop"
+    outliers: OutlierConfig = OutlierConfig()
+
+
+class SplitConfig(Section):
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+    stratify: bool = True
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)  # None: the top-level seed
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.val + self.test >= 0.9:
+            raise ValueError(f"val + test must leave at least 10% for training, got {self.val + self.test:g}")
+        return self
+
+
+class BalanceConfig(Section):
+    class_weights: Literal["none", "balanced"] | dict[str, float] = "none"
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _label_keys(cls, v: Any) -> Any:  # YAML reads {0: 2.0} with int keys; labels are matched as text
+        return {str(k): w for k, w in v.items()} if isinstance(v, dict) else v
+
+    @field_validator("class_weights")
+    @classmethod
+    def _weights(cls, v: Any) -> Any:
+        bad = {k: w for k, w in v.items() if not 0 <= w <= 1e6} if isinstance(v, dict) else {}
+        if bad:
+            shown = ", ".join(f"{k}: {w:g}" for k, w in bad.items())
+            raise ValueError(f"class weights must be between 0 and 1e6, got {shown}")
+        return v
+
+
+class DataConfig(Section):
+    source: str  # sklearn:<name> or a path to .csv / .parquet / .jsonl
+    target: str = "target"
+    task: Literal["auto", "classification", "regression"] = "auto"
+    features: dict[str, FeatureConfig] = {}
+    clean: CleanConfig = CleanConfig()
+    split: SplitConfig = SplitConfig()
+    balance: BalanceConfig = BalanceConfig()

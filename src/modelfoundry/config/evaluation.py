@@ -1,0 +1,47 @@
+"""The `evaluation:` section, and the metric names config accepts (from the metric table, evaluate/metrics.py)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+
+from modelfoundry.config.base import Section
+from modelfoundry.errors import unknown_name
+from modelfoundry.evaluate.metrics import CLASSIFICATION_METRICS, METRICS, REGRESSION_METRICS
+
+LOWER_IS_BETTER = {"loss", *(n for n, m in METRICS.items() if m.lower_is_better and not m.calibration)}
+# early-stopping monitors: val_loss or val_<metric>; the loop computes these itself, the rest by metric name
+FAST_MONITORS = ("val_loss", "val_accuracy", "val_mae", "val_rmse", "val_r2")
+MONITORS = ("val_loss", *(f"val_{m}" for m in CLASSIFICATION_METRICS + REGRESSION_METRICS))
+
+
+def monitor_mode(monitor: str) -> str:
+    """'min' or 'max': the direction in which `monitor` improves."""
+    return "min" if monitor.removeprefix("val_") in LOWER_IS_BETTER else "max"
+
+
+class EvaluationConfig(Section):
+    # headline metrics, first = primary; empty: accuracy, f1_macro, roc_auc / r2, rmse, mae
+    metrics: list[str] = []
+    top_k: list[Annotated[int, Field(ge=2)]] = [3]  # adds top_<k>_accuracy when there are > k classes
+    confused_examples: int = Field(10, ge=0)
+    plots: bool = True
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: list[str]) -> list[str]:
+        known = CLASSIFICATION_METRICS + REGRESSION_METRICS
+        for name in v:
+            if name not in known and not re.fullmatch(r"top_[2-9]\d*_accuracy|top_1\d+_accuracy", name):
+                raise ValueError(unknown_name("metric", name, known + ("top_<k>_accuracy",)))
+        return v
+
+    @model_validator(mode="after")
+    def _top_k_from_metrics(self) -> EvaluationConfig:
+        for name in self.metrics:  # naming top_5_accuracy is enough to have it computed
+            match = re.fullmatch(r"top_(\d+)_accuracy", name)
+            if match and int(match.group(1)) not in self.top_k:
+                self.top_k = sorted({*self.top_k, int(match.group(1))})
+        return self

@@ -1,0 +1,113 @@
+"""The `training:` section: epochs, batch size, optimizer, schedule, loss, early stopping, checkpoints, device."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from modelfoundry.config.base import Section
+from modelfoundry.config.evaluation import MONITORS
+from modelfoundry.errors import unknown_name
+
+_OPTIMIZER_FIELDS = {
+    "sgd": {"momentum", "nesterov"},
+    "adam": {"betas", "eps"},
+    "adamw": {"betas", "eps"},
+    "rmsprop": {"momentum", "alpha", "eps"},
+    "adagrad": {"eps"},
+    "adadelta": {"rho", "eps"},
+}
+
+
+class OptimizerConfig(Section):
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)  # L2 (decoupled for adamw)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = False
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    alpha: float = Field(0.99, gt=0, lt=1)  # rmsprop smoothing
+    rho: float = Field(0.9, gt=0, lt=1)  # adadelta decay
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimizerConfig:
+        common = {"name", "lr", "weight_decay"}
+        # a key of another optimizer is an error unless it holds the default (as in a resolved config dump)
+        foreign = {f for f in self.model_fields_set - common - _OPTIMIZER_FIELDS[self.name]
+                   if getattr(self, f) != type(self).model_fields[f].default}
+        if foreign:
+            raise ValueError(f"{', '.join(sorted(foreign))} does not apply to {self.name}; "
+                             f"{self.name} takes {', '.join(sorted(common | _OPTIMIZER_FIELDS[self.name]))}")
+        if self.nesterov and self.momentum <= 0:
+            raise ValueError("nesterov needs momentum > 0 (for example momentum: 0.9)")
+        return self
+
+
+class SchedulerConfig(Section):
+    name: Literal["none", "step", "cosine", "onecycle", "plateau"] = "none"
+    warmup_epochs: float = Field(0.0, ge=0)  # linear warmup from lr/100, stepped every batch
+    step_size: int = Field(10, gt=0)  # step: epochs between decays
+    gamma: float = Field(0.1, gt=0, le=1)  # step: decay factor
+    min_lr: float = Field(0.0, ge=0)  # cosine floor
+    max_lr: float | None = Field(None, gt=0)  # onecycle peak (None: 10 x optimizer.lr)
+    factor: float = Field(0.5, gt=0, lt=1)  # plateau: decay factor
+    patience: int = Field(3, ge=0)  # plateau: epochs without val_loss improvement
+
+
+class EarlyStoppingConfig(Section):
+    monitor: str = "val_loss"  # val_loss or val_<metric>, e.g. val_accuracy, val_f1_macro, val_roc_auc, val_r2
+    patience: int = Field(10, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+    @field_validator("monitor")
+    @classmethod
+    def _monitor(cls, v: str) -> str:
+        if v not in MONITORS:
+            raise ValueError(unknown_name("monitor", v, MONITORS))
+        return v
+
+
+class CheckpointConfig(Section):
+    every_epochs: int = Field(1, ge=1)
+    # skip a save if the last one is younger than this; the final epoch and Ctrl-C always save
+    min_interval_s: float = Field(1.0, ge=0)
+
+
+class TrainingConfig(Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    loss: Literal["auto", "cross_entropy", "mse", "huber", "l1"] = "auto"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    l1: float = Field(0.0, ge=0)  # L1 penalty on weights (not biases or norms)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    clip_grad_value: float | None = Field(None, gt=0)
+    accumulate_steps: int = Field(1, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
+    restore_best: bool = True  # evaluate with the weights of the best val epoch
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = True
+    num_threads: int | None = Field(None, ge=1, le=4096)
+    tensorboard: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{v}'")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingConfig:
+        if self.scheduler.name == "cosine" and self.scheduler.min_lr >= self.optimizer.lr:
+            raise ValueError(f"scheduler.min_lr ({self.scheduler.min_lr:g}) must be below optimizer.lr "
+                             f"({self.optimizer.lr:g}), or the learning rate would rise")
+        if self.clip_grad_norm and self.clip_grad_value:
+            raise ValueError("set clip_grad_norm or clip_grad_value, not both")
+        return self
