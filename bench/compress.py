@@ -27,7 +27,8 @@ import tempfile
 from pathlib import Path
 
 from modelfoundry.config import load_config
-from modelfoundry.pipeline import compress, run
+from modelfoundry.api.compression import compress
+from modelfoundry.api.training import run
 
 ROOT = Path(__file__).resolve().parents[1]
 

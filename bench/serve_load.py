@@ -336,7 +336,7 @@ def train(tmp: Path, name: str, hidden: list[int] | None, epochs: int) -> Path:
     """breast_cancer's example config with `epochs` (and `hidden` layers), trained and exported to ONNX."""
     from modelfoundry.config import load_config
     from modelfoundry.export import export_onnx
-    from modelfoundry.pipeline import run
+    from modelfoundry.api.training import run
 
     raw = load_config(ROOT / "examples/breast_cancer.yaml").model_dump()
     raw.update(name=name, tracking={"enabled": False})

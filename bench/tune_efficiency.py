@@ -2,7 +2,7 @@
 
 The search is ``examples/digits_mlp_tune.yaml``'s: an MLP on the digits trained with SGD + momentum, over
 learning rate, momentum, weight decay, dropout and batch size, scored by val_loss, run through
-``modelfoundry.pipeline.tune`` exactly as ``foundry tune`` runs it (SQLite study), except that trial 0 is
+``modelfoundry.api.tune`` exactly as ``foundry tune`` runs it (SQLite study), except that trial 0 is
 not the config as written (``tune.start_from_config: false``), so both samplers start from scratch.
 ``--config`` takes any other config with a ``tune:`` section. For each seed:
 
@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 
 from modelfoundry.config import load_config
-from modelfoundry.pipeline import tune
+from modelfoundry.api.tuning import tune
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits_mlp_tune.yaml"
 

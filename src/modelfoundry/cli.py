@@ -1,4 +1,4 @@
-"""The `foundry` command: parses arguments, calls the API in pipeline.py, prints summaries. No logic here.
+"""The `foundry` command: parses arguments, calls the API in api/, prints summaries. No logic here.
 
 Heavy libraries are imported inside the commands, so `foundry --help` stays instant.
 """
@@ -99,7 +99,7 @@ def run(config: Annotated[Optional[Path], typer.Argument(help="Experiment config
                                                        "last checkpoint.")] = None,
         no_progress: NoProgress = False) -> None:
     """Prepare data, train, evaluate on the test split, and summarise (the whole pipeline)."""
-    from modelfoundry.pipeline import run as run_pipeline
+    from modelfoundry.api.training import run as run_pipeline
 
     _need_config_or_resume(config, resume)
     _say_tracking(config=config if config is not None else resume / "config.yaml")
@@ -114,7 +114,7 @@ def train(config: Annotated[Optional[Path], typer.Argument(help="Experiment conf
           resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue this run directory.")] = None,
           no_progress: NoProgress = False) -> None:
     """Prepare data and train only (no test evaluation); `foundry evaluate RUN_DIR` afterwards."""
-    from modelfoundry.pipeline import train as train_pipeline
+    from modelfoundry.api.training import train as train_pipeline
 
     _need_config_or_resume(config, resume)
     result = train_pipeline(config, run_dir=run_dir, resume=resume, progress=not no_progress)
@@ -128,7 +128,7 @@ def evaluate(run_dir: RunDirArg,
                                                           "(default: the run's own test split).")] = None,
              out: Annotated[Optional[Path], typer.Option("--out", help="Output directory.")] = None) -> None:
     """Evaluate a trained run: metrics, plots and report.md."""
-    from modelfoundry.pipeline import evaluate as evaluate_run
+    from modelfoundry.api.evaluation import evaluate as evaluate_run
 
     _print_summary(evaluate_run(run_dir, data=data, out=out))
 
@@ -146,7 +146,7 @@ def cv(config: ConfigArg,
     """K-fold cross-validation: train once per fold, print per-fold and mean ± std held-out metrics."""
     from rich.table import Table
 
-    from modelfoundry.pipeline import cross_validate
+    from modelfoundry.api.cross_validation import cross_validate
 
     result = cross_validate(config, folds=folds, stratified=stratified, out=out, progress=not no_progress)
     info = result.info
@@ -175,7 +175,7 @@ def predict(run_dir: RunDirArg,
             output: Annotated[Path, typer.Option("-o", "--output", help="Where to write predictions "
                                                  "(.csv or .parquet).")] = Path("predictions.csv")) -> None:
     """Predict labels (and class probabilities) for new rows, with the run's preprocessing."""
-    from modelfoundry.pipeline import predict as predict_rows
+    from modelfoundry.api.prediction import predict as predict_rows
 
     table = predict_rows(run_dir, input_path, output)
     _console().print(f"Wrote {len(table)} predictions to [bold]{output}[/].")
@@ -206,7 +206,7 @@ def tune(config: ConfigArg,
                                               "worker) until it has its n_trials.")] = False,
          no_progress: NoProgress = False) -> None:
     """Search hyperparameters with Optuna (the config's tune: section); writes best.yaml, trials.csv, plots."""
-    from modelfoundry.pipeline import tune as tune_study
+    from modelfoundry.api.tuning import tune as tune_study
 
     _say_tracking(config=config)
     result = tune_study(config, n_trials=n_trials, n_jobs=n_jobs, out=out, storage=storage, resume=resume,
@@ -229,7 +229,7 @@ def compress(model: RunDirArg,
              no_progress: NoProgress = False) -> None:
     """Try int8/fp16 quantization, pruning and distillation; keep the best variant within the accuracy guard."""
     from modelfoundry.errors import CompressError, ConfigError, unknown_name
-    from modelfoundry.pipeline import compress as compress_model
+    from modelfoundry.api.compression import compress as compress_model
 
     if prefer is not None and prefer not in ("latency", "size"):
         raise ConfigError(unknown_name("--prefer", prefer, ["latency", "size"]))
@@ -270,7 +270,7 @@ def export_model(model: RunDirArg,
                  tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed difference between "
                                                           "PyTorch and ONNX Runtime outputs.")] = 1e-4) -> None:
     """Export to ONNX (dynamic batch) with its preprocessing sidecar, checked for parity on held-out rows."""
-    from modelfoundry.pipeline import export
+    from modelfoundry.api.exporting import export
 
     if not model.exists():  # a registered version: the export is recorded on it
         _say_tracking()

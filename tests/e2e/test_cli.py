@@ -156,7 +156,7 @@ def test_help_does_not_import_heavy_libraries():
 
 @pytest.mark.parametrize("monitor,source", [("val_f1_macro", "sklearn:wine"), ("val_mape", "sklearn:diabetes")])
 def test_early_stopping_on_any_validation_metric(tmp_path, monitor, source):
-    from modelfoundry.pipeline import run
+    from modelfoundry.api.training import run
 
     cfg = load_config(tiny_config(data={"source": source}, training={
         "epochs": 25, "optimizer": {"lr": 0.01}, "early_stopping": {"monitor": monitor, "patience": 4}}))

@@ -17,7 +17,11 @@ from typer.testing import CliRunner
 from modelfoundry.cli import app
 from modelfoundry.config import load_config
 from modelfoundry.data.sources import load_source
-from modelfoundry.pipeline import compress, evaluate, export, predict, run
+from modelfoundry.api.compression import compress
+from modelfoundry.api.evaluation import evaluate
+from modelfoundry.api.exporting import export
+from modelfoundry.api.prediction import predict
+from modelfoundry.api.training import run
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow  # each test compresses a trained model: seconds to tens of seconds

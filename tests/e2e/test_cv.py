@@ -56,7 +56,7 @@ def test_cv_folds_partition_the_cleaned_rows_and_never_train_on_held_out_rows(ir
 def test_train_and_val_rows_of_each_fold_exclude_its_held_out_rows(monkeypatch, tmp_path):
     """The rows early stopping validates on come from the fold's training part."""
     import modelfoundry.experiment as experiment
-    from modelfoundry.pipeline import cross_validate
+    from modelfoundry.api.cross_validation import cross_validate
 
     seen, real_fit = [], experiment.fit_config
     monkeypatch.setattr(experiment, "fit_config", lambda config, data, **kw: seen.append(data.rows) or
@@ -72,7 +72,7 @@ def test_train_and_val_rows_of_each_fold_exclude_its_held_out_rows(monkeypatch, 
 def test_held_out_targets_do_not_influence_that_folds_training(monkeypatch, tmp_path):
     """Corrupt the targets of fold 1's held-out rows: fold 1 trains exactly as before, only its score moves."""
     import modelfoundry.experiment as experiment
-    from modelfoundry.pipeline import cross_validate
+    from modelfoundry.api.cross_validation import cross_validate
 
     histories, real_fit = [], experiment.fit_config
 

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from modelfoundry.cli import app
 from modelfoundry.config import load_config
 from modelfoundry.errors import ModelNotFound, RegistryError
-from modelfoundry.pipeline import predict, run
+from modelfoundry.api.prediction import predict
+from modelfoundry.api.training import run
 from tests.conftest import tiny_config
 
 runner = CliRunner()

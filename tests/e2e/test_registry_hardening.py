@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from modelfoundry.cli import app
 from modelfoundry.config import load_config
-from modelfoundry.pipeline import run
+from modelfoundry.api.training import run
 from tests.conftest import tiny_config
 
 runner = CliRunner()

@@ -8,7 +8,8 @@ from fastapi.testclient import TestClient
 
 from modelfoundry.config import load_config
 from modelfoundry.data.sources import load_source
-from modelfoundry.pipeline import predict, run
+from modelfoundry.api.prediction import predict
+from modelfoundry.api.training import run
 from modelfoundry.config import ServeConfig
 from modelfoundry.serve.app import create_app
 from modelfoundry.serve.store import RunDirStore

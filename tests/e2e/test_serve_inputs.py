@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelfoundry.config import ServeConfig, load_config
-from modelfoundry.pipeline import run
+from modelfoundry.api.training import run
 from modelfoundry.serve.app import create_app
 from modelfoundry.serve.store import RunDirStore
 from tests.conftest import tiny_config

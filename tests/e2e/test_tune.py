@@ -93,7 +93,7 @@ def counted(trials) -> list:
 def study(tmp_path_factory):
     """Six trials over lr (log float), hidden (a categorical of lists) and batch_size (int with a step),
     scored by val_accuracy at the epoch the run keeps (the best val_accuracy epoch: restore_best)."""
-    from modelfoundry.pipeline import tune
+    from modelfoundry.api.tuning import tune
 
     tmp = tmp_path_factory.mktemp("tune")
     cfg = load_config(tuned({"metric": "val_accuracy", "n_trials": 6},
@@ -141,7 +141,7 @@ def test_a_study_writes_trials_summary_plots_and_a_runnable_best_yaml(study):
 def test_best_yaml_reproduces_the_best_trial_with_foundry_run(study):
     """Same seed, same data, deterministic CPU training: `foundry run best.yaml` gets the best trial's value
     (and its whole per-epoch curve), which is at least the config-as-written's value."""
-    from modelfoundry.pipeline import run
+    from modelfoundry.api.training import run
 
     _, result, tmp = study
     best = result.summary["best"]
@@ -254,7 +254,7 @@ def _wait_for_running_trial(db: Path, proc: subprocess.Popen, timeout_s: float) 
 def test_a_queued_trial_killed_before_drawing_its_parameters_is_retried_with_them(tmp_path):
     """The kill above lands in training; here the worker dies in the moment between taking the queued base
     trial and drawing its parameters (they are still only Optuna's fixed_params)."""
-    from modelfoundry.pipeline import tune
+    from modelfoundry.api.tuning import tune
     from modelfoundry.tune.study import open_storage, open_study, quiet_optuna
 
     cfg = load_config(tuned({"n_trials": 2}, training={"epochs": 2}))
@@ -334,7 +334,7 @@ def test_two_workers_starting_together_on_a_fresh_storage_create_one_study(tmp_p
 
 @pytest.mark.slow
 def test_n_jobs_runs_worker_processes_on_one_study(tmp_path):
-    from modelfoundry.pipeline import tune
+    from modelfoundry.api.tuning import tune
 
     cfg = tuned({"n_trials": 4, "pruner": "none"}, training={"epochs": SLOW_EPOCHS // 4, "device": "cpu"})
     result = tune(cfg, n_jobs=2, out=tmp_path / "out", progress=False)
@@ -370,7 +370,7 @@ def test_a_crashing_trial_is_recorded_as_failed_and_the_grid_goes_on(tmp_path):
 
 
 def test_resuming_a_finished_grid_runs_no_more_trials(tmp_path):
-    from modelfoundry.pipeline import tune
+    from modelfoundry.api.tuning import tune
 
     cfg = tiny(training={"epochs": 1, "device": "cpu"}, tune=GRID)
     tune(cfg, out=tmp_path / "out", progress=False)
@@ -381,7 +381,7 @@ def test_resuming_a_finished_grid_runs_no_more_trials(tmp_path):
 def test_the_median_pruner_stops_hopeless_trials_early(tmp_path):
     """Deterministic: the random sampler is seeded by the config's seed and CPU training is deterministic,
     so the same trials are pruned on every run."""
-    from modelfoundry.pipeline import tune
+    from modelfoundry.api.tuning import tune
 
     epochs = 8
     cfg = tiny(training={"epochs": epochs, "device": "cpu"}, tune={
@@ -403,7 +403,7 @@ def test_the_median_pruner_stops_hopeless_trials_early(tmp_path):
 
 # -------------------------------------------------------------------------------------------- tracking
 def test_a_study_is_logged_as_one_parent_run_with_a_nested_run_per_trial(tmp_path):
-    from modelfoundry.pipeline import tune
+    from modelfoundry.api.tuning import tune
     from modelfoundry.registry import client
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -25,9 +25,9 @@ ALLOWED = {
     "registry": {"tracking"},
     "archive": {"registry", "tracking", "rundir"},  # an imported archive must load as a run directory does
     "serve": {"data", "export", "rundir", "models", "registry", "tracking"},
-    "pipeline": {"data", "models", "train", "evaluate", "experiment", "cv", "tune", "compress", "rundir", "manifest", "registry",
-                 "tracking", "export"},
-    "cli": {"pipeline", "data", "rundir", "registry", "tracking", "archive", "serve", "compress", "legacy"},
+    "api": {"data", "models", "train", "evaluate", "experiment", "cv", "tune", "compress", "rundir", "manifest", "registry",
+            "tracking", "export", "serve"},
+    "cli": {"api", "data", "rundir", "registry", "tracking", "archive", "serve", "compress", "legacy"},
 }
 BASE = {"config", "errors", "storage", "redact"}
 

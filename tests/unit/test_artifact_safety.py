@@ -96,7 +96,7 @@ def test_trojan_checkpoint_runs_nothing_on_resume(tmp_path, make_config):
 
 def test_a_real_checkpoint_loads_data_only_and_resume_is_exact(tmp_path, make_config):
     """The checkpoint format with RNG state as tensors/plain values round-trips under weights_only=True."""
-    from modelfoundry.pipeline import run
+    from modelfoundry.api.training import run
     from modelfoundry.train.loop import load_checkpoint
 
     config = make_config(training={"epochs": 4})

@@ -13,7 +13,7 @@ from modelfoundry.compress import measure, quantize
 from modelfoundry.config import load_config
 from modelfoundry.errors import ExportError
 from modelfoundry.export import _session, export_onnx, load_onnx_predictor
-from modelfoundry.pipeline import run
+from modelfoundry.api.training import run
 from modelfoundry.rundir import load_model
 from tests.conftest import tiny_config
 

@@ -14,7 +14,8 @@ from modelfoundry.data.prepare import load_clean, split_frame
 from modelfoundry.data.transform import Preprocessor
 from modelfoundry.errors import ConfigError, DataError, RunDirError
 from modelfoundry.export import ExportError, export_onnx, load_onnx_predictor
-from modelfoundry.pipeline import predict, run
+from modelfoundry.api.prediction import predict
+from modelfoundry.api.training import run
 from modelfoundry.rundir import load_model
 from tests.conftest import tiny_config
 

@@ -5,7 +5,7 @@ import torch
 
 from modelfoundry.config import load_config
 from modelfoundry.errors import TrainingError
-from modelfoundry.pipeline import _allocation_error
+from modelfoundry.api.training import _allocation_error
 from tests.conftest import tiny_config
 
 CONFIG = load_config(tiny_config(model={"name": "mlp", "hidden": [30_000_000]}))

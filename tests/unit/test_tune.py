@@ -68,7 +68,7 @@ def test_the_grid_sampler_needs_a_finite_grid():
 
 
 def test_a_metric_foreign_to_the_task_is_refused_before_any_trial(tmp_path):
-    from modelfoundry.pipeline import tune
+    from modelfoundry.api.tuning import tune
 
     cfg = tuned({"training.optimizer.lr": LR}, metric="val_r2")
     with pytest.raises(ConfigError, match="tune.metric: val_r2 does not apply to classification"):

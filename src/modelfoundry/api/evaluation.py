@@ -1,0 +1,95 @@
+"""`evaluate`: a trained run on its own test split (re-derived, never refitted) or on a labelled file."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from modelfoundry.api.arguments import model_dir
+from modelfoundry.api.results import RunResult
+from modelfoundry.errors import DataError
+from modelfoundry.storage import read_json
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Path | None = None) -> RunResult:
+    """Evaluate a trained run on its own test split, or on a labelled data file (`data`).
+
+    Results go to `out` if given, else `run_dir/eval-<file stem>/` for a file, and for the test split
+    `run_dir/eval/` unless that already holds the report `foundry run` wrote (then `run_dir/eval-test-split/`).
+    Reports, plots and `extras["evaluated_on"]` name the rows evaluated: "test split" or the file's name.
+    """
+    from modelfoundry.evaluate.baselines import baseline_metrics
+    from modelfoundry.evaluate.evaluation import evaluate_outputs
+    from modelfoundry.evaluate.metrics import headline
+    from modelfoundry.models.inference import predict_outputs
+    from modelfoundry.rundir import load_model
+
+    started = time.perf_counter()
+    saved = load_model(model_dir(run_dir))
+    cfg = saved.config
+    baselines = None
+    if data is None:
+        splits = reload_splits(saved)
+        X, y, rows = splits["X"]["test"], splits["y"]["test"], splits["rows"]["test"]
+        n_classes = saved.spec["n_outputs"] if saved.task == "classification" else 1
+        baselines = baseline_metrics(saved.task, splits["X"], splits["y"], n_classes, saved.target_encoder.decode,
+                                     cfg.evaluation.top_k)
+        split = "test split"
+        kept = saved.run_dir / "eval" / "report.md"  # the run's own report (learning curves, best epoch): kept
+        out_dir = Path(out or saved.run_dir / ("eval-test-split" if kept.is_file() else "eval"))
+        facts = {"run": str(saved.run_dir), "model": cfg.model.name, "task": saved.task, "rows (test)": len(y)}
+        if saved.spec.get("best_epoch"):
+            facts["best epoch"] = saved.spec["best_epoch"]
+    else:
+        X, y, rows = _labelled_file(saved, Path(data))
+        split = Path(data).name
+        out_dir = Path(out or saved.run_dir / f"eval-{Path(data).stem}")
+        facts = {"data": str(data), "rows": len(y), "run": str(saved.run_dir), "model": cfg.model.name}
+    output = predict_outputs(saved.model, X, saved.task)
+    metrics = evaluate_outputs(task=saved.task, y_true=y, output=output, rows=rows, target_encoder=saved.target_encoder,
+                               cfg=cfg.evaluation, out_dir=out_dir, history=_history(saved.run_dir),
+                               baselines=baselines, title=f"{cfg.name}: {split}", facts=facts, split=split)
+    return RunResult(saved.run_dir, saved.task, metrics, headline(saved.task, cfg.evaluation.metrics, metrics),
+                     0, 0, "", None, wall_s=time.perf_counter() - started,
+                     extras={"out_dir": out_dir, "evaluated_on": split})
+
+
+def reload_splits(saved: Any) -> dict[str, dict[str, Any]]:
+    """Re-derive the run's splits from its source and apply the saved preprocessing (no refitting)."""
+    from modelfoundry.data.prepare import rebuild_splits
+
+    cfg = saved.config
+    recorded = read_json(saved.run_dir / "data.json")["fingerprint"]["sha256"]
+    out: dict[str, dict[str, Any]] = {"X": {}, "y": {}, "rows": {}}
+    for name, part in rebuild_splits(cfg.data, cfg.seed, recorded, saved.run_dir).items():
+        out["X"][name] = saved.preprocessor.transform(part, f"the {name} split")
+        out["y"][name] = saved.target_encoder.encode(part[cfg.data.target], f"the {name} split")
+        out["rows"][name] = part.index.to_numpy()
+    return out
+
+
+def _labelled_file(saved: Any, path: Path) -> tuple[Any, Any, Any]:
+    from modelfoundry.data.sources import read_table
+
+    frame = read_table(path)
+    target = saved.spec["target"]
+    if target not in frame.columns:
+        raise DataError(f"'{path}' has no target column '{target}', so it cannot be evaluated.",
+                        f"Add the '{target}' column, or use `foundry predict` for unlabelled rows.")
+    frame = frame[frame[target].notna()]
+    if frame.empty:
+        raise DataError(f"'{path}' has no rows with a value in the target column '{target}'.",
+                        "Evaluate on labelled rows.")
+    X = saved.preprocessor.transform(frame, origin=str(path))
+    y = saved.target_encoder.encode(frame[target], str(path))
+    return X, y, frame.index.to_numpy()
+
+
+def _history(run_dir: Path) -> list[dict[str, Any]]:
+    import json
+
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

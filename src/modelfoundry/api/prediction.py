@@ -1,0 +1,56 @@
+"""`predict`: every row of a data file through a trained run, with per-row input warnings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modelfoundry.api.arguments import model_dir
+from modelfoundry.storage import write_bytes_atomic
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path | None = None) -> pd.DataFrame:
+    """Predict every row of a data file with a trained run; returns (and optionally writes) a table with a
+    `prediction` column and, for classification, one `prob_<label>` column per class.
+
+    When some row holds a value the model did not see in training (an unseen category, a missing value it
+    imputed, a number outside the training range), a `warnings` column holds each row's warnings as JSON
+    (empty for clean rows), and `table.attrs["input_warnings"]` counts them per (column, kind)."""
+    import json
+
+    import pandas as pd
+
+    from modelfoundry.data.input_schema import InputSchema
+    from modelfoundry.data.sources import read_table
+    from modelfoundry.models.inference import predict_outputs
+    from modelfoundry.rundir import load_model
+
+    saved = load_model(model_dir(run_dir))
+    frame = read_table(Path(input_path))
+    schema = InputSchema(saved.preprocessor.desc)
+    checked = schema.from_frame(frame, origin=str(input_path))
+    output = predict_outputs(saved.model, checked.X, saved.task)
+    if saved.task == "classification":
+        table = pd.DataFrame({"prediction": saved.target_encoder.decode(output.argmax(1))}, index=frame.index)
+        for k, label in enumerate(saved.labels):
+            table[f"prob_{label}"] = output[:, k]
+    else:
+        table = pd.DataFrame({"prediction": saved.target_encoder.decode(output)}, index=frame.index)
+    warnings, counts = schema.warnings(checked)
+    if warnings is not None:
+        table["warnings"] = [json.dumps(row) if row else "" for row in warnings]
+    table.attrs["input_warnings"] = counts
+    if output_path is not None:
+        path = Path(output_path)
+        if path.suffix.lower() == ".parquet":
+            import io
+
+            buffer = io.BytesIO()
+            table.to_parquet(buffer, index=False)
+            write_bytes_atomic(path, buffer.getvalue())
+        else:
+            write_bytes_atomic(path, table.to_csv(index=False).encode())
+    return table

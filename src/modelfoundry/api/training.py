@@ -1,0 +1,178 @@
+"""`run` and `train`: prepare the data, train, evaluate on the test split, register; or resume any of it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelfoundry.api.arguments import as_config
+from modelfoundry.api.registration import register_run
+from modelfoundry.api.results import RunResult
+from modelfoundry.api.resume import check_same_data, completed_run, finished_checkpoint, model_saved
+from modelfoundry.config import Config, check_task, config_hash
+from modelfoundry.errors import first_line
+from modelfoundry.storage import write_json
+
+if TYPE_CHECKING:
+    from modelfoundry.data.prepare import PreparedData
+    from modelfoundry.train.loop import FitResult
+
+
+def run(config: Config | str | Path | None = None, *, run_dir: str | Path | None = None,
+        resume: str | Path | None = None, progress: bool = True) -> RunResult:
+    """Prepare the data, train, and evaluate on the test split, writing everything to a run directory.
+
+    Args:
+        config: a validated Config or a YAML path (omit when resuming).
+        run_dir: where to write; default `<output.dir>/<name>-<timestamp>/`.
+        resume: a run directory to continue from its last checkpoint, exactly where it stopped.
+        progress: show a progress bar.
+    """
+    started = time.perf_counter()
+    if resume is not None:  # a finished run resumes as a no-op; one cut off after training finishes its steps
+        done = completed_run(Path(resume), evaluated=True)
+        if done is not None:
+            if done.extras.pop("unregistered", False):  # cut off before its registration: only that is left
+                from modelfoundry.rundir import load_run_config
+
+                register_run(done, load_run_config(done.run_dir))
+            done.wall_s = time.perf_counter() - started
+            return done
+    data, fit_result, config, run_path = _train(config, run_dir, resume, progress)
+    result = RunResult(run_path, data.task, {}, [], fit_result.best_epoch, len(fit_result.history),
+                       fit_result.monitor, fit_result.best_value, fit_result.stopped_early, fit_result.interrupted)
+    if not fit_result.interrupted:
+        result.metrics, result.headline = _evaluate_test(config, data, fit_result, run_path)
+        if config.tracking.enabled:
+            register_run(result, config)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def train(config: Config | str | Path | None = None, *, run_dir: str | Path | None = None,
+          resume: str | Path | None = None, progress: bool = True) -> RunResult:
+    """Prepare the data and train (no test evaluation); the model is saved in `run_dir/model/`."""
+    started = time.perf_counter()
+    if resume is not None:
+        done = completed_run(Path(resume), evaluated=False)
+        if done is not None:
+            done.wall_s = time.perf_counter() - started
+            return done
+    data, fit_result, config, run_path = _train(config, run_dir, resume, progress)
+    return RunResult(run_path, data.task, {}, [], fit_result.best_epoch, len(fit_result.history), fit_result.monitor,
+                     fit_result.best_value, fit_result.stopped_early, fit_result.interrupted,
+                     wall_s=time.perf_counter() - started)
+
+
+def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[PreparedData, FitResult, Config, Path]:
+    from modelfoundry.data.prepare import prepare_data
+    from modelfoundry.rundir import load_run_config, plan_run_dir, save_config
+
+    finished_before = False
+    if resume is not None:
+        run_path = Path(resume)
+        config = load_run_config(run_path)
+        # a finished run with its model saved: only evaluation/registration can be left (a run killed before
+        # saving its model trains no further either: the loop sees the finished checkpoint)
+        finished_before = model_saved(run_path) and finished_checkpoint(run_path, config) is not None
+    else:
+        config = as_config(config)
+        run_path = plan_run_dir(config, run_dir)  # checked now, created once the data is known to be usable
+    data = prepare_data(config.data, config.seed)
+    check_task(config, data.task)
+    if resume is not None:
+        check_same_data(run_path, data.info)
+        return _fit_and_save(config, data, run_path, True, finished_before, progress)
+    from modelfoundry.data.sources import describe_source
+
+    # the run directory records where the data is, whatever the working directory
+    config = config.model_copy(update={"data": config.data.model_copy(
+        update={"source": describe_source(config.data.source)})})
+    created = not run_path.exists()
+    try:
+        run_path.mkdir(parents=True, exist_ok=True)
+        save_config(run_path, config)
+        write_json(run_path / "data.json", data.info)
+        return _fit_and_save(config, data, run_path, False, False, progress)
+    except Exception:
+        if created and not (run_path / "checkpoints" / "last.pt").exists():  # nothing to resume: leave no husk
+            shutil.rmtree(run_path, ignore_errors=True)
+        raise
+
+
+def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bool, finished_before: bool,
+                  progress: bool) -> tuple[PreparedData, FitResult, Config, Path]:
+    from modelfoundry.experiment import fit_config
+    from modelfoundry.manifest import build_manifest
+    from modelfoundry.rundir import save_model
+    from modelfoundry.train.runtime import seed_everything, select_device
+
+    determinism = seed_everything(config.seed, config.training.deterministic)
+    if not finished_before:  # a finished run keeps the manifest of the process that trained it
+        write_json(run_path / "manifest.json", build_manifest(
+            seed=config.seed, split_seed=data.info["split"]["seed"],
+            device=str(select_device(config.training.device)), determinism=determinism,
+            config_hash=config_hash(config), fingerprint=data.info["fingerprint"], project_dir=Path.cwd()))
+    try:
+        fit_result = fit_config(config, data, run_dir=run_path, resume=resume, progress=progress)
+    except (MemoryError, RuntimeError, TypeError, OverflowError) as exc:
+        error = _allocation_error(exc, config)
+        if error is exc:
+            raise
+        raise error from None
+    if finished_before:  # its model is saved already
+        return data, fit_result, config, run_path
+    if not fit_result.interrupted:
+        spec = {"name": config.name, "task": data.task, "input_shape": list(data.preprocessor.input_shape_),
+                "n_outputs": data.n_outputs, "target": config.data.target, "columns": data.preprocessor.columns,
+                "classes": getattr(data.target_encoder, "classes_", None), "best_epoch": fit_result.best_epoch,
+                "config_hash": config_hash(config)}
+        save_model(run_path, fit_result.model.cpu(), spec, data.preprocessor, data.target_encoder)
+    return data, fit_result, config, run_path
+
+
+def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult,
+                   run_path: Path) -> tuple[dict[str, float], list[str]]:
+    from modelfoundry.evaluate.baselines import baseline_metrics
+    from modelfoundry.evaluate.evaluation import evaluate_outputs
+    from modelfoundry.evaluate.metrics import headline
+    from modelfoundry.models.inference import predict_outputs
+
+    output = predict_outputs(fit_result.model, data.X["test"], data.task)
+    baselines = baseline_metrics(data.task, data.X, data.y, data.n_outputs, data.target_encoder.decode,
+                                 config.evaluation.top_k)
+    facts = {"run": str(run_path), "model": config.model.name, "task": data.task,
+             "rows (train/val/test)": "/".join(str(data.info["split"][s]) for s in ("train", "val", "test")),
+             "best epoch": f"{fit_result.best_epoch} of {len(fit_result.history)} ({fit_result.monitor} = "
+                           f"{fit_result.best_value:.4f})" if fit_result.best_value is not None else "-"}
+    metrics = evaluate_outputs(task=data.task, y_true=data.y["test"], output=output, rows=data.rows["test"],
+                               target_encoder=data.target_encoder, cfg=config.evaluation, out_dir=run_path / "eval",
+                               history=fit_result.history, baselines=baselines, title=f"{config.name}: test split",
+                               facts=facts)
+    return metrics, headline(data.task, config.evaluation.metrics, metrics)
+
+
+def _allocation_error(exc: BaseException, config: Config) -> BaseException:
+    """A TrainingError for memory that could not be allocated (a model or batch too big, or a size beyond what
+    torch can represent); other errors as they are."""
+    from modelfoundry.errors import TrainingError
+
+    text = first_line(exc) if str(exc) else type(exc).__name__
+    if "without overflow" in text:  # a value past float32 in an optimizer step
+        return TrainingError(f"A value overflowed during training ({text}).",
+                             "Lower training.optimizer.lr (and training.scheduler.max_lr) or other extreme "
+                             "settings; float32 ends at 3.4e38.")
+    if re.search(r"overflow when unpacking|size calculation overflowed", text, re.IGNORECASE):
+        text = "a tensor size is beyond what torch can represent"
+    elif not isinstance(exc, MemoryError) and not re.search(r"allocate|out of memory", text, re.IGNORECASE):
+        return exc
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", text)
+    sizes = {k: v for k, v in config.model.model_dump().items() if k in ("hidden", "channels", "kernel_size")}
+    return TrainingError(f"The model does not fit in memory ({text}); model {config.model.name} with "
+                         f"{', '.join(f'{k}: {v}' for k, v in sizes.items())}, training.batch_size: "
+                         f"{config.training.batch_size}.",
+                         "Make the model smaller (model.hidden, model.channels, model.kernel_size) or the batches "
+                         "(training.batch_size), or train on a machine with more memory.")
