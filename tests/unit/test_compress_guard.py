@@ -93,7 +93,7 @@ def test_a_speedup_below_one_reads_as_a_slowdown():
 
 
 def test_the_summary_calls_a_slower_chosen_variant_slower(capsys, tmp_path):
-    from modelfoundry.cli import _print_compress_summary
+    from modelfoundry.cli.render import print_compress_summary as _print_compress_summary
 
     base = {"runtime": "onnxruntime", "metric": 0.95, "metric_delta": 0.0, "latency_b1_ms": 0.1,
             "latency_b64_ms": 1.0, "speedup_b1": 1.0, "speedup_b64": 1.0, "size_bytes": 20_000, "params": 100,

@@ -10,7 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from modelfoundry.cli import _print_tune_summary, friendly_errors
+from modelfoundry.cli.console import friendly_errors
+from modelfoundry.cli.render import print_tune_summary as _print_tune_summary
 from modelfoundry.errors import ConfigError, RegistryError
 from modelfoundry.redact import has_secret, redact, redact_exception
 
