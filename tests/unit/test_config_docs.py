@@ -127,6 +127,13 @@ def _owner(path: str, heading: str) -> tuple[type[BaseModel], str]:
     return owners[0]
 
 
+def test_every_model_in_the_table_has_its_own_section():
+    from modelfoundry.models import MODELS
+
+    missing = [name for name in MODELS if f"(`model.name: {name}`)" not in _docs()]
+    assert not missing, f"docs/config.md has no '### ... (`model.name: NAME`)' section for {missing}"
+
+
 def test_documented_defaults_match_the_code():
     checked = 0
     for heading, row in _table_rows(_docs()):
