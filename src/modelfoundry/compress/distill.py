@@ -6,6 +6,8 @@ early stopping and the metrics stay those of the labels, so the student is judge
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,13 +22,18 @@ from modelfoundry.train.runtime import select_device
 TEACHER_BATCH = 4096
 
 
+def can_derive_student(teacher_cfg: Any) -> bool:
+    """Whether `student_config` can derive a student from this teacher (the mlp and cnn models)."""
+    return isinstance(teacher_cfg, (MLPConfig, CNNConfig))
+
+
 def student_config(teacher_cfg: MLPConfig | CNNConfig, shrink: float) -> MLPConfig | CNNConfig:
     """The teacher's architecture with every width (hidden sizes, CNN channels) x `shrink`, at least 1; the
     depth stays. A student given explicitly in the config needs no deriving: build it as it is."""
     if not 0 < shrink <= 1:
         raise ConfigError(f"The 'shrink' factor of a distillation student must be in (0, 1]. Got {shrink} instead.",
                           "Use for example compress.distill.shrink: 0.5.")
-    if not isinstance(teacher_cfg, (MLPConfig, CNNConfig)):
+    if not can_derive_student(teacher_cfg):
         raise ConfigError(f"A student can be derived from mlp and cnn teachers. Got '{teacher_cfg.name}' instead.",
                           "Give the student explicitly in compress.distill.student.")
 

@@ -74,6 +74,11 @@ def shrink_structured(model: nn.Module, model_cfg: MLPConfig | CNNConfig, keep: 
     return new.eval(), new_cfg
 
 
+def can_shrink(model_cfg: Any) -> bool:
+    """Whether `shrink_structured` knows the model's layers (the mlp and cnn models)."""
+    return isinstance(model_cfg, (MLPConfig, CNNConfig))
+
+
 def _flow(model: nn.Module) -> list[nn.Module]:
     """The layers data flows through (an MLP's deep path; its linear skip is kept whole)."""
     return list(model.deep if isinstance(model, LinearSkip) else model)

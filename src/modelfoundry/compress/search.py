@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from modelfoundry.compress.guard import Guard, failure_text, judge, measure
+from modelfoundry.compress.variants import STAGES, Candidate, Sofar, families, target_std
 from modelfoundry.config import CompressConfig
 from modelfoundry.storage import read_json, write_json
 
@@ -107,7 +108,7 @@ class Bench:
         elif self.task == "classification":
             variant.agreement = float((output.argmax(1) == self.reference.argmax(1)).mean())
         else:
-            variant.agreement = float(np.abs(output - self.reference).max() * _target_std(self.saved))
+            variant.agreement = float(np.abs(output - self.reference).max() * target_std(self.saved))
 
     def measure_torch(self, variant: Variant, model: Any) -> None:
         from modelfoundry.compress.measure import torch_latency_ms, torch_params, torch_size_bytes
@@ -117,104 +118,6 @@ class Bench:
         variant.latency_b1_ms = torch_latency_ms(model, self.input_shape, 1, repeats=self.cfg.repeats)
         variant.latency_b64_ms = torch_latency_ms(model, self.input_shape, 64, repeats=self.cfg.repeats)
         variant.size_bytes, variant.params = torch_size_bytes(model), torch_params(model)
-
-
-# ------------------------------------------------------------------------------------------ variants
-def onnx_variants(bench: Bench, fp32: Path) -> list[tuple[str, dict[str, Any], Callable[[Path], Path]]]:
-    """(name, recipe, build(out_path) -> onnx path) for each graph-level candidate the config asks for."""
-    wanted = bench.cfg.variants
-    if not any(name.startswith("ort_") for name in wanted):
-        return []
-    from modelfoundry.compress import quantize
-
-    calibration = _calibration(bench)
-    out: list[tuple[str, dict[str, Any], Callable[[Path], Path]]] = []
-    if "ort_fp16" in wanted:
-        out.append(("ort_fp16", {"method": "ort_fp16"}, lambda p: quantize.ort_fp16(fp32, p)))
-    if "ort_int8_dynamic" in wanted:
-        out.append(("ort_int8_dynamic", {"method": "ort_int8_dynamic", "weights": "int8 per-tensor"},
-                    lambda p: quantize.ort_dynamic_int8(fp32, p)))
-    if "ort_int8_static" in wanted:
-        for fmt, activation in (("qdq", "uint8"), ("qoperator", "uint8")):
-            recipe = {"method": "ort_int8_static", "format": fmt, "activation": activation, "per_channel": True,
-                      "calibration_rows": len(calibration)}
-            out.append((f"ort_int8_static_{fmt}", recipe,
-                        lambda p, f=fmt, a=activation: quantize.ort_static_int8(fp32, p, calibration, fmt=f,
-                                                                                activation=a)))
-    return out
-
-
-def torch_candidates(bench: Bench) -> list[tuple[str, dict[str, Any], Callable[[], Any]]]:
-    """(name, recipe, build() -> module) for torch-runtime candidates, measured for comparison only."""
-    import copy
-
-    import torch
-
-    model, wanted = bench.saved.model, bench.cfg.variants
-    out: list[tuple[str, dict[str, Any], Callable[[], Any]]] = [
-        ("torch_fp32", {"method": "none", "note": "eager PyTorch, for reference"}, lambda: model)]
-    if not any(name in wanted for name in ("torch_bf16", "torch_int8_eager", "pt2e_int8")):
-        return out
-    from modelfoundry.compress import quantize
-
-    if "torch_bf16" in wanted:
-        out.append(("torch_bf16", {"method": "torch_bf16"}, lambda: quantize.bf16_torch(copy.deepcopy(model))))
-    if "torch_int8_eager" in wanted:
-        out.append(("torch_int8_eager (deprecated API)", {"method": "torch_int8_eager"},
-                    lambda: quantize.torch_dynamic_int8_eager(copy.deepcopy(model))))
-    if "pt2e_int8" in wanted:
-        example = torch.zeros((1, *bench.input_shape))
-        out.append(("pt2e_int8", {"method": "pt2e_int8", "quantizer": "X86InductorQuantizer"},
-                    lambda: quantize.torch_pt2e_int8(copy.deepcopy(model), example, _calibration(bench))))
-    return out
-
-
-def network_variants(bench: Bench) -> list[tuple[str, dict[str, Any], Callable[[], tuple[Any, Any, list]]]]:
-    """(name, recipe, build() -> (model, model config, history)) for variants that change the network."""
-    import copy
-
-    from modelfoundry.compress import distill, prune
-
-    saved, cfg = bench.saved, bench.cfg
-    X, y, task = bench.splits["X"], bench.splits["y"], bench.task
-    common = {"task": task, "class_weights": bench.class_weights, "target_std": _target_std(saved),
-              "seed": saved.config.seed}
-    out: list[tuple[str, dict[str, Any], Callable[[], tuple[Any, Any, list]]]] = []
-    if "prune_structured" in cfg.variants:
-        for keep in cfg.keep:
-            def build(keep: float = keep) -> tuple[Any, Any, list]:
-                model, model_cfg = prune.shrink_structured(copy.deepcopy(saved.model), saved.config.model, keep)
-                fitted = prune.finetune(model, X, y, saved.config.training, epochs=cfg.finetune_epochs,
-                                        lr_scale=1.0, **common)
-                return fitted.model, model_cfg, fitted.history
-            out.append((f"prune_structured_keep{keep:g}", {"method": "prune_structured", "keep": keep,
-                                                          "finetune_epochs": cfg.finetune_epochs}, build))
-    if "prune_unstructured" in cfg.variants:
-        for sparsity in cfg.sparsity:
-            def build_sparse(sparsity: float = sparsity) -> tuple[Any, Any, list]:
-                model = prune.prune_unstructured(copy.deepcopy(saved.model), sparsity)
-                fitted = prune.finetune(model, X, y, saved.config.training, epochs=cfg.finetune_epochs,
-                                        lr_scale=1.0, **common)
-                return prune.make_permanent(fitted.model), saved.config.model, fitted.history
-            out.append((f"prune_unstructured_{sparsity:g}", {"method": "prune_unstructured", "sparsity": sparsity,
-                                                            "finetune_epochs": cfg.finetune_epochs}, build_sparse))
-    if "distill" in cfg.variants:
-        d = cfg.distill
-        student_cfg = d.student or distill.student_config(saved.config.model, d.shrink)
-
-        def build_student() -> tuple[Any, Any, list]:
-            from modelfoundry.models import build_model
-            from modelfoundry.train.runtime import seed_everything
-
-            seed_everything(saved.config.seed, saved.config.training.deterministic)
-            student = build_model(student_cfg, bench.input_shape, saved.spec["n_outputs"])
-            fitted = distill.distill(saved.model, student, X, y, saved.config.training, temperature=d.temperature,
-                                     alpha=d.alpha, epochs=d.epochs or saved.config.training.epochs, **common)
-            return fitted.model, student_cfg, fitted.history
-        recipe = {"method": "distill", "student": student_cfg.model_dump(mode="json"), "temperature": d.temperature,
-                  "alpha": d.alpha}
-        out.append(("distill", recipe, build_student))
-    return out
 
 
 # ------------------------------------------------------------------------------------------ choosing
@@ -309,18 +212,6 @@ def _json_line(record: dict[str, Any]) -> str:
     return json.dumps(record) + "\n"
 
 
-def _calibration(bench: Bench) -> np.ndarray:
-    """Up to 512 training rows (a seeded sample) for static quantization."""
-    X = bench.splits["X"]["train"]
-    rng = np.random.default_rng(bench.saved.config.seed)
-    take = rng.choice(len(X), size=min(512, len(X)), replace=False)
-    return np.ascontiguousarray(X[np.sort(take)], dtype=np.float32)
-
-
-def _target_std(saved: Any) -> float:
-    return float(saved.target_encoder.std_) if saved.task == "regression" else 1.0
-
-
 # ------------------------------------------------------------------------------------------ the search
 @dataclass
 class Outcome:
@@ -353,30 +244,15 @@ def search(bench: Bench, out_dir: Path, on_step: Callable[[str], None] | None = 
                           f"{saved.run_dir} (mape needs a target without zeros), so no variant can be judged.",
                           "Set compress.metric to another metric of the task (e.g. rmse or r2).")
     variants: list[Variant] = []
-
-    for name, recipe, build in onnx_variants(bench, baseline_dir / "model.onnx"):
-        step(name)
-        variant = Variant(name, ONNX, recipe)
-        _attempt(variant, lambda: _graph_variant(bench, variant, build, baseline_dir))
-        variants.append(variant)
-    networks = []
-    for name, recipe, build_net in network_variants(bench):
-        step(name)
-        variant = Variant(name, ONNX, recipe)
-        _attempt(variant, lambda: _network_variant(bench, variant, build_net))
-        networks.append(variant)
-    variants += networks
-    for name, recipe, base_variant in stacked_variants(bench, networks):
-        step(name)
-        variant = Variant(name, ONNX, recipe)
-        _attempt(variant, lambda: _stacked_variant(bench, variant, base_variant))
-        variants.append(variant)
-    for name, recipe, build_torch in torch_candidates(bench):
-        step(name)
-        variant = Variant(name, TORCH, recipe, servable=False,
-                          notes=["measured for comparison; foundry serves with ONNX Runtime"])
-        _attempt(variant, lambda: bench.measure_torch(variant, build_torch()))
-        variants.append(variant)
+    sofar = Sofar(baseline_dir / "model.onnx")
+    for stage in STAGES:  # graph, network, stacked, torch: see variants.py
+        for _, family in families(stage, bench):
+            for candidate in family.candidates(bench, sofar):
+                step(candidate.name)
+                variant = _run_candidate(bench, stage, candidate, baseline_dir)
+                variants.append(variant)
+                if stage == "network":
+                    sofar.networks.append(variant)
 
     base = entry(original, original, bench)
     entries = [entry(v, original, bench) for v in variants]
@@ -407,6 +283,23 @@ def _attempt(variant: Variant, work: Callable[[], Any]) -> None:
         variant.metric = None
 
 
+def _run_candidate(bench: Bench, stage: str, candidate: Candidate, baseline_dir: Path) -> Variant:
+    """Build and measure one candidate the way its stage is measured; a failure is recorded on the variant."""
+    if stage == "torch":
+        variant = Variant(candidate.name, TORCH, candidate.recipe, servable=False,
+                          notes=["measured for comparison; foundry serves with ONNX Runtime"])
+        _attempt(variant, lambda: bench.measure_torch(variant, candidate.build()))
+        return variant
+    variant = Variant(candidate.name, ONNX, candidate.recipe)
+    if stage == "network":
+        _attempt(variant, lambda: _network_variant(bench, variant, candidate.build))
+    elif stage == "stacked":
+        _attempt(variant, lambda: _stacked_variant(bench, variant, candidate))
+    else:
+        _attempt(variant, lambda: _graph_variant(bench, variant, candidate.build, baseline_dir))
+    return variant
+
+
 def _graph_variant(bench: Bench, variant: Variant, build: Callable[[Path], Path], baseline_dir: Path) -> None:
     scratch = bench.work_dir / "graphs" / f"{variant.name}.onnx"
     scratch.parent.mkdir(parents=True, exist_ok=True)
@@ -416,38 +309,16 @@ def _graph_variant(bench: Bench, variant: Variant, build: Callable[[Path], Path]
                                    recipe=variant.recipe, baseline_export=baseline_dir)
 
 
-def stacked_variants(bench: Bench, base: list[Variant]) -> list[tuple[str, dict[str, Any], Variant]]:
-    """int8 on top of each network variant that passed the guard (pruning or distillation, then
-    quantization): dynamic int8 for MLPs, static QDQ int8 for CNNs (the kind that was fast for each)."""
-    wanted = bench.cfg.variants
-    method = "ort_int8_static" if bench.saved.config.model.name == "cnn" else "ort_int8_dynamic"
-    if method not in wanted:
-        return []
-    out = []
-    for v in base:
-        if v.run_dir is None or v.metric is None or not all(c["passed"] for c in bench.checks(v)):
-            continue
-        recipe = {"method": "stack", "steps": [v.recipe, {"method": method, "format": "qdq", "activation": "uint8"}]
-                  if method == "ort_int8_static" else [v.recipe, {"method": method}]}
-        out.append((f"{v.name}+int8", recipe, v))
-    return out
-
-
-def _stacked_variant(bench: Bench, variant: Variant, base: Variant) -> None:
-    from modelfoundry.compress import quantize
+def _stacked_variant(bench: Bench, variant: Variant, candidate: Candidate) -> None:
     from modelfoundry.rundir import load_model
 
-    source = base.run_dir / "model" / "onnx"
+    base_run = candidate.base.run_dir
     scratch = bench.work_dir / "graphs" / f"{variant.name}.onnx"
     scratch.parent.mkdir(parents=True, exist_ok=True)
-    if variant.recipe["steps"][1]["method"] == "ort_int8_static":
-        path = quantize.ort_static_int8(source / "model.onnx", scratch, _calibration(bench), fmt="qdq",
-                                        activation="uint8")
-    else:
-        path = quantize.ort_dynamic_int8(source / "model.onnx", scratch)
+    path = candidate.build(scratch)
     bench.measure_onnx(variant, path)
-    variant.run_dir = save_variant(load_model(base.run_dir), bench.work_dir / "variants" / variant.name,
-                                   onnx_from=path, recipe=variant.recipe, baseline_export=source,
+    variant.run_dir = save_variant(load_model(base_run), bench.work_dir / "variants" / variant.name,
+                                   onnx_from=path, recipe=variant.recipe, baseline_export=base_run / "model" / "onnx",
                                    parent_run=bench.saved.run_dir)
 
 

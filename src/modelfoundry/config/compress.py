@@ -6,13 +6,11 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
+from modelfoundry.compress.variants import COMPRESSORS  # the variant table (light: no heavy imports)
 from modelfoundry.config.base import Section
 from modelfoundry.config.model import ModelConfig
 from modelfoundry.errors import unknown_name
 from modelfoundry.evaluate.metrics import CALIBRATION_METRICS, CLASSIFICATION_METRICS, REGRESSION_METRICS
-
-COMPRESSORS = ("ort_fp16", "ort_int8_dynamic", "ort_int8_static", "torch_bf16", "torch_int8_eager", "pt2e_int8",
-               "prune_structured", "prune_unstructured", "distill")
 
 
 class DistillConfig(Section):
