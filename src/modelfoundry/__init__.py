@@ -22,6 +22,7 @@ _EXPORTS = {
     "tune": "modelfoundry.api",
     "compress": "modelfoundry.api",
     "export": "modelfoundry.api",
+    "serve": "modelfoundry.api",
     "TuneResult": "modelfoundry.api",
     "RunResult": "modelfoundry.api",
     "CompressResult": "modelfoundry.api",

@@ -16,6 +16,7 @@ _EXPORTS = {
     "tune": "tuning",
     "compress": "compression",
     "export": "exporting",
+    "serve": "serving",
     "model_dir": "arguments",
     "RunResult": "results",
     "TuneResult": "results",

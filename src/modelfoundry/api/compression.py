@@ -12,7 +12,7 @@ from modelfoundry.api.arguments import fresh_dir, model_dir
 from modelfoundry.api.evaluation import evaluate, reload_splits
 from modelfoundry.api.registration import parent_version, track_run
 from modelfoundry.api.results import CompressResult
-from modelfoundry.errors import ConfigError, RunDirError
+from modelfoundry.errors import CompressError, ConfigError, RunDirError
 
 
 def compress(model: str | Path, *, max_drop: float | None = None, prefer: str | None = None,
@@ -88,6 +88,30 @@ def compress(model: str | Path, *, max_drop: float | None = None, prefer: str | 
                                                recipe=outcome.chosen["recipe"])
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def refusal(result: CompressResult) -> CompressError | None:
+    """The verdict when no variant was kept, as the error `foundry compress` ends with: why (the closest variant
+    and the guards it failed, or that none could be measured or none improved on the original); None when a
+    variant was chosen."""
+    if result.chosen is not None:
+        return None
+    from modelfoundry.compress.guard import failure_text
+
+    failing = result.best_failing
+    if failing is None:
+        reason = "no variant could be measured"
+    else:
+        failed = [c for c in failing["guard"] if not c["passed"]]
+        reason = (f"the closest, {failing['name']}, fails the {', '.join(c['metric'] for c in failed)} "
+                  f"guard{'s' if len(failed) > 1 else ''}: {'; '.join(failure_text(c) for c in failed)}")
+    kept = [e for e in result.variants if e["passed_guard"] and e["servable"]]
+    if failing is None and kept:
+        reason = "the variants within the guard are neither faster nor smaller than the original here"
+    return CompressError(f"No compressed variant was kept: {reason}. The original is untouched; the "
+                         f"measurements are in {result.report}.",
+                         "Allow a larger drop of the primary metric with --max-drop, loosen compress.guard "
+                         "(docs/compression.md#the-guard), or try other compressors (compress.variants).")
 
 
 def _compress_metric(saved: Any, cfg: Any) -> str:

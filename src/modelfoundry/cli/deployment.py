@@ -77,12 +77,7 @@ def serve(model: RunDirArg,
 
     Settings come from the model's own config (its serve: section, defaults in docs/config.md); each option
     given overrides the key in brackets."""
-    import os
-
-    import uvicorn
-
-    from modelfoundry.serve.main import ENV_MODEL, ENV_SETTINGS, ENV_URI
-    from modelfoundry.serve.store import serve_settings, store_for
+    from modelfoundry.api.serving import serve as serve_model
 
     given = {"host": host, "port": port, "workers": workers, "backend": backend, "batching": batching,
              "max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms, "max_queue_size": max_queue_size,
@@ -90,23 +85,7 @@ def serve(model: RunDirArg,
              "api_keys_file": str(api_keys_file) if api_keys_file else None, "max_body_mb": max_body_mb,
              "rate_limit_per_s": rate_limit, "rate_burst": rate_burst, "on_unseen": on_unseen, "openapi": openapi,
              "access_log": access_log}
-    settings = serve_settings(store_for(str(model), uri), {k: v for k, v in given.items() if v is not None})
-    if settings.api_keys_file:
-        from modelfoundry.serve.security import ApiKeys
-
-        settings.api_keys_file = str(Path(settings.api_keys_file).resolve())
-        ApiKeys.from_file(Path(settings.api_keys_file))  # a bad file fails here, with its line, not in every worker
-    store = store_for(str(model), uri, settings.backend)
-    loaded = store.load()  # an unloadable model fails here, as one paragraph; downloaded and exported once
-    options = {"host": settings.host, "port": settings.port, "timeout_graceful_shutdown": 30, "log_level": "info",
-               "access_log": settings.access_log}
-    if settings.workers == 1:
-        from modelfoundry.serve.app import create_app
-
-        uvicorn.run(create_app(settings, store, preloaded=loaded), **options)
-        return
-    os.environ.update({ENV_MODEL: str(model), ENV_URI: uri or "", ENV_SETTINGS: settings.model_dump_json()})
-    uvicorn.run("modelfoundry.serve.main:build", factory=True, workers=settings.workers, **options)
+    serve_model(str(model), uri=uri, **given)
 
 
 keys_app = typer.Typer(help="API keys for `foundry serve --api-keys-file`.", no_args_is_help=True,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -48,8 +48,9 @@ def compress(model: RunDirArg,
                                                          "(default: compress.variants).")] = None,
              no_progress: NoProgress = False) -> None:
     """Try int8/fp16 quantization, pruning and distillation; keep the best variant within the accuracy guard."""
-    from modelfoundry.errors import CompressError, ConfigError, unknown_name
     from modelfoundry.api.compression import compress as compress_model
+    from modelfoundry.api.compression import refusal
+    from modelfoundry.errors import ConfigError, unknown_name
 
     if prefer is not None and prefer not in ("latency", "size"):
         raise ConfigError(unknown_name("--prefer", prefer, ["latency", "size"]))
@@ -58,24 +59,6 @@ def compress(model: RunDirArg,
     result = compress_model(str(model), max_drop=max_drop, prefer=prefer, out=out, variants=variants,
                             progress=not no_progress)
     print_compress_summary(result)
-    if result.chosen is None:
-        failing = result.best_failing
-        if failing is None:
-            reason = "no variant could be measured"
-        else:
-            failed = [c for c in failing["guard"] if not c["passed"]]
-            reason = (f"the closest, {failing['name']}, fails the {', '.join(c['metric'] for c in failed)} "
-                      f"guard{'s' if len(failed) > 1 else ''}: {'; '.join(_guard_failure(c) for c in failed)}")
-        kept = [e for e in result.variants if e["passed_guard"] and e["servable"]]
-        if failing is None and kept:
-            reason = "the variants within the guard are neither faster nor smaller than the original here"
-        raise CompressError(f"No compressed variant was kept: {reason}. The original is untouched; the "
-                            f"measurements are in {result.report}.",
-                            "Allow a larger drop of the primary metric with --max-drop, loosen compress.guard "
-                            "(docs/compression.md#the-guard), or try other compressors (compress.variants).")
-
-
-def _guard_failure(check: dict[str, Any]) -> str:
-    from modelfoundry.compress.guard import failure_text
-
-    return failure_text(check)
+    refused = refusal(result)
+    if refused is not None:
+        raise refused

@@ -1,0 +1,67 @@
+"""`serve`: the server's settings (the model's serve: section, each given value overriding its key), the API
+keys and the model checked and loaded once before the server starts, then uvicorn with one or more workers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ServerPlan:
+    """What `start_server` runs: the model reference, its store and loaded model, and the resolved settings."""
+
+    model: str
+    uri: str | None
+    settings: Any  # serve.store's settings: the serve: section with the overrides applied
+    store: Any
+    loaded: Any  # the model, loaded once: an unloadable model fails before the server starts
+
+
+def prepare_server(model: str | Path, overrides: dict[str, Any], uri: str | None = None) -> ServerPlan:
+    """Resolve the settings and load the model, so that every problem shows here as one paragraph.
+
+    Args:
+        model: a run directory or a registered NAME, NAME/VERSION or NAME@ALIAS.
+        overrides: serve: keys to override (None values are left to the model's config).
+        uri: the tracking URI of the registry, for a registered model.
+    """
+    from modelfoundry.serve.store import serve_settings, store_for
+
+    model = str(model)
+    settings = serve_settings(store_for(model, uri), {k: v for k, v in overrides.items() if v is not None})
+    if settings.api_keys_file:
+        from modelfoundry.serve.security import ApiKeys
+
+        settings.api_keys_file = str(Path(settings.api_keys_file).resolve())
+        ApiKeys.from_file(Path(settings.api_keys_file))  # a bad file fails here, with its line, not in every worker
+    store = store_for(model, uri, settings.backend)
+    loaded = store.load()  # an unloadable model fails here, as one paragraph; downloaded and exported once
+    return ServerPlan(model, uri, settings, store, loaded)
+
+
+def start_server(plan: ServerPlan) -> None:
+    """Run uvicorn until it is stopped: the preloaded app in this process, or `settings.workers` processes that
+    each build theirs from the environment."""
+    import uvicorn
+
+    from modelfoundry.serve.main import ENV_MODEL, ENV_SETTINGS, ENV_URI
+
+    settings = plan.settings
+    options = {"host": settings.host, "port": settings.port, "timeout_graceful_shutdown": 30, "log_level": "info",
+               "access_log": settings.access_log}
+    if settings.workers == 1:
+        from modelfoundry.serve.app import create_app
+
+        uvicorn.run(create_app(settings, plan.store, preloaded=plan.loaded), **options)
+        return
+    os.environ.update({ENV_MODEL: plan.model, ENV_URI: plan.uri or "", ENV_SETTINGS: settings.model_dump_json()})
+    uvicorn.run("modelfoundry.serve.main:build", factory=True, workers=settings.workers, **options)
+
+
+def serve(model: str | Path, *, uri: str | None = None, **overrides: Any) -> None:
+    """Serve a model over HTTP (Open Inference Protocol v2 and POST /predict) until stopped; `overrides` are
+    serve: keys (host, port, workers, backend, max_batch_size, ...)."""
+    start_server(prepare_server(model, overrides, uri))
