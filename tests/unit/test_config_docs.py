@@ -154,7 +154,7 @@ def test_documented_defaults_match_the_code():
         assert info.default is not PydanticUndefined, f"`{key.group(1)}` has no default, docs say {row['default']}"
         assert yaml.safe_load(default.group(1)) == to_jsonable_python(info.default), (
             f"docs/config.md gives `{key.group(1)}` the default {default.group(1)}; {model.__name__}.{name} "
-            f"in config.py has {info.default!r}")
+            f"in {model.__module__} has {info.default!r}")
         checked += 1
     assert checked >= 60, f"only {checked} documented defaults were found to check"
 
