@@ -8,10 +8,11 @@
     POST /v2/models/{name}/infer    OIP v2 inference: one input tensor per raw column
     POST /predict                   {"records": [{column: raw value, ...}]} -> predictions + probabilities
 
-Built by `create_app(settings, store)` from the `serve:` config section. Every error answers one JSON shape,
-{"error", "hint"}: FoundryErrors with their own HTTP status, unknown routes 404, wrong methods 405, and an
-unexpected failure 500. Each request is checked on its own before it may share a batch (runner.py), so bad
-input is a 4xx for that request alone, never a 500.
+Built by `create_app(settings, store, extensions=...)` from the `serve:` config section; extensions see every
+answered batch off the request path (extensions.py). Every error answers one JSON shape, {"error", "hint"}:
+FoundryErrors with their own HTTP status, unknown routes 404, wrong methods 405, and an unexpected failure 500.
+Each request is checked on its own before it may share a batch (runner.py), so bad input is a 4xx for that
+request alone, never a 500.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import json
 import logging
 import math
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from modelfoundry.data.input_schema import InputSchema
 from modelfoundry.errors import FoundryError, RetryLater
 from modelfoundry.serve.backends import warm_up
 from modelfoundry.serve.batching import DynamicBatcher
+from modelfoundry.serve.extensions import Extension, Extensions
 from modelfoundry.serve.metrics import MetricsMiddleware, ServerMetrics
 from modelfoundry.serve.payloads import (InferRequest, PredictRequest, body_schema, infer_columns, infer_request,
                                          parse_json, predict_records)
@@ -54,11 +57,13 @@ def max_body_bytes(settings: ServeConfig) -> int:
     return int(settings.max_body_mb * 1024 * 1024)
 
 
-def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel | None = None) -> FastAPI:
+def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel | None = None,
+               extensions: Sequence[Extension] = ()) -> FastAPI:
     """The FastAPI app serving `store`'s model (or `preloaded`, already loaded by the caller); it loads and warms
-    up the model at start-up."""
+    up the model at start-up. Each of `extensions` sees every answered batch (extensions.py)."""
     metrics = ServerMetrics(settings.max_batch_size)
     served = ServedModel(metrics.count_warnings)
+    hooks = Extensions(extensions, metrics.registry) if extensions else None
 
     def with_schema(loaded: LoadedModel) -> LoadedModel:
         loaded.schema = InputSchema(loaded.backend.desc, settings.on_unseen)
@@ -82,6 +87,9 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
             served.batcher = DynamicBatcher(served.run_batch, settings.max_batch_size, settings.max_latency_ms,
                                             settings.max_queue_size, settings.queue_timeout_ms, metrics.observe_batch)
             served.batcher.start()
+        if hooks:
+            hooks.start()
+            served.extensions = hooks
         watcher = None
         if settings.poll_s > 0 and hasattr(store, "resolve"):
             watcher = asyncio.get_running_loop().create_task(
@@ -92,6 +100,8 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
             watcher.cancel()
         if served.batcher:
             await served.batcher.stop()
+        if hooks:
+            await hooks.stop()
 
     keys = ApiKeys.from_file(Path(settings.api_keys_file)) if settings.api_keys_file else None
     limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_burst) if settings.rate_limit_per_s else None

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from modelfoundry.data.input_schema import CheckedRows, InputSchema
 from modelfoundry.errors import DataError, FoundryError, ModelNotFound, first_line
 from modelfoundry.serve.batching import DynamicBatcher
 from modelfoundry.serve.store import LoadedModel
+
+if TYPE_CHECKING:
+    from modelfoundry.serve.extensions import Extensions
 
 log = logging.getLogger(__name__)
 THREAD_CELLS = 16_384  # requests with more values (rows x columns) are checked in a worker thread, off the loop
@@ -78,6 +81,7 @@ class ServedModel:
         self.current: LoadedModel | None = None
         self.batcher: DynamicBatcher | None = None
         self.count_warnings = count_warnings
+        self.extensions: Extensions | None = None  # see extensions.py; None: no record is built
 
     @property
     def ready(self) -> bool:
@@ -141,7 +145,24 @@ class ServedModel:
                              f"v{model.version}).", "The inputs were valid; the model itself is broken. Check "
                              "its training run, or roll back to another version.")
             start = stop
+        if self.extensions is not None:
+            _publish(self.extensions, model, [len(part) for _, part in live], [slots[k] for k, _ in live], rows,
+                     output, warnings)
         return slots
+
+
+def _publish(extensions: Extensions, model: LoadedModel, sizes: list[int], answers: list[Any], rows: CheckedRows,
+             output: np.ndarray, warnings: list[list[dict[str, Any]]] | None) -> None:
+    """Hand the rows that got an answer (not those whose output was non-finite) to the extensions."""
+    answered = [isinstance(a, Answer) for a in answers]
+    if not any(answered):
+        return
+    if not all(answered):
+        keep = np.repeat(answered, sizes)  # (N,) bool
+        rows, output = rows[keep], output[keep]
+        warnings = [w for w, kept in zip(warnings, keep) if kept] if warnings else None
+        sizes = [size for size, kept in zip(sizes, answered) if kept]
+    extensions.publish(model, rows, output, warnings if warnings and any(warnings) else None, sizes)
 
 
 def _as_error(exc: BaseException, model: LoadedModel) -> FoundryError:
