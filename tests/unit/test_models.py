@@ -57,3 +57,30 @@ def test_linear_skip_contains_the_linear_model():
     for p in model.deep.parameters():  # silence the deep branch: what is left is the linear model
         nn.init.zeros_(p)
     torch.testing.assert_close(model(x), model.linear(x))
+
+
+def test_an_unknown_model_name_lists_the_table():
+    class Named:
+        name = "mpl"
+
+    with pytest.raises(ConfigError, match=r"Unknown model 'mpl'\. Did you mean 'mlp'\? Valid names: cnn, mlp"):
+        build_model(Named(), (5,), 2)
+
+
+def test_the_activation_choices_of_the_configs_are_the_ones_the_layers_build():
+    import typing
+
+    from modelfoundry.models.choices import Activation
+    from modelfoundry.models.layers import ACTIVATIONS
+
+    assert set(typing.get_args(Activation)) == set(ACTIVATIONS)
+
+
+def test_the_blocks_keep_their_old_import_paths():
+    from modelfoundry.models import layers
+    from modelfoundry.models.cnn import ConvBlock, ResidualBlock
+    from modelfoundry.models.mlp import LinearSkip
+
+    assert (ConvBlock, ResidualBlock, LinearSkip) == (layers.ConvBlock, layers.ResidualBlock, layers.LinearSkip)
+    with pytest.raises(ImportError):
+        from modelfoundry.models.mlp import NoSuchBlock  # noqa: F401
