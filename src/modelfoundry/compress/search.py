@@ -1,5 +1,6 @@
 """Try compression variants of a trained model, measure each on the runtime it would be served with, and
-pick the best one within the accuracy guard.
+pick the best one within the accuracy guard. What is tried comes from the variant table (variants.py); this
+module builds, measures, judges and saves whatever the table lists, by stage.
 
 Every variant ends as a complete run directory under `<out>/variants/<name>/`:
 - variants that change the network (structured pruning, unstructured pruning, distillation) are ordinary
