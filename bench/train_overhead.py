@@ -7,7 +7,7 @@ Trains the same models on the same data with both loops and prints training thro
 
 **foundry** is ``modelfoundry.train.loop.fit`` as a user gets it: per-epoch validation, metrics.jsonl,
 the default checkpoint policy (the final epoch always saves) into a fresh temporary run directory, and the
-progress bar. The whole ``fit`` call is timed.
+progress `foundry run` shows (its terminal reporter). The whole ``fit`` call is timed.
 
 **hand** is the practical upper bound: tensors pre-loaded with ``torch.from_numpy``, a ``randperm`` per
 epoch, slices of it as batches, forward, the same loss (class weights, label smoothing), backward, gradient
@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modelfoundry.cli.progress import TerminalReporter
 from modelfoundry.config import load_config
 from modelfoundry.data.prepare import prepare_data
 from modelfoundry.models import build_model
@@ -123,7 +124,7 @@ def timed(side: str, cfg, data) -> float:
             hand_loop(model, data, cfg, cfg.seed)
         else:
             fit(model, data.X, data.y, cfg.training, task=data.task, class_weights=data.class_weights,
-                seed=cfg.seed, run_dir=Path(run_dir), progress=True)
+                seed=cfg.seed, run_dir=Path(run_dir), progress=TerminalReporter())
         return time.perf_counter() - start
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from modelfoundry.config import Config, check_task, config_hash
 from modelfoundry.errors import ConfigError, FoundryError
+from modelfoundry.reporting import Reporter, reporter_for
 from modelfoundry.storage import write_json
 
 if TYPE_CHECKING:
@@ -38,14 +39,14 @@ class CVResult:
 
 
 def cross_validate(config: Config, folds: int = 5, stratified: bool | None = None,
-                   progress: bool = True) -> CVResult:
+                   progress: Reporter | bool | None = None) -> CVResult:
     """Train `config` once per fold and score each training on its held-out fold.
 
     Args:
         folds: the number of folds K (2 <= K <= rows).
         stratified: keep each fold's class proportions; None means data.split.stratify for classification
             (regression folds are never stratified).
-        progress: show a bar over the folds and a line per finished fold (nothing is printed otherwise).
+        progress: a Reporter to report the folds to, a line per finished fold; None or a bool: none.
     """
     from modelfoundry.data.prepare import load_clean, split_seed
     from modelfoundry.data.split import kfold_indices
@@ -58,7 +59,8 @@ def cross_validate(config: Config, folds: int = 5, stratified: bool | None = Non
     seed = split_seed(config.data, config.seed)
     labels = clean.frame[config.data.target].astype(str).to_numpy()
     splits = kfold_indices(labels, folds, stratify, seed)
-    display = FoldProgress(folds, config.evaluation.metrics or DEFAULT_HEADLINE[clean.task]) if progress else None
+    reporter, names = reporter_for(progress), config.evaluation.metrics or DEFAULT_HEADLINE[clean.task]
+    display = FoldProgress(reporter, folds, names) if reporter else None
     results = []
     try:
         for number, (train_pos, heldout_pos) in enumerate(splits, start=1):
@@ -148,32 +150,17 @@ def _heldout_metrics(data: PreparedData, output: np.ndarray, top_k: list[int]) -
 
 
 class FoldProgress:
-    """A rich bar over the folds with one line per finished fold; plain lines only, off a terminal."""
+    """The folds as progress: one unit and one line per finished fold."""
 
-    def __init__(self, total: int, names: list[str]):
-        from rich.console import Console
-
-        self.total, self.names = total, names
-        self.console = Console(highlight=False)
-        self.progress = None
-        if self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(TextColumn("[bold]cross-validation"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), console=self.console, transient=True)
-            self.task = self.progress.add_task("folds", total=total)
-            self.progress.start()
+    def __init__(self, reporter: Reporter, total: int, names: list[str]):
+        self.reporter, self.total, self.names = reporter, total, names
+        reporter.start("cross-validation", total)
 
     def fold_done(self, fold: dict[str, Any]) -> None:
         scores = "  ".join(f"{n} {fold['metrics'][n]:.4f}" for n in self.names if n in fold["metrics"])
-        line = (f"fold {fold['fold']}/{self.total}  {scores}  (best epoch {fold['best_epoch']} of "
-                f"{fold['epochs_run']}, {fold['wall_s']:.1f} s)")
-        if self.progress is not None:
-            self.progress.console.print(line, markup=False, soft_wrap=True)
-            self.progress.advance(self.task)
-        else:
-            self.console.print(line, markup=False, soft_wrap=True)
+        self.reporter.message(f"fold {fold['fold']}/{self.total}  {scores}  (best epoch {fold['best_epoch']} of "
+                              f"{fold['epochs_run']}, {fold['wall_s']:.1f} s)")
+        self.reporter.advance()
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        self.reporter.finish()

@@ -29,7 +29,7 @@ ALLOWED = {
             "tracking", "export", "serve"},
     "cli": {"api", "data", "rundir", "registry", "tracking", "archive", "serve", "compress", "legacy"},
 }
-BASE = {"config", "errors", "storage", "redact"}
+BASE = {"config", "errors", "storage", "redact", "reporting"}
 
 
 def imports_of(path: Path) -> set[str]:

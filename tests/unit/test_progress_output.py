@@ -1,6 +1,7 @@
 """Epoch lines off a terminal (logs, pipes): thinned with a notice, the last epoch always printed."""
 
-from modelfoundry.train.callbacks import ProgressDisplay, line_every
+from modelfoundry.cli.progress import TerminalReporter
+from modelfoundry.train.callbacks import TrainingProgress, line_every
 
 
 def records(epochs, epoch_s):
@@ -9,7 +10,9 @@ def records(epochs, epoch_s):
 
 
 def shown(capsys, total, epochs, epoch_s, start=0, monitor="val_loss"):
-    display = ProgressDisplay(total, 10, start, monitor)
+    reporter = TerminalReporter()  # what `foundry run` passes; captured output is not a terminal
+    assert not reporter.live
+    display = TrainingProgress(reporter, total, 10, start, monitor)
     for record in records(epochs, epoch_s):
         display.on_epoch_end(record)
     display.close()

@@ -13,10 +13,12 @@ from modelfoundry.api.evaluation import evaluate, reload_splits
 from modelfoundry.api.registration import parent_version, track_run
 from modelfoundry.api.results import CompressResult
 from modelfoundry.errors import CompressError, ConfigError, RunDirError
+from modelfoundry.reporting import Reporter, reporter_for
 
 
 def compress(model: str | Path, *, max_drop: float | None = None, prefer: str | None = None,
-             out: str | Path | None = None, variants: list[str] | None = None, progress: bool = True) -> CompressResult:
+             out: str | Path | None = None, variants: list[str] | None = None,
+             progress: Reporter | bool | None = None) -> CompressResult:
     """Try compression variants of a trained model (run directory or NAME[/VERSION|@ALIAS]), measure each
     on the runtime it would be served with, and save the best one within the accuracy guard.
 
@@ -63,7 +65,7 @@ def compress(model: str | Path, *, max_drop: float | None = None, prefer: str | 
             weights = class_weights(splits["y"]["train"], list(saved.target_encoder.classes_),
                                     saved.config.data.balance.class_weights)
         bench = Bench(saved, splits, metric, cfg, out_dir / ".work", weights, guards=rules)
-        with _steps(progress, len(cfg.variants) + 3) as step:
+        with _steps(reporter_for(progress)) as step:
             outcome = search(bench, out_dir, on_step=step)
     except BaseException:  # an error or Ctrl-C: no work folder left behind, nor an empty output folder
         shutil.rmtree(out_dir / ".work", ignore_errors=True)
@@ -127,17 +129,13 @@ def _compress_metric(saved: Any, cfg: Any) -> str:
 
 
 @contextlib.contextmanager
-def _steps(progress: bool, total: int) -> Iterator[Callable[[str], None]]:
-    """A progress bar with the current step's name, or nothing."""
-    if not progress:
+def _steps(reporter: Reporter | None) -> Iterator[Callable[[str], None]]:
+    """The search's steps as progress, each with its name (the total is not known in advance)."""
+    if reporter is None:
         yield lambda name: None
         return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("[bold]compress"), BarColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
-                  transient=True) as bar:
-        task = bar.add_task("", total=None)
-
-        def step(name: str) -> None:
-            bar.update(task, description=name, advance=1)
-        yield step
+    reporter.start("compress")
+    try:
+        yield lambda name: reporter.advance(status=name)
+    finally:
+        reporter.finish()

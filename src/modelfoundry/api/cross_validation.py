@@ -10,11 +10,12 @@ from modelfoundry.config import Config
 from modelfoundry.errors import RunDirError
 
 if TYPE_CHECKING:
+    from modelfoundry.reporting import Reporter
     from modelfoundry.cv import CVResult
 
 
 def cross_validate(config: Config | str | Path, *, folds: int = 5, stratified: bool | None = None,
-                   out: str | Path | None = None, progress: bool = True) -> CVResult:
+                   out: str | Path | None = None, progress: Reporter | bool | None = None) -> CVResult:
     """K-fold cross-validation of a config: per-fold and mean ± std held-out metrics, written to cv.json.
 
     The folds partition every cleaned row (an alternative estimate to the single test split of `run`);

@@ -18,18 +18,19 @@ from modelfoundry.storage import write_json
 
 if TYPE_CHECKING:
     from modelfoundry.data.prepare import PreparedData
+    from modelfoundry.reporting import Reporter
     from modelfoundry.train.loop import FitResult
 
 
 def run(config: Config | str | Path | None = None, *, run_dir: str | Path | None = None,
-        resume: str | Path | None = None, progress: bool = True) -> RunResult:
+        resume: str | Path | None = None, progress: Reporter | bool | None = None) -> RunResult:
     """Prepare the data, train, and evaluate on the test split, writing everything to a run directory.
 
     Args:
         config: a validated Config or a YAML path (omit when resuming).
         run_dir: where to write; default `<output.dir>/<name>-<timestamp>/`.
         resume: a run directory to continue from its last checkpoint, exactly where it stopped.
-        progress: show a progress bar.
+        progress: a Reporter to report training to (the CLI passes its terminal one); None or a bool: none.
     """
     started = time.perf_counter()
     if resume is not None:  # a finished run resumes as a no-op; one cut off after training finishes its steps
@@ -53,7 +54,7 @@ def run(config: Config | str | Path | None = None, *, run_dir: str | Path | None
 
 
 def train(config: Config | str | Path | None = None, *, run_dir: str | Path | None = None,
-          resume: str | Path | None = None, progress: bool = True) -> RunResult:
+          resume: str | Path | None = None, progress: Reporter | bool | None = None) -> RunResult:
     """Prepare the data and train (no test evaluation); the model is saved in `run_dir/model/`."""
     started = time.perf_counter()
     if resume is not None:
@@ -67,7 +68,8 @@ def train(config: Config | str | Path | None = None, *, run_dir: str | Path | No
                      wall_s=time.perf_counter() - started)
 
 
-def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[PreparedData, FitResult, Config, Path]:
+def _train(config: Any, run_dir: Any, resume: Any,
+           progress: Reporter | bool | None) -> tuple[PreparedData, FitResult, Config, Path]:
     from modelfoundry.data.prepare import prepare_data
     from modelfoundry.rundir import load_run_config, plan_run_dir, save_config
 
@@ -104,7 +106,7 @@ def _train(config: Any, run_dir: Any, resume: Any, progress: bool) -> tuple[Prep
 
 
 def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bool, finished_before: bool,
-                  progress: bool) -> tuple[PreparedData, FitResult, Config, Path]:
+                  progress: Reporter | bool | None) -> tuple[PreparedData, FitResult, Config, Path]:
     from modelfoundry.experiment import fit_config
     from modelfoundry.manifest import build_manifest
     from modelfoundry.rundir import save_model

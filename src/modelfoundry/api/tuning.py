@@ -8,11 +8,12 @@ from modelfoundry.api.arguments import as_config
 from modelfoundry.api.registration import track_study
 from modelfoundry.api.results import TuneResult
 from modelfoundry.config import Config, check_task
+from modelfoundry.reporting import Reporter
 
 
 def tune(config: Config | str | Path, *, n_trials: int | None = None, n_jobs: int | None = None,
          out: str | Path | None = None, storage: str | None = None, resume: bool = False,
-         progress: bool = True) -> TuneResult:
+         progress: Reporter | bool | None = None) -> TuneResult:
     """Run the config's hyperparameter search (its `tune:` section) on Optuna.
 
     The study lives in `storage` (default: SQLite `study.db` in the output directory); `resume` continues
@@ -21,6 +22,7 @@ def tune(config: Config | str | Path, *, n_trials: int | None = None, n_jobs: in
 
     Args:
         n_trials, n_jobs, storage: override tune.n_trials, tune.n_jobs and tune.storage.
+        progress: a Reporter to report the trials to; None or a bool: none.
     """
     from modelfoundry.data.prepare import prepare_data
     from modelfoundry.errors import ConfigError

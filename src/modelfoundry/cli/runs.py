@@ -9,6 +9,7 @@ import typer
 
 from modelfoundry.cli.console import friendly_errors, open_console
 from modelfoundry.cli.options import ConfigArg, NoProgress, RunDirArg
+from modelfoundry.cli.progress import reporter
 from modelfoundry.cli.render import print_cv_summary, print_summary, say_tracking
 
 
@@ -35,7 +36,7 @@ def run(config: Annotated[Optional[Path], typer.Argument(help="Experiment config
 
     need_config_or_resume(config, resume)
     say_tracking(config=config if config is not None else resume / "config.yaml")
-    result = run_pipeline(config, run_dir=run_dir, resume=resume, progress=not no_progress)
+    result = run_pipeline(config, run_dir=run_dir, resume=resume, progress=reporter(no_progress))
     print_summary(result)
 
 
@@ -48,7 +49,7 @@ def train(config: Annotated[Optional[Path], typer.Argument(help="Experiment conf
     from modelfoundry.api.training import train as train_pipeline
 
     need_config_or_resume(config, resume)
-    result = train_pipeline(config, run_dir=run_dir, resume=resume, progress=not no_progress)
+    result = train_pipeline(config, run_dir=run_dir, resume=resume, progress=reporter(no_progress))
     print_summary(result)
 
 
@@ -75,7 +76,8 @@ def cv(config: ConfigArg,
     """K-fold cross-validation: train once per fold, print per-fold and mean ± std held-out metrics."""
     from modelfoundry.api.cross_validation import cross_validate
 
-    result = cross_validate(config, folds=folds, stratified=stratified, out=out, progress=not no_progress)
+    result = cross_validate(config, folds=folds, stratified=stratified, out=out,
+                            progress=reporter(no_progress, transient=True))
     print_cv_summary(result)
 
 

@@ -9,6 +9,7 @@ import typer
 
 from modelfoundry.cli.console import friendly_errors
 from modelfoundry.cli.options import ConfigArg, NoProgress, RunDirArg
+from modelfoundry.cli.progress import reporter
 from modelfoundry.cli.render import print_compress_summary, print_tune_summary, say_tracking
 
 
@@ -31,7 +32,7 @@ def tune(config: ConfigArg,
 
     say_tracking(config=config)
     result = tune_study(config, n_trials=n_trials, n_jobs=n_jobs, out=out, storage=storage, resume=resume,
-                        progress=not no_progress)
+                        progress=reporter(no_progress))
     print_tune_summary(result)
 
 
@@ -57,7 +58,7 @@ def compress(model: RunDirArg,
     variants = [v.strip() for v in only.split(",") if v.strip()] if only else None
     say_tracking(config=model / "config.yaml" if model.is_dir() else None)
     result = compress_model(str(model), max_drop=max_drop, prefer=prefer, out=out, variants=variants,
-                            progress=not no_progress)
+                            progress=reporter(no_progress, transient=True))
     print_compress_summary(result)
     refused = refusal(result)
     if refused is not None:

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import torch
 
 from modelfoundry.config import monitor_mode
+from modelfoundry.reporting import Reporter
 from modelfoundry.storage import write_bytes_atomic
 
 
@@ -85,39 +86,23 @@ class MetricsLog:
         self.handle.close()
 
 
-class ProgressDisplay:
-    """A rich progress bar over all optimizer steps, with the live train loss and validation metric.
-
-    Off a terminal (CI logs, pipes) it prints a plain line per epoch instead; when epochs are quick it
-    prints every Nth epoch (about one line per LOG_INTERVAL_S), says so once, and always prints the last.
-    """
+class TrainingProgress:
+    """Training as progress: all optimizer steps, with the live train loss and validation metric (on a `live`
+    reporter, a bar), or else a line per epoch; when epochs are quick, every Nth epoch (about one line per
+    LOG_INTERVAL_S), said once, and always the last."""
 
     LOG_INTERVAL_S = 5.0
 
-    def __init__(self, total_epochs: int, steps_per_epoch: int, start_epoch: int, monitor: str):
-        from rich.console import Console
-
+    def __init__(self, reporter: Reporter, total_epochs: int, steps_per_epoch: int, start_epoch: int, monitor: str):
+        self.reporter = reporter
         self.monitor = monitor
         self.steps_per_epoch = steps_per_epoch
         self.total_epochs = total_epochs
-        console = Console(highlight=False, soft_wrap=True)
-        self.progress = None
-        if not console.is_terminal:
-            self.console, self.every, self.unprinted = console, 0, None
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), refresh_per_second=4,
-                                 transient=False)
-        self.task = self.progress.add_task("train", total=total_epochs * steps_per_epoch,
-                                           completed=start_epoch * steps_per_epoch,
-                                           epoch=f"{start_epoch}/{total_epochs}", stats="")
-        self.progress.start()
+        self.every, self.unprinted = 0, None
+        reporter.start("train", total_epochs * steps_per_epoch, completed=start_epoch * steps_per_epoch)
 
     def on_steps(self, epoch: int, step: int) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, completed=epoch * self.steps_per_epoch + step)
+        self.reporter.advance(epoch * self.steps_per_epoch + step)
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         epoch = record["epoch"]
@@ -125,31 +110,27 @@ class ProgressDisplay:
         if self.monitor != "val_loss" and self.monitor in record:
             stats += f"  {self.monitor} {record[self.monitor]:.4f}"
         line = f"epoch {epoch}/{self.total_epochs}  {stats}"
-        if self.progress is not None:
-            self.progress.update(self.task, completed=epoch * self.steps_per_epoch,
-                                 epoch=f"{epoch}/{self.total_epochs}", stats=stats)
+        if self.reporter.live:
+            self.reporter.advance(epoch * self.steps_per_epoch, status=line)
             return
-        if not self.every:  # the first epoch of this process: printed, and it sets the pace
-            self.console.print(line, markup=False)
+        if not self.every:  # the first epoch of this process: a line, and it sets the pace
+            self.reporter.message(line)
             self.every = line_every(record.get("epoch_s", 0.0), self.LOG_INTERVAL_S)
             if self.every > 1 and epoch < self.total_epochs:
-                self.console.print(f"(epochs take {record['epoch_s']:.2g} s: printing every {ordinal(self.every)} "
-                                   "epoch and the last)", markup=False)
+                self.reporter.message(f"(epochs take {record['epoch_s']:.2g} s: printing every "
+                                      f"{ordinal(self.every)} epoch and the last)")
             self.unprinted = None
         elif epoch % self.every == 0 or epoch == self.total_epochs:
-            self.console.print(line, markup=False)
+            self.reporter.message(line)
             self.unprinted = None
         else:
             self.unprinted = line
 
     def close(self) -> None:
-        if self.progress is not None:
-            done = self.progress.tasks[0].completed
-            self.progress.update(self.task, total=done)  # stopped early: the bar ends full where training ended
-            self.progress.stop()
-        elif self.unprinted is not None:  # stopped early or interrupted between printed epochs: show where
-            self.console.print(self.unprinted, markup=False)
+        if self.unprinted is not None:  # stopped early or interrupted between printed epochs: show where
+            self.reporter.message(self.unprinted)
             self.unprinted = None
+        self.reporter.finish()
 
 
 def line_every(epoch_s: float, interval_s: float) -> int:

@@ -21,8 +21,9 @@ from torch import nn
 
 from modelfoundry.config import TrainingConfig
 from modelfoundry.errors import RunDirError, TrainingError
-from modelfoundry.train.callbacks import (Callback, CheckpointPolicy, EarlyStopping, MetricsLog, ProgressDisplay,
-                                          TensorBoardLogger, save_atomic)
+from modelfoundry.reporting import Reporter, reporter_for
+from modelfoundry.train.callbacks import (Callback, CheckpointPolicy, EarlyStopping, MetricsLog, TensorBoardLogger,
+                                          TrainingProgress, save_atomic)
 from modelfoundry.train.optim import Schedule, build_loss, build_optimizer, decayed_parameters
 from modelfoundry.train.runtime import autocast_dtype, restore_rng_state, rng_state, select_device
 
@@ -47,7 +48,7 @@ class FitResult:
 
 def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cfg: TrainingConfig, *,
         task: str, class_weights: np.ndarray | None = None, target_std: float = 1.0, seed: int = 0,
-        run_dir: Path | None = None, resume: bool = False, progress: bool = True,
+        run_dir: Path | None = None, resume: bool = False, progress: Reporter | bool | None = None,
         val_metrics: Callable[[np.ndarray], dict[str, float]] | None = None,
         callbacks: list[Callback] | None = None,
         train_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> FitResult:
@@ -65,6 +66,9 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
     `train_loss(outputs, targets, rows)` replaces the built loss on the training batches only (knowledge
     distillation passes one): `outputs` as the built loss sees them, (B, n_outputs) or (B,) for regression,
     and `rows` (B,) the positions of the batch in X['train']. Validation keeps the built loss.
+
+    `progress`: a Reporter to report the steps and epochs to (the CLI passes its terminal one); None or a
+    bool: none.
     """
     started = time.perf_counter()
     device = select_device(cfg.device)
@@ -112,7 +116,8 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
         callbacks.append(metrics_log)
         if cfg.tensorboard:
             callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
-    display = ProgressDisplay(cfg.epochs, batches, start_epoch, monitor) if progress else None
+    reporter = reporter_for(progress)  # None: nothing to report to, no work per step for it
+    display = TrainingProgress(reporter, cfg.epochs, batches, start_epoch, monitor) if reporter else None
     if display:
         callbacks.append(display)
     callbacks.extend(extra_callbacks)

@@ -1,5 +1,5 @@
 """Running trials: the objective (one training per trial, pruned on the per-epoch validation metric), the
-worker loop, and the parent that runs workers in this process or in several and shows progress."""
+worker loop, and the parent that runs workers in this process or in several and reports their progress."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from modelfoundry.config import Config, PrunerConfig
 from modelfoundry.errors import FoundryError
 from modelfoundry.experiment import describe, fit_config
+from modelfoundry.reporting import Reporter, reporter_for
 from modelfoundry.tune.study import (budget_callback, counted, open_storage, open_study, quiet_optuna,
                                      recover_stale, retry_attrs, spent, worker_id)
 from modelfoundry.tune.space import grid_size, suggest
@@ -211,8 +212,8 @@ class StudyRun:
     wall_s: float = 0.0
 
 
-def run_study(config: Config, storage_url: str, study_name: str, *, resume: bool, progress: bool,
-              data: PreparedData | None = None) -> StudyRun:
+def run_study(config: Config, storage_url: str, study_name: str, *, resume: bool,
+              progress: Reporter | bool | None, data: PreparedData | None = None) -> StudyRun:
     """Open (or create) the study and run its trials: in this process with one job, else in `tune.n_jobs`
     worker processes sharing the storage, each with its share of the cores."""
     import os
@@ -223,7 +224,8 @@ def run_study(config: Config, storage_url: str, study_name: str, *, resume: bool
     study, created = open_study(config, open_storage(storage_url), study_name, resume=resume, seed=config.seed)
     outcome = StudyRun(study, created, [] if created else recover_stale(study))
     base_seed = (tune.sampler.seed if tune.sampler.seed is not None else config.seed) + 1009 * len(study.trials)
-    display = _Progress(study, tune.n_trials) if progress else None
+    reporter = reporter_for(progress)
+    display = _Progress(reporter, study, tune.n_trials) if reporter else None
     try:
         if tune.n_jobs == 1:
             run_worker(config, storage_url, study_name, base_seed, data=data,
@@ -272,16 +274,11 @@ def _run_processes(config: Config, storage_url: str, study_name: str, base_seed:
 
 
 class _Progress:
-    """A progress bar over the study's trial budget (all workers), with the best value so far."""
+    """The study's trial budget (all workers) as progress, with the pruned and failed counts and the best value."""
 
-    def __init__(self, study: Any, n_trials: int | None):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.study = study
-        self.progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TextColumn("{task.description}"), transient=False)
-        self.task = self.progress.add_task("", total=n_trials)
-        self.progress.start()
+    def __init__(self, reporter: Reporter, study: Any, n_trials: int | None):
+        self.reporter, self.study = reporter, study
+        reporter.start("trials", n_trials)
         self.update(None, None)
 
     def update(self, study: Any, trial: Any) -> None:
@@ -294,9 +291,8 @@ class _Progress:
         if complete:
             best = (min if self.study.direction.name == "MINIMIZE" else max)(t.value for t in complete)
             text += f", best {self.study.user_attrs.get('foundry.metric', 'value')} {best:.4f}"
-        self.progress.update(self.task, completed=len(done), description=text)
+        self.reporter.advance(len(done), status=text)
 
     def close(self) -> None:
         self.update(None, None)
-        self.progress.stop()
-
+        self.reporter.finish()
