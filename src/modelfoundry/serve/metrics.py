@@ -5,6 +5,8 @@
     foundry_inflight_requests (gauge)           foundry_model_info{model,version,alias} = 1
     foundry_input_warnings_total{column,kind}   values the model did not see in training (kind: unseen_category,
                                                 imputed, out_of_range; see data/input_schema.py)
+    foundry_extension_errors_total{extension}   only with server extensions (extensions.py), which add
+    foundry_extension_dropped_total             these two themselves
 
 Each app has its own registry, so several apps (tests) never collide. With several worker processes each
 worker reports its own series (set PROMETHEUS_MULTIPROC_DIR for prometheus-client's multiprocess mode).
