@@ -15,18 +15,21 @@ if TYPE_CHECKING:
     import numpy as np
 
     from modelfoundry.data.prepare import PreparedData
+    from modelfoundry.reporting import Reporter
     from modelfoundry.train.callbacks import Callback
     from modelfoundry.train.loop import FitResult
 
 
 def fit_config(config: Config, data: PreparedData, *, run_dir: Path | None = None, resume: bool = False,
-               progress: bool = True, callbacks: Sequence[Callback] = (), metrics: Iterable[str] = ()) -> FitResult:
+               progress: Reporter | bool | None = None, callbacks: Sequence[Callback] = (),
+               metrics: Iterable[str] = ()) -> FitResult:
     """Seed, build the config's model for `data` and train it.
 
     Args:
         metrics: extra `val_*` names each epoch record must carry (besides the early-stopping monitor),
             e.g. the metric a tuning study optimises.
         callbacks: more per-epoch callbacks (a tuning pruner, ...), called after the built-in ones.
+        progress: a Reporter to report training to; None or a bool: none.
     """
     from modelfoundry.models import build_model
     from modelfoundry.train.loop import fit
