@@ -158,3 +158,26 @@ def test_without_extensions_nothing_is_built_and_metrics_are_unchanged(run_dir, 
 def test_an_object_without_on_batch_is_refused_when_the_app_is_built(run_dir):
     with pytest.raises(ConfigError, match="has no on_batch"):
         create_app(ServeConfig(), RunDirStore(run_dir), extensions=[object()])
+
+
+def test_the_python_serve_verb_passes_extensions_to_a_one_process_server(run_dir, monkeypatch):
+    import uvicorn
+
+    from modelfoundry.api.serving import serve
+    from modelfoundry.errors import ConfigError
+
+    class Seen:
+        def on_batch(self, record):
+            pass
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append((app, options)))
+    extension = Seen()
+    serve(run_dir, extensions=[extension], port=0)
+    (app, options), = started
+    with TestClient(app) as client:  # the app really carries the extension
+        assert client.get("/v2/health/ready").status_code == 200
+        assert app.state.served.extensions is not None
+    with pytest.raises(ConfigError, match="one process, but serve.workers is 2"):
+        serve(run_dir, extensions=[extension], workers=2)
+    assert len(started) == 1  # nothing started for the refused plan

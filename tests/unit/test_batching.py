@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelfoundry.serve.batching import DynamicBatcher, Overloaded
+from modelfoundry.config import ServeConfig
+from modelfoundry.serve.batching import DynamicBatcher as _DynamicBatcher
+from modelfoundry.serve.batching import Overloaded
+
+
+def DynamicBatcher(run, **limits):  # noqa: N802 - the batcher with the serve: section's defaults, some overridden
+    defaults = ServeConfig()
+    keys = ("max_batch_size", "max_latency_ms", "max_queue_size", "queue_timeout_ms")
+    return _DynamicBatcher(run, **{k: limits.pop(k, getattr(defaults, k)) for k in keys}, **limits)
 
 
 def frame(n, start=0):

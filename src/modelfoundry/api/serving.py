@@ -42,9 +42,10 @@ def prepare_server(model: str | Path, overrides: dict[str, Any], uri: str | None
     return ServerPlan(model, uri, settings, store, loaded)
 
 
-def start_server(plan: ServerPlan) -> None:
+def start_server(plan: ServerPlan, extensions: tuple[Any, ...] = ()) -> None:
     """Run uvicorn until it is stopped: the preloaded app in this process, or `settings.workers` processes that
-    each build theirs from the environment."""
+    each build theirs from the environment. `extensions` (serve/extensions.py) see every answered batch; they
+    are Python objects, so they run in a one-process server only."""
     import uvicorn
 
     from modelfoundry.serve.main import ENV_MODEL, ENV_SETTINGS, ENV_URI
@@ -55,13 +56,19 @@ def start_server(plan: ServerPlan) -> None:
     if settings.workers == 1:
         from modelfoundry.serve.app import create_app
 
-        uvicorn.run(create_app(settings, plan.store, preloaded=plan.loaded), **options)
+        uvicorn.run(create_app(settings, plan.store, preloaded=plan.loaded, extensions=extensions), **options)
         return
+    if extensions:
+        from modelfoundry.errors import ConfigError
+
+        raise ConfigError(f"Server extensions run in one process, but serve.workers is {settings.workers}.",
+                          "Serve with workers: 1 (run replicas behind a load balancer to scale out).")
     os.environ.update({ENV_MODEL: plan.model, ENV_URI: plan.uri or "", ENV_SETTINGS: settings.model_dump_json()})
     uvicorn.run("modelfoundry.serve.main:build", factory=True, workers=settings.workers, **options)
 
 
-def serve(model: str | Path, *, uri: str | None = None, **overrides: Any) -> None:
+def serve(model: str | Path, *, uri: str | None = None, extensions: tuple[Any, ...] = (), **overrides: Any) -> None:
     """Serve a model over HTTP (Open Inference Protocol v2 and POST /predict) until stopped; `overrides` are
-    serve: keys (host, port, workers, backend, max_batch_size, ...)."""
-    start_server(prepare_server(model, overrides, uri))
+    serve: keys (host, port, workers, backend, max_batch_size, ...); `extensions` objects with an
+    `on_batch(record)` method (serve/extensions.py) that see every answered batch, off the request path."""
+    start_server(prepare_server(model, overrides, uri), tuple(extensions))

@@ -84,8 +84,10 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
         gc.freeze()  # the loaded model and libraries are long-lived: keep them out of every collection
         gc.set_threshold(50_000, 50, 100)  # per-request garbage is short-lived; collect it less often
         if settings.batching:
-            served.batcher = DynamicBatcher(served.run_batch, settings.max_batch_size, settings.max_latency_ms,
-                                            settings.max_queue_size, settings.queue_timeout_ms, metrics.observe_batch)
+            served.batcher = DynamicBatcher(served.run_batch, max_batch_size=settings.max_batch_size,
+                                            max_latency_ms=settings.max_latency_ms,
+                                            max_queue_size=settings.max_queue_size,
+                                            queue_timeout_ms=settings.queue_timeout_ms, observe=metrics.observe_batch)
             served.batcher.start()
         if hooks:
             hooks.start()

@@ -32,9 +32,9 @@ BatchRunner = Callable[[list[Any]], Awaitable[tuple[list[np.ndarray], Any]]]
 
 
 class DynamicBatcher:
-    def __init__(self, run: BatchRunner, max_batch_size: int = 64, max_latency_ms: float = 5.0,
-                 max_queue_size: int = 1024, queue_timeout_ms: float = 1000.0,
-                 observe: Callable[[int, list[float]], None] | None = None):
+    def __init__(self, run: BatchRunner, *, max_batch_size: int, max_latency_ms: float, max_queue_size: int,
+                 queue_timeout_ms: float, observe: Callable[[int, list[float]], None] | None = None):
+        """The limits are the `serve:` section's (config/serve.py holds their defaults, once)."""
         self.run = run
         self.max_batch_size = max_batch_size
         self.max_latency_s = max_latency_ms / 1000
