@@ -92,7 +92,7 @@ print(metrics)
 
 def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
     start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd[:4])} ... failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")

@@ -65,8 +65,8 @@ def test_broken_input_gives_a_clean_error(tmp_path, case):
     result = runner.invoke(app, ["run", str(path), "--run-dir", str(tmp_path / "run"), "--no-progress"])
     assert result.exit_code == code, result.output
     assert "Error:" in result.output and expected in result.output, result.output
-    assert "Traceback" not in result.output and not isinstance(result.exception, Exception) or \
-        isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
 
 
 def test_bad_run_dirs_and_prediction_inputs(tmp_path):
