@@ -8,20 +8,19 @@ import json
 import re
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from modelfoundry.cli import app
-from modelfoundry.config import load_config
-from modelfoundry.data.sources import load_source
 from modelfoundry.api.compression import compress
 from modelfoundry.api.evaluation import evaluate
 from modelfoundry.api.exporting import export
 from modelfoundry.api.prediction import predict
 from modelfoundry.api.training import run
+from modelfoundry.cli import app
+from modelfoundry.config import load_config
+from modelfoundry.data.sources import load_source
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow  # each test compresses a trained model: seconds to tens of seconds
@@ -136,26 +135,30 @@ def test_bad_options_are_refused_before_any_work(parent, tmp_path):
 
 
 def test_agreement_is_reported_for_every_measured_variant(result):
-    for entry in result.variants:
-        if entry["error"] is None:
-            assert entry["agreement"] is not None and 0.0 <= entry["agreement"] <= 1.0, entry["name"]
+    measured = [entry for entry in result.variants if entry["error"] is None]
+    assert len(measured) >= 5, [(e["name"], e["error"]) for e in result.variants]  # not vacuous: most were measured
+    for entry in measured:
+        assert entry["agreement"] is not None and 0.0 <= entry["agreement"] <= 1.0, entry["name"]
 
 
 def test_predictions_of_an_onnx_variant_come_from_its_graph(result, tmp_path):
     """An int8/fp16 variant's model.json says runtime onnx, and evaluate/predict run that graph."""
+    from modelfoundry.models.inference import predict_outputs
+    from modelfoundry.models.onnx_graph import ort_session
     from modelfoundry.rundir import load_model
 
     spec = json.loads((result.model_dir / "model" / "model.json").read_text())
+    # prefer=size: an fp16/int8 graph (alone or stacked on pruning) is smaller than any torch variant
+    assert spec.get("runtime") == "onnx", (result.chosen["name"], spec)
     saved = load_model(result.model_dir)
-    if spec.get("runtime") == "onnx":
-        assert type(saved.model).__name__ == "OnnxGraph"
-        assert not (result.model_dir / "model" / "weights.pt").exists()
-    X = np.zeros((3, *spec["input_shape"]), dtype=np.float32)
-    from modelfoundry.models.inference import predict_outputs
-
+    assert type(saved.model).__name__ == "OnnxGraph"
+    assert not (result.model_dir / "model" / "weights.pt").exists()
+    X = np.random.default_rng(0).normal(size=(3, *spec["input_shape"])).astype(np.float32)
     proba = predict_outputs(saved.model, X, "classification")
     assert proba.shape == (3, 2) and np.allclose(proba.sum(1), 1.0, atol=1e-4)
-    assert isinstance(pd.DataFrame(proba), pd.DataFrame)
+    session = ort_session(result.model_dir / "model" / "onnx" / "model.onnx")
+    graph = session.run(None, {session.get_inputs()[0].name: X})[0]
+    assert np.allclose(proba, graph, atol=1e-5)  # what predict returns is what the saved graph computes
 
 
 def _paths(tree, key=""):
