@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from typing import Any
 
 import numpy as np
@@ -37,28 +36,12 @@ def seed_everything(seed: int, deterministic: bool) -> dict[str, Any]:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        if not (torch.are_deterministic_algorithms_enabled()
+        if not (torch.are_deterministic_algorithms_enabled()  # setting it costs ~50 ms, once per trial or fold
                 and torch.is_deterministic_algorithms_warn_only_enabled()):
-            _deterministic_algorithms()
+            torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     return determinism_flags()
-
-
-def _deterministic_algorithms() -> None:
-    """torch.use_deterministic_algorithms(True, warn_only=True) without its import of torch._inductor (~1.3 s,
-    most of `foundry run`'s fixed cost on small data): the flag goes to torch directly, and inductor (only
-    used if something compiles later) is told through the variable its config reads when it is imported."""
-    inductor = sys.modules.get("torch._inductor.config")
-    if inductor is not None:
-        inductor.deterministic = True
-    else:
-        os.environ["TORCHINDUCTOR_DETERMINISTIC"] = "1"
-    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
-    if setter is None:  # a torch without the private setter: the public call, import and all
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        setter(True, warn_only=True)
 
 
 def determinism_flags() -> dict[str, Any]:
