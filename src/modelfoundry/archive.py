@@ -24,6 +24,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import TrackingConfig
 from modelfoundry.errors import FoundryError, RegistryError, first_line
 from modelfoundry.redact import redact
@@ -39,7 +40,7 @@ MAX_TOTAL_BYTES = 4 * 1024**3  # the whole archive, unpacked
 MAX_MANIFEST_BYTES = 4 * 1024**2
 MAX_MEMBERS = 10_000
 MAX_ENTRIES = 2_000  # tags, params or metrics in the manifest
-WEIGHTS = "model/weights.pt"  # the one file holding a pickle, read with torch.load(weights_only=True)
+WEIGHTS = RunDir.WEIGHTS  # the one file holding a pickle, read with torch.load(weights_only=True)
 CODE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".dill", ".pt", ".pth", ".ckpt", ".bin", ".npy", ".npz", ".py",
                  ".pyc", ".so", ".dll", ".dylib", ".sh", ".exe")
 FIELDS = {"format": int, "name": str, "version": str, "tags": dict, "metrics": dict, "params": dict, "aliases": list,
@@ -203,7 +204,7 @@ def _member_problems(members: list[tarfile.TarInfo]) -> list[str]:
             kind = "a link" if m.issym() or m.islnk() else "a device or special file"
             problems.append(f"{m.name} is {kind}")
             continue
-        if parts[-1] == "preprocess.pkl":
+        if parts[-1] == RunDir.LEGACY_PREPROCESS:
             problems.append(f"{m.name} is pickled preprocessing (modelfoundry 0.1), which could run code when "
                             "loaded; `foundry migrate` the run directory it came from and export it again")
         elif m.isreg() and "/".join(parts[1:]) != WEIGHTS and m.name.lower().endswith(CODE_SUFFIXES):

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelfoundry.artifacts.rundir import ExportDir, RunDir
 from modelfoundry.errors import ConfigError, ExportError, RunDirError, first_line
 from modelfoundry.storage import read_json, write_json
 
@@ -87,7 +88,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, toler
         raise ExportError(f"There are no rows to check the export of {saved.run_dir} on.",
                           "Pass rows with parity_rows, or give the run a non-empty test split.")
     desc = describe_preprocessor(saved.preprocessor, saved.target_encoder, saved.spec["target"])
-    out = Path(out_dir) if out_dir is not None else saved.run_dir / "model" / "onnx"
+    out = Path(out_dir) if out_dir is not None else RunDir(saved.run_dir).onnx_dir
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))  # same filesystem, so os.replace is atomic
@@ -100,7 +101,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, toler
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ExportResult(out, out / "model.onnx", metadata["parity"]["max_abs_diff"],
+    return ExportResult(out, ExportDir(out).graph, metadata["parity"]["max_abs_diff"],
                         metadata["parity"]["rows_checked"], metadata["input"]["name"], metadata["output"]["name"],
                         metadata["exporter"], metadata["opset"], tolerance, metadata["files"],
                         time.perf_counter() - started)
@@ -118,7 +119,7 @@ class OnnxPredictor:
 
     @classmethod
     def open(cls, directory: Path, preprocess: dict[str, Any], metadata: dict[str, Any]) -> OnnxPredictor:
-        session = _session(directory / "model.onnx")
+        session = _session(ExportDir(directory).graph)
         return cls(session, preprocess, metadata, session.get_inputs()[0].name, session.get_outputs()[0].name)
 
     @property
@@ -149,26 +150,26 @@ class OnnxPredictor:
 
 def load_onnx_predictor(out_dir: str | Path) -> OnnxPredictor:
     """Open an export made by `export_onnx` (model.onnx, preprocess.json, export.json) for inference."""
-    out = Path(out_dir)
-    missing = [name for name in ("export.json", "preprocess.json", "model.onnx") if not (out / name).is_file()]
+    out = ExportDir(out_dir)
+    missing = [path.name for path in (out.record, out.preprocess, out.graph) if not path.is_file()]
     if missing:
-        raise RunDirError(f"'{out}' holds no complete ONNX export (missing {', '.join(missing)}).",
+        raise RunDirError(f"'{out.path}' holds no complete ONNX export (missing {', '.join(missing)}).",
                           "Export the run first: `foundry export RUN_DIR --format onnx`.")
-    return OnnxPredictor.open(out, read_json(out / "preprocess.json"), read_json(out / "export.json"))
+    return OnnxPredictor.open(out.path, read_json(out.preprocess), read_json(out.record))
 
 
 # ---------------------------------------------------------------------------------------------- internals
 def _copy_graph(saved: SavedModel, out: Path | None, started: float) -> ExportResult:
     """Export of a model whose runtime is ONNX: its graph, sidecar and export.json, copied as they are."""
-    source = saved.run_dir / "model" / "onnx"
-    meta = read_json(source / "export.json")
+    source = RunDir(saved.run_dir).onnx_dir
+    meta = read_json(ExportDir(source).record)
     if out is not None and out.resolve() != source.resolve():
         out.mkdir(parents=True, exist_ok=True)
         for name in meta["files"]:
             shutil.copyfile(source / name, out / name)
     target = out or source
     parity = meta.get("parity", {})
-    return ExportResult(target, target / "model.onnx", parity.get("max_abs_diff", 0.0), parity.get("rows_checked", 0),
+    return ExportResult(target, ExportDir(target).graph, parity.get("max_abs_diff", 0.0), parity.get("rows_checked", 0),
                         meta["input"]["name"], meta["output"]["name"], meta["exporter"], meta["opset"],
                         parity.get("tolerance", 0.0), meta["files"], time.perf_counter() - started)
 
@@ -177,16 +178,16 @@ def _stage(saved: SavedModel, desc: dict[str, Any], rows: pd.DataFrame, staging:
            opset: int | None) -> dict[str, Any]:
     """Export, write preprocess.json, check parity and write export.json, all inside `staging`."""
     output_name = "probabilities" if saved.task == "classification" else "prediction"
-    exporter = _export_model(_exportable(saved), tuple(saved.spec["input_shape"]), staging / "model.onnx",
-                             output_name, opset)
-    _check_onnx(staging / "model.onnx")
-    write_json(staging / "preprocess.json", desc)
-    predictor = OnnxPredictor.open(staging, read_json(staging / "preprocess.json"), {})
+    staged = ExportDir(staging)
+    exporter = _export_model(_exportable(saved), tuple(saved.spec["input_shape"]), staged.graph, output_name, opset)
+    _check_onnx(staged.graph)
+    write_json(staged.preprocess, desc)
+    predictor = OnnxPredictor.open(staging, read_json(staged.preprocess), {})
     parity = _parity(saved, predictor, rows, tolerance)
-    weights = sorted(p.name for p in staging.iterdir() if p.name not in ("model.onnx", "preprocess.json"))
-    files = [*weights, "model.onnx", "preprocess.json", "export.json"]  # the order they are published in
-    metadata = _metadata(saved, predictor, staging / "model.onnx", exporter, parity, tolerance, files)
-    write_json(staging / "export.json", metadata)
+    weights = sorted(p.name for p in staging.iterdir() if p.name not in (ExportDir.GRAPH, ExportDir.PREPROCESS))
+    files = [*weights, ExportDir.GRAPH, ExportDir.PREPROCESS, ExportDir.RECORD]  # the order they are published in
+    metadata = _metadata(saved, predictor, staged.graph, exporter, parity, tolerance, files)
+    write_json(staged.record, metadata)
     return metadata
 
 
@@ -290,7 +291,7 @@ def _test_rows(saved: SavedModel) -> pd.DataFrame:
     """The raw rows of the run's test split, rebuilt from its source (checked unchanged by fingerprint)."""
     from modelfoundry.data.prepare import rebuild_splits
 
-    recorded = read_json(saved.run_dir / "data.json")["fingerprint"]["sha256"]
+    recorded = read_json(RunDir(saved.run_dir).data_record)["fingerprint"]["sha256"]
     return rebuild_splits(saved.config.data, saved.config.seed, recorded, saved.run_dir)["test"]
 
 
@@ -324,8 +325,9 @@ def _metadata(saved: SavedModel, predictor: OnnxPredictor, onnx_path: Path, expo
 
 def _publish(staging: Path, out: Path, files: list[str]) -> None:
     """Move the staged files into `out` (weights, model, preprocessing): old export.json out first, new in last."""
-    previous = read_json(out / "export.json").get("files", []) if (out / "export.json").is_file() else []
-    (out / "export.json").unlink(missing_ok=True)
+    record = ExportDir(out).record
+    previous = read_json(record).get("files", []) if record.is_file() else []
+    record.unlink(missing_ok=True)
     for name in files:  # export.json is the last of them
         os.replace(staging / name, out / name)
     for name in set(previous) - set(files):  # e.g. a model.onnx.data the new export no longer needs

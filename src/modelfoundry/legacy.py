@@ -70,11 +70,12 @@ def migrate_run_dir(run_dir: str | Path) -> Path:
 
     from modelfoundry.data.portable import describe_preprocessor
     from modelfoundry.data.transform import Preprocessor, TargetEncoder
+    from modelfoundry.artifacts.rundir import RunDir
     from modelfoundry.rundir import LEGACY_PREPROCESS, PREPROCESS, read_record
     from modelfoundry.storage import write_bytes_atomic
 
     run_dir = Path(run_dir)
-    legacy, target = run_dir / LEGACY_PREPROCESS, run_dir / PREPROCESS
+    legacy, target = RunDir(run_dir).legacy_preprocess, RunDir(run_dir).preprocess
     if target.is_file():
         raise RunDirError(f"'{run_dir}' already has {PREPROCESS}; there is nothing to migrate.",
                           f"Use it as it is: `foundry evaluate {run_dir}`.")
@@ -89,7 +90,7 @@ def migrate_run_dir(run_dir: str | Path) -> Path:
         pre.groups_ = [[spec] for spec in pre.specs]
         pre.step_names_ = [spec.name for spec in pre.specs]
         pre.ranges_ = {}  # 0.1 did not record training ranges: no out-of-range warnings for this model
-    spec_path = run_dir / "model" / "model.json"
+    spec_path = RunDir(run_dir).model_record
     column = read_record(spec_path, run_dir).get("target") if spec_path.is_file() else None
     desc = describe_preprocessor(pre, encoder, column)
     write_bytes_atomic(target, (json.dumps(desc, indent=1) + "\n").encode(), durable=True)

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.errors import ModelNotFound, RegistryError
 from modelfoundry.redact import redact
 from modelfoundry.tracking import client, flatten, reaching_store
@@ -117,7 +118,7 @@ def download(ref: str, uri: str | None = None, dst: Path | None = None) -> Path:
     name, version, alias = parse_ref(ref)
     v = find_version(mlf, name, version, alias) if version or alias else _latest(mlf, name)
     target = dst or Path(".foundry-cache") / name / str(v.version)
-    if not (target / "model" / "model.json").is_file():  # download beside it, then rename: never half a copy
+    if not RunDir(target).model_record.is_file():  # download beside it, then rename: never half a copy
         import shutil
         import tempfile
 
@@ -128,7 +129,7 @@ def download(ref: str, uri: str | None = None, dst: Path | None = None) -> Path:
         try:
             os.replace(local, target)
         except OSError:  # another process (a second server worker) finished the same download first
-            if not (target / "model" / "model.json").is_file():
+            if not RunDir(target).model_record.is_file():
                 raise
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -232,7 +233,7 @@ def diff(name: str, v1: str, v2: str, uri: str | None = None) -> dict[str, Any]:
     for version in (v1, v2):
         found = find_version(mlf, name, str(version), None)
         info = _version_info(mlf, found)
-        config_text = _artifact_text(found.source, "config.yaml")
+        config_text = _artifact_text(found.source, RunDir.CONFIG)
         configs.append({k: redact(v) if isinstance(v, str) else v
                         for k, v in flatten(yaml.safe_load(config_text)).items()} if config_text else {})
         metrics.append(info["metrics"])

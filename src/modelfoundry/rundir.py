@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import Config, dump_config, load_config
 from modelfoundry.errors import RunDirError, first_line
 from modelfoundry.storage import read_json, write_bytes_atomic, write_json, write_text
@@ -45,18 +46,18 @@ def plan_run_dir(config: Config, run_dir: str | Path | None = None) -> Path:
         root = Path(run_dir)
         if root.exists() and not root.is_dir():
             raise RunDirError(f"Run directory '{root}' is a file, not a directory.", "Pick a new --run-dir.")
-        if (root / "model").exists() or (root / "checkpoints" / "last.pt").exists():
+        if RunDir(root).model_dir.exists() or RunDir(root).last_checkpoint.exists():
             raise RunDirError(f"Run directory '{root}' already holds a run.",
                               f"Pick a new --run-dir, or continue it with `foundry run --resume {root}`.")
     return root
 
 
 def save_config(run_dir: Path, config: Config) -> None:
-    write_text(run_dir / "config.yaml", dump_config(config))
+    write_text(RunDir(run_dir).config, dump_config(config))
 
 
 def load_run_config(run_dir: Path) -> Config:
-    path = Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     if not path.is_file():
         why = ("it has no config.yaml" if Path(run_dir).is_dir() else
                "it is a file" if Path(run_dir).exists() else "it does not exist")
@@ -65,8 +66,8 @@ def load_run_config(run_dir: Path) -> Config:
     return load_config(path)
 
 
-PREPROCESS = "preprocess.json"
-LEGACY_PREPROCESS = "preprocess.pkl"
+PREPROCESS = RunDir.PREPROCESS
+LEGACY_PREPROCESS = RunDir.LEGACY_PREPROCESS
 
 
 def save_model(run_dir: Path, model: Any, spec: dict[str, Any], preprocessor: Any, target_encoder: Any) -> None:
@@ -80,9 +81,10 @@ def save_model(run_dir: Path, model: Any, spec: dict[str, Any], preprocessor: An
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
     desc = describe_preprocessor(preprocessor, target_encoder, spec.get("target"))
-    write_bytes_atomic(run_dir / PREPROCESS, (json.dumps(desc, indent=1) + "\n").encode(), durable=True)
-    write_bytes_atomic(run_dir / "model" / "weights.pt", buffer.getvalue(), durable=True)
-    write_json(run_dir / "model" / "model.json", {"format": FORMAT_VERSION, **spec})
+    layout = RunDir(run_dir)
+    write_bytes_atomic(layout.preprocess, (json.dumps(desc, indent=1) + "\n").encode(), durable=True)
+    write_bytes_atomic(layout.weights, buffer.getvalue(), durable=True)
+    write_json(layout.model_record, {"format": FORMAT_VERSION, **spec})
 
 
 @dataclass
@@ -112,21 +114,22 @@ def load_model(run_dir: str | Path) -> SavedModel:
         what = "is a file, not a run directory" if run_dir.exists() else "does not exist"
         raise RunDirError(f"Run directory '{run_dir}' {what}.", "List runs with `ls runs/`.")
     config = load_run_config(run_dir)
-    spec_path = run_dir / "model" / "model.json"
+    layout = RunDir(run_dir)
+    spec_path = layout.model_record
     spec = read_record(spec_path, run_dir) if spec_path.is_file() else {}
     runtime = spec.get("runtime")
-    weights = run_dir / "model" / ("onnx/model.onnx" if runtime == "onnx" else "weights.pt")
-    if not (run_dir / PREPROCESS).is_file() and (run_dir / LEGACY_PREPROCESS).is_file():
+    weights = layout.export.graph if runtime == "onnx" else layout.weights
+    if not layout.preprocess.is_file() and layout.legacy_preprocess.is_file():
         raise RunDirError(f"'{run_dir}' stores its preprocessing as a pickle ({LEGACY_PREPROCESS}, made by "
                           "modelfoundry 0.1), which could execute code when loaded, so it is not loaded.",
                           f"Convert it once with `foundry migrate {run_dir}` (it reads the pickle without running "
                           "it and writes preprocess.json).")
-    needed = [weights, spec_path, run_dir / PREPROCESS]
+    needed = [weights, spec_path, layout.preprocess]
     missing = [str(p.relative_to(run_dir)) for p in needed if not p.is_file()]
     if missing:
         raise RunDirError(f"Run directory '{run_dir}' has no trained model (missing {', '.join(missing)}).",
                           f"Finish training first: `foundry run --resume {run_dir}`.")
-    preprocessor, target_encoder = load_preprocessing(run_dir / PREPROCESS, run_dir)
+    preprocessor, target_encoder = load_preprocessing(layout.preprocess, run_dir)
     if runtime == "onnx":  # a compressed (int8, fp16) graph: evaluate and predict run what is served
         from modelfoundry.models.onnx_graph import OnnxGraph
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import Config, TrackingConfig, config_hash
 from modelfoundry.errors import FoundryError, RegistryError, first_line
 from modelfoundry.redact import redact
@@ -34,8 +35,8 @@ HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETR
 DRIVERS = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "pymysql": "pymysql",
            "MySQLdb": "mysqlclient", "pyodbc": "pyodbc", "pymssql": "pymssql", "boto3": "boto3",
            "google": "google-cloud-storage", "azure": "azure-storage-blob"}
-LOGGED_FILES = ("config.yaml", "data.json", "manifest.json", "preprocess.json", "metrics.jsonl")
-LOGGED_DIRS = ("model", "eval")
+LOGGED_FILES = RunDir.FILES  # config.yaml data.json manifest.json preprocess.json metrics.jsonl
+LOGGED_DIRS = RunDir.DIRS  # model/ eval/
 
 
 def resolve_uri(uri: str | None = None) -> str:
@@ -144,7 +145,7 @@ def log_run(run_dir: Path, config: Config, metrics: dict[str, float], *, parent_
     run_id = run.info.run_id
     now = int(time.time() * 1000)
     params = [Param(_param_key(k), redact(v)[:500]) for k, v in flatten(config.model_dump(mode="json")).items()]
-    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    epochs = [json.loads(line) for line in RunDir(run_dir).metrics_log.read_text().splitlines() if line.strip()]
     series = [Metric(k, float(v), now, r["epoch"]) for r in epochs for k, v in r.items()
               if k != "epoch" and isinstance(v, (int, float))]
     series += [Metric(f"test_{k}", float(v), now, 0) for k, v in metrics.items()]
@@ -243,11 +244,11 @@ def register(mlf: Any, name: str, source: str, run_id: str, tags: dict[str, str]
 
 
 def _lineage(run_dir: Path, config: Config, parent_version: str | None) -> dict[str, str]:
-    manifest = read_json(run_dir / "manifest.json")
+    manifest = read_json(RunDir(run_dir).manifest)
     git = manifest.get("git") or {}
     tags = {"foundry.config_hash": config_hash(config), "foundry.data_sha256": manifest["dataset"]["sha256"],
             "foundry.run_dir": str(Path(run_dir).resolve()), "foundry.model": config.model.name,
-            "foundry.task": read_json(run_dir / "model" / "model.json")["task"]}
+            "foundry.task": read_json(RunDir(run_dir).model_record)["task"]}
     if git.get("commit"):
         tags["foundry.git_commit"] = git["commit"] + ("-dirty" if git.get("dirty") else "")
     if parent_version:

@@ -44,7 +44,7 @@ ALLOWED = {
             "tracking", "export", "serve"},
     "cli": {"api", "data", "rundir", "registry", "tracking", "archive", "serve", "compress", "legacy"},
 }
-BASE = {"config", "errors", "storage", "redact", "reporting"}
+BASE = {"config", "errors", "storage", "redact", "reporting", "artifacts"}  # artifacts: run-directory paths and records
 # `from modelfoundry import run` goes through the package's lazy public API, which composes api/
 ROOT_NAMES_PART = "api"
 HEAVY = {"torch", "pandas", "sklearn", "scipy", "mlflow", "optuna", "onnx", "onnxruntime", "fastapi", "uvicorn",

@@ -50,3 +50,19 @@ def test_a_format_1_run_evaluates_predicts_exports_and_serves(format_1_run, tmp_
         body = client.post("/predict", json={"records": rows.to_dict(orient="records")}).json()
     assert body["model"] == "iris-format-1"
     assert body["predictions"] == expected.prediction.tolist()
+
+
+def test_the_layout_names_every_file_of_a_format_1_run():
+    from modelfoundry.artifacts.rundir import RunDir
+
+    layout = RunDir(FORMAT_1)
+    files = {p.relative_to(FORMAT_1).as_posix() for p in FORMAT_1.rglob("*") if p.is_file()} - {"README.md"}
+    named = {layout.config, layout.data_record, layout.manifest, layout.preprocess, layout.metrics_log,
+             layout.best_checkpoint, layout.weights, layout.model_record, layout.eval_metrics, layout.report}
+    assert {p.relative_to(FORMAT_1).as_posix() for p in named} <= files
+    assert files - {p.relative_to(FORMAT_1).as_posix() for p in named} == {
+        "eval/confusion_matrix.json", "eval/errors.json"}  # the evaluation's own outputs, under eval_dir
+    assert layout.last_checkpoint == FORMAT_1 / "checkpoints" / "last.pt"
+    assert layout.export.graph == FORMAT_1 / "model" / "onnx" / "model.onnx"
+    assert layout.export.record == layout.onnx_dir / "export.json"
+    assert RunDir(str(FORMAT_1)) == layout  # a str or a Path: the same run directory

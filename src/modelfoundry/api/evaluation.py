@@ -8,6 +8,7 @@ from typing import Any
 
 from modelfoundry.api.arguments import model_dir
 from modelfoundry.api.results import RunResult
+from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.errors import DataError
 from modelfoundry.storage import read_json
 
@@ -36,8 +37,8 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Pat
         baselines = baseline_metrics(saved.task, splits["X"], splits["y"], n_classes, saved.target_encoder.decode,
                                      cfg.evaluation.top_k)
         split = "test split"
-        kept = saved.run_dir / "eval" / "report.md"  # the run's own report (learning curves, best epoch): kept
-        out_dir = Path(out or saved.run_dir / ("eval-test-split" if kept.is_file() else "eval"))
+        layout = RunDir(saved.run_dir)  # the run's own report (learning curves, best epoch) is kept
+        out_dir = Path(out or (layout.reeval_dir if layout.report.is_file() else layout.eval_dir))
         facts = {"run": str(saved.run_dir), "model": cfg.model.name, "task": saved.task, "rows (test)": len(y)}
         if saved.spec.get("best_epoch"):
             facts["best epoch"] = saved.spec["best_epoch"]
@@ -60,7 +61,7 @@ def reload_splits(saved: Any) -> dict[str, dict[str, Any]]:
     from modelfoundry.data.prepare import rebuild_splits
 
     cfg = saved.config
-    recorded = read_json(saved.run_dir / "data.json")["fingerprint"]["sha256"]
+    recorded = read_json(RunDir(saved.run_dir).data_record)["fingerprint"]["sha256"]
     out: dict[str, dict[str, Any]] = {"X": {}, "y": {}, "rows": {}}
     for name, part in rebuild_splits(cfg.data, cfg.seed, recorded, saved.run_dir).items():
         out["X"][name] = saved.preprocessor.transform(part, f"the {name} split")
@@ -89,7 +90,7 @@ def _labelled_file(saved: Any, path: Path) -> tuple[Any, Any, Any]:
 def _history(run_dir: Path) -> list[dict[str, Any]]:
     import json
 
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics_log
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelfoundry.api.resume import REGISTERED
+from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import Config
 from modelfoundry.storage import write_json
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def register_run(result: RunResult, config: Config) -> None:
     """Log and register the run (idempotent per run), and note it in the run directory for later resumes."""
     result.extras["registry"] = track_run(result.run_dir, config, result.metrics)
-    write_json(result.run_dir / REGISTERED, {k: result.extras["registry"].get(k)
+    write_json(RunDir(result.run_dir).registered, {k: result.extras["registry"].get(k)
                                              for k in ("model", "version", "run_id", "experiment")})
 
 

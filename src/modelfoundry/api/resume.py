@@ -6,26 +6,26 @@ from pathlib import Path
 from typing import Any
 
 from modelfoundry.api.results import RunResult
+from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import Config
 from modelfoundry.errors import RunDirError
 from modelfoundry.storage import read_json
 
 
-REGISTERED = "registered.json"  # written once `run` has logged and registered the run
+REGISTERED = RunDir.REGISTERED  # written once `run` has logged and registered the run
 
 
 def finished_checkpoint(run_path: Path, config: Config) -> dict[str, Any] | None:
     """The state of the run's last checkpoint if its training ended (last epoch or early stopping), else None."""
     from modelfoundry.train.loop import checkpoint_finished, load_checkpoint
 
-    state = load_checkpoint(run_path / "checkpoints" / "last.pt")
+    state = load_checkpoint(RunDir(run_path).last_checkpoint)
     return state if checkpoint_finished(state, config.training) else None
 
 
 def model_saved(run_path: Path) -> bool:
-    from modelfoundry.rundir import PREPROCESS
-
-    return all((run_path / p).is_file() for p in ("model/weights.pt", "model/model.json", PREPROCESS))
+    layout = RunDir(run_path)
+    return all(p.is_file() for p in (layout.weights, layout.model_record, layout.preprocess))
 
 
 def completed_run(run_path: Path, *, evaluated: bool) -> RunResult | None:
@@ -41,12 +41,13 @@ def completed_run(run_path: Path, *, evaluated: bool) -> RunResult | None:
     state = finished_checkpoint(run_path, config)
     if state is None:
         return None
-    registered = run_path / REGISTERED
-    if evaluated and not (run_path / "eval" / "metrics.json").is_file():
+    layout = RunDir(run_path)
+    registered = layout.registered
+    if evaluated and not layout.eval_metrics.is_file():
         return None
-    task = read_record(run_path / "model" / "model.json", run_path)["task"]
+    task = read_record(layout.model_record, run_path)["task"]
     stopping = state["early_stopping"]
-    metrics = read_json(run_path / "eval" / "metrics.json") if evaluated else {}
+    metrics = read_json(layout.eval_metrics) if evaluated else {}
     result = RunResult(run_path, task, metrics, headline(task, config.evaluation.metrics, metrics) if metrics else [],
                        stopping["best_epoch"], len(state["history"]), config.training.early_stopping.monitor
                        if config.training.early_stopping else "val_loss", stopping["best"],
@@ -60,7 +61,7 @@ def completed_run(run_path: Path, *, evaluated: bool) -> RunResult | None:
 
 
 def check_same_data(run_path: Path, info: dict[str, Any]) -> None:
-    recorded = read_json(run_path / "data.json")["fingerprint"]["sha256"]
+    recorded = read_json(RunDir(run_path).data_record)["fingerprint"]["sha256"]
     if recorded != info["fingerprint"]["sha256"]:
         raise RunDirError(f"The data of {run_path} changed since the run started (fingerprint {recorded[:12]} then,"
                           f" {info['fingerprint']['sha256'][:12]} now); resuming would mix two datasets.",

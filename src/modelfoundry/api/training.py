@@ -12,6 +12,7 @@ from modelfoundry.api.arguments import as_config
 from modelfoundry.api.registration import register_run
 from modelfoundry.api.results import RunResult
 from modelfoundry.api.resume import check_same_data, completed_run, finished_checkpoint, model_saved
+from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import Config, check_task, config_hash
 from modelfoundry.errors import first_line
 from modelfoundry.storage import write_json
@@ -97,10 +98,10 @@ def _train(config: Any, run_dir: Any, resume: Any,
     try:
         run_path.mkdir(parents=True, exist_ok=True)
         save_config(run_path, config)
-        write_json(run_path / "data.json", data.info)
+        write_json(RunDir(run_path).data_record, data.info)
         return _fit_and_save(config, data, run_path, False, False, progress)
     except Exception:
-        if created and not (run_path / "checkpoints" / "last.pt").exists():  # nothing to resume: leave no husk
+        if created and not RunDir(run_path).last_checkpoint.exists():  # nothing to resume: leave no husk
             shutil.rmtree(run_path, ignore_errors=True)
         raise
 
@@ -114,7 +115,7 @@ def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bo
 
     determinism = seed_everything(config.seed, config.training.deterministic)
     if not finished_before:  # a finished run keeps the manifest of the process that trained it
-        write_json(run_path / "manifest.json", build_manifest(
+        write_json(RunDir(run_path).manifest, build_manifest(
             seed=config.seed, split_seed=data.info["split"]["seed"],
             device=str(select_device(config.training.device)), determinism=determinism,
             config_hash=config_hash(config), fingerprint=data.info["fingerprint"], project_dir=Path.cwd()))
@@ -151,7 +152,7 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult,
              "best epoch": f"{fit_result.best_epoch} of {len(fit_result.history)} ({fit_result.monitor} = "
                            f"{fit_result.best_value:.4f})" if fit_result.best_value is not None else "-"}
     metrics = evaluate_outputs(task=data.task, y_true=data.y["test"], output=output, rows=data.rows["test"],
-                               target_encoder=data.target_encoder, cfg=config.evaluation, out_dir=run_path / "eval",
+                               target_encoder=data.target_encoder, cfg=config.evaluation, out_dir=RunDir(run_path).eval_dir,
                                history=fit_result.history, baselines=baselines, title=f"{config.name}: test split",
                                facts=facts)
     return metrics, headline(data.task, config.evaluation.metrics, metrics)

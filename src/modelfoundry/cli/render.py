@@ -62,7 +62,9 @@ def print_summary(result: Any) -> None:
         console.print(f"[yellow]Stopped on request after a checkpoint.[/] Continue with "
                       f"`foundry run --resume {result.run_dir}`.")
     elif result.metrics:
-        report = result.extras.get("out_dir", Path(result.run_dir) / "eval") / "report.md"
+        from modelfoundry.artifacts.rundir import RunDir
+
+        report = result.extras.get("out_dir", RunDir(result.run_dir).eval_dir) / "report.md"
         console.print(f"Report: {report}")
     registered = result.extras.get("registry")
     if registered and registered["version"]:

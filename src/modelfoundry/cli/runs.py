@@ -35,7 +35,9 @@ def run(config: Annotated[Optional[Path], typer.Argument(help="Experiment config
     from modelfoundry.api.training import run as run_pipeline
 
     need_config_or_resume(config, resume)
-    say_tracking(config=config if config is not None else resume / "config.yaml")
+    from modelfoundry.artifacts.rundir import RunDir
+
+    say_tracking(config=config if config is not None else RunDir(resume).config)
     result = run_pipeline(config, run_dir=run_dir, resume=resume, progress=reporter(no_progress))
     print_summary(result)
 

@@ -56,7 +56,9 @@ def compress(model: RunDirArg,
     if prefer is not None and prefer not in ("latency", "size"):
         raise ConfigError(unknown_name("--prefer", prefer, ["latency", "size"]))
     variants = [v.strip() for v in only.split(",") if v.strip()] if only else None
-    say_tracking(config=model / "config.yaml" if model.is_dir() else None)
+    from modelfoundry.artifacts.rundir import RunDir
+
+    say_tracking(config=RunDir(model).config if model.is_dir() else None)
     result = compress_model(str(model), max_drop=max_drop, prefer=prefer, out=out, variants=variants,
                             progress=reporter(no_progress, transient=True))
     print_compress_summary(result)

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from modelfoundry.artifacts.rundir import ExportDir, RunDir
 from modelfoundry.compress.guard import Guard, failure_text, judge, measure
 from modelfoundry.compress.variants import STAGES, Candidate, Sofar, families, target_std
 from modelfoundry.config import CompressConfig
@@ -179,12 +180,13 @@ def save_variant(saved: Any, dest: Path, *, model: Any = None, model_cfg: Any = 
     from modelfoundry.rundir import save_config, save_model
 
     config = saved.config if model_cfg is None else saved.config.model_copy(update={"model": model_cfg})
+    parent, layout = RunDir(saved.run_dir), RunDir(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("data.json", "manifest.json"):
-        shutil.copyfile(saved.run_dir / name, dest / name)
+    shutil.copyfile(parent.data_record, layout.data_record)
+    shutil.copyfile(parent.manifest, layout.manifest)
     save_config(dest, config)
     lines = history if history is not None else []
-    (dest / "metrics.jsonl").write_text("".join(_json_line(r) for r in lines))
+    layout.metrics_log.write_text("".join(_json_line(r) for r in lines))
     spec = {**{k: v for k, v in saved.spec.items() if k != "format"}, "config_hash": config_hash(config),
             "compression": recipe, "parent_run": str((parent_run or saved.run_dir).resolve())}
     if model is not None:
@@ -192,18 +194,18 @@ def save_variant(saved: Any, dest: Path, *, model: Any = None, model_cfg: Any = 
         return dest
     # graph-level variant: the parent's preprocessing with the rewritten graph beside its sidecars
     save_model(dest, saved.model, spec, saved.preprocessor, saved.target_encoder)
-    (dest / "model" / "weights.pt").unlink()
-    spec = read_json(dest / "model" / "model.json")
-    write_json(dest / "model" / "model.json", {**spec, "runtime": "onnx"})
-    parent_export = baseline_export or saved.run_dir / "model" / "onnx"
-    onnx_dir = dest / "model" / "onnx"
-    onnx_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(parent_export / "preprocess.json", onnx_dir / "preprocess.json")
-    shutil.copyfile(onnx_from, onnx_dir / "model.onnx")
-    meta = read_json(parent_export / "export.json")
-    meta.update(files=["model.onnx", "preprocess.json", "export.json"], compression=recipe,
+    layout.weights.unlink()
+    spec = read_json(layout.model_record)
+    write_json(layout.model_record, {**spec, "runtime": "onnx"})
+    parent_export = ExportDir(baseline_export) if baseline_export is not None else parent.export
+    onnx_dir = layout.export
+    onnx_dir.path.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(parent_export.preprocess, onnx_dir.preprocess)
+    shutil.copyfile(onnx_from, onnx_dir.graph)
+    meta = read_json(parent_export.record)
+    meta.update(files=[ExportDir.GRAPH, ExportDir.PREPROCESS, ExportDir.RECORD], compression=recipe,
                 run_dir=str(dest.resolve()), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    write_json(onnx_dir / "export.json", meta)
+    write_json(onnx_dir.record, meta)
     return dest
 
 
@@ -236,7 +238,7 @@ def search(bench: Bench, out_dir: Path, on_step: Callable[[str], None] | None = 
     baseline_dir = bench.work_dir / "original" / "onnx"
     export_onnx(saved.run_dir, baseline_dir)
     original = Variant("original", ONNX, {"method": "none"})
-    bench.measure_onnx(original, baseline_dir / "model.onnx")
+    bench.measure_onnx(original, ExportDir(baseline_dir).graph)
     bench.original_metric, bench.original_metrics = original.metric, original.metrics
     if original.metric is None or not math.isfinite(original.metric):
         from modelfoundry.errors import ConfigError
@@ -245,7 +247,7 @@ def search(bench: Bench, out_dir: Path, on_step: Callable[[str], None] | None = 
                           f"{saved.run_dir} (mape needs a target without zeros), so no variant can be judged.",
                           "Set compress.metric to another metric of the task (e.g. rmse or r2).")
     variants: list[Variant] = []
-    sofar = Sofar(baseline_dir / "model.onnx")
+    sofar = Sofar(ExportDir(baseline_dir).graph)
     for stage in STAGES:  # graph, network, stacked, torch: see variants.py
         for _, family in families(stage, bench):
             for candidate in family.candidates(bench, sofar):
@@ -265,9 +267,9 @@ def search(bench: Bench, out_dir: Path, on_step: Callable[[str], None] | None = 
         if model_dir.exists():
             shutil.rmtree(model_dir)
         shutil.copytree(chosen["run_dir"], model_dir)
-        if (model_dir / "model" / "onnx" / "export.json").is_file():
-            meta = read_json(model_dir / "model" / "onnx" / "export.json")
-            write_json(model_dir / "model" / "onnx" / "export.json", {**meta, "run_dir": str(model_dir)})
+        record = RunDir(model_dir).export.record
+        if record.is_file():
+            write_json(record, {**read_json(record), "run_dir": str(model_dir)})
     for e in entries:  # the work directory goes away: only the chosen variant keeps a run directory
         e["run_dir"] = str(model_dir) if e is chosen else None
     return Outcome(base, entries, chosen, failing, model_dir, bench.metric, time.perf_counter() - started)
@@ -319,7 +321,7 @@ def _stacked_variant(bench: Bench, variant: Variant, candidate: Candidate) -> No
     path = candidate.build(scratch)
     bench.measure_onnx(variant, path)
     variant.run_dir = save_variant(load_model(base_run), bench.work_dir / "variants" / variant.name,
-                                   onnx_from=path, recipe=variant.recipe, baseline_export=base_run / "model" / "onnx",
+                                   onnx_from=path, recipe=variant.recipe, baseline_export=RunDir(base_run).onnx_dir,
                                    parent_run=bench.saved.run_dir)
 
 
@@ -330,5 +332,5 @@ def _network_variant(bench: Bench, variant: Variant, build: Callable[[], tuple[A
     dest = save_variant(bench.saved, bench.work_dir / "variants" / variant.name, model=model.cpu().eval(),
                         model_cfg=model_cfg, recipe=variant.recipe, history=history)
     export_onnx(dest)
-    bench.measure_onnx(variant, dest / "model" / "onnx" / "model.onnx")
+    bench.measure_onnx(variant, RunDir(dest).export.graph)
     variant.run_dir = dest

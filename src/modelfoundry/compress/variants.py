@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from modelfoundry.artifacts.rundir import RunDir
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -214,7 +216,7 @@ def _stacked(bench: Bench, sofar: Sofar) -> list[Candidate]:
     for v in sofar.networks:
         if v.run_dir is None or v.metric is None or not all(c["passed"] for c in bench.checks(v)):
             continue
-        source = v.run_dir / "model" / "onnx" / "model.onnx"
+        source = RunDir(v.run_dir).export.graph
         if method == "ort_int8_static":
             step = {"method": method, "format": "qdq", "activation": "uint8"}
 

@@ -85,9 +85,11 @@ class TorchBackend:
 def load_backend(run_dir: Path, prefer: str = "onnx") -> Backend:
     """ONNX Runtime from run_dir/model/onnx (exported and parity-checked on first use), else PyTorch."""
     if prefer == "onnx":
-        export_dir = Path(run_dir) / "model" / "onnx"
+        from modelfoundry.artifacts.rundir import RunDir
+
+        export_dir = RunDir(run_dir).onnx_dir
         try:
-            if not (export_dir / "export.json").is_file():
+            if not RunDir(run_dir).export.record.is_file():
                 from modelfoundry.export import export_onnx
 
                 export_onnx(run_dir, export_dir)

@@ -33,9 +33,10 @@ class RunDirStore:
         self.run_dir, self.name, self.backend = Path(run_dir), name, backend
 
     def load(self, version: str | None = None) -> LoadedModel:
+        from modelfoundry.artifacts.rundir import RunDir
         from modelfoundry.storage import read_json
 
-        name = self.name or read_json(self.run_dir / "model" / "model.json")["name"]
+        name = self.name or read_json(RunDir(self.run_dir).model_record)["name"]
         return LoadedModel(name, "run", None, load_backend(self.run_dir, self.backend), self.run_dir)
 
     def local_dir(self) -> Path:

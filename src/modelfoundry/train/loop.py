@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import TrainingConfig
 from modelfoundry.errors import RunDirError, TrainingError
 from modelfoundry.reporting import Reporter, reporter_for
@@ -96,9 +97,9 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
     best = BestWeights(model)
     start_epoch = 0
     finished = False
-    ckpt_dir = run_dir / "checkpoints" if run_dir else None
+    layout = RunDir(run_dir or ".")  # resuming without a run directory reads ./checkpoints/last.pt
     if resume:
-        state = load_checkpoint(ckpt_dir / "last.pt" if ckpt_dir else Path("checkpoints/last.pt"), device)
+        state = load_checkpoint(layout.last_checkpoint, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -111,7 +112,7 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
         finished = checkpoint_finished(state, cfg)  # trained to its end or stopped early: train no further
 
     extra_callbacks, callbacks = list(callbacks or []), []
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl", history) if run_dir else None
+    metrics_log = MetricsLog(layout.metrics_log, history) if run_dir else None
     if metrics_log:
         callbacks.append(metrics_log)
         if cfg.tensorboard:
@@ -134,9 +135,9 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
                      "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                      "scaler": scaler.state_dict() if scaler else None, "early_stopping": stopper.state_dict(),
                      "rng": rng_state(generator), "history": plain(history), "best_model": best.state},
-                    ckpt_dir / "last.pt")
+                    layout.last_checkpoint)
         if best.state is not None and best_saved != best.version:  # best.pt only when it changed
-            save_atomic(best.state, ckpt_dir / "best.pt")
+            save_atomic(best.state, layout.best_checkpoint)
             best_saved = best.version
         metrics_log.flush()  # the log holds at least every checkpointed epoch
         policy.saved()
@@ -188,7 +189,7 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
                 for callback in callbacks:
                     callback.on_epoch_end(record)
                 final = epoch == cfg.epochs or stopper.should_stop or interrupt.requested
-                if ckpt_dir and policy.due(epoch, final):
+                if run_dir and policy.due(epoch, final):
                     checkpoint(epoch)
                 if stopper.should_stop or interrupt.requested:
                     result.stopped_early = stopper.should_stop
