@@ -171,10 +171,10 @@ def heavy_imports_at_top(path: Path, heavy: set[str]) -> list[str]:
 
 HELP_MODULES = """
 import sys
-from modelfoundry.cli import main
+from modelfoundry.cli import app  # main() is app() plus a fast exit, which would end this script early
 sys.argv = ["foundry", "--help"]
 try:
-    main()
+    app()
 except SystemExit:
     pass
 print("MODULES", *sorted(m for m in sys.modules if m == "modelfoundry" or m.startswith("modelfoundry.")))
