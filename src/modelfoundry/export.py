@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelfoundry.artifacts.records import DataRecord, ExportRecord
 from modelfoundry.artifacts.rundir import ExportDir, RunDir
 from modelfoundry.errors import ConfigError, ExportError, RunDirError, first_line
 from modelfoundry.storage import read_json, write_json
@@ -155,23 +156,23 @@ def load_onnx_predictor(out_dir: str | Path) -> OnnxPredictor:
     if missing:
         raise RunDirError(f"'{out.path}' holds no complete ONNX export (missing {', '.join(missing)}).",
                           "Export the run first: `foundry export RUN_DIR --format onnx`.")
-    return OnnxPredictor.open(out.path, read_json(out.preprocess), read_json(out.record))
+    return OnnxPredictor.open(out.path, read_json(out.preprocess), ExportRecord.read(out.record).to_json())
 
 
 # ---------------------------------------------------------------------------------------------- internals
 def _copy_graph(saved: SavedModel, out: Path | None, started: float) -> ExportResult:
     """Export of a model whose runtime is ONNX: its graph, sidecar and export.json, copied as they are."""
     source = RunDir(saved.run_dir).onnx_dir
-    meta = read_json(ExportDir(source).record)
+    meta = ExportRecord.read(ExportDir(source).record)
     if out is not None and out.resolve() != source.resolve():
         out.mkdir(parents=True, exist_ok=True)
-        for name in meta["files"]:
+        for name in meta.files:
             shutil.copyfile(source / name, out / name)
     target = out or source
-    parity = meta.get("parity", {})
+    parity = meta.parity
     return ExportResult(target, ExportDir(target).graph, parity.get("max_abs_diff", 0.0), parity.get("rows_checked", 0),
-                        meta["input"]["name"], meta["output"]["name"], meta["exporter"], meta["opset"],
-                        parity.get("tolerance", 0.0), meta["files"], time.perf_counter() - started)
+                        meta.input["name"], meta.output["name"], meta.exporter, meta.opset,
+                        parity.get("tolerance", 0.0), meta.files, time.perf_counter() - started)
 
 
 def _stage(saved: SavedModel, desc: dict[str, Any], rows: pd.DataFrame, staging: Path, tolerance: float,
@@ -291,7 +292,7 @@ def _test_rows(saved: SavedModel) -> pd.DataFrame:
     """The raw rows of the run's test split, rebuilt from its source (checked unchanged by fingerprint)."""
     from modelfoundry.data.prepare import rebuild_splits
 
-    recorded = read_json(RunDir(saved.run_dir).data_record)["fingerprint"]["sha256"]
+    recorded = DataRecord.read(RunDir(saved.run_dir).data_record).sha256
     return rebuild_splits(saved.config.data, saved.config.seed, recorded, saved.run_dir)["test"]
 
 

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelfoundry.artifacts.records import MODEL_FORMAT_VERSION, ModelRecord, read_object
 from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import Config, dump_config, load_config
 from modelfoundry.errors import RunDirError, first_line
-from modelfoundry.storage import read_json, write_bytes_atomic, write_json, write_text
+from modelfoundry.storage import write_bytes_atomic, write_json, write_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = MODEL_FORMAT_VERSION  # model.json's format_version (1 before issue 10 wrote "format": 1)
 
 
 def create_run_dir(config: Config, run_dir: str | Path | None = None) -> Path:
@@ -71,20 +72,22 @@ LEGACY_PREPROCESS = RunDir.LEGACY_PREPROCESS
 
 
 def save_model(run_dir: Path, model: Any, spec: dict[str, Any], preprocessor: Any, target_encoder: Any) -> None:
-    """model/weights.pt (state_dict, loadable with weights_only), model/model.json, preprocess.json."""
+    """model/weights.pt (state_dict, loadable with weights_only), model/model.json (a ModelRecord of `spec`),
+    preprocess.json."""
     import io
 
     import torch
 
     from modelfoundry.data.portable import describe_preprocessor
 
+    record = ModelRecord.from_json(spec, "the model spec")  # checked before anything is written
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
     desc = describe_preprocessor(preprocessor, target_encoder, spec.get("target"))
     layout = RunDir(run_dir)
     write_bytes_atomic(layout.preprocess, (json.dumps(desc, indent=1) + "\n").encode(), durable=True)
     write_bytes_atomic(layout.weights, buffer.getvalue(), durable=True)
-    write_json(layout.model_record, {"format": FORMAT_VERSION, **spec})
+    write_json(layout.model_record, record.to_json())
 
 
 @dataclass
@@ -92,9 +95,10 @@ class SavedModel:
     run_dir: Path
     config: Config
     model: Any
-    spec: dict[str, Any]
+    spec: dict[str, Any]  # record.spec(): the fields of model.json as a dict
     preprocessor: Any
     target_encoder: Any
+    record: ModelRecord | None = None
 
     @property
     def task(self) -> str:
@@ -129,6 +133,8 @@ def load_model(run_dir: str | Path) -> SavedModel:
     if missing:
         raise RunDirError(f"Run directory '{run_dir}' has no trained model (missing {', '.join(missing)}).",
                           f"Finish training first: `foundry run --resume {run_dir}`.")
+    record = ModelRecord.from_json(spec, spec_path)  # a missing or mistyped field: named, with the file
+    spec = record.spec()
     preprocessor, target_encoder = load_preprocessing(layout.preprocess, run_dir)
     if runtime == "onnx":  # a compressed (int8, fp16) graph: evaluate and predict run what is served
         from modelfoundry.models.onnx_graph import OnnxGraph
@@ -142,7 +148,7 @@ def load_model(run_dir: str | Path) -> SavedModel:
                               "Use a run directory made by `foundry run`.") from None
         model.load_state_dict(load_weights(weights, run_dir))
     model.eval()
-    return SavedModel(run_dir, config, model, spec, preprocessor, target_encoder)
+    return SavedModel(run_dir, config, model, spec, preprocessor, target_encoder, record)
 
 
 def load_weights(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
@@ -179,11 +185,4 @@ def load_preprocessing(path: Path, run_dir: Path | None = None) -> tuple[Any, An
 
 def read_record(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
     """A JSON object from a run directory; a corrupt or truncated file is a RunDirError naming it."""
-    try:
-        record = read_json(path)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"'{path}' is corrupt ({first_line(exc)}).",
-                          "Restore it from a backup or the registry, or train the run again.") from None
-    if not isinstance(record, dict):
-        raise RunDirError(f"'{path}' does not hold a JSON object.", "Use a run directory made by `foundry run`.")
-    return record
+    return read_object(path)

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from modelfoundry.artifacts.records import ModelRecord
 from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import Config, TrackingConfig, config_hash
 from modelfoundry.errors import FoundryError, RegistryError, first_line
@@ -248,7 +249,7 @@ def _lineage(run_dir: Path, config: Config, parent_version: str | None) -> dict[
     git = manifest.get("git") or {}
     tags = {"foundry.config_hash": config_hash(config), "foundry.data_sha256": manifest["dataset"]["sha256"],
             "foundry.run_dir": str(Path(run_dir).resolve()), "foundry.model": config.model.name,
-            "foundry.task": read_json(RunDir(run_dir).model_record)["task"]}
+            "foundry.task": ModelRecord.read(RunDir(run_dir).model_record).task}
     if git.get("commit"):
         tags["foundry.git_commit"] = git["commit"] + ("-dirty" if git.get("dirty") else "")
     if parent_version:

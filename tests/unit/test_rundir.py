@@ -66,3 +66,74 @@ def test_the_layout_names_every_file_of_a_format_1_run():
     assert layout.export.graph == FORMAT_1 / "model" / "onnx" / "model.onnx"
     assert layout.export.record == layout.onnx_dir / "export.json"
     assert RunDir(str(FORMAT_1)) == layout  # a str or a Path: the same run directory
+
+
+def test_a_format_1_model_record_reads_and_is_written_back_as_format_version_2():
+    from modelfoundry.artifacts.records import MODEL_FORMAT_VERSION, ModelRecord
+
+    raw = json.loads((FORMAT_1 / "model" / "model.json").read_text())
+    assert raw["format"] == 1 and "format_version" not in raw
+    record = ModelRecord.read(FORMAT_1 / "model" / "model.json")
+    assert (record.name, record.task, record.input_shape, record.n_outputs) == ("iris-format-1", "classification",
+                                                                                [4], 3)
+    assert record.classes == [0, 1, 2] and record.best_epoch == 3 and record.runtime is None
+    written = record.to_json()
+    assert written["format_version"] == MODEL_FORMAT_VERSION == 2 and "format" not in written
+    assert ModelRecord.from_json(written) == record
+    assert record.spec() == {k: v for k, v in raw.items() if k != "format"}  # what the model code read before
+
+
+def test_keys_a_record_does_not_know_survive_a_round_trip():
+    from modelfoundry.artifacts.records import ModelRecord
+
+    record = ModelRecord.from_json({"name": "m", "task": "regression", "input_shape": [3], "n_outputs": 1,
+                                    "inputs": {"numeric": {"dtype": "float32"}}})
+    assert record.extra == {"inputs": {"numeric": {"dtype": "float32"}}}
+    assert record.to_json()["inputs"] == {"numeric": {"dtype": "float32"}}
+    assert record.spec()["inputs"] == {"numeric": {"dtype": "float32"}}
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (lambda r: r.pop("n_outputs"), "n_outputs"),
+    (lambda r: r.update(task=3), "task"),
+    (lambda r: r.update(input_shape=[4, "x"]), "input_shape"),
+    (lambda r: r.update(best_epoch=True), "best_epoch"),
+])
+def test_a_malformed_model_record_names_the_file_and_the_field(format_1_run, change, field):
+    from modelfoundry.errors import RunDirError
+    from modelfoundry.rundir import load_model
+
+    path = format_1_run / "model" / "model.json"
+    raw = json.loads(path.read_text())
+    change(raw)
+    path.write_text(json.dumps(raw))
+    with pytest.raises(RunDirError) as info:
+        load_model(format_1_run)
+    assert str(path) in info.value.message and f"'{field}'" in info.value.message
+    assert "foundry run" in info.value.hint
+
+
+def test_a_model_record_from_a_newer_format_is_refused_with_the_fix():
+    from modelfoundry.artifacts.records import ModelRecord
+    from modelfoundry.errors import RunDirError
+
+    with pytest.raises(RunDirError, match="model format 3") as info:
+        ModelRecord.from_json({"format_version": 3, "name": "m", "task": "regression", "input_shape": [1],
+                               "n_outputs": 1}, "x/model.json")
+    assert "Upgrade modelfoundry" in info.value.hint
+
+
+def test_data_and_export_records_read_what_the_code_reads(format_1_run):
+    from modelfoundry.artifacts.records import DataRecord, ExportRecord
+    from modelfoundry.errors import RunDirError
+
+    data = DataRecord.read(format_1_run / "data.json")
+    assert data.sha256.startswith("a8fa74f01cd2") and data.split["test"] == 23 and data.input_shape == [4]
+    with pytest.raises(RunDirError, match=r"'d.json' is malformed: field 'fingerprint.sha256' is missing"):
+        DataRecord.from_json({"fingerprint": {"rows": 3}}, "d.json")
+    export = {"files": ["model.onnx"], "input": {"name": "features"}, "output": {"name": "probabilities"},
+              "opset": 18, "labels": ["a"]}
+    record = ExportRecord.from_json(export)
+    assert record.input["name"] == "features" and record.extra == {"labels": ["a"]} and record.parity == {}
+    with pytest.raises(RunDirError, match=r"field 'output.name' is missing"):
+        ExportRecord.from_json({**export, "output": {}}, "e.json")

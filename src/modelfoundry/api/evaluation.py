@@ -8,9 +8,9 @@ from typing import Any
 
 from modelfoundry.api.arguments import model_dir
 from modelfoundry.api.results import RunResult
+from modelfoundry.artifacts.records import DataRecord
 from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.errors import DataError
-from modelfoundry.storage import read_json
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Path | None = None) -> RunResult:
@@ -61,7 +61,7 @@ def reload_splits(saved: Any) -> dict[str, dict[str, Any]]:
     from modelfoundry.data.prepare import rebuild_splits
 
     cfg = saved.config
-    recorded = read_json(RunDir(saved.run_dir).data_record)["fingerprint"]["sha256"]
+    recorded = DataRecord.read(RunDir(saved.run_dir).data_record).sha256
     out: dict[str, dict[str, Any]] = {"X": {}, "y": {}, "rows": {}}
     for name, part in rebuild_splits(cfg.data, cfg.seed, recorded, saved.run_dir).items():
         out["X"][name] = saved.preprocessor.transform(part, f"the {name} split")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfoundry.api.results import RunResult
+from modelfoundry.artifacts.records import DataRecord, ModelRecord
 from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import Config
 from modelfoundry.errors import RunDirError
@@ -33,7 +34,7 @@ def completed_run(run_path: Path, *, evaluated: bool) -> RunResult | None:
     its evaluation: its result, read from the run directory, without writing anything; None when training
     or evaluation is left to do. `extras["unregistered"]` says that registration (tracking on) is left."""
     from modelfoundry.evaluate.metrics import headline
-    from modelfoundry.rundir import load_run_config, read_record
+    from modelfoundry.rundir import load_run_config
 
     config = load_run_config(run_path)
     if not model_saved(run_path):  # checked first: it spares loading the checkpoint of an unfinished run
@@ -45,7 +46,7 @@ def completed_run(run_path: Path, *, evaluated: bool) -> RunResult | None:
     registered = layout.registered
     if evaluated and not layout.eval_metrics.is_file():
         return None
-    task = read_record(layout.model_record, run_path)["task"]
+    task = ModelRecord.read(layout.model_record).task
     stopping = state["early_stopping"]
     metrics = read_json(layout.eval_metrics) if evaluated else {}
     result = RunResult(run_path, task, metrics, headline(task, config.evaluation.metrics, metrics) if metrics else [],
@@ -61,7 +62,7 @@ def completed_run(run_path: Path, *, evaluated: bool) -> RunResult | None:
 
 
 def check_same_data(run_path: Path, info: dict[str, Any]) -> None:
-    recorded = read_json(RunDir(run_path).data_record)["fingerprint"]["sha256"]
+    recorded = DataRecord.read(RunDir(run_path).data_record).sha256
     if recorded != info["fingerprint"]["sha256"]:
         raise RunDirError(f"The data of {run_path} changed since the run started (fingerprint {recorded[:12]} then,"
                           f" {info['fingerprint']['sha256'][:12]} now); resuming would mix two datasets.",

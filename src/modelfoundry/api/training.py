@@ -151,8 +151,9 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult,
              "rows (train/val/test)": "/".join(str(data.info["split"][s]) for s in ("train", "val", "test")),
              "best epoch": f"{fit_result.best_epoch} of {len(fit_result.history)} ({fit_result.monitor} = "
                            f"{fit_result.best_value:.4f})" if fit_result.best_value is not None else "-"}
+    eval_dir = RunDir(run_path).eval_dir
     metrics = evaluate_outputs(task=data.task, y_true=data.y["test"], output=output, rows=data.rows["test"],
-                               target_encoder=data.target_encoder, cfg=config.evaluation, out_dir=RunDir(run_path).eval_dir,
+                               target_encoder=data.target_encoder, cfg=config.evaluation, out_dir=eval_dir,
                                history=fit_result.history, baselines=baselines, title=f"{config.name}: test split",
                                facts=facts)
     return metrics, headline(data.task, config.evaluation.metrics, metrics)

@@ -33,10 +33,10 @@ class RunDirStore:
         self.run_dir, self.name, self.backend = Path(run_dir), name, backend
 
     def load(self, version: str | None = None) -> LoadedModel:
+        from modelfoundry.artifacts.records import ModelRecord
         from modelfoundry.artifacts.rundir import RunDir
-        from modelfoundry.storage import read_json
 
-        name = self.name or read_json(RunDir(self.run_dir).model_record)["name"]
+        name = self.name or ModelRecord.read(RunDir(self.run_dir).model_record).name
         return LoadedModel(name, "run", None, load_backend(self.run_dir, self.backend), self.run_dir)
 
     def local_dir(self) -> Path:
