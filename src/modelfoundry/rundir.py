@@ -1,8 +1,11 @@
-"""The run directory, the unit of reproducibility: its layout, atomic writes, and the saved model.
+"""The run directory, the unit of reproducibility: creating one, and saving and loading its model.
 
     runs/<name>-<timestamp>/
       config.yaml  data.json  manifest.json  preprocess.json  metrics.jsonl
       checkpoints/{last,best}.pt   eval/   model/{weights.pt,model.json}
+
+Its paths are named by artifacts/rundir.py (RunDir), its JSON records typed by artifacts/records.py; this
+module is where they meet the model table and the preprocessing (so it comes after data and models).
 
 Nothing loaded from a run directory can execute code: preprocessing is the JSON description of
 data/portable.py, weights and checkpoints load with `torch.load(weights_only=True)`. Run directories of
