@@ -137,3 +137,22 @@ def test_data_and_export_records_read_what_the_code_reads(format_1_run):
     assert record.input["name"] == "features" and record.extra == {"labels": ["a"]} and record.parity == {}
     with pytest.raises(RunDirError, match=r"field 'output.name' is missing"):
         ExportRecord.from_json({**export, "output": {}}, "e.json")
+
+
+def test_a_model_saved_now_has_format_version_2_and_loads_to_the_same_outputs(tmp_path):
+    import torch
+
+    from modelfoundry.artifacts.rundir import RunDir
+    from modelfoundry.rundir import load_model, save_model
+
+    old = load_model(FORMAT_1)
+    new = RunDir(tmp_path / "resaved")
+    new.model_dir.mkdir(parents=True)
+    shutil.copyfile(RunDir(FORMAT_1).config, new.config)
+    save_model(new.path, old.model, old.spec, old.preprocessor, old.target_encoder)
+    written = json.loads(new.model_record.read_text())
+    assert written["format_version"] == 2 and "format" not in written
+    again = load_model(new.path)
+    assert again.spec == old.spec and again.record == old.record
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(again.model(x), old.model(x))
