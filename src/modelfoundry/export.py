@@ -82,13 +82,13 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, toler
     if not tolerance >= 0:
         raise ConfigError(f"The 'tolerance' parameter of export_onnx must be >= 0. Got {tolerance} instead.")
     saved = load_model(run_dir)
-    if saved.spec.get("runtime") == "onnx":  # already a graph (a compressed variant): publish it as it is
+    if saved.record.runtime == "onnx":  # already a graph (a compressed variant): publish it as it is
         return _copy_graph(saved, Path(out_dir) if out_dir is not None else None, started)
     rows = _test_rows(saved) if parity_rows is None else parity_rows
     if len(rows) == 0:
         raise ExportError(f"There are no rows to check the export of {saved.run_dir} on.",
                           "Pass rows with parity_rows, or give the run a non-empty test split.")
-    desc = describe_preprocessor(saved.preprocessor, saved.target_encoder, saved.spec["target"])
+    desc = describe_preprocessor(saved.preprocessor, saved.target_encoder, saved.record.target)
     out = Path(out_dir) if out_dir is not None else RunDir(saved.run_dir).onnx_dir
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +180,7 @@ def _stage(saved: SavedModel, desc: dict[str, Any], rows: pd.DataFrame, staging:
     """Export, write preprocess.json, check parity and write export.json, all inside `staging`."""
     output_name = "probabilities" if saved.task == "classification" else "prediction"
     staged = ExportDir(staging)
-    exporter = _export_model(_exportable(saved), tuple(saved.spec["input_shape"]), staged.graph, output_name, opset)
+    exporter = _export_model(_exportable(saved), tuple(saved.record.input_shape), staged.graph, output_name, opset)
     _check_onnx(staged.graph)
     write_json(staged.preprocess, desc)
     predictor = OnnxPredictor.open(staging, read_json(staged.preprocess), {})
@@ -310,11 +310,11 @@ def _metadata(saved: SavedModel, predictor: OnnxPredictor, onnx_path: Path, expo
                       else "standardised prediction: value = output * target.std + target.mean (preprocess.json)")
     return {
         "format": EXPORT_FORMAT,
-        "name": saved.spec["name"], "architecture": saved.config.model.name, "task": saved.task,
-        "labels": saved.labels, "target": saved.spec["target"], "config_hash": saved.spec.get("config_hash"),
+        "name": saved.record.name, "architecture": saved.config.model.name, "task": saved.task,
+        "labels": saved.labels, "target": saved.record.target, "config_hash": saved.record.config_hash,
         "run_dir": str(saved.run_dir.resolve()),
-        "input": {"name": predictor.input_name, "shape": ["batch", *saved.spec["input_shape"]], "dtype": "float32"},
-        "output": {"name": predictor.output_name, "shape": ["batch", saved.spec["n_outputs"]],
+        "input": {"name": predictor.input_name, "shape": ["batch", *saved.record.input_shape], "dtype": "float32"},
+        "output": {"name": predictor.output_name, "shape": ["batch", saved.record.n_outputs],
                    "meaning": output_meaning},
         "opset": opset, "exporter": exporter, "files": files,
         "parity": {**parity, "tolerance": tolerance},

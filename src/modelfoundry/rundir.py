@@ -98,18 +98,18 @@ class SavedModel:
     run_dir: Path
     config: Config
     model: Any
-    spec: dict[str, Any]  # record.spec(): the fields of model.json as a dict
+    spec: dict[str, Any]  # record.spec(): the fields of model.json as a plain dict (what save_model takes)
     preprocessor: Any
     target_encoder: Any
-    record: ModelRecord | None = None
+    record: ModelRecord  # model.json, typed
 
     @property
     def task(self) -> str:
-        return self.spec["task"]
+        return self.record.task
 
     @property
     def labels(self) -> list[str]:
-        return [str(c) for c in self.spec.get("classes") or []]
+        return [str(c) for c in self.record.classes or []]
 
 
 def load_model(run_dir: str | Path) -> SavedModel:
@@ -142,10 +142,10 @@ def load_model(run_dir: str | Path) -> SavedModel:
     if runtime == "onnx":  # a compressed (int8, fp16) graph: evaluate and predict run what is served
         from modelfoundry.models.onnx_graph import OnnxGraph
 
-        model = OnnxGraph(weights, spec["task"])
+        model = OnnxGraph(weights, record.task)
     else:
         try:
-            model = build_model(config.model, tuple(spec["input_shape"]), spec["n_outputs"])
+            model = build_model(config.model, tuple(record.input_shape), record.n_outputs)
         except (KeyError, TypeError) as exc:
             raise RunDirError(f"{spec_path} is malformed ({first_line(exc)}).",
                               "Use a run directory made by `foundry run`.") from None

@@ -40,9 +40,10 @@ def compress(model: str | Path, *, max_drop: float | None = None, prefer: str | 
     started = time.perf_counter()
     local = model_dir(model)
     saved = load_model(local)
-    if saved.spec.get("runtime") == "onnx":
-        raise ConfigError(f"{local} is already a compressed ONNX graph ({saved.spec['compression']['method']}).",
-                          f"Compress its parent instead: {saved.spec.get('parent_run')}.")
+    if saved.record.runtime == "onnx":
+        method = (saved.record.compression or {}).get("method")
+        raise ConfigError(f"{local} is already a compressed ONNX graph ({method}).",
+                          f"Compress its parent instead: {saved.record.parent_run}.")
     overrides = {k: v for k, v in {"max_drop": max_drop, "prefer": prefer, "variants": variants}.items()
                  if v is not None}
     try:

@@ -33,15 +33,15 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Pat
     if data is None:
         splits = reload_splits(saved)
         X, y, rows = splits["X"]["test"], splits["y"]["test"], splits["rows"]["test"]
-        n_classes = saved.spec["n_outputs"] if saved.task == "classification" else 1
+        n_classes = saved.record.n_outputs if saved.task == "classification" else 1
         baselines = baseline_metrics(saved.task, splits["X"], splits["y"], n_classes, saved.target_encoder.decode,
                                      cfg.evaluation.top_k)
         split = "test split"
         layout = RunDir(saved.run_dir)  # the run's own report (learning curves, best epoch) is kept
         out_dir = Path(out or (layout.reeval_dir if layout.report.is_file() else layout.eval_dir))
         facts = {"run": str(saved.run_dir), "model": cfg.model.name, "task": saved.task, "rows (test)": len(y)}
-        if saved.spec.get("best_epoch"):
-            facts["best epoch"] = saved.spec["best_epoch"]
+        if saved.record.best_epoch:
+            facts["best epoch"] = saved.record.best_epoch
     else:
         X, y, rows = _labelled_file(saved, Path(data))
         split = Path(data).name
@@ -74,7 +74,7 @@ def _labelled_file(saved: Any, path: Path) -> tuple[Any, Any, Any]:
     from modelfoundry.data.sources import read_table
 
     frame = read_table(path)
-    target = saved.spec["target"]
+    target = saved.record.target
     if target not in frame.columns:
         raise DataError(f"'{path}' has no target column '{target}', so it cannot be evaluated.",
                         f"Add the '{target}' column, or use `foundry predict` for unlabelled rows.")
