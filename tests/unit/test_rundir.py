@@ -123,6 +123,15 @@ def test_a_model_record_from_a_newer_format_is_refused_with_the_fix():
     assert "Upgrade modelfoundry" in info.value.hint
 
 
+def test_every_missing_field_is_named_at_once():
+    from modelfoundry.artifacts.records import ModelRecord
+    from modelfoundry.errors import RunDirError
+
+    with pytest.raises(RunDirError) as info:
+        ModelRecord.from_json({"n_outputs": 2, "task": "regression"}, "m/model.json")
+    assert info.value.message == "'m/model.json' is malformed: fields 'name', 'input_shape' are missing."
+
+
 def test_data_and_export_records_read_what_the_code_reads(format_1_run):
     from modelfoundry.artifacts.records import DataRecord, ExportRecord
     from modelfoundry.errors import RunDirError

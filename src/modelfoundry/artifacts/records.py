@@ -47,9 +47,11 @@ class _Record:
     @classmethod
     def from_json(cls: type[R], data: dict[str, Any], path: Path | str = "<record>") -> R:
         known = {f.name for f in fields(cls)} - {"extra"}  # type: ignore[arg-type]
-        for name in cls.REQUIRED:
-            if data.get(name) is None:
-                raise RunDirError(f"'{path}' is malformed: field '{name}' is missing.", HINT)
+        missing = [name for name in cls.REQUIRED if data.get(name) is None]
+        if missing:
+            listed = ", ".join(f"'{name}'" for name in missing)
+            raise RunDirError(f"'{path}' is malformed: field{'s' * (len(missing) > 1)} {listed} "
+                              f"{'are' if len(missing) > 1 else 'is'} missing.", HINT)
         for name, kinds in cls.TYPES.items():
             value = data.get(name)
             if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
