@@ -93,7 +93,8 @@ def test_the_chosen_variant_is_the_smallest_within_the_guard(result):
 
 
 def test_the_chosen_model_works_with_evaluate_predict_export_and_serve(result, parent, tmp_path):
-    from modelfoundry.serve.app import ServeSettings, create_app
+    from modelfoundry.config import ServeConfig
+    from modelfoundry.serve.app import create_app
     from modelfoundry.serve.store import RunDirStore
 
     rows = load_source("sklearn:breast_cancer").drop(columns="target").head(40)
@@ -103,7 +104,7 @@ def test_the_chosen_model_works_with_evaluate_predict_export_and_serve(result, p
     assert evaluate(result.model_dir).metrics["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
     exported = export(result.model_dir, tmp_path / "onnx")
     assert (tmp_path / "onnx" / "model.onnx").is_file() and exported.out_dir == tmp_path / "onnx"
-    with TestClient(create_app(ServeSettings(), RunDirStore(result.model_dir))) as client:
+    with TestClient(create_app(ServeConfig(), RunDirStore(result.model_dir))) as client:
         body = client.post("/predict", json={"records": rows.head(5).to_dict(orient="records")}).json()
     assert body["predictions"] == mine["prediction"].head(5).tolist()  # served as foundry predict predicts
 

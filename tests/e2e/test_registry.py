@@ -189,14 +189,15 @@ def test_server_follows_an_alias_move_without_failing_a_request(store, tmp_path,
 
     from modelfoundry.data.sources import load_source
     from modelfoundry.registry import promote
-    from modelfoundry.serve.app import ServeSettings, create_app
+    from modelfoundry.config import ServeConfig
+    from modelfoundry.serve.app import create_app
     from modelfoundry.serve.store import RegistryStore
 
     monkeypatch.chdir(tmp_path)
     promote("iris", "1", "live", "", store["uri"])
     body = {"records": load_source("sklearn:iris").drop(columns="target").head(3).to_dict(orient="records")}
     seen, stop = [], threading.Event()
-    app = create_app(ServeSettings(poll_s=0.2), RegistryStore("iris@live", store["uri"]))
+    app = create_app(ServeConfig(poll_s=0.2), RegistryStore("iris@live", store["uri"]))
     with TestClient(app) as client:
         def hammer():
             while not stop.is_set():

@@ -74,13 +74,3 @@ def test_the_activation_choices_of_the_configs_are_the_ones_the_layers_build():
     from modelfoundry.models.layers import ACTIVATIONS
 
     assert set(typing.get_args(Activation)) == set(ACTIVATIONS)
-
-
-def test_the_blocks_keep_their_old_import_paths():
-    from modelfoundry.models import layers
-    from modelfoundry.models.cnn import ConvBlock, ResidualBlock
-    from modelfoundry.models.mlp import LinearSkip
-
-    assert (ConvBlock, ResidualBlock, LinearSkip) == (layers.ConvBlock, layers.ResidualBlock, layers.LinearSkip)
-    with pytest.raises(ImportError):
-        from modelfoundry.models.mlp import NoSuchBlock  # noqa: F401

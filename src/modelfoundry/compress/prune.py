@@ -29,8 +29,7 @@ from torch import nn
 from modelfoundry.config import CNNConfig, EarlyStoppingConfig, MLPConfig, SchedulerConfig, TrainingConfig
 from modelfoundry.errors import ConfigError
 from modelfoundry.models import build_model
-from modelfoundry.models.cnn import ConvBlock, ResidualBlock
-from modelfoundry.models.mlp import LinearSkip
+from modelfoundry.models.layers import ConvBlock, LinearSkip, ResidualBlock
 from modelfoundry.train.loop import FitResult, fit
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)

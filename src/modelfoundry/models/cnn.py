@@ -6,7 +6,7 @@ validating a config never loads it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -70,12 +70,3 @@ def build_cnn(config: CNNConfig, input_shape: tuple[int, ...], n_outputs: int) -
     model = nn.Sequential(*layers)
     init_weights(model, config.init, config.activation)
     return model
-
-
-def __getattr__(name: str) -> Any:
-    # ConvBlock and ResidualBlock moved to models.layers (a torch module); the old import path keeps working
-    if name in ("ConvBlock", "ResidualBlock"):
-        from modelfoundry.models import layers
-
-        return getattr(layers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,7 +7,7 @@ validating a config never loads it.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
@@ -50,12 +50,3 @@ def build_mlp(config: MLPConfig, input_shape: tuple[int, ...], n_outputs: int) -
     if config.linear_skip:
         model = LinearSkip(model, in_features, n_outputs)
     return model
-
-
-def __getattr__(name: str) -> Any:
-    # LinearSkip moved to models.layers (a torch module); the old import path keeps working
-    if name == "LinearSkip":
-        from modelfoundry.models import layers
-
-        return layers.LinearSkip
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

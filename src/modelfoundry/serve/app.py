@@ -47,7 +47,6 @@ from modelfoundry.serve.store import LoadedModel, ModelStore
 
 log = logging.getLogger(__name__)
 INLINE_CALL_S = 0.0005  # a model whose full batch takes less runs on the event loop: a thread hop costs more
-ServeSettings = ServeConfig  # the server's settings are the config's serve: section (older name, kept for imports)
 ROUTES_HINT = ("Routes: POST /predict, POST /v2/models/{name}/infer, GET /v2/models/{name}, GET /v2/health/live, "
                "GET /v2/health/ready, GET /metrics.")
 
