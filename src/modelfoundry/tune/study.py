@@ -86,6 +86,9 @@ def default_storage(out_dir: Path) -> str:
     return f"sqlite:///{(out_dir / 'study.db').resolve()}"
 
 
+RACE_SIGNS = ("already exists", "UNIQUE constraint failed: alembic", "database is locked")
+
+
 def open_storage(url: str) -> Any:
     """An RDB storage with heartbeats, so the trials of a worker that died are failed and retried."""
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -100,8 +103,9 @@ def open_storage(url: str) -> Any:
                 _serialise_transactions(storage.engine)
             return storage
         except Exception as exc:  # noqa: BLE001 - a bad URL or an unreachable database: say which
-            # workers starting together on a new database race to create Optuna's tables: the loser retries
-            if attempt < 5 and ("already exists" in str(exc) or "UNIQUE constraint failed: alembic" in str(exc)):
+            # workers starting together on a new database race to create Optuna's tables (or to switch the new
+            # SQLite file to WAL, which SQLite may refuse at once with 'database is locked'): the loser retries
+            if attempt < 5 and any(sign in str(exc) for sign in RACE_SIGNS):
                 time.sleep(0.2 * attempt)
                 continue
             error = exc
