@@ -36,7 +36,7 @@ def fit_config(config: Config, data: PreparedData, *, run_dir: Path | None = Non
     from modelfoundry.train.runtime import seed_everything
 
     seed_everything(config.seed, config.training.deterministic)
-    model = build_model(config.model, data.preprocessor.input_shape_, data.n_outputs)
+    model = build_model(config.model, data.input_spec, data.n_outputs)
     target_std = data.target_encoder.std_ if data.task == "regression" else 1.0
     stopping = config.training.early_stopping
     names = {stopping.monitor if stopping else "val_loss", *metrics}

@@ -1,9 +1,12 @@
 """ONNX export of a trained run, checked for parity with the PyTorch model before anything is published.
 
     <out_dir>/                      (default: <run_dir>/model/onnx/)
-      model.onnx        input "input" (batch, *input_shape) float32 -> "probabilities" (batch, K)
-                        for classification (softmax included), "prediction" (batch, 1) for regression
-                        (standardised: value = output * std + mean, both in preprocess.json)
+      model.onnx        one graph input per named model input, in the spec's order and with its name and
+                        dtype ("numeric" (batch, F) float32, "image" (batch, C, H, W) float32, "tokens"
+                        (batch, T) int64, ...; export.json `inputs` lists them) -> "probabilities"
+                        (batch, K) for classification (softmax included), "prediction" (batch, 1) for
+                        regression (standardised: value = output * std + mean, both in preprocess.json).
+                        Exports made before named inputs have one input called "input"; they still load.
       model.onnx.data   the weights, only for models too large to embed (over 1 GiB)
       preprocess.json   raw columns -> model input, pickle-free (format in modelfoundry.data.portable)
       export.json       what was exported, how, and the parity reached; written last, so a directory
@@ -28,13 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelfoundry.artifacts.inputs import InputSpec, rows_of, take
 from modelfoundry.artifacts.records import DataRecord, ExportRecord
 from modelfoundry.artifacts.rundir import ExportDir, RunDir
 from modelfoundry.errors import ConfigError, ExportError, RunDirError, first_line
 from modelfoundry.storage import read_json, write_json
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
 
     import pandas as pd
     from torch import nn
@@ -53,13 +57,14 @@ class ExportResult:
     onnx_path: Path
     max_abs_diff: float  # largest |torch - onnxruntime| over the rows checked and all outputs
     rows_checked: int
-    input_name: str
+    input_name: str  # the first graph input (the only one for a tabular or image model)
     output_name: str
     exporter: str  # "dynamo" (torch.export) or "torchscript" (the fallback)
     opset: int
     tolerance: float
     files: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    input_names: list[str] = field(default_factory=list)  # every graph input, in the model's input order
 
 
 def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, tolerance: float = 1e-4,
@@ -105,7 +110,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, toler
     return ExportResult(out, ExportDir(out).graph, metadata["parity"]["max_abs_diff"],
                         metadata["parity"]["rows_checked"], metadata["input"]["name"], metadata["output"]["name"],
                         metadata["exporter"], metadata["opset"], tolerance, metadata["files"],
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, [i["name"] for i in metadata["inputs"]])
 
 
 @dataclass
@@ -115,13 +120,18 @@ class OnnxPredictor:
     session: Any
     preprocess: dict[str, Any]
     metadata: dict[str, Any]
-    input_name: str
+    input_names: list[str]  # the graph's inputs, in the order of the model's named inputs
     output_name: str
 
     @classmethod
     def open(cls, directory: Path, preprocess: dict[str, Any], metadata: dict[str, Any]) -> OnnxPredictor:
         session = _session(ExportDir(directory).graph)
-        return cls(session, preprocess, metadata, session.get_inputs()[0].name, session.get_outputs()[0].name)
+        return cls(session, preprocess, metadata, [node.name for node in session.get_inputs()],
+                   session.get_outputs()[0].name)
+
+    @property
+    def input_name(self) -> str:
+        return self.input_names[0]
 
     @property
     def task(self) -> str:
@@ -131,18 +141,27 @@ class OnnxPredictor:
     def labels(self) -> list[str]:
         return [str(c) for c in self.preprocess["target"].get("classes") or []]
 
-    def predict_array(self, X: np.ndarray) -> np.ndarray:
-        """Model input (N, *input_shape) -> the ONNX output, float32 (N, K) or (N, 1)."""
-        X = np.require(X, dtype=np.float32, requirements=["C"])
-        parts = [self.session.run([self.output_name], {self.input_name: X[i:i + BATCH]})[0]
-                 for i in range(0, len(X), BATCH)]
+    def feed(self, inputs: Mapping[str, np.ndarray], rows: slice = slice(None)) -> dict[str, np.ndarray]:
+        """The graph's feed for the named inputs (an export from before named inputs has one input, "input")."""
+        arrays = [inputs[n] for n in self.input_names] if set(inputs) == set(self.input_names) else list(inputs.values())
+        if len(arrays) != len(self.input_names):
+            raise ExportError(f"The ONNX model takes {len(self.input_names)} input(s) {self.input_names}, but "
+                              f"{len(arrays)} were given ({list(inputs)}).", "Export the model again.")
+        return {name: np.require(a[rows], dtype=np.float32 if a.dtype.kind == "f" else np.int64, requirements=["C"])
+                for name, a in zip(self.input_names, arrays)}
+
+    def predict_inputs(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The model's named inputs (N rows each) -> the ONNX output, float32 (N, K) or (N, 1)."""
+        n = rows_of(inputs)
+        parts = [self.session.run([self.output_name], self.feed(inputs, slice(i, i + BATCH)))[0]
+                 for i in range(0, n, BATCH)]
         return np.concatenate(parts) if parts else np.empty((0, len(self.labels) or 1), dtype=np.float32)
 
     def predict_frame(self, frame: pd.DataFrame, origin: str = "the input") -> np.ndarray:
         """What `foundry predict` computes: class probabilities (float64), or values in the target's units."""
         from modelfoundry.data.portable import apply_portable
 
-        output = self.predict_array(apply_portable(self.preprocess, frame, origin)).astype(np.float64)
+        output = self.predict_inputs(apply_portable(self.preprocess, frame, origin)).astype(np.float64)
         if self.task == "classification":
             return output
         target = self.preprocess["target"]
@@ -172,7 +191,8 @@ def _copy_graph(saved: SavedModel, out: Path | None, started: float) -> ExportRe
     parity = meta.parity
     return ExportResult(target, ExportDir(target).graph, parity.get("max_abs_diff", 0.0), parity.get("rows_checked", 0),
                         meta.input["name"], meta.output["name"], meta.exporter, meta.opset,
-                        parity.get("tolerance", 0.0), meta.files, time.perf_counter() - started)
+                        parity.get("tolerance", 0.0), meta.files, time.perf_counter() - started,
+                        [i["name"] for i in meta.extra.get("inputs", [meta.input])])
 
 
 def _stage(saved: SavedModel, desc: dict[str, Any], rows: pd.DataFrame, staging: Path, tolerance: float,
@@ -180,7 +200,7 @@ def _stage(saved: SavedModel, desc: dict[str, Any], rows: pd.DataFrame, staging:
     """Export, write preprocess.json, check parity and write export.json, all inside `staging`."""
     output_name = "probabilities" if saved.task == "classification" else "prediction"
     staged = ExportDir(staging)
-    exporter = _export_model(_exportable(saved), tuple(saved.record.input_shape), staged.graph, output_name, opset)
+    exporter = _export_model(_exportable(saved), saved.record.input_spec, staged.graph, output_name, opset)
     _check_onnx(staged.graph)
     write_json(staged.preprocess, desc)
     predictor = OnnxPredictor.open(staging, read_json(staged.preprocess), {})
@@ -205,25 +225,27 @@ def _exportable(saved: SavedModel) -> nn.Module:
             super().__init__()
             self.inner = inner
 
-        def forward(self, x):  # (B, *input_shape) -> (B, K) probabilities
-            return self.inner(x).softmax(dim=1)
+        def forward(self, *inputs):  # the named inputs in order -> (B, K) probabilities
+            return self.inner(*inputs).softmax(dim=1)
 
     return WithSoftmax(model).eval()
 
 
-def _export_model(module: nn.Module, input_shape: tuple[int, ...], path: Path, output_name: str,
-                  opset: int | None) -> str:
-    """Write `path` with the torch.export-based exporter, or the TorchScript one if that fails; which one."""
+def _export_model(module: nn.Module, inputs: InputSpec, path: Path, output_name: str, opset: int | None) -> str:
+    """Write `path` with the torch.export-based exporter, or the TorchScript one if that fails; which one.
+
+    The graph has one input per named input, with its name and dtype, and a dynamic batch dimension.
+    """
     import torch
 
-    example = (torch.zeros(2, *input_shape),)  # batch 2: torch.export would specialise a batch of 1
-    names = {"input_names": [INPUT_NAME], "output_names": [output_name], "opset_version": opset}
+    example = tuple(torch.from_numpy(a) for a in inputs.example(2).values())  # batch 2: torch.export would
+    names = {"input_names": inputs.names, "output_names": [output_name], "opset_version": opset}  # specialise 1
     large = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
     with warnings.catch_warnings(), _quiet_logger("torch.onnx._internal.exporter._registration"):
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))  # torch internals, not actionable
         try:
             torch.onnx.export(module, example, str(path), dynamo=True, external_data=large, verbose=False,
-                              dynamic_shapes=({0: torch.export.Dim("batch")},), **names)
+                              dynamic_shapes=_batch_dims(module, len(inputs)), **names)
             return "dynamo"
         except Exception as exc:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
             first = exc
@@ -231,12 +253,26 @@ def _export_model(module: nn.Module, input_shape: tuple[int, ...], path: Path, o
             leftover.unlink()
         try:
             torch.onnx.export(module, example, str(path), dynamo=False,
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}}, **names)
+                              dynamic_axes={**{name: {0: "batch"} for name in inputs.names}, output_name: {0: "batch"}},
+                              **names)
             return "torchscript"
         except Exception as exc:  # noqa: BLE001 - reported with both causes
             raise ExportError(f"Could not export the model to ONNX. torch.export exporter: {first_line(first)}; "
                               f"TorchScript exporter: {first_line(exc)}.",
                               "Report the model config; meanwhile serve the run with the torch backend.") from exc
+
+
+def _batch_dims(module: nn.Module, n_inputs: int) -> tuple[Any, ...]:
+    """torch.export's dynamic shapes for `module`'s inputs, the batch dimension dynamic in each; they follow
+    the forward signature (a `forward(*inputs)` takes them as one nested tuple)."""
+    import inspect
+
+    import torch
+
+    batch = torch.export.Dim("batch")
+    dims = tuple({0: batch} for _ in range(n_inputs))
+    kinds = [p.kind for p in inspect.signature(module.forward).parameters.values()]
+    return (dims,) if kinds and kinds[0] is inspect.Parameter.VAR_POSITIONAL else dims
 
 
 @contextlib.contextmanager
@@ -269,13 +305,13 @@ def _parity(saved: SavedModel, predictor: OnnxPredictor, rows: pd.DataFrame, tol
     X_torch = saved.preprocessor.transform(rows, "the parity rows")
     X_portable = apply_portable(predictor.preprocess, rows, "the parity rows")
     expected = predict_outputs(saved.model, X_torch, saved.task).reshape(len(rows), -1)  # (N, K) or (N, 1)
-    shape = predictor.session.get_inputs()[0].shape
-    if not isinstance(shape[0], str):
-        raise ExportError(f"The exported model has a fixed batch size ({shape[0]}) instead of a dynamic one.",
+    fixed = [node.name for node in predictor.session.get_inputs() if not isinstance(node.shape[0], str)]
+    if fixed:
+        raise ExportError(f"The exported model has a fixed batch size on input(s) {fixed} instead of a dynamic one.",
                           "Report the model config; meanwhile serve the run with the torch backend.")
     try:
-        got = predictor.predict_array(X_portable).astype(np.float64)
-        single = predictor.predict_array(X_portable[:1]).astype(np.float64)
+        got = predictor.predict_inputs(X_portable).astype(np.float64)
+        single = predictor.predict_inputs(take(X_portable, slice(0, 1))).astype(np.float64)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ExportError(f"ONNX Runtime could not run the exported model: {first_line(exc)}.",
                           "Try another opset (--opset), or report the model config.") from exc
@@ -284,8 +320,9 @@ def _parity(saved: SavedModel, predictor: OnnxPredictor, rows: pd.DataFrame, tol
         raise ExportError(f"The ONNX export differs from the PyTorch model by up to {diff:.3g} on "
                           f"{len(rows)} rows, more than the tolerance {tolerance:g}; nothing was written.",
                           "Raise --tolerance if the difference is acceptable, or try another --opset.")
-    return {"max_abs_diff": diff, "rows_checked": len(rows),
-            "preprocess_max_abs_diff": float(np.abs(X_portable - X_torch).max()) if X_torch.size else 0.0}
+    preprocess_diff = max((float(np.abs(X_portable[k].astype(np.float64) - X_torch[k]).max())
+                           for k in X_torch if X_torch[k].size), default=0.0)
+    return {"max_abs_diff": diff, "rows_checked": len(rows), "preprocess_max_abs_diff": preprocess_diff}
 
 
 def _test_rows(saved: SavedModel) -> pd.DataFrame:
@@ -304,6 +341,7 @@ def _metadata(saved: SavedModel, predictor: OnnxPredictor, onnx_path: Path, expo
 
     import modelfoundry
 
+    spec = saved.record.input_spec
     model = onnx.load(str(onnx_path), load_external_data=False)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     output_meaning = ("class probabilities, in the order of labels" if saved.task == "classification"
@@ -313,7 +351,9 @@ def _metadata(saved: SavedModel, predictor: OnnxPredictor, onnx_path: Path, expo
         "name": saved.record.name, "architecture": saved.config.model.name, "task": saved.task,
         "labels": saved.labels, "target": saved.record.target, "config_hash": saved.record.config_hash,
         "run_dir": str(saved.run_dir.resolve()),
-        "input": {"name": predictor.input_name, "shape": ["batch", *saved.record.input_shape], "dtype": "float32"},
+        "input": {"name": predictor.input_name, "shape": ["batch", *spec[0].shape], "dtype": spec[0].dtype},
+        "inputs": [{"name": node, "shape": ["batch", *f.shape], "dtype": f.dtype}
+                   for node, f in zip(predictor.input_names, spec)],
         "output": {"name": predictor.output_name, "shape": ["batch", saved.record.n_outputs],
                    "meaning": output_meaning},
         "opset": opset, "exporter": exporter, "files": files,

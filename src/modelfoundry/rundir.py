@@ -145,7 +145,7 @@ def load_model(run_dir: str | Path) -> SavedModel:
         model = OnnxGraph(weights, record.task)
     else:
         try:
-            model = build_model(config.model, tuple(record.input_shape), record.n_outputs)
+            model = build_model(config.model, record.input_spec, record.n_outputs)
         except (KeyError, TypeError) as exc:
             raise RunDirError(f"{spec_path} is malformed ({first_line(exc)}).",
                               "Use a run directory made by `foundry run`.") from None

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from modelfoundry.artifacts.inputs import rows_of
 from modelfoundry.config import load_config
 from modelfoundry.data.sources import load_source
 from modelfoundry.api.prediction import predict
@@ -156,8 +157,8 @@ def test_overload_answers_503_with_retry_after(run_dir, rows):
     class SlowStore(RunDirStore):
         def load(self, version=None):
             loaded = super().load(version)
-            predict_array = loaded.backend.predict_array
-            loaded.backend.predict_array = lambda X: (time.sleep(0.3), predict_array(X))[1]
+            predict_inputs = loaded.backend.predict_inputs
+            loaded.backend.predict_inputs = lambda X: (time.sleep(0.3), predict_inputs(X))[1]
             return loaded
 
     settings = ServeConfig(max_batch_size=1, max_queue_size=1, queue_timeout_ms=5000)
@@ -304,13 +305,13 @@ def test_a_failing_model_call_is_retried_alone_and_never_a_plain_500(run_dir, ro
     class FlakyStore(RunDirStore):  # the model call fails for more than 2 rows at once
         def load(self, version=None):
             loaded = super().load(version)
-            predict_array = loaded.backend.predict_array
+            predict_inputs = loaded.backend.predict_inputs
 
             def flaky(X):
-                if len(X) > 2:
+                if rows_of(X) > 2:
                     raise RuntimeError("kernel crashed")
-                return predict_array(X)
-            loaded.backend.predict_array = flaky
+                return predict_inputs(X)
+            loaded.backend.predict_inputs = flaky
             return loaded
 
     one = {"records": rows.head(1).to_dict(orient="records")}
@@ -343,13 +344,13 @@ def test_cheap_models_run_inline_and_slow_ones_in_a_thread(run_dir, rows):
 
         def load(self, version=None):
             loaded = super().load(version)
-            call = loaded.backend.predict_array
+            call = loaded.backend.predict_inputs
 
             def timed(X):
                 seen[self.key].add(threading.current_thread() is threading.main_thread())
                 time.sleep(self.delay_s)
                 return call(X)
-            loaded.backend.predict_array = timed
+            loaded.backend.predict_inputs = timed
             return loaded
 
     records = {"records": rows.head(3).to_dict(orient="records")}

@@ -97,7 +97,8 @@ def test_an_extension_sees_each_predict_and_infer_batch(run_dir, rows, recorder_
     raw[1, 2] = np.nan
     np.testing.assert_array_equal(first.rows.numeric, raw)  # the raw values, as checked
     np.testing.assert_array_equal(second.rows.numeric, rows.head(3).to_numpy(dtype=np.float64))
-    assert first.rows.X.shape == (5, 4) and first.rows.X.dtype == np.float32  # the model inputs
+    X = first.rows.inputs["numeric"]
+    assert list(first.rows.inputs) == ["numeric"] and X.shape == (5, 4) and X.dtype == np.float32  # the model inputs
     np.testing.assert_allclose(first.outputs.round(8), predicted["probabilities"])
     np.testing.assert_allclose(second.outputs.round(8).ravel(), inferred["outputs"][1]["data"])
     assert first.warnings == predicted["warnings"] and first.warnings[1] and not first.warnings[0]

@@ -48,8 +48,8 @@ def test_a_legacy_run_is_refused_until_migrated_then_predicts(legacy_run):
 
     rows = pd.DataFrame({"sepal length (cm)": [5.1, 6.7], "sepal width (cm)": [3.5, 3.0],
                          "petal length (cm)": [1.4, 5.2], "petal width (cm)": [0.2, 2.3]})
-    x = saved.preprocessor.transform(rows)
-    assert x.shape == (2, 4) and np.isfinite(x).all()
+    x = saved.preprocessor.transform(rows)["numeric"]  # a 0.1 run's one input is "numeric"
+    assert x.shape == (2, 4) and np.isfinite(x).all() and saved.record.input_spec.names == ["numeric"]
     with torch.no_grad():
         assert saved.model(torch.from_numpy(x)).shape == (2, 3)
     with pytest.raises(RunDirError, match="already has preprocess.json"):

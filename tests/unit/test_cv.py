@@ -75,6 +75,6 @@ def test_fold_preprocessing_and_target_scale_are_fitted_on_its_training_rows_onl
     parts = {"train": frame.iloc[:200], "val": frame.iloc[200:250], "test": frame.iloc[250:]}
     data = prepare_parts(clean, parts, cfg, seed=7, stratified=False)
     assert data.target_encoder.mean_ == pytest.approx(frame["target"].iloc[:200].mean())
-    assert data.X["train"].mean(0) == pytest.approx(np.zeros(data.X["train"].shape[1]), abs=1e-5)
+    assert data.X["train"]["numeric"].mean(0) == pytest.approx(np.zeros(data.X["train"]["numeric"].shape[1]), abs=1e-5)
     assert np.array_equal(data.rows["test"], frame.index[250:])
     assert data.info["split"] == {"seed": 7, "stratified": False, "train": 200, "val": 50, "test": len(frame) - 250}

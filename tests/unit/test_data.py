@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from modelfoundry.artifacts.inputs import InputSpec
 from modelfoundry.config import load_config
 from modelfoundry.data.balance import class_weights
 from modelfoundry.data.clean import OutlierClipper, clean_rows, infer_task, plan_features
@@ -127,9 +128,10 @@ def test_outlier_clipper_learns_bounds_on_fit_data_only():
 
 def test_preprocessing_is_fitted_on_the_training_split_only():
     prepared = prepare_data(data_cfg("sklearn:wine"), seed=0)
-    assert prepared.X["train"].mean(0) == pytest.approx(np.zeros(13), abs=1e-5)
-    assert not np.allclose(prepared.X["test"].mean(0), 0, atol=1e-3)  # test rows were not used to fit
-    assert prepared.X["train"].dtype == np.float32 and prepared.preprocessor.input_shape_ == (13,)
+    assert prepared.X["train"]["numeric"].mean(0) == pytest.approx(np.zeros(13), abs=1e-5)
+    assert not np.allclose(prepared.X["test"]["numeric"].mean(0), 0, atol=1e-3)  # test rows were not used to fit
+    assert list(prepared.X["train"]) == ["numeric"] and prepared.X["train"]["numeric"].dtype == np.float32
+    assert prepared.input_spec == InputSpec.single("numeric", (13,)) and prepared.preprocessor.input_shape_ == (13,)
 
 
 def test_imputation_encoding_and_unknown_categories():
@@ -140,13 +142,13 @@ def test_imputation_encoding_and_unknown_categories():
                                                   "k": {"missing": "constant", "fill_value": -5, "scale": "none"}})
     specs = plan_features(train.assign(y=[0, 1, 0, 1]), cfg, "f.csv")
     pre = Preprocessor(specs).fit(train)
-    out = pre.transform(train)
+    out = pre.transform(train)["numeric"]
     names = pre.feature_names_
     assert out[1, names.index("n")] == pytest.approx(14 / 3)  # mean of 1, 3, 10
     assert out[0, names.index("k")] == -5
     assert out[2, names.index("c_a")] == 1  # most frequent fills the missing category
     assert sorted(set(out[:, names.index("o")])) == [0, 1]
-    unseen = pre.transform(pd.DataFrame({"n": [1.0], "c": ["zzz"], "o": ["q"], "k": [1.0]}))
+    unseen = pre.transform(pd.DataFrame({"n": [1.0], "c": ["zzz"], "o": ["q"], "k": [1.0]}))["numeric"]
     assert unseen[0, names.index("c_a")] == 0 and unseen[0, names.index("o")] == -1
     with pytest.raises(DataError, match="lacks column"):
         pre.transform(train.drop(columns=["c"]))
@@ -157,15 +159,15 @@ def test_imputation_encoding_and_unknown_categories():
 def test_images_from_pixel_columns_and_from_array_cells(tmp_path):
     cfg = data_cfg("sklearn:digits", features={"pixel_*": {"type": "image", "scale": "minmax"}})
     prepared = prepare_data(cfg, seed=0)
-    assert prepared.X["train"].shape[1:] == (1, 8, 8)
-    assert prepared.X["train"].min() == 0 and prepared.X["train"].max() == 1
+    assert list(prepared.X["train"]) == ["image"] and prepared.X["train"]["image"].shape[1:] == (1, 8, 8)
+    assert prepared.X["train"]["image"].min() == 0 and prepared.X["train"]["image"].max() == 1
     digits = load_source("sklearn:digits")
     pixels = digits.drop(columns="target").to_numpy()
     path = tmp_path / "images.jsonl"
     pd.DataFrame({"img": [p.reshape(8, 8).tolist() for p in pixels[:300]],
                   "label": digits["target"][:300]}).to_json(path, orient="records", lines=True)
     from_arrays = prepare_data(data_cfg(path, target="label"), seed=0)
-    assert from_arrays.X["train"].shape[1:] == (1, 8, 8) and from_arrays.task == "classification"
+    assert from_arrays.X["train"]["image"].shape[1:] == (1, 8, 8) and from_arrays.task == "classification"
 
 
 def test_target_encoder_round_trip_and_unseen_labels():
@@ -218,7 +220,7 @@ def test_clipping_without_scaling_and_an_empty_training_column():
     train = pd.DataFrame({"a": [1.0, 2.0, 3.0, 100.0], "empty": [np.nan] * 4, "y": [0, 1, 0, 1]})
     cfg = data_cfg("f.csv", target="y", features={"a": {"scale": "none"}})
     pre = Preprocessor(plan_features(train.copy(), cfg, "f.csv"), "zscore", 1.0).fit(train)
-    out = pre.transform(pd.DataFrame({"a": [1000.0], "empty": [5.0]}))
+    out = pre.transform(pd.DataFrame({"a": [1000.0], "empty": [5.0]}))["numeric"]
     assert out.shape == (1, 2) and pre.feature_names_ == ["a", "empty"]
     assert out[0, 0] == pytest.approx(train.a.mean() + train.a.std(ddof=0))  # clipped, not scaled
 
@@ -244,13 +246,13 @@ def test_a_wide_table_is_one_pipeline_per_treatment_and_keeps_column_order():
     specs = plan_features(frame, cfg, "wide.csv")
     pre = Preprocessor(specs).fit(frame)
     assert len(pre.column_transformer_.transformers_) == 3  # standard numeric, minmax numeric, categorical
-    out = pre.transform(frame)
+    out = pre.transform(frame)["numeric"]
     assert pre.feature_names_[:2] == ["f0", "f1"] and pre.feature_names_[150:152] == ["colour_blue", "colour_red"]
     assert out.shape == (40, 302)
     np.testing.assert_allclose(out[:, 0], (frame["f0"] - frame["f0"].mean()) / frame["f0"].std(ddof=0), rtol=1e-5)
     np.testing.assert_allclose(out[:, -1], (frame["f299"] - frame["f299"].min()) / np.ptp(frame["f299"]), rtol=1e-5)
     assert (out[:, 150] + out[:, 151] == 1).all()
-    np.testing.assert_allclose(apply_portable(describe_preprocessor(pre), frame), out, rtol=1e-6)
+    np.testing.assert_allclose(apply_portable(describe_preprocessor(pre), frame)["numeric"], out, rtol=1e-6)
 
 
 def test_content_hash_is_unchanged_by_the_block_path():

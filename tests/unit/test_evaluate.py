@@ -48,11 +48,15 @@ def test_error_analysis_lists_the_worst_rows():
 
 def test_baselines_are_fitted_on_the_same_split():
     rng = np.random.default_rng(0)
-    X = {s: rng.normal(size=(n, 3)).astype(np.float32) for s, n in [("train", 200), ("test", 100)]}
-    y = {s: (x[:, 0] > 0).astype(np.int64) for s, x in X.items()}
+    X = {s: {"numeric": rng.normal(size=(n, 3)).astype(np.float32)} for s, n in [("train", 200), ("test", 100)]}
+    y = {s: (x["numeric"][:, 0] > 0).astype(np.int64) for s, x in X.items()}
     out = baseline_metrics("classification", X, y, 2, None, [])
     assert out["baseline_linear_accuracy"] > 0.9 and out["baseline_dummy_roc_auc"] == 0.5
     assert 0.35 < out["baseline_dummy_accuracy"] < 0.65
+    # every float input is a feature of the linear baseline; token ids are not
+    mixed = {s: {"image": x["numeric"][:, :1].reshape(-1, 1, 1, 1) * 0, "numeric": x["numeric"],
+                 "tokens": np.zeros((len(x["numeric"]), 4), np.int64)} for s, x in X.items()}
+    assert baseline_metrics("classification", mixed, y, 2, None, []) == pytest.approx(out, abs=1e-6)
 
 
 def test_evaluation_writes_flat_metrics_plots_and_report(tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from modelfoundry.artifacts.inputs import rows_of, take
 from modelfoundry.config import load_config
 from modelfoundry.data import portable
 from modelfoundry.data.clean import plan_features
@@ -95,8 +96,10 @@ def test_portable_preprocessing_equals_the_fitted_one(exported, name):
     rows = split_rows(run_dir)
     expected = fitted_preprocessor(run_dir).transform(rows)
     got = apply_portable(desc, rows)
-    assert got.dtype == np.float32 and got.shape == expected.shape == (len(rows), *desc["input_shape"])
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
+    assert list(got) == list(expected) == [f["name"] for f in desc["inputs"]] == saved.record.input_spec.names
+    for name, array in got.items():
+        assert array.dtype == np.float32 and array.shape == expected[name].shape == (len(rows), *desc["input_shape"])
+        np.testing.assert_allclose(array, expected[name], rtol=1e-6, atol=0)
 
 
 def test_unseen_categories_missing_values_and_numeric_text(exported):
@@ -106,8 +109,8 @@ def test_unseen_categories_missing_values_and_numeric_text(exported):
     rows = pd.DataFrame({"sepal length (cm)": [np.nan, "5.1", 4.4, None], "sepal width (cm)": [np.nan, 3.0, 99.0, 2.5],
                          "petal length (cm)": ["1.4", "4.0", "6.1", "2.2"], "petal width (cm)": [0.2, 1.3, 2.5, 9.0],
                          "colour": ["purple", None, "red", np.nan], "size": ["XL", "M", None, "S"]})
-    expected = pre.transform(rows)
-    got = apply_portable(desc, rows)
+    expected = pre.transform(rows)["numeric"]
+    got = apply_portable(desc, rows)["numeric"]
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
     names = desc["feature_names"]
     colours = [names.index(f"colour_{c}") for c in ("blue", "green", "red")]
@@ -133,7 +136,7 @@ def test_portable_image_from_array_cells():
     pre = Preprocessor(plan_features(frame, cfg, "f.jsonl")).fit(frame)
     desc = round_trip(describe_preprocessor(pre))
     assert desc["image"]["array_column"] == "img" and "target" not in desc
-    np.testing.assert_allclose(apply_portable(desc, frame), pre.transform(frame), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(apply_portable(desc, frame)["image"], pre.transform(frame)["image"], rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("name", list(RUNS))
@@ -145,10 +148,11 @@ def test_onnx_model_takes_any_batch_and_matches_torch(exported, name):
     predictor = load_onnx_predictor(out_dir)
     rows = pd.concat([split_rows(run_dir)] * 2).iloc[:37]
     X = saved.preprocessor.transform(rows)
-    for batch in (X[:1], X):
-        onnx_out = predictor.session.run(None, {result.input_name: batch})[0]
-        assert onnx_out.shape == (len(batch), saved.spec["n_outputs"])
-        torch_out = predict_outputs(saved.model, batch, saved.task).reshape(len(batch), -1)
+    assert result.input_names == saved.record.input_spec.names == [i.name for i in predictor.session.get_inputs()]
+    for batch in (take(X, slice(0, 1)), X):
+        onnx_out = predictor.session.run(None, batch)[0]  # the graph's inputs are the model's named inputs
+        assert onnx_out.shape == (rows_of(batch), saved.record.n_outputs)
+        torch_out = predict_outputs(saved.model, batch, saved.task).reshape(rows_of(batch), -1)
         np.testing.assert_allclose(onnx_out, torch_out, rtol=0, atol=1e-4)
     if saved.task == "classification":
         assert result.output_name == "probabilities" and np.allclose(onnx_out.sum(1), 1, atol=1e-5)
@@ -163,8 +167,9 @@ def test_export_json_records_what_and_how(exported, name):
     assert meta["parity"]["max_abs_diff"] == result.max_abs_diff <= 1e-4 == meta["parity"]["tolerance"]
     assert meta["parity"]["preprocess_max_abs_diff"] == 0
     assert meta["exporter"] == result.exporter == "dynamo" and meta["opset"] == result.opset >= 17
-    assert meta["input"] == {"name": "input", "shape": ["batch", *load_model(run_dir).spec["input_shape"]],
-                             "dtype": "float32"}
+    spec = load_model(run_dir).record.input_spec
+    assert meta["inputs"] == [{"name": f.name, "shape": ["batch", *f.shape], "dtype": f.dtype} for f in spec]
+    assert meta["input"] == meta["inputs"][0] and meta["input"]["name"] in ("numeric", "image")
     assert set(meta["versions"]) == {"modelfoundry", "torch", "onnx", "onnxruntime"}
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(meta["files"])  # nothing else left behind
 

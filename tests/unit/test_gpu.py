@@ -22,7 +22,7 @@ def test_mixed_precision_trains_on_cuda(make_config, precision, tmp_path):
                       training={"epochs": 4, "precision": precision, "optimizer": {"lr": 0.01}})
     data = prepare_data(cfg.data, cfg.seed)
     seed_everything(cfg.seed, True)
-    model = build_model(cfg.model, data.preprocessor.input_shape_, data.n_outputs)
+    model = build_model(cfg.model, data.input_spec, data.n_outputs)
     result = fit(model, data.X, data.y, cfg.training, task=data.task, seed=0, run_dir=tmp_path, progress=False)
     assert result.device.startswith("cuda") and result.history[-1]["val_accuracy"] > 0.8
     assert next(result.model.parameters()).dtype == torch.float32  # autocast keeps fp32 master weights

@@ -40,12 +40,12 @@ def test_records_give_exactly_the_model_input_of_apply_portable(desc):
                           "colour": ["purple", None, "red", "green", "blue"], "size": ["XL", "M", None, "S", "L"],
                           "extra": [1, 2, 3, 4, 5]})
     schema = InputSchema(desc)
-    expected = apply_portable(desc, frame)
-    np.testing.assert_array_equal(schema.from_records(records_of(frame)).X, expected)
+    expected = apply_portable(desc, frame)["numeric"]
+    np.testing.assert_array_equal(schema.from_records(records_of(frame)).inputs["numeric"], expected)
     columns = {c: records_of(frame[[c]]) for c in frame.columns}
-    np.testing.assert_array_equal(schema.from_columns({c: [r[c] for r in v] for c, v in columns.items()}, 5).X,
-                                  expected)
-    np.testing.assert_array_equal(schema.from_frame(frame).X, expected)
+    np.testing.assert_array_equal(
+        schema.from_columns({c: [r[c] for r in v] for c, v in columns.items()}, 5).inputs["numeric"], expected)
+    np.testing.assert_array_equal(schema.from_frame(frame).inputs["numeric"], expected)
 
 
 def test_warnings_flag_unseen_imputed_and_out_of_range_values(desc):
@@ -128,7 +128,9 @@ def test_images_of_one_pixel_per_column_are_read_like_numeric_columns():
     desc = prepare_data(cfg.data, cfg.seed).preprocessor.desc
     frame = load_source("sklearn:digits").drop(columns="target").head(5)
     schema = InputSchema(desc)
-    np.testing.assert_array_equal(schema.from_records(frame.to_dict(orient="records")).X, apply_portable(desc, frame))
+    checked = schema.from_records(frame.to_dict(orient="records"))
+    assert list(checked.inputs) == ["image"] == schema.input_spec.names
+    np.testing.assert_array_equal(checked.inputs["image"], apply_portable(desc, frame)["image"])
     assert schema.warnings(schema.from_records(frame.to_dict(orient="records"))) == (None, {})
     for value, fragment in ((10 ** 400, "too large"), (None, "missing pixel"), (float("nan"), "NaN")):
         with pytest.raises(DataError) as err:

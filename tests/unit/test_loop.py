@@ -19,7 +19,7 @@ def setup(make_config, **sections):
     cfg = make_config(**sections)
     data = prepare_data(cfg.data, cfg.seed)
     seed_everything(cfg.seed, True)
-    model = build_model(cfg.model, data.preprocessor.input_shape_, data.n_outputs)
+    model = build_model(cfg.model, data.input_spec, data.n_outputs)
     return cfg, data, model
 
 
@@ -44,8 +44,9 @@ def test_early_stopping_stops_and_restores_the_best_epoch(make_config):
     losses = [r["val_loss"] for r in result.history]
     assert result.best_epoch == int(np.argmin(losses)) + 1 and len(losses) - result.best_epoch == 3
     from modelfoundry.train.loop import validate
+    from modelfoundry.train.setup import EvalInputs
 
-    x, y = torch.tensor(data.X["val"]), torch.tensor(data.y["val"])
+    x, y = EvalInputs((torch.tensor(data.X["val"]["numeric"]),), torch.device("cpu")), torch.tensor(data.y["val"])
     restored, _ = validate(result.model, x, y, torch.nn.CrossEntropyLoss(), "classification",
                         lambda: torch.autocast("cpu", enabled=False))
     assert restored["val_loss"] == pytest.approx(min(losses), rel=1e-5)

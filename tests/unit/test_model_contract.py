@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from pydantic import Field
 
+from modelfoundry.artifacts.inputs import InputSpec
 from modelfoundry.config import load_config
 from modelfoundry.config.base import Section
 from modelfoundry.errors import ConfigError
@@ -20,6 +21,7 @@ from tests.conftest import tiny_config
 
 # every model of the table trains on tiny 8x8 digit images (an MLP flattens them)
 DIGITS = {"source": "sklearn:digits", "features": {"pixel_*": {"type": "image"}}}
+IMAGES = InputSpec.single("image", (1, 8, 8))
 TINY_MODEL = {"mlp": {"hidden": [8]}, "cnn": {"channels": [4], "hidden": []}}  # smaller than the defaults
 
 
@@ -32,11 +34,11 @@ class TinyLinearConfig(Section):
     scale: float = Field(1.0, gt=0)  # multiplies the initial weights
 
 
-def build_tiny_linear(config: TinyLinearConfig, input_shape: tuple[int, ...], n_outputs: int):
+def build_tiny_linear(config: TinyLinearConfig, inputs: InputSpec, n_outputs: int):
     import torch
     from torch import nn
 
-    model = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), n_outputs, bias=config.bias))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(inputs[0].shape), n_outputs, bias=config.bias))
     with torch.no_grad():
         model[1].weight.mul_(config.scale)
     return model
@@ -68,7 +70,7 @@ def check_contract(name: str, tmp_path, **model_keys) -> None:
     from modelfoundry.serve.store import RunDirStore
 
     config = contract_config(name, **model_keys)
-    model = build_model(config.model, (1, 8, 8), 10)
+    model = build_model(config.model, IMAGES, 10)
     assert sum(p.numel() for p in model.parameters()) > 0
 
     result = run(config, run_dir=tmp_path / "run", progress=False)
@@ -105,14 +107,14 @@ def test_every_model_builds_from_its_config_and_gives_one_output_per_class(name)
 
     config = contract_config(name)
     assert type(config.model) is MODELS[name].config
-    model = build_model(config.model, (1, 8, 8), 10).eval()
+    model = build_model(config.model, IMAGES, 10).eval()
     assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)  # (B, C, H, W) -> (B, n_outputs)
 
 
 def test_registering_a_model_makes_its_section_a_config_and_removing_it_undoes_that(tiny_linear):
     config = contract_config(tiny_linear, bias=False)
     assert isinstance(config.model, TinyLinearConfig) and config.model.bias is False
-    model = build_model(config.model, (1, 8, 8), 10)
+    model = build_model(config.model, IMAGES, 10)
     assert [type(m).__name__ for m in model] == ["Flatten", "Linear"] and model[1].bias is None
     with pytest.raises(ConfigError, match=r"model\.bais.*Did you mean 'bias'\?"):
         contract_config(tiny_linear, bais=False)  # its keys are checked like a shipped model's

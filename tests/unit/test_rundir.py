@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from modelfoundry.artifacts.inputs import InputSpec
+
 FORMAT_1 = Path(__file__).parents[1] / "fixtures" / "run_format_1"
 
 
@@ -52,6 +54,34 @@ def test_a_format_1_run_evaluates_predicts_exports_and_serves(format_1_run, tmp_
     assert body["predictions"] == expected.prediction.tolist()
 
 
+def test_an_export_made_before_named_inputs_still_predicts_and_serves(format_1_run, tmp_path):
+    """Its graph's one input is called "input"; the server feeds the model's one named input to it."""
+    from fastapi.testclient import TestClient
+
+    from modelfoundry.api import predict
+    from modelfoundry.config import ServeConfig
+    from modelfoundry.data.sources import load_source
+    from modelfoundry.export import load_onnx_predictor
+    from modelfoundry.serve.app import create_app
+    from modelfoundry.serve.store import RunDirStore
+
+    shutil.copytree(FORMAT_1.parent / "run_format_1_export", format_1_run / "model" / "onnx")
+    predictor = load_onnx_predictor(format_1_run / "model" / "onnx")
+    assert predictor.input_names == ["input"] and "inputs" not in predictor.preprocess
+    rows = load_source("sklearn:iris").drop(columns="target").iloc[::25]
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    expected = predict(format_1_run, tmp_path / "rows.csv")  # the torch model
+    probabilities = predictor.predict_frame(rows)
+    assert abs(probabilities - expected[["prob_0", "prob_1", "prob_2"]].to_numpy()).max() < 1e-5
+    with TestClient(create_app(ServeConfig(), RunDirStore(format_1_run))) as client:
+        meta = client.get("/v2/models/iris-format-1").json()
+        body = client.post("/predict", json={"records": rows.to_dict(orient="records")}).json()
+    assert meta["platform"] == "onnxruntime"  # the old export was used, not re-exported or replaced by torch
+    assert meta["parameters"]["model_inputs"] == [{"name": "numeric", "datatype": "FP32", "shape": [-1, 4]}]
+    assert body["predictions"] == expected.prediction.tolist()
+    assert json.loads((format_1_run / "model" / "onnx" / "export.json").read_text())["input"]["name"] == "input"
+
+
 def test_the_layout_names_every_file_of_a_format_1_run():
     from modelfoundry.artifacts.rundir import RunDir
 
@@ -68,7 +98,7 @@ def test_the_layout_names_every_file_of_a_format_1_run():
     assert RunDir(str(FORMAT_1)) == layout  # a str or a Path: the same run directory
 
 
-def test_a_format_1_model_record_reads_and_is_written_back_as_format_version_2():
+def test_a_format_1_model_record_reads_and_is_written_back_as_the_current_format():
     from modelfoundry.artifacts.records import MODEL_FORMAT_VERSION, ModelRecord
 
     raw = json.loads((FORMAT_1 / "model" / "model.json").read_text())
@@ -77,8 +107,9 @@ def test_a_format_1_model_record_reads_and_is_written_back_as_format_version_2()
     assert (record.name, record.task, record.input_shape, record.n_outputs) == ("iris-format-1", "classification",
                                                                                 [4], 3)
     assert record.classes == [0, 1, 2] and record.best_epoch == 3 and record.runtime is None
+    assert record.inputs is None and record.input_spec == InputSpec.single("numeric", (4,))  # derived from the shape
     written = record.to_json()
-    assert written["format_version"] == MODEL_FORMAT_VERSION == 2 and "format" not in written
+    assert written["format_version"] == MODEL_FORMAT_VERSION == 3 and "format" not in written
     assert ModelRecord.from_json(written) == record
     assert record.spec() == {k: v for k, v in raw.items() if k != "format"}  # what the model code read before
 
@@ -87,10 +118,24 @@ def test_keys_a_record_does_not_know_survive_a_round_trip():
     from modelfoundry.artifacts.records import ModelRecord
 
     record = ModelRecord.from_json({"name": "m", "task": "regression", "input_shape": [3], "n_outputs": 1,
-                                    "inputs": {"numeric": {"dtype": "float32"}}})
-    assert record.extra == {"inputs": {"numeric": {"dtype": "float32"}}}
-    assert record.to_json()["inputs"] == {"numeric": {"dtype": "float32"}}
-    assert record.spec()["inputs"] == {"numeric": {"dtype": "float32"}}
+                                    "explanations": {"method": "shap"}})
+    assert record.extra == {"explanations": {"method": "shap"}}
+    assert record.to_json()["explanations"] == {"method": "shap"}
+    assert record.spec()["explanations"] == {"method": "shap"}
+
+
+def test_the_input_spec_round_trips_and_a_malformed_one_is_named():
+    from modelfoundry.artifacts.records import ModelRecord
+    from modelfoundry.errors import RunDirError
+
+    inputs = [{"name": "numeric", "dtype": "float32", "shape": [3]}, {"name": "tokens", "dtype": "int64", "shape": [8]}]
+    record = ModelRecord.from_json({"name": "m", "task": "regression", "n_outputs": 1, "inputs": inputs})
+    assert record.input_spec.names == ["numeric", "tokens"] and record.input_spec["tokens"].shape == (8,)
+    assert ModelRecord.from_json(record.to_json()).input_spec == record.input_spec
+    for bad in ([{"name": "tokens", "dtype": "int8", "shape": [8]}], [{"name": "x", "shape": [1]}],
+                [{"name": "x", "dtype": "float32", "shape": [0]}], inputs + inputs[:1]):
+        with pytest.raises(RunDirError, match="'m/model.json' holds a malformed input spec"):
+            ModelRecord.from_json({"name": "m", "task": "regression", "n_outputs": 1, "inputs": bad}, "m/model.json")
 
 
 @pytest.mark.parametrize(("change", "field"), [
@@ -117,8 +162,8 @@ def test_a_model_record_from_a_newer_format_is_refused_with_the_fix():
     from modelfoundry.artifacts.records import ModelRecord
     from modelfoundry.errors import RunDirError
 
-    with pytest.raises(RunDirError, match="model format 3") as info:
-        ModelRecord.from_json({"format_version": 3, "name": "m", "task": "regression", "input_shape": [1],
+    with pytest.raises(RunDirError, match="model format 4") as info:
+        ModelRecord.from_json({"format_version": 4, "name": "m", "task": "regression", "input_shape": [1],
                                "n_outputs": 1}, "x/model.json")
     assert "Upgrade modelfoundry" in info.value.hint
 
@@ -128,8 +173,11 @@ def test_every_missing_field_is_named_at_once():
     from modelfoundry.errors import RunDirError
 
     with pytest.raises(RunDirError) as info:
-        ModelRecord.from_json({"n_outputs": 2, "task": "regression"}, "m/model.json")
-    assert info.value.message == "'m/model.json' is malformed: fields 'name', 'input_shape' are missing."
+        ModelRecord.from_json({"task": "regression"}, "m/model.json")
+    assert info.value.message == "'m/model.json' is malformed: fields 'name', 'n_outputs' are missing."
+    with pytest.raises(RunDirError) as info:
+        ModelRecord.from_json({"name": "m", "n_outputs": 2, "task": "regression"}, "m/model.json")
+    assert info.value.message == "'m/model.json' is malformed: fields 'inputs' and 'input_shape' are both missing."
 
 
 def test_data_and_export_records_read_what_the_code_reads(format_1_run):
@@ -148,7 +196,7 @@ def test_data_and_export_records_read_what_the_code_reads(format_1_run):
         ExportRecord.from_json({**export, "output": {}}, "e.json")
 
 
-def test_a_model_saved_now_has_format_version_2_and_loads_to_the_same_outputs(tmp_path):
+def test_a_model_saved_now_has_the_current_format_and_loads_to_the_same_outputs(tmp_path):
     import torch
 
     from modelfoundry.artifacts.rundir import RunDir
@@ -158,10 +206,12 @@ def test_a_model_saved_now_has_format_version_2_and_loads_to_the_same_outputs(tm
     new = RunDir(tmp_path / "resaved")
     new.model_dir.mkdir(parents=True)
     shutil.copyfile(RunDir(FORMAT_1).config, new.config)
-    save_model(new.path, old.model, old.spec, old.preprocessor, old.target_encoder)
+    save_model(new.path, old.model, {**old.spec, "inputs": old.record.input_spec.to_json()}, old.preprocessor,
+               old.target_encoder)
     written = json.loads(new.model_record.read_text())
-    assert written["format_version"] == 2 and "format" not in written
+    assert written["format_version"] == 3 and "format" not in written
+    assert written["inputs"] == [{"name": "numeric", "dtype": "float32", "shape": [4]}]
     again = load_model(new.path)
-    assert again.spec == old.spec and again.record == old.record
+    assert again.record.input_spec == old.record.input_spec and again.record.input_shape == old.record.input_shape
     x = torch.randn(5, 4)
     torch.testing.assert_close(again.model(x), old.model(x))

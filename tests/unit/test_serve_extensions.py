@@ -19,7 +19,8 @@ class NanAboveBackend:
     def __init__(self, description):
         self.desc, self.columns = description, description["columns"]
 
-    def predict_array(self, X):
+    def predict_inputs(self, inputs):
+        X = inputs["numeric"]
         total = X.sum(axis=1).astype(np.float64)
         return np.column_stack([np.where(total > 100, np.nan, total), np.ones(len(X))])
 
@@ -57,7 +58,7 @@ def test_only_answered_rows_reach_the_extensions():
     (model, rows, outputs, warnings, requests), = publisher.calls
     assert model is served.current and requests == [1, 2]  # the broken request's row is left out
     np.testing.assert_array_equal(rows.numeric, [[0.5, 0.25], [0.5, np.nan], [0.0, 1.0]])
-    assert outputs[:, 0].tolist() == [0.75, 0.5, 1.0] and len(rows.X) == 3  # b imputed with its mean, 0
+    assert outputs[:, 0].tolist() == [0.75, 0.5, 1.0] and len(rows.inputs["numeric"]) == 3  # b imputed with its mean, 0
     assert [{w["kind"] for w in row} for row in warnings] == [set(), {"imputed"}, set()]
 
 

@@ -32,7 +32,7 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
     frame = read_table(Path(input_path))
     schema = InputSchema(saved.preprocessor.desc)
     checked = schema.from_frame(frame, origin=str(input_path))
-    output = predict_outputs(saved.model, checked.X, saved.task)
+    output = predict_outputs(saved.model, checked.inputs, saved.task)
     if saved.task == "classification":
         table = pd.DataFrame({"prediction": saved.target_encoder.decode(output.argmax(1))}, index=frame.index)
         for k, label in enumerate(saved.labels):

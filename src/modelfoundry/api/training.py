@@ -129,7 +129,8 @@ def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bo
     if finished_before:  # its model is saved already
         return data, fit_result, config, run_path
     if not fit_result.interrupted:
-        spec = {"name": config.name, "task": data.task, "input_shape": list(data.preprocessor.input_shape_),
+        spec = {"name": config.name, "task": data.task, "inputs": data.input_spec.to_json(),
+                "input_shape": list(data.preprocessor.input_shape_),
                 "n_outputs": data.n_outputs, "target": config.data.target, "columns": data.preprocessor.columns,
                 "classes": getattr(data.target_encoder, "classes_", None), "best_epoch": fit_result.best_epoch,
                 "config_hash": config_hash(config)}

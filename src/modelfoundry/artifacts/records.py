@@ -12,11 +12,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from modelfoundry.artifacts.inputs import InputSpec
 from modelfoundry.errors import RunDirError, first_line
 from modelfoundry.storage import read_json
 
-MODEL_FORMAT_VERSION = 2  # 2: `format_version` (was `format`: 1); the fields did not change
-READABLE_MODEL_FORMATS = (1, 2)
+MODEL_FORMAT_VERSION = 3  # 2: `format_version` (was `format`: 1); 3: `inputs`, the named typed inputs
+READABLE_MODEL_FORMATS = (1, 2, 3)
 HINT = "Use a run directory made by `foundry run` (or restore the file from the registry)."
 
 R = TypeVar("R", bound="_Record")
@@ -77,8 +78,10 @@ class ModelRecord(_Record):
 
     name: str
     task: str  # classification | regression
-    input_shape: list[int]  # one row's shape: [F] for tables, [C, H, W] for images
     n_outputs: int
+    inputs: list[dict[str, Any]] | None = None  # the named typed inputs (data/inputs.py); absent before format 3
+    input_shape: list[int] | None = None  # the one input's row shape, written for single-input models (and
+    #                                       the only description before format 3: [F] tables, [C, H, W] images)
     target: str | None = None
     columns: list[str] = field(default_factory=list)
     classes: list[Any] | None = None  # in output order; None for regression
@@ -90,10 +93,11 @@ class ModelRecord(_Record):
     format_version: int = MODEL_FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
-    TYPES = {"name": (str,), "task": (str,), "input_shape": (list,), "n_outputs": (int,), "target": (str,),
+    TYPES = {"name": (str,), "task": (str,), "inputs": (list,), "input_shape": (list,), "n_outputs": (int,),
+             "target": (str,),
              "columns": (list,), "classes": (list,), "best_epoch": (int,), "config_hash": (str,),
              "runtime": (str,), "compression": (dict,), "parent_run": (str,), "format_version": (int,)}
-    REQUIRED = ("name", "task", "input_shape", "n_outputs")
+    REQUIRED = ("name", "task", "n_outputs")
 
     @classmethod
     def from_json(cls, data: dict[str, Any], path: Path | str = "<record>") -> ModelRecord:
@@ -106,9 +110,21 @@ class ModelRecord(_Record):
         return super().from_json({**data, "format_version": MODEL_FORMAT_VERSION}, path)
 
     def _check(self, path: Path | str) -> None:
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in self.input_shape):
+        if self.inputs is None and self.input_shape is None:
+            raise RunDirError(f"'{path}' is malformed: fields 'inputs' and 'input_shape' are both missing.", HINT)
+        if self.input_shape is not None and not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                                    for d in self.input_shape):
             raise RunDirError(f"'{path}' is malformed: field 'input_shape' should be positive whole numbers, "
                               f"got {self.input_shape!r:.60}.", HINT)
+        if self.inputs is not None:
+            InputSpec.from_json(self.inputs, f"'{path}'")  # a malformed spec: named now, with the file
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """The model's named inputs; a record from before format 3 has one, derived from `input_shape`."""
+        if self.inputs is not None:
+            return InputSpec.from_json(self.inputs, "model.json")
+        return InputSpec.for_shape(self.input_shape or [])
 
     def spec(self) -> dict[str, Any]:
         """The record as the dict the model code reads (no format key; None fields left out as before)."""

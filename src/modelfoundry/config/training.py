@@ -95,6 +95,11 @@ class TrainingConfig(Section):
     deterministic: bool = True
     num_threads: int | None = Field(None, ge=1, le=4096)
     tensorboard: bool = False
+    # preload: every split on the device once, batches are index slices (fastest when it fits); stream: a
+    # DataLoader brings each batch from host memory or memory-mapped files; auto: stream only when the data is
+    # on disk (memory-mapped) or would take more than half of the accelerator's free memory
+    data_loading: Literal["auto", "preload", "stream"] = "auto"
+    loader_workers: int = Field(0, ge=0, le=64)  # DataLoader worker processes when streaming (0: in the loop)
 
     @field_validator("device")
     @classmethod

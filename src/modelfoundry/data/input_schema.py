@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelfoundry.artifacts.inputs import Inputs, concat, take
+from modelfoundry.data.portable import input_spec
 from modelfoundry.errors import DataError
 
 if TYPE_CHECKING:
@@ -40,25 +42,25 @@ WARNING_KINDS = ("unseen_category", "imputed", "out_of_range")
 
 @dataclass
 class CheckedRows:
-    """One request's rows, checked: raw numeric values, category codes and texts, and the model input."""
+    """One request's rows, checked: raw numeric values, category codes and texts, and the model inputs."""
 
     numeric: np.ndarray  # (N, Fn) float64, NaN where missing
     codes: np.ndarray  # (N, Fc) int64: category index, UNSEEN or MISSING
     texts: np.ndarray  # (N, Fc) object: the categorical values as text (None where missing)
-    X: np.ndarray  # (N, *input_shape) float32: what the model takes
+    inputs: Inputs  # what the model takes: {"numeric": (N, F)} or {"image": (N, C, H, W)}, float32
 
     def __len__(self) -> int:
-        return len(self.X)
+        return len(self.numeric)
 
-    def __getitem__(self, rows: slice) -> CheckedRows:
-        return CheckedRows(self.numeric[rows], self.codes[rows], self.texts[rows], self.X[rows])
+    def __getitem__(self, rows: Any) -> CheckedRows:
+        return CheckedRows(self.numeric[rows], self.codes[rows], self.texts[rows], take(self.inputs, rows))
 
     @staticmethod
     def join(parts: Sequence[CheckedRows]) -> CheckedRows:
         if len(parts) == 1:
             return parts[0]
-        return CheckedRows(*(np.concatenate([getattr(p, name) for p in parts])
-                             for name in ("numeric", "codes", "texts", "X")))
+        return CheckedRows(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("numeric", "codes", "texts")),
+                           concat([p.inputs for p in parts]))
 
 
 class InputSchema:
@@ -82,6 +84,8 @@ class InputSchema:
         self.frame_only = self.image and len(desc["image"]["columns"]) == 1  # arrays in one column: a DataFrame
         self.others = set(self.columns) != set(self.num_columns)  # columns that itemgetter does not check
         self.width = int(np.prod(desc["input_shape"]))
+        self.input_spec = input_spec(desc)
+        self.input_name = self.input_spec[0].name  # the one named input a tabular or image description gives
 
     # ------------------------------------------------------------------------------------------ compile
     def _compile_numeric(self) -> None:
@@ -156,12 +160,12 @@ class InputSchema:
     def from_frame(self, frame: pd.DataFrame, origin: str = "the input") -> CheckedRows:
         """A DataFrame (a data file) -> CheckedRows; X is `apply_portable`'s, errors are the files' errors."""
         from modelfoundry.data.clean import to_numeric
-        from modelfoundry.data.portable import apply_portable
+        from modelfoundry.data.portable import portable_array
 
-        X = apply_portable(self.desc, frame, origin)  # checks columns, text, infinite and too-large values
+        X = portable_array(self.desc, frame, origin)  # checks columns, text, infinite and too-large values
         n = len(frame)
         if self.image:
-            return CheckedRows(np.empty((n, 0)), np.empty((n, 0), np.int64), np.empty((n, 0), object), X)
+            return CheckedRows(np.empty((n, 0)), np.empty((n, 0), np.int64), np.empty((n, 0), object), {self.input_name: X})
         numeric = np.empty((n, len(self.num_columns)))
         for j, column in enumerate(self.num_columns):
             numeric[:, j] = to_numeric(frame[column], column, origin).to_numpy(dtype=np.float64)
@@ -173,7 +177,7 @@ class InputSchema:
             values[missing] = None
             texts[:, j] = values
             codes[:, j] = [self.lookups[j].get(v, UNSEEN) for v in values]
-        return CheckedRows(numeric, codes, texts, X)
+        return CheckedRows(numeric, codes, texts, {self.input_name: X})
 
     # -------------------------------------------------------------------------------------- internals
     def _require(self, present: Callable[[str], bool], origin: str) -> None:
@@ -214,7 +218,7 @@ class InputSchema:
             raise DataError(f"Image feature '{image['name']}' of {origin} has pixel values too large for the model "
                             "(beyond float32 after scaling).", "Send pixel values in the range the model was "
                             "trained on.")
-        return CheckedRows(np.empty((n, 0)), np.empty((n, 0), np.int64), np.empty((n, 0), object), X)
+        return CheckedRows(np.empty((n, 0)), np.empty((n, 0), np.int64), np.empty((n, 0), object), {self.input_name: X})
 
     def _finish(self, numeric: np.ndarray, cat_values: list[Sequence[Any]], n: int, origin: str) -> CheckedRows:
         codes = np.empty((n, len(self.cat_columns)), dtype=np.int64)
@@ -232,7 +236,7 @@ class InputSchema:
                             "categories.",
                             "Send one of: " + ", ".join(map(str, feature["categories"][:20]))
                             + (" ..." if len(feature["categories"]) > 20 else "") + ".")
-        return CheckedRows(numeric, codes, texts, self._transform(numeric, codes, origin))
+        return CheckedRows(numeric, codes, texts, {self.input_name: self._transform(numeric, codes, origin)})
 
     def _check_missing(self, numeric: np.ndarray, codes: np.ndarray, origin: str) -> None:
         missing = np.concatenate([np.isnan(numeric) & self.num_drop, (codes == MISSING) & self.cat_drop], axis=1)

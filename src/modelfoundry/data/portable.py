@@ -15,6 +15,9 @@ The format (version `format: 2`; format 1, without "range", is read too)::
       "columns": [...],            # raw input columns read, in order (extra columns are ignored)
       "feature_names": [...],      # the model's input features, in order (tabular: one per input value)
       "input_shape": [F] | [C, H, W],   # per row; the model input is (batch, *input_shape), float32
+      "inputs": [{"name": "numeric" | "image", "dtype": "float32", "shape": input_shape}],
+                                   # the model's named inputs (data/inputs.py); absent before issue 10, when
+                                   # the one input is "image" for [C, H, W] and "numeric" otherwise
       "features": [...],           # tabular only: one entry per raw column, in output order (below)
       "image": {...},              # image only (below)
       "target": {...}              # present when a target encoder was given (below)
@@ -61,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelfoundry.data.clean import to_numeric
+from modelfoundry.artifacts.inputs import Inputs, InputSpec
 from modelfoundry.errors import DataError
 
 if TYPE_CHECKING:
@@ -101,9 +105,20 @@ class PortablePreprocessor:
     def input_shape_(self) -> tuple[int, ...]:
         return tuple(self.desc["input_shape"])
 
-    def transform(self, frame: pd.DataFrame, origin: str = "the input") -> np.ndarray:
-        """Raw rows -> float32 array of shape (N, *input_shape_)."""
+    @property
+    def input_spec_(self) -> InputSpec:
+        return input_spec(self.desc)
+
+    def transform(self, frame: pd.DataFrame, origin: str = "the input") -> Inputs:
+        """Raw rows -> the model's named inputs (one float32 array: "numeric" (N, F) or "image" (N, C, H, W))."""
         return apply_portable(self.desc, frame, origin)
+
+
+def input_spec(desc: dict[str, Any]) -> InputSpec:
+    """The named inputs a portable description produces (derived from its shape when it predates them)."""
+    if "inputs" in desc:
+        return InputSpec.from_json(desc["inputs"], "the preprocessing description")
+    return InputSpec.single("image" if desc.get("kind") == "image" else "numeric", desc["input_shape"])
 
 
 def describe_preprocessor(pre: Preprocessor | PortablePreprocessor, target_encoder: TargetEncoder | None = None,
@@ -117,7 +132,8 @@ def describe_preprocessor(pre: Preprocessor | PortablePreprocessor, target_encod
     if not hasattr(pre, "input_shape_"):
         raise RuntimeError("This Preprocessor is not fitted yet; call fit() first.")
     desc: dict[str, Any] = {"format": PORTABLE_FORMAT, "columns": list(pre.columns),
-                            "feature_names": list(pre.feature_names_), "input_shape": list(pre.input_shape_)}
+                            "feature_names": list(pre.feature_names_), "input_shape": list(pre.input_shape_),
+                            "inputs": _input_spec(pre).to_json()}
     first = pre.specs[0]
     if first.kind == "image":
         desc["kind"] = "image"
@@ -138,6 +154,13 @@ def describe_preprocessor(pre: Preprocessor | PortablePreprocessor, target_encod
     return desc
 
 
+def _input_spec(pre: Preprocessor) -> InputSpec:
+    """A fitted Preprocessor's inputs; one unpickled from modelfoundry 0.1 (by `foundry migrate`) predates them."""
+    if hasattr(pre, "input_spec_"):
+        return pre.input_spec_
+    return InputSpec.single("image" if pre.specs[0].kind == "image" else "numeric", pre.input_shape_)
+
+
 def describe_target(encoder: TargetEncoder, column: str | None = None) -> dict[str, Any]:
     """Classes (as JSON values) for classification; the standardisation mean/std for regression."""
     if encoder.task == "classification":
@@ -145,8 +168,14 @@ def describe_target(encoder: TargetEncoder, column: str | None = None) -> dict[s
     return {"task": "regression", "column": column, "mean": float(encoder.mean_), "std": float(encoder.std_)}
 
 
-def apply_portable(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the input") -> np.ndarray:
-    """Raw rows -> float32 array (N, *input_shape), exactly as `Preprocessor.transform` computes it."""
+def apply_portable(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the input") -> Inputs:
+    """Raw rows -> the model's named inputs, exactly as `Preprocessor.transform` computes them."""
+    name = input_spec(desc)[0].name
+    return {name: portable_array(desc, frame, origin)}
+
+
+def portable_array(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the input") -> np.ndarray:
+    """Raw rows -> the one float32 array (N, *input_shape) of a tabular or image description."""
     if desc.get("format") not in READABLE_FORMATS:
         raise DataError(f"The preprocessing description has format {desc.get('format')!r}; this version of "
                         f"modelfoundry reads formats {', '.join(map(str, READABLE_FORMATS))}.",

@@ -11,6 +11,7 @@ from modelfoundry.config import DataConfig
 from modelfoundry.data.balance import class_weights
 from modelfoundry.data.clean import FeatureSpec, clean_rows, infer_task, plan_features
 from modelfoundry.data.fingerprint import fingerprint
+from modelfoundry.artifacts.inputs import Inputs, InputSpec
 from modelfoundry.data.portable import PortablePreprocessor, describe_preprocessor
 from modelfoundry.data.sources import describe_source, load_source
 from modelfoundry.data.split import split_indices
@@ -34,13 +35,17 @@ class CleanData:
 @dataclass
 class PreparedData:
     task: str
-    X: dict[str, np.ndarray]  # split -> (N, *input_shape) float32
+    X: dict[str, Inputs]  # split -> the model's named inputs, e.g. {"numeric": (N, F) float32}
     y: dict[str, np.ndarray]  # split -> class indices (int64) or standardised targets (float32)
     rows: dict[str, np.ndarray]  # split -> row numbers in the source, for error analysis
     preprocessor: PortablePreprocessor  # what is saved and applied everywhere; .fitted is the scikit-learn one
     target_encoder: TargetEncoder
     class_weights: np.ndarray | None
     info: dict[str, Any]  # what data.json records
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.preprocessor.input_spec_
 
     @property
     def n_outputs(self) -> int:
@@ -109,6 +114,7 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
     info["split"] = {"seed": seed, "stratified": stratified,
                      **{name: int(len(part)) for name, part in parts.items()}}
     info["input_shape"] = list(pre.input_shape_)
+    info["inputs"] = pre.input_spec_.to_json()
     rows = {name: part.index.to_numpy() for name, part in parts.items()}
     return PreparedData(clean.task, X, y, rows, pre, target, weights, info)
 
@@ -121,10 +127,15 @@ def _check_description(fitted: Preprocessor, portable: PortablePreprocessor, tra
     up to CHECK_ROWS training rows (a bug here would make served predictions differ from evaluated ones)."""
     rows = train.iloc[:CHECK_ROWS]
     expected, got = fitted.transform(rows, "the training split"), portable.transform(rows, "the training split")
-    if expected.shape != got.shape or not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
-        worst = float(np.abs(got - expected).max()) if expected.shape == got.shape else float("nan")
-        raise RuntimeError(f"The portable preprocessing differs from the fitted one (shapes {got.shape} vs "
-                           f"{expected.shape}, max difference {worst:.3g}); this is a bug in modelfoundry.")
+    if list(expected) != list(got):
+        raise RuntimeError(f"The portable preprocessing gives inputs {list(got)}, the fitted one {list(expected)}; "
+                           "this is a bug in modelfoundry.")
+    for name in expected:
+        a, b = expected[name], got[name]
+        if a.shape != b.shape or a.dtype != b.dtype or not np.allclose(b, a, rtol=1e-5, atol=1e-6):
+            worst = float(np.abs(b - a).max()) if a.shape == b.shape else float("nan")
+            raise RuntimeError(f"The portable preprocessing differs from the fitted one on input '{name}' (shapes "
+                               f"{b.shape} vs {a.shape}, max difference {worst:.3g}); this is a bug in modelfoundry.")
 
 
 def _numeric_target(frame: pd.DataFrame, target: str, origin: str) -> pd.Series:

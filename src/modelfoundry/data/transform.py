@@ -1,6 +1,6 @@
 """Fitted preprocessing, learnt on the training split only and saved with the model.
 
-`Preprocessor` turns raw columns into the model's input tensor; `TargetEncoder` turns targets into class
+`Preprocessor` turns raw columns into the model's named inputs (data/inputs.py); `TargetEncoder` turns targets into class
 indices (or standardised values) and back. Both follow the scikit-learn estimator contract.
 """
 
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelfoundry.data.clean import FeatureSpec, OutlierClipper, raise_infinite, to_numeric
+from modelfoundry.artifacts.inputs import Inputs, InputSpec
 from modelfoundry.errors import DataError
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class Preprocessor:
                 self.offset_, self.divisor_ = 0.0, 1.0
             self.input_shape_ = tuple(image.shape)
             self.feature_names_ = [image.name]
+            self.input_spec_ = InputSpec.single("image", self.input_shape_)
             return self
         from sklearn.compose import ColumnTransformer
 
@@ -60,6 +62,7 @@ class Preprocessor:
         self.order_ = self._spec_order(len(grouped_names))
         self.feature_names_ = [grouped_names[i] for i in self.order_]
         self.input_shape_ = (len(self.feature_names_),)
+        self.input_spec_ = InputSpec.single("numeric", self.input_shape_)
         return self
 
     def fitted_step(self, spec: FeatureSpec) -> tuple[Any, int]:
@@ -70,17 +73,17 @@ class Preprocessor:
                                    for j, member in enumerate(specs)}
         return self._steps_by_name[spec.name]
 
-    def transform(self, frame: pd.DataFrame, origin: str = "the input") -> np.ndarray:
-        """Raw rows -> float32 array of shape (N, *input_shape_)."""
+    def transform(self, frame: pd.DataFrame, origin: str = "the input") -> Inputs:
+        """Raw rows -> the model inputs: {"numeric": (N, F)} or {"image": (N, C, H, W)}, float32."""
         if not hasattr(self, "input_shape_"):
             raise RuntimeError("This Preprocessor is not fitted yet; call fit() first.")
         self._check_columns(frame, origin)
         image = self._image_spec()
         if image is not None:
             pixels = (self._pixels(frame, image, origin) - self.offset_) / self.divisor_
-            return pixels.reshape(len(frame), *self.input_shape_).astype(np.float32)
+            return {"image": pixels.reshape(len(frame), *self.input_shape_).astype(np.float32)}
         grouped = self.column_transformer_.transform(self._tabular(frame, origin))
-        return np.ascontiguousarray(grouped[:, self.order_], dtype=np.float32)  # back in the order of the columns
+        return {"numeric": np.ascontiguousarray(grouped[:, self.order_], dtype=np.float32)}  # in the columns' order
 
     # ---------------------------------------------------------------------------------------- internals
     def _image_spec(self) -> FeatureSpec | None:

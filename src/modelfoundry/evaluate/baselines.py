@@ -7,20 +7,21 @@ from typing import Any
 
 import numpy as np
 
+from modelfoundry.artifacts.inputs import Inputs, features_matrix
 from modelfoundry.evaluate.metrics import classification_metrics, regression_metrics
 
 
-def baseline_metrics(task: str, X: dict[str, np.ndarray], y: dict[str, np.ndarray], n_classes: int,
+def baseline_metrics(task: str, X: dict[str, Inputs], y: dict[str, np.ndarray], n_classes: int,
                      decode: Any, top_k: list[int]) -> dict[str, float]:
     """Test-split metrics of both baselines, keyed `baseline_dummy_<metric>` and `baseline_linear_<metric>`.
 
-    Features are the model's own preprocessed inputs (images flattened); `decode` maps regression
+    Features are the model's own preprocessed float inputs, flattened side by side; `decode` maps regression
     predictions back to target units.
     """
     from sklearn.dummy import DummyClassifier, DummyRegressor
     from sklearn.linear_model import LogisticRegression, Ridge
 
-    train, test = X["train"].reshape(len(X["train"]), -1), X["test"].reshape(len(X["test"]), -1)
+    train, test = features_matrix(X["train"]), features_matrix(X["test"])
     out: dict[str, float] = {}
     if task == "classification":
         models = {"dummy": DummyClassifier(strategy="prior"), "linear": LogisticRegression(max_iter=2000)}

@@ -17,6 +17,8 @@ from modelfoundry.models.choices import Activation, Init
 if TYPE_CHECKING:
     from torch import nn
 
+    from modelfoundry.artifacts.inputs import InputSpec
+
 
 class CNNConfig(Section):
     name: Literal["cnn"]
@@ -38,10 +40,12 @@ class CNNConfig(Section):
         return v
 
 
-def build_cnn(config: CNNConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
-    """A CNN from `CNNConfig` for (C, H, W) inputs; spatial size halves between stages while it can."""
-    if len(input_shape) != 3:
-        raise ConfigError(f"model cnn needs image inputs (C, H, W), but the data gives {list(input_shape)}.",
+def build_cnn(config: CNNConfig, inputs: InputSpec, n_outputs: int) -> nn.Module:
+    """A CNN from `CNNConfig` for one "image" input (B, C, H, W); spatial size halves between stages while it can."""
+    input_shape = inputs[0].shape
+    if inputs.names != ["image"] or len(input_shape) != 3:
+        shown = list(input_shape) if len(inputs) == 1 else repr(inputs)
+        raise ConfigError(f"model cnn needs image inputs (C, H, W), but the data gives {shown}.",
                           "Declare the image columns with data.features: {'pixel_*': {type: image}}, "
                           "or use model: {name: mlp}.")
     from torch import nn

@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field
 
 from modelfoundry.config.base import Section
+from modelfoundry.errors import ConfigError
 from modelfoundry.models.choices import Activation, Init
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from modelfoundry.artifacts.inputs import InputSpec
 
 
 class MLPConfig(Section):
@@ -28,12 +31,16 @@ class MLPConfig(Section):
     linear_skip: bool = False  # add a linear path from inputs to outputs (wide & deep): contains the linear model
 
 
-def build_mlp(config: MLPConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
-    """An MLP from `MLPConfig`; image inputs are flattened first."""
+def build_mlp(config: MLPConfig, inputs: InputSpec, n_outputs: int) -> nn.Module:
+    """An MLP from `MLPConfig` over one float input: "numeric" (B, F), or "image" (B, C, H, W) flattened first."""
     from torch import nn
 
     from modelfoundry.models.layers import LinearSkip, activation, init_weights
 
+    if len(inputs) != 1 or inputs[0].dtype != "float32":
+        raise ConfigError(f"model mlp takes one float input (numeric features or an image), but the data gives "
+                          f"{inputs!r}.", "Use a model for these inputs, or select the columns with data.features.")
+    input_shape = inputs[0].shape
     layers: list[nn.Module] = [nn.Flatten()] if len(input_shape) > 1 else []
     width = in_features = math.prod(input_shape)
     for hidden in config.hidden:

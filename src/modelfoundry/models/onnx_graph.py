@@ -15,7 +15,8 @@ from torch import nn
 
 
 class OnnxGraph(nn.Module):
-    """forward(x) runs the graph on the CPU. A classifier's graph ends in a softmax, so forward returns the
+    """forward(*inputs) runs the graph on the CPU, the arrays fed to the graph's inputs in order (its inputs are
+    the model's named inputs, in the spec's order). A classifier's graph ends in a softmax, so forward returns the
     log of its probabilities (softmax of that gives the graph's probabilities back); a regressor's graph
     returns the standardised prediction (B, 1), as the torch model would."""
 
@@ -25,10 +26,14 @@ class OnnxGraph(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)  # a device for callers that ask one
         self._session = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         session = self._session or self._open()
-        array = np.require(x.detach().cpu().numpy(), dtype=np.float32, requirements=["C"])
-        out = session.run(None, {session.get_inputs()[0].name: array})[0]
+        feed = {}
+        for node, x in zip(session.get_inputs(), inputs):
+            array = x.detach().cpu().numpy()
+            feed[node.name] = np.require(array, dtype=np.float32 if array.dtype.kind == "f" else None,
+                                         requirements=["C"])
+        out = session.run(None, feed)[0]
         result = torch.from_numpy(np.asarray(out, dtype=np.float32))
         return torch.log(result.clamp_min(1e-30)) if self.task == "classification" else result
 

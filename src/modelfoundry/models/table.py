@@ -1,7 +1,9 @@
 """The model table: short name -> (config class, builder).
 
 Adding a model is one module in models/ that declares its `<Name>Config` (a config `Section` whose `name` is
-`Literal["<name>"]`) and its builder `build(config, input_shape, n_outputs) -> nn.Module`, plus one entry here.
+`Literal["<name>"]`) and its builder `build(config, inputs, n_outputs) -> nn.Module`, plus one entry here.
+`inputs` is the data's `InputSpec` (artifacts/inputs.py): the model's `forward` takes those named inputs as
+arguments in that order; a builder refuses, with a ConfigError saying what to use, inputs it cannot take.
 The `model:` section of the config is the union of the config classes in this table, so neither config nor
 the training loop changes for a new model. Builders import torch inside, so reading the table stays light.
 """
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from modelfoundry.artifacts.inputs import InputSpec
 from modelfoundry.config.base import Section
 from modelfoundry.errors import ConfigError, unknown_name
 from modelfoundry.models.cnn import CNNConfig, build_cnn
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ModelEntry:
     config: type[Section]  # the `model:` section of this model; its `name` field is Literal["<name>"]
-    build: Callable[[Any, tuple[int, ...], int], nn.Module]  # (config, input_shape without batch, n_outputs)
+    build: Callable[[Any, InputSpec, int], nn.Module]  # (config, the named inputs, n_outputs)
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -35,11 +38,13 @@ MODELS: dict[str, ModelEntry] = {
 }
 
 
-def build_model(config: Any, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
-    """Build the model named by `config.name` for inputs of `input_shape` (no batch dim)."""
+def build_model(config: Any, inputs: InputSpec, n_outputs: int) -> nn.Module:
+    """Build the model named by `config.name` for the named inputs `inputs`."""
     if config.name not in MODELS:
         raise ConfigError(unknown_name("model", config.name, MODELS))
-    return MODELS[config.name].build(config, tuple(input_shape), n_outputs)
+    if not isinstance(inputs, InputSpec):
+        raise TypeError(f"build_model takes the data's InputSpec, got {type(inputs).__name__}.")
+    return MODELS[config.name].build(config, inputs, n_outputs)
 
 
 def register_model(name: str, config: type[Section], build: Callable[..., nn.Module]) -> None:

@@ -2,7 +2,8 @@
 
     GET  /v2/health/live            the process is up
     GET  /v2/health/ready           the model is loaded and warmed up (503 until then)
-    GET  /v2/models/{name}          model metadata: version, platform, one input per raw column, outputs
+    GET  /v2/models/{name}          model metadata: version, platform, one input per raw column, outputs,
+                                    and (parameters.model_inputs) the named tensors the model takes
     GET  /metrics                   Prometheus metrics (see metrics.py)
     GET  /openapi.json              the OpenAPI schema, only with serve.openapi (behind the API key if any)
     POST /v2/models/{name}/infer    OIP v2 inference: one input tensor per raw column
@@ -153,9 +154,13 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
         kinds = model.schema.kinds
         inputs = [{"name": c, "datatype": "BYTES" if kinds.get(c) == "categorical" else "FP64", "shape": [-1]}
                   for c in backend.columns]
+        # the requests send raw columns (`inputs`); the model takes the named tensors they become (`model_inputs`)
+        tensors = [{"name": f.name, "datatype": "FP32" if f.dtype == "float32" else "INT64", "shape": [-1, *f.shape]}
+                   for f in model.schema.input_spec]
         return {"name": model.name, "versions": [model.version], "platform": backend.platform, "inputs": inputs,
                 "outputs": outputs, "parameters": {"alias": model.alias, "task": backend.task,
-                                                   "labels": backend.labels, "on_unseen": settings.on_unseen}}
+                                                   "labels": backend.labels, "on_unseen": settings.on_unseen,
+                                                   "model_inputs": tensors}}
 
     @app.post("/v2/models/{name}/infer", dependencies=guarded, openapi_extra=body_schema(InferRequest))
     async def infer(name: str, request: Request) -> JSONResponse:

@@ -1,5 +1,5 @@
-"""Inference backends: the model input (already preprocessed) in, class probabilities (or target-unit
-predictions) out.
+"""Inference backends: the model's named inputs (already preprocessed) in, class probabilities (or
+target-unit predictions) out.
 
 ONNX Runtime is the default (2-10x faster than eager torch at batch 1 on CPU); PyTorch is the fallback
 when a model cannot be exported. Each exposes the run's portable preprocessing description (`desc`), from
@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from modelfoundry.artifacts.inputs import Inputs, take
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -27,7 +29,7 @@ class Backend(Protocol):
     columns: list[str]
     desc: dict[str, Any]  # the portable preprocessing description (data/portable.py)
 
-    def predict_array(self, X: np.ndarray) -> np.ndarray: ...
+    def predict_inputs(self, inputs: Inputs) -> np.ndarray: ...
 
     def predict_frame(self, frame: pd.DataFrame) -> np.ndarray: ...
 
@@ -46,9 +48,9 @@ class OnnxBackend:
         self.columns = list(self.predictor.preprocess["columns"])
         self.desc = self.predictor.preprocess
 
-    def predict_array(self, X: np.ndarray) -> np.ndarray:
-        """Model input (N, *input_shape) float32 -> probabilities (N, K) or values (N,) in the target's units."""
-        output = self.predictor.predict_array(X).astype(np.float64)
+    def predict_inputs(self, inputs: Inputs) -> np.ndarray:
+        """The named model inputs -> probabilities (N, K) or values (N,) in the target's units."""
+        output = self.predictor.predict_inputs(inputs).astype(np.float64)
         if self.task == "classification":
             return output
         target = self.desc["target"]
@@ -72,14 +74,14 @@ class TorchBackend:
         self.columns = list(self.saved.preprocessor.columns)
         self.desc = self.saved.preprocessor.desc
 
-    def predict_array(self, X: np.ndarray) -> np.ndarray:
+    def predict_inputs(self, inputs: Inputs) -> np.ndarray:
         from modelfoundry.models.inference import predict_outputs
 
-        output = predict_outputs(self.saved.model, X, self.task)
+        output = predict_outputs(self.saved.model, inputs, self.task)
         return output if self.task == "classification" else self.saved.target_encoder.decode(output)
 
     def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.predict_array(self.saved.preprocessor.transform(frame, "the request"))
+        return self.predict_inputs(self.saved.preprocessor.transform(frame, "the request"))
 
 
 def load_backend(run_dir: Path, prefer: str = "onnx") -> Backend:
@@ -104,13 +106,15 @@ def warm_up(backend: Backend, rows: int = 1, repeats: int = 5) -> float | None:
     the median seconds of a `rows`-row call (None when the model could not be called)."""
     import time
 
-    X = np.zeros((rows, *backend.desc["input_shape"]), dtype=np.float32)
+    from modelfoundry.data.portable import input_spec
+
+    example = input_spec(backend.desc).example(rows)
     try:
-        backend.predict_array(X[:1])
+        backend.predict_inputs(take(example, slice(0, 1)))
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            backend.predict_array(X)
+            backend.predict_inputs(example)
             times.append(time.perf_counter() - start)
     except Exception as exc:  # noqa: BLE001 - warm-up is best effort
         log.info("warm-up skipped: %s", exc)

@@ -4,7 +4,7 @@ An extension is any object with an `on_batch(batch: BatchRecord)` method, plain 
 
     class RequestLog:
         def on_batch(self, batch: BatchRecord) -> None:
-            ...  # batch.rows.numeric / .texts (raw checked values), batch.rows.X (model inputs), batch.outputs
+            ...  # batch.rows.numeric / .texts (raw checked values), batch.rows.inputs (named model inputs), batch.outputs
 
     app = create_app(settings, store, extensions=[RequestLog()])
 
@@ -59,7 +59,7 @@ class BatchRecord:
     """One model call's answered rows. Arrays are read-only views: copy before changing them.
 
     `rows` holds the raw checked values (`numeric` (N, Fn) float64 with NaN where missing, `codes` and
-    `texts` (N, Fc) of the categorical columns) and the model inputs (`X`, (N, *input_shape) float32);
+    `texts` (N, Fc) of the categorical columns) and the named model inputs (`inputs`, e.g. {"numeric": (N, F) float32});
     `outputs` are class probabilities (N, K) in the order of `labels`, or values (N,) in the target's units.
     `requests` gives the rows of each request in the batch, in order (they sum to N).
     """

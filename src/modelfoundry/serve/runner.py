@@ -123,8 +123,8 @@ class ServedModel:
             return slots
         rows = CheckedRows.join([r for _, r in live])
         try:
-            output = model.backend.predict_array(rows.X) if model.inline else \
-                await asyncio.to_thread(model.backend.predict_array, rows.X)
+            output = model.backend.predict_inputs(rows.inputs) if model.inline else \
+                await asyncio.to_thread(model.backend.predict_inputs, rows.inputs)
         except Exception as exc:  # noqa: BLE001 - retry each job alone, so only a job that fails alone fails
             if len(live) == 1:
                 slots[live[0][0]] = _as_error(exc, model)

@@ -1,12 +1,11 @@
 """The training loop: one function that reads top to bottom, plus validation and checkpoint helpers.
 
-Batches are slices of tensors pre-loaded on the device (no DataLoader): for the in-memory datasets this
-platform targets, that is what a careful hand-written loop does, and the framework adds almost nothing.
+Its parts (device, loss, optimizer, schedule, scaler, batches) come from `train/setup.py`; batches are
+index slices of inputs preloaded on the device when they fit, else streamed by a DataLoader.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import threading
@@ -25,10 +24,9 @@ from modelfoundry.errors import RunDirError, TrainingError
 from modelfoundry.reporting import Reporter, reporter_for
 from modelfoundry.train.callbacks import (Callback, CheckpointPolicy, EarlyStopping, MetricsLog, TensorBoardLogger,
                                           TrainingProgress, save_atomic)
-from modelfoundry.train.optim import Schedule, build_loss, build_optimizer, decayed_parameters
-from modelfoundry.train.runtime import autocast_dtype, restore_rng_state, rng_state, select_device
+from modelfoundry.train.runtime import restore_rng_state, rng_state
+from modelfoundry.train.setup import EVAL_BATCH, EvalInputs, build_setup
 
-EVAL_BATCH = 4096
 CHECKPOINT_FORMAT = 2  # 1 (modelfoundry 0.1) needed weights_only=False to load: it is refused
 PROGRESS_INTERVAL_S = 0.25
 
@@ -47,13 +45,14 @@ class FitResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cfg: TrainingConfig, *,
+def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.ndarray], cfg: TrainingConfig, *,
         task: str, class_weights: np.ndarray | None = None, target_std: float = 1.0, seed: int = 0,
         run_dir: Path | None = None, resume: bool = False, progress: Reporter | bool | None = None,
         val_metrics: Callable[[np.ndarray], dict[str, float]] | None = None,
         callbacks: list[Callback] | None = None,
         train_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> FitResult:
-    """Train `model` on X/y['train'], validating on X/y['val'] each epoch.
+    """Train `model` on X/y['train'], validating on X/y['val'] each epoch; X[split] holds the model's named
+    inputs in its spec's order (artifacts/inputs.py).
 
     `val_metrics` maps the validation outputs (probabilities, or model-scale predictions) to extra
     `val_*` entries for the epoch record; the pipeline passes one when early stopping monitors a metric
@@ -72,27 +71,13 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
     bool: none.
     """
     started = time.perf_counter()
-    device = select_device(cfg.device)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    amp_dtype = autocast_dtype(cfg.precision, device)
-    x_train, y_train = _tensor(X["train"], device), _tensor(y["train"], device)
-    x_val, y_val = _tensor(X["val"], device), _tensor(y["val"], device)
-    model.to(device)
-    weights = torch.as_tensor(class_weights, device=device) if class_weights is not None else None
-    loss_fn = build_loss(cfg.loss, task, weights, cfg.label_smoothing)
-    optimizer = build_optimizer(model, cfg.optimizer)
-    n, bs, accum = len(x_train), cfg.batch_size, cfg.accumulate_steps
-    n_used = n - 1 if n % bs == 1 and n > 1 else n  # a lone last row would break BatchNorm; it is reshuffled in
-    batches = math.ceil(n_used / bs)
-    schedule = Schedule(optimizer, cfg.scheduler, math.ceil(batches / accum), cfg.epochs, cfg.optimizer.lr)
-    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    setup = build_setup(model, X, y, cfg, task=task, class_weights=class_weights, seed=seed)
+    device, optimizer, schedule, scaler = setup.device, setup.optimizer, setup.schedule, setup.scaler
+    loss_fn, autocast, l1_params, generator = setup.loss_fn, setup.autocast, setup.l1_params, setup.generator
+    batches, accum, bs, n_used = setup.batches, cfg.accumulate_steps, cfg.batch_size, setup.train.rows_used
     monitor = cfg.early_stopping.monitor if cfg.early_stopping else "val_loss"
     stopper = EarlyStopping(monitor, cfg.early_stopping.patience if cfg.early_stopping else None,
                             cfg.early_stopping.min_delta if cfg.early_stopping else 0.0)
-    generator = torch.Generator().manual_seed(seed)  # shuffling has its own stream, saved in checkpoints
-    l1_params = decayed_parameters(model)[0] if cfg.l1 else []
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     history: list[dict[str, Any]] = []
     best = BestWeights(model)
     start_epoch = 0
@@ -148,14 +133,11 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
             for epoch in range(start_epoch + 1, start_epoch + 1 if finished else cfg.epochs + 1):
                 epoch_start = time.perf_counter()
                 model.train()
-                perm = torch.randperm(n, generator=generator).to(device)
                 losses = []
                 next_tick = epoch_start + PROGRESS_INTERVAL_S
-                for step in range(batches):
-                    idx = perm[step * bs:(step + 1) * bs]
-                    xb, yb = x_train[idx], y_train[idx]  # (B, *input_shape), (B,)
+                for step, (idx, xb, yb) in enumerate(setup.train):  # (B,), inputs (B, *shape) each, (B,)
                     with autocast():
-                        out = model(xb)  # (B, n_outputs)
+                        out = model(*xb)  # (B, n_outputs)
                         pred = out.squeeze(-1) if task == "regression" else out
                         loss = train_loss(pred, yb, idx) if train_loss is not None else loss_fn(pred, yb)
                     if l1_params:
@@ -177,7 +159,7 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
                     raise TrainingError(f"The training loss became {mean_loss} in epoch {epoch}.",
                                         "Lower training.optimizer.lr, set training.clip_grad_norm: 1.0, "
                                         "or check the data for extreme values.")
-                val, val_out = validate(model, x_val, y_val, loss_fn, task, autocast, target_std)
+                val, val_out = validate(model, setup.val, setup.y_val, loss_fn, task, autocast, target_std)
                 if val_metrics is not None:
                     val.update(val_metrics(_outputs_numpy(val_out, task)))
                 record = {"epoch": epoch, "train_loss": mean_loss, **val,
@@ -206,15 +188,15 @@ def fit(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], cf
     return result
 
 
-def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, task: str,
+def validate(model: nn.Module, inputs: EvalInputs, y: torch.Tensor, loss_fn: nn.Module, task: str,
              autocast: Any, target_std: float = 1.0) -> tuple[dict[str, float], torch.Tensor]:
     """val_loss plus val_accuracy (classification) or val_mae / val_rmse / val_r2 in target units,
     and the raw outputs (N, n_outputs)."""
     model.eval()
     with torch.inference_mode():
         with autocast():
-            out = model(x) if len(x) <= EVAL_BATCH else torch.cat(
-                [model(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+            outs = [model(*chunk) for chunk in inputs.chunks(EVAL_BATCH)]
+            out = outs[0] if len(outs) == 1 else torch.cat(outs)
         if out.dtype != torch.float32:
             out = out.float()
         if task == "classification":
@@ -281,10 +263,6 @@ def _group_rows(step: int, accum: int, bs: int, batches: int, n_used: int) -> in
     first = (step // accum) * accum
     last = min(first + accum, batches)
     return min(n_used, last * bs) - first * bs
-
-
-def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.require(array, requirements=["C", "W"])).to(device)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
