@@ -154,9 +154,11 @@ class StreamedBatches:
     def __iter__(self) -> Iterator[Batch]:
         from torch.utils.data import DataLoader
 
+        # its own generator: a DataLoader draws its workers' base seed from it, which would otherwise be a draw
+        # from torch's global stream and change dropout masks (streaming must train what preloading trains)
         loader = DataLoader(RowsDataset(self.arrays), batch_sampler=_PermutedBatches(self), collate_fn=_as_given,
                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=False)
+                            generator=torch.Generator().manual_seed(0))
         for idx, inputs in loader:
             idx = idx.to(self.device, non_blocking=True)
             yield idx, tuple(x.to(self.device, non_blocking=True) for x in inputs), self.y[idx]
