@@ -82,7 +82,8 @@ def hand_loop(model, data, cfg, seed: int) -> None:
     def tensor(a):  # the targets come read-only from pandas; torch wants writable arrays
         return torch.from_numpy(np.require(a, requirements="W")).to(device)
 
-    x, y, x_val, y_val = (tensor(a) for a in (data.X["train"], data.y["train"], data.X["val"], data.y["val"]))
+    (x_train,), (x_val_in,) = data.X["train"].values(), data.X["val"].values()  # one named input: numeric or image
+    x, y, x_val, y_val = (tensor(a) for a in (x_train, data.y["train"], x_val_in, data.y["val"]))
     model.to(device)
     weights = torch.as_tensor(data.class_weights, device=device) if data.class_weights is not None else None
     loss_fn = build_loss(t.loss, data.task, weights, t.label_smoothing)
@@ -116,7 +117,7 @@ def hand_loop(model, data, cfg, seed: int) -> None:
 def timed(side: str, cfg, data) -> float:
     """Wall seconds of one training run on `side` ('hand' or 'foundry'), from a freshly seeded model."""
     seed_everything(cfg.seed, cfg.training.deterministic)  # what `foundry run` does before building the model
-    model = build_model(cfg.model, data.preprocessor.input_shape_, data.n_outputs)
+    model = build_model(cfg.model, data.input_spec, data.n_outputs)
     with tempfile.TemporaryDirectory(prefix="foundry-bench-") as run_dir:
         gc.collect()
         start = time.perf_counter()
@@ -130,7 +131,7 @@ def timed(side: str, cfg, data) -> float:
 
 def run_case(cfg, reps: int) -> dict[str, float]:
     data = prepare_data(cfg.data, cfg.seed)
-    samples = cfg.training.epochs * n_used(len(data.X["train"]), cfg.training.batch_size)
+    samples = cfg.training.epochs * n_used(len(data.y["train"]), cfg.training.batch_size)
     timed("hand", cfg, data), timed("foundry", cfg, data)  # warm-up
     walls: dict[str, list[float]] = {"hand": [], "foundry": []}
     for rep in range(reps):
