@@ -11,11 +11,15 @@ from modelfoundry.storage import write_json
 
 if TYPE_CHECKING:
     from modelfoundry.api.results import RunResult, TuneResult
+    from modelfoundry.api.tracking_worker import TrackingWorker
 
 
-def register_run(result: RunResult, config: Config) -> None:
-    """Log and register the run (idempotent per run), and note it in the run directory for later resumes."""
-    result.extras["registry"] = track_run(result.run_dir, config, result.metrics)
+def register_run(result: RunResult, config: Config, worker: TrackingWorker | None = None) -> None:
+    """Log and register the run (idempotent per run), and note it in the run directory for later resumes.
+
+    With a `worker` (started when the run began), the logging happens in it, with the same result or error."""
+    result.extras["registry"] = (worker.track_run if worker is not None else track_run)(
+        result.run_dir, config, result.metrics)
     write_json(RunDir(result.run_dir).registered, {k: result.extras["registry"].get(k)
                                              for k in ("model", "version", "run_id", "experiment")})
 

@@ -43,13 +43,23 @@ def run(config: Config | str | Path | None = None, *, run_dir: str | Path | None
                 register_run(done, load_run_config(done.run_dir))
             done.wall_s = time.perf_counter() - started
             return done
-    data, fit_result, config, run_path = _train(config, run_dir, resume, progress)
-    result = RunResult(run_path, data.task, {}, [], fit_result.best_epoch, len(fit_result.history),
-                       fit_result.monitor, fit_result.best_value, fit_result.stopped_early, fit_result.interrupted)
-    if not fit_result.interrupted:
-        result.metrics, result.headline = _evaluate_test(config, data, fit_result, run_path)
-        if config.tracking.enabled:
-            register_run(result, config)
+    worker = None
+    if resume is None:  # MLflow is imported and its store opened in a child process while this one trains
+        from modelfoundry.api.tracking_worker import TrackingWorker
+
+        config = as_config(config)
+        worker = TrackingWorker.start(config.tracking)
+    try:
+        data, fit_result, config, run_path = _train(config, run_dir, resume, progress)
+        result = RunResult(run_path, data.task, {}, [], fit_result.best_epoch, len(fit_result.history),
+                           fit_result.monitor, fit_result.best_value, fit_result.stopped_early, fit_result.interrupted)
+        if not fit_result.interrupted:
+            result.metrics, result.headline = _evaluate_test(config, data, fit_result, run_path)
+            if config.tracking.enabled:
+                register_run(result, config, worker)
+    finally:
+        if worker is not None:
+            worker.close()
     result.wall_s = time.perf_counter() - started
     return result
 
