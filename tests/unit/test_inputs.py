@@ -11,13 +11,14 @@ from hypothesis.extra import numpy as hnp
 from modelfoundry.artifacts.inputs import InputField, InputSpec, concat, features_matrix, rows_of, take
 from modelfoundry.errors import DataError, RunDirError
 
-TEXT_AND_TABLE = InputSpec([InputField("numeric", "float32", (3,)), InputField("tokens", "int64", (5,)),
+TEXT_AND_TABLE = InputSpec([InputField("numeric", "float32", (3,)), InputField("tokens", "int64", (5,), vocab_size=50),
                             InputField("attention_mask", "int64", (5,))])
 
 
 def test_the_spec_round_trips_through_json_and_keeps_its_order():
     data = TEXT_AND_TABLE.to_json()
-    assert data[1] == {"name": "tokens", "dtype": "int64", "shape": [5]}
+    assert data[1] == {"name": "tokens", "dtype": "int64", "shape": [5], "vocab_size": 50}
+    assert data[2] == {"name": "attention_mask", "dtype": "int64", "shape": [5]}
     again = InputSpec.from_json(data)
     assert again == TEXT_AND_TABLE and hash(again) == hash(TEXT_AND_TABLE)
     assert again.names == ["numeric", "tokens", "attention_mask"] and again["tokens"].dtype == "int64"
@@ -30,7 +31,9 @@ def test_the_spec_round_trips_through_json_and_keeps_its_order():
 
 @pytest.mark.parametrize("bad", [None, 3, [{"name": "x"}], [{"name": "x", "dtype": "float16", "shape": [2]}],
                                  [{"name": "x", "dtype": "float32", "shape": [2, -1]}],
-                                 [{"name": "x", "dtype": "float32", "shape": [True]}], []])
+                                 [{"name": "x", "dtype": "float32", "shape": [True]}], [],
+                                 [{"name": "x", "dtype": "float32", "shape": [2], "vocab_size": 10}],
+                                 [{"name": "x", "dtype": "int64", "shape": [2], "vocab_size": 0}]])
 def test_a_malformed_spec_is_one_error_naming_where_it_came_from(bad):
     with pytest.raises(RunDirError, match="'run/model.json' holds a malformed input spec"):
         InputSpec.from_json(bad, "'run/model.json'")

@@ -7,8 +7,9 @@ A model takes one or more named inputs, each an array with a batch dimension fir
 
     numeric         float32 (B, F)          tabular features after preprocessing
     image           float32 (B, C, H, W)    pixels after scaling
-    tokens          int64   (B, T)          token ids (text models)
+    tokens          int64   (B, T)          token ids (text models); `vocab_size` ids, 0..vocab_size-1
     attention_mask  int64   (B, T)          1 for a real token, 0 for padding
+    series          float32 (B, T, F)       a window of a time series (F values per step)
 
 An `InputSpec` lists them in order (name, dtype, one row's shape). It is saved with the model (model.json
 `inputs`), gives the ONNX graph one input per name, and tells the server and `predict` what to build. A
@@ -36,14 +37,17 @@ KNOWN = {"numeric": "float32", "image": "float32", "tokens": "int64", "attention
 
 @dataclass(frozen=True)
 class InputField:
-    """One named input: its dtype and one row's shape (no batch dimension)."""
+    """One named input: its dtype, one row's shape (no batch dimension) and, for token ids, how many ids
+    there are (an embedding's size)."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
+    vocab_size: int | None = None  # int64 id inputs (tokens): ids run 0..vocab_size-1
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        out = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        return {**out, "vocab_size": self.vocab_size} if self.vocab_size is not None else out
 
 
 class InputSpec(Sequence[InputField]):
@@ -69,17 +73,20 @@ class InputSpec(Sequence[InputField]):
     def from_json(cls, data: Any, origin: str = "the input spec") -> InputSpec:
         """An `InputSpec` from its JSON list; a malformed one is a RunDirError naming `origin`."""
         try:
-            fields = [InputField(str(d["name"]), str(d["dtype"]), tuple(d["shape"])) for d in data]
+            fields = [InputField(str(d["name"]), str(d["dtype"]), tuple(d["shape"]), d.get("vocab_size")) for d in data]
             spec = cls(fields)
         except (TypeError, KeyError, ValueError) as exc:
             raise RunDirError(f"{origin} holds a malformed input spec ({exc}); each input needs a name, a dtype "
                               f"({' or '.join(DTYPES)}) and a shape.", "Use a model saved by modelfoundry.") from None
         for f in spec:
-            if f.dtype not in DTYPES or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
-                                                for d in f.shape):
-                raise RunDirError(f"{origin} holds a malformed input spec: input '{f.name}' has dtype {f.dtype!r} "
-                                  f"and shape {list(f.shape)}; dtypes are {', '.join(DTYPES)} and shapes positive "
-                                  "whole numbers.", "Use a model saved by modelfoundry.")
+            vocab_ok = f.vocab_size is None or isinstance(f.vocab_size, int) and not isinstance(f.vocab_size, bool) \
+                and f.vocab_size > 0 and f.dtype == "int64"
+            if f.dtype not in DTYPES or not vocab_ok or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                                                for d in f.shape):
+                raise RunDirError(f"{origin} holds a malformed input spec: input '{f.name}' has dtype {f.dtype!r}, "
+                                  f"shape {list(f.shape)} and vocab_size {f.vocab_size!r}; dtypes are "
+                                  f"{', '.join(DTYPES)}, shapes positive whole numbers, and a vocab_size (int64 "
+                                  "inputs only) a positive whole number.", "Use a model saved by modelfoundry.")
         return spec
 
     def to_json(self) -> list[dict[str, Any]]:
@@ -108,6 +115,10 @@ class InputSpec(Sequence[InputField]):
 
     def __repr__(self) -> str:
         return "InputSpec(" + ", ".join(f"{f.name}: {f.dtype} {list(f.shape)}" for f in self.fields) + ")"
+
+    def with_field(self, field: InputField) -> InputSpec:
+        """This spec with `field` added at the end."""
+        return InputSpec([*self.fields, field])
 
     @property
     def names(self) -> list[str]:
