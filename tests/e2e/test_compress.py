@@ -154,11 +154,12 @@ def test_predictions_of_an_onnx_variant_come_from_its_graph(result, tmp_path):
     saved = load_model(result.model_dir)
     assert type(saved.model).__name__ == "OnnxGraph"
     assert not (result.model_dir / "model" / "weights.pt").exists()
-    X = np.random.default_rng(0).normal(size=(3, *spec["input_shape"])).astype(np.float32)
+    X = saved.record.input_spec.example(3, seed=0)  # the named inputs the parent was trained on
+    assert list(X) == ["numeric"]
     proba = predict_outputs(saved.model, X, "classification")
     assert proba.shape == (3, 2) and np.allclose(proba.sum(1), 1.0, atol=1e-4)
     session = ort_session(result.model_dir / "model" / "onnx" / "model.onnx")
-    graph = session.run(None, {session.get_inputs()[0].name: X})[0]
+    graph = session.run(None, {node.name: X[node.name] for node in session.get_inputs()})[0]  # one input per name
     assert np.allclose(proba, graph, atol=1e-5)  # what predict returns is what the saved graph computes
 
 

@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 
+from modelfoundry.artifacts.inputs import InputSpec, take
 from modelfoundry.compress import measure, quantize
 from modelfoundry.config import load_config
 from modelfoundry.errors import ExportError
@@ -104,18 +105,38 @@ def test_static_int8_checks_its_arguments(trained, tmp_path):
     with pytest.raises(ExportError, match="'fmt' parameter"):
         quantize.ort_static_int8(fp32, tmp_path / "q.onnx", X["train"], fmt="qqq")
     with pytest.raises(ExportError, match="needs calibration rows"):
-        quantize.ort_static_int8(fp32, tmp_path / "q.onnx", X["train"][:0])
+        quantize.ort_static_int8(fp32, tmp_path / "q.onnx", take(X["train"], slice(0, 0)))
     assert not (tmp_path / "q.onnx").exists()
 
 
 def test_calibration_batches_are_equal_sized_and_cover_every_row():
     rows = np.arange(70, dtype=np.float32).reshape(70, 1)
-    reader = quantize._Batches("input", rows)
+    reader = quantize._Batches({"input": rows})
     batches = list(iter(reader.get_next, None))
     assert [len(b["input"]) for b in batches] == [32, 32, 32]  # percentile calibration stacks them
     assert set(np.concatenate([b["input"] for b in batches]).ravel()) == set(range(70))
-    small = quantize._Batches("input", rows[:5])
+    small = quantize._Batches({"input": rows[:5]})
     assert [len(b["input"]) for b in iter(small.get_next, None)] == [5]
+
+
+def test_calibration_batches_feed_every_named_input_the_same_rows():
+    rows = {"numeric": np.arange(70, dtype=np.float32).reshape(70, 1), "tokens": np.arange(70).reshape(70, 1) * 10}
+    batches = list(iter(quantize._Batches(rows).get_next, None))
+    assert all(set(b) == {"numeric", "tokens"} for b in batches) and len(batches) == 3
+    for b in batches:
+        assert len(b["tokens"]) == len(b["numeric"]) == 32
+        np.testing.assert_array_equal(b["tokens"], b["numeric"].astype(np.int64) * 10)  # row for row
+
+
+def test_the_graph_feed_is_by_input_name_and_an_old_single_input_takes_the_one_named_input():
+    inputs = {"numeric": np.zeros((3, 2), np.float64), "tokens": np.ones((3, 4), np.int32)}
+    feed = measure.onnx_feed(["tokens", "numeric"], inputs)
+    assert list(feed) == ["tokens", "numeric"]
+    assert feed["numeric"].dtype == np.float32 and feed["tokens"].dtype == np.int64
+    old = measure.onnx_feed(["input"], {"numeric": inputs["numeric"]})  # an export from before named inputs
+    assert list(old) == ["input"] and old["input"].shape == (3, 2)
+    with pytest.raises(ExportError, match=r"takes the input\(s\) \['input'\]"):
+        measure.onnx_feed(["input"], inputs)
 
 
 def test_a_model_onnx_runtime_cannot_quantize_raises_a_foundry_error(tmp_path):
@@ -139,19 +160,21 @@ def test_onnx_session_is_configured_like_the_serving_one(trained):
 
 def test_onnx_predict_matches_the_served_predictor(trained):
     _, fp32, X = trained("cnn")
-    served = load_onnx_predictor(fp32.parent).predict_array(X["test"])
+    served = load_onnx_predictor(fp32.parent).predict_inputs(X["test"])
     np.testing.assert_array_equal(measure.onnx_predict(fp32, X["test"], batch=7), served)
 
 
 def test_latencies_are_positive_and_finite(trained):
     run_dir, fp32, _ = trained("cnn")
-    model = load_model(run_dir).model
+    saved = load_model(run_dir)
+    model, spec = saved.model, saved.record.input_spec
+    assert spec == InputSpec.single("image", (1, 8, 8))
     fast = {"warmup": 1, "repeats": 3, "min_time_s": 0.0}
     for batch in (1, 8):
-        for latency in (measure.onnx_latency_ms(fp32, (1, 8, 8), batch, **fast),
-                        measure.torch_latency_ms(model, (1, 8, 8), batch, **fast),
-                        measure.torch_latency_ms(quantize.bf16_torch(model), (1, 8, 8), batch, **fast),
-                        measure.torch_latency_ms(copy.deepcopy(model).to(torch.bfloat16), (1, 8, 8), batch,
+        for latency in (measure.onnx_latency_ms(fp32, spec, batch, **fast),
+                        measure.torch_latency_ms(model, spec, batch, **fast),
+                        measure.torch_latency_ms(quantize.bf16_torch(model), spec, batch, **fast),
+                        measure.torch_latency_ms(copy.deepcopy(model).to(torch.bfloat16), spec, batch,
                                                  **fast)):  # a bare bf16 module gets its input cast
             assert math.isfinite(latency) and latency > 0
 
@@ -159,8 +182,32 @@ def test_latencies_are_positive_and_finite(trained):
 def test_torch_latency_restores_the_thread_count():
     model = torch.nn.Linear(4, 2)
     before = torch.get_num_threads()
-    measure.torch_latency_ms(model, (4,), 1, warmup=0, repeats=1, min_time_s=0.0, threads=before + 1)
+    measure.torch_latency_ms(model, InputSpec.single("numeric", (4,)), 1, warmup=0, repeats=1, min_time_s=0.0,
+                             threads=before + 1)
     assert torch.get_num_threads() == before
+
+
+class TwoInputs(torch.nn.Module):
+    """numeric (B, 3) float and tokens (B, 5) int64 -> (B, 2); records what it was called with."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.linear, self.seen = torch.nn.Embedding(10, 3), torch.nn.Linear(3, 2), []
+
+    def forward(self, numeric, tokens):
+        self.seen.append((numeric.dtype, tuple(numeric.shape), tokens.dtype, tuple(tokens.shape)))
+        return self.linear(numeric + self.embed(tokens).mean(1))
+
+
+def test_latency_feeds_every_named_input_in_the_spec_order_with_its_dtype():
+    spec = InputSpec([*InputSpec.single("numeric", (3,)), *InputSpec.single("tokens", (5,), "int64")])
+    model = TwoInputs()
+    assert measure.torch_latency_ms(model, spec, 4, warmup=0, repeats=2, min_time_s=0.0) > 0
+    assert set(model.seen) == {(torch.float32, (4, 3), torch.int64, (4, 5))}
+    model.seen.clear()
+    bf16 = quantize.bf16_torch(model)
+    measure.torch_latency_ms(bf16, spec, 2, warmup=0, repeats=1, min_time_s=0.0)
+    assert set(bf16.inner.seen) == {(torch.bfloat16, (2, 3), torch.int64, (2, 5))}  # floats cast, token ids kept
 
 
 def test_onnx_size_counts_external_weights(trained, tmp_path):
@@ -190,9 +237,9 @@ def test_torch_candidate_agrees_with_fp32(trained, model_name, candidate):
     run_dir, _, X = trained(model_name)
     model = load_model(run_dir).model
     variant = {"dynamic_int8_eager": quantize.torch_dynamic_int8_eager, "bf16": quantize.bf16_torch}[candidate](model)
-    x = torch.from_numpy(X["test"])
+    x = [torch.from_numpy(a) for a in X["test"].values()]  # the named inputs, in the model's order
     with torch.inference_mode():
-        expected, got = softmax(model(x)), variant(x)
+        expected, got = softmax(model(*x)), variant(*x)
     assert got.dtype == torch.float32
     got = softmax(got)
     # eager dynamic int8 is coarser than ONNX Runtime's (99th percentile 0.06 vs 0.03 on this barely trained
@@ -206,22 +253,24 @@ def test_torch_candidate_agrees_with_fp32(trained, model_name, candidate):
 def test_pt2e_int8_agrees_with_fp32_on_a_residual_cnn(trained):
     pytest.importorskip("torchao", reason="PT2E quantization lives in torchao")
     run_dir, _, X = trained("cnn")  # its residual block calls one ReLU module twice
-    model = load_model(run_dir).model
-    example = torch.from_numpy(X["train"][:1])  # batch 1 is widened to 2, or torch.export would fix the batch at 1
-    int8 = quantize.torch_pt2e_int8(model, example, X["train"][:256], compiled=False)
-    x = torch.from_numpy(X["test"])
+    saved = load_model(run_dir)
+    model = saved.model
+    example = take(X["train"], slice(0, 1))  # batch 1 is widened to 2, or torch.export would fix the batch at 1
+    int8 = quantize.torch_pt2e_int8(model, example, take(X["train"], slice(0, 256)), compiled=False)
+    x = [torch.from_numpy(a) for a in X["test"].values()]
     with torch.inference_mode():
-        expected, got = softmax(model(x)), softmax(int8(x))
+        expected, got = softmax(model(*x)), softmax(int8(*x))
     assert np.quantile(np.abs(got - expected), 0.99) < 0.05
     assert argmax_agreement(got, expected) >= 0.95
     # fp32 weights left beside the int8 ones would make it larger than the fp32 model (0.6 of it measured)
     assert measure.torch_size_bytes(int8) < 0.8 * measure.torch_size_bytes(model)
-    assert measure.torch_latency_ms(int8, (1, 8, 8), 4, warmup=1, repeats=2, min_time_s=0.0) > 0
+    assert measure.torch_latency_ms(int8, saved.record.input_spec, 4, warmup=1, repeats=2, min_time_s=0.0) > 0
 
 
 def test_pt2e_without_torchao_says_how_to_get_it(monkeypatch):
     for name in [n for n in sys.modules if n == "torchao" or n.startswith("torchao.")] + ["torchao"]:
         monkeypatch.setitem(sys.modules, name, None)  # importing it now raises ImportError
     with pytest.raises(ExportError, match="needs torchao") as caught:
-        quantize.torch_pt2e_int8(torch.nn.Linear(4, 2), torch.zeros(2, 4), np.zeros((8, 4), np.float32))
+        quantize.torch_pt2e_int8(torch.nn.Linear(4, 2), {"numeric": torch.zeros(2, 4)},
+                                 {"numeric": np.zeros((8, 4), np.float32)})
     assert "pip install torchao" in caught.value.hint

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from modelfoundry.artifacts.inputs import InputSpec
 from modelfoundry.compress import variants as table
 from modelfoundry.compress.search import Bench, Variant
 from modelfoundry.compress.variants import COMPRESSORS, STAGES, VARIANTS, Candidate, Family, Sofar, families
@@ -25,9 +26,10 @@ def bench_for(model: dict, input_shape: tuple[int, ...], variants: list[str] | N
     from modelfoundry.models import build_model
 
     cfg = load_config(tiny_config(seed=3, model=model))
-    saved = SimpleNamespace(task="classification", spec={"input_shape": list(input_shape), "n_outputs": 3},
-                            config=cfg, model=build_model(cfg.model, input_shape, 3), run_dir=Path("/nowhere"))
-    X = np.random.default_rng(0).standard_normal((40, *input_shape)).astype(np.float32)
+    spec = InputSpec.for_shape(input_shape)
+    saved = SimpleNamespace(task="classification", record=SimpleNamespace(input_spec=spec, n_outputs=3),
+                            config=cfg, model=build_model(cfg.model, spec, 3), run_dir=Path("/nowhere"))
+    X = spec.example(40, seed=0)
     splits = {"X": {"train": X, "val": X}, "y": {"train": np.zeros(40), "val": np.zeros(40)}}
     compress = CompressConfig(variants=variants or list(COMPRESSORS), keep=[0.5, 0.25], sparsity=[0.5, 0.8])
     bench = Bench(saved, splits, "accuracy", compress, Path("/nowhere"))

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modelfoundry.artifacts.inputs import Inputs, rows_of
 from modelfoundry.config import FAST_MONITORS, CNNConfig, MLPConfig, TrainingConfig
 from modelfoundry.errors import ConfigError
 from modelfoundry.train.loop import FitResult, fit
@@ -46,10 +47,11 @@ def student_config(teacher_cfg: MLPConfig | CNNConfig, shrink: float) -> MLPConf
     return teacher_cfg.model_copy(update=update)
 
 
-def distill(teacher: nn.Module, student: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray],
+def distill(teacher: nn.Module, student: nn.Module, X: dict[str, Inputs], y: dict[str, np.ndarray],
             training_cfg: TrainingConfig, *, task: str, temperature: float = 4.0, alpha: float = 0.7, epochs: int,
             class_weights: np.ndarray | None = None, target_std: float = 1.0, seed: int = 0) -> FitResult:
-    """Train `student` (in place) to imitate `teacher` on X['train'] with the run's training settings.
+    """Train `student` (in place) to imitate `teacher` on X['train'] (the named inputs of both) with the run's
+    training settings.
 
     Classification: alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * the
     ordinary loss on the labels (the T^2 keeps the soft gradients' size independent of T, as in Hinton et
@@ -83,14 +85,15 @@ def distill(teacher: nn.Module, student: nn.Module, X: dict[str, np.ndarray], y:
 
 
 @torch.no_grad()
-def teacher_outputs(teacher: nn.Module, x: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The teacher's raw outputs (logits) on `x`, (N, n_outputs) float32 on `device`, computed once in eval
-    mode; the teacher goes back to where it was."""
+def teacher_outputs(teacher: nn.Module, x: Inputs, device: torch.device) -> torch.Tensor:
+    """The teacher's raw outputs (logits) on the named inputs `x` (in the model's order), (N, n_outputs)
+    float32 on `device`, computed once in eval mode; the teacher goes back to where it was."""
     param = next(teacher.parameters(), None)
     was = param.device if param is not None else device
     teacher.eval().to(device)
-    inputs = torch.from_numpy(np.require(x, dtype=np.float32, requirements=["C"]))
-    out = torch.cat([teacher(inputs[i:i + TEACHER_BATCH].to(device)).float()
-                     for i in range(0, len(inputs), TEACHER_BATCH)])
+    arrays = [torch.from_numpy(np.require(a, dtype=np.float32 if a.dtype.kind == "f" else np.int64,
+                                          requirements=["C"])) for a in x.values()]
+    out = torch.cat([teacher(*(a[i:i + TEACHER_BATCH].to(device) for a in arrays)).float()
+                     for i in range(0, rows_of(x), TEACHER_BATCH)])
     teacher.to(was)
     return out

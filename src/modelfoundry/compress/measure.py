@@ -2,7 +2,8 @@
 
 ONNX variants run in an InferenceSession configured exactly as `modelfoundry.export` serves them; torch
 variants run eagerly (or compiled, if the module is) under `torch.inference_mode()`. Latencies are the
-median wall time of one call on a fixed random batch, after a warm-up, over at least `repeats` calls and
+median wall time of one call on a fixed random batch of every named input (`InputSpec.example(batch, seed=0)`:
+the same numbers for every variant compared), after a warm-up, over at least `repeats` calls and
 at least `min_time_s` seconds, so a noisy machine moves the median rather than the answer.
 """
 
@@ -16,12 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelfoundry.artifacts.inputs import rows_of
+from modelfoundry.errors import ExportError
 from modelfoundry.models.onnx_graph import serving_threads
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from torch import nn
+
+    from modelfoundry.artifacts.inputs import InputSpec
 
 PREDICT_BATCH = 4096
 _BATCHNORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
@@ -42,13 +47,14 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
     return ort_session(path, threads)
 
 
-def onnx_latency_ms(path: str | Path, input_shape: tuple[int, ...], batch: int, *, warmup: int = 10,
+def onnx_latency_ms(path: str | Path, inputs: InputSpec, batch: int, *, warmup: int = 10,
                     repeats: int = 50, min_time_s: float = 0.3, threads: int | None = None) -> float:
-    """Median wall time of one `session.run` on a fixed random float32 batch, in milliseconds.
+    """Median wall time of one `session.run` on a fixed random batch of every named input, in milliseconds.
 
     Args:
-        path: an .onnx file whose single input takes (batch, *input_shape) float32.
-        input_shape: one row's shape, without the batch dimension.
+        path: an .onnx file with one graph input per named input of `inputs` (or, exported before named
+            inputs, one input called "input").
+        inputs: the model's input spec (the saved record's `input_spec`).
         batch: rows per call.
         warmup: calls made before timing (session start-up, allocator growth, caches).
         repeats: the fewest timed calls.
@@ -56,21 +62,22 @@ def onnx_latency_ms(path: str | Path, input_shape: tuple[int, ...], batch: int, 
         threads: intra-op threads; default the serving choice (see `onnx_session`).
     """
     session = onnx_session(path, threads)
-    feed = {session.get_inputs()[0].name: _random_batch(input_shape, batch)}
+    feed = _session_feed(session, _random_batch(inputs, batch))
     output = session.get_outputs()[0].name
     return _median_ms(lambda: session.run([output], feed), warmup, repeats, min_time_s)
 
 
-def torch_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int, *, warmup: int = 10,
+def torch_latency_ms(model: nn.Module, inputs: InputSpec, batch: int, *, warmup: int = 10,
                      repeats: int = 50, min_time_s: float = 0.3, threads: int | None = None) -> float:
     """Median wall time of one forward pass under `torch.inference_mode()`, in milliseconds.
 
-    The input is float32, cast to the dtype of the module's first floating-point parameter or buffer, so
-    fp32, bf16/fp16-weight and eager-quantized modules (whose int8 weights are not parameters) all run.
+    Float inputs are cast to the dtype of the module's first floating-point parameter or buffer, so fp32,
+    bf16/fp16-weight and eager-quantized modules (whose int8 weights are not parameters) all run; integer
+    inputs (token ids, masks) stay int64. The module is called with the inputs in the spec's order.
 
     Args:
         model: the module; put in eval mode.
-        input_shape: one row's shape, without the batch dimension.
+        inputs: the model's input spec (the saved record's `input_spec`).
         batch: rows per call.
         warmup: calls made before timing (for a `torch.compile`d module the first ones compile).
         repeats: the fewest timed calls.
@@ -83,12 +90,14 @@ def torch_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int,
     import torch
 
     model.eval()
-    x = torch.from_numpy(_random_batch(input_shape, batch)).to(first_float_dtype(model))
+    dtype = first_float_dtype(model)
+    x = [t.to(dtype) if t.is_floating_point() else t
+         for t in map(torch.from_numpy, inputs.arrange(_random_batch(inputs, batch)))]
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or serving_threads())
     try:
         with torch.inference_mode():
-            return _median_ms(lambda: model(x), warmup, repeats, min_time_s)
+            return _median_ms(lambda: model(*x), warmup, repeats, min_time_s)
     finally:
         torch.set_num_threads(previous)
 
@@ -154,21 +163,45 @@ def torch_size_bytes(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def onnx_predict(path: str | Path, X: np.ndarray, batch: int = PREDICT_BATCH) -> np.ndarray:
-    """The model's first output on `X` (N, *input_shape), in batches: probabilities or standardised values."""
+def onnx_predict(path: str | Path, X: Mapping[str, np.ndarray], batch: int = PREDICT_BATCH) -> np.ndarray:
+    """The model's first output on the named inputs `X` (N rows each), in batches: probabilities or
+    standardised values."""
     session = onnx_session(path)
-    name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
-    X = np.require(X, dtype=np.float32, requirements=["C"])
-    parts = [session.run([output], {name: X[i:i + batch]})[0] for i in range(0, len(X), batch)]
+    output = session.get_outputs()[0].name
+    feed = _session_feed(session, X)
+    n = rows_of(feed)
+    parts = [session.run([output], {k: v[i:i + batch] for k, v in feed.items()})[0] for i in range(0, n, batch)]
     if not parts:
         raise ValueError("onnx_predict needs at least one row.")
     return np.concatenate(parts)
 
 
+def onnx_feed(names: list[str], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`inputs` keyed by the graph's input `names`, floats as float32 and integers as int64, C-contiguous.
+
+    The graph's inputs are named as the model's named inputs; an export from before named inputs has one
+    input called "input", which takes the one named input whatever its name.
+    """
+    if set(inputs) == set(names):
+        arrays = [inputs[n] for n in names]
+    elif len(inputs) == len(names) == 1:
+        arrays = list(inputs.values())
+    else:
+        raise ExportError(f"The ONNX model takes the input(s) {names}, but {list(inputs)} were given.",
+                          "Measure the model with the inputs of its saved input spec, or export it again.")
+    return {n: np.require(a, dtype=np.float32 if a.dtype.kind == "f" else np.int64, requirements=["C"])
+            for n, a in zip(names, arrays)}
+
+
+def _session_feed(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return onnx_feed([node.name for node in session.get_inputs()], inputs)
+
+
 # ---------------------------------------------------------------------------------------------- internals
-def _random_batch(input_shape: tuple[int, ...], batch: int) -> np.ndarray:
-    """A fixed standard-normal batch (batch, *input_shape): the same numbers for every variant compared."""
-    return np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
+def _random_batch(inputs: InputSpec, batch: int) -> dict[str, np.ndarray]:
+    """A fixed batch of every named input (standard-normal floats, zero token ids, a mask of ones): the same
+    numbers for every variant compared."""
+    return inputs.example(batch, seed=0)
 
 
 def _median_ms(call: Callable[[], Any], warmup: int, repeats: int, min_time_s: float) -> float:

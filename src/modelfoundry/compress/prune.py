@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from modelfoundry.artifacts.inputs import Inputs, InputSpec
 from modelfoundry.config import CNNConfig, EarlyStoppingConfig, MLPConfig, SchedulerConfig, TrainingConfig
 from modelfoundry.errors import ConfigError
 from modelfoundry.models import build_model
@@ -39,13 +40,14 @@ Index = torch.Tensor | None  # kept positions along a dimension, None: all of th
 
 
 # ------------------------------------------------------------------------------------------ structured
-def shrink_structured(model: nn.Module, model_cfg: MLPConfig | CNNConfig, keep: float
-                      ) -> tuple[nn.Module, MLPConfig | CNNConfig]:
+def shrink_structured(model: nn.Module, model_cfg: MLPConfig | CNNConfig, keep: float,
+                      inputs: InputSpec | None = None) -> tuple[nn.Module, MLPConfig | CNNConfig]:
     """A new, narrower model keeping the `keep` fraction of every hidden layer's neurons / stage's channels.
 
     Each width becomes max(1, round(width x keep)); depth is unchanged, and so are the inputs and outputs
-    (an MLP's linear skip path is kept whole). Returns the new model (in eval mode, on the CPU) and its
-    config; `model` is left as it was.
+    (an MLP's linear skip path is kept whole). The new model is built for `inputs` (the saved record's
+    input spec); without it, for inputs derived from the first layers (which build the same layers).
+    Returns the new model (in eval mode, on the CPU) and its config; `model` is left as it was.
     """
     if not 0 < keep <= 1:
         raise ConfigError(f"The 'keep' fraction of structured pruning must be in (0, 1]. Got {keep} instead.",
@@ -54,19 +56,22 @@ def shrink_structured(model: nn.Module, model_cfg: MLPConfig | CNNConfig, keep: 
     if isinstance(model_cfg, MLPConfig):
         kept = _dense_kept(layers, keep)
         new_cfg = model_cfg.model_copy(update={"hidden": [len(k) for k in kept]})
-        in_features = next(m for m in layers if isinstance(m, nn.Linear)).in_features
-        input_shape: tuple[int, ...] = (1, in_features) if isinstance(layers[0], nn.Flatten) else (in_features,)
+        if inputs is None:
+            in_features = next(m for m in layers if isinstance(m, nn.Linear)).in_features
+            inputs = InputSpec.single("numeric", (1, in_features) if isinstance(layers[0], nn.Flatten)
+                                      else (in_features,))
     elif isinstance(model_cfg, CNNConfig):
         kept, channels, hidden = _cnn_kept(layers, keep)
         new_cfg = model_cfg.model_copy(update={"channels": channels, "hidden": hidden})
-        pools = sum(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) for m in layers)
-        # any (C, H, W) with H = W = 2**pools makes build_cnn place the same pooling layers
-        input_shape = (layers[0].conv.in_channels, 2 ** pools, 2 ** pools)
+        if inputs is None:
+            pools = sum(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) for m in layers)
+            # any (C, H, W) with H = W = 2**pools makes build_cnn place the same pooling layers
+            inputs = InputSpec.single("image", (layers[0].conv.in_channels, 2 ** pools, 2 ** pools))
     else:
         raise ConfigError(f"Structured pruning supports the mlp and cnn models. Got '{model_cfg.name}' instead.",
                           "Leave prune_structured out of compress.variants for this model.")
     n_outputs = [m for m in layers if isinstance(m, nn.Linear)][-1].out_features
-    new = build_model(new_cfg, input_shape, n_outputs)
+    new = build_model(new_cfg, inputs, n_outputs)
     _copy_kept(layers, _flow(new), kept)
     if isinstance(model, LinearSkip):
         new.linear.load_state_dict(model.linear.state_dict())
@@ -213,12 +218,13 @@ def sparsity_of(model: nn.Module) -> float:
 
 
 # ------------------------------------------------------------------------------------------- fine-tune
-def finetune(model: nn.Module, X: dict[str, np.ndarray], y: dict[str, np.ndarray], training_cfg: TrainingConfig, *,
+def finetune(model: nn.Module, X: dict[str, Inputs], y: dict[str, np.ndarray], training_cfg: TrainingConfig, *,
              task: str, epochs: int, lr_scale: float = 0.1, class_weights: np.ndarray | None = None,
              target_std: float = 1.0, seed: int = 0) -> FitResult:
     """A short fine-tune of a pruned model: the run's training settings with `epochs`, lr x `lr_scale`,
     cosine decay without warmup (none if the run had no schedule), early stopping on val_loss and the best
-    epoch's weights restored. Trains `model` in place; epochs=0 leaves it as it is."""
+    epoch's weights restored. `X[split]` holds the model's named inputs. Trains `model` in place; epochs=0
+    leaves it as it is."""
     if epochs <= 0:
         return FitResult(model, [], "val_loss", 0, None)
     cfg = finetune_config(training_cfg, epochs, lr_scale)

@@ -1,13 +1,15 @@
 """Quantized and lower-precision variants of a trained model, each a candidate to be measured, never assumed faster.
 
-ONNX candidates start from the fp32 `model.onnx` that `export_onnx` writes (input (batch, *input_shape)
-float32, output probabilities or standardised predictions) and keep that interface:
+ONNX candidates start from the fp32 `model.onnx` that `export_onnx` writes (one graph input per named
+input, e.g. `numeric` (batch, F) float32; output probabilities or standardised predictions) and keep that
+interface:
 
     ort_dynamic_int8   int8 weights, activations quantized per call       (MatMulInteger / ConvInteger)
     ort_static_int8    int8 weights, activations calibrated on training rows (QDQ or QOperator graph)
     ort_fp16           fp16 weights, fp32 inputs and outputs
 
-Torch candidates take the trained `nn.Module` (raw outputs, logits for classification) and return another:
+Torch candidates take the trained `nn.Module` (called with the named inputs in its spec's order; raw
+outputs, logits for classification) and return another:
 
     torch_dynamic_int8_eager   deprecated eager-mode dynamic int8 on nn.Linear
     torch_pt2e_int8            torch.export + X86InductorQuantizer (torchao) + optionally torch.compile
@@ -27,11 +29,13 @@ import logging
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from modelfoundry.artifacts.inputs import rows_of
 from modelfoundry.errors import ExportError, first_line
 
 if TYPE_CHECKING:
@@ -71,7 +75,7 @@ def ort_dynamic_int8(fp32: Path, out: Path, *, per_channel: bool = False) -> Pat
     return _checked(out, "dynamic int8")
 
 
-def ort_static_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_channel: bool = True,
+def ort_static_int8(fp32: Path, out: Path, calibration: Mapping[str, np.ndarray], *, per_channel: bool = True,
                     activation: Literal["uint8", "int8"] = "uint8", fmt: Literal["qdq", "qoperator"] = "qdq",
                     method: Literal["minmax", "percentile"] = "minmax") -> Path:
     """Static int8: int8 weights, activation ranges calibrated once on `calibration` rows.
@@ -84,8 +88,8 @@ def ort_static_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_chann
     Args:
         fp32: the exported fp32 model.onnx.
         out: where to write the quantized model.
-        calibration: model inputs (N, *input_shape) float32, e.g. rows of the training split after
-            preprocessing; run through in batches of 32.
+        calibration: the model's named inputs (N rows each), e.g. rows of the training split after
+            preprocessing; every graph input is fed (by name), in batches of 32.
         per_channel: one weight scale per output channel (more accurate, same speed on x86).
         activation: "uint8" (asymmetric, the x86 default) or "int8". On an AVX512-VNNI CPU uint8 was
             the fast one: int8 activations made the digits CNN 4x (QDQ) to 15x (QOperator) slower.
@@ -102,8 +106,7 @@ def ort_static_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_chann
     _check_choice("activation", activation, ACTIVATION_TYPES)
     _check_choice("fmt", fmt, FORMATS)
     _check_choice("method", method, CALIBRATION_METHODS)
-    calibration = np.require(calibration, dtype=np.float32, requirements=["C"])
-    if len(calibration) == 0:
+    if rows_of(calibration) == 0:
         raise ExportError("Static int8 quantization needs calibration rows; got none.",
                           "Pass rows of the training split (model inputs, after preprocessing).")
     quant_format = QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator
@@ -111,7 +114,7 @@ def ort_static_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_chann
     calibrate_method = CalibrationMethod.MinMax if method == "minmax" else CalibrationMethod.Percentile
     with _prepared(fp32, out) as source, _quiet():
         try:
-            quantize_static(source, out, _Batches(_input_name(source), calibration), quant_format=quant_format,
+            quantize_static(source, out, _Batches(_graph_feed(source, calibration)), quant_format=quant_format,
                             per_channel=per_channel, activation_type=activation_type,
                             weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
                             use_external_data_format=_is_large(fp32))
@@ -167,7 +170,7 @@ def torch_dynamic_int8_eager(model: nn.Module) -> nn.Module:
     return quantized.eval()
 
 
-def torch_pt2e_int8(model: nn.Module, example: torch.Tensor, calibration: np.ndarray, *,
+def torch_pt2e_int8(model: nn.Module, example: Mapping[str, Any], calibration: Mapping[str, np.ndarray], *,
                     compiled: bool = True) -> nn.Module:
     """Static int8 through PT2E: torch.export -> prepare_pt2e -> calibrate -> convert_pt2e (X86InductorQuantizer).
 
@@ -180,27 +183,30 @@ def torch_pt2e_int8(model: nn.Module, example: torch.Tensor, calibration: np.nda
 
     Args:
         model: the trained module (float32 outputs, e.g. logits).
-        example: one input batch (B, *input_shape) float32 to trace with; the batch dimension stays dynamic.
-        calibration: model inputs (N, *input_shape), e.g. training rows, run through in batches of 32.
+        example: one batch of the named inputs in the model's order (arrays or tensors, e.g.
+            `spec.example(1)`) to trace with; the batch dimension stays dynamic.
+        calibration: the model's named inputs (N rows each, same order), e.g. training rows, run through in
+            batches of 32.
         compiled: wrap the result in `torch.compile` (compiled lazily, on its first call).
     """
     import torch
 
     allow_exported_model_train_eval, prepare_pt2e, convert_pt2e, x86 = _torchao_pt2e()
     module = copy.deepcopy(model).cpu().float().eval()
-    example = example.float() if len(example) >= 2 else example.float().repeat(2, *[1] * (example.dim() - 1))
+    args = tuple(_tensor(x).repeat(2 if len(x) < 2 else 1, *[1] * (x.ndim - 1)) for x in example.values())
+    batch = torch.export.Dim("batch")  # one batch dimension shared by every input
     with warnings.catch_warnings(), _quiet():
         warnings.simplefilter("ignore")
         try:
-            exported = torch.export.export(module, (example,),  # batch >= 2, or export fixes it at 1
-                                           dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
+            exported = torch.export.export(module, args,  # batch >= 2, or export fixes it at 1
+                                           dynamic_shapes=tuple({0: batch} for _ in args)).module()
             _split_module_reuse(exported.graph)
             quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
             prepared = prepare_pt2e(exported, quantizer)
-            data = torch.from_numpy(np.require(calibration, dtype=np.float32, requirements=["C"]))
+            data = [_tensor(x) for x in calibration.values()]
             with torch.no_grad():
-                for start in range(0, len(data), CALIBRATION_BATCH):
-                    prepared(data[start:start + CALIBRATION_BATCH])
+                for start in range(0, rows_of(calibration), CALIBRATION_BATCH):
+                    prepared(*(x[start:start + CALIBRATION_BATCH] for x in data))
             converted = convert_pt2e(prepared)
             _drop_unused_weights(converted)
             allow_exported_model_train_eval(converted)  # so .eval() works on it (and on a compiled wrapper)
@@ -222,8 +228,8 @@ def bf16_torch(model: nn.Module) -> nn.Module:
             super().__init__()
             self.inner = inner
 
-        def forward(self, x):  # (B, *input_shape) float32 -> float32 outputs, bf16 inside
-            return self.inner(x.to(torch.bfloat16)).float()
+        def forward(self, *inputs):  # the named inputs in order, floats fp32 -> float32 outputs, bf16 inside
+            return self.inner(*(x.to(torch.bfloat16) if x.is_floating_point() else x for x in inputs)).float()
 
     return Bf16(copy.deepcopy(model).cpu().to(torch.bfloat16)).eval()
 
@@ -280,23 +286,27 @@ def _torchao_pt2e() -> tuple[Any, Any, Any, Any]:
 
 
 class _Batches:
-    """ONNX Runtime CalibrationDataReader over rows: {input_name: (<=32, *input_shape)} until exhausted."""
+    """ONNX Runtime CalibrationDataReader over rows of every graph input: {input_name: (<=32, ...)} until
+    exhausted; `rows` is keyed by the graph's input names, the same number of rows in each."""
 
-    def __init__(self, input_name: str, rows: np.ndarray):
-        self.input_name = input_name
-        self.rows = rows
+    def __init__(self, rows: Mapping[str, np.ndarray]):
+        self.rows = dict(rows)
+        self.n = rows_of(self.rows)
         self.start = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.start >= len(self.rows):
+        if self.start >= self.n:
             return None
-        batch = self.rows[self.start:self.start + CALIBRATION_BATCH]
-        if 0 < len(batch) < CALIBRATION_BATCH <= len(self.rows):
+        stop = self.start + CALIBRATION_BATCH
+        batch = {name: a[self.start:stop] for name, a in self.rows.items()}
+        short = min(stop, self.n) - self.start
+        if 0 < short < CALIBRATION_BATCH <= self.n:
             # top the last batch up from the first rows: percentile calibration stacks all batches' outputs
             # into one array and fails on a shorter last one; repeated rows leave min/max unchanged
-            batch = np.concatenate([batch, self.rows[:CALIBRATION_BATCH - len(batch)]])
-        self.start += CALIBRATION_BATCH
-        return {self.input_name: batch}
+            batch = {name: np.concatenate([a, self.rows[name][:CALIBRATION_BATCH - short]])
+                     for name, a in batch.items()}
+        self.start = stop
+        return batch
 
     def rewind(self) -> None:
         self.start = 0
@@ -348,10 +358,24 @@ def _is_large(fp32: Path) -> bool:
         return False
 
 
-def _input_name(path: Path) -> str:
+def _graph_feed(path: Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`inputs` keyed by the graph's input names (as `measure.onnx_feed`; an old single "input" graph takes
+    the one named input), floats float32 and integers int64."""
     import onnx
 
-    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+    from modelfoundry.compress.measure import onnx_feed
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}  # old opsets list initializers among the inputs
+    return onnx_feed([i.name for i in graph.input if i.name not in initializers], inputs)
+
+
+def _tensor(x: Any) -> torch.Tensor:
+    """An array or tensor as a CPU tensor: floats float32, integers int64."""
+    import torch
+
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    return t.float() if t.is_floating_point() else t.long()
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

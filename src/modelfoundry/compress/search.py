@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from modelfoundry.compress.guard import Guard, failure_text, judge, measure
 from modelfoundry.compress.variants import STAGES, Candidate, Sofar, families, target_std
 from modelfoundry.config import CompressConfig
 from modelfoundry.storage import read_json, write_json
+
+if TYPE_CHECKING:
+    from modelfoundry.artifacts.inputs import InputSpec
 
 ONNX = "onnxruntime"
 TORCH = "torch"
@@ -55,7 +58,7 @@ class Bench:
     """What every variant is judged by: the parent model, its splits, the metric and the latency settings."""
 
     saved: Any  # rundir.SavedModel of the parent
-    splits: dict[str, dict[str, Any]]  # X / y / rows per split, rebuilt with the saved preprocessing
+    splits: dict[str, dict[str, Any]]  # X (named inputs) / y / rows per split, rebuilt with the saved preprocessing
     metric: str
     cfg: CompressConfig
     work_dir: Path
@@ -74,8 +77,9 @@ class Bench:
         return self.saved.task
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.saved.spec["input_shape"])
+    def input_spec(self) -> InputSpec:
+        """The parent's named inputs: what every variant takes, and what latency is measured on."""
+        return self.saved.record.input_spec
 
     def score(self, output: np.ndarray) -> dict[str, float | None]:
         """Every guarded metric on the validation split from model outputs (probabilities, or standardised
@@ -96,8 +100,8 @@ class Bench:
 
         output = onnx_predict(path, self.splits["X"]["val"])
         self._judge(variant, output if self.task == "classification" else output[:, 0])
-        variant.latency_b1_ms = onnx_latency_ms(path, self.input_shape, 1, repeats=self.cfg.repeats)
-        variant.latency_b64_ms = onnx_latency_ms(path, self.input_shape, 64, repeats=self.cfg.repeats)
+        variant.latency_b1_ms = onnx_latency_ms(path, self.input_spec, 1, repeats=self.cfg.repeats)
+        variant.latency_b64_ms = onnx_latency_ms(path, self.input_spec, 64, repeats=self.cfg.repeats)
         variant.size_bytes, variant.params = onnx_size_bytes(path), onnx_params(path)
 
     def _judge(self, variant: Variant, output: np.ndarray) -> None:
@@ -117,8 +121,8 @@ class Bench:
         from modelfoundry.models.inference import predict_outputs
 
         self._judge(variant, predict_outputs(model, self.splits["X"]["val"], self.task))
-        variant.latency_b1_ms = torch_latency_ms(model, self.input_shape, 1, repeats=self.cfg.repeats)
-        variant.latency_b64_ms = torch_latency_ms(model, self.input_shape, 64, repeats=self.cfg.repeats)
+        variant.latency_b1_ms = torch_latency_ms(model, self.input_spec, 1, repeats=self.cfg.repeats)
+        variant.latency_b64_ms = torch_latency_ms(model, self.input_spec, 64, repeats=self.cfg.repeats)
         variant.size_bytes, variant.params = torch_size_bytes(model), torch_params(model)
 
 

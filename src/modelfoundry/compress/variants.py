@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from modelfoundry.artifacts.rundir import RunDir
 
 if TYPE_CHECKING:
-    import numpy as np
-
+    from modelfoundry.artifacts.inputs import Inputs
     from modelfoundry.compress.search import Bench, Variant
 
 Stage = Literal["graph", "network", "stacked", "torch"]
@@ -77,13 +76,14 @@ def _ort_int8_dynamic(bench: Bench, sofar: Sofar) -> list[Candidate]:
 
 
 def _ort_int8_static(bench: Bench, sofar: Sofar) -> list[Candidate]:
+    from modelfoundry.artifacts.inputs import rows_of
     from modelfoundry.compress import quantize
 
     rows = calibration_rows(bench)
     out = []
     for fmt, activation in (("qdq", "uint8"), ("qoperator", "uint8")):
         recipe = {"method": "ort_int8_static", "format": fmt, "activation": activation, "per_channel": True,
-                  "calibration_rows": len(rows)}
+                  "calibration_rows": rows_of(rows)}
         out.append(Candidate(f"ort_int8_static_{fmt}", recipe,
                              lambda p, f=fmt, a=activation: quantize.ort_static_int8(sofar.fp32, p, rows, fmt=f,
                                                                                      activation=a)))
@@ -112,11 +112,9 @@ def _torch_int8_eager(bench: Bench, sofar: Sofar) -> list[Candidate]:
 
 
 def _pt2e_int8(bench: Bench, sofar: Sofar) -> list[Candidate]:
-    import torch
-
     from modelfoundry.compress import quantize
 
-    model, example = bench.saved.model, torch.zeros((1, *bench.input_shape))
+    model, example = bench.saved.model, bench.input_spec.example(1)  # zeros (token ids 0, mask 1) to trace with
     return [Candidate("pt2e_int8", {"method": "pt2e_int8", "quantizer": "X86InductorQuantizer"},
                       lambda: quantize.torch_pt2e_int8(copy.deepcopy(model), example, calibration_rows(bench)))]
 
@@ -135,7 +133,8 @@ def _prune_structured(bench: Bench, sofar: Sofar) -> list[Candidate]:
     out = []
     for keep in cfg.keep:
         def build(keep: float = keep) -> tuple[Any, Any, list]:
-            model, model_cfg = prune.shrink_structured(copy.deepcopy(saved.model), saved.config.model, keep)
+            model, model_cfg = prune.shrink_structured(copy.deepcopy(saved.model), saved.config.model, keep,
+                                                       bench.input_spec)
             fitted = prune.finetune(model, X, y, saved.config.training, epochs=cfg.finetune_epochs, lr_scale=1.0,
                                     **_fit_settings(bench))
             return fitted.model, model_cfg, fitted.history
@@ -172,7 +171,7 @@ def _distill(bench: Bench, sofar: Sofar) -> list[Candidate]:
         from modelfoundry.train.runtime import seed_everything
 
         seed_everything(saved.config.seed, saved.config.training.deterministic)
-        student = build_model(student_cfg, bench.input_shape, saved.spec["n_outputs"])
+        student = build_model(student_cfg, bench.input_spec, saved.record.n_outputs)
         fitted = distill.distill(saved.model, student, X, y, saved.config.training, temperature=d.temperature,
                                  alpha=d.alpha, epochs=d.epochs or saved.config.training.epochs,
                                  **_fit_settings(bench))
@@ -258,14 +257,18 @@ def families(stage: Stage, bench: Bench) -> list[tuple[str, Family]]:
 
 
 # ------------------------------------------------------------------------------------------ shared
-def calibration_rows(bench: Bench) -> np.ndarray:
-    """Up to 512 training rows (a seeded sample) for static quantization."""
+def calibration_rows(bench: Bench) -> Inputs:
+    """Up to 512 training rows (a seeded sample, the same rows of every named input) for static quantization."""
     import numpy as np
 
+    from modelfoundry.artifacts.inputs import rows_of
+
     X = bench.splits["X"]["train"]
+    n = rows_of(X)
     rng = np.random.default_rng(bench.saved.config.seed)
-    take = rng.choice(len(X), size=min(512, len(X)), replace=False)
-    return np.ascontiguousarray(X[np.sort(take)], dtype=np.float32)
+    take = np.sort(rng.choice(n, size=min(512, n), replace=False))
+    return {name: np.ascontiguousarray(a[take], dtype=np.float32 if a.dtype.kind == "f" else np.int64)
+            for name, a in X.items()}
 
 
 def target_std(saved: Any) -> float:
