@@ -302,3 +302,21 @@ def test_fit_trains_on_train_loss_and_validates_with_the_built_loss(make_config)
     assert sorted(torch.cat(rows).tolist()) == sorted(list(range(n)) * 2)  # positions in X['train'], each epoch
     assert result.history[0]["train_loss"] == 0.0
     assert result.history[0]["val_loss"] == result.history[1]["val_loss"] > 0.5  # the ordinary loss
+
+
+class NumericAndTokens(nn.Module):
+    """(B, 2) float + (B, 3) int64 token ids -> (B, 1): the float sum plus 100 x the ids' sum."""
+
+    def forward(self, numeric, tokens):
+        assert numeric.dtype == torch.float32 and tokens.dtype == torch.int64
+        return numeric.sum(1, keepdim=True) + 100 * tokens.sum(1, keepdim=True).float()
+
+
+def test_the_teacher_sees_every_named_input_in_order_across_batches():
+    rng = np.random.default_rng(0)
+    n = distill.TEACHER_BATCH + 5
+    X = {"numeric": rng.normal(size=(n, 2)), "tokens": rng.integers(0, 10, size=(n, 3))}
+    out = distill.teacher_outputs(NumericAndTokens(), X, torch.device("cpu"))
+    expected = X["numeric"].sum(1) + 100 * X["tokens"].sum(1)
+    assert out.shape == (n, 1) and out.dtype == torch.float32
+    np.testing.assert_allclose(out[:, 0].numpy(), expected, rtol=1e-5)

@@ -274,3 +274,31 @@ def test_pt2e_without_torchao_says_how_to_get_it(monkeypatch):
         quantize.torch_pt2e_int8(torch.nn.Linear(4, 2), {"numeric": torch.zeros(2, 4)},
                                  {"numeric": np.zeros((8, 4), np.float32)})
     assert "pip install torchao" in caught.value.hint
+
+
+# ----------------------------------------------------------------------------------------- several inputs
+@pytest.mark.slow  # an ONNX export and three quantizations: ~3 s
+def test_onnx_candidates_of_a_two_input_model_feed_every_graph_input_by_name(tmp_path):
+    """numeric float32 (B, 3) + tokens int64 (B, 5): calibration, prediction and latency feed both inputs by
+    name, and every candidate keeps both graph inputs."""
+    from modelfoundry.export import _export_model
+
+    spec = InputSpec([*InputSpec.single("numeric", (3,)), *InputSpec.single("tokens", (5,), "int64")])
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    fp32 = tmp_path / "fp32.onnx"
+    _export_model(model, spec, fp32, "logits", None)
+    rng = np.random.default_rng(0)
+    X = {"numeric": rng.normal(size=(100, 3)).astype(np.float32), "tokens": rng.integers(0, 10, (100, 5))}
+    expected = measure.onnx_predict(fp32, X)
+    with torch.no_grad():
+        np.testing.assert_allclose(expected, model(*map(torch.from_numpy, spec.arrange(X))).numpy(), atol=1e-5)
+    reordered = {"tokens": X["tokens"], "numeric": X["numeric"]}  # fed by name, not by position
+    np.testing.assert_array_equal(measure.onnx_predict(fp32, reordered, batch=7), expected)
+    for name, build in (("static", lambda o: quantize.ort_static_int8(fp32, o, X)),
+                        ("dynamic", lambda o: quantize.ort_dynamic_int8(fp32, o)),
+                        ("fp16", lambda o: quantize.ort_fp16(fp32, o))):
+        out = build(tmp_path / f"{name}.onnx")
+        assert [i.name for i in onnx.load(str(out)).graph.input] == ["numeric", "tokens"], name
+        assert np.abs(measure.onnx_predict(out, X) - expected).max() < 0.1, name
+        assert measure.onnx_latency_ms(out, spec, 4, warmup=0, repeats=2, min_time_s=0.0) > 0, name

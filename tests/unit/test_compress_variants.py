@@ -141,3 +141,17 @@ def test_a_new_family_is_measured_judged_and_saved_like_the_others(monkeypatch, 
     assert copied["metric"] == pytest.approx(outcome.original["metric"]) and copied["agreement"] == 1.0
     assert (tmp_path / "work" / "variants" / "copy_graph" / "model" / "onnx" / "model.onnx").is_file()
     assert table.VARIANTS["copy_graph"].stage == "graph"
+
+
+def test_calibration_rows_are_the_same_seeded_sample_of_every_named_input():
+    bench = bench_for(*MLP)
+    n = 600
+    numeric = np.arange(n, dtype=np.float64).reshape(n, 1)
+    bench.splits["X"]["train"] = {"numeric": numeric, "tokens": np.arange(n).reshape(n, 1) * 10}
+    rows = table.calibration_rows(bench)
+    assert list(rows) == ["numeric", "tokens"]
+    assert rows["numeric"].dtype == np.float32 and rows["tokens"].dtype == np.int64
+    # the sample the single-matrix code took: 512 rows chosen with the run's seed, in the split's order
+    take = np.sort(np.random.default_rng(bench.saved.config.seed).choice(n, size=512, replace=False))
+    np.testing.assert_array_equal(rows["numeric"], numeric[take])
+    np.testing.assert_array_equal(rows["tokens"][:, 0], take * 10)  # the same rows of the other input
