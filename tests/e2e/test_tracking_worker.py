@@ -96,6 +96,11 @@ def test_a_store_failure_is_the_same_error_with_the_run_intact(tmp_path, monkeyp
         run(config_for(uri, tmp_path), run_dir=tmp_path / "run", progress=False)
     assert started[0] is not None and started[0].answered and workers_alive() == []
     assert (tmp_path / "run/model/weights.pt").is_file()
+    worker = TrackingWorker.launch(uri)
+    assert worker is not None
+    assert SECRET not in (Path("/proc") / str(worker.process.pid) / "cmdline").read_text()  # ps shows it to all
+    worker.close()
+    assert worker.process.returncode is not None and workers_alive() == []
     in_process(monkeypatch)
     with pytest.raises(RegistryError) as here:
         run(config_for(uri, tmp_path), run_dir=tmp_path / "run2", progress=False)

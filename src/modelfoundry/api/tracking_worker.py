@@ -8,13 +8,15 @@ Anything going wrong with the child itself (it cannot start, dies, answers garba
 in-process, and `close` always reaps it, so no process outlives the run. The child also exits by itself when
 this process goes away (its request pipe closes), and ignores Ctrl-C, which the parent handles.
 
-Protocol: one pickled request on the child's stdin (closed after it; EOF alone means "nothing to log"), one
-pickled ("ok", result) or ("error", FoundryError) on its stdout. What MLflow prints in the child is kept and
+Protocol: on the child's stdin, the store URI as a JSON line at once (never on its command line, which other
+users can read), later one pickled request, then EOF (EOF alone means "nothing to log"); on its stdout, one
+pickled ("ok", result) or ("error", FoundryError). What MLflow prints in the child is kept and
 written to this process's stderr when the answer comes, where an in-process call would have printed it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -44,14 +46,24 @@ class TrackingWorker:
     @classmethod
     def launch(cls, uri: str | None) -> TrackingWorker | None:
         """Start the child for the store at `uri` (None: found as in-process); None if it cannot start."""
-        log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child; close() closes it
+        log = None
         try:
-            process = subprocess.Popen([sys.executable, "-m", __name__, uri or ""], stdin=subprocess.PIPE,
+            log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child; close() closes it
+            process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, stderr=log, start_new_session=True)
-        except (OSError, ValueError):
-            log.close()
+        except (OSError, ValueError):  # no temporary directory, no more processes, no interpreter to run
+            if log is not None:
+                log.close()
             return None
-        return cls(process, log)
+        worker = cls(process, log)
+        try:  # the URI goes through the pipe, not the command line, which any local user can read (ps)
+            assert process.stdin is not None
+            process.stdin.write(json.dumps(uri).encode() + b"\n")
+            process.stdin.flush()
+        except OSError:
+            worker.close()
+            return None
+        return worker
 
     def track_run(self, run_path: Path, config: Any, metrics: dict[str, float], *,
                   parent_version: str | None = None, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -119,8 +131,12 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then ends this child
     answer = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed goes to the log, never into the answer
-    warm(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None)
-    request = sys.stdin.buffer.read()
+    stdin = sys.stdin.buffer
+    first = stdin.readline()
+    if not first:
+        os._exit(0)
+    warm(json.loads(first))
+    request = stdin.read()
     if not request:  # the run ended without logging (failed, interrupted) or the parent is gone
         os._exit(0)
     from modelfoundry.api.registration import track_run
