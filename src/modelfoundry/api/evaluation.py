@@ -35,7 +35,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Pat
         X, y, rows = splits["X"]["test"], splits["y"]["test"], splits["rows"]["test"]
         n_classes = saved.record.n_outputs if saved.task == "classification" else 1
         baselines = baseline_metrics(saved.task, splits["X"], splits["y"], n_classes, saved.target_encoder.decode,
-                                     cfg.evaluation.top_k)
+                                     cfg.evaluation.top_k, splits["texts"])
         split = "test split"
         layout = RunDir(saved.run_dir)  # the run's own report (learning curves, best epoch) is kept
         out_dir = Path(out or (layout.reeval_dir if layout.report.is_file() else layout.eval_dir))
@@ -62,9 +62,16 @@ def reload_splits(saved: Any) -> dict[str, dict[str, Any]]:
 
     cfg = saved.config
     recorded = DataRecord.read(RunDir(saved.run_dir).data_record).sha256
-    out: dict[str, dict[str, Any]] = {"X": {}, "y": {}, "rows": {}}
+    out: dict[str, Any] = {"X": {}, "y": {}, "rows": {}, "texts": None}
+    encoder = None
+    if "text" in saved.preprocessor.desc:
+        from modelfoundry.data.portable import text_encoder
+
+        encoder, out["texts"] = text_encoder(saved.preprocessor.desc), {}
     for name, part in rebuild_splits(cfg.data, cfg.seed, recorded, saved.run_dir).items():
         out["X"][name] = saved.preprocessor.transform(part, f"the {name} split")
+        if encoder is not None:
+            out["texts"][name] = encoder.texts(part, f"the {name} split")
         out["y"][name] = saved.target_encoder.encode(part[cfg.data.target], f"the {name} split")
         out["rows"][name] = part.index.to_numpy()
     return out

@@ -140,7 +140,7 @@ def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bo
         return data, fit_result, config, run_path
     if not fit_result.interrupted:
         spec = {"name": config.name, "task": data.task, "inputs": data.input_spec.to_json(),
-                "input_shape": list(data.preprocessor.input_shape_),
+                "input_shape": list(data.preprocessor.input_shape_) if len(data.input_spec) == 1 else None,
                 "n_outputs": data.n_outputs, "target": config.data.target, "columns": data.preprocessor.columns,
                 "classes": getattr(data.target_encoder, "classes_", None), "best_epoch": fit_result.best_epoch,
                 "config_hash": config_hash(config)}
@@ -157,7 +157,7 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult,
 
     output = predict_outputs(fit_result.model, data.X["test"], data.task)
     baselines = baseline_metrics(data.task, data.X, data.y, data.n_outputs, data.target_encoder.decode,
-                                 config.evaluation.top_k)
+                                 config.evaluation.top_k, data.texts)
     facts = {"run": str(run_path), "model": config.model.name, "task": data.task,
              "rows (train/val/test)": "/".join(str(data.info["split"][s]) for s in ("train", "val", "test")),
              "best epoch": f"{fit_result.best_epoch} of {len(fit_result.history)} ({fit_result.monitor} = "

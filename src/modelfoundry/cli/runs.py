@@ -121,7 +121,7 @@ def datasets() -> None:
     from modelfoundry.data.sources import BUNDLED
 
     for name in BUNDLED:
-        typer.echo(f"sklearn:{name}")
+        typer.echo(name)
 
 
 def need_config_or_resume(config: Optional[Path], resume: Optional[Path]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 _SECTIONS = {
     "modelfoundry.config.base": ("Section", "SEED_MAX"),
     "modelfoundry.config.data": ("MissingStrategy", "FeatureConfig", "OutlierConfig", "CleanConfig",
-                                 "SplitConfig", "BalanceConfig", "DataConfig"),
+                                 "SplitConfig", "BalanceConfig", "TextConfig", "DataConfig"),
     "modelfoundry.models.choices": ("Activation", "Init"),
     "modelfoundry.models.mlp": ("MLPConfig",),
     "modelfoundry.models.cnn": ("CNNConfig",),

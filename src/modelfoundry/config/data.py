@@ -14,7 +14,7 @@ MissingStrategy = Literal["drop", "mean", "median", "most_frequent", "constant"]
 class FeatureConfig(Section):
     """Per-column override. Keys of `data.features` are column names or glob patterns (`pixel_*`)."""
 
-    type: Literal["auto", "numeric", "categorical", "image", "ignore"] = "auto"
+    type: Literal["auto", "numeric", "categorical", "image", "text", "ignore"] = "auto"
     missing: MissingStrategy | None = None  # None: median for numeric, most_frequent for categorical
     fill_value: float | int | str | None = None  # used by missing: constant
     scale: Literal["standard", "minmax", "none"] | None = None  # None: standard
@@ -71,11 +71,23 @@ class BalanceConfig(Section):
         return v
 
 
+class TextConfig(Section):
+    """How text columns become tokens (a pretrained model brings its own tokenizer: only the lengths apply)."""
+
+    tokenizer: Literal["word", "subword"] = "word"  # a vocabulary fitted on the training split
+    max_vocab: int = Field(20000, ge=10, le=2_000_000)
+    min_freq: int = Field(2, ge=1)
+    lowercase: bool = True
+    max_length: int = Field(128, ge=2, le=8192)  # tokens per row (the text columns of a row joined)
+    truncation: Literal["right", "left"] = "right"  # right: keep the start of long texts; left: keep the end
+
+
 class DataConfig(Section):
     source: str  # sklearn:<name> or a path to .csv / .parquet / .jsonl
     target: str = "target"
     task: Literal["auto", "classification", "regression"] = "auto"
     features: dict[str, FeatureConfig] = {}
+    text: TextConfig = TextConfig()
     clean: CleanConfig = CleanConfig()
     split: SplitConfig = SplitConfig()
     balance: BalanceConfig = BalanceConfig()

@@ -25,7 +25,7 @@ class FeatureSpec:
 
     name: str
     columns: list[str]
-    kind: str  # numeric | categorical | image
+    kind: str  # numeric | categorical | image | text
     missing: str = "median"
     fill_value: Any = None
     scale: str = "standard"
@@ -77,6 +77,9 @@ def plan_features(frame: pd.DataFrame, cfg: DataConfig, origin: str) -> list[Fea
         if kind == "image":
             _add_image_column(groups, specs, key, column, override, frame[column], origin)
             continue
+        if kind == "text":
+            specs.append(FeatureSpec(column, [column], "text", missing="drop" if override.missing == "drop" else "empty"))
+            continue
         if kind == "numeric":
             converted = to_numeric(frame[column], column, origin)
             if converted.dtype != frame[column].dtype:  # a wide float table is checked, not copied
@@ -95,8 +98,8 @@ def plan_features(frame: pd.DataFrame, cfg: DataConfig, origin: str) -> list[Fea
                         "Check data.features: every column may be set to type: ignore.")
     if any(s.kind == "image" for s in specs) and len(specs) > 1:
         names = ", ".join(s.name for s in specs)
-        raise DataError(f"{origin} mixes image and tabular features ({names}); one model takes one kind.",
-                        "Set type: ignore on the columns the model should not see.")
+        raise DataError(f"{origin} mixes image features with other columns ({names}); an image model takes the "
+                        "image alone.", "Set type: ignore on the columns the model should not see.")
     return specs
 
 
@@ -220,7 +223,23 @@ def _infer_kind(series: pd.Series) -> str:
     present = series.notna().sum()
     parsed = (converted.notna() & series.notna()).sum()
     # mostly numbers with a few strings is a data error (to_numeric reports it), not a categorical column
-    return "numeric" if present and parsed / present >= 0.9 else "categorical"
+    if present and parsed / present >= 0.9:
+        return "numeric"
+    return "text" if _is_free_text(series.dropna()) else "categorical"
+
+
+TEXT_MIN_WORDS, TEXT_MIN_DISTINCT, TEXT_MIN_DISTINCT_SHARE = 4, 20, 0.3
+
+
+def _is_free_text(values: pd.Series) -> bool:
+    """Free text (reviews, messages), not a category: many distinct values of several words each."""
+    if not len(values):
+        return False
+    sample = values.astype(str).iloc[:5000]  # enough to tell, cheap on a large file
+    distinct = sample.nunique()
+    if distinct < TEXT_MIN_DISTINCT or distinct < TEXT_MIN_DISTINCT_SHARE * len(sample):
+        return False
+    return float(sample.str.split().str.len().median()) >= TEXT_MIN_WORDS
 
 
 def _default_missing(kind: str) -> str:

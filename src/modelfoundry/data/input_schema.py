@@ -76,6 +76,9 @@ class InputSchema:
         self.categorical = [f for f in features if f["kind"] == "categorical"]
         self.kinds = {f["column"]: f["kind"] for f in features} if not self.image else \
             {c: "numeric" for c in self.columns}
+        self.text_columns: list[str] = list(desc["text"]["columns"]) if "text" in desc else []
+        self.kinds.update({c: "text" for c in self.text_columns})
+        self.tabular = not self.image and bool(features)  # a "numeric" input (text-only data has none)
         self._compile_numeric()
         self._compile_categorical()
         if self.image and len(desc["image"]["columns"]) > 1:  # one pixel per column: read like numeric columns
@@ -142,7 +145,8 @@ class InputSchema:
         if self.image:
             return self._image(numeric, origin)
         texts = [[r.get(c) for r in records] for c in self.cat_columns]
-        return self._finish(numeric, texts, len(records), origin)
+        free_text = [[r.get(c) for r in records] for c in self.text_columns]
+        return self._finish(numeric, texts, len(records), origin, free_text)
 
     def from_columns(self, columns: dict[str, list[Any]], n: int, origin: str = "the request") -> CheckedRows:
         """One list of n values per column (OIP v2 inputs) -> CheckedRows."""
@@ -155,17 +159,19 @@ class InputSchema:
         numeric = self._numeric(table, n, origin)
         if self.image:
             return self._image(numeric, origin)
-        return self._finish(numeric, [columns[c] for c in self.cat_columns], n, origin)
+        return self._finish(numeric, [columns[c] for c in self.cat_columns], n, origin,
+                            [columns[c] for c in self.text_columns])
 
     def from_frame(self, frame: pd.DataFrame, origin: str = "the input") -> CheckedRows:
         """A DataFrame (a data file) -> CheckedRows; X is `apply_portable`'s, errors are the files' errors."""
         from modelfoundry.data.clean import to_numeric
-        from modelfoundry.data.portable import portable_array
 
-        X = portable_array(self.desc, frame, origin)  # checks columns, text, infinite and too-large values
+        from modelfoundry.data.portable import apply_portable
+
+        inputs = apply_portable(self.desc, frame, origin)  # checks columns, text, infinite and too-large values
         n = len(frame)
         if self.image:
-            return CheckedRows(np.empty((n, 0)), np.empty((n, 0), np.int64), np.empty((n, 0), object), {self.input_name: X})
+            return CheckedRows(np.empty((n, 0)), np.empty((n, 0), np.int64), np.empty((n, 0), object), inputs)
         numeric = np.empty((n, len(self.num_columns)))
         for j, column in enumerate(self.num_columns):
             numeric[:, j] = to_numeric(frame[column], column, origin).to_numpy(dtype=np.float64)
@@ -177,7 +183,7 @@ class InputSchema:
             values[missing] = None
             texts[:, j] = values
             codes[:, j] = [self.lookups[j].get(v, UNSEEN) for v in values]
-        return CheckedRows(numeric, codes, texts, {self.input_name: X})
+        return CheckedRows(numeric, codes, texts, inputs)
 
     # -------------------------------------------------------------------------------------- internals
     def _require(self, present: Callable[[str], bool], origin: str) -> None:
@@ -220,7 +226,8 @@ class InputSchema:
                             "trained on.")
         return CheckedRows(np.empty((n, 0)), np.empty((n, 0), np.int64), np.empty((n, 0), object), {self.input_name: X})
 
-    def _finish(self, numeric: np.ndarray, cat_values: list[Sequence[Any]], n: int, origin: str) -> CheckedRows:
+    def _finish(self, numeric: np.ndarray, cat_values: list[Sequence[Any]], n: int, origin: str,
+                text_values: list[Sequence[Any]] = ()) -> CheckedRows:
         codes = np.empty((n, len(self.cat_columns)), dtype=np.int64)
         texts = np.empty((n, len(self.cat_columns)), dtype=object)
         for j, (column, values) in enumerate(zip(self.cat_columns, cat_values)):
@@ -236,7 +243,26 @@ class InputSchema:
                             "categories.",
                             "Send one of: " + ", ".join(map(str, feature["categories"][:20]))
                             + (" ..." if len(feature["categories"]) > 20 else "") + ".")
-        return CheckedRows(numeric, codes, texts, {self.input_name: self._transform(numeric, codes, origin)})
+        inputs = {"numeric": self._transform(numeric, codes, origin)} if self.tabular else {}
+        if self.text_columns:
+            inputs.update(self._tokens(text_values, n, origin))
+        return CheckedRows(numeric, codes, texts, inputs)
+
+    def _tokens(self, text_values: list[Sequence[Any]], n: int, origin: str) -> dict[str, np.ndarray]:
+        """The text columns' values (a string or null each) -> tokens and attention_mask."""
+        from modelfoundry.data.portable import text_encoder
+
+        columns = []
+        for column, values in zip(self.text_columns, text_values):
+            texts = []
+            for i, value in enumerate(values):
+                if value is not None and type(value) is not str:
+                    raise DataError(f"Column '{column}' of {origin} holds {_describe(value)} (row {i}); it is a text "
+                                    "column.", "Send a string (or null for no text).")
+                texts.append(value or "")
+            columns.append(texts)
+        encoder = text_encoder(self.desc)
+        return encoder.encode(encoder.join(columns) if columns else [""] * n)
 
     def _check_missing(self, numeric: np.ndarray, codes: np.ndarray, origin: str) -> None:
         missing = np.concatenate([np.isnan(numeric) & self.num_drop, (codes == MISSING) & self.cat_drop], axis=1)

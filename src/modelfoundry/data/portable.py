@@ -18,7 +18,9 @@ The format (version `format: 2`; format 1, without "range", is read too)::
       "inputs": [{"name": "numeric" | "image", "dtype": "float32", "shape": input_shape}],
                                    # the model's named inputs (data/inputs.py); absent before issue 10, when
                                    # the one input is "image" for [C, H, W] and "numeric" otherwise
-      "features": [...],           # tabular only: one entry per raw column, in output order (below)
+      "features": [...],           # tabular only: one entry per raw column, in output order (below);
+                                   # empty when the only columns are text
+      "text": {...},               # text columns, when there are any (below)
       "image": {...},              # image only (below)
       "target": {...}              # present when a target encoder was given (below)
     }
@@ -51,6 +53,12 @@ The image entry: `{"name", "array_column": name | null, "columns": [...], "shape
 rule is: a single column whose first cell is an array), or else from `columns` in order, one pixel each;
 each row becomes `((pixels - o) / d).reshape(C, H, W)`; missing pixels are an error.
 
+The text entry (data/text.py): `{"columns": [...], "length": T, "truncation": "right" | "left", "pad_id",
+"separator", "vocab_size", "pretrained": bool, "tokenizer": "<the tokenizers library's JSON>"}`: each row's
+text columns (missing cells empty) are joined with `" <separator> "`, encoded with the tokenizer, cut to T
+tokens at the `truncation` end and padded on the right with `pad_id` to T; the inputs are `tokens` (the ids)
+and `attention_mask` (1 for a token, 0 for padding), both int64 (N, T).
+
 The target entry: `{"task": "classification", "column", "classes": [...]}` - output k of the model is
 the probability of `classes[k]` - or `{"task": "regression", "column", "mean": m, "std": s}`: the model
 predicts standardised values, `value = output * s + m`.
@@ -70,6 +78,7 @@ from modelfoundry.errors import DataError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from modelfoundry.data.text import TextEncoder
     from modelfoundry.data.transform import Preprocessor, TargetEncoder
 
 PORTABLE_FORMAT = 2
@@ -142,8 +151,11 @@ def describe_preprocessor(pre: Preprocessor | PortablePreprocessor, target_encod
                          "offset": float(pre.offset_), "divisor": float(pre.divisor_)}
     else:
         desc["kind"] = "tabular"
+        tabular = [spec for spec in pre.specs if spec.kind in ("numeric", "categorical")]
         desc["features"] = [_describe_column(spec, *pre.fitted_step(spec), pre.ranges_.get(spec.name))
-                            for spec in pre.specs]
+                            for spec in tabular]
+        if getattr(pre, "text_", None) is not None:
+            desc["text"] = pre.text_.describe()
         width = sum(f["width"] for f in desc["features"])
         if width != len(pre.feature_names_):
             raise DataError(f"The fitted preprocessing gives {len(pre.feature_names_)} features but its columns "
@@ -170,12 +182,34 @@ def describe_target(encoder: TargetEncoder, column: str | None = None) -> dict[s
 
 def apply_portable(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the input") -> Inputs:
     """Raw rows -> the model's named inputs, exactly as `Preprocessor.transform` computes them."""
-    name = input_spec(desc)[0].name
-    return {name: portable_array(desc, frame, origin)}
+    out: Inputs = {}
+    if desc["kind"] == "image" or desc["features"]:
+        out[input_spec(desc)[0].name] = portable_array(desc, frame, origin)
+    if "text" in desc:
+        _check_columns(desc["columns"], frame, origin)
+        out.update(text_encoder(desc).transform(frame, origin))
+    return out
+
+
+_TEXT_ENCODERS: dict[int, tuple[dict[str, Any], Any]] = {}
+
+
+def text_encoder(desc: dict[str, Any]) -> TextEncoder:
+    """The TextEncoder of a description's `text` entry, built once per description (building a pretrained
+    tokenizer from its JSON takes tens of milliseconds)."""
+    from modelfoundry.data.text import TextEncoder
+
+    entry = desc["text"]
+    cached = _TEXT_ENCODERS.get(id(entry))
+    if cached is None or cached[0] is not entry:
+        if len(_TEXT_ENCODERS) > 16:
+            _TEXT_ENCODERS.clear()
+        cached = _TEXT_ENCODERS[id(entry)] = (entry, TextEncoder.from_description(entry))  # keeps `entry` alive
+    return cached[1]
 
 
 def portable_array(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the input") -> np.ndarray:
-    """Raw rows -> the one float32 array (N, *input_shape) of a tabular or image description."""
+    """Raw rows -> the one float32 array of an image, or of the tabular columns (N, F)."""
     if desc.get("format") not in READABLE_FORMATS:
         raise DataError(f"The preprocessing description has format {desc.get('format')!r}; this version of "
                         f"modelfoundry reads formats {', '.join(map(str, READABLE_FORMATS))}.",

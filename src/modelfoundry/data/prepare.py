@@ -42,6 +42,7 @@ class PreparedData:
     target_encoder: TargetEncoder
     class_weights: np.ndarray | None
     info: dict[str, Any]  # what data.json records
+    texts: dict[str, list[str]] | None = None  # split -> each row's text columns joined (for the TF-IDF baseline)
 
     @property
     def input_spec(self) -> InputSpec:
@@ -85,23 +86,36 @@ def split_seed(cfg: DataConfig, seed: int) -> int:
     return cfg.split.seed if cfg.split.seed is not None else seed
 
 
-def prepare_data(cfg: DataConfig, seed: int) -> PreparedData:
-    """The whole data stage for training: preprocessing is fitted on the training rows only."""
+def prepare_data(cfg: DataConfig, seed: int, *, tokenizer: str | None = None) -> PreparedData:
+    """The whole data stage for training: preprocessing is fitted on the training rows only.
+
+    `tokenizer`: a pretrained model's tokenizer (its tokenizer.json text) for the text columns; None fits a
+    vocabulary on the training split (data.text).
+    """
     clean = load_clean(cfg)
     positions = split_frame(clean, cfg, seed)
     parts = {name: clean.frame.iloc[positions[name]] for name in SPLITS}
     stratified = cfg.split.stratify and clean.task == "classification"
-    return prepare_parts(clean, parts, cfg, split_seed(cfg, seed), stratified)
+    return prepare_parts(clean, parts, cfg, split_seed(cfg, seed), stratified, tokenizer=tokenizer)
+
+
+def text_settings(cfg: DataConfig, tokenizer: str | None) -> dict[str, Any]:
+    """The TextEncoder settings of `data.text`, with a pretrained tokenizer when the model brings one."""
+    text = cfg.text
+    return {"max_length": text.max_length, "truncation": text.truncation, "tokenizer": text.tokenizer,
+            "max_vocab": text.max_vocab, "min_freq": text.min_freq, "lowercase": text.lowercase,
+            "pretrained": tokenizer}
 
 
 def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataConfig, seed: int,
-                  stratified: bool) -> PreparedData:
+                  stratified: bool, *, tokenizer: str | None = None) -> PreparedData:
     """Fit preprocessing and the target encoding on `parts['train']` only and turn every part into arrays.
 
     `parts` holds the train, val and test rows of `clean.frame` (a cross-validation fold puts its held-out
     rows in 'test'); `seed` (the split seed) and `stratified` are recorded in `info['split']`.
     """
-    fitted = Preprocessor(clean.specs, cfg.clean.outliers.method, cfg.clean.outliers.factor).fit(parts["train"])
+    fitted = Preprocessor(clean.specs, cfg.clean.outliers.method, cfg.clean.outliers.factor,
+                          text_settings(cfg, tokenizer)).fit(parts["train"])
     pre = PortablePreprocessor(describe_preprocessor(fitted), fitted)
     _check_description(fitted, pre, parts["train"])
     target = TargetEncoder(clean.task).fit(parts["train"][cfg.target])
@@ -113,10 +127,11 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
     info = dict(clean.info)
     info["split"] = {"seed": seed, "stratified": stratified,
                      **{name: int(len(part)) for name, part in parts.items()}}
-    info["input_shape"] = list(pre.input_shape_)
+    info["input_shape"] = list(pre.input_shape_) if len(pre.input_spec_) == 1 else None
     info["inputs"] = pre.input_spec_.to_json()
     rows = {name: part.index.to_numpy() for name, part in parts.items()}
-    return PreparedData(clean.task, X, y, rows, pre, target, weights, info)
+    texts = {name: fitted.text_.texts(part) for name, part in parts.items()} if fitted.text_ is not None else None
+    return PreparedData(clean.task, X, y, rows, pre, target, weights, info, texts)
 
 
 CHECK_ROWS = 512

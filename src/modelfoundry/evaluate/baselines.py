@@ -12,16 +12,21 @@ from modelfoundry.evaluate.metrics import classification_metrics, regression_met
 
 
 def baseline_metrics(task: str, X: dict[str, Inputs], y: dict[str, np.ndarray], n_classes: int,
-                     decode: Any, top_k: list[int]) -> dict[str, float]:
+                     decode: Any, top_k: list[int], texts: dict[str, list[str]] | None = None) -> dict[str, float]:
     """Test-split metrics of both baselines, keyed `baseline_dummy_<metric>` and `baseline_linear_<metric>`.
 
-    Features are the model's own preprocessed float inputs, flattened side by side; `decode` maps regression
+    Features are the model's own preprocessed float inputs, flattened side by side, and for text the TF-IDF
+    of each row's text (`texts`: split -> texts; words and word pairs) beside them; `decode` maps regression
     predictions back to target units.
     """
     from sklearn.dummy import DummyClassifier, DummyRegressor
     from sklearn.linear_model import LogisticRegression, Ridge
 
     train, test = features_matrix(X["train"]), features_matrix(X["test"])
+    if texts is not None:
+        train, test = _with_tfidf(train, test, texts["train"], texts["test"])
+    if train.shape[1] == 0:  # nothing a linear model can read (token ids only): it sees one constant column
+        train, test = np.zeros((train.shape[0], 1)), np.zeros((test.shape[0], 1))
     out: dict[str, float] = {}
     if task == "classification":
         models = {"dummy": DummyClassifier(strategy="prior"), "linear": LogisticRegression(max_iter=2000)}
@@ -32,10 +37,25 @@ def baseline_metrics(task: str, X: dict[str, Inputs], y: dict[str, np.ndarray], 
             warnings.simplefilter("ignore")  # convergence chatter; the metrics speak for themselves
             model.fit(train, y["train"])
         if task == "classification":
-            proba = np.zeros((len(test), n_classes))
+            proba = np.zeros((test.shape[0], n_classes))
             proba[:, model.classes_] = model.predict_proba(test)
             metrics = classification_metrics(y["test"], proba, top_k)
         else:
             metrics = regression_metrics(decode(y["test"]), decode(model.predict(test)))
         out.update({f"baseline_{name}_{k}": v for k, v in metrics.items()})
     return out
+
+
+def _with_tfidf(train: np.ndarray, test: np.ndarray, train_texts: list[str], test_texts: list[str]) -> tuple[Any, Any]:
+    """The float features with the TF-IDF of the texts beside them (sparse), fitted on the training texts."""
+    from scipy import sparse
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=200_000, sublinear_tf=True)
+    try:
+        words_train = vectorizer.fit_transform(train_texts)
+        words_test = vectorizer.transform(test_texts)
+    except ValueError:  # no word occurs twice (tiny or empty texts): the float features alone
+        return train, test
+    return (sparse.hstack([words_train, sparse.csr_matrix(train)]).tocsr(),
+            sparse.hstack([words_test, sparse.csr_matrix(test)]).tocsr())

@@ -152,7 +152,7 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
             outputs.append({"name": "probabilities", "datatype": "FP64", "shape": [-1, len(backend.labels)]})
         outputs.append({"name": "warnings", "datatype": "BYTES", "shape": [-1]})  # only when a row has any
         kinds = model.schema.kinds
-        inputs = [{"name": c, "datatype": "BYTES" if kinds.get(c) == "categorical" else "FP64", "shape": [-1]}
+        inputs = [{"name": c, "datatype": "BYTES" if kinds.get(c) in ("categorical", "text") else "FP64", "shape": [-1]}
                   for c in backend.columns]
         # the requests send raw columns (`inputs`); the model takes the named tensors they become (`model_inputs`)
         tensors = [{"name": f.name, "datatype": "FP32" if f.dtype == "float32" else "INT64", "shape": [-1, *f.shape]}

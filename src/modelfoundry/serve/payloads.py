@@ -89,16 +89,17 @@ def infer_request(payload: Any) -> InferRequest:
 def infer_columns(inputs: list[InferInput], schema: InputSchema, max_records: int) -> tuple[dict[str, list], int]:
     """OIP v2 inputs, one per raw column (shape [N] or [N, 1]), as {column: values}; errors name the input.
 
-    A numeric column takes any numeric datatype (metadata declares FP64), a categorical one BYTES."""
+    A numeric column takes any numeric datatype (metadata declares FP64), a categorical or text one BYTES."""
     columns: dict[str, list[Any]] = {}
     rows = None
     for tensor in inputs:
         kind, name = schema.kinds.get(tensor.name), _short(tensor.name)
-        expected = "BYTES" if kind == "categorical" else "FP64"
+        textual = kind in ("categorical", "text")
+        expected = "BYTES" if textual else "FP64"
         if tensor.datatype not in OIP_TYPES:
             raise DataError(f"Input '{name}' has datatype '{_short(tensor.datatype)}'; expected {expected}.",
                             "Use the datatypes of GET /v2/models/{name}: FP64 for numbers, BYTES for text.")
-        if kind is not None and (tensor.datatype in OIP_NUMERIC) != (kind != "categorical"):
+        if kind is not None and (tensor.datatype in OIP_NUMERIC) == textual:
             raise DataError(f"Input '{name}' has datatype '{tensor.datatype}'; this model expects "
                             f"{expected} for it ({kind} column).",
                             "Use the datatypes of GET /v2/models/{name}: FP64 for numbers, BYTES for text.")
