@@ -18,6 +18,14 @@ TINY: dict[str, Any] = {
 }
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The tokenization cache of the tests lives in a temporary directory, not in the checkout."""
+    import os
+
+    os.environ["FOUNDRY_CACHE_DIR"] = str(tmp_path_factory.mktemp("foundry-cache"))
+
+
 def tiny_config(**sections: Any) -> dict[str, Any]:
     """TINY with sections replaced or merged one level deep: tiny_config(training={"epochs": 5})."""
     cfg = copy.deepcopy(TINY)

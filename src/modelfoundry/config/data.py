@@ -80,6 +80,7 @@ class TextConfig(Section):
     lowercase: bool = True
     max_length: int = Field(128, ge=2, le=8192)  # tokens per row (the text columns of a row joined)
     truncation: Literal["right", "left"] = "right"  # right: keep the start of long texts; left: keep the end
+    cache: bool = True  # keep tokenized splits in .foundry-cache/tokens/ for the next run on the same data
 
 
 class DataConfig(Section):

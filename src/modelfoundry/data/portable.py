@@ -118,9 +118,10 @@ class PortablePreprocessor:
     def input_spec_(self) -> InputSpec:
         return input_spec(self.desc)
 
-    def transform(self, frame: pd.DataFrame, origin: str = "the input") -> Inputs:
-        """Raw rows -> the model's named inputs (one float32 array: "numeric" (N, F) or "image" (N, C, H, W))."""
-        return apply_portable(self.desc, frame, origin)
+    def transform(self, frame: pd.DataFrame, origin: str = "the input", text: bool = True) -> Inputs:
+        """Raw rows -> the model's named inputs ("numeric" (N, F) or "image" (N, C, H, W) float32, and
+        "tokens" + "attention_mask" (N, T) int64 for text unless `text` is False)."""
+        return apply_portable(self.desc, frame, origin, text)
 
 
 def input_spec(desc: dict[str, Any]) -> InputSpec:
@@ -180,12 +181,13 @@ def describe_target(encoder: TargetEncoder, column: str | None = None) -> dict[s
     return {"task": "regression", "column": column, "mean": float(encoder.mean_), "std": float(encoder.std_)}
 
 
-def apply_portable(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the input") -> Inputs:
-    """Raw rows -> the model's named inputs, exactly as `Preprocessor.transform` computes them."""
+def apply_portable(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the input", text: bool = True) -> Inputs:
+    """Raw rows -> the model's named inputs, exactly as `Preprocessor.transform` computes them (the text
+    inputs left out with `text=False`)."""
     out: Inputs = {}
     if desc["kind"] == "image" or desc["features"]:
         out[input_spec(desc)[0].name] = portable_array(desc, frame, origin)
-    if "text" in desc:
+    if "text" in desc and text:
         _check_columns(desc["columns"], frame, origin)
         out.update(text_encoder(desc).transform(frame, origin))
     return out

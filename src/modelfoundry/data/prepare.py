@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelfoundry.config import DataConfig
+from modelfoundry.data import cache
 from modelfoundry.data.balance import class_weights
 from modelfoundry.data.clean import FeatureSpec, clean_rows, infer_task, plan_features
 from modelfoundry.data.fingerprint import fingerprint
@@ -15,6 +16,7 @@ from modelfoundry.artifacts.inputs import Inputs, InputSpec
 from modelfoundry.data.portable import PortablePreprocessor, describe_preprocessor
 from modelfoundry.data.sources import describe_source, load_source
 from modelfoundry.data.split import split_indices
+from modelfoundry.data.text import TextEncoder
 from modelfoundry.data.transform import Preprocessor, TargetEncoder
 from modelfoundry.errors import DataError
 
@@ -114,12 +116,27 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
     `parts` holds the train, val and test rows of `clean.frame` (a cross-validation fold puts its held-out
     rows in 'test'); `seed` (the split seed) and `stratified` are recorded in `info['split']`.
     """
-    fitted = Preprocessor(clean.specs, cfg.clean.outliers.method, cfg.clean.outliers.factor,
-                          text_settings(cfg, tokenizer)).fit(parts["train"])
+    settings = text_settings(cfg, tokenizer)
+    texts = [s.name for s in clean.specs if s.kind == "text"]
+    key = cached = None
+    if texts and cfg.text.cache:
+        key = cache.cache_key(clean.info["fingerprint"]["sha256"], settings, texts,
+                              {name: part.index.to_numpy() for name, part in parts.items()})
+        cached = cache.load(key)
+    encoder = TextEncoder.from_description(cached.description) if cached else None
+    fitted = Preprocessor(clean.specs, cfg.clean.outliers.method, cfg.clean.outliers.factor, settings,
+                          encoder).fit(parts["train"])
     pre = PortablePreprocessor(describe_preprocessor(fitted), fitted)
     _check_description(fitted, pre, parts["train"])
     target = TargetEncoder(clean.task).fit(parts["train"][cfg.target])
-    X = {name: pre.transform(part, f"the {name} split of {cfg.source}") for name, part in parts.items()}
+    X = {name: pre.transform(part, f"the {name} split of {cfg.source}", text=cached is None)
+         for name, part in parts.items()}
+    if cached is not None:
+        for name in X:
+            X[name].update(cached.arrays[name])
+    elif key is not None:
+        cache.save(key, fitted.text_.describe(), {name: {k: X[name][k] for k in ("tokens", "attention_mask")}
+                                                  for name in X})
     y = {name: target.encode(part[cfg.target], f"the {name} split of {cfg.source}") for name, part in parts.items()}
     weights = None
     if clean.task == "classification":
@@ -129,6 +146,8 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
                      **{name: int(len(part)) for name, part in parts.items()}}
     info["input_shape"] = list(pre.input_shape_) if len(pre.input_spec_) == 1 else None
     info["inputs"] = pre.input_spec_.to_json()
+    if key is not None:
+        info["text_cache"] = {"hit": cached is not None, "key": key[:16]}
     rows = {name: part.index.to_numpy() for name, part in parts.items()}
     texts = {name: fitted.text_.texts(part) for name, part in parts.items()} if fitted.text_ is not None else None
     return PreparedData(clean.task, X, y, rows, pre, target, weights, info, texts)

@@ -24,15 +24,17 @@ class Preprocessor:
     an image.
 
     `text` holds the TextEncoder settings for text columns (`max_length`, `tokenizer`, ..., and `pretrained`:
-    a pretrained model's tokenizer JSON); None means the defaults.
+    a pretrained model's tokenizer JSON); None means the defaults. `text_encoder` is an already fitted
+    TextEncoder to use instead of fitting one (a cached one).
     """
 
     def __init__(self, specs: list[FeatureSpec], outlier_method: str = "none", outlier_factor: float = 3.0,
-                 text: dict[str, Any] | None = None):
+                 text: dict[str, Any] | None = None, text_encoder: TextEncoder | None = None):
         self.specs = specs
         self.outlier_method = outlier_method
         self.outlier_factor = outlier_factor
         self.text = text
+        self.text_encoder = text_encoder
 
     @property
     def columns(self) -> list[str]:
@@ -59,7 +61,8 @@ class Preprocessor:
             self.input_spec_ = InputSpec.single("image", self.input_shape_)
             return self
         texts = [s.name for s in self.specs if s.kind == "text"]
-        self.text_ = TextEncoder(texts, **(self.text or {})).fit(frame) if texts else None
+        if texts:
+            self.text_ = self.text_encoder or TextEncoder(texts, **(self.text or {})).fit(frame)
         fields = self._fit_tabular(frame) if self.tabular_specs else []
         if not self.tabular_specs:
             self.feature_names_, self.ranges_ = [], {}
@@ -94,9 +97,10 @@ class Preprocessor:
                                    for j, member in enumerate(specs)}
         return self._steps_by_name[spec.name]
 
-    def transform(self, frame: pd.DataFrame, origin: str = "the input") -> Inputs:
+    def transform(self, frame: pd.DataFrame, origin: str = "the input", text: bool = True) -> Inputs:
         """Raw rows -> the model inputs: {"image": (N, C, H, W)} float32, or {"numeric": (N, F)} float32 for
-        tabular columns and/or {"tokens", "attention_mask": (N, T)} int64 for text columns."""
+        tabular columns and/or {"tokens", "attention_mask": (N, T)} int64 for text columns (left out with
+        `text=False`, when the caller has them already)."""
         if not hasattr(self, "input_shape_"):
             raise RuntimeError("This Preprocessor is not fitted yet; call fit() first.")
         self._check_columns(frame, origin)
@@ -108,7 +112,7 @@ class Preprocessor:
         if self.tabular_specs:
             grouped = self.column_transformer_.transform(self._tabular(frame, origin))
             out["numeric"] = np.ascontiguousarray(grouped[:, self.order_], dtype=np.float32)  # in the columns' order
-        if self.text_ is not None:
+        if self.text_ is not None and text:
             out.update(self.text_.transform(frame, origin))
         return out
 
