@@ -243,6 +243,7 @@ def _export_model(module: nn.Module, inputs: InputSpec, path: Path, output_name:
     large = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
     with warnings.catch_warnings(), _quiet_logger("torch.onnx._internal.exporter._registration"):
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))  # torch internals, not actionable
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")  # e.g. shared batch axes
         try:
             torch.onnx.export(module, example, str(path), dynamo=True, external_data=large, verbose=False,
                               dynamic_shapes=_batch_dims(module, len(inputs)), **names)

@@ -53,6 +53,7 @@ def run(config: Config | str | Path | None = None, *, run_dir: str | Path | None
         data, fit_result, config, run_path = _train(config, run_dir, resume, progress)
         result = RunResult(run_path, data.task, {}, [], fit_result.best_epoch, len(fit_result.history),
                            fit_result.monitor, fit_result.best_value, fit_result.stopped_early, fit_result.interrupted)
+        result.extras.update(_facts(data, fit_result))
         if not fit_result.interrupted:
             result.metrics, result.headline = _evaluate_test(config, data, fit_result, run_path)
             if config.tracking.enabled:
@@ -168,6 +169,16 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult,
                                history=fit_result.history, baselines=baselines, title=f"{config.name}: test split",
                                facts=facts)
     return metrics, headline(data.task, config.evaluation.metrics, metrics)
+
+
+def _facts(data: PreparedData, fit_result: FitResult) -> dict[str, Any]:
+    """What the summary shows besides metrics: the parameters trained, and whether text came from the cache."""
+    params = list(fit_result.model.parameters())
+    facts: dict[str, Any] = {"parameters": {"total": sum(p.numel() for p in params),
+                                            "trainable": sum(p.numel() for p in params if p.requires_grad)}}
+    if "text_cache" in data.info:
+        facts["text_cache"] = data.info["text_cache"]["hit"]
+    return facts
 
 
 def _allocation_error(exc: BaseException, config: Config) -> BaseException:

@@ -44,6 +44,14 @@ def print_summary(result: Any) -> None:
     table.add_column()
     table.add_row("run directory", str(result.run_dir))
     table.add_row("task", result.task)
+    params = result.extras.get("parameters")
+    if params and params["total"]:
+        trained = params["trainable"]
+        table.add_row("parameters", f"{_count(params['total'])}" + ("" if trained == params["total"] else
+                      f" ({_count(trained)} trained, {100 * trained / params['total']:.2g}%)"))
+    if "text_cache" in result.extras:
+        table.add_row("text", "tokens from the cache" if result.extras["text_cache"] else
+                      "tokenized (cached for the next run)")
     if result.epochs_run:
         best = f"{result.best_epoch} of {result.epochs_run}"
         if result.best_value is not None:
@@ -171,6 +179,10 @@ def print_compress_summary(result: Any) -> None:
         if registered and registered.get("version"):
             console.print(f"Registered as {registered['model']}/{registered['version']} with its parent and recipe.")
     console.print(f"Report: {result.report}; plot: {result.out_dir / 'scatter.png'}; wall time {result.wall_s:.1f} s.")
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
 
 
 def _size(n: int) -> str:
