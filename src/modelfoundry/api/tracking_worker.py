@@ -76,7 +76,7 @@ class TrackingWorker:
             self.process.stdin.close()
             status, value = pickle.loads(self.process.stdout.read())
             self.answered = True
-        except (OSError, EOFError, ValueError, TypeError, pickle.UnpicklingError, AttributeError, ImportError):
+        except (OSError, EOFError, ValueError, TypeError, pickle.PickleError, AttributeError, ImportError):
             status, value = "lost", None  # the child died or could not answer: log here, as without it
         finally:
             self.close()
