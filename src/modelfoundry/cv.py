@@ -121,14 +121,14 @@ def _run_fold(config: Config, clean: CleanData, labels: np.ndarray, train_pos: n
     """Split the fold's training part into train/val, fit on it, score the held-out rows."""
     from modelfoundry.data.prepare import prepare_parts
     from modelfoundry.data.split import holdout_indices
-    from modelfoundry.experiment import fit_config
+    from modelfoundry.experiment import fit_config, model_tokenizer
     from modelfoundry.models.inference import predict_outputs
 
     started = time.perf_counter()
     kept, val = holdout_indices(labels[train_pos], config.data.split.val, stratify, seed)
     frame = clean.frame
     parts = {"train": frame.iloc[train_pos[kept]], "val": frame.iloc[train_pos[val]], "test": frame.iloc[heldout_pos]}
-    data = prepare_parts(clean, parts, config.data, seed, stratify)
+    data = prepare_parts(clean, parts, config.data, seed, stratify, tokenizer=model_tokenizer(config.model))
     fitted = fit_config(config, data, run_dir=None, progress=False)
     if fitted.interrupted:  # Ctrl-C: stop here rather than start the next fold
         raise KeyboardInterrupt

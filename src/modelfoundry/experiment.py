@@ -7,7 +7,7 @@ compute itself (val_f1_macro, val_roc_auc, ...) come from evaluate/metrics.py.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from modelfoundry.config import FAST_MONITORS, Config
 
@@ -18,6 +18,21 @@ if TYPE_CHECKING:
     from modelfoundry.reporting import Reporter
     from modelfoundry.train.callbacks import Callback
     from modelfoundry.train.loop import FitResult
+
+
+def model_tokenizer(model_config: Any) -> str | None:
+    """The tokenizer a model brings (a pretrained encoder's tokenizer.json), else None: the data stage then
+    fits a vocabulary on the training split. A model config class provides it with a `tokenizer_json()`
+    method."""
+    provide = getattr(model_config, "tokenizer_json", None)
+    return provide() if callable(provide) else None
+
+
+def prepare(config: Config) -> PreparedData:
+    """The data stage for `config`: its data section, its seed, and its model's tokenizer if it brings one."""
+    from modelfoundry.data.prepare import prepare_data
+
+    return prepare_data(config.data, config.seed, tokenizer=model_tokenizer(config.model))
 
 
 def fit_config(config: Config, data: PreparedData, *, run_dir: Path | None = None, resume: bool = False,

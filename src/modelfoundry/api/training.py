@@ -82,7 +82,7 @@ def train(config: Config | str | Path | None = None, *, run_dir: str | Path | No
 
 def _train(config: Any, run_dir: Any, resume: Any,
            progress: Reporter | bool | None) -> tuple[PreparedData, FitResult, Config, Path]:
-    from modelfoundry.data.prepare import prepare_data
+    from modelfoundry.experiment import prepare
     from modelfoundry.rundir import load_run_config, plan_run_dir, save_config
 
     finished_before = False
@@ -95,7 +95,7 @@ def _train(config: Any, run_dir: Any, resume: Any,
     else:
         config = as_config(config)
         run_path = plan_run_dir(config, run_dir)  # checked now, created once the data is known to be usable
-    data = prepare_data(config.data, config.seed)
+    data = prepare(config)
     check_task(config, data.task)
     if resume is not None:
         check_same_data(run_path, data.info)

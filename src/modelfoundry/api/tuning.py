@@ -24,7 +24,7 @@ def tune(config: Config | str | Path, *, n_trials: int | None = None, n_jobs: in
         n_trials, n_jobs, storage: override tune.n_trials, tune.n_jobs and tune.storage.
         progress: a Reporter to report the trials to; None or a bool: none.
     """
-    from modelfoundry.data.prepare import prepare_data
+    from modelfoundry.experiment import prepare
     from modelfoundry.errors import ConfigError
     from modelfoundry.tune.report import trial_rows, write_outputs
     from modelfoundry.tune.study import default_storage
@@ -39,7 +39,7 @@ def tune(config: Config | str | Path, *, n_trials: int | None = None, n_jobs: in
     if overrides:
         config = config.model_copy(update={"tune": config.tune.model_validate(
             {**config.tune.model_dump(), **overrides})})
-    data = prepare_data(config.data, config.seed)  # bad data or a metric foreign to the task: before any trial
+    data = prepare(config)  # bad data or a metric foreign to the task: before any trial
     check_task(config, data.task)
     out_dir = Path(out) if out else Path(config.output.dir) / f"{config.name}-tune"
     out_dir.mkdir(parents=True, exist_ok=True)

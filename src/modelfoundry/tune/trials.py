@@ -157,11 +157,11 @@ class Objective:
 
     def data(self, config: Config) -> PreparedData:
         """Prepared data per distinct data section: prepared once unless a trial tunes data.* keys."""
-        from modelfoundry.data.prepare import prepare_data
+        from modelfoundry.experiment import model_tokenizer, prepare
 
-        key = config.data.model_dump_json()
+        key = config.data.model_dump_json() + str(hash(model_tokenizer(config.model)))  # a trial may change the model
         if key not in self._data:
-            self._data[key] = prepare_data(config.data, config.seed)
+            self._data[key] = prepare(config)
         return self._data[key]
 
     @staticmethod
