@@ -20,7 +20,7 @@ machine-readable key=value pairs.
 
 Run from the repository root::
 
-    python bench/run_overhead.py            # 5 repetitions (about two minutes on a quiet 2-core machine)
+    python bench/run_overhead.py            # 5 repetitions (about a minute and a half on a quiet 2-core machine)
     python bench/run_overhead.py --repeats 2
 """
 
