@@ -4,9 +4,13 @@ a store failure is the same error, and no child outlives a run, whatever happens
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from modelfoundry.api import tracking_worker
 from modelfoundry.api.tracking_worker import TrackingWorker
@@ -17,6 +21,7 @@ from modelfoundry.rundir import load_run_config
 from tests.conftest import tiny_config
 
 SECRET = "s3cr3t-pw"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def workers_alive() -> list[int]:
@@ -152,3 +157,38 @@ def test_a_worker_that_cannot_start_or_dies_leaves_the_logging_to_this_process(t
     logged = worker.track_run(first.run_dir, load_run_config(first.run_dir), first.metrics)
     assert logged["version"] == "1" and logged["existing"]  # logged here, idempotently
     assert workers_alive() == []
+
+
+def test_a_fresh_foundry_run_has_mlflow_unloaded_when_it_would_start_the_worker():
+    """The worker starts only while MLflow is not loaded; an import of it on the way to run() (a module top
+    in cli/ or api/) would silently bring back the ~2 s it saves."""
+    code = ("import sys\nfrom modelfoundry.cli import app\nfrom modelfoundry.cli import runs\n"
+            "from modelfoundry.api.training import run\nfrom modelfoundry.api.arguments import as_config\n"
+            "from modelfoundry.api.tracking_worker import TrackingWorker\n"
+            "config = as_config(sys.argv[1])\nprint('mlflow' in sys.modules, config.tracking.enabled)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(EXAMPLES / "breast_cancer.yaml")], capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.split() == ["False", "True"]
+
+
+@pytest.mark.slow  # ~6 s: a whole `foundry run` in a fresh process
+def test_foundry_run_in_a_fresh_process_registers_and_leaves_no_process(tmp_path):
+    marker = f"foundry-test-{os.getpid()}-{time.time_ns()}"
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(name="iris", tracking={"enabled": True})))
+    env = {**os.environ, "FOUNDRY_TEST_MARKER": marker}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run([sys.executable, "-m", "modelfoundry.cli", "run", str(config), "--run-dir",
+                           str(tmp_path / "run"), "--no-progress"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Registered as version 1" in done.stdout and (tmp_path / "foundry.db").is_file()
+    time.sleep(0.2)
+    left = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
+                left.append((entry / "cmdline").read_bytes())
+        except OSError:
+            continue
+    assert left == []
