@@ -42,3 +42,16 @@ def write_text(path: Path, text: str) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_table(table: Any, path: Path) -> None:
+    """A DataFrame as .parquet (by the suffix) or .csv, written atomically, without its index."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        import io
+
+        buffer = io.BytesIO()
+        table.to_parquet(buffer, index=False)
+        write_bytes_atomic(path, buffer.getvalue())
+    else:
+        write_bytes_atomic(path, table.to_csv(index=False).encode())

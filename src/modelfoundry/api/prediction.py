@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelfoundry.api.arguments import model_dir
-from modelfoundry.storage import write_bytes_atomic
+from modelfoundry.storage import write_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,13 +44,5 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
         table["warnings"] = [json.dumps(row) if row else "" for row in warnings]
     table.attrs["input_warnings"] = counts
     if output_path is not None:
-        path = Path(output_path)
-        if path.suffix.lower() == ".parquet":
-            import io
-
-            buffer = io.BytesIO()
-            table.to_parquet(buffer, index=False)
-            write_bytes_atomic(path, buffer.getvalue())
-        else:
-            write_bytes_atomic(path, table.to_csv(index=False).encode())
+        write_table(table, Path(output_path))
     return table
