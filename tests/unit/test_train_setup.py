@@ -140,3 +140,50 @@ def test_a_model_of_several_typed_inputs_trains_predicts_and_exports_one_graph_i
     graph = OnnxGraph(path, "regression")  # regression: forward returns the graph's output as it is
     np.testing.assert_allclose(graph(*(torch.from_numpy(v[:7]) for v in spec.arrange(X["val"]))).numpy(), expected,
                                rtol=0, atol=1e-5)
+
+
+class Staged(nn.Module):
+    """A body frozen until epoch 3 and trained at a tenth of the rate, a head trained from the start."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = nn.Linear(3, 8), nn.Linear(8, 2)
+        self.body.requires_grad_(False)
+        self.epochs_seen: list[int] = []
+
+    def forward(self, numeric):
+        return self.head(torch.relu(self.body(numeric)))
+
+    def parameter_groups(self, lr):
+        return [{"params": self.body.parameters(), "lr": lr / 10}, {"params": self.head.parameters(), "lr": lr}]
+
+    def on_epoch_start(self, epoch):
+        self.epochs_seen.append(epoch)
+        self.body.requires_grad_(epoch >= 3)
+
+
+def test_a_model_can_bring_its_parameter_groups_and_hear_each_epoch_start(tmp_path):
+    rng = np.random.default_rng(0)
+    X = {s: {"numeric": rng.normal(size=(64, 3)).astype(np.float32)} for s in ("train", "val")}
+    y = {s: (x["numeric"][:, 0] > 0).astype(np.int64) for s, x in X.items()}
+    torch.manual_seed(0)
+    model = Staged()
+    cfg = TrainingConfig(epochs=4, batch_size=16, optimizer={"lr": 0.1, "weight_decay": 0.01}, early_stopping=None)
+    setup = build_setup(model, X, y, cfg, task="classification")
+    lrs = sorted({g["lr"] for g in setup.optimizer.param_groups})
+    assert lrs == pytest.approx([0.01, 0.1])  # the model's groups, each with its own rate
+    assert {g["weight_decay"] for g in setup.optimizer.param_groups if g["params"][0].ndim == 1} == {0.0}
+    body_before = model.body.weight.detach().clone()
+
+    class Watch:
+        changed: list[bool] = []
+
+        def on_epoch_end(self, record):
+            self.changed.append(not torch.equal(model.body.weight, body_before))
+
+        def close(self):
+            pass
+
+    watch = Watch()
+    fit(model, X, y, cfg, task="classification", progress=False, callbacks=[watch])
+    assert model.epochs_seen == [1, 2, 3, 4] and watch.changed == [False, False, True, True]  # unfrozen at 3

@@ -75,6 +75,7 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
     device, optimizer, schedule, scaler = setup.device, setup.optimizer, setup.schedule, setup.scaler
     loss_fn, autocast, l1_params, generator = setup.loss_fn, setup.autocast, setup.l1_params, setup.generator
     batches, accum, bs, n_used = setup.batches, cfg.accumulate_steps, cfg.batch_size, setup.train.rows_used
+    epoch_hook = getattr(model, "on_epoch_start", None) if callable(getattr(model, "on_epoch_start", None)) else None
     monitor = cfg.early_stopping.monitor if cfg.early_stopping else "val_loss"
     stopper = EarlyStopping(monitor, cfg.early_stopping.patience if cfg.early_stopping else None,
                             cfg.early_stopping.min_delta if cfg.early_stopping else 0.0)
@@ -132,6 +133,8 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
         with interrupt:
             for epoch in range(start_epoch + 1, start_epoch + 1 if finished else cfg.epochs + 1):
                 epoch_start = time.perf_counter()
+                if epoch_hook is not None:  # e.g. gradual unfreezing: told the epoch, also when resuming
+                    epoch_hook(epoch)
                 model.train()
                 losses = []
                 next_tick = epoch_start + PROGRESS_INTERVAL_S

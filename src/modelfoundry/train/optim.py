@@ -22,9 +22,23 @@ def decayed_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Pa
     return weights, others
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    weights, others = decayed_parameters(model)
-    groups = [{"params": weights, "weight_decay": cfg.weight_decay}, {"params": others, "weight_decay": 0.0}]
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig,
+                    parameter_groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """The optimizer of `cfg` over the trainable parameters, weight decay on matrices and kernels only.
+
+    `parameter_groups` (from a model's `parameter_groups(lr)`: layer-wise learning rates, or parameters that
+    are frozen now and unfrozen later) replaces the default single group; each group keeps its own `lr`.
+    """
+    if parameter_groups is None:
+        weights, others = decayed_parameters(model)
+        groups = [{"params": weights, "weight_decay": cfg.weight_decay}, {"params": others, "weight_decay": 0.0}]
+    else:
+        groups = []
+        for group in parameter_groups:
+            params = list(group["params"])
+            extra = {k: v for k, v in group.items() if k != "params"}
+            groups += [{**extra, "params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                       {**extra, "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     common = {"lr": cfg.lr}
     builders = {

@@ -74,7 +74,9 @@ def build_setup(model: nn.Module, X: Mapping[str, Mapping[str, np.ndarray]], y: 
     model.to(device)
     weights = torch.as_tensor(class_weights, device=device) if class_weights is not None else None
     loss_fn = build_loss(cfg.loss, task, weights, cfg.label_smoothing)
-    optimizer = build_optimizer(model, cfg.optimizer)
+    # a model may ask for its own parameter groups (layer-wise learning rates, parameters unfrozen later)
+    grouping = getattr(model, "parameter_groups", None)
+    optimizer = build_optimizer(model, cfg.optimizer, grouping(cfg.optimizer.lr) if callable(grouping) else None)
     generator = torch.Generator().manual_seed(seed)
     y_train = _tensor(y["train"], device)
     if loading == "preload":
