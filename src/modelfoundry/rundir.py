@@ -76,16 +76,25 @@ LEGACY_PREPROCESS = RunDir.LEGACY_PREPROCESS
 
 def save_model(run_dir: Path, model: Any, spec: dict[str, Any], preprocessor: Any, target_encoder: Any) -> None:
     """model/weights.pt (state_dict, loadable with weights_only), model/model.json (a ModelRecord of `spec`),
-    preprocess.json."""
+    preprocess.json.
+
+    A model built on pretrained weights it does not change (a frozen or LoRA-tuned encoder) saves only what it
+    trained - its `saved_state()` - and model.json records the base weights it needs (`base_reference()`:
+    their path and sha256), which loading checks.
+    """
     import io
 
     import torch
 
     from modelfoundry.data.portable import describe_preprocessor
 
+    partial = getattr(model, "saved_state", None)
+    if callable(partial) and callable(getattr(model, "base_reference", None)):
+        spec = {**spec, "base": model.base_reference()}
     record = ModelRecord.from_json(spec, "the model spec")  # checked before anything is written
     buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    state = partial() if callable(partial) else model.state_dict()
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, buffer)
     desc = describe_preprocessor(preprocessor, target_encoder, spec.get("target"))
     layout = RunDir(run_dir)
     write_bytes_atomic(layout.preprocess, (json.dumps(desc, indent=1) + "\n").encode(), durable=True)
@@ -149,9 +158,27 @@ def load_model(run_dir: str | Path) -> SavedModel:
         except (KeyError, TypeError) as exc:
             raise RunDirError(f"{spec_path} is malformed ({first_line(exc)}).",
                               "Use a run directory made by `foundry run`.") from None
-        model.load_state_dict(load_weights(weights, run_dir))
+        _load_state(model, load_weights(weights, run_dir), record, spec_path)
     model.eval()
     return SavedModel(run_dir, config, model, spec, preprocessor, target_encoder, record)
+
+
+def _load_state(model: Any, state: dict[str, Any], record: ModelRecord, spec_path: Path) -> None:
+    """Weights into a built model: all of them, or what a model on unchanged pretrained weights trained (after
+    checking that the base weights are the ones it was trained on)."""
+    base = record.extra.get("base")
+    if isinstance(base, dict) and base.get("sha256"):
+        found = getattr(model, "base_reference", lambda: {})().get("sha256")
+        if found != base["sha256"]:
+            raise RunDirError(f"{spec_path} was trained on base weights {base.get('path')} with sha256 "
+                              f"{str(base['sha256'])[:12]}..., but the weights found now have "
+                              f"{str(found)[:12]}....", "Restore the original base model files (or reinstall its "
+                              "package at the same version), or train again on the new ones.")
+    load = getattr(model, "load_saved_state", None)
+    if callable(load):
+        load(state)
+    else:
+        model.load_state_dict(state)
 
 
 def load_weights(path: Path, run_dir: Path | None = None) -> dict[str, Any]:

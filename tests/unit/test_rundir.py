@@ -215,3 +215,68 @@ def test_a_model_saved_now_has_the_current_format_and_loads_to_the_same_outputs(
     assert again.record.input_spec == old.record.input_spec and again.record.input_shape == old.record.input_shape
     x = torch.randn(5, 4)
     torch.testing.assert_close(again.model(x), old.model(x))
+
+
+def test_a_model_on_unchanged_base_weights_saves_only_what_it_trained_and_checks_the_base(tmp_path, monkeypatch):
+    """A model whose `saved_state()` leaves out frozen base weights (as a LoRA or frozen encoder does)."""
+    import hashlib
+    from typing import Literal
+
+    import torch
+    from torch import nn
+
+    from modelfoundry.api import run
+    from modelfoundry.config.base import Section
+    from modelfoundry.errors import RunDirError
+    from modelfoundry.models import register_model, unregister_model
+    from modelfoundry.rundir import load_model
+    from tests.conftest import tiny_config
+
+    base_file = tmp_path / "base.pt"
+    torch.manual_seed(1)
+    torch.save({"weight": torch.randn(16, 4), "bias": torch.randn(16)}, base_file)
+
+    class FrozenBaseConfig(Section):
+        name: Literal["frozen_base"]
+
+    class FrozenBase(nn.Module):
+        def __init__(self, n_outputs):
+            super().__init__()
+            self.base, self.head = nn.Linear(4, 16), nn.Linear(16, n_outputs)
+            self.base.load_state_dict(torch.load(base_file, weights_only=True))
+            self.base.requires_grad_(False)
+
+        def forward(self, numeric):
+            return self.head(torch.tanh(self.base(numeric)))
+
+        def saved_state(self):
+            return {f"head.{k}": v for k, v in self.head.state_dict().items()}
+
+        def load_saved_state(self, state):
+            self.load_state_dict(state, strict=False)
+
+        def base_reference(self):
+            return {"path": str(base_file), "sha256": hashlib.sha256(base_file.read_bytes()).hexdigest()}
+
+    register_model("frozen_base", FrozenBaseConfig, lambda config, inputs, n_outputs: FrozenBase(n_outputs))
+    try:
+        config = tiny_config(model={"name": "frozen_base"}, training={"epochs": 3})
+        config["model"] = {"name": "frozen_base"}
+        result = run(config, run_dir=tmp_path / "run", progress=False)
+        saved = torch.load(tmp_path / "run" / "model" / "weights.pt", weights_only=True)
+        assert sorted(saved) == ["head.bias", "head.weight"]  # the base is not copied into the run
+        record = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+        assert record["base"]["path"] == str(base_file) and len(record["base"]["sha256"]) == 64
+        assert result.extras["parameters"] == {"total": 16 * 4 + 16 + 16 * 3 + 3, "trainable": 16 * 3 + 3}
+        loaded = load_model(tmp_path / "run")
+        x = torch.randn(5, 4)
+        base = torch.load(base_file, weights_only=True)  # trained head on the base file's weights, by hand
+        expected = torch.tanh(x @ base["weight"].T + base["bias"]) @ saved["head.weight"].T + saved["head.bias"]
+        torch.testing.assert_close(loaded.model(x), expected)
+        torch.save({"weight": torch.zeros(16, 4), "bias": torch.zeros(16)}, base_file)  # the base changed
+        with pytest.raises(RunDirError, match="trained on base weights .*base.pt") as info:
+            load_model(tmp_path / "run")
+        assert "Restore the original base model" in info.value.hint
+    finally:
+        unregister_model("frozen_base")
+
