@@ -213,10 +213,15 @@ def _stage(saved: SavedModel, desc: dict[str, Any], rows: pd.DataFrame, staging:
 
 
 def _exportable(saved: SavedModel) -> nn.Module:
-    """The model in eval mode on the CPU in float32, with a softmax head for classification."""
+    """The model in eval mode on the CPU in float32, with a softmax head for classification. A model with
+    adapters (LoRA) is exported merged (`merged()`: adapters folded into the base weights); the parity check
+    then compares the merged graph with the adapter model."""
     from torch import nn
 
     model = saved.model.cpu().float().eval()
+    merge = getattr(model, "merged", None)
+    if callable(merge):
+        model = merge().cpu().float().eval()
     if saved.task != "classification":
         return model
 
@@ -358,6 +363,7 @@ def _metadata(saved: SavedModel, predictor: OnnxPredictor, onnx_path: Path, expo
         "output": {"name": predictor.output_name, "shape": ["batch", saved.record.n_outputs],
                    "meaning": output_meaning},
         "opset": opset, "exporter": exporter, "files": files,
+        "merged": callable(getattr(saved.model, "merged", None)),  # LoRA adapters folded into the base weights
         "parity": {**parity, "tolerance": tolerance},
         "versions": {"modelfoundry": modelfoundry.__version__, "torch": torch.__version__,
                      "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
