@@ -89,8 +89,9 @@ def save_model(run_dir: Path, model: Any, spec: dict[str, Any], preprocessor: An
     from modelfoundry.data.portable import describe_preprocessor
 
     partial = getattr(model, "saved_state", None)
-    if callable(partial) and callable(getattr(model, "base_reference", None)):
-        spec = {**spec, "base": model.base_reference()}
+    base = model.base_reference() if callable(getattr(model, "base_reference", None)) else None
+    if base:
+        spec = {**spec, "base": base}
     record = ModelRecord.from_json(spec, "the model spec")  # checked before anything is written
     buffer = io.BytesIO()
     state = partial() if callable(partial) else model.state_dict()

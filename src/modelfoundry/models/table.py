@@ -21,6 +21,7 @@ from modelfoundry.config.base import Section
 from modelfoundry.errors import ConfigError, unknown_name
 from modelfoundry.models.cnn import CNNConfig, build_cnn
 from modelfoundry.models.mlp import MLPConfig, build_mlp
+from modelfoundry.models.pretrained import PretrainedConfig, build_pretrained
 
 if TYPE_CHECKING:
     from torch import nn
@@ -35,6 +36,7 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "mlp": ModelEntry(MLPConfig, build_mlp),
     "cnn": ModelEntry(CNNConfig, build_cnn),
+    "pretrained": ModelEntry(PretrainedConfig, build_pretrained),
 }
 
 

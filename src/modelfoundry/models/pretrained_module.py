@@ -1,0 +1,128 @@
+"""The nn.Module of `model: {name: pretrained}` (models/pretrained.py holds its config and builder): torch,
+transformers and peft are imported at the top here, so this module is only imported by the builder."""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelfoundry.models.pretrained import PretrainedConfig, weights_sha256
+
+
+class PretrainedClassifier(nn.Module):
+    """forward(*inputs in spec order) -> (B, n_outputs): encoder -> pooling (+ side inputs) -> dropout -> head."""
+
+    def __init__(self, config: PretrainedConfig, encoder: nn.Module, head: nn.Module, names: list[str],
+                 side: list[str], directory: str):
+        super().__init__()
+        self.finetune, self.pooling, self.directory = config.finetune, config.pooling, directory
+        self.layer_lr_decay, self.unfreeze_after = config.layer_lr_decay, config.unfreeze_after_epochs
+        self.n_layers = int(getattr(encoder.config, "num_hidden_layers", 0) or 0)
+        if config.finetune == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            lora = config.lora
+            with warnings.catch_warnings():  # peft probes a transformers attribute that warns it is deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                encoder = get_peft_model(encoder, LoraConfig(r=lora.r, lora_alpha=lora.alpha,
+                                                             lora_dropout=lora.dropout, bias="none",
+                                                             target_modules=list(lora.target_modules)))
+        elif config.finetune == "freeze":
+            encoder.requires_grad_(False)
+        self.encoder, self.head = encoder, head
+        self.dropout = nn.Dropout(config.dropout)
+        self.tokens, self.mask = names.index("tokens"), names.index("attention_mask")
+        self.side = [names.index(n) for n in side]
+        if self.unfreeze_after:
+            self._encoder_trainable(False)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        tokens, mask = inputs[self.tokens], inputs[self.mask]  # (B, T) each
+        hidden = self.encoder(input_ids=tokens, attention_mask=mask).last_hidden_state  # (B, T, D)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, D)
+        parts = [pooled] + [inputs[i].flatten(1) for i in self.side]
+        return self.head(self.dropout(torch.cat(parts, dim=1) if len(parts) > 1 else pooled))
+
+    # ----------------------------------------------------------------------------- hooks of the training loop
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]] | None:
+        """Layer-wise learning-rate decay: the head at `lr`, encoder layer i at lr * decay^(L - i), the
+        embeddings at lr * decay^(L + 1). Every parameter the mode can train is listed (also those that are
+        frozen until `unfreeze_after_epochs`). None when there is no decay: one group."""
+        if not self.layer_lr_decay and not self.unfreeze_after:
+            return None
+        decay = self.layer_lr_decay or 1.0
+        groups: dict[int, list[nn.Parameter]] = {}
+        for name, param in self.named_parameters():
+            if not self._trainable_in_mode(name):
+                continue
+            groups.setdefault(self._depth(name), []).append(param)
+        top = self.n_layers + 1
+        return [{"params": params, "lr": lr * decay ** (top - depth)} for depth, params in sorted(groups.items())]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Gradual unfreezing: the encoder's trainable parts train from epoch unfreeze_after_epochs + 1."""
+        if self.unfreeze_after:
+            self._encoder_trainable(epoch > self.unfreeze_after)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable now, total)."""
+        params = list(self.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    # --------------------------------------------------------------------------------------------- saving
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """What this model trained: everything for `full`, the head (and adapters) for `freeze` and `lora`."""
+        state = self.state_dict()
+        if self.finetune == "full":
+            return state
+        return {k: v for k, v in state.items() if not k.startswith("encoder.") or "lora_" in k}
+
+    def load_saved_state(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.saved_state())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
+            raise KeyError(f"saved weights do not fit this model (missing {missing}, unexpected {extra})")
+        self.load_state_dict(state, strict=False)
+
+    def base_reference(self) -> dict[str, str] | None:
+        """The base weights a frozen or LoRA model needs (path and sha256); None when everything is saved."""
+        if self.finetune == "full":
+            return None
+        return {"path": self.directory, "sha256": weights_sha256(self.directory)}
+
+    def merged(self) -> nn.Module:
+        """A copy with the LoRA adapters folded into the base weights (the same outputs, plain modules)."""
+        if self.finetune != "lora":
+            return self
+        clone = copy.deepcopy(self)
+        clone.encoder = clone.encoder.merge_and_unload()
+        clone.finetune = "full"
+        return clone
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _trainable_in_mode(self, name: str) -> bool:
+        if not name.startswith("encoder."):
+            return True
+        return self.finetune == "full" or (self.finetune == "lora" and "lora_" in name)
+
+    def _encoder_trainable(self, on: bool) -> None:
+        for name, param in self.encoder.named_parameters():
+            param.requires_grad_(on and self._trainable_in_mode(f"encoder.{name}"))
+
+    def _depth(self, name: str) -> int:
+        """0 for embeddings, i + 1 for encoder layer i, L + 1 for the head and anything outside the encoder."""
+        if not name.startswith("encoder."):
+            return self.n_layers + 1
+        found = re.search(r"\.layers?\.(\d+)\.", name)
+        if found:
+            return int(found.group(1)) + 1
+        return 0 if "embed" in name else self.n_layers + 1
