@@ -246,7 +246,8 @@ def _export_model(module: nn.Module, inputs: InputSpec, path: Path, output_name:
     example = tuple(torch.from_numpy(a) for a in inputs.example(2).values())  # batch 2: torch.export would
     names = {"input_names": inputs.names, "output_names": [output_name], "opset_version": opset}  # specialise 1
     large = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
-    with warnings.catch_warnings(), _quiet_logger("torch.onnx._internal.exporter._registration"):
+    with warnings.catch_warnings(), _quiet_logger("torch.onnx._internal.exporter._registration"), \
+            _quiet_logger("onnxscript.optimizer"):  # "Evaluation failed" notes of its constant folding
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))  # torch internals, not actionable
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")  # e.g. shared batch axes
         try:
