@@ -205,3 +205,28 @@ def test_zeroshot_with_the_real_minilm_beats_chance_on_the_sentiment_corpus(tmp_
     # weak baseline on these short, noisy texts - which a fine-tune has to beat
     assert result.text_column == "text" and result.metrics["accuracy"] > 0.37
     assert result.predictions["prediction"].nunique() == 3
+
+
+def test_batches_are_cut_to_their_longest_text_without_changing_what_the_model_computes(tiny_bert):
+    from modelfoundry.artifacts.inputs import InputField, InputSpec
+    from modelfoundry.models import build_model
+    from modelfoundry.models.inference import predict_outputs
+    from modelfoundry.train.setup import PreloadedBatches, padding_trim
+
+    spec = InputSpec([InputField("numeric", "float32", (2,)), InputField("tokens", "int64", (40,), 200),
+                      InputField("attention_mask", "int64", (40,))])
+    model = build_model(model_config(path=str(tiny_bert), finetune="full"), spec, 2).eval()
+    assert model.padding_invariant
+    batch = spec.example(5, seed=0)
+    lengths = np.array([3, 9, 5, 7, 2])
+    batch["attention_mask"] = (np.arange(40) < lengths[:, None]).astype(np.int64)
+    batch["tokens"] = np.where(batch["attention_mask"] == 1, np.random.default_rng(0).integers(5, 150, (5, 40)), 0)
+    with torch.inference_mode():
+        full = torch.softmax(model(*(torch.from_numpy(a) for a in spec.arrange(batch))), dim=1).numpy()
+    np.testing.assert_allclose(predict_outputs(model, batch, "classification"), full, rtol=0, atol=1e-5)
+    trim = padding_trim(spec.names)
+    tensors = tuple(torch.from_numpy(a) for a in spec.arrange(batch))
+    batches = PreloadedBatches(tensors, torch.zeros(5, dtype=torch.long), 2, torch.Generator().manual_seed(0), trim)
+    shapes = [(inputs[1].shape[1], int(inputs[2].sum(1).max())) for _, inputs, _ in batches]
+    assert all(width == longest for width, longest in shapes) and max(w for w, _ in shapes) <= 9
+    assert [x.shape[1] for x in trim(tensors)] == [2, 9, 9]  # numeric is left alone

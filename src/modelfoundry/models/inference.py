@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelfoundry.artifacts.inputs import rows_of
+from modelfoundry.artifacts.inputs import padding_trim, rows_of
 
 BATCH = 4096
 
@@ -26,7 +26,11 @@ def predict_outputs(model: nn.Module, inputs: Mapping[str, np.ndarray], task: st
     arrays = [torch.from_numpy(np.require(a, dtype=np.float32 if a.dtype.kind == "f" else None, requirements=["C"]))
               for a in inputs.values()]
     n = rows_of(inputs)
-    outs = [model(*(a[i:i + BATCH].to(device) for a in arrays)).float().cpu() for i in range(0, n, BATCH)]
+    trim = padding_trim(list(inputs)) if getattr(model, "padding_invariant", False) else None
+    outs = []
+    for i in range(0, n, BATCH):
+        batch = tuple(a[i:i + BATCH] for a in arrays)
+        outs.append(model(*(x.to(device) for x in (trim(batch) if trim else batch))).float().cpu())
     out = torch.cat(outs) if outs else torch.empty(0, 1)
     if task == "classification":
         return torch.softmax(out, dim=1).numpy().astype(np.float64)

@@ -17,6 +17,8 @@ from modelfoundry.models.pretrained import PretrainedConfig, weights_sha256
 class PretrainedClassifier(nn.Module):
     """forward(*inputs in spec order) -> (B, n_outputs): encoder -> pooling (+ side inputs) -> dropout -> head."""
 
+    padding_invariant = True  # masked attention and pooling: the loop may cut batches to their longest text
+
     def __init__(self, config: PretrainedConfig, encoder: nn.Module, head: nn.Module, names: list[str],
                  side: list[str], directory: str):
         super().__init__()

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from modelfoundry.artifacts.inputs import PaddingTrim, padding_trim
 from modelfoundry.config import TrainingConfig
 from modelfoundry.train.optim import Schedule, build_loss, build_optimizer, decayed_parameters
 from modelfoundry.train.runtime import autocast_dtype, select_device
@@ -79,14 +80,15 @@ def build_setup(model: nn.Module, X: Mapping[str, Mapping[str, np.ndarray]], y: 
     optimizer = build_optimizer(model, cfg.optimizer, grouping(cfg.optimizer.lr) if callable(grouping) else None)
     generator = torch.Generator().manual_seed(seed)
     y_train = _tensor(y["train"], device)
+    trim = padding_trim(list(X["train"])) if getattr(model, "padding_invariant", False) else None
     if loading == "preload":
         train: PreloadedBatches | StreamedBatches = PreloadedBatches(
-            tuple(_tensor(a, device) for a in X["train"].values()), y_train, cfg.batch_size, generator)
-        val = EvalInputs(tuple(_tensor(a, device) for a in X["val"].values()), device)
+            tuple(_tensor(a, device) for a in X["train"].values()), y_train, cfg.batch_size, generator, trim)
+        val = EvalInputs(tuple(_tensor(a, device) for a in X["val"].values()), device, trim)
     else:
         train = StreamedBatches(tuple(X["train"].values()), y_train, cfg.batch_size, generator, device,
-                                cfg.loader_workers)
-        val = EvalInputs(tuple(X["val"].values()), device)
+                                cfg.loader_workers, trim)
+        val = EvalInputs(tuple(X["val"].values()), device, trim)
     schedule = Schedule(optimizer, cfg.scheduler, math.ceil(len(train) / cfg.accumulate_steps), cfg.epochs,
                         cfg.optimizer.lr)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
@@ -123,8 +125,8 @@ class PreloadedBatches:
     """Batches as index slices of inputs that live on the device (B rows of each named input)."""
 
     def __init__(self, inputs: tuple[torch.Tensor, ...], y: torch.Tensor, batch_size: int,
-                 generator: torch.Generator):
-        self.inputs, self.y, self.batch_size, self.generator = inputs, y, batch_size, generator
+                 generator: torch.Generator, trim: PaddingTrim | None = None):
+        self.inputs, self.y, self.batch_size, self.generator, self.trim = inputs, y, batch_size, generator, trim
         self.rows = len(y)
         self.rows_used = usable_rows(self.rows, batch_size)
 
@@ -136,7 +138,8 @@ class PreloadedBatches:
         bs = self.batch_size
         for step in range(len(self)):
             idx = perm[step * bs:(step + 1) * bs]
-            yield idx, tuple(x[idx] for x in self.inputs), self.y[idx]  # (B,), (B, *shape) each, (B,)
+            batch = tuple(x[idx] for x in self.inputs)  # (B, *shape) each
+            yield idx, self.trim(batch) if self.trim else batch, self.y[idx]
 
 
 class StreamedBatches:
@@ -144,8 +147,8 @@ class StreamedBatches:
     `PreloadedBatches` would give them, each moved to the device as it comes."""
 
     def __init__(self, arrays: tuple[np.ndarray, ...], y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                 device: torch.device, workers: int = 0):
-        self.arrays, self.y, self.batch_size, self.generator = arrays, y, batch_size, generator
+                 device: torch.device, workers: int = 0, trim: PaddingTrim | None = None):
+        self.arrays, self.y, self.batch_size, self.generator, self.trim = arrays, y, batch_size, generator, trim
         self.device, self.workers = device, workers
         self.rows = len(y)
         self.rows_used = usable_rows(self.rows, batch_size)
@@ -163,6 +166,7 @@ class StreamedBatches:
                             generator=torch.Generator().manual_seed(0))
         for idx, inputs in loader:
             idx = idx.to(self.device, non_blocking=True)
+            inputs = self.trim(inputs) if self.trim else inputs
             yield idx, tuple(x.to(self.device, non_blocking=True) for x in inputs), self.y[idx]
 
 
@@ -207,8 +211,8 @@ class EvalInputs:
     """A split's inputs for evaluation, in chunks of EVAL_BATCH rows on the device (tensors already there,
     or arrays moved chunk by chunk)."""
 
-    def __init__(self, inputs: tuple[Any, ...], device: torch.device):
-        self.inputs, self.device = inputs, device
+    def __init__(self, inputs: tuple[Any, ...], device: torch.device, trim: PaddingTrim | None = None):
+        self.inputs, self.device, self.trim = inputs, device, trim
         self.rows = len(inputs[0])
 
     def __len__(self) -> int:
@@ -216,8 +220,9 @@ class EvalInputs:
 
     def chunks(self, size: int = EVAL_BATCH) -> Iterator[tuple[torch.Tensor, ...]]:
         for start in range(0, max(self.rows, 1), size):  # an empty split: one empty chunk
-            yield tuple(_tensor(x[start:start + size], self.device) if isinstance(x, np.ndarray)
-                        else x[start:start + size] for x in self.inputs)
+            chunk = tuple(_tensor(x[start:start + size], self.device) if isinstance(x, np.ndarray)
+                          else x[start:start + size] for x in self.inputs)
+            yield self.trim(chunk) if self.trim and self.rows else chunk
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
