@@ -53,7 +53,7 @@ def cross_validate(config: Config, folds: int = 5, stratified: bool | None = Non
     from modelfoundry.evaluate.metrics import DEFAULT_HEADLINE, headline
 
     started = time.perf_counter()
-    clean = load_clean(config.data)
+    clean = load_clean(config.data, split_seed(config.data, config.seed))
     check_task(config, clean.task)
     stratify = _stratify(config, clean.task, stratified)
     seed = split_seed(config.data, config.seed)

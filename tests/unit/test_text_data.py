@@ -183,3 +183,23 @@ def test_tokenized_splits_are_cached_and_a_changed_setting_or_a_damaged_entry_is
     np.testing.assert_array_equal(again.X["test"]["tokens"], first.X["test"]["tokens"])
     off = load_config(tiny_config(data={**sections, "text": {"max_length": 24, "cache": False}}))
     assert "text_cache" not in prepare_data(off.data, off.seed).info
+
+
+def test_max_rows_keeps_a_seeded_stratified_sample_that_splits_rebuild(tmp_path):
+    from modelfoundry.data.prepare import rebuild_splits
+
+    frame = reviews(400)
+    frame.loc[:299, "target"] = "neg"  # an imbalance, kept by the stratified sample
+    frame.to_csv(tmp_path / "r.csv", index=False)
+    cfg = load_config(tiny_config(data={"source": str(tmp_path / "r.csv"), "max_rows": 100}))
+    data = prepare_data(cfg.data, cfg.seed)
+    assert sum(data.info["split"][s] for s in ("train", "val", "test")) == 100
+    assert data.info["cleaning"]["sampled"] == {"from": 400, "rows": 100}
+    pos_share = np.mean(np.concatenate([data.y[s] for s in data.y]) == list(data.target_encoder.classes_).index("pos"))
+    assert pos_share == pytest.approx((frame["target"] == "pos").mean(), abs=0.011)
+    again = prepare_data(cfg.data, cfg.seed)
+    assert all((again.rows[s] == data.rows[s]).all() for s in data.rows)  # the same sample and split
+    rebuilt = rebuild_splits(cfg.data, cfg.seed, data.info["fingerprint"]["sha256"], tmp_path)
+    assert all((rebuilt[s].index.to_numpy() == data.rows[s]).all() for s in data.rows)
+    reseeded = load_config(tiny_config(data={"source": str(tmp_path / "r.csv"), "max_rows": 100, "split": {"seed": 5}}))
+    assert set(prepare_data(reseeded.data, 0).rows["train"]) != set(data.rows["train"])

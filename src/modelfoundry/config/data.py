@@ -88,6 +88,7 @@ class DataConfig(Section):
     target: str = "target"
     task: Literal["auto", "classification", "regression"] = "auto"
     features: dict[str, FeatureConfig] = {}
+    max_rows: int | None = Field(None, ge=10)  # keep a random (stratified) sample of this many rows, for speed
     text: TextConfig = TextConfig()
     clean: CleanConfig = CleanConfig()
     split: SplitConfig = SplitConfig()

@@ -55,8 +55,9 @@ class PreparedData:
         return len(self.target_encoder.classes_) if self.task == "classification" else 1
 
 
-def load_clean(cfg: DataConfig) -> CleanData:
-    """Read `cfg.source`, decide column kinds and the task, and drop the rows cleaning removes."""
+def load_clean(cfg: DataConfig, seed: int = 0) -> CleanData:
+    """Read `cfg.source`, decide column kinds and the task, drop the rows cleaning removes, and keep a sample of
+    `cfg.max_rows` rows if asked (stratified for classification; `seed` is the split seed)."""
     origin = cfg.source
     raw = load_source(cfg.source)
     frame = raw.copy()
@@ -72,8 +73,23 @@ def load_clean(cfg: DataConfig) -> CleanData:
     if task == "regression":
         frame[cfg.target] = _numeric_target(frame, cfg.target, origin)
     info["cleaning"] = asdict(report)
+    if cfg.max_rows is not None and len(frame) > cfg.max_rows:
+        info["cleaning"]["sampled"] = {"from": len(frame), "rows": cfg.max_rows}
+        frame = _sample(frame, cfg.max_rows, cfg.target if task == "classification" else None, seed)
     info["features"] = [{"name": s.name, "kind": s.kind, "columns": len(s.columns)} for s in specs]
     return CleanData(frame, specs, task, info)
+
+
+def _sample(frame: pd.DataFrame, rows: int, stratify: str | None, seed: int) -> pd.DataFrame:
+    """`rows` rows of `frame` at random (seeded), in their original order; stratified by `stratify`'s classes."""
+    from sklearn.model_selection import train_test_split
+
+    labels = frame[stratify].astype(str) if stratify else None
+    try:
+        kept, _ = train_test_split(np.arange(len(frame)), train_size=rows, random_state=seed, stratify=labels)
+    except ValueError:  # a class too rare to stratify: a plain random sample
+        kept, _ = train_test_split(np.arange(len(frame)), train_size=rows, random_state=seed)
+    return frame.iloc[np.sort(kept)]
 
 
 def split_frame(clean: CleanData, cfg: DataConfig, seed: int) -> dict[str, np.ndarray]:
@@ -94,7 +110,7 @@ def prepare_data(cfg: DataConfig, seed: int, *, tokenizer: str | None = None) ->
     `tokenizer`: a pretrained model's tokenizer (its tokenizer.json text) for the text columns; None fits a
     vocabulary on the training split (data.text).
     """
-    clean = load_clean(cfg)
+    clean = load_clean(cfg, split_seed(cfg, seed))
     positions = split_frame(clean, cfg, seed)
     parts = {name: clean.frame.iloc[positions[name]] for name in SPLITS}
     stratified = cfg.split.stratify and clean.task == "classification"
@@ -180,7 +196,7 @@ def _numeric_target(frame: pd.DataFrame, target: str, origin: str) -> pd.Series:
 
 def rebuild_splits(cfg: DataConfig, seed: int, recorded_sha256: str, run_dir: Any) -> dict[str, pd.DataFrame]:
     """The raw rows of each split of a finished run, rebuilt from its source; the source must be unchanged."""
-    clean = load_clean(cfg)
+    clean = load_clean(cfg, split_seed(cfg, seed))
     if clean.info["fingerprint"]["sha256"] != recorded_sha256:
         raise DataError(f"The source {cfg.source} changed since {run_dir} was trained (fingerprint "
                         f"{recorded_sha256[:12]} then, {clean.info['fingerprint']['sha256'][:12]} now), so its "
