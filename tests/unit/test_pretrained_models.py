@@ -230,3 +230,44 @@ def test_batches_are_cut_to_their_longest_text_without_changing_what_the_model_c
     shapes = [(inputs[1].shape[1], int(inputs[2].sum(1).max())) for _, inputs, _ in batches]
     assert all(width == longest for width, longest in shapes) and max(w for w, _ in shapes) <= 9
     assert [x.shape[1] for x in trim(tensors)] == [2, 9, 9]  # numeric is left alone
+
+
+def test_a_lora_fit_checkpoints_only_what_it_trains_and_resumes_exactly(tmp_path, tiny_bert):
+    import signal
+
+    from modelfoundry.artifacts.inputs import InputField, InputSpec
+    from modelfoundry.config import TrainingConfig
+    from modelfoundry.models import build_model
+    from modelfoundry.train.loop import fit
+    from tests.unit.test_pretrained import token_task
+
+    spec = InputSpec([InputField("tokens", "int64", (12,), 200), InputField("attention_mask", "int64", (12,))])
+    X, y = {}, {}
+    for split, rows, seed in (("train", 48, 0), ("val", 16, 1)):
+        X[split], y[split] = token_task(rows, seed)
+    cfg = TrainingConfig(epochs=3, batch_size=16, optimizer={"lr": 0.01}, early_stopping=None)
+
+    def model():
+        torch.manual_seed(0)
+        return build_model(model_config(path=str(tiny_bert), finetune="lora", lora={"r": 2}), spec, 2)
+
+    class StopAfterFirst:  # Ctrl-C during epoch 1: the loop checkpoints and stops after it
+        def on_epoch_end(self, record):
+            if record["epoch"] == 1:
+                signal.raise_signal(signal.SIGINT)
+
+        def close(self):
+            pass
+
+    straight = fit(model(), X, y, cfg, task="classification", seed=0, progress=False, run_dir=tmp_path / "a")
+    checkpoint = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["model"] and all(k.startswith("head.") or "lora_" in k for k in checkpoint["model"])
+    cut = fit(model(), X, y, cfg, task="classification", seed=0, progress=False, run_dir=tmp_path / "b",
+              callbacks=[StopAfterFirst()])
+    assert cut.interrupted and len(cut.history) == 1
+    resumed = fit(model(), X, y, cfg, task="classification", seed=0, progress=False, run_dir=tmp_path / "b",
+                  resume=True)
+    assert [r["val_loss"] for r in resumed.history] == pytest.approx([r["val_loss"] for r in straight.history],
+                                                                     abs=1e-6)
+    for key, value in straight.model.saved_state().items():
+        torch.testing.assert_close(resumed.model.saved_state()[key], value, rtol=0, atol=1e-6)

@@ -86,7 +86,7 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
     layout = RunDir(run_dir or ".")  # resuming without a run directory reads ./checkpoints/last.pt
     if resume:
         state = load_checkpoint(layout.last_checkpoint, device)
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         stopper.load_state_dict(state["early_stopping"])
@@ -117,7 +117,7 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
     def checkpoint(epoch: int) -> None:
         nonlocal best_saved
         save_atomic({"format": CHECKPOINT_FORMAT, "epoch": epoch, "epochs": cfg.epochs,
-                     "finished": epoch == cfg.epochs or stopper.should_stop, "model": model.state_dict(),
+                     "finished": epoch == cfg.epochs or stopper.should_stop, "model": trained_state(model),
                      "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                      "scaler": scaler.state_dict() if scaler else None, "early_stopping": stopper.state_dict(),
                      "rng": rng_state(generator), "history": plain(history), "best_model": best.state},
@@ -185,7 +185,7 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
             callback.close()
 
     if cfg.restore_best and best.state is not None:
-        model.load_state_dict(best.state)
+        load_weights(model, best.state)
     result.best_epoch, result.best_value = stopper.best_epoch, stopper.best
     result.wall_s = time.perf_counter() - started
     return result
@@ -224,7 +224,7 @@ class BestWeights:
     copy, not a state_dict() and a clone of every tensor."""
 
     def __init__(self, model: nn.Module):
-        self.live = model.state_dict()  # views of the parameters and buffers, updated in place by training
+        self.live = trained_state(model)  # views of the parameters and buffers, updated in place by training
         self.state: dict[str, torch.Tensor] | None = None
         self.version = 0
 
@@ -238,6 +238,23 @@ class BestWeights:
     def load(self, state: dict[str, torch.Tensor] | None) -> None:
         self.state = state
         self.version += 1
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights training changes, as views: all of them, or a model's `saved_state()` when it keeps
+    pretrained weights unchanged (a LoRA or frozen encoder: checkpoints and best-epoch copies then hold the
+    adapters and head, not 90 MB of base weights per save)."""
+    partial = getattr(model, "saved_state", None)
+    return partial() if callable(partial) else model.state_dict()
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """`trained_state` back into the model."""
+    load = getattr(model, "load_saved_state", None)
+    if callable(load):
+        load(state)
+    else:
+        model.load_state_dict(state)
 
 
 def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, cfg: TrainingConfig) -> None:
