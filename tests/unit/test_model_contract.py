@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 from pydantic import Field
 
-from modelfoundry.artifacts.inputs import InputSpec
+from modelfoundry.artifacts.inputs import InputField, InputSpec
 from modelfoundry.config import load_config
 from modelfoundry.config.base import Section
 from modelfoundry.errors import ConfigError
 from modelfoundry.models import MODELS, build_model, register_model, unregister_model
 from tests.conftest import tiny_config
+from tests.unit.test_pretrained_models import tiny_bert  # noqa: F401 - the module-scoped fixture
 
 # every model of the table trains on tiny 8x8 digit images (an MLP flattens them)
 DIGITS = {"source": "sklearn:digits", "features": {"pixel_*": {"type": "image"}}}
@@ -52,14 +53,48 @@ def tiny_linear():
 
 
 # -------------------------------------------------------------------------------------------- the contract
-def contract_config(name: str, **model_keys):
-    sections = tiny_config(name=f"contract-{name}", data=DIGITS, training={"epochs": 1, "batch_size": 64})
+# models of text train on short reviews (tests/unit/test_text_data.py), written once per session
+TEXT_SPEC = InputSpec([InputField("numeric", "float32", (4,)), InputField("tokens", "int64", (16,), 200),
+                       InputField("attention_mask", "int64", (16,))])
+
+
+@pytest.fixture(scope="module")
+def text_csv(tmp_path_factory):
+    from tests.unit.test_text_data import reviews
+
+    path = tmp_path_factory.mktemp("contract-text") / "reviews.csv"
+    reviews(160).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def model_keys(request, tiny_bert):
+    """Per-model keys a test needs besides the tiny sizes (the pretrained model: the tiny BERT's directory)."""
+    return {"pretrained": {"path": str(tiny_bert), "finetune": "lora", "lora": {"r": 2}}}
+
+
+def takes_text(name: str, keys: dict) -> bool:
+    """Whether model `name` needs text inputs (its builder refuses images, naming 'tokens')."""
+    config = load_config({**tiny_config(), "model": {"name": name, **TINY_MODEL.get(name, {}), **keys}}).model
+    try:
+        build_model(config, IMAGES, 10)
+    except ConfigError as exc:
+        if "text" in exc.message:
+            return True
+        raise
+    return False
+
+
+def contract_config(name: str, text_csv=None, **model_keys):
+    data = DIGITS if text_csv is None else {"source": str(text_csv), "text": {"max_length": 16}}
+    sections = tiny_config(name=f"contract-{name}", data=data, training={"epochs": 1, "batch_size": 64})
     sections["model"] = {"name": name, **TINY_MODEL.get(name, {}), **model_keys}  # replaced, not merged
     return load_config(sections)
 
 
-def check_contract(name: str, tmp_path, **model_keys) -> None:
-    """Build, train one epoch, export to ONNX with parity, and serve a prediction equal to `foundry predict`'s."""
+def check_contract(name: str, tmp_path, text_csv=None, **model_keys) -> None:
+    """Build, train one epoch, export to ONNX with parity, and serve a prediction equal to `foundry predict`'s:
+    on 8x8 digit images, or on short texts (with numeric and categorical columns beside) for a text model."""
     from fastapi.testclient import TestClient
 
     from modelfoundry import predict, run
@@ -69,8 +104,8 @@ def check_contract(name: str, tmp_path, **model_keys) -> None:
     from modelfoundry.serve.app import create_app
     from modelfoundry.serve.store import RunDirStore
 
-    config = contract_config(name, **model_keys)
-    model = build_model(config.model, IMAGES, 10)
+    config = contract_config(name, text_csv, **model_keys)
+    model = build_model(config.model, IMAGES if text_csv is None else TEXT_SPEC, 10)
     assert sum(p.numel() for p in model.parameters()) > 0
 
     result = run(config, run_dir=tmp_path / "run", progress=False)
@@ -79,21 +114,24 @@ def check_contract(name: str, tmp_path, **model_keys) -> None:
     export = export_onnx(tmp_path / "run")  # into the run, where the server finds it; raises if parity fails
     assert export.rows_checked > 0 and export.max_abs_diff <= export.tolerance
 
-    rows = load_source("sklearn:digits").drop(columns="target").head(5)
+    source = "sklearn:digits" if text_csv is None else str(text_csv)
+    rows = load_source(source).drop(columns="target").head(5)
     rows.to_csv(tmp_path / "rows.csv", index=False)
     expected = predict(tmp_path / "run", tmp_path / "rows.csv")
     with TestClient(create_app(ServeConfig(), RunDirStore(tmp_path / "run"))) as client:
         body = client.post("/predict", json={"records": rows.to_dict(orient="records")}).json()
     assert body["model"] == f"contract-{name}"
     assert body["predictions"] == expected.prediction.tolist()
-    served = pd.DataFrame(body["probabilities"], columns=[f"prob_{k}" for k in range(10)])
+    classes = [c.removeprefix("prob_") for c in expected.columns if c.startswith("prob_")]
+    served = pd.DataFrame(body["probabilities"], columns=[f"prob_{k}" for k in classes])
     assert (served - expected[served.columns]).abs().max().max() < 1e-4
 
 
 # ~1-2 s each once torch, ONNX Runtime and FastAPI are imported: part of the fast tier on purpose
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_model_in_the_table_keeps_the_contract(name, tmp_path):
-    check_contract(name, tmp_path)
+def test_every_model_in_the_table_keeps_the_contract(name, tmp_path, text_csv, model_keys):
+    keys = model_keys.get(name, {})
+    check_contract(name, tmp_path, text_csv if takes_text(name, keys) else None, **keys)
 
 
 def test_a_model_added_as_one_module_and_one_entry_keeps_the_contract(tiny_linear, tmp_path):
@@ -102,13 +140,16 @@ def test_a_model_added_as_one_module_and_one_entry_keeps_the_contract(tiny_linea
 
 # ------------------------------------------------------------------------------------ fast: the table itself
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_model_builds_from_its_config_and_gives_one_output_per_class(name):
+def test_every_model_builds_from_its_config_and_gives_one_output_per_class(name, model_keys):
     import torch
 
-    config = contract_config(name)
+    keys = model_keys.get(name, {})
+    config = contract_config(name, **keys)
     assert type(config.model) is MODELS[name].config
-    model = build_model(config.model, IMAGES, 10).eval()
-    assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)  # (B, C, H, W) -> (B, n_outputs)
+    spec = TEXT_SPEC if takes_text(name, keys) else IMAGES
+    model = build_model(config.model, spec, 10).eval()
+    batch = [torch.from_numpy(a) for a in spec.arrange(spec.example(3, seed=0))]
+    assert model(*batch).shape == (3, 10)  # the named inputs in order -> (B, n_outputs)
 
 
 def test_registering_a_model_makes_its_section_a_config_and_removing_it_undoes_that(tiny_linear):
@@ -118,14 +159,15 @@ def test_registering_a_model_makes_its_section_a_config_and_removing_it_undoes_t
     assert [type(m).__name__ for m in model] == ["Flatten", "Linear"] and model[1].bias is None
     with pytest.raises(ConfigError, match=r"model\.bais.*Did you mean 'bias'\?"):
         contract_config(tiny_linear, bais=False)  # its keys are checked like a shipped model's
-    with pytest.raises(ConfigError, match=r"Valid names: cnn, mlp, tiny_linear"):
+    with pytest.raises(ConfigError, match=r"Valid names: " + ", ".join(sorted(MODELS))):
         contract_config("tiny_linar")
     student = load_config(tiny_config(compress={"distill": {"student": {"name": tiny_linear}}}))
     assert isinstance(student.compress.distill.student, TinyLinearConfig)  # every model: field sees it
 
     unregister_model(tiny_linear)
     try:
-        with pytest.raises(ConfigError, match=r"Unknown model 'tiny_linear'.*Valid names: cnn, mlp\."):
+        shipped = ", ".join(sorted(n for n in MODELS if n != "tiny_linear"))
+        with pytest.raises(ConfigError, match=rf"Unknown model 'tiny_linear'.*Valid names: {shipped}\."):
             contract_config(tiny_linear)
     finally:
         register_model(tiny_linear, TinyLinearConfig, build_tiny_linear)  # the fixture removes it again

@@ -68,7 +68,10 @@ def test_an_unknown_model_name_lists_the_table():
     class Named:
         name = "mpl"
 
-    with pytest.raises(ConfigError, match=r"Unknown model 'mpl'\. Did you mean 'mlp'\? Valid names: cnn, mlp"):
+    from modelfoundry.models import MODELS
+
+    valid = ", ".join(sorted(MODELS))
+    with pytest.raises(ConfigError, match=rf"Unknown model 'mpl'\. Did you mean 'mlp'\? Valid names: {valid}\."):
         build_model(Named(), spec((5,)), 2)
 
 
