@@ -252,7 +252,7 @@ def _export_model(module: nn.Module, inputs: InputSpec, path: Path, output_name:
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")  # e.g. shared batch axes
         try:
             torch.onnx.export(module, example, str(path), dynamo=True, external_data=large, verbose=False,
-                              dynamic_shapes=_batch_dims(module, len(inputs)), **names)
+                              dynamic_shapes=_batch_dims(module, inputs), **names)
             return "dynamo"
         except Exception as exc:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
             first = exc
@@ -260,7 +260,8 @@ def _export_model(module: nn.Module, inputs: InputSpec, path: Path, output_name:
             leftover.unlink()
         try:
             torch.onnx.export(module, example, str(path), dynamo=False,
-                              dynamic_axes={**{name: {0: "batch"} for name in inputs.names}, output_name: {0: "batch"}},
+                              dynamic_axes={**{name: {0: "batch", 1: "steps"} if name in SEQUENCE_INPUTS else
+                                               {0: "batch"} for name in inputs.names}, output_name: {0: "batch"}},
                               **names)
             return "torchscript"
         except Exception as exc:  # noqa: BLE001 - reported with both causes
@@ -269,15 +270,21 @@ def _export_model(module: nn.Module, inputs: InputSpec, path: Path, output_name:
                               "Report the model config; meanwhile serve the run with the torch backend.") from exc
 
 
-def _batch_dims(module: nn.Module, n_inputs: int) -> tuple[Any, ...]:
-    """torch.export's dynamic shapes for `module`'s inputs, the batch dimension dynamic in each; they follow
-    the forward signature (a `forward(*inputs)` takes them as one nested tuple)."""
+SEQUENCE_INPUTS = ("tokens", "attention_mask")  # their second dimension (steps) is dynamic too
+
+
+def _batch_dims(module: nn.Module, inputs: InputSpec) -> tuple[Any, ...]:
+    """torch.export's dynamic shapes for `module`'s inputs: the batch dimension of each, and the steps of token
+    inputs (one shared length, up to the data's), so a server may pad a batch to its longest text. They
+    follow the forward signature (a `forward(*inputs)` takes them as one nested tuple)."""
     import inspect
 
     import torch
 
     batch = torch.export.Dim("batch")
-    dims = tuple({0: batch} for _ in range(n_inputs))
+    longest = max((f.shape[0] for f in inputs if f.name in SEQUENCE_INPUTS), default=2)
+    steps = torch.export.Dim("steps", max=max(longest, 2))
+    dims = tuple({0: batch, 1: steps} if f.name in SEQUENCE_INPUTS else {0: batch} for f in inputs)
     kinds = [p.kind for p in inspect.signature(module.forward).parameters.values()]
     return (dims,) if kinds and kinds[0] is inspect.Parameter.VAR_POSITIONAL else dims
 

@@ -129,8 +129,9 @@ def test_a_model_of_several_typed_inputs_trains_predicts_and_exports_one_graph_i
     assert accuracy > (predict_outputs(result.model, shuffled, "classification").argmax(1) == y["val"]).mean() + 0.1
 
     path = tmp_path / "two.onnx"
-    flat, nested = _batch_dims(result.model, 2), _batch_dims(OnnxGraph(path, "regression"), 2)
-    assert [list(d) for d in flat] == [[0], [0]] and [list(d) for d in nested[0]] == [[0], [0]] and len(nested) == 1
+    flat, nested = _batch_dims(result.model, spec), _batch_dims(OnnxGraph(path, "regression"), spec)
+    assert [list(d) for d in flat] == [[0], [0, 1]] and [list(d) for d in nested[0]] == [[0], [0, 1]]  # tokens: steps
+    assert len(nested) == 1
     _export_model(result.model.eval(), spec, path, "logits", None)
     session = ort_session(path)
     assert [(i.name, i.type) for i in session.get_inputs()] == [("numeric", "tensor(float)"), ("tokens", "tensor(int64)")]

@@ -22,6 +22,8 @@ from modelfoundry.errors import ConfigError, unknown_name
 from modelfoundry.models.cnn import CNNConfig, build_cnn
 from modelfoundry.models.mlp import MLPConfig, build_mlp
 from modelfoundry.models.pretrained import PretrainedConfig, build_pretrained
+from modelfoundry.models.rnn import GRUConfig, LSTMConfig, build_rnn
+from modelfoundry.models.transformer import TransformerConfig, build_transformer
 
 if TYPE_CHECKING:
     from torch import nn
@@ -36,6 +38,9 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "mlp": ModelEntry(MLPConfig, build_mlp),
     "cnn": ModelEntry(CNNConfig, build_cnn),
+    "lstm": ModelEntry(LSTMConfig, build_rnn),
+    "gru": ModelEntry(GRUConfig, build_rnn),
+    "transformer": ModelEntry(TransformerConfig, build_transformer),
     "pretrained": ModelEntry(PretrainedConfig, build_pretrained),
 }
 
