@@ -218,3 +218,18 @@ def test_a_small_token_task_is_learnt_in_a_few_seconds(name):
     cfg = TrainingConfig(epochs=8, batch_size=32, optimizer={"lr": 0.01}, early_stopping=None)
     result = fit(model, X, y, cfg, task="classification", seed=0, progress=False)
     assert result.history[-1]["val_accuracy"] > 0.9, result.history[-1]
+
+
+@pytest.mark.parametrize("keys", VARIANTS, ids=lambda k: f"{k['name']}-{k.get('pooling', '')}")
+def test_batches_cut_to_their_longest_text_give_the_same_outputs(keys):
+    from modelfoundry.models.inference import predict_outputs
+
+    model = build(keys, TOKENS_NUMERIC, n_outputs=3).eval()
+    assert model.padding_invariant  # so the loop and inference cut padding past the longest text of a batch
+    tokens, mask = padded_batch([3, 5, 2, 4])  # the longest is 5 of STEPS
+    values = {"numeric": np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32),
+              "tokens": tokens.numpy(), "attention_mask": mask.numpy()}
+    inputs = {name: values[name] for name in TOKENS_NUMERIC.names}  # in the spec's order, as preprocessing gives
+    with torch.no_grad():
+        full = torch.softmax(model(*(torch.from_numpy(a) for a in TOKENS_NUMERIC.arrange(inputs))), dim=1).numpy()
+    np.testing.assert_allclose(predict_outputs(model, inputs, "classification"), full, rtol=0, atol=1e-5)

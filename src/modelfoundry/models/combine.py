@@ -65,6 +65,8 @@ def combined(names: list[str], encoder: nn.Module, encoder_inputs: list[str], si
     from torch import nn
 
     class Combined(nn.Module):
+        padding_invariant = getattr(encoder, "padding_invariant", False)  # the loop may trim padding then
+
         def __init__(self) -> None:
             super().__init__()
             self.encoder, self.head = encoder, head

@@ -90,6 +90,8 @@ def _encoder_class() -> type:
     class RNNEncoder(nn.Module):
         """(tokens (B, T), attention_mask (B, T)) or (series (B, T, F)) -> (B, width) pooled states."""
 
+        padding_invariant = True  # packed / length-aware: padding past a row's length changes nothing
+
         def __init__(self, kind: str, n_in: int, hidden: int, layers: int, bidirectional: bool, dropout: float,
                      pooling: str, vocab_size: int | None, embedding_dim: int):
             super().__init__()

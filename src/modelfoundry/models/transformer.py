@@ -106,6 +106,8 @@ def _encoder_class() -> type:
     class TransformerEncoder(nn.Module):
         """(tokens (B, T), attention_mask (B, T)) or (series (B, T, F)) -> (B, d_model)."""
 
+        padding_invariant = True  # a padding mask in attention and pooling
+
         def __init__(self, d_model: int, heads: int, layers: int, ff: int, dropout: float, positional: str,
                      max_length: int, pooling: str, vocab_size: int | None, n_values: int | None):
             super().__init__()
