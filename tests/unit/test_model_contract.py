@@ -127,8 +127,10 @@ def check_contract(name: str, tmp_path, text_csv=None, **model_keys) -> None:
     assert (served - expected[served.columns]).abs().max().max() < 1e-4
 
 
-# ~1-2 s each once torch, ONNX Runtime and FastAPI are imported: part of the fast tier on purpose
-@pytest.mark.parametrize("name", sorted(MODELS))
+# ~1-2 s each once torch, ONNX Runtime and FastAPI are imported: the image models are part of the fast tier on
+# purpose; the text models (2-4 s each: tokenizing, an ONNX export of a recurrent or attention graph) are slow
+@pytest.mark.parametrize("name", [n if n in ("mlp", "cnn") else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(MODELS)])
 def test_every_model_in_the_table_keeps_the_contract(name, tmp_path, text_csv, model_keys):
     keys = model_keys.get(name, {})
     check_contract(name, tmp_path, text_csv if takes_text(name, keys) else None, **keys)

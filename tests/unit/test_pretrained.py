@@ -127,6 +127,7 @@ def test_full_fine_tuning_saves_everything_and_has_no_base_reference(tiny_bert):
     assert model.merged() is model
 
 
+@pytest.mark.slow  # two ONNX exports of a BERT: ~6 s
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_onnx_export_matches_torch(tmp_path, tiny_bert, mode):  # noqa: F811
     from modelfoundry.export import _export_model

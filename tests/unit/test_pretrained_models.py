@@ -95,6 +95,7 @@ def test_each_fine_tuning_mode_trains_what_it_says(tmp_path, tiny_bert, mode, tr
     assert same == (mode != "full")  # freeze and LoRA leave the base weights as they were
 
 
+@pytest.mark.slow  # an ONNX export of a BERT: ~3 s
 def test_lora_merged_equals_the_adapters_and_exports_with_parity(tmp_path, tiny_bert):
     from modelfoundry.export import export_onnx
     from modelfoundry.rundir import load_model
