@@ -87,15 +87,14 @@ def save_model(run_dir: Path, model: Any, spec: dict[str, Any], preprocessor: An
     import torch
 
     from modelfoundry.data.portable import describe_preprocessor
+    from modelfoundry.train.loop import trained_state
 
-    partial = getattr(model, "saved_state", None)
     base = model.base_reference() if callable(getattr(model, "base_reference", None)) else None
     if base:
         spec = {**spec, "base": base}
     record = ModelRecord.from_json(spec, "the model spec")  # checked before anything is written
     buffer = io.BytesIO()
-    state = partial() if callable(partial) else model.state_dict()
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, buffer)
+    torch.save({k: v.detach().cpu() for k, v in trained_state(model).items()}, buffer)
     desc = describe_preprocessor(preprocessor, target_encoder, spec.get("target"))
     layout = RunDir(run_dir)
     write_bytes_atomic(layout.preprocess, (json.dumps(desc, indent=1) + "\n").encode(), durable=True)
@@ -175,11 +174,9 @@ def _load_state(model: Any, state: dict[str, Any], record: ModelRecord, spec_pat
                               f"{str(base['sha256'])[:12]}..., but the weights found now have "
                               f"{str(found)[:12]}....", "Restore the original base model files (or reinstall its "
                               "package at the same version), or train again on the new ones.")
-    load = getattr(model, "load_saved_state", None)
-    if callable(load):
-        load(state)
-    else:
-        model.load_state_dict(state)
+    from modelfoundry.train.loop import load_weights as load_trained_state
+
+    load_trained_state(model, state)
 
 
 def load_weights(path: Path, run_dir: Path | None = None) -> dict[str, Any]:

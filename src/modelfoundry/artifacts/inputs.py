@@ -202,9 +202,6 @@ def features_matrix(batch: Mapping[str, np.ndarray]) -> np.ndarray:
     return floats[0] if len(floats) == 1 else np.hstack(floats)
 
 
-def nbytes(batch: Mapping[str, np.ndarray]) -> int:
-    return sum(int(a.nbytes) for a in batch.values())
-
 
 class PaddingTrim:
     """Cut a batch of token inputs to its longest real sequence: padding past it (right-padded, masked) changes

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelfoundry.artifacts.inputs import Inputs, concat, take
-from modelfoundry.data.portable import input_spec
+from modelfoundry.data.portable import input_spec, text_encoder
 from modelfoundry.errors import DataError
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ class InputSchema:
         self.kinds = {f["column"]: f["kind"] for f in features} if not self.image else \
             {c: "numeric" for c in self.columns}
         self.text_columns: list[str] = list(desc["text"]["columns"]) if "text" in desc else []
+        self.text = text_encoder(desc) if self.text_columns else None  # the tokenizer, built once
         self.kinds.update({c: "text" for c in self.text_columns})
         self.tabular = not self.image and bool(features)  # a "numeric" input (text-only data has none)
         self._compile_numeric()
@@ -250,8 +251,6 @@ class InputSchema:
 
     def _tokens(self, text_values: list[Sequence[Any]], n: int, origin: str) -> dict[str, np.ndarray]:
         """The text columns' values (a string or null each) -> tokens and attention_mask."""
-        from modelfoundry.data.portable import text_encoder
-
         columns = []
         for column, values in zip(self.text_columns, text_values):
             texts = []
@@ -261,8 +260,7 @@ class InputSchema:
                                     "column.", "Send a string (or null for no text).")
                 texts.append(value or "")
             columns.append(texts)
-        encoder = text_encoder(self.desc)
-        return encoder.encode(encoder.join(columns) if columns else [""] * n)
+        return self.text.encode(self.text.join(columns) if columns else [""] * n)
 
     def _check_missing(self, numeric: np.ndarray, codes: np.ndarray, origin: str) -> None:
         missing = np.concatenate([np.isnan(numeric) & self.num_drop, (codes == MISSING) & self.cat_drop], axis=1)

@@ -71,7 +71,7 @@ class PretrainedConfig(Section):
 
     def tokenizer_json(self) -> str:
         """The encoder's own tokenizer (tokenizer.json), which the data stage tokenizes with."""
-        return (resolve_path(self.path) / "tokenizer.json").read_text(encoding="utf-8")
+        return _tokenizer_text(str(resolve_path(self.path)))
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -120,6 +120,12 @@ def load_encoder(path: str | Path) -> nn.Module:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     return AutoModel.from_pretrained(str(resolve_path(path)), local_files_only=True, trust_remote_code=False)
+
+
+@lru_cache(maxsize=8)
+def _tokenizer_text(directory: str) -> str:
+    """tokenizer.json of a model directory, read once per process (each tuning trial asks for it)."""
+    return (Path(directory) / "tokenizer.json").read_text(encoding="utf-8")
 
 
 @lru_cache(maxsize=8)

@@ -54,7 +54,6 @@ class TrainingSetup:
     y_val: torch.Tensor
     l1_params: list[nn.Parameter]
     generator: torch.Generator  # the shuffling stream, saved in checkpoints
-    loading: str  # "preload" | "stream"
 
     @property
     def batches(self) -> int:
@@ -96,7 +95,7 @@ def build_setup(model: nn.Module, X: Mapping[str, Mapping[str, np.ndarray]], y: 
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     l1_params = decayed_parameters(model)[0] if cfg.l1 else []
     return TrainingSetup(model, device, loss_fn, optimizer, schedule, scaler, autocast, train, val,
-                         _tensor(y["val"], device), l1_params, generator, loading)
+                         _tensor(y["val"], device), l1_params, generator)
 
 
 def choose_loading(mode: str, arrays: list[np.ndarray], device: torch.device) -> str:
