@@ -282,9 +282,19 @@ def _batch_dims(module: nn.Module, inputs: InputSpec) -> tuple[Any, ...]:
     import torch
 
     batch = torch.export.Dim("batch")
-    longest = max((f.shape[0] for f in inputs if f.name in SEQUENCE_INPUTS), default=2)
-    steps = torch.export.Dim("steps", max=max(longest, 2))
-    dims = tuple({0: batch, 1: steps} if f.name in SEQUENCE_INPUTS else {0: batch} for f in inputs)
+    sequences = [f for f in inputs if f.name in SEQUENCE_INPUTS]
+    steps = torch.export.Dim("steps", max=max(max((f.shape[-1] for f in sequences), default=2), 2))
+    most = max((f.shape[0] for f in sequences if len(f.shape) == 2), default=1)  # long texts' windows (W, T)
+    windows = torch.export.Dim("windows", max=most) if most >= 2 else None
+
+    def axes(f: Any) -> dict[int, Any]:
+        if f.name not in SEQUENCE_INPUTS:
+            return {0: batch}
+        if len(f.shape) == 2:
+            return {0: batch, 1: windows, 2: steps} if windows is not None else {0: batch, 2: steps}
+        return {0: batch, 1: steps}
+
+    dims = tuple(axes(f) for f in inputs)
     kinds = [p.kind for p in inspect.signature(module.forward).parameters.values()]
     return (dims,) if kinds and kinds[0] is inspect.Parameter.VAR_POSITIONAL else dims
 

@@ -11,6 +11,9 @@ A model takes one or more named inputs, each an array with a batch dimension fir
     attention_mask  int64   (B, T)          1 for a real token, 0 for padding
     series          float32 (B, T, F)       a window of a time series (F values per step)
 
+Long texts split into windows (data.text.stride) give `tokens` and `attention_mask` of shape (B, W, T): W
+windows of T tokens per row; the tokens field then says how the windows' outputs are pooled (`pool`).
+
 An `InputSpec` lists them in order (name, dtype, one row's shape). It is saved with the model (model.json
 `inputs`), gives the ONNX graph one input per name, and tells the server and `predict` what to build. A
 batch of inputs (`Inputs`) is a plain dict name -> array in the spec's order; a model's `forward` takes the
@@ -44,10 +47,13 @@ class InputField:
     dtype: str
     shape: tuple[int, ...]
     vocab_size: int | None = None  # int64 id inputs (tokens): ids run 0..vocab_size-1
+    pool: str | None = None  # windowed tokens (W, T): "mean" or "max" of the windows' outputs per row
 
     def to_json(self) -> dict[str, Any]:
-        out = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-        return {**out, "vocab_size": self.vocab_size} if self.vocab_size is not None else out
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.vocab_size is not None:
+            out["vocab_size"] = self.vocab_size
+        return {**out, "pool": self.pool} if self.pool is not None else out
 
 
 class InputSpec(Sequence[InputField]):
@@ -73,7 +79,8 @@ class InputSpec(Sequence[InputField]):
     def from_json(cls, data: Any, origin: str = "the input spec") -> InputSpec:
         """An `InputSpec` from its JSON list; a malformed one is a RunDirError naming `origin`."""
         try:
-            fields = [InputField(str(d["name"]), str(d["dtype"]), tuple(d["shape"]), d.get("vocab_size")) for d in data]
+            fields = [InputField(str(d["name"]), str(d["dtype"]), tuple(d["shape"]), d.get("vocab_size"), d.get("pool"))
+                      for d in data]
             spec = cls(fields)
         except (TypeError, KeyError, ValueError) as exc:
             raise RunDirError(f"{origin} holds a malformed input spec ({exc}); each input needs a name, a dtype "
@@ -81,6 +88,7 @@ class InputSpec(Sequence[InputField]):
         for f in spec:
             vocab_ok = f.vocab_size is None or isinstance(f.vocab_size, int) and not isinstance(f.vocab_size, bool) \
                 and f.vocab_size > 0 and f.dtype == "int64"
+            vocab_ok = vocab_ok and f.pool in (None, "mean", "max")
             if f.dtype not in DTYPES or not vocab_ok or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
                                                                 for d in f.shape):
                 raise RunDirError(f"{origin} holds a malformed input spec: input '{f.name}' has dtype {f.dtype!r}, "
@@ -123,6 +131,15 @@ class InputSpec(Sequence[InputField]):
     @property
     def names(self) -> list[str]:
         return [f.name for f in self.fields]
+
+    def window_pool(self) -> str | None:
+        """How the windows of long texts are pooled ("mean" / "max") when token inputs are windowed (W, T)."""
+        return next((f.pool for f in self.fields if f.name == "tokens" and len(f.shape) == 2), None)
+
+    def per_window(self) -> InputSpec:
+        """The spec a model sees for one window: windowed token inputs (W, T) as (T,), the rest unchanged."""
+        return InputSpec([InputField(f.name, f.dtype, f.shape[1:], f.vocab_size)
+                          if f.name in ("tokens", "attention_mask") and len(f.shape) == 2 else f for f in self.fields])
 
     # ------------------------------------------------------------------------------------- batches
     def arrange(self, batch: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -213,11 +230,15 @@ class PaddingTrim:
         self.mask, self.sequences = mask, sequences  # positions of attention_mask and of the (B, T, ...) inputs
 
     def __call__(self, inputs: tuple[Any, ...]) -> tuple[Any, ...]:  # tensors or arrays, in spec order
-        mask = inputs[self.mask]  # (B, T)
-        length = max(1, int(mask.sum(1).max())) if len(mask) else 1
-        if length >= mask.shape[1]:
+        mask = inputs[self.mask]  # (B, T), or (B, W, T) for windows of long texts (used windows first)
+        if not len(mask):
             return inputs
-        return tuple(x[:, :length] if i in self.sequences else x for i, x in enumerate(inputs))
+        length = max(1, int(mask.sum(-1).max()))
+        windows = max(1, int((mask.sum(-1) > 0).sum(1).max())) if mask.ndim == 3 else None
+        if length >= mask.shape[-1] and (windows is None or windows >= mask.shape[1]):
+            return inputs
+        cut = (slice(None), slice(None, windows)) if windows is not None else (slice(None),)
+        return tuple(x[(*cut, slice(None, length))] if i in self.sequences else x for i, x in enumerate(inputs))
 
 
 def padding_trim(names: list[str]) -> PaddingTrim | None:

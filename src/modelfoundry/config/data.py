@@ -80,7 +80,21 @@ class TextConfig(Section):
     lowercase: bool = True
     max_length: int = Field(128, ge=2, le=8192)  # tokens per row (the text columns of a row joined)
     truncation: Literal["right", "left"] = "right"  # right: keep the start of long texts; left: keep the end
+    # long documents: with a stride, a text longer than max_length becomes overlapping windows of max_length
+    # tokens (`stride` tokens shared by neighbours), at most max_windows of them (from the start; with
+    # truncation: left, from the end); the model reads each window and pools their outputs per document
+    stride: int | None = Field(None, ge=0)  # None: no windows, long texts are cut to max_length
+    max_windows: int = Field(8, ge=1, le=256)
+    window_pool: Literal["mean", "max"] = "mean"  # how the windows' outputs become the document's
     cache: bool = True  # keep tokenized splits in .foundry-cache/tokens/ for the next run on the same data
+
+    @model_validator(mode="after")
+    def _check(self) -> TextConfig:
+        if self.stride is not None and self.stride > self.max_length // 2:
+            raise ValueError(f"stride ({self.stride}) must be at most half of max_length ({self.max_length}): it is "
+                             "the number of tokens two neighbouring windows share (for example stride: "
+                             f"{self.max_length // 4})")
+        return self
 
 
 class DataConfig(Section):

@@ -57,7 +57,10 @@ The text entry (data/text.py): `{"columns": [...], "length": T, "truncation": "r
 "separator", "vocab_size", "pretrained": bool, "tokenizer": "<the tokenizers library's JSON>"}`: each row's
 text columns (missing cells empty) are joined with `" <separator> "`, encoded with the tokenizer, cut to T
 tokens at the `truncation` end and padded on the right with `pad_id` to T; the inputs are `tokens` (the ids)
-and `attention_mask` (1 for a token, 0 for padding), both int64 (N, T).
+and `attention_mask` (1 for a token, 0 for padding), both int64 (N, T). With `"windows": {"count": W,
+"stride": s, "pool": "mean" | "max"}` a long text is not cut but split into windows of T tokens, neighbours
+sharing s tokens (the tokenizer's overflow, special tokens in each), the first W kept (with truncation left,
+the last W, from the end); the inputs are then (N, W, T), unused windows all padding.
 
 The target entry: `{"task": "classification", "column", "classes": [...]}` - output k of the model is
 the probability of `classes[k]` - or `{"task": "regression", "column", "mean": m, "std": s}`: the model

@@ -122,7 +122,9 @@ def text_settings(cfg: DataConfig, tokenizer: str | None) -> dict[str, Any]:
     text = cfg.text
     return {"max_length": text.max_length, "truncation": text.truncation, "tokenizer": text.tokenizer,
             "max_vocab": text.max_vocab, "min_freq": text.min_freq, "lowercase": text.lowercase,
-            "pretrained": tokenizer}
+            "pretrained": tokenizer,
+            **({"stride": text.stride, "max_windows": text.max_windows, "window_pool": text.window_pool}
+               if text.stride is not None else {})}
 
 
 def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataConfig, seed: int,

@@ -7,6 +7,12 @@ separator. Sequences are cut to `max_length` tokens (from the end or, with `trun
 start) and padded on the right to one length per model: the longest training sequence, at most
 `max_length`. Both the tokens and the mask become named inputs (`tokens`, `attention_mask`, int64).
 
+Long documents: with a `stride`, a text longer than `max_length` is not cut but split into overlapping
+windows of `max_length` tokens (neighbours share `stride` tokens; each window gets the tokenizer's special
+tokens), at most `max_windows` per document (the first ones; with `truncation: left`, the last ones). The
+inputs are then (N, W, T): W windows per row, unused ones all padding (mask 0); the model reads every window
+and pools their outputs per document (models/windows.py), the same at training, evaluation and serving.
+
 Its saved form is plain JSON - the tokenizer's own JSON plus a few numbers - so preprocess.json stays a
 data-only file that any server can apply (`TextEncoder.from_description`).
 """
@@ -36,7 +42,8 @@ class TextEncoder:
 
     def __init__(self, columns: Sequence[str], *, max_length: int = 128, truncation: str = "right",
                  tokenizer: str = "word", max_vocab: int = 20000, min_freq: int = 2, lowercase: bool = True,
-                 pretrained: str | None = None):
+                 pretrained: str | None = None, stride: int | None = None, max_windows: int = 8,
+                 window_pool: str = "mean"):
         self.columns = list(columns)
         self.max_length = max_length
         self.truncation = truncation
@@ -45,6 +52,9 @@ class TextEncoder:
         self.min_freq = min_freq
         self.lowercase = lowercase
         self.pretrained = pretrained  # a pretrained tokenizer's JSON (tokenizer.json), or None to fit one
+        self.stride = stride  # None: one window per text, cut to max_length
+        self.max_windows = max_windows
+        self.window_pool = window_pool
 
     # ------------------------------------------------------------------------------------------- fitting
     def fit(self, frame: pd.DataFrame) -> TextEncoder:
@@ -58,31 +68,56 @@ class TextEncoder:
         self.tokenizer_.no_padding()
         self.tokenizer_.no_truncation()
         self.pad_id_, self.separator_ = _pad_id(self.tokenizer_), _separator(self.tokenizer_)
-        lengths = [len(e.ids) for e in self._encode(texts, self.max_length)]
+        self.windows_ = 1
+        encodings = self._encode(texts, self.max_length)
+        lengths = [len(e.ids) for e in encodings]
+        if self.stride is not None:
+            counts = [1 + len(e.overflowing) for e in encodings]
+            self.windows_ = max(1, min(self.max_windows, max(counts, default=1)))
+            lengths += [len(o.ids) for e in encodings for o in e.overflowing]
         self.length_ = max(1, min(self.max_length, max(lengths, default=1)))
+        if self.stride is not None:  # windows as long as the training texts need: the overlap fits in them
+            self.stride = min(self.stride, self.length_ // 2)
         self.vocab_size_ = self.tokenizer_.get_vocab_size(with_added_tokens=True)
         return self
+
+    @property
+    def windowed(self) -> bool:
+        """Whether long texts become several windows (inputs (N, W, T)) rather than one cut sequence."""
+        return self.stride is not None
 
     @classmethod
     def from_description(cls, desc: dict[str, Any]) -> TextEncoder:
         """The fitted encoder of a `describe()` entry (what preprocess.json holds)."""
         from tokenizers import Tokenizer
 
-        encoder = cls(desc["columns"], max_length=int(desc["length"]), truncation=desc["truncation"])
+        windows = desc.get("windows")  # absent: one cut sequence per text (and in models saved before windows)
+        encoder = cls(desc["columns"], max_length=int(desc["length"]), truncation=desc["truncation"],
+                      stride=None if windows is None else int(windows["stride"]),
+                      max_windows=1 if windows is None else int(windows["count"]),
+                      window_pool="mean" if windows is None else str(windows["pool"]))
         try:
             encoder.tokenizer_ = Tokenizer.from_str(desc["tokenizer"])
         except Exception as exc:  # noqa: BLE001 - the Rust library raises its own exception type
             raise DataError(f"The saved tokenizer cannot be read ({exc}).", "Use a model saved by modelfoundry.") from None
         encoder.pad_id_, encoder.separator_ = int(desc["pad_id"]), str(desc["separator"])
         encoder.length_, encoder.vocab_size_ = int(desc["length"]), int(desc["vocab_size"])
+        encoder.windows_ = encoder.max_windows
         return encoder
 
     def describe(self) -> dict[str, Any]:
-        return {"columns": self.columns, "length": self.length_, "truncation": self.truncation,
-                "pad_id": self.pad_id_, "separator": self.separator_, "vocab_size": self.vocab_size_,
-                "pretrained": self.pretrained is not None, "tokenizer": self.tokenizer_.to_str()}
+        out = {"columns": self.columns, "length": self.length_, "truncation": self.truncation,
+               "pad_id": self.pad_id_, "separator": self.separator_, "vocab_size": self.vocab_size_,
+               "pretrained": self.pretrained is not None, "tokenizer": self.tokenizer_.to_str()}
+        if self.windowed:
+            out["windows"] = {"count": self.windows_, "stride": self.stride, "pool": self.window_pool}
+        return out
 
     def input_fields(self) -> list[InputField]:
+        if self.windowed:
+            shape: tuple[int, ...] = (self.windows_, self.length_)
+            return [InputField("tokens", "int64", shape, self.vocab_size_, pool=self.window_pool),
+                    InputField("attention_mask", "int64", shape)]
         return [InputField("tokens", "int64", (self.length_,), self.vocab_size_),
                 InputField("attention_mask", "int64", (self.length_,))]
 
@@ -107,22 +142,35 @@ class TextEncoder:
         return self.encode(self.texts(frame, origin))
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Texts -> ids cut to the model's length and padded on the right with the pad id, and their mask."""
+        """Texts -> ids cut to the model's length and padded on the right with the pad id, and their mask:
+        (N, T) each, or (N, W, T) with windows (a row's windows in text order, unused ones all padding)."""
         if not hasattr(self, "length_"):
             raise RuntimeError("This TextEncoder is not fitted yet; call fit() first.")
         n, length = len(texts), self.length_
-        tokens = np.full((n, length), self.pad_id_, dtype=np.int64)
-        mask = np.zeros((n, length), dtype=np.int64)
+        shape = (n, self.windows_, length) if self.windowed else (n, length)
+        tokens = np.full(shape, self.pad_id_, dtype=np.int64)
+        mask = np.zeros(shape, dtype=np.int64)
         for i, encoding in enumerate(self._encode(list(texts), length)):
-            ids = encoding.ids
-            tokens[i, :len(ids)] = ids
-            mask[i, :len(ids)] = 1
+            if not self.windowed:
+                ids = encoding.ids
+                tokens[i, :len(ids)] = ids
+                mask[i, :len(ids)] = 1
+                continue
+            for w, window in enumerate(([encoding] + encoding.overflowing)[:self.windows_]):
+                ids = window.ids
+                tokens[i, w, :len(ids)] = ids
+                mask[i, w, :len(ids)] = 1
         return {"tokens": tokens, "attention_mask": mask}
 
     def _encode(self, texts: list[str], length: int) -> list[Any]:
-        """The tokenizer's encodings, truncated to `length` tokens (special tokens included); fast and parallel
-        in Rust for a batch."""
-        self.tokenizer_.enable_truncation(max_length=length, direction=self.truncation)
+        """The tokenizer's encodings, truncated to `length` tokens (special tokens included), with the overflow
+        as further windows when windowed; fast and parallel in Rust for a batch."""
+        try:
+            self.tokenizer_.enable_truncation(max_length=length, direction=self.truncation, stride=self.stride or 0)
+        except Exception as exc:  # noqa: BLE001 - the Rust library raises its own exception type
+            raise DataError(f"Text windows of {length} tokens cannot overlap by data.text.stride={self.stride} "
+                            f"tokens ({exc}).", "Use a smaller data.text.stride (a quarter of max_length is "
+                            "usual).") from None
         try:
             return self.tokenizer_.encode_batch(texts)
         finally:

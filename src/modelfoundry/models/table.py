@@ -51,7 +51,12 @@ def build_model(config: Any, inputs: InputSpec, n_outputs: int) -> nn.Module:
         raise ConfigError(unknown_name("model", config.name, MODELS))
     if not isinstance(inputs, InputSpec):
         raise TypeError(f"build_model takes the data's InputSpec, got {type(inputs).__name__}.")
-    return MODELS[config.name].build(config, inputs, n_outputs)
+    pool = inputs.window_pool()
+    if pool is None:
+        return MODELS[config.name].build(config, inputs, n_outputs)
+    from modelfoundry.models.windows import WindowPooled  # long texts: the model reads each window
+
+    return WindowPooled(MODELS[config.name].build(config, inputs.per_window(), n_outputs), inputs.names, pool)
 
 
 def register_model(name: str, config: type[Section], build: Callable[..., nn.Module]) -> None:
