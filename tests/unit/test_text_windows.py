@@ -175,3 +175,40 @@ def test_windows_let_a_model_read_the_end_of_long_texts_everywhere_alike(tmp_pat
     assert exported.max_abs_diff <= 1e-4
     onnx = load_onnx_predictor(exported.out_dir).predict_frame(rows.drop(columns="target").head(5))
     np.testing.assert_allclose(onnx, served[:5], atol=1e-4)
+
+
+@pytest.mark.slow  # a tiny BERT with LoRA over windows: ~6 s
+def test_a_pretrained_lora_model_reads_windows_saves_its_adapters_and_merges(tmp_path):
+    from modelfoundry.rundir import load_model
+    from tests.unit.test_pretrained_models import tiny_bert  # noqa: F401 - the fixture, built here by hand
+
+    bert = tiny_bert.__wrapped__(tmp_path_factory=_Factory(tmp_path))
+    run_long(tmp_path, "bert", {"stride": 2, "max_windows": 4},
+             model={"name": "pretrained", "path": str(bert), "finetune": "lora", "lora": {"r": 4}})
+    saved = load_model(tmp_path / "bert")
+    model, spec = saved.model, saved.record.input_spec
+    assert type(model).__name__ == "WindowPooled" and spec["tokens"].shape[0] == 4
+    record = json.loads((tmp_path / "bert" / "model" / "model.json").read_text())
+    assert len(record["base"]["sha256"]) == 64  # the base weights by reference, not copied
+    weights = sum(f.stat().st_size for f in (tmp_path / "bert" / "model").glob("*") if f.suffix != ".json")
+    assert weights < sum(f.stat().st_size for f in bert.glob("*.safetensors")) / 3  # adapters and head only
+    trainable, total = model.parameter_counts()
+    assert 0 < trainable < total / 5  # LoRA and the head only
+    batch = {"tokens": np.random.default_rng(0).integers(5, 100, (3, *spec["tokens"].shape)),
+             "attention_mask": np.ones((3, *spec["tokens"].shape), dtype=np.int64)}
+    batch["attention_mask"][1, 2:] = 0
+    inputs = [torch.from_numpy(batch[n]) for n in spec.names]
+    with torch.inference_mode():
+        merged = model.merged()
+        assert type(merged).__name__ == "WindowPooled"
+        assert float((model(*inputs) - merged(*inputs)).abs().max()) <= 1e-5
+
+
+class _Factory:
+    def __init__(self, root):
+        self.root = root
+
+    def mktemp(self, name):
+        path = self.root / name
+        path.mkdir()
+        return path
