@@ -219,6 +219,9 @@ def _infer_kind(series: pd.Series) -> str:
     first = series.dropna().iloc[0] if series.notna().any() else None
     if isinstance(first, (list, tuple, np.ndarray)):
         return "image"
+    sample = series.iloc[np.linspace(0, len(series) - 1, min(len(series), 500)).astype(int)]
+    if pd.to_numeric(sample, errors="coerce").notna().sum() < 0.5 * sample.notna().sum():
+        return "text" if _is_free_text(series.dropna()) else "categorical"  # far from numbers (a large file)
     converted = pd.to_numeric(series, errors="coerce")
     present = series.notna().sum()
     parsed = (converted.notna() & series.notna()).sum()

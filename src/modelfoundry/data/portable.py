@@ -213,6 +213,11 @@ def text_encoder(desc: dict[str, Any]) -> TextEncoder:
     return cached[1]
 
 
+def share_text_encoder(desc: dict[str, Any], encoder: TextEncoder) -> None:
+    """Let `text_encoder(desc)` answer `encoder` (one built from an equal description), not build another."""
+    _TEXT_ENCODERS[id(desc["text"])] = (desc["text"], encoder)
+
+
 def portable_array(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the input") -> np.ndarray:
     """Raw rows -> the one float32 array of an image, or of the tabular columns (N, F)."""
     if desc.get("format") not in READABLE_FORMATS:

@@ -13,7 +13,7 @@ from modelfoundry.data.balance import class_weights
 from modelfoundry.data.clean import FeatureSpec, clean_rows, infer_task, plan_features
 from modelfoundry.data.fingerprint import fingerprint
 from modelfoundry.artifacts.inputs import Inputs, InputSpec
-from modelfoundry.data.portable import PortablePreprocessor, describe_preprocessor
+from modelfoundry.data.portable import PortablePreprocessor, describe_preprocessor, share_text_encoder
 from modelfoundry.data.sources import describe_source, load_source
 from modelfoundry.data.split import split_indices
 from modelfoundry.data.text import TextEncoder
@@ -145,11 +145,12 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
     fitted = Preprocessor(clean.specs, cfg.clean.outliers.method, cfg.clean.outliers.factor, settings,
                           encoder).fit(parts["train"])
     pre = PortablePreprocessor(describe_preprocessor(fitted), fitted)
-    _check_description(fitted, pre, parts["train"])
+    _check_description(fitted, pre, parts["train"], text=cached is None)  # a cached tokenizer was checked
     target = TargetEncoder(clean.task).fit(parts["train"][cfg.target])
     X = {name: pre.transform(part, f"the {name} split of {cfg.source}", text=cached is None)
          for name, part in parts.items()}
     if cached is not None:
+        share_text_encoder(pre.desc, fitted.text_)  # both read the cached description: one tokenizer
         for name in X:
             X[name].update(cached.arrays[name])
     elif key is not None:
@@ -174,11 +175,14 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
 CHECK_ROWS = 512
 
 
-def _check_description(fitted: Preprocessor, portable: PortablePreprocessor, train: pd.DataFrame) -> None:
+def _check_description(fitted: Preprocessor, portable: PortablePreprocessor, train: pd.DataFrame,
+                       text: bool = True) -> None:
     """The portable description must reproduce the scikit-learn preprocessing it was taken from; checked on
-    up to CHECK_ROWS training rows (a bug here would make served predictions differ from evaluated ones)."""
+    up to CHECK_ROWS training rows (a bug here would make served predictions differ from evaluated ones).
+    `text=False` leaves the text inputs out (a tokenizer from the cache was checked when it was saved)."""
     rows = train.iloc[:CHECK_ROWS]
-    expected, got = fitted.transform(rows, "the training split"), portable.transform(rows, "the training split")
+    expected = fitted.transform(rows, "the training split", text=text)
+    got = portable.transform(rows, "the training split", text=text)
     if list(expected) != list(got):
         raise RuntimeError(f"The portable preprocessing gives inputs {list(got)}, the fitted one {list(expected)}; "
                            "this is a bug in modelfoundry.")

@@ -15,6 +15,7 @@ def split_indices(labels: np.ndarray, val: float, test: float, stratify: bool,
     positions = np.arange(len(labels))
     if stratify:
         _check_stratifiable(labels, val, test)
+        labels = _sorted_codes(labels)  # the same split as the labels themselves give, found much faster
     strat = labels if stratify else None
     try:  # too few rows for a split to hold every class (or any row at all)
         rest, test_idx = train_test_split(positions, test_size=test, random_state=seed, stratify=strat)
@@ -33,8 +34,19 @@ def split_indices(labels: np.ndarray, val: float, test: float, stratify: bool,
     return {"train": np.sort(train_idx), "val": np.sort(val_idx), "test": np.sort(test_idx)}
 
 
+def _sorted_codes(labels: np.ndarray) -> np.ndarray:
+    """Each label's rank among the distinct labels: stratifying on these is stratifying on the labels (the
+    classes come in the same order), without sorting every label as text."""
+    import pandas as pd
+
+    return pd.factorize(labels, sort=True)[0]
+
+
 def _check_stratifiable(labels: np.ndarray, val: float, test: float) -> None:
-    values, counts = np.unique(labels, return_counts=True)
+    import pandas as pd
+
+    codes, uniques = pd.factorize(labels, sort=True)
+    values, counts = np.asarray(uniques), np.bincount(codes, minlength=len(uniques))
     # each split needs at least one row of each class
     needed = int(np.ceil(1 / min(val, test, 1 - val - test)))
     rare = [(v, c) for v, c in zip(values, counts) if c < min(needed, 3)]
