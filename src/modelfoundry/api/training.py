@@ -158,7 +158,7 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult,
 
     output = predict_outputs(fit_result.model, data.X["test"], data.task)
     baselines = baseline_metrics(data.task, data.X, data.y, data.n_outputs, data.target_encoder.decode,
-                                 config.evaluation.top_k, data.texts)
+                                 config.evaluation.top_k, data.texts, season=_season(data))
     facts = {"run": str(run_path), "model": config.model.name, "task": data.task,
              "rows (train/val/test)": "/".join(str(data.info["split"][s]) for s in ("train", "val", "test")),
              "best epoch": f"{fit_result.best_epoch} of {len(fit_result.history)} ({fit_result.monitor} = "
@@ -171,6 +171,11 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult,
     return metrics, headline(data.task, config.evaluation.metrics, metrics)
 
 
+def _season(data: PreparedData) -> int | None:
+    """A time series' seasonal-naive period (its baselines replace dummy/linear), else None."""
+    return data.info["time_series"]["season"] if "time_series" in data.info else None
+
+
 def _facts(data: PreparedData, fit_result: FitResult) -> dict[str, Any]:
     """What the summary shows besides metrics: the parameters trained, and whether text came from the cache."""
     params = list(fit_result.model.parameters())
@@ -178,6 +183,8 @@ def _facts(data: PreparedData, fit_result: FitResult) -> dict[str, Any]:
                                             "trainable": sum(p.numel() for p in params if p.requires_grad)}}
     if "text_cache" in data.info:
         facts["text_cache"] = data.info["text_cache"]["hit"]
+    if "text" in data.info:
+        facts["text"] = data.info["text"]
     return facts
 
 

@@ -49,9 +49,18 @@ def print_summary(result: Any) -> None:
         trained = params["trainable"]
         table.add_row("parameters", f"{_count(params['total'])}" + ("" if trained == params["total"] else
                       f" ({_count(trained)} trained, {100 * trained / params['total']:.2g}%)"))
+    text = []
     if "text_cache" in result.extras:
-        table.add_row("text", "tokens from the cache" if result.extras["text_cache"] else
-                      "tokenized (cached for the next run)")
+        text.append("tokens from the cache" if result.extras["text_cache"] else "tokenized (cached for the next run)")
+    coverage = result.extras.get("text")
+    if coverage and coverage["at_limit"] > 0:
+        room = f"{coverage['windows']} windows of {coverage['length']} tokens" if coverage["windows"] else \
+            f"{coverage['length']} tokens"
+        hint = "data.text.max_windows" if coverage["windows"] else "data.text.stride or max_length"
+        text.append(f"{100 * coverage['at_limit']:.0f}% of training texts fill all {room}, so are probably cut "
+                    f"(see {hint})")
+    if text:
+        table.add_row("text", "; ".join(text))
     if result.epochs_run:
         best = f"{result.best_epoch} of {result.epochs_run}"
         if result.best_value is not None:
@@ -60,7 +69,10 @@ def print_summary(result: Any) -> None:
     for name in result.headline:
         value = f"{result.metrics[name]:.4f}"
         linear = result.metrics.get(f"baseline_linear_{name}")
-        if linear is not None:
+        if linear is not None and f"baseline_last_value_{name}" in result.metrics:  # a time series' baselines
+            value += (f"   (linear baseline {linear:.4f}, last value {result.metrics[f'baseline_last_value_{name}']:.4f}"
+                      f", seasonal naive {result.metrics.get(f'baseline_seasonal_naive_{name}', 0):.4f})")
+        elif linear is not None:
             value += f"   (linear baseline {linear:.4f}, dummy {result.metrics.get(f'baseline_dummy_{name}', 0):.4f})"
         evaluated_on = result.extras.get("evaluated_on", "test split")
         table.add_row(f"test {name}" if evaluated_on == "test split" else f"{name} ({evaluated_on})", value)

@@ -99,7 +99,7 @@ class Bench:
         from modelfoundry.compress.measure import onnx_latency_ms, onnx_params, onnx_predict, onnx_size_bytes
 
         output = onnx_predict(path, self.splits["X"]["val"])
-        self._judge(variant, output if self.task == "classification" else output[:, 0])
+        self._judge(variant, output if self.task == "classification" or output.shape[1] > 1 else output[:, 0])
         variant.latency_b1_ms = onnx_latency_ms(path, self.input_spec, 1, repeats=self.cfg.repeats)
         variant.latency_b64_ms = onnx_latency_ms(path, self.input_spec, 64, repeats=self.cfg.repeats)
         variant.size_bytes, variant.params = onnx_size_bytes(path), onnx_params(path)

@@ -97,6 +97,25 @@ class TextConfig(Section):
         return self
 
 
+class TimeSeriesConfig(Section):
+    """A time-ordered table as forecasting windows: `window` past steps -> the next `horizon` target values."""
+
+    time: str  # the column that orders the rows (dates or numbers); each time once, none missing
+    target: str | None = None  # None: data.target
+    window: int = Field(ge=2, le=100_000)  # past steps the model reads
+    horizon: int = Field(1, ge=1, le=10_000)  # future target values it predicts
+    step: int = Field(1, ge=1)  # steps between two windows' origins
+    season: int | Literal["auto"] = "auto"  # the seasonal-naive baseline's period; auto: from the training period
+    features: list[str] = []  # numeric covariate columns read beside the target at each step
+
+    @field_validator("season")
+    @classmethod
+    def _season(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"season must be a whole number of steps >= 1 or auto, got {v}")
+        return v
+
+
 class DataConfig(Section):
     source: str  # sklearn:<name> or a path to .csv / .parquet / .jsonl
     target: str = "target"
@@ -107,3 +126,30 @@ class DataConfig(Section):
     clean: CleanConfig = CleanConfig()
     split: SplitConfig = SplitConfig()
     balance: BalanceConfig = BalanceConfig()
+    time_series: TimeSeriesConfig | None = None  # forecasting windows over a time-ordered table
+
+    @model_validator(mode="after")
+    def _time_series(self) -> DataConfig:
+        ts = self.time_series
+        if ts is None:
+            return self
+        problems = []
+        if ts.target is None:
+            ts.target = self.target
+        elif "target" in self.model_fields_set and self.target != ts.target:
+            problems.append(f"data.target ({self.target!r}) and data.time_series.target ({ts.target!r}) differ; "
+                            "give the forecast column once")
+        else:
+            self.target = ts.target
+        if self.task == "classification":
+            problems.append("data.task: classification does not apply to a time series (forecasts are regression); "
+                            "remove it or set regression")
+        if self.max_rows is not None:
+            problems.append("data.max_rows samples rows at random, which would break a time series; remove it "
+                            "(or cut the file to the period you want)")
+        if ts.time in (ts.target, *ts.features) or ts.target in ts.features:
+            problems.append(f"data.time_series: the time column ({ts.time!r}), the target ({ts.target!r}) and the "
+                            f"features ({ts.features}) must be different columns")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

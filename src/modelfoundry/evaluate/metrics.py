@@ -43,6 +43,7 @@ METRICS: dict[str, Metric] = {
     "mse": Metric("regression", lower_is_better=True),
     "r2": Metric("regression"),
     "mape": Metric("regression", lower_is_better=True),
+    "smape": Metric("regression", lower_is_better=True),  # symmetric MAPE, 0..2: mean 2|y - p| / (|y| + |p|)
 }
 CLASSIFICATION_METRICS = tuple(n for n, m in METRICS.items() if m.task == "classification" and not m.calibration)
 REGRESSION_METRICS = tuple(n for n, m in METRICS.items() if m.task == "regression")
@@ -77,16 +78,28 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, top_k: list[in
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Both in the target's own units."""
+    """Both in the target's own units, (N,) or (N, H) for H forecast steps (then averaged over the steps)."""
     import numpy as np
     from sklearn import metrics as skm
+
+    y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
 
     mse = skm.mean_squared_error(y_true, y_pred)
     out = {"mae": skm.mean_absolute_error(y_true, y_pred), "mse": mse, "rmse": math.sqrt(mse),
            "r2": skm.r2_score(y_true, y_pred)}
     if np.all(np.abs(y_true) > 1e-12):
         out["mape"] = skm.mean_absolute_percentage_error(y_true, y_pred)
+    out["smape"] = smape(y_true, y_pred)
     return {k: float(v) for k, v in out.items()}
+
+
+def smape(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Symmetric mean absolute percentage error, 2|y - p| / (|y| + |p|) averaged (0 where both are 0)."""
+    import numpy as np
+
+    denom = np.abs(y_true) + np.abs(y_pred)
+    ratio = np.divide(2 * np.abs(y_true - y_pred), denom, out=np.zeros_like(denom, dtype=np.float64), where=denom > 0)
+    return float(ratio.mean()) if ratio.size else float("nan")
 
 
 def confusion(y_true: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:

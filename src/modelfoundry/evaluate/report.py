@@ -111,6 +111,15 @@ def _save(fig: Any, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+BASELINES = ("linear", "dummy", "last_value", "seasonal_naive")  # in the order reports show them
+
+
+def baselines_present(metrics: dict[str, float]) -> list[str]:
+    """The baselines with metrics in `metrics` (dummy and linear; for a time series linear, last value and
+    seasonal naive)."""
+    return [b for b in BASELINES if any(k.startswith(f"baseline_{b}_") for k in metrics)]
+
+
 def render_report(title: str, metrics: dict[str, float], headline: list[str], hardest: list[dict[str, Any]],
                   pairs: list[tuple[str, str, int]], plots: list[str], facts: dict[str, Any],
                   split: str = "test split") -> str:
@@ -121,10 +130,13 @@ def render_report(title: str, metrics: dict[str, float], headline: list[str], ha
     lines = [f"# {title}", ""]
     lines += [f"- **{k}**: {v}" for k, v in facts.items()] + [""]
     if any(k.startswith("baseline_") for k in metrics):
-        lines += [f"## Model vs baselines ({split})", "", "| metric | model | linear baseline | dummy baseline |",
-                  "|---|---|---|---|"]
+        shown = baselines_present(metrics)
+        lines += [f"## Model vs baselines ({split})", "", "| metric | model | "
+                  + " | ".join(f"{b.replace('_', ' ')} baseline" for b in shown) + " |", "|---|---|" + "---|" * len(shown)]
+        if "baseline_season" in metrics:
+            lines[-2:-2] = [f"Seasonal naive repeats the value {metrics['baseline_season']:g} steps earlier.", ""]
         for name in headline:
-            cells = [metrics.get(name), metrics.get(f"baseline_linear_{name}"), metrics.get(f"baseline_dummy_{name}")]
+            cells = [metrics.get(name), *(metrics.get(f"baseline_{b}_{name}") for b in shown)]
             lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
         lines.append("")
     lines += [f"## All metrics ({split})", "", "| metric | value |", "|---|---|"]

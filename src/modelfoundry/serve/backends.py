@@ -54,7 +54,7 @@ class OnnxBackend:
         if self.task == "classification":
             return output
         target = self.desc["target"]
-        return output[:, 0] * target["std"] + target["mean"]
+        return (output[:, 0] if output.shape[1] == 1 else output) * target["std"] + target["mean"]  # (N,) or (N, H)
 
     def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
         return self.predictor.predict_frame(frame, origin="the request")
