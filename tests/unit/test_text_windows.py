@@ -159,6 +159,9 @@ def test_windows_let_a_model_read_the_end_of_long_texts_everywhere_alike(tmp_pat
     windowed = run_long(tmp_path, "windowed", {"stride": 2, "max_windows": 6})
     # the label is only in the last words: cut to 12 tokens the model guesses, with windows it reads them
     assert cut.metrics["accuracy"] < 0.75 and windowed.metrics["accuracy"] >= 0.95
+    coverage = {name: json.loads((tmp_path / name / "data.json").read_text())["text"] for name in ("cut", "windowed")}
+    assert coverage["cut"] == {"length": 12, "windows": None, "at_limit": 1.0}  # every text was cut
+    assert coverage["windowed"]["windows"] == 4  # 42 words in windows of 12 sharing 2: 4 windows hold them all
     saved = load_model(tmp_path / "windowed")
     assert saved.record.input_spec["tokens"].shape == (4, 12) and saved.record.input_spec["tokens"].pool == "mean"
     rows = long_reviews(40, seed=1)
