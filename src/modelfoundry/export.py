@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelfoundry.artifacts.inputs import InputSpec, rows_of, take
+from modelfoundry.artifacts.inputs import InputSpec, PaddingTrim, padding_trim, rows_of, take
 from modelfoundry.artifacts.records import DataRecord, ExportRecord
 from modelfoundry.artifacts.rundir import ExportDir, RunDir
 from modelfoundry.errors import ConfigError, ExportError, RunDirError, first_line
@@ -114,6 +114,107 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, toler
 
 
 @dataclass
+class MergedExportResult:
+    out_dir: Path
+    max_abs_diff: float  # largest |merged - adapter model| over the rows checked and all outputs
+    rows_checked: int
+    tolerance: float
+    files: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+MERGED_FILES = ("encoder", "head.safetensors", "merged.json", "preprocess.json", "export.json")
+
+
+def export_merged(run_dir: str | Path, out_dir: str | Path | None = None, *, tolerance: float = 1e-4,
+                  parity_rows: pd.DataFrame | None = None) -> MergedExportResult:
+    """Write a run's pretrained-encoder model standalone, LoRA folded into the base, after checking that it
+    answers what the adapter model answers.
+
+        <out_dir>/                  (default: <run_dir>/model/merged/)
+          encoder/          a plain Hugging Face model directory (config.json, model.safetensors, tokenizer files)
+          head.safetensors  the head's weights
+          merged.json       pooling, dropout, head widths, the model's inputs (what `load_merged` reads)
+          preprocess.json   raw columns -> model inputs, as the run's
+          export.json       the parity reached (merged vs adapters on the run's test rows); written last
+
+    It loads with `modelfoundry.models.pretrained.load_merged(out_dir)`, or the encoder alone with
+    `transformers.AutoModel.from_pretrained(out_dir / "encoder")`: no peft, no reference to the base weights.
+    The directory is built beside `out_dir` and renamed into place, so it is never half written.
+    """
+    from modelfoundry.models.inference import predict_outputs
+    from modelfoundry.models.pretrained import MERGED_FORMAT, load_merged
+    from modelfoundry.rundir import load_model
+
+    started = time.perf_counter()
+    if not tolerance >= 0:
+        raise ConfigError(f"The 'tolerance' parameter of export_merged must be >= 0. Got {tolerance} instead.")
+    saved = load_model(run_dir)
+    classifier, window_pool = _merge_target(saved.model)
+    if classifier is None:
+        raise ExportError(f"The model of {saved.run_dir} ({saved.config.model.name}) has no pretrained encoder to "
+                          "merge adapters into.", "Use `foundry export RUN_DIR` (ONNX) for it; --merge is for "
+                          "model: {name: pretrained} runs.")
+    rows = _test_rows(saved) if parity_rows is None else parity_rows
+    if len(rows) == 0:
+        raise ExportError(f"There are no rows to check the merged model of {saved.run_dir} on.",
+                          "Pass rows with parity_rows, or give the run a non-empty test split.")
+    out = Path(out_dir) if out_dir is not None else RunDir(saved.run_dir).model_dir / "merged"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # same filesystem: renames are atomic
+    try:
+        names = saved.record.input_spec.names
+        desc = {"format": MERGED_FORMAT, **classifier.save_merged(staging), "inputs": names,
+                "side": [names[i] for i in classifier.side], "window_pool": window_pool,
+                "task": saved.task, "labels": saved.labels, "finetune": classifier.finetune}
+        write_json(staging / "merged.json", desc)
+        shutil.copyfile(RunDir(saved.run_dir).preprocess, staging / "preprocess.json")
+        X = saved.preprocessor.transform(rows, "the parity rows")
+        expected = predict_outputs(saved.model, X, saved.task).reshape(len(rows), -1)
+        got = predict_outputs(load_merged(staging), X, saved.task).reshape(len(rows), -1)
+        diff = float(np.abs(got - expected).max())
+        if not diff <= tolerance:
+            raise ExportError(f"The merged model differs from the adapter model by up to {diff:.3g} on {len(rows)} "
+                              f"rows, more than the tolerance {tolerance:g}; nothing was written.",
+                              "Raise --tolerance if the difference is acceptable, or report the model config.")
+        parity = {"max_abs_diff": diff, "rows_checked": len(rows), "tolerance": tolerance,
+                  "compared": "merged model vs the run's adapter model (probabilities or standardised values)"}
+        write_json(staging / "export.json", {"format": EXPORT_FORMAT, "kind": "merged", "name": saved.record.name,
+                                             "run_dir": str(saved.run_dir.resolve()), "files": list(MERGED_FILES),
+                                             "trained_on_base": saved.record.extra.get("base"), "parity": parity,
+                                             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        _replace_dir(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return MergedExportResult(out, diff, len(rows), tolerance, list(MERGED_FILES), time.perf_counter() - started)
+
+
+def _merge_target(model: nn.Module) -> tuple[Any, str | None]:
+    """(the pretrained-encoder model to merge, the window pooling around it or None); (None, None) if none."""
+    window_pool = None
+    if hasattr(model, "inner") and hasattr(model, "pool"):  # models/windows.py: long texts as pooled windows
+        model, window_pool = model.inner, model.pool
+    return (model, window_pool) if callable(getattr(model, "save_merged", None)) else (None, None)
+
+
+def _replace_dir(staging: Path, out: Path) -> None:
+    """`staging` becomes `out`: an old `out` is renamed aside first and removed after."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}-old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
 class OnnxPredictor:
     """Raw rows -> probabilities (N, K) or predictions in the target's units (N,), with ONNX Runtime only."""
 
@@ -122,12 +223,14 @@ class OnnxPredictor:
     metadata: dict[str, Any]
     input_names: list[str]  # the graph's inputs, in the order of the model's named inputs
     output_name: str
+    trim: PaddingTrim | None = None  # a padding-invariant model: each call cut to its longest text
 
     @classmethod
     def open(cls, directory: Path, preprocess: dict[str, Any], metadata: dict[str, Any]) -> OnnxPredictor:
         session = _session(ExportDir(directory).graph)
-        return cls(session, preprocess, metadata, [node.name for node in session.get_inputs()],
-                   session.get_outputs()[0].name)
+        names = [node.name for node in session.get_inputs()]
+        trim = padding_trim(names) if metadata.get("padding_invariant") else None  # steps dynamic: may cut
+        return cls(session, preprocess, metadata, names, session.get_outputs()[0].name, trim)
 
     @property
     def input_name(self) -> str:
@@ -147,8 +250,11 @@ class OnnxPredictor:
         if len(arrays) != len(self.input_names):
             raise ExportError(f"The ONNX model takes {len(self.input_names)} input(s) {self.input_names}, but "
                               f"{len(arrays)} were given ({list(inputs)}).", "Export the model again.")
-        return {name: np.require(a[rows], dtype=np.float32 if a.dtype.kind == "f" else np.int64, requirements=["C"])
-                for name, a in zip(self.input_names, arrays)}
+        parts = tuple(a[rows] for a in arrays)
+        if self.trim is not None:  # padding past the longest text changes nothing the model computes; it costs
+            parts = self.trim(parts)
+        return {name: np.require(a, dtype=np.float32 if a.dtype.kind == "f" else np.int64, requirements=["C"])
+                for name, a in zip(self.input_names, parts)}
 
     def predict_inputs(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The model's named inputs (N rows each) -> the ONNX output, float32 (N, K) or (N, 1)."""
@@ -165,7 +271,7 @@ class OnnxPredictor:
         if self.task == "classification":
             return output
         target = self.preprocess["target"]
-        return output[:, 0] * target["std"] + target["mean"]
+        return (output[:, 0] if output.shape[1] == 1 else output) * target["std"] + target["mean"]  # (N,) or (N, H)
 
 
 def load_onnx_predictor(out_dir: str | Path) -> OnnxPredictor:
@@ -203,13 +309,20 @@ def _stage(saved: SavedModel, desc: dict[str, Any], rows: pd.DataFrame, staging:
     exporter = _export_model(_exportable(saved), saved.record.input_spec, staged.graph, output_name, opset)
     _check_onnx(staged.graph)
     write_json(staged.preprocess, desc)
-    predictor = OnnxPredictor.open(staging, read_json(staged.preprocess), {})
+    trims = {"padding_invariant": _padding_invariant(saved.model)}  # parity is checked on the feeds served
+    predictor = OnnxPredictor.open(staging, read_json(staged.preprocess), trims)
     parity = _parity(saved, predictor, rows, tolerance)
     weights = sorted(p.name for p in staging.iterdir() if p.name not in (ExportDir.GRAPH, ExportDir.PREPROCESS))
     files = [*weights, ExportDir.GRAPH, ExportDir.PREPROCESS, ExportDir.RECORD]  # the order they are published in
     metadata = _metadata(saved, predictor, staged.graph, exporter, parity, tolerance, files)
     write_json(staged.record, metadata)
     return metadata
+
+
+def _padding_invariant(model: nn.Module) -> bool:
+    """Whether the graph may be fed token batches cut to their longest text (the model says its outputs do not
+    depend on padding, and its token inputs' steps are exported dynamic)."""
+    return bool(getattr(model, "padding_invariant", False))
 
 
 def _exportable(saved: SavedModel) -> nn.Module:
@@ -328,7 +441,8 @@ def _parity(saved: SavedModel, predictor: OnnxPredictor, rows: pd.DataFrame, tol
 
     X_torch = saved.preprocessor.transform(rows, "the parity rows")
     X_portable = apply_portable(predictor.preprocess, rows, "the parity rows")
-    expected = predict_outputs(saved.model, X_torch, saved.task).reshape(len(rows), -1)  # (N, K) or (N, 1)
+    n = rows_of(X_torch)  # len(rows), or a history's windows
+    expected = predict_outputs(saved.model, X_torch, saved.task).reshape(n, -1)  # (N, K) or (N, 1) or (N, H)
     fixed = [node.name for node in predictor.session.get_inputs() if not isinstance(node.shape[0], str)]
     if fixed:
         raise ExportError(f"The exported model has a fixed batch size on input(s) {fixed} instead of a dynamic one.",
@@ -346,7 +460,7 @@ def _parity(saved: SavedModel, predictor: OnnxPredictor, rows: pd.DataFrame, tol
                           "Raise --tolerance if the difference is acceptable, or try another --opset.")
     preprocess_diff = max((float(np.abs(X_portable[k].astype(np.float64) - X_torch[k]).max())
                            for k in X_torch if X_torch[k].size), default=0.0)
-    return {"max_abs_diff": diff, "rows_checked": len(rows), "preprocess_max_abs_diff": preprocess_diff}
+    return {"max_abs_diff": diff, "rows_checked": n, "preprocess_max_abs_diff": preprocess_diff}
 
 
 def _test_rows(saved: SavedModel) -> pd.DataFrame:
@@ -382,6 +496,7 @@ def _metadata(saved: SavedModel, predictor: OnnxPredictor, onnx_path: Path, expo
                    "meaning": output_meaning},
         "opset": opset, "exporter": exporter, "files": files,
         "merged": callable(getattr(saved.model, "merged", None)),  # LoRA adapters folded into the base weights
+        "padding_invariant": predictor.trim is not None,  # the server cuts token batches to their longest text
         "parity": {**parity, "tolerance": tolerance},
         "versions": {"modelfoundry": modelfoundry.__version__, "torch": torch.__version__,
                      "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},

@@ -18,13 +18,22 @@ def export_model(model: RunDirArg,
                  output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output directory "
                                                                 "(default: RUN_DIR/model/onnx).")] = None,
                  tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed difference between "
-                                                          "PyTorch and ONNX Runtime outputs.")] = 1e-4) -> None:
+                                                          "PyTorch and ONNX Runtime outputs.")] = 1e-4,
+                 merge: Annotated[bool, typer.Option("--merge", help="Instead of ONNX: a standalone merged model "
+                                                     "(LoRA folded into a plain Hugging Face encoder, plus its head; "
+                                                     "default RUN_DIR/model/merged), checked against the adapter "
+                                                     "model within --tolerance.")] = False) -> None:
     """Export to ONNX (dynamic batch) with its preprocessing sidecar, checked for parity on held-out rows."""
     from modelfoundry.api.exporting import export
 
     if not model.exists():  # a registered version: the export is recorded on it
         say_tracking()
-    result = export(str(model), output, fmt=fmt, tolerance=tolerance)
+    result = export(str(model), output, fmt=fmt, tolerance=tolerance, merge=merge)
+    if merge:
+        open_console().print(f"Merged model written to [bold]{result.out_dir}[/] (load it with "
+                             f"modelfoundry.models.pretrained.load_merged): max |merged - adapters| = "
+                             f"{result.max_abs_diff:.2e} on {result.rows_checked} held-out rows.")
+        return
     open_console().print(f"Exported to [bold]{result.out_dir}[/] ({result.exporter} exporter, opset {result.opset}): "
                      f"max |torch - onnxruntime| = {result.max_abs_diff:.2e} on {result.rows_checked} held-out rows.")
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field
 
 from modelfoundry.config.base import Section
-from modelfoundry.errors import ConfigError, did_you_mean
+from modelfoundry.errors import ConfigError, RunDirError, did_you_mean
 from modelfoundry.models.combine import build_head, split_inputs
 
 if TYPE_CHECKING:
@@ -161,3 +161,41 @@ def build_pretrained(config: PretrainedConfig, inputs: InputSpec, n_outputs: int
     width = encoder.config.hidden_size
     head = build_head(width + side_width, config.head, n_outputs, config.dropout)
     return PretrainedClassifier(config, encoder, head, inputs.names, side, str(directory))
+
+
+MERGED_FORMAT = 1
+
+
+def load_merged(directory: str | Path) -> nn.Module:
+    """The model `foundry export RUN --merge` wrote into `directory` (encoder/, head.safetensors, merged.json),
+    in eval mode: a plain Hugging Face encoder (LoRA folded in) with its pooling and head - no peft, no base
+    weights needed. forward(*inputs in merged.json's order) -> (B, n_outputs), as the run's model."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from modelfoundry.models.pretrained_module import PretrainedClassifier
+
+    directory = Path(directory)
+    missing = [n for n in ("merged.json", "head.safetensors", "encoder/config.json") if not (directory / n).is_file()]
+    if missing:
+        raise RunDirError(f"'{directory}' holds no merged model (missing {', '.join(missing)}).",
+                          "Write one with `foundry export RUN_DIR --merge -o DIR`.")
+    desc = json.loads((directory / "merged.json").read_text(encoding="utf-8"))
+    if desc.get("format") != MERGED_FORMAT:
+        raise RunDirError(f"'{directory / 'merged.json'}' has format {desc.get('format')!r}; this version reads "
+                          f"{MERGED_FORMAT}.", "Export the run again with this version: `foundry export RUN_DIR "
+                          "--merge`.")
+    encoder = load_encoder(directory / "encoder")
+    config = PretrainedConfig(name="pretrained", path=str(directory / "encoder"), finetune="full",
+                              pooling=desc["pooling"], head=desc["head"], dropout=desc["dropout"])
+    head = build_head(encoder.config.hidden_size + desc["side_width"], desc["head"], desc["n_outputs"],
+                      desc["dropout"])
+    head.load_state_dict(load_file(str(directory / "head.safetensors")))
+    model: nn.Module = PretrainedClassifier(config, encoder, head, desc["inputs"], desc["side"],
+                                            str(directory / "encoder"))
+    if desc.get("window_pool"):  # long texts read as windows, pooled per document (models/windows.py)
+        from modelfoundry.models.windows import WindowPooled
+
+        model = WindowPooled(model, desc["inputs"], desc["window_pool"])
+    return model.eval()

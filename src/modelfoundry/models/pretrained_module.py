@@ -4,14 +4,20 @@ transformers and peft are imported at the top here, so this module is only impor
 from __future__ import annotations
 
 import copy
+import os
 import re
+import shutil
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from modelfoundry.models.pretrained import PretrainedConfig, weights_sha256
+
+TOKENIZER_FILES = ("special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                   "sentencepiece.bpe.model")  # besides tokenizer*.json: what a tokenizer loads from a directory
 
 
 class PretrainedClassifier(nn.Module):
@@ -109,6 +115,26 @@ class PretrainedClassifier(nn.Module):
         clone.encoder = clone.encoder.merge_and_unload()
         clone.finetune = "full"
         return clone
+
+    def save_merged(self, directory: Path) -> dict[str, Any]:
+        """Write this model standalone into `directory`: `encoder/` a plain Hugging Face model (LoRA folded in,
+        safetensors, with the base's tokenizer files) and `head.safetensors`; returns what `load_merged`
+        (models/pretrained.py) needs besides them (pooling, dropout, head widths, inputs) for merged.json."""
+        from safetensors.torch import save_file
+
+        merged = self.merged()
+        encoder_dir = Path(directory) / "encoder"
+        merged.encoder.save_pretrained(encoder_dir, safe_serialization=True)
+        for name in sorted(os.listdir(self.directory)):
+            source = Path(self.directory) / name
+            if source.is_file() and (name.startswith("tokenizer") or name in TOKENIZER_FILES):
+                shutil.copyfile(source, encoder_dir / name)
+        head = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
+        save_file(head, str(Path(directory) / "head.safetensors"))
+        linears = [m for m in self.head if isinstance(m, nn.Linear)]
+        return {"pooling": self.pooling, "dropout": float(self.dropout.p),
+                "head": [m.out_features for m in linears[:-1]], "n_outputs": linears[-1].out_features,
+                "side_width": linears[0].in_features - int(merged.encoder.config.hidden_size)}
 
     # ------------------------------------------------------------------------------------------ internals
     def _trainable_in_mode(self, name: str) -> bool:
