@@ -53,6 +53,13 @@ def cross_validate(config: Config, folds: int = 5, stratified: bool | None = Non
     from modelfoundry.evaluate.metrics import DEFAULT_HEADLINE, headline
 
     started = time.perf_counter()
+    if config.data.time_series is not None:
+        from modelfoundry.errors import ConfigError
+
+        raise ConfigError(f"foundry cv shuffles rows into {folds} folds, which would train a time series model on "
+                          "the future of its held-out fold (data.time_series is set).",
+                          "Use `foundry run` (its split is chronological: train, then validation, then test), or "
+                          "`foundry evaluate RUN --data LATER_HISTORY.csv` on a later period.")
     clean = load_clean(config.data, split_seed(config.data, config.seed))
     check_task(config, clean.task)
     stratify = _stratify(config, clean.task, stratified)

@@ -229,3 +229,28 @@ def test_server_instances_are_checked(tmp_path, instance, words):
     window = request_inputs(desc, {"y": list(range(30))})  # more than the window: the last 12 are used
     entry = desc["time_series"]
     np.testing.assert_allclose(window[:, 0], (np.arange(18, 30) - entry["mean"][0]) / entry["std"][0], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- models, cv
+def test_a_sequence_model_gives_one_output_per_forecast_step():
+    from modelfoundry.artifacts.inputs import InputSpec
+    from modelfoundry.models import build_model
+    from modelfoundry.models.inference import predict_outputs
+    from modelfoundry.models.rnn import GRUConfig
+
+    spec = InputSpec.single("series", (12, 2))
+    model = build_model(GRUConfig(name="gru", hidden=4), spec, 3)
+    assert predict_outputs(model, spec.example(5, seed=0), "regression").shape == (5, 3)
+    one = build_model(GRUConfig(name="gru", hidden=4), spec, 1)
+    assert predict_outputs(one, spec.example(5, seed=0), "regression").shape == (5,)  # horizon 1: as before
+
+
+def test_cv_is_refused_for_a_time_series(make_config):
+    from modelfoundry.api import cross_validate
+    from modelfoundry.errors import ConfigError
+
+    config = make_config(data={"source": "statsmodels:sunspots", "target": "SUNACTIVITY",
+                               "time_series": {"time": "YEAR", "window": 12}})
+    with pytest.raises(ConfigError, match="future") as info:
+        cross_validate(config, folds=3)
+    assert "foundry run" in info.value.hint

@@ -35,7 +35,9 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Pat
         X, y, rows = splits["X"]["test"], splits["y"]["test"], splits["rows"]["test"]
         n_classes = saved.record.n_outputs if saved.task == "classification" else 1
         baselines = baseline_metrics(saved.task, splits["X"], splits["y"], n_classes, saved.target_encoder.decode,
-                                     cfg.evaluation.top_k, splits["texts"])
+                                     cfg.evaluation.top_k, splits["texts"],
+                                     season=saved.preprocessor.desc["time_series"]["season"]
+                                     if saved.preprocessor.desc["kind"] == "time_series" else None)
         split = "test split"
         layout = RunDir(saved.run_dir)  # the run's own report (learning curves, best epoch) is kept
         out_dir = Path(out or (layout.reeval_dir if layout.report.is_file() else layout.eval_dir))
@@ -68,7 +70,12 @@ def reload_splits(saved: Any) -> dict[str, dict[str, Any]]:
         from modelfoundry.data.portable import text_encoder
 
         encoder, out["texts"] = text_encoder(saved.preprocessor.desc), {}
+    series = saved.preprocessor.desc["kind"] == "time_series"
     for name, part in rebuild_splits(cfg.data, cfg.seed, recorded, saved.run_dir).items():
+        if series:  # a history: the split's windows and their forecast steps
+            out["X"][name], y, out["rows"][name] = _windows(saved, part, f"the {name} split")
+            out["y"][name] = y
+            continue
         out["X"][name] = saved.preprocessor.transform(part, f"the {name} split")
         if encoder is not None:
             out["texts"][name] = encoder.texts(part, f"the {name} split")
@@ -81,6 +88,8 @@ def _labelled_file(saved: Any, path: Path) -> tuple[Any, Any, Any]:
     from modelfoundry.data.sources import read_table
 
     frame = read_table(path)
+    if saved.preprocessor.desc["kind"] == "time_series":  # a history: every window with its forecast steps in it
+        return _windows(saved, frame, str(path))
     target = saved.record.target
     if target not in frame.columns:
         raise DataError(f"'{path}' has no target column '{target}', so it cannot be evaluated.",
@@ -92,6 +101,15 @@ def _labelled_file(saved: Any, path: Path) -> tuple[Any, Any, Any]:
     X = saved.preprocessor.transform(frame, origin=str(path))
     y = saved.target_encoder.encode(frame[target], str(path))
     return X, y, frame.index.to_numpy()
+
+
+def _windows(saved: Any, frame: Any, origin: str) -> tuple[Any, Any, Any]:
+    """A time series history -> (windows, encoded targets (N,) or (N, H), rows of the first forecast steps)."""
+    from modelfoundry.data.timeseries import labelled_windows
+
+    X, truth, rows = labelled_windows(saved.preprocessor.desc, frame, origin)
+    y = ((truth - saved.target_encoder.mean_) / saved.target_encoder.std_).astype("float32")  # standardised
+    return X, (y[:, 0] if y.shape[1] == 1 else y), rows
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:

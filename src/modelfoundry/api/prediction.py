@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from modelfoundry.api.arguments import model_dir
 from modelfoundry.storage import write_table
@@ -30,6 +30,11 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
 
     saved = load_model(model_dir(run_dir))
     frame = read_table(Path(input_path))
+    if saved.preprocessor.desc["kind"] == "time_series":
+        table = _forecast(saved, frame, str(input_path))
+        if output_path is not None:
+            write_table(table, Path(output_path))
+        return table
     schema = InputSchema(saved.preprocessor.desc)
     checked = schema.from_frame(frame, origin=str(input_path))
     output = predict_outputs(saved.model, checked.inputs, saved.task)
@@ -45,4 +50,17 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
     table.attrs["input_warnings"] = counts
     if output_path is not None:
         write_table(table, Path(output_path))
+    return table
+
+
+def _forecast(saved: Any, frame: pd.DataFrame, origin: str) -> pd.DataFrame:
+    """A time series model over a history: one forecast per origin with a full window (the last one beyond the
+    history's end), in columns `time` (the last observed time) and `prediction` or `prediction_1..H`."""
+    from modelfoundry.data.timeseries import forecast_table, history_inputs
+    from modelfoundry.models.inference import predict_outputs
+
+    history = history_inputs(saved.preprocessor.desc, frame, origin)
+    output = predict_outputs(saved.model, history.inputs, saved.task)
+    table = forecast_table(history, saved.target_encoder.decode(output))
+    table.attrs["input_warnings"] = {}
     return table

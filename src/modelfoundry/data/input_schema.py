@@ -70,6 +70,12 @@ class InputSchema:
         self.desc = desc
         self.on_unseen = on_unseen
         self.columns: list[str] = list(desc["columns"])
+        self.series = desc["kind"] == "time_series"  # each instance: {column: [the last values, oldest first]}
+        if self.series:
+            self.kinds = {c: "numeric" for c in self.columns[1:]}
+            self.image = self.frame_only = False
+            self.input_spec = input_spec(desc)
+            return
         self.image = desc["kind"] == "image"
         features = [] if self.image else desc["features"]
         self.numeric = [f for f in features if f["kind"] == "numeric" and f["width"] == 1]
@@ -130,6 +136,8 @@ class InputSchema:
     def from_records(self, records: list[dict[str, Any]], origin: str = "the request") -> CheckedRows:
         """JSON records ({column: value}) -> CheckedRows; a column absent from every record is an error,
         absent from some records it is missing there; other keys are ignored."""
+        if self.series:
+            return self._series(records, origin)
         if self.frame_only:
             import pandas as pd
 
@@ -151,6 +159,10 @@ class InputSchema:
 
     def from_columns(self, columns: dict[str, list[Any]], n: int, origin: str = "the request") -> CheckedRows:
         """One list of n values per column (OIP v2 inputs) -> CheckedRows."""
+        if self.series:
+            raise DataError(f"{origin}: a time series model takes each instance's history as lists of numbers, "
+                            "which OIP v2 columns of one value per row cannot hold.",
+                            'POST /predict {"records": [{"<target>": [v1, ..., vn], ...}]} instead.')
         if self.frame_only:
             import pandas as pd
 
@@ -187,6 +199,16 @@ class InputSchema:
         return CheckedRows(numeric, codes, texts, inputs)
 
     # -------------------------------------------------------------------------------------- internals
+    def _series(self, records: list[dict[str, Any]], origin: str) -> CheckedRows:
+        """Time series instances -> their windows (data/timeseries.py `request_inputs`); no per-value warnings."""
+        from modelfoundry.data.timeseries import request_inputs
+
+        windows = [request_inputs(self.desc, r, f"{origin} (record {i})" if len(records) > 1 else origin)
+                   for i, r in enumerate(records)]
+        n = len(records)
+        return CheckedRows(np.empty((n, 0)), np.empty((n, 0), np.int64), np.empty((n, 0), object),
+                           {"series": np.stack(windows)})
+
     def _require(self, present: Callable[[str], bool], origin: str) -> None:
         missing = [c for c in self.columns if not present(c)]
         if missing:
@@ -302,7 +324,7 @@ class InputSchema:
         """Per-row warnings for a whole batch (None when there are none) and counts per (column, kind).
 
         Vectorised: three masks over the batch; Python only touches the flagged values."""
-        if self.image or not len(rows):
+        if self.image or self.series or not len(rows):
             return None, {}
         x, codes = rows.numeric, rows.codes
         with np.errstate(invalid="ignore"):

@@ -62,6 +62,16 @@ and `attention_mask` (1 for a token, 0 for padding), both int64 (N, T). With `"w
 sharing s tokens (the tokenizer's overflow, special tokens in each), the first W kept (with truncation left,
 the last W, from the end); the inputs are then (N, W, T), unused windows all padding.
 
+A time series (data.time_series, data/timeseries.py) has `"kind": "time_series"`, `"columns": [time, target,
+*features]`, one input `series` float32 (window, 1 + len(features)) and the entry `"time_series": {"time",
+"target", "features": [...], "window": W, "horizon": H, "step", "mean": [...], "std": [...] (the target's, then
+each feature's, over the training period), "time_kind": "number" | "datetime", "season": s, "season_from":
+"config" | "autocorrelation" | ...}`. Its raw input is a history: rows sorted by `time` (repeated or missing
+times and missing values are errors), each column standardised `(x - mean) / std`, and one window of the W
+steps before each origin from W to n (the last forecasts beyond the history); a server instance holds a list
+of at least W numbers per column, of which the last W are read. The model gives H standardised values per
+window (target entry below: `value = output * std + mean` for each of them).
+
 The target entry: `{"task": "classification", "column", "classes": [...]}` - output k of the model is
 the probability of `classes[k]` - or `{"task": "regression", "column", "mean": m, "std": s}`: the model
 predicts standardised values, `value = output * s + m`.
@@ -186,7 +196,11 @@ def describe_target(encoder: TargetEncoder, column: str | None = None) -> dict[s
 
 def apply_portable(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the input", text: bool = True) -> Inputs:
     """Raw rows -> the model's named inputs, exactly as `Preprocessor.transform` computes them (the text
-    inputs left out with `text=False`)."""
+    inputs left out with `text=False`); a time series' history gives one window per origin instead of a row each."""
+    if desc["kind"] == "time_series":
+        from modelfoundry.data.timeseries import history_inputs
+
+        return history_inputs(desc, frame, origin).inputs
     out: Inputs = {}
     if desc["kind"] == "image" or desc["features"]:
         out[input_spec(desc)[0].name] = portable_array(desc, frame, origin)

@@ -217,7 +217,12 @@ def _numeric_target(frame: pd.DataFrame, target: str, origin: str) -> pd.Series:
 
 
 def rebuild_splits(cfg: DataConfig, seed: int, recorded_sha256: str, run_dir: Any) -> dict[str, pd.DataFrame]:
-    """The raw rows of each split of a finished run, rebuilt from its source; the source must be unchanged."""
+    """The raw rows of each split of a finished run, rebuilt from its source; the source must be unchanged. A time
+    series' splits are histories (data/timeseries.py `split_histories`)."""
+    if cfg.time_series is not None:
+        from modelfoundry.data.timeseries import split_histories
+
+        return split_histories(cfg, recorded_sha256, run_dir)
     clean = load_clean(cfg, split_seed(cfg, seed))
     if clean.info["fingerprint"]["sha256"] != recorded_sha256:
         raise DataError(f"The source {cfg.source} changed since {run_dir} was trained (fingerprint "

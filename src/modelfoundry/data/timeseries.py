@@ -255,6 +255,46 @@ def history_inputs(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the
     return HistoryWindows({"series": windows(scaled, origins, window)}, series.times.iloc[last], series.rows[last])
 
 
+def labelled_windows(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the input"
+                     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """A labelled history -> the windows whose forecast steps all lie in it, every `step`-th from the first:
+    (inputs, targets (N, horizon) in the target's units, source rows of the first forecast steps)."""
+    entry = desc["time_series"]
+    window, horizon = entry["window"], entry["horizon"]
+    series = order_series(frame, entry["time"], [entry["target"], *entry["features"]], origin)
+    n = len(series.values)
+    if n < window + horizon:
+        raise DataError(f"{origin} holds {n} time step(s); a window of {window} past steps and {horizon} forecast "
+                        f"step(s) needs at least {window + horizon}.", "Evaluate on a longer history.")
+    scaled = (series.values - np.asarray(entry["mean"])) / np.asarray(entry["std"])
+    origins = np.arange(window, n - horizon + 1, entry["step"])
+    return ({"series": windows(scaled, origins, window)}, targets(series.values[:, 0], origins, horizon),
+            series.rows[origins])
+
+
+def split_histories(cfg: DataConfig, recorded_sha256: str, run_dir: Any) -> dict[str, pd.DataFrame]:
+    """The raw rows of each split of a finished time series run, as histories: from the first window's first
+    input step to the end of the split's period (`labelled_windows` on one gives exactly the split's windows).
+    The source must be unchanged."""
+    from modelfoundry.data.fingerprint import fingerprint
+    from modelfoundry.data.sources import describe_source, load_source
+
+    ts = cfg.time_series
+    raw = load_source(cfg.source)
+    sha = fingerprint(raw, ts.target, "regression", describe_source(cfg.source))["sha256"]
+    if sha != recorded_sha256:
+        raise DataError(f"The source {cfg.source} changed since {run_dir} was trained (fingerprint "
+                        f"{recorded_sha256[:12]} then, {sha[:12]} now), so its splits cannot be rebuilt.",
+                        f"Use a history file instead (for example `foundry evaluate {run_dir} --data FILE`), or "
+                        "restore the original data.")
+    series = order_series(raw, ts.time, [ts.target, *ts.features], cfg.source)
+    n = len(series.values)
+    bounds = period_bounds(n, cfg.split.val, cfg.split.test)
+    origins = window_origins(n, ts.window, ts.horizon, ts.step, bounds)
+    ends = {"train": bounds[0], "val": bounds[1], "test": n}
+    return {name: raw.loc[series.rows[found[0] - ts.window:ends[name]]] for name, found in origins.items()}
+
+
 def request_inputs(desc: dict[str, Any], instance: dict[str, Any], origin: str = "the request") -> np.ndarray:
     """One server instance {"<target>": [v1..vn], "<covariate>": [...]} -> its window (window, F) float32,
     from the last `window` values of each; wrong lengths, non-numbers, NaN and infinities are DataErrors."""

@@ -24,9 +24,11 @@ def hardest_examples(task: str, y_true: np.ndarray, output: np.ndarray, rows: np
         return [{"row": int(rows[i]), "true": labels[y_true[i]], "predicted": labels[pred[i]],
                  "p_predicted": float(output[i, pred[i]]), "p_true": float(p_true[i])} for i in order]
     errors = np.abs(output - y_true)
+    if errors.ndim == 2:  # forecasts of H steps: the mean error over the steps, the values as lists
+        errors = errors.mean(axis=1)
     order = np.argsort(-errors)[:n]
-    return [{"row": int(rows[i]), "true": float(y_true[i]), "predicted": float(output[i]),
-             "abs_error": float(errors[i])} for i in order]
+    return [{"row": int(rows[i]), "true": np.asarray(y_true[i], dtype=float).tolist(),
+             "predicted": np.asarray(output[i], dtype=float).tolist(), "abs_error": float(errors[i])} for i in order]
 
 
 def confused_pairs(cm: np.ndarray, labels: list[str], n: int = 5) -> list[tuple[str, str, int]]:
