@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +52,16 @@ class PretrainedClassifier(nn.Module):
             self._encoder_trainable(False)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        tokens, mask = inputs[self.tokens], inputs[self.mask]  # (B, T) each
+        pooled = self.pooled(inputs[self.tokens], inputs[self.mask])  # (B, D)
+        return _on_head(self.dropout, self.head, pooled, [inputs[i] for i in self.side])
+
+    def pooled(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids and mask -> (B, D): the encoder's last hidden states, CLS or masked mean."""
         hidden = self.encoder(input_ids=tokens, attention_mask=mask).last_hidden_state  # (B, T, D)
         if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, D)
-        parts = [pooled] + [inputs[i].flatten(1) for i in self.side]
-        return self.head(self.dropout(torch.cat(parts, dim=1) if len(parts) > 1 else pooled))
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
     # ----------------------------------------------------------------------------- hooks of the training loop
     def parameter_groups(self, lr: float) -> list[dict[str, Any]] | None:
@@ -80,6 +83,15 @@ class PretrainedClassifier(nn.Module):
         """Gradual unfreezing: the encoder's trainable parts train from epoch unfreeze_after_epochs + 1."""
         if self.unfreeze_after:
             self._encoder_trainable(epoch > self.unfreeze_after)
+
+    def frozen_features(self) -> FrozenEncoder | None:
+        """When training never changes the encoder (`freeze`, no gradual unfreezing): how to compute its pooled
+        outputs once per split, and the part trained on them (train/features.py uses it); else None."""
+        if self.finetune != "freeze" or self.unfreeze_after:
+            return None
+        return FrozenEncoder(self.pooled, _Top(self), {"base_sha256": weights_sha256(self.directory),
+                                                       "pooling": self.pooling, "encoder": type(self.encoder).__name__},
+                             self.tokens, self.mask, list(self.side))
 
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable now, total)."""
@@ -154,3 +166,33 @@ class PretrainedClassifier(nn.Module):
         if found:
             return int(found.group(1)) + 1
         return 0 if "embed" in name else self.n_layers + 1
+
+
+class _Top(nn.Module):
+    """forward(pooled (B, D), *side inputs) -> (B, n_outputs): the model's own dropout and head (the same
+    parameters, so training this trains the model)."""
+
+    def __init__(self, model: PretrainedClassifier):
+        super().__init__()
+        self.dropout, self.head = model.dropout, model.head
+
+    def forward(self, pooled: torch.Tensor, *side: torch.Tensor) -> torch.Tensor:
+        return _on_head(self.dropout, self.head, pooled, list(side))
+
+
+def _on_head(dropout: nn.Module, head: nn.Module, pooled: torch.Tensor, side: list[torch.Tensor]) -> torch.Tensor:
+    """The pooled encoding (B, D) with the side inputs beside it -> (B, n_outputs): dropout, then the head."""
+    parts = [pooled, *(x.flatten(1) for x in side)]
+    return head(dropout(torch.cat(parts, dim=1) if len(parts) > 1 else pooled))
+
+
+@dataclass
+class FrozenEncoder:
+    """A model's frozen encoder as a feature extractor, and the module trained on its features."""
+
+    pooled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # tokens, mask (B, T) -> (B, D), deterministic in eval
+    top: nn.Module  # forward(pooled, *side inputs) -> the model's outputs
+    identity: dict[str, str]  # what the features depend on besides the tokens (cache key)
+    tokens: int  # positions of tokens, attention_mask and the side inputs among the model's inputs
+    mask: int
+    side: list[int]

@@ -50,7 +50,8 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
         run_dir: Path | None = None, resume: bool = False, progress: Reporter | bool | None = None,
         val_metrics: Callable[[np.ndarray], dict[str, float]] | None = None,
         callbacks: list[Callback] | None = None,
-        train_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> FitResult:
+        train_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        feature_cache: bool = True) -> FitResult:
     """Train `model` on X/y['train'], validating on X/y['val'] each epoch; X[split] holds the model's named
     inputs in its spec's order (artifacts/inputs.py).
 
@@ -69,9 +70,15 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
 
     `progress`: a Reporter to report the steps and epochs to (the CLI passes its terminal one); None or a
     bool: none.
+
+    A model with a frozen encoder (`frozen_features()`) has the encoder's outputs computed once, and the epochs
+    train the part above it (train/features.py); `feature_cache` keeps those outputs on disk for the next run,
+    and `extras["feature_cache"]` says whether they came from there.
     """
     started = time.perf_counter()
-    setup = build_setup(model, X, y, cfg, task=task, class_weights=class_weights, seed=seed)
+    setup = build_setup(model, X, y, cfg, task=task, class_weights=class_weights, seed=seed,
+                        feature_cache=feature_cache)
+    net = setup.net  # the model, or the part above its frozen encoder (fed the encoder's cached outputs)
     device, optimizer, schedule, scaler = setup.device, setup.optimizer, setup.schedule, setup.scaler
     loss_fn, autocast, l1_params, generator = setup.loss_fn, setup.autocast, setup.l1_params, setup.generator
     batches, accum, bs, n_used = setup.batches, cfg.accumulate_steps, cfg.batch_size, setup.train.rows_used
@@ -140,7 +147,7 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
                 next_tick = epoch_start + PROGRESS_INTERVAL_S
                 for step, (idx, xb, yb) in enumerate(setup.train):  # (B,), inputs (B, *shape) each, (B,)
                     with autocast():
-                        out = model(*xb)  # (B, n_outputs)
+                        out = net(*xb)  # (B, n_outputs)
                         pred = out.squeeze(-1) if task == "regression" else out
                         loss = train_loss(pred, yb, idx) if train_loss is not None else loss_fn(pred, yb)
                     if l1_params:
@@ -162,7 +169,7 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
                     raise TrainingError(f"The training loss became {mean_loss} in epoch {epoch}.",
                                         "Lower training.optimizer.lr, set training.clip_grad_norm: 1.0, "
                                         "or check the data for extreme values.")
-                val, val_out = validate(model, setup.val, setup.y_val, loss_fn, task, autocast, target_std)
+                val, val_out = validate(net, setup.val, setup.y_val, loss_fn, task, autocast, target_std)
                 if val_metrics is not None:
                     val.update(val_metrics(_outputs_numpy(val_out, task)))
                 record = {"epoch": epoch, "train_loss": mean_loss, **val,
@@ -184,10 +191,14 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
         for callback in callbacks:
             callback.close()
 
+    if net is not model:  # validation left only the part above the frozen encoder in eval mode
+        model.eval()
     if cfg.restore_best and best.state is not None:
         load_weights(model, best.state)
     result.best_epoch, result.best_value = stopper.best_epoch, stopper.best
     result.wall_s = time.perf_counter() - started
+    if setup.feature_cache is not None:
+        result.extras["feature_cache"] = setup.feature_cache
     return result
 
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from modelfoundry.artifacts.inputs import PaddingTrim, padding_trim
 from modelfoundry.config import TrainingConfig
+from modelfoundry.train.features import frozen_inputs
 from modelfoundry.train.optim import Schedule, build_loss, build_optimizer, decayed_parameters
 from modelfoundry.train.runtime import autocast_dtype, select_device
 
@@ -54,6 +55,12 @@ class TrainingSetup:
     y_val: torch.Tensor
     l1_params: list[nn.Parameter]
     generator: torch.Generator  # the shuffling stream, saved in checkpoints
+    net: nn.Module | None = None  # what the batches feed: the model, or the part above its frozen encoder
+    feature_cache: dict[str, Any] | None = None  # frozen encoder: features from the disk cache or computed
+
+    def __post_init__(self) -> None:
+        if self.net is None:
+            self.net = self.model
 
     @property
     def batches(self) -> int:
@@ -62,16 +69,22 @@ class TrainingSetup:
 
 def build_setup(model: nn.Module, X: Mapping[str, Mapping[str, np.ndarray]], y: Mapping[str, np.ndarray],
                 cfg: TrainingConfig, *, task: str, class_weights: np.ndarray | None = None,
-                seed: int = 0) -> TrainingSetup:
+                seed: int = 0, feature_cache: bool = True) -> TrainingSetup:
     """The loop's parts for training `model` on X/y['train'] and validating on X/y['val'].
 
     `X[split]` holds the model's named inputs in its spec's order (numpy arrays, possibly memory-mapped).
+    A model whose encoder training never changes (`frozen_features()`, train/features.py) has its encoder's
+    outputs computed once (cached on disk with `feature_cache`), and the batches feed the part above it.
     """
     device = select_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    loading = choose_loading(cfg.data_loading, [*X["train"].values(), *X["val"].values()], device)
     model.to(device)
+    net, cached = model, None
+    frozen = frozen_inputs(model, {s: X[s] for s in ("train", "val")}, device, feature_cache)
+    if frozen is not None:
+        net, X, cached = frozen
+    loading = choose_loading(cfg.data_loading, [*X["train"].values(), *X["val"].values()], device)
     weights = torch.as_tensor(class_weights, device=device) if class_weights is not None else None
     loss_fn = build_loss(cfg.loss, task, weights, cfg.label_smoothing)
     # a model may ask for its own parameter groups (layer-wise learning rates, parameters unfrozen later)
@@ -95,7 +108,7 @@ def build_setup(model: nn.Module, X: Mapping[str, Mapping[str, np.ndarray]], y: 
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     l1_params = decayed_parameters(model)[0] if cfg.l1 else []
     return TrainingSetup(model, device, loss_fn, optimizer, schedule, scaler, autocast, train, val,
-                         _tensor(y["val"], device), l1_params, generator)
+                         _tensor(y["val"], device), l1_params, generator, net, cached)
 
 
 def choose_loading(mode: str, arrays: list[np.ndarray], device: torch.device) -> str:
