@@ -106,3 +106,27 @@ def test_a_model_without_a_pretrained_encoder_cannot_be_merged(tmp_path):
     with pytest.raises(ExportError, match=r"\(mlp\) has no pretrained encoder.*"):
         export_merged(tmp_path / "mlp")
     assert not (tmp_path / "mlp" / "model" / "merged").exists()
+
+
+@pytest.mark.slow  # a training run over windows: ~5 s
+def test_a_model_over_windows_of_long_texts_merges_with_its_window_pooling(tmp_path, tiny_bert):  # noqa: F811
+    from modelfoundry.export import export_merged
+    from modelfoundry.models.pretrained import load_merged
+    from modelfoundry.rundir import load_model
+
+    from modelfoundry.api import run
+    from tests.conftest import tiny_config
+    from tests.unit.test_text_data import reviews
+
+    reviews(120).to_csv(tmp_path / "r.csv", index=False)  # ~16 tokens a review: 2-3 windows of 12
+    config = tiny_config(name="win", data={"source": str(tmp_path / "r.csv"), "text": {
+        "max_length": 12, "stride": 4, "max_windows": 3, "window_pool": "max"}}, training={"epochs": 1})
+    config["model"] = {"name": "pretrained", "path": str(tiny_bert), "finetune": "lora", "lora": {"r": 2}}
+    run(config, run_dir=tmp_path / "win", progress=False)
+    result = export_merged(tmp_path / "win")
+    assert result.max_abs_diff <= 1e-4
+    merged, saved = load_merged(result.out_dir), load_model(tmp_path / "win")
+    assert type(merged).__name__ == type(saved.model).__name__ == "WindowPooled" and merged.pool == "max"
+    inputs = [torch.from_numpy(a) for a in saved.record.input_spec.arrange(saved.record.input_spec.example(4, 0))]
+    with torch.inference_mode():
+        assert float((merged(*inputs) - saved.model(*inputs)).abs().max()) <= 1e-5
