@@ -160,6 +160,9 @@ def export_merged(run_dir: str | Path, out_dir: str | Path | None = None, *, tol
         raise ExportError(f"There are no rows to check the merged model of {saved.run_dir} on.",
                           "Pass rows with parity_rows, or give the run a non-empty test split.")
     out = Path(out_dir) if out_dir is not None else RunDir(saved.run_dir).model_dir / "merged"
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / "merged.json").is_file():
+        raise ExportError(f"'{out}' exists and is not a merged model, so it would be replaced.",
+                          "Give -o a new or empty directory (or a previous merged export, which is replaced).")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # same filesystem: renames are atomic
     try:

@@ -85,6 +85,11 @@ def test_a_merge_beyond_the_tolerance_writes_nothing_and_keeps_the_previous_one(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no staging directory left behind
     with pytest.raises(ConfigError, match="must be >= 0"):
         export_merged(lora_run, out, tolerance=-1)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(ExportError, match="exists and is not a merged model"):  # never replaced wholesale
+        export_merged(lora_run, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 def test_the_cli_merges_into_the_directory_given(lora_run, tmp_path):
