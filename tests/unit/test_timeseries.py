@@ -196,6 +196,20 @@ def test_bundled_series_are_complete():
     assert list(co2.columns) == ["date", "co2"] and len(co2) == 2284 and not co2["co2"].isna().any()
 
 
+
+def test_airline_passengers_from_river_when_installed():
+    import importlib.util
+
+    from modelfoundry.data.sources import load_source
+
+    if importlib.util.find_spec("river") is None:
+        with pytest.raises(DataError, match="pip install river"):
+            load_source("river:airline_passengers")
+        return
+    air = load_source("river:airline_passengers")
+    assert list(air.columns) == ["month", "passengers"] and len(air) == 144 and air["passengers"].iloc[0] == 112
+
+
 # ----------------------------------------------------------------------------------------------- inference
 def test_history_gives_one_window_per_origin_the_last_beyond_the_end(tmp_path):
     from modelfoundry.data.prepare import prepare_data

