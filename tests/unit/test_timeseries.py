@@ -40,6 +40,8 @@ def test_config_takes_the_target_from_either_place_and_refuses_contradictions():
     for bad, words in [({"target": "a", "time_series": {"time": "t", "target": "b", "window": 3}}, "differ"),
                        ({"task": "classification", "time_series": {"time": "t", "window": 3}}, "classification"),
                        ({"max_rows": 50, "time_series": {"time": "t", "window": 3}}, "max_rows"),
+                       ({"features": {"x": {"type": "numeric"}}, "time_series": {"time": "t", "window": 3}},
+                        "data.time_series.features"),
                        ({"time_series": {"time": "t", "window": 1}}, "window"),
                        ({"time_series": {"time": "t", "window": 3, "season": 0}}, "season")]:
         with pytest.raises(ValueError, match=words):
@@ -134,6 +136,17 @@ def test_broken_series_are_clear_errors(tmp_path, change, words):
     with pytest.raises(DataError, match=words) as info:
         prepare_data(_cfg(path), 0)
     assert info.value.hint
+
+
+def test_a_configured_season_is_used_and_must_fit_the_window(tmp_path):
+    from modelfoundry.data.prepare import prepare_data
+
+    path = _series_csv(tmp_path / "s.csv")
+    data = prepare_data(_cfg(path, season=6), 0)
+    assert (data.info["time_series"]["season"], data.info["time_series"]["season_from"]) == (6, "config")
+    with pytest.raises(DataError, match="longer than the window") as info:
+        prepare_data(_cfg(path, season=13), 0)
+    assert "window to at least 13" in info.value.hint
 
 
 def test_too_short_a_series_says_what_to_change(tmp_path):

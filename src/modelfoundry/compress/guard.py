@@ -100,7 +100,7 @@ def measure(task: str, y_true: np.ndarray, output: np.ndarray, decode: Callable[
         if "brier" in wanted:
             values["brier"] = brier_score(y_true, proba)
     else:
-        values = regression_metrics(decode(y_true), decode(np.asarray(output, dtype=np.float64).reshape(-1)))
+        values = regression_metrics(decode(y_true), decode(np.asarray(output, dtype=np.float64).reshape(np.shape(y_true))))  # (N,) or (N, H)
     return {k: values.get(k) for k in wanted}
 
 

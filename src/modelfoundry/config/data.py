@@ -147,6 +147,9 @@ class DataConfig(Section):
         if self.max_rows is not None:
             problems.append("data.max_rows samples rows at random, which would break a time series; remove it "
                             "(or cut the file to the period you want)")
+        if self.features:
+            problems.append("data.features does not apply to a time series: name its numeric covariates in "
+                            "data.time_series.features")
         if ts.time in (ts.target, *ts.features) or ts.target in ts.features:
             problems.append(f"data.time_series: the time column ({ts.time!r}), the target ({ts.target!r}) and the "
                             f"features ({ts.features}) must be different columns")
