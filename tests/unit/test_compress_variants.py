@@ -97,7 +97,7 @@ def test_config_names_come_from_the_table():
 
 def test_a_family_that_does_not_apply_to_the_model_is_left_out():
     bench = bench_for(*MLP)
-    bench.saved.config = bench.saved.config.model_copy(update={"model": SimpleNamespace(name="gru")})
+    bench.saved.config = bench.saved.config.model_copy(update={"model": SimpleNamespace(name="pretrained")})
     names = {name for name, _ in families("network", bench)}
     assert names == {"prune_unstructured"}  # no structured pruning, no student derived for an unknown model
     bench.cfg = bench.cfg.model_copy(update={"distill": bench.cfg.distill.model_copy(

@@ -33,6 +33,7 @@ def compress(model: str | Path, *, max_drop: float | None = None, prefer: str | 
     from modelfoundry.compress.guard import guards
     from modelfoundry.compress.report import write_report, write_scatter
     from modelfoundry.compress.search import Bench, search
+    from modelfoundry.compress.variants import COMPRESSORS, check_asked
     from modelfoundry.config import LOWER_IS_BETTER, CompressConfig
     from modelfoundry.data.balance import class_weights
     from modelfoundry.rundir import load_model, load_run_config
@@ -66,6 +67,8 @@ def compress(model: str | Path, *, max_drop: float | None = None, prefer: str | 
             weights = class_weights(splits["y"]["train"], list(saved.target_encoder.classes_),
                                     saved.config.data.balance.class_weights)
         bench = Bench(saved, splits, metric, cfg, out_dir / ".work", weights, guards=rules)
+        explicit = variants is not None or set(cfg.variants) != set(COMPRESSORS)  # not the default: all
+        check_asked(bench, cfg.variants if explicit else None)
         with _steps(reporter_for(progress)) as step:
             outcome = search(bench, out_dir, on_step=step)
     except BaseException:  # an error or Ctrl-C: no work folder left behind, nor an empty output folder

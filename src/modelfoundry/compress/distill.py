@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelfoundry.artifacts.inputs import Inputs, rows_of
-from modelfoundry.config import FAST_MONITORS, CNNConfig, MLPConfig, TrainingConfig
+from modelfoundry.config import FAST_MONITORS, TrainingConfig
 from modelfoundry.errors import ConfigError
 from modelfoundry.train.loop import FitResult, fit
 from modelfoundry.train.optim import build_loss
@@ -23,27 +23,44 @@ from modelfoundry.train.runtime import select_device
 TEACHER_BATCH = 4096
 
 
+# the width keys a derived student narrows, per teacher model; the depth (layers, heads) stays
+WIDTHS: dict[str, tuple[str, ...]] = {
+    "mlp": ("hidden",),
+    "cnn": ("hidden", "channels"),
+    "lstm": ("embedding_dim", "hidden", "head"),
+    "gru": ("embedding_dim", "hidden", "head"),
+    "transformer": ("d_model", "ff", "head"),
+}
+
+
 def can_derive_student(teacher_cfg: Any) -> bool:
-    """Whether `student_config` can derive a student from this teacher (the mlp and cnn models)."""
-    return isinstance(teacher_cfg, (MLPConfig, CNNConfig))
+    """Whether `student_config` can derive a student from this teacher (mlp, cnn, lstm, gru and transformer
+    models; a pretrained encoder's student is given explicitly, e.g. a small lstm or transformer)."""
+    return getattr(teacher_cfg, "name", None) in WIDTHS
 
 
-def student_config(teacher_cfg: MLPConfig | CNNConfig, shrink: float) -> MLPConfig | CNNConfig:
-    """The teacher's architecture with every width (hidden sizes, CNN channels) x `shrink`, at least 1; the
-    depth stays. A student given explicitly in the config needs no deriving: build it as it is."""
+def student_config(teacher_cfg: Any, shrink: float) -> Any:
+    """The teacher's architecture with every width (hidden sizes, CNN channels, embedding and model widths,
+    feed-forward widths) x `shrink`, at least 1; the depth stays. A transformer's d_model stays a multiple of
+    its heads. A student given explicitly in the config needs no deriving: build it as it is."""
     if not 0 < shrink <= 1:
         raise ConfigError(f"The 'shrink' factor of a distillation student must be in (0, 1]. Got {shrink} instead.",
                           "Use for example compress.distill.shrink: 0.5.")
     if not can_derive_student(teacher_cfg):
-        raise ConfigError(f"A student can be derived from mlp and cnn teachers. Got '{teacher_cfg.name}' instead.",
-                          "Give the student explicitly in compress.distill.student.")
+        raise ConfigError(f"A student can be derived from {', '.join(WIDTHS)} teachers. Got "
+                          f"'{teacher_cfg.name}' instead.",
+                          "Give the student explicitly in compress.distill.student, e.g. "
+                          "{name: lstm, embedding_dim: 64, hidden: 64} for a text model.")
 
-    def narrow(widths: list[int]) -> list[int]:
-        return [max(1, round(w * shrink)) for w in widths]
+    def narrow(width: int | list[int]) -> int | list[int]:
+        if isinstance(width, list):
+            return [max(1, round(w * shrink)) for w in width]
+        return max(1, round(width * shrink))
 
-    update = {"hidden": narrow(teacher_cfg.hidden)}
-    if isinstance(teacher_cfg, CNNConfig):
-        update["channels"] = narrow(teacher_cfg.channels)
+    update = {key: narrow(getattr(teacher_cfg, key)) for key in WIDTHS[teacher_cfg.name]}
+    if teacher_cfg.name == "transformer":  # each head keeps d_model / heads dimensions
+        heads = teacher_cfg.heads
+        update["d_model"] = max(heads, round(update["d_model"] / heads) * heads)
     return teacher_cfg.model_copy(update=update)
 
 

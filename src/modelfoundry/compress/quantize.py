@@ -11,7 +11,7 @@ interface:
 Torch candidates take the trained `nn.Module` (called with the named inputs in its spec's order; raw
 outputs, logits for classification) and return another:
 
-    torch_dynamic_int8_eager   deprecated eager-mode dynamic int8 on nn.Linear
+    torch_dynamic_int8_eager   deprecated eager-mode dynamic int8 on nn.Linear / nn.LSTM / nn.GRU
     torch_pt2e_int8            torch.export + X86InductorQuantizer (torchao) + optionally torch.compile
     bf16_torch                 bf16 weights and compute, fp32 in and out
 
@@ -153,20 +153,28 @@ def ort_fp16(fp32: Path, out: Path) -> Path:
 
 # ----------------------------------------------------------------------------------------------------- torch
 def torch_dynamic_int8_eager(model: nn.Module) -> nn.Module:
-    """Eager-mode dynamic int8 on every nn.Linear (`torch.ao.quantization.quantize_dynamic`).
+    """Eager-mode dynamic int8 on every nn.Linear, nn.LSTM and nn.GRU (`torch.ao.quantization.quantize_dynamic`).
 
     Deprecated by PyTorch (torch.ao.quantization is slated for removal in favour of torchao); kept only as
-    a measured candidate for the torch serving backend. Convolutions stay fp32. The input model is not
-    modified.
+    a measured candidate for the torch serving backend. Convolutions and embeddings stay fp32. A model with
+    LoRA adapters is quantized merged (`merged()`: plain Linear layers, the outputs it is served with). A
+    recurrent encoder whose quantized LSTM/GRU no longer exposes per-layer weights runs its packed path,
+    which computes the same function. The input model is not modified.
     """
     import torch
     from torch import nn
 
+    source = model.merged() if callable(getattr(model, "merged", None)) else model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         from torch.ao.quantization import quantize_dynamic
 
-        quantized = quantize_dynamic(copy.deepcopy(model).cpu().float().eval(), {nn.Linear}, dtype=torch.qint8)
+        quantized = quantize_dynamic(copy.deepcopy(source).cpu().float().eval(), {nn.Linear, nn.LSTM, nn.GRU},
+                                     dtype=torch.qint8)
+    for module in quantized.modules():
+        rnn = getattr(module, "rnn", None)
+        if hasattr(module, "_packed") and rnn is not None and not isinstance(rnn, (nn.LSTM, nn.GRU)):
+            module._padded = module._packed  # the padded path reads rnn.weight_ih_l0..., which int8 packs away
     return quantized.eval()
 
 

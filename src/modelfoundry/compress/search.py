@@ -191,8 +191,11 @@ def save_variant(saved: Any, dest: Path, *, model: Any = None, model_cfg: Any = 
     save_config(dest, config)
     lines = history if history is not None else []
     layout.metrics_log.write_text("".join(_json_line(r) for r in lines))
-    spec = {**{k: v for k, v in saved.spec.items() if k != "format"}, "config_hash": config_hash(config),
-            "compression": recipe, "parent_run": str((parent_run or saved.run_dir).resolve())}
+    # "base" (the pretrained weights a parent reloads) is the saved model's own: save_model records it again
+    # when the variant has one (a distilled student of a pretrained teacher has none)
+    kept = {k: v for k, v in saved.spec.items() if k not in ("format", "base")}
+    spec = {**kept, "config_hash": config_hash(config), "compression": recipe,
+            "parent_run": str((parent_run or saved.run_dir).resolve())}
     if model is not None:
         save_model(dest, model, spec, saved.preprocessor, saved.target_encoder)
         return dest

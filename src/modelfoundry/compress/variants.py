@@ -59,6 +59,7 @@ class Family:
     candidates: Callable[[Bench, Sofar], list[Candidate]]  # the builder: this family's candidates
     applies: Callable[[Bench], bool] = lambda bench: True  # does the family make sense for this parent?
     option: bool = True  # named in compress.variants / --only; False: runs whenever it applies
+    requires: str = ""  # in words, what `applies` checks: the config error when it is asked for and does not
 
 
 # ------------------------------------------------------------------------------------------ graph
@@ -193,6 +194,13 @@ def _student_known(bench: Bench) -> bool:
     return bench.cfg.distill.student is not None or can_derive_student(bench.saved.config.model)
 
 
+def _saves_every_weight(bench: Bench) -> bool:
+    """Whether the parent saves all its weights: a frozen or LoRA encoder saves only what it trained and reloads
+    its base from the original files, so zeros pruned into the base would not be saved."""
+    reference = getattr(bench.saved.model, "base_reference", None)
+    return not (callable(reference) and reference())
+
+
 # ------------------------------------------------------------------------------------------ stacked
 def stacked_int8(bench: Bench) -> str:
     """The int8 family that goes on top of a network variant: static QDQ for convolutional networks, dynamic
@@ -240,9 +248,14 @@ VARIANTS: dict[str, Family] = {
     "torch_bf16": Family("torch", _torch_bf16),
     "torch_int8_eager": Family("torch", _torch_int8_eager),
     "pt2e_int8": Family("torch", _pt2e_int8),
-    "prune_structured": Family("network", _prune_structured, applies=_shrinkable),
-    "prune_unstructured": Family("network", _prune_unstructured),
-    "distill": Family("network", _distill, applies=_student_known),
+    "prune_structured": Family("network", _prune_structured, applies=_shrinkable,
+                               requires="an mlp or cnn model (whole neurons or channels are removed)"),
+    "prune_unstructured": Family("network", _prune_unstructured, applies=_saves_every_weight,
+                                 requires="a model that saves all its weights (not a frozen or LoRA-tuned "
+                                          "pretrained encoder, which reloads its unchanged base)"),
+    "distill": Family("network", _distill, applies=_student_known,
+                      requires="compress.distill.student, or a teacher a student is derived from (mlp, cnn, "
+                               "lstm, gru, transformer)"),
     "stacked_int8": Family("stacked", _stacked, option=False),  # follows ort_int8_static / ort_int8_dynamic
 }
 
@@ -254,6 +267,33 @@ def families(stage: Stage, bench: Bench) -> list[tuple[str, Family]]:
     wanted = bench.cfg.variants
     return [(name, f) for name, f in VARIANTS.items()
             if f.stage == stage and (not f.option or name in wanted) and f.applies(bench)]
+
+
+def check_asked(bench: Bench, asked: list[str] | None) -> None:
+    """Raise a ConfigError naming each compressor in `asked` (the ones the user listed explicitly) that cannot
+    apply to this parent, and a distillation student that cannot read the parent's inputs; the default list
+    (every compressor) leaves inapplicable ones out silently."""
+    from modelfoundry.errors import ConfigError
+
+    problems = [f"{name} needs {VARIANTS[name].requires}" for name in asked or []
+                if VARIANTS[name].option and not VARIANTS[name].applies(bench)]
+    if problems:
+        model = bench.saved.config.model
+        kind = model.name + (f" ({model.finetune})" if getattr(model, "finetune", None) else "")
+        usable = [n for n in COMPRESSORS if VARIANTS[n].applies(bench)]
+        raise ConfigError(f"compress.variants: {'; '.join(problems)}; this model is {kind}.",
+                          f"Leave them out of compress.variants (or --only); these apply: {', '.join(usable)}.")
+    student = bench.cfg.distill.student
+    if student is not None and "distill" in bench.cfg.variants:
+        from modelfoundry.models import build_model
+
+        try:  # cheap (no training): the student must take the parent's named inputs
+            build_model(student, bench.input_spec, bench.saved.record.n_outputs)
+        except ConfigError as exc:
+            raise ConfigError(f"compress.distill.student ({student.name}) cannot read this model's inputs "
+                              f"({', '.join(bench.input_spec.names)}): {exc.message}",
+                              "Give a student for these inputs, e.g. {name: lstm, embedding_dim: 64, hidden: 64} "
+                              "or {name: transformer, d_model: 64, layers: 2} for text.") from None
 
 
 # ------------------------------------------------------------------------------------------ shared
