@@ -57,7 +57,7 @@ def fit_config(config: Config, data: PreparedData, *, run_dir: Path | None = Non
     names = {stopping.monitor if stopping else "val_loss", *metrics}
     return fit(model, data.X, data.y, config.training, task=data.task, class_weights=data.class_weights,
                target_std=target_std, seed=config.seed, run_dir=run_dir, resume=resume, progress=progress,
-               val_metrics=val_metric_fn(names, data), callbacks=list(callbacks))
+               val_metrics=val_metric_fn(names, data), callbacks=list(callbacks), feature_cache=config.data.text.cache)
 
 
 def val_metric_fn(names: Iterable[str], data: PreparedData) -> Callable[[np.ndarray], dict[str, float]] | None:

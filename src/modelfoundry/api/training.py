@@ -185,6 +185,8 @@ def _facts(data: PreparedData, fit_result: FitResult) -> dict[str, Any]:
         facts["text_cache"] = data.info["text_cache"]["hit"]
     if "text" in data.info:
         facts["text"] = data.info["text"]
+    if "feature_cache" in fit_result.extras:
+        facts["feature_cache"] = fit_result.extras["feature_cache"]
     return facts
 
 

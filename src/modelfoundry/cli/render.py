@@ -61,6 +61,11 @@ def print_summary(result: Any) -> None:
                     f"(see {hint})")
     if text:
         table.add_row("text", "; ".join(text))
+    frozen = result.extras.get("feature_cache")
+    if frozen:
+        table.add_row("frozen encoder", "outputs from the cache" if frozen["hit"] else
+                      f"run once per split ({frozen['seconds']:.1f} s)" + (", cached for the next run"
+                                                                           if frozen["cached"] else ""))
     if result.epochs_run:
         best = f"{result.best_epoch} of {result.epochs_run}"
         if result.best_value is not None:
