@@ -64,7 +64,7 @@ def order_series(frame: pd.DataFrame, time: str, columns: list[str], origin: str
         if missing.any():
             raise DataError(f"Column '{column}' of {origin} has {int(missing.sum())} missing value(s) at "
                             f"{_shown(times[missing])} (rows {', '.join(map(str, series.index[missing][:5]))}).",
-                            "Fill the gaps before training (for example interpolate them in time: "
+                            "Fill the gaps first (for example interpolate them in time: "
                             "frame[column].interpolate()); a forecaster cannot read a window with holes.")
         values[:, j] = series.to_numpy(dtype=np.float64)
     if not np.isfinite(values).all():
