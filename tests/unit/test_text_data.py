@@ -101,8 +101,10 @@ def test_the_portable_form_and_the_server_checks_give_the_training_inputs(tmp_pa
     assert schema.kinds["review"] == "text"
 
 
-@pytest.mark.parametrize("text", ["", "😀🚗 emoji only", "x" * 100_000, "staff great " * 50_000, "café naïve", None],
-                         ids=["empty", "emoji", "100k-one-word", "1.2MB-words", "accents", "null"])
+@pytest.mark.parametrize("text", ["", "😀🚗 emoji only", "x" * 100_000, "staff great " * 50_000, "café naïve", None,
+                                  "bad \udcff bytes", "lone \ud800 surrogate"],
+                         ids=["empty", "emoji", "100k-one-word", "1.2MB-words", "accents", "null", "escaped-bytes",
+                              "lone-surrogate"])
 def test_the_server_takes_any_string_or_null_as_text(tmp_path, text):
     reviews(60).to_csv(tmp_path / "r.csv", index=False)
     cfg = load_config(tiny_config(data={"source": str(tmp_path / "r.csv")}))

@@ -30,6 +30,7 @@ import numpy as np
 
 from modelfoundry.artifacts.inputs import Inputs, concat, take
 from modelfoundry.data.portable import input_spec, text_encoder
+from modelfoundry.data.text import valid_text
 from modelfoundry.errors import DataError
 
 if TYPE_CHECKING:
@@ -280,7 +281,7 @@ class InputSchema:
                 if value is not None and type(value) is not str:
                     raise DataError(f"Column '{column}' of {origin} holds {_describe(value)} (row {i}); it is a text "
                                     "column.", "Send a string (or null for no text).")
-                texts.append(value or "")
+                texts.append(valid_text(value) if value else "")
             columns.append(texts)
         return self.text.encode(self.text.join(columns) if columns else [""] * n)
 

@@ -211,6 +211,22 @@ def _separator(tokenizer: Tokenizer) -> str:
     return next((t for t in SEP_CANDIDATES if tokenizer.token_to_id(t) is not None), " ")
 
 
+def valid_text(value: str) -> str:
+    """`value` as text the tokenizer takes: a lone surrogate (what JSON's "\\udcff" or Python's surrogateescape
+    leave from bytes that were not UTF-8) becomes U+FFFD, as undecodable bytes do."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:  # bytes smuggled in as surrogates (U+DC80..U+DCFF): back to bytes, decoded with replacement
+        return value.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+    except UnicodeEncodeError:  # other lone surrogates
+        return value.encode("utf-8", errors="replace").decode("utf-8")
+
+
 def _as_text(series: pd.Series) -> list[str]:
     """A column as text, missing cells as empty strings; bytes that are not UTF-8 are replaced, not refused."""
     out = []
@@ -220,5 +236,5 @@ def _as_text(series: pd.Series) -> list[str]:
         elif isinstance(value, bytes):
             out.append(value.decode("utf-8", errors="replace"))
         else:
-            out.append(str(value))
+            out.append(valid_text(str(value)))
     return out
