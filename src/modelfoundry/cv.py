@@ -3,7 +3,8 @@
 The K folds partition every cleaned row, so each row is held out exactly once: an alternative estimate to
 the single test split of `foundry run`, with a spread. Within a fold, the validation rows that early
 stopping watches are carved from the fold's training part, and preprocessing is fitted on its training
-rows only, so nothing about the held-out fold reaches training.
+rows only, so nothing about the held-out fold reaches training. A time series (data.time_series) is validated on
+rolling origins instead: each fold trains on the past and is scored on the block of time steps after it.
 """
 
 from __future__ import annotations
@@ -53,13 +54,8 @@ def cross_validate(config: Config, folds: int = 5, stratified: bool | None = Non
     from modelfoundry.evaluate.metrics import DEFAULT_HEADLINE, headline
 
     started = time.perf_counter()
-    if config.data.time_series is not None:
-        from modelfoundry.errors import ConfigError
-
-        raise ConfigError(f"foundry cv shuffles rows into {folds} folds, which would train a time series model on "
-                          "the future of its held-out fold (data.time_series is set).",
-                          "Use `foundry run` (its split is chronological: train, then validation, then test), or "
-                          "`foundry evaluate RUN --data LATER_HISTORY.csv` on a later period.")
+    if config.data.time_series is not None:  # shuffled folds would train on the future of the held-out fold
+        return _rolling_origin(config, folds, progress, started)
     clean = load_clean(config.data, split_seed(config.data, config.seed))
     check_task(config, clean.task)
     stratify = _stratify(config, clean.task, stratified)
@@ -89,6 +85,53 @@ def cross_validate(config: Config, folds: int = 5, stratified: bool | None = Non
             "fingerprint": clean.info["fingerprint"], "cleaning": clean.info["cleaning"]}
     return CVResult(clean.task, results, mean, std, headline(clean.task, config.evaluation.metrics, mean), info,
                     wall_s=time.perf_counter() - started)
+
+
+def _rolling_origin(config: Config, folds: int, progress: Reporter | bool | None, started: float) -> CVResult:
+    """Cross-validation of a time series: each fold trains on the past and is tested on the block after it
+    (data/timeseries.py `rolling_origin_folds`); the folds' test blocks are the series' last `folds` blocks."""
+    from modelfoundry.data.prepare import split_seed
+    from modelfoundry.data.timeseries import rolling_origin_folds
+    from modelfoundry.evaluate.metrics import DEFAULT_HEADLINE, headline
+
+    seed = split_seed(config.data, config.seed)
+    reporter, names = reporter_for(progress), config.evaluation.metrics or DEFAULT_HEADLINE["regression"]
+    display = FoldProgress(reporter, folds, names) if reporter else None
+    results, data = [], None
+    try:
+        for number, data in enumerate(rolling_origin_folds(config.data, seed, folds), start=1):
+            results.append({"fold": number, **_fit_fold(config, data, time.perf_counter())})
+            if display:
+                display.fold_done(results[-1])
+    except FoundryError as exc:
+        exc.message = f"Fold {len(results) + 1} of {folds}: {exc.message}"
+        exc.args = (exc.message,)
+        raise
+    finally:
+        if display:
+            display.close()
+    mean, std = summarise([f["metrics"] for f in results])
+    info = {"name": config.name, "model": config.model.name, "k": folds, "stratified": False, "seed": seed,
+            "rolling_origin": True, "rows": data.info["cleaning"]["time_steps"], "val_fraction": config.data.split.val,
+            "config_hash": config_hash(config), "fingerprint": data.info["fingerprint"], "cleaning": data.info["cleaning"]}
+    return CVResult("regression", results, mean, std, headline("regression", config.evaluation.metrics, mean), info,
+                    wall_s=time.perf_counter() - started)
+
+
+def _fit_fold(config: Config, data: PreparedData, started: float) -> dict[str, Any]:
+    """Fit one rolling-origin fold on its prepared windows and score its test block."""
+    from modelfoundry.experiment import fit_config
+    from modelfoundry.models.inference import predict_outputs
+
+    fitted = fit_config(config, data, run_dir=None, progress=False)
+    if fitted.interrupted:
+        raise KeyboardInterrupt
+    output = predict_outputs(fitted.model, data.X["test"], data.task)
+    return {"rows_train": len(data.y["train"]), "rows_val": len(data.y["val"]), "rows_heldout": len(data.y["test"]),
+            "best_epoch": fitted.best_epoch, "epochs_run": len(fitted.history), "stopped_early": fitted.stopped_early,
+            "wall_s": round(time.perf_counter() - started, 3),
+            "metrics": _heldout_metrics(data, output, config.evaluation.top_k),
+            "heldout_rows": [int(r) for r in data.rows["test"]]}
 
 
 def summarise(fold_metrics: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:

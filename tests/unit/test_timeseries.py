@@ -272,12 +272,23 @@ def test_a_sequence_model_gives_one_output_per_forecast_step():
     assert predict_outputs(one, spec.example(5, seed=0), "regression").shape == (5,)  # horizon 1: as before
 
 
-def test_cv_is_refused_for_a_time_series(make_config):
+def test_cv_of_a_time_series_rolls_its_origin_forward(tmp_path, make_config):
     from modelfoundry.api import cross_validate
-    from modelfoundry.errors import ConfigError
+    from modelfoundry.data.timeseries import rolling_origin_folds
 
-    config = make_config(data={"source": "statsmodels:sunspots", "target": "SUNACTIVITY",
-                               "time_series": {"time": "YEAR", "window": 12}})
-    with pytest.raises(ConfigError, match="future") as info:
-        cross_validate(config, folds=3)
-    assert "foundry run" in info.value.hint
+    path = _series_csv(tmp_path / "s.csv", n=100)
+    config = make_config(data={"source": str(path), "target": "y", "split": {"val": 0.2, "test": 0.2},
+                               "time_series": {"time": "t", "window": 8, "horizon": 2}},
+                         model={"name": "gru", "hidden": 4}, training={"epochs": 1, "batch_size": 32})
+    source = pd.read_csv(path)
+    folds = list(rolling_origin_folds(config.data, 0, 3))
+    blocks = []
+    for data in folds:  # every fold: train, then validation, then its test block, in time
+        times = {name: source.loc[data.rows[name], "t"].to_numpy() for name in ("train", "val", "test")}
+        assert times["train"].max() + 2 <= times["val"].min() and times["val"].max() + 2 <= times["test"].min()
+        blocks.append((times["test"].min(), times["test"].max()))
+    assert blocks[0][1] < blocks[1][0] and blocks[1][1] < blocks[2][0] and blocks[2][1] == 99 - 1  # horizon 2
+    assert len(folds[0].y["train"]) < len(folds[2].y["train"])  # the training past grows
+    result = cross_validate(config, folds=3)
+    assert result.info["rolling_origin"] and len(result.folds) == 3 and "smape" in result.mean
+    assert result.folds[2]["heldout_rows"] == [int(r) for r in folds[2].rows["test"]]

@@ -13,6 +13,7 @@ values, the last one beyond the end of the history (`history_inputs`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -144,27 +145,54 @@ def detect_season(y: np.ndarray, max_lag: int) -> tuple[int, float | None]:
 def prepare_series(cfg: DataConfig, seed: int) -> PreparedData:
     """The data stage of a time series (data.time_series): windows of the training, validation and test
     periods, standardised with the training period's statistics (see the module docstring)."""
+    raw, series = _load(cfg)
+    n = len(series.values)
+    return series_data(cfg, raw, series, period_bounds(n, cfg.split.val, cfg.split.test), n, seed)
+
+
+def rolling_origin_folds(cfg: DataConfig, seed: int, folds: int) -> Iterator[PreparedData]:
+    """Rolling-origin cross-validation (scikit-learn's TimeSeriesSplit): the series' last `folds` blocks of
+    n // (folds + 1) steps are held out in turn; fold k trains on everything before its block (the last
+    data.split.val of that as validation) and is tested on the block."""
+    raw, series = _load(cfg)
+    n = len(series.values)
+    block = n // (folds + 1)
+    for k in range(folds):
+        end = n - (folds - 1 - k) * block
+        test_start = end - block
+        yield series_data(cfg, raw, series, (test_start - max(1, round(test_start * cfg.split.val)), test_start),
+                          end, seed)
+
+
+def _load(cfg: DataConfig) -> tuple[pd.DataFrame, Series]:
+    from modelfoundry.data.sources import load_source
+
+    ts = cfg.time_series
+    raw = load_source(cfg.source)
+    return raw, order_series(raw, ts.time, [ts.target, *ts.features], cfg.source)
+
+
+def series_data(cfg: DataConfig, raw: pd.DataFrame, series: Series, bounds: tuple[int, int], end: int,
+                seed: int) -> PreparedData:
+    """The windows of the periods [0, bounds[0]) train, [bounds[0], bounds[1]) validate, [bounds[1], end) test."""
     import pandas as pd
 
     from modelfoundry.data.fingerprint import fingerprint
     from modelfoundry.data.portable import PORTABLE_FORMAT, PortablePreprocessor
     from modelfoundry.data.prepare import PreparedData
-    from modelfoundry.data.sources import describe_source, load_source
+    from modelfoundry.data.sources import describe_source
     from modelfoundry.data.transform import TargetEncoder
 
     ts = cfg.time_series
-    raw = load_source(cfg.source)
     columns = [ts.target, *ts.features]
-    series = order_series(raw, ts.time, columns, cfg.source)
-    n = len(series.values)
-    bounds = period_bounds(n, cfg.split.val, cfg.split.test)
+    n = end
     origins = window_origins(n, ts.window, ts.horizon, ts.step, bounds)
     empty = [name for name in SPLITS if len(origins[name]) == 0]
     if empty or len(origins["train"]) < 2:
         raise DataError(f"{cfg.source} has {n} time steps: with window {ts.window} and horizon {ts.horizon}, the "
                         f"{'/'.join(empty) or 'train'} period(s) ({_periods(bounds, n)}) hold too few windows.",
                         "Lower data.time_series.window or horizon, or give validation and test more of the series "
-                        "(data.split.val, data.split.test).")
+                        "(data.split.val, data.split.test); for `foundry cv`, fewer folds.")
     train_end = bounds[0]
     mean = series.values[:train_end].mean(axis=0)
     std = series.values[:train_end].std(axis=0)
@@ -188,7 +216,7 @@ def prepare_series(cfg: DataConfig, seed: int) -> PreparedData:
             "feature_names": columns, "input_shape": [ts.window, width],
             "inputs": [{"name": "series", "dtype": "float32", "shape": [ts.window, width]}], "time_series": entry}
     info = {"fingerprint": fingerprint(raw, ts.target, "regression", describe_source(cfg.source)),
-            "cleaning": {"rows": int(len(raw)), "time_steps": n},
+            "cleaning": {"rows": int(len(raw)), "time_steps": len(series.values)},
             "features": [{"name": c, "kind": "numeric", "columns": 1} for c in columns],
             "split": {"seed": seed, "stratified": False, "chronological": True,
                       **{name: int(len(origins[name])) for name in SPLITS}, "periods": _periods(bounds, n, series)},
