@@ -99,6 +99,8 @@ def test_onnx_export_and_served_forecasts_match_predict(trained, tmp_path):
                            ({"y": record["y"]}, "'x'")]:
             reply = client.post("/predict", json={"records": [bad]})
             assert reply.status_code == 422 and words in reply.json()["error"], reply.json()
+        meta = client.get("/v2/models/ts").json()
+        assert [(i["name"], i["shape"]) for i in meta["inputs"]] == [("y", [-1, -1]), ("x", [-1, -1])]
         oip = client.post("/v2/models/ts/infer", json={"inputs": [{"name": "y", "shape": [1], "datatype": "FP64",
                                                                     "data": [1.0]}]})
         assert 400 <= oip.status_code < 500

@@ -154,6 +154,8 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
         kinds = model.schema.kinds
         inputs = [{"name": c, "datatype": "BYTES" if kinds.get(c) in ("categorical", "text") else "FP64", "shape": [-1]}
                   for c in backend.columns]
+        if model.schema.series:  # a time series: each record holds a list of past values per column (not the time)
+            inputs = [{"name": c, "datatype": "FP64", "shape": [-1, -1]} for c in backend.columns[1:]]
         # the requests send raw columns (`inputs`); the model takes the named tensors they become (`model_inputs`)
         tensors = [{"name": f.name, "datatype": "FP32" if f.dtype == "float32" else "INT64", "shape": [-1, *f.shape]}
                    for f in model.schema.input_spec]
