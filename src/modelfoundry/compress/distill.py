@@ -21,6 +21,7 @@ from modelfoundry.train.optim import build_loss
 from modelfoundry.train.runtime import select_device
 
 TEACHER_BATCH = 4096
+TEXT_TEACHER_BATCH = 256  # rows of tokens per teacher call
 
 
 # the width keys a derived student narrows, per teacher model; the depth (layers, heads) stays
@@ -104,13 +105,21 @@ def distill(teacher: nn.Module, student: nn.Module, X: dict[str, Inputs], y: dic
 @torch.no_grad()
 def teacher_outputs(teacher: nn.Module, x: Inputs, device: torch.device) -> torch.Tensor:
     """The teacher's raw outputs (logits) on the named inputs `x` (in the model's order), (N, n_outputs)
-    float32 on `device`, computed once in eval mode; the teacher goes back to where it was."""
+    float32 on `device`, computed once in eval mode; the teacher goes back to where it was. Token batches are
+    smaller (a pretrained encoder's activations grow with rows x steps x width) and, for a teacher whose
+    outputs do not depend on padding, cut to their longest text, as inference does."""
+    from modelfoundry.artifacts.inputs import padding_trim
+
     param = next(teacher.parameters(), None)
     was = param.device if param is not None else device
     teacher.eval().to(device)
     arrays = [torch.from_numpy(np.require(a, dtype=np.float32 if a.dtype.kind == "f" else np.int64,
                                           requirements=["C"])) for a in x.values()]
-    out = torch.cat([teacher(*(a[i:i + TEACHER_BATCH].to(device) for a in arrays)).float()
-                     for i in range(0, rows_of(x), TEACHER_BATCH)])
+    trim = padding_trim(list(x)) if getattr(teacher, "padding_invariant", False) else None
+    step = TEXT_TEACHER_BATCH if "tokens" in x else TEACHER_BATCH
+    outs = []
+    for i in range(0, rows_of(x), step):
+        batch = tuple(a[i:i + step] for a in arrays)
+        outs.append(teacher(*(a.to(device) for a in (trim(batch) if trim else batch))).float())
     teacher.to(was)
-    return out
+    return torch.cat(outs)
