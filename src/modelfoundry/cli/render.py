@@ -57,8 +57,8 @@ def print_summary(result: Any) -> None:
         room = f"{coverage['windows']} windows of {coverage['length']} tokens" if coverage["windows"] else \
             f"{coverage['length']} tokens"
         hint = "data.text.max_windows" if coverage["windows"] else "data.text.stride or max_length"
-        text.append(f"{100 * coverage['at_limit']:.0f}% of training texts fill all {room}, so are probably cut "
-                    f"(see {hint})")
+        share = f"{100 * coverage['at_limit']:.0f}%" if coverage["at_limit"] >= 0.01 else "under 1%"
+        text.append(f"{share} of training texts fill all {room}, so are probably cut (see {hint})")
     if text:
         table.add_row("text", "; ".join(text))
     frozen = result.extras.get("feature_cache")
