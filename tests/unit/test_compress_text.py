@@ -46,6 +46,22 @@ def lora_run(tmp_path_factory, tiny_bert):  # noqa: F811
     return train_text(tmp_path_factory.mktemp("lora"), model, epochs=2, distill={"student": STUDENT, "epochs": 2})
 
 
+def compress_fresh(run_dir, out, *options) -> SimpleNamespace:
+    """`foundry compress` in a process of its own, as a user runs it: the ONNX export of a recurrent model fixes
+    its steps when the process traced one before (see compress.measure.check_sequence_axes), which earlier
+    tests of a whole-suite run do."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "modelfoundry.cli", "compress", str(run_dir), "--out", str(out),
+                           "--no-progress", *options], capture_output=True, text=True, env=dict(os.environ),
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((out / "report.json").read_text())
+    return SimpleNamespace(**{**report, "model_dir": out / "model"})
+
+
 def graph_inputs(path) -> dict[str, tuple[int, list]]:
     import onnx
 
@@ -64,7 +80,8 @@ def test_dynamic_int8_of_an_lstm_keeps_int64_tokens_and_is_served_like_the_origi
     from modelfoundry.serve.app import create_app
     from modelfoundry.serve.store import RunDirStore
 
-    result = compress(lstm_run, variants=["ort_int8_dynamic"], prefer="size", max_drop=0.05, out=tmp_path / "c")
+    result = compress_fresh(lstm_run, tmp_path / "c", "--only", "ort_int8_dynamic", "--prefer", "size",
+                            "--max-drop", "0.05")
     assert result.chosen is not None and result.chosen["name"] == "ort_int8_dynamic", result.variants
     assert result.chosen["size_ratio"] < 0.5 and result.chosen["agreement"] >= 0.95
     graph = result.model_dir / "model" / "onnx" / "model.onnx"
@@ -140,11 +157,13 @@ def test_torch_dynamic_int8_quantizes_lstm_and_merged_lora_layers(lstm_run, lora
 
 @SLOW
 def test_a_lora_teacher_distils_into_an_lstm_student_on_the_tokenizers_vocabulary(lora_run, tmp_path):
+    from modelfoundry.api.prediction import predict
+    from modelfoundry.compress.measure import check_sequence_axes
     from modelfoundry.rundir import load_model
 
     teacher = load_model(lora_run)
     vocab = teacher.record.input_spec["tokens"].vocab_size
-    result = compress(lora_run, variants=["distill"], prefer="size", max_drop=1.0, out=tmp_path / "c")
+    result = compress_fresh(lora_run, tmp_path / "c", "--only", "distill", "--prefer", "size", "--max-drop", "1")
     entry = next(e for e in result.variants if e["name"] == "distill")
     assert entry["error"] is None and entry["recipe"]["student"]["name"] == "lstm"
     assert entry["size_bytes"] < result.original["size_bytes"] and entry["metric"] is not None
@@ -155,6 +174,11 @@ def test_a_lora_teacher_distils_into_an_lstm_student_on_the_tokenizers_vocabular
     embeddings = [m for m in student.model.modules() if isinstance(m, torch.nn.Embedding)]
     assert [e.num_embeddings for e in embeddings] == [vocab]  # the teacher's token ids are the student's words
     assert student.preprocessor.desc["text"] == teacher.preprocessor.desc["text"]  # the teacher's tokenizer
+    check_sequence_axes(result.model_dir / "model" / "onnx" / "model.onnx")  # served at any batch length
+    rows = reviews(20, seed=7)
+    rows.drop(columns="target").to_csv(tmp_path / "rows.csv", index=False)
+    predicted = predict(result.model_dir, tmp_path / "rows.csv")["prediction"]
+    assert len(predicted) == 20 and set(predicted) <= {"pos", "neg"}
 
 
 @SLOW
@@ -244,3 +268,25 @@ def test_the_config_errors_name_the_key_the_model_and_what_applies():
         check_asked(wrong, None)
     assert "{name: lstm" in caught.value.hint
     check_asked(stub_bench(LSTM, ["distill"], student=STUDENT), ["distill"])  # a student that reads tokens
+
+
+def test_a_graph_that_fixes_the_length_of_its_token_inputs_is_no_candidate(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from modelfoundry.compress.measure import check_sequence_axes
+    from modelfoundry.errors import ExportError
+
+    def graph(steps):
+        inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", steps])
+                  for name in ("tokens", "attention_mask")]
+        output = helper.make_tensor_value_info("out", TensorProto.INT64, ["batch", steps])
+        model = helper.make_model(helper.make_graph([helper.make_node("Add", ["tokens", "attention_mask"], ["out"])],
+                                                    "g", inputs, [output]))
+        path = tmp_path / f"{steps}.onnx"
+        onnx.save(model, str(path))
+        return path
+
+    check_sequence_axes(graph("steps"))  # dynamic: served batches of any length
+    with pytest.raises(ExportError, match=r"takes 'tokens' of fixed length \[16\] only, but a served batch is padded"):
+        check_sequence_axes(graph(16))

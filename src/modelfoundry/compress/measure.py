@@ -193,6 +193,27 @@ def onnx_feed(names: list[str], inputs: Mapping[str, np.ndarray]) -> dict[str, n
             for n, a in zip(names, arrays)}
 
 
+SEQUENCE_INPUTS = ("tokens", "attention_mask")  # their steps (and windows) must stay dynamic to be served
+
+
+def check_sequence_axes(path: str | Path) -> None:
+    """Raise an ExportError when a graph fixes the length of its token inputs: the server pads each batch to
+    its longest text, so a graph that takes one length only fails on every other (a 500, not an answer)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    for node in graph.input:
+        if node.name not in SEQUENCE_INPUTS:
+            continue
+        dims = node.type.tensor_type.shape.dim
+        fixed = [d.dim_value for d in list(dims)[1:] if not d.dim_param]
+        if fixed:
+            raise ExportError(f"The graph {Path(path).name} takes '{node.name}' of fixed length {fixed} only, but a "
+                              "served batch is padded to its longest text, so it could not be served.",
+                              "The export fixed it (seen with recurrent models exported a second time in one "
+                              "process); the variant is left out, the others are unaffected.")
+
+
 def _session_feed(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return onnx_feed([node.name for node in session.get_inputs()], inputs)
 

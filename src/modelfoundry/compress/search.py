@@ -96,8 +96,10 @@ class Bench:
         return judge(self.guards, variant.metrics, self.original_metrics)
 
     def measure_onnx(self, variant: Variant, path: Path) -> None:
-        from modelfoundry.compress.measure import onnx_latency_ms, onnx_params, onnx_predict, onnx_size_bytes
+        from modelfoundry.compress.measure import (check_sequence_axes, onnx_latency_ms, onnx_params, onnx_predict,
+                                                   onnx_size_bytes)
 
+        check_sequence_axes(path)  # a graph the server could not feed is no candidate
         output = onnx_predict(path, self.splits["X"]["val"])
         self._judge(variant, output if self.task == "classification" or output.shape[1] > 1 else output[:, 0])
         variant.latency_b1_ms = onnx_latency_ms(path, self.input_spec, 1, repeats=self.cfg.repeats)
