@@ -43,7 +43,8 @@ def lstm_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_bert):  # noqa: F811
     model = {"name": "pretrained", "path": str(tiny_bert), "finetune": "lora", "lora": {"r": 4}}
-    return train_text(tmp_path_factory.mktemp("lora"), model, epochs=2, distill={"student": STUDENT, "epochs": 2})
+    return train_text(tmp_path_factory.mktemp("lora"), model, epochs=2, distill={"student": STUDENT, "epochs": 2},
+                      guard={})  # the primary metric only: a 2-epoch student's log_loss is not what is tested
 
 
 def compress_fresh(run_dir, out, *options) -> SimpleNamespace:
@@ -167,7 +168,7 @@ def test_a_lora_teacher_distils_into_an_lstm_student_on_the_tokenizers_vocabular
     entry = next(e for e in result.variants if e["name"] == "distill")
     assert entry["error"] is None and entry["recipe"]["student"]["name"] == "lstm"
     assert entry["size_bytes"] < result.original["size_bytes"] and entry["metric"] is not None
-    assert result.chosen is not None and result.chosen["name"] in ("distill", "distill+int8")
+    assert result.chosen is not None and result.chosen["name"] in ("distill", "distill+int8"), result.variants
     student = load_model(result.model_dir)  # a plain lstm: no pretrained base to reload
     assert student.config.model.name == "lstm" and "base" not in json.loads(
         (result.model_dir / "model" / "model.json").read_text())
