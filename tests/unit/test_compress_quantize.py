@@ -3,6 +3,7 @@
 import copy
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -302,3 +303,28 @@ def test_onnx_candidates_of_a_two_input_model_feed_every_graph_input_by_name(tmp
         assert [i.name for i in onnx.load(str(out)).graph.input] == ["numeric", "tokens"], name
         assert np.abs(measure.onnx_predict(out, X) - expected).max() < 0.1, name
         assert measure.onnx_latency_ms(out, spec, 4, warmup=0, repeats=2, min_time_s=0.0) > 0, name
+
+
+def test_onnx_runtimes_partial_graph_after_failed_shape_inference_stays_out_of_the_working_directory(
+        tmp_path, monkeypatch):
+    """When symbolic shape inference gives up (LSTM graphs do), ONNX Runtime saves sym_shape_infer_temp.onnx and
+    uuid-named weight files to the working directory; quantizing must leave the user's folder clean."""
+    import onnxruntime.quantization.shape_inference as shape_inference
+
+    from modelfoundry.compress.quantize import _prepared
+
+    def gives_up(source, target, **_):
+        assert Path(source).is_absolute() and Path(target).is_absolute()
+        Path("sym_shape_infer_temp.onnx").write_bytes(b"partial")  # what onnxruntime does, in the cwd
+        raise Exception("Incomplete symbolic shape inference")
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", gives_up)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    model = Path("model.onnx")  # relative, as a user may give it
+    model.write_bytes(b"graph")
+    with _prepared(model, tmp_path / "out" / "int8.onnx") as source:
+        assert source == model  # the step is optional: the model is quantized as exported
+    assert sorted(p.name for p in work.iterdir()) == ["model.onnx"]
+    assert not list((tmp_path / "out").iterdir())  # the scratch folder is gone too

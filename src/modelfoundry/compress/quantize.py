@@ -332,9 +332,11 @@ def _prepared(fp32: Path, out: Path) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".quantize-", dir=out.parent))
     try:
-        try:
-            with _quiet():
-                quant_pre_process(str(fp32), str(scratch / "pre.onnx"), save_as_external_data=_is_large(fp32))
+        try:  # in the scratch folder: when shape inference gives up, ONNX Runtime saves its partial graph (and
+            # uuid-named weight files) to the working directory, which would litter the user's folder
+            with _quiet(), contextlib.chdir(scratch):
+                quant_pre_process(str(fp32.resolve()), str((scratch / "pre.onnx").resolve()),
+                                  save_as_external_data=_is_large(fp32))
             source = scratch / "pre.onnx"
         except Exception:  # noqa: BLE001 - an optional step: quantize the model as exported
             source = fp32
