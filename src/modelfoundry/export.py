@@ -369,15 +369,19 @@ def _export_model(module: nn.Module, inputs: InputSpec, path: Path, output_name:
         try:
             torch.onnx.export(module, example, str(path), dynamo=True, external_data=large, verbose=False,
                               dynamic_shapes=_batch_dims(module, inputs), **names)
-            return "dynamo"
+            fixed = _fixed_axes(path, inputs)
+            if not fixed:
+                return "dynamo"
+            # torch 2.13: an LSTM exported a second time in a process is unrolled over a fixed number of steps
+            raise ExportError(f"the graph fixes {', '.join(fixed)}")
         except Exception as exc:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
             first = exc
         for leftover in path.parent.glob(f"{path.name}*"):  # a half-written model.onnx(.data)
             leftover.unlink()
         try:
             torch.onnx.export(module, example, str(path), dynamo=False,
-                              dynamic_axes={**{name: {0: "batch", 1: "steps"} if name in SEQUENCE_INPUTS else
-                                               {0: "batch"} for name in inputs.names}, output_name: {0: "batch"}},
+                              dynamic_axes={**{f.name: {a: n for a, n in enumerate(_dynamic_axes(f)) if n} for f in inputs},
+                                            output_name: {0: "batch"}},
                               **names)
             return "torchscript"
         except Exception as exc:  # noqa: BLE001 - reported with both causes
@@ -387,6 +391,27 @@ def _export_model(module: nn.Module, inputs: InputSpec, path: Path, output_name:
 
 
 SEQUENCE_INPUTS = ("tokens", "attention_mask")  # their second dimension (steps) is dynamic too
+
+
+def _dynamic_axes(field: Any) -> list[str | None]:
+    """The name of each axis of an input that the graph must leave free (None for a fixed one): the batch,
+    and for token inputs their steps (and windows of long texts, (W, T), when there can be several)."""
+    if field.name not in SEQUENCE_INPUTS:
+        return ["batch"] + [None] * len(field.shape)
+    if len(field.shape) == 2:
+        return ["batch", "windows" if field.shape[0] >= 2 else None, "steps"]
+    return ["batch", "steps"]
+
+
+def _fixed_axes(path: Path, inputs: InputSpec) -> list[str]:
+    """The axes `_dynamic_axes` wants free that the ONNX graph at `path` fixes, as "input[axis]"."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dims = {i.name: i.type.tensor_type.shape.dim for i in graph.input}
+    return [f"{f.name}[{axis}]" for f in inputs if f.name in dims
+            for axis, want in enumerate(_dynamic_axes(f)) if want and axis < len(dims[f.name])
+            and not dims[f.name][axis].dim_param]
 
 
 def _batch_dims(module: nn.Module, inputs: InputSpec) -> tuple[Any, ...]:

@@ -233,3 +233,29 @@ def test_batches_cut_to_their_longest_text_give_the_same_outputs(keys):
     with torch.no_grad():
         full = torch.softmax(model(*(torch.from_numpy(a) for a in TOKENS_NUMERIC.arrange(inputs))), dim=1).numpy()
     np.testing.assert_allclose(predict_outputs(model, inputs, "classification"), full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow  # four ONNX exports: ~15 s
+def test_an_lstm_exported_again_in_the_same_process_keeps_a_dynamic_length(tmp_path):
+    """torch 2.13 unrolls an LSTM exported a second time in a process over the example's steps; the export must
+    notice the fixed axis and fall back to the exporter that keeps it free, windows of long texts included."""
+    from modelfoundry.export import _export_model
+    from modelfoundry.models.onnx_graph import ort_session
+
+    windowed = InputSpec([InputField("tokens", "int64", (3, STEPS), VOCAB, pool="max"),
+                          InputField("attention_mask", "int64", (3, STEPS))])
+    for i, spec in enumerate([TOKENS, TOKENS, windowed, windowed]):
+        model = build(VARIANTS[1], spec, n_outputs=2)
+        path = tmp_path / f"m{i}.onnx"
+        _export_model(model, spec, path, "logits", None)
+        session = ort_session(path)
+        shape = session.get_inputs()[0].shape
+        assert all(isinstance(d, str) for d in [shape[0], *shape[1:]]), (i, shape)  # batch, (windows,) steps free
+        tokens, mask = padded_batch([4, 2], seed=i)
+        if len(spec["tokens"].shape) == 2:  # two rows of up to 2 windows of 5 steps
+            tokens, mask = tokens[:, :5].reshape(2, 1, 5).repeat(1, 2, 1), mask[:, :5].reshape(2, 1, 5).repeat(1, 2, 1)
+            mask[1, 1] = 0
+        else:
+            tokens, mask = tokens[:, :5], mask[:, :5]
+        got = session.run(None, {"tokens": tokens.numpy(), "attention_mask": mask.numpy()})[0]
+        np.testing.assert_allclose(got, model(tokens, mask).detach().numpy(), rtol=0, atol=1e-5)
