@@ -259,3 +259,24 @@ def test_an_lstm_exported_again_in_the_same_process_keeps_a_dynamic_length(tmp_p
             tokens, mask = tokens[:, :5], mask[:, :5]
         got = session.run(None, {"tokens": tokens.numpy(), "attention_mask": mask.numpy()})[0]
         np.testing.assert_allclose(got, model(tokens, mask).detach().numpy(), rtol=0, atol=1e-5)
+
+
+def test_predictions_of_rows_taken_in_order_of_length_come_back_in_the_rows_order(monkeypatch):
+    import modelfoundry.models.inference as inference
+
+    model = build(VARIANTS[1], TOKENS, n_outputs=3)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, STEPS + 1, 50).tolist()
+    tokens, mask = padded_batch(lengths)
+    one_by_one = np.vstack([inference.predict_outputs(model, {"tokens": tokens[i:i + 1].numpy(),
+                                                              "attention_mask": mask[i:i + 1].numpy()},
+                                                      "classification") for i in range(50)])
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *x: calls.append(x[0].shape) or forward(*x))
+    monkeypatch.setattr(inference, "TOKENS", 8 * STEPS)  # 8 rows a batch
+    batched = inference.predict_outputs(model, {"tokens": tokens.numpy(), "attention_mask": mask.numpy()},
+                                        "classification")
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-6)
+    assert len(calls) == 7 and all(shape[0] <= 8 for shape in calls)
+    assert calls[0][1] < STEPS  # the shortest rows came together and were cut to their longest
