@@ -177,6 +177,7 @@ def test_train_then_evaluate_as_separate_stages(tmp_path):
     assert result.exit_code == 0 and (tmp_path / "run/eval/metrics.json").is_file(), result.output
 
 
+@pytest.mark.slow  # a few seconds: the full suite runs it
 def test_resuming_a_finished_run_is_a_no_op(tmp_path):
     """An early-stopped, registered run resumed: nothing trains, nothing is written, nothing is registered
     again. With its evaluation cut off, resume evaluates (to the same metrics) without training."""

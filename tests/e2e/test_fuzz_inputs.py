@@ -98,6 +98,7 @@ def write(data: bytes, name: str) -> Path:
     return path
 
 
+@pytest.mark.slow  # a few seconds: the full suite runs it
 @FUZZ
 @given(mutated_configs())
 def test_mutated_configs_load_or_fail_as_one_config_error(text):

@@ -134,6 +134,7 @@ def test_a_failed_registration_leaves_no_version(store, tmp_path, monkeypatch):
     assert [v["version"] for v in show("iris", store["uri"])["versions"]] == ["1", "2"]
 
 
+@pytest.mark.slow  # a few seconds: the full suite runs it
 def test_export_a_registered_version_records_parity_on_it(store, tmp_path, monkeypatch):
     from modelfoundry.registry import show
 

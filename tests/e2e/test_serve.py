@@ -89,6 +89,7 @@ def test_bad_values_and_shapes_are_422(client, rows):
     assert client.post("/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
 
 
+@pytest.mark.slow  # a few seconds: the full suite runs it
 def test_foundry_serve_runs_uvicorn_and_shuts_down_on_sigterm(run_dir, rows):
     """The real command: uvicorn on loopback, a request over TCP, then SIGTERM and a clean exit."""
     import json
@@ -150,6 +151,7 @@ def test_a_bad_request_in_a_shared_batch_fails_alone(run_dir, rows):
     assert float(batches[0].split()[-1]) < 8  # some requests did share a batch
 
 
+@pytest.mark.slow  # a few seconds: the full suite runs it
 def test_overload_answers_503_with_retry_after(run_dir, rows):
     import time
     from concurrent.futures import ThreadPoolExecutor

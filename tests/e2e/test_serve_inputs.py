@@ -90,6 +90,7 @@ def same_answer(got, want):
 
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
+@pytest.mark.slow  # a few seconds: the full suite runs it
 @given(bad_predict=predict_bodies, bad_infer=infer_bodies, cut=st.one_of(st.none(), st.integers(0, 40)))
 def test_random_bad_json_never_500s_nor_touches_good_requests(batched, expected, bad_predict, bad_infer, cut):
     good_predict, good_infer = {"records": GOOD}, infer_body(GOOD)

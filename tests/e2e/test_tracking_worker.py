@@ -95,6 +95,7 @@ def test_a_run_logged_by_the_worker_is_the_run_logged_in_process(tmp_path, monke
             >= {"model", "eval", "config.yaml", "manifest.json"})
 
 
+@pytest.mark.slow  # a few seconds: the full suite runs it
 def test_a_store_failure_is_the_same_error_with_the_run_intact(tmp_path, monkeypatch, started):
     uri = f"postgresql://ops:{SECRET}@127.0.0.1:1/mlflow"
     with pytest.raises(RegistryError) as by_worker:

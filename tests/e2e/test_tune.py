@@ -176,6 +176,7 @@ def _get(config, path):
 
 
 # -------------------------------------------------------------------------------------------- resuming
+@pytest.mark.slow  # a few seconds: the full suite runs it
 def test_resume_continues_the_study_and_a_rerun_without_it_is_refused(tmp_path):
     cfg = write_config(tmp_path, tuned({"n_trials": 3}))
     out = tmp_path / "out"
@@ -402,6 +403,7 @@ def test_the_median_pruner_stops_hopeless_trials_early(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- tracking
+@pytest.mark.slow  # a few seconds: the full suite runs it
 def test_a_study_is_logged_as_one_parent_run_with_a_nested_run_per_trial(tmp_path):
     from modelfoundry.api.tuning import tune
     from modelfoundry.registry import client
