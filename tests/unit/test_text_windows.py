@@ -215,3 +215,18 @@ class _Factory:
         path = self.root / name
         path.mkdir()
         return path
+
+
+def test_windowed_tokens_come_back_from_the_cache_as_they_were_made(tmp_path, monkeypatch):
+    from modelfoundry.data.prepare import prepare_data
+
+    monkeypatch.setenv("FOUNDRY_CACHE_DIR", str(tmp_path / "cache"))
+    long_reviews(80).to_csv(tmp_path / "long.csv", index=False)
+    cfg = load_config(tiny_config(data={"source": str(tmp_path / "long.csv"),
+                                        "text": {"max_length": 12, "min_freq": 1, "stride": 2, "max_windows": 6}}))
+    made, again = prepare_data(cfg.data, cfg.seed), prepare_data(cfg.data, cfg.seed)
+    assert not made.info["text_cache"]["hit"] and again.info["text_cache"]["hit"]
+    for split in ("train", "val", "test"):
+        assert again.X[split]["tokens"].shape == made.X[split]["tokens"].shape == (len(made.y[split]), 4, 12)
+        for name in ("tokens", "attention_mask"):
+            np.testing.assert_array_equal(again.X[split][name], made.X[split][name])

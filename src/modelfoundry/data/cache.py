@@ -24,7 +24,7 @@ def cache_dir() -> Path:
     """$FOUNDRY_CACHE_DIR/tokens, by default .foundry-cache/tokens under the current directory."""
     return Path(os.environ.get("FOUNDRY_CACHE_DIR") or ".foundry-cache") / "tokens"
 
-FORMAT = 2  # 2: tokens in the smallest unsigned type that holds the vocabulary, masks as lengths
+FORMAT = 3  # 2: tokens in the smallest unsigned type that holds the vocabulary, masks as lengths; 3: per window
 
 
 @dataclass
@@ -61,7 +61,7 @@ def load(key: str, directory: Path | None = None) -> CachedText | None:
             arrays: dict[str, dict[str, np.ndarray]] = {}
             for split in meta["splits"]:
                 tokens, lengths = data[f"{split}.tokens"].astype(np.int64), data[f"{split}.lengths"]
-                mask = (np.arange(tokens.shape[1]) < lengths[:, None]).astype(np.int64)  # (N, T)
+                mask = (np.arange(tokens.shape[-1]) < lengths[..., None]).astype(np.int64)  # (N, T) or (N, W, T)
                 arrays[split] = {"tokens": tokens, "attention_mask": mask}
         return CachedText(meta["description"], arrays)
     except (OSError, ValueError, KeyError, TypeError):
@@ -78,7 +78,8 @@ def save(key: str, description: dict[str, Any], arrays: dict[str, dict[str, np.n
         for split, inputs in arrays.items():
             top = int(inputs["tokens"].max(initial=0))
             flat[f"{split}.tokens"] = inputs["tokens"].astype(np.uint16 if top < 2**16 else np.uint32)
-            flat[f"{split}.lengths"] = inputs["attention_mask"].sum(axis=1).astype(np.int32)  # masks are 1s then 0s
+            # masks are 1s then 0s (per window of a long text): their lengths say it all
+            flat[f"{split}.lengths"] = inputs["attention_mask"].sum(axis=-1).astype(np.int32)
         _atomic(directory / f"{key}.npz", lambda f: np.savez(f, **flat))
         meta = {"format": FORMAT, "splits": sorted(arrays), "description": description}
         _atomic(directory / f"{key}.json", lambda f: f.write(json.dumps(meta).encode()))
