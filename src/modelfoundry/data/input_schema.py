@@ -85,6 +85,8 @@ class InputSchema:
             {c: "numeric" for c in self.columns}
         self.text_columns: list[str] = list(desc["text"]["columns"]) if "text" in desc else []
         self.text = text_encoder(desc) if self.text_columns else None  # the tokenizer, built once
+        if self.text is not None:
+            self.text.tokenizer_  # noqa: B018 - built now: a damaged one fails when the model loads, not per request
         self.kinds.update({c: "text" for c in self.text_columns})
         self.tabular = not self.image and bool(features)  # a "numeric" input (text-only data has none)
         self._compile_numeric()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,7 @@ class PreparedData:
     target_encoder: TargetEncoder
     class_weights: np.ndarray | None
     info: dict[str, Any]  # what data.json records
-    texts: dict[str, list[str]] | None = None  # split -> each row's text columns joined (for the TF-IDF baseline)
+    texts: Mapping[str, list[str]] | None = None  # split -> each row's text columns joined (the TF-IDF baseline)
     horizon: int = 1  # regression outputs per row: the forecast steps of a time series (data.time_series)
 
     @property
@@ -176,8 +177,27 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
     if "attention_mask" in X["train"]:
         info["text"] = text_coverage(X["train"]["attention_mask"])
     rows = {name: part.index.to_numpy() for name, part in parts.items()}
-    texts = {name: fitted.text_.texts(part) for name, part in parts.items()} if fitted.text_ is not None else None
+    texts = SplitTexts(fitted.text_, parts) if fitted.text_ is not None else None
     return PreparedData(clean.task, X, y, rows, pre, target, weights, info, texts)
+
+
+class SplitTexts(Mapping[str, list[str]]):
+    """Each split's rows as their joined text, made when first asked for: only the TF-IDF baseline reads them,
+    and a run on cached tokens should not pay for it before then."""
+
+    def __init__(self, encoder: TextEncoder, parts: dict[str, pd.DataFrame]):
+        self._encoder, self._parts, self._made = encoder, parts, {}
+
+    def __getitem__(self, split: str) -> list[str]:
+        if split not in self._made:
+            self._made[split] = self._encoder.texts(self._parts[split], f"the {split} split")
+        return self._made[split]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
 
 
 def text_coverage(mask: np.ndarray) -> dict[str, Any]:

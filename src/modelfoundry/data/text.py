@@ -55,6 +55,28 @@ class TextEncoder:
         self.stride = stride  # None: one window per text, cut to max_length
         self.max_windows = max_windows
         self.window_pool = window_pool
+        self._tokenizer: Tokenizer | None = None
+        self._tokenizer_json: str | None = None  # a described tokenizer, built on first use
+
+    @property
+    def tokenizer_(self) -> Tokenizer:
+        """The fitted tokenizer (a described one is built from its JSON when first needed: tens of ms)."""
+        if self._tokenizer is None:
+            if self._tokenizer_json is None:
+                raise AttributeError("tokenizer_")
+            from tokenizers import Tokenizer
+
+            try:
+                self._tokenizer = Tokenizer.from_str(self._tokenizer_json)
+            except Exception as exc:  # noqa: BLE001 - the Rust library raises its own exception type
+                raise DataError(f"The saved tokenizer cannot be read ({exc}).",
+                                "Use a model saved by modelfoundry.") from None
+            self._tokenizer_json = None
+        return self._tokenizer
+
+    @tokenizer_.setter
+    def tokenizer_(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer, self._tokenizer_json = tokenizer, None
 
     # ------------------------------------------------------------------------------------------- fitting
     def fit(self, frame: pd.DataFrame) -> TextEncoder:
@@ -89,17 +111,15 @@ class TextEncoder:
     @classmethod
     def from_description(cls, desc: dict[str, Any]) -> TextEncoder:
         """The fitted encoder of a `describe()` entry (what preprocess.json holds)."""
-        from tokenizers import Tokenizer
-
         windows = desc.get("windows")  # absent: one cut sequence per text (and in models saved before windows)
         encoder = cls(desc["columns"], max_length=int(desc["length"]), truncation=desc["truncation"],
                       stride=None if windows is None else int(windows["stride"]),
                       max_windows=1 if windows is None else int(windows["count"]),
                       window_pool="mean" if windows is None else str(windows["pool"]))
-        try:
-            encoder.tokenizer_ = Tokenizer.from_str(desc["tokenizer"])
-        except Exception as exc:  # noqa: BLE001 - the Rust library raises its own exception type
-            raise DataError(f"The saved tokenizer cannot be read ({exc}).", "Use a model saved by modelfoundry.") from None
+        if not isinstance(desc["tokenizer"], str):
+            raise DataError("The saved tokenizer is not the tokenizers library's JSON text.",
+                            "Use a model saved by modelfoundry.")
+        encoder._tokenizer_json = desc["tokenizer"]  # built when first used: a cached run may never need it
         encoder.pad_id_, encoder.separator_ = int(desc["pad_id"]), str(desc["separator"])
         encoder.length_, encoder.vocab_size_ = int(desc["length"]), int(desc["vocab_size"])
         encoder.windows_ = encoder.max_windows
@@ -108,7 +128,7 @@ class TextEncoder:
     def describe(self) -> dict[str, Any]:
         out = {"columns": self.columns, "length": self.length_, "truncation": self.truncation,
                "pad_id": self.pad_id_, "separator": self.separator_, "vocab_size": self.vocab_size_,
-               "pretrained": self.pretrained is not None, "tokenizer": self.tokenizer_.to_str()}
+               "pretrained": self.pretrained is not None, "tokenizer": self._tokenizer_json or self.tokenizer_.to_str()}
         if self.windowed:
             out["windows"] = {"count": self.windows_, "stride": self.stride, "pool": self.window_pool}
         return out
@@ -233,6 +253,8 @@ def _as_text(series: pd.Series) -> list[str]:
     for value, missing in zip(series.tolist(), series.isna().to_numpy()):
         if missing:
             out.append("")
+        elif type(value) is str and value.isascii():  # the common case, checked without a call
+            out.append(value)
         elif isinstance(value, bytes):
             out.append(value.decode("utf-8", errors="replace"))
         else:
