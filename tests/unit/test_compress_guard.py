@@ -109,3 +109,22 @@ def test_the_summary_calls_a_slower_chosen_variant_slower(capsys, tmp_path):
     assert "1.03x slower at batch 1" in text and "2.00x faster at batch 64" in text and "2.00x smaller" in text
     assert "0.97x faster" not in text
     assert "log_loss ≤ 0.02 + 20% higher" in text  # the guard's rules are in the table title
+
+
+def test_the_refusal_names_the_variants_within_the_guard_rather_than_the_closest_failing_one():
+    from types import SimpleNamespace
+
+    from modelfoundry.api.compression import refusal
+
+    failing = {"name": "ort_int8_static_qdq", "guard": [{"metric": "rmse", "passed": False, "value": 2.0,
+                                                         "original": 1.0, "worse_by": 1.0, "allowed": 0.1}]}
+    variants = [{"name": "ort_int8_dynamic", "passed_guard": True, "servable": True},
+                {"name": "ort_fp16", "passed_guard": True, "servable": False}, {**failing, "passed_guard": False,
+                                                                                "servable": True}]
+    result = SimpleNamespace(chosen=None, best_failing=failing, variants=variants, report="report.md")
+    message = str(refusal(result))
+    assert "ort_int8_dynamic" in message and "neither faster nor smaller" in message
+    assert "ort_int8_static_qdq" not in message and "ort_fp16" not in message
+    only_failing = SimpleNamespace(chosen=None, best_failing=failing, variants=variants[2:], report="report.md")
+    assert "the closest, ort_int8_static_qdq, fails the rmse guard" in str(refusal(only_failing))
+    assert refusal(SimpleNamespace(chosen={"name": "x"})) is None

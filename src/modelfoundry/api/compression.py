@@ -112,8 +112,9 @@ def refusal(result: CompressResult) -> CompressError | None:
         reason = (f"the closest, {failing['name']}, fails the {', '.join(c['metric'] for c in failed)} "
                   f"guard{'s' if len(failed) > 1 else ''}: {'; '.join(failure_text(c) for c in failed)}")
     kept = [e for e in result.variants if e["passed_guard"] and e["servable"]]
-    if failing is None and kept:
-        reason = "the variants within the guard are neither faster nor smaller than the original here"
+    if kept:  # what passed the guard is what matters, not the closest of those that did not
+        reason = (f"the variants within the guard ({', '.join(e['name'] for e in kept)}) are neither faster nor "
+                  "smaller than the original here")
     return CompressError(f"No compressed variant was kept: {reason}. The original is untouched; the "
                          f"measurements are in {result.report}.",
                          "Allow a larger drop of the primary metric with --max-drop, loosen compress.guard "
