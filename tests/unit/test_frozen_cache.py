@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import InterruptAfter
 from tests.unit.test_pretrained import token_task
 from tests.unit.test_pretrained_models import model_config, tiny_bert  # noqa: F401 - the module-scoped fixture
 
@@ -131,17 +131,9 @@ def test_a_frozen_fit_cut_after_epoch_one_resumes_to_the_same_head(tiny_bert, mo
     _, X, y = task()
     cfg = training()
 
-    class StopAfterFirst:  # Ctrl-C during epoch 1: the loop checkpoints and stops after it
-        def on_epoch_end(self, record):
-            if record["epoch"] == 1:
-                signal.raise_signal(signal.SIGINT)
-
-        def close(self):
-            pass
-
     straight = fit(build(tiny_bert), X, y, cfg, task="classification", seed=0, progress=False, run_dir=tmp_path / "a")
     cut = fit(build(tiny_bert), X, y, cfg, task="classification", seed=0, progress=False, run_dir=tmp_path / "b",
-              callbacks=[StopAfterFirst()])
+              callbacks=[InterruptAfter(1)])
     assert cut.interrupted and len(cut.history) == 1
     checkpoint = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["model"] and all(k.startswith("head.") for k in checkpoint["model"])

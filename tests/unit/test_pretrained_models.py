@@ -12,7 +12,7 @@ import torch
 
 from modelfoundry.config import load_config
 from modelfoundry.errors import ConfigError
-from tests.conftest import tiny_config
+from tests.conftest import InterruptAfter, tiny_config
 from tests.unit.test_text_data import reviews
 
 
@@ -234,8 +234,6 @@ def test_batches_are_cut_to_their_longest_text_without_changing_what_the_model_c
 
 
 def test_a_lora_fit_checkpoints_only_what_it_trains_and_resumes_exactly(tmp_path, tiny_bert):
-    import signal
-
     from modelfoundry.artifacts.inputs import InputField, InputSpec
     from modelfoundry.config import TrainingConfig
     from modelfoundry.models import build_model
@@ -252,19 +250,11 @@ def test_a_lora_fit_checkpoints_only_what_it_trains_and_resumes_exactly(tmp_path
         torch.manual_seed(0)
         return build_model(model_config(path=str(tiny_bert), finetune="lora", lora={"r": 2}), spec, 2)
 
-    class StopAfterFirst:  # Ctrl-C during epoch 1: the loop checkpoints and stops after it
-        def on_epoch_end(self, record):
-            if record["epoch"] == 1:
-                signal.raise_signal(signal.SIGINT)
-
-        def close(self):
-            pass
-
     straight = fit(model(), X, y, cfg, task="classification", seed=0, progress=False, run_dir=tmp_path / "a")
     checkpoint = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["model"] and all(k.startswith("head.") or "lora_" in k for k in checkpoint["model"])
     cut = fit(model(), X, y, cfg, task="classification", seed=0, progress=False, run_dir=tmp_path / "b",
-              callbacks=[StopAfterFirst()])
+              callbacks=[InterruptAfter(1)])
     assert cut.interrupted and len(cut.history) == 1
     resumed = fit(model(), X, y, cfg, task="classification", seed=0, progress=False, run_dir=tmp_path / "b",
                   resume=True)
