@@ -36,12 +36,13 @@ ALLOWED = {
     "legacy": {"data", "rundir"},
     "manifest": set(),
     "export": {"data", "models", "rundir"},
+    "merged_export": {"data", "models", "rundir", "export"},  # foundry export --merge: beside the ONNX export
     "tracking": set(),
     "registry": {"tracking"},
     "archive": {"registry", "tracking", "rundir"},  # an imported archive must load as a run directory does
     "serve": {"data", "export", "rundir", "models", "registry", "tracking"},
     "api": {"data", "models", "train", "evaluate", "experiment", "cv", "tune", "compress", "rundir", "manifest", "registry",
-            "tracking", "export", "serve"},
+            "tracking", "export", "merged_export", "serve"},
     "cli": {"api", "data", "rundir", "registry", "tracking", "archive", "serve", "compress", "legacy"},
 }
 BASE = {"config", "errors", "storage", "redact", "reporting", "artifacts"}  # artifacts: run-directory paths and records

@@ -64,7 +64,7 @@ def test_the_merged_model_loads_without_adapters_and_answers_as_the_adapter_mode
 
 def test_a_merge_beyond_the_tolerance_writes_nothing_and_keeps_the_previous_one(lora_run, tmp_path, monkeypatch):
     import modelfoundry.models.pretrained as pretrained
-    from modelfoundry.export import export_merged
+    from modelfoundry.merged_export import export_merged
 
     out = tmp_path / "merged"
     first = export_merged(lora_run, out)
@@ -104,7 +104,7 @@ def test_the_cli_merges_into_the_directory_given(lora_run, tmp_path):
 
 def test_a_model_without_a_pretrained_encoder_cannot_be_merged(tmp_path):
     from modelfoundry.api import run
-    from modelfoundry.export import export_merged
+    from modelfoundry.merged_export import export_merged
     from tests.conftest import tiny_config
 
     run(tiny_config(training={"epochs": 1}), run_dir=tmp_path / "mlp", progress=False)
@@ -115,7 +115,7 @@ def test_a_model_without_a_pretrained_encoder_cannot_be_merged(tmp_path):
 
 @pytest.mark.slow  # a training run over windows: ~5 s
 def test_a_model_over_windows_of_long_texts_merges_with_its_window_pooling(tmp_path, tiny_bert):  # noqa: F811
-    from modelfoundry.export import export_merged
+    from modelfoundry.merged_export import export_merged
     from modelfoundry.models.pretrained import load_merged
     from modelfoundry.rundir import load_model
 

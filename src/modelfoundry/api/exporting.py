@@ -19,7 +19,8 @@ def export(model: str | Path, out_dir: str | Path | None = None, *, fmt: str = "
     export.export_merged), checked against the adapter model. A registered model gets the result as version tags.
     """
     from modelfoundry.errors import ConfigError, unknown_name
-    from modelfoundry.export import export_merged, export_onnx
+    from modelfoundry.export import export_onnx
+    from modelfoundry.merged_export import export_merged
 
     if fmt != "onnx":
         raise ConfigError(unknown_name("export format", fmt, ["onnx"]))
