@@ -154,8 +154,10 @@ def test_bad_settings_are_config_errors_that_say_the_fix():
             build_model(model_config(name=name), InputSpec.single("numeric", (4,)), 2)
         with pytest.raises(ConfigError, match="needs the vocabulary size"):
             build_model(model_config(name=name), InputSpec.single("tokens", (STEPS,), "int64"), 2)
-        with pytest.raises(ConfigError, match=r"cannot combine .* \['image'\]"):
-            build_model(model_config(name=name), TOKENS.with_field(InputField("image", "float32", (1, 4, 4))), 2)
+        with pytest.raises(ConfigError, match=r"cannot combine .* \['codes'\]"):
+            build_model(model_config(name=name), TOKENS.with_field(InputField("codes", "int64", (3,))), 2)
+        with_image = build_model(model_config(name=name), TOKENS.with_field(InputField("image", "float32", (1, 4, 4))), 2)
+        assert any(isinstance(m, torch.nn.Conv2d) for m in with_image.modules())  # an image gets its own encoder
 
 
 # -------------------------------------------------------------------------------------------------- ONNX

@@ -96,10 +96,11 @@ def plan_features(frame: pd.DataFrame, cfg: DataConfig, origin: str) -> list[Fea
     if not specs:
         raise DataError(f"{origin} has no feature columns besides the target '{cfg.target}'.",
                         "Check data.features: every column may be set to type: ignore.")
-    if any(s.kind == "image" for s in specs) and len(specs) > 1:
-        names = ", ".join(s.name for s in specs)
-        raise DataError(f"{origin} mixes image features with other columns ({names}); an image model takes the "
-                        "image alone.", "Set type: ignore on the columns the model should not see.")
+    images = [s.name for s in specs if s.kind == "image"]
+    if len(images) > 1:
+        raise DataError(f"{origin} has {len(images)} image features ({', '.join(images)}); a model takes one image "
+                        "(beside any numeric, categorical and text columns).",
+                        "Keep one: set type: ignore on the others, or give their columns one data.features pattern.")
     return specs
 
 

@@ -95,6 +95,7 @@ class InputSchema:
             self.num_columns = list(desc["image"]["columns"])
             self.num_get = _getter(self.num_columns)
         self.frame_only = self.image and len(desc["image"]["columns"]) == 1  # arrays in one column: a DataFrame
+        self.frame_only = self.frame_only or "image" in desc and not self.image  # an image beside other columns
         self.others = set(self.columns) != set(self.num_columns)  # columns that itemgetter does not check
         self.width = int(np.prod(desc["input_shape"]))
         self.input_spec = input_spec(desc)

@@ -157,13 +157,14 @@ def describe_preprocessor(pre: Preprocessor | PortablePreprocessor, target_encod
     desc: dict[str, Any] = {"format": PORTABLE_FORMAT, "columns": list(pre.columns),
                             "feature_names": list(pre.feature_names_), "input_shape": list(pre.input_shape_),
                             "inputs": _input_spec(pre).to_json()}
-    first = pre.specs[0]
-    if first.kind == "image":
-        desc["kind"] = "image"
-        desc["image"] = {"name": first.name, "array_column": _array_column(pre),
-                         "columns": list(first.columns), "shape": list(pre.input_shape_),
+    image = next((spec for spec in pre.specs if spec.kind == "image"), None)
+    if image is not None:
+        desc["image"] = {"name": image.name, "array_column": _array_column(image),
+                         "columns": list(image.columns), "shape": list(image.shape),
                          "offset": float(pre.offset_), "divisor": float(pre.divisor_)}
-    else:
+    if image is not None and len(pre.specs) == 1:
+        desc["kind"] = "image"
+    else:  # a table, possibly with text and one image beside its columns
         desc["kind"] = "tabular"
         tabular = [spec for spec in pre.specs if spec.kind in ("numeric", "categorical")]
         desc["features"] = [_describe_column(spec, *pre.fitted_step(spec), pre.ranges_.get(spec.name))
@@ -201,9 +202,14 @@ def apply_portable(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the
         from modelfoundry.data.timeseries import history_inputs
 
         return history_inputs(desc, frame, origin).inputs
+    if desc["kind"] == "image":
+        return {input_spec(desc)[0].name: portable_array(desc, frame, origin)}
     out: Inputs = {}
-    if desc["kind"] == "image" or desc["features"]:
-        out[input_spec(desc)[0].name] = portable_array(desc, frame, origin)
+    if "image" in desc:  # an image beside the table's columns: its own input, first
+        _check_columns(desc["columns"], frame, origin)
+        out["image"] = image_array(desc, frame, origin)
+    if desc["features"]:
+        out["numeric"] = portable_array(desc, frame, origin)
     if "text" in desc and text:
         _check_columns(desc["columns"], frame, origin)
         out.update(text_encoder(desc).transform(frame, origin))
@@ -240,20 +246,25 @@ def portable_array(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the
                         "Export the model again.")
     _check_columns(desc["columns"], frame, origin)
     if desc["kind"] == "image":
-        image = desc["image"]
-        pixels = (_pixels(image, frame, origin) - image["offset"]) / image["divisor"]
-        out = pixels.reshape(len(frame), *desc["input_shape"]).astype(np.float32)
-        if not np.isfinite(out).all():
-            raise DataError(f"Image feature '{image['name']}' of {origin} has pixel values too large for the model "
-                            "(beyond float32 after scaling).", "Send pixel values in the range the model was "
-                            "trained on.")
-        return out
+        return image_array(desc, frame, origin)
     block = _numeric_block(desc["features"], frame, origin)
     parts = [block[feature["column"]] if feature["column"] in block
              else _apply_column(feature, frame[feature["column"]], origin) for feature in desc["features"]]
     out = (np.hstack(parts) if parts else np.empty((len(frame), 0))).astype(np.float32)
     if not np.isfinite(out).all():
         _raise_too_large(desc["features"], parts, frame, origin)
+    return out
+
+
+def image_array(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the input") -> np.ndarray:
+    """Raw rows -> the (N, C, H, W) float32 image input of a description's `image` entry."""
+    image = desc["image"]
+    pixels = (_pixels(image, frame, origin) - image["offset"]) / image["divisor"]
+    out = pixels.reshape(len(frame), *image["shape"]).astype(np.float32)
+    if not np.isfinite(out).all():
+        raise DataError(f"Image feature '{image['name']}' of {origin} has pixel values too large for the model "
+                        "(beyond float32 after scaling).", "Send pixel values in the range the model was "
+                        "trained on.")
     return out
 
 
@@ -338,9 +349,8 @@ def _describe_scaler(scaler: Any, j: int) -> dict[str, Any]:
     return {"method": "none"}  # 'passthrough'
 
 
-def _array_column(pre: Preprocessor) -> str | None:
+def _array_column(spec: Any) -> str | None:
     """The column holding whole arrays, when the image came from one (an image of many pixels in one column)."""
-    spec = pre.specs[0]
     return spec.columns[0] if len(spec.columns) == 1 and int(np.prod(spec.shape)) > 1 else None
 
 

@@ -47,6 +47,7 @@ class Preprocessor:
 
     def fit(self, frame: pd.DataFrame) -> Preprocessor:
         self.text_ = None
+        fields: list[InputField] = []
         image = self._image_spec()
         if image is not None:
             pixels = self._pixels(frame, image, "the training data")
@@ -56,15 +57,18 @@ class Preprocessor:
                 self.offset_, self.divisor_ = float(pixels.mean()), float(pixels.std()) or 1.0
             else:
                 self.offset_, self.divisor_ = 0.0, 1.0
-            self.input_shape_ = tuple(image.shape)
-            self.feature_names_ = [image.name]
-            self.input_spec_ = InputSpec.single("image", self.input_shape_)
-            return self
+            fields.append(InputField("image", "float32", tuple(image.shape)))
+            if len(self.specs) == 1:  # an image alone
+                self.input_shape_ = tuple(image.shape)
+                self.feature_names_ = [image.name]
+                self.input_spec_ = InputSpec(fields)
+                return self
         texts = [s.name for s in self.specs if s.kind == "text"]
         if texts:
             self.text_ = self.text_encoder or TextEncoder(texts, **(self.text or {})).fit(frame)
-        fields = self._fit_tabular(frame) if self.tabular_specs else []
-        if not self.tabular_specs:
+        if self.tabular_specs:
+            fields += self._fit_tabular(frame)
+        else:
             self.feature_names_, self.ranges_ = [], {}
         self.input_spec_ = InputSpec(fields + (self.text_.input_fields() if self.text_ else []))
         self.input_shape_ = self.input_spec_[0].shape  # the first input's (the only one of tables and images)
@@ -104,11 +108,11 @@ class Preprocessor:
         if not hasattr(self, "input_shape_"):
             raise RuntimeError("This Preprocessor is not fitted yet; call fit() first.")
         self._check_columns(frame, origin)
+        out: Inputs = {}
         image = self._image_spec()
         if image is not None:
             pixels = (self._pixels(frame, image, origin) - self.offset_) / self.divisor_
-            return {"image": pixels.reshape(len(frame), *self.input_shape_).astype(np.float32)}
-        out: Inputs = {}
+            out["image"] = pixels.reshape(len(frame), *image.shape).astype(np.float32)
         if self.tabular_specs:
             grouped = self.column_transformer_.transform(self._tabular(frame, origin))
             out["numeric"] = np.ascontiguousarray(grouped[:, self.order_], dtype=np.float32)  # in the columns' order
@@ -118,7 +122,7 @@ class Preprocessor:
 
     # ---------------------------------------------------------------------------------------- internals
     def _image_spec(self) -> FeatureSpec | None:
-        return self.specs[0] if self.specs[0].kind == "image" else None
+        return next((s for s in self.specs if s.kind == "image"), None)
 
     def _groups(self) -> list[list[FeatureSpec]]:
         """The tabular specs grouped by identical treatment, in order of first appearance."""

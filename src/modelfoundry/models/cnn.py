@@ -41,10 +41,10 @@ class CNNConfig(Section):
 
 
 def build_cnn(config: CNNConfig, inputs: InputSpec, n_outputs: int) -> nn.Module:
-    """A CNN from `CNNConfig` for one "image" input (B, C, H, W); spatial size halves between stages while it can."""
-    input_shape = inputs[0].shape
-    if inputs.names != ["image"] or len(input_shape) != 3:
-        shown = list(input_shape) if len(inputs) == 1 else repr(inputs)
+    """A CNN from `CNNConfig` for an "image" input (B, C, H, W); spatial size halves between stages while it can.
+    Numeric columns beside the image (an "numeric" input) join the pooled image features before the dense head."""
+    if "image" not in inputs.names or len(inputs["image"].shape) != 3:
+        shown = list(inputs[0].shape) if len(inputs) == 1 else repr(inputs)
         raise ConfigError(f"model cnn needs image inputs (C, H, W), but the data gives {shown}.",
                           "Declare the image columns with data.features: {'pixel_*': {type: image}}, "
                           "or use model: {name: mlp}.")
@@ -52,7 +52,13 @@ def build_cnn(config: CNNConfig, inputs: InputSpec, n_outputs: int) -> nn.Module
 
     from modelfoundry.models.layers import ConvBlock, ResidualBlock, activation, init_weights
 
-    c_in, height, width = input_shape
+    side: list[str] = []
+    side_width = 0
+    if inputs.names != ["image"]:
+        from modelfoundry.models.combine import split_inputs
+
+        _, side, side_width = split_inputs(inputs, ["image"], "cnn", "image", images=False)
+    c_in, height, width = inputs["image"].shape
     layers: list[nn.Module] = []
     for i, channels in enumerate(config.channels):
         if i > 0 and config.pool != "none" and min(height, width) >= 2:  # (B, C, H, W) -> (B, C, H/2, W/2)
@@ -63,6 +69,9 @@ def build_cnn(config: CNNConfig, inputs: InputSpec, n_outputs: int) -> nn.Module
             layers.append(ResidualBlock(channels, config.kernel_size, config.batch_norm, config.activation))
         c_in = channels
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]  # (B, C, H, W) -> (B, C)
+    trunk = len(layers)
+    c_in += side_width  # numeric columns beside the image's features
+    concat = c_in
     for hidden in config.hidden:
         layers += [nn.Linear(c_in, hidden), activation(config.activation)]
         if config.dropout:
@@ -71,6 +80,13 @@ def build_cnn(config: CNNConfig, inputs: InputSpec, n_outputs: int) -> nn.Module
     if config.dropout and not config.hidden:
         layers.append(nn.Dropout(config.dropout))
     layers.append(nn.Linear(c_in, n_outputs))
-    model = nn.Sequential(*layers)
-    init_weights(model, config.init, config.activation)
-    return model
+    if not side:  # an image alone: one Sequential, as models saved before mixed inputs are
+        model = nn.Sequential(*layers)
+        init_weights(model, config.init, config.activation)
+        return model
+    from modelfoundry.models.combine import combined
+
+    encoder, head = nn.Sequential(*layers[:trunk]), nn.Sequential(*layers[trunk:])
+    for part in (encoder, head):
+        init_weights(part, config.init, config.activation)
+    return combined(inputs, encoder, ["image"], side, concat, head)

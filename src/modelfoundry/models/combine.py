@@ -19,12 +19,17 @@ if TYPE_CHECKING:
     from modelfoundry.artifacts.inputs import InputSpec
 
 
-def split_inputs(inputs: InputSpec, encoded: list[str], model: str, needs: str) -> tuple[list[str], list[str], int]:
-    """(the encoder's inputs present, the side inputs, the side inputs' flattened width) for model `model`.
+IMAGE_FEATURES = 32  # what the small image encoder of an image side input gives per row
+
+
+def split_inputs(inputs: InputSpec, encoded: list[str], model: str, needs: str,
+                 images: bool = True) -> tuple[list[str], list[str], int]:
+    """(the encoder's inputs present, the side inputs, the side inputs' width beside the encoder) for `model`.
 
     `encoded` lists the input names the encoder can read (e.g. ["tokens", "attention_mask"]); the first is
-    required (`needs` says what it is, for the error). Other inputs must be float32 (flattened beside the
-    encoder's output); anything else is a ConfigError saying what to change.
+    required (`needs` says what it is, for the error). Other inputs must be float32: numeric ones are flattened
+    beside the encoder's output, an image (when `images`) goes through a small CNN of its own
+    (`side_encoder`); anything else is a ConfigError saying what to change.
     """
     import math
 
@@ -35,12 +40,26 @@ def split_inputs(inputs: InputSpec, encoded: list[str], model: str, needs: str) 
                           "these inputs, e.g. mlp).")
     mine = [n for n in encoded if n in names]
     side = [f for f in inputs if f.name not in mine]
-    refused = [f.name for f in side if f.dtype != "float32" or f.name == "image"]
+    refused = [f.name for f in side if f.dtype != "float32" or f.name == "image" and not images]
     if refused:
         raise ConfigError(f"model {model} cannot combine its {needs} with the input(s) {refused}.",
-                          "Use one text column (several are joined into one), numeric and categorical columns "
-                          "beside it; drop image columns with type: ignore.")
-    return mine, [f.name for f in side], sum(math.prod(f.shape) for f in side)
+                          "Beside it use numeric and categorical columns" + (" and one image" if images else
+                          "; for text with an image use model lstm, gru or transformer") +
+                          " (several text columns are joined into one), or drop columns with type: ignore.")
+    width = sum(IMAGE_FEATURES if f.name == "image" else math.prod(f.shape) for f in side)
+    return mine, [f.name for f in side], width
+
+
+def side_encoder(field: Any) -> nn.Module:
+    """How a side input reaches the head: numeric features flattened; an image (C, H, W) through two conv
+    layers and global average pooling to IMAGE_FEATURES values."""
+    from torch import nn
+
+    if field.name != "image":
+        return nn.Flatten()
+    return nn.Sequential(nn.Conv2d(field.shape[0], 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+                         nn.Conv2d(16, IMAGE_FEATURES, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten())
 
 
 def build_head(width: int, hidden: list[int], n_outputs: int, dropout: float = 0.0) -> nn.Module:
@@ -57,12 +76,15 @@ def build_head(width: int, hidden: list[int], n_outputs: int, dropout: float = 0
     return nn.Sequential(*layers)
 
 
-def combined(names: list[str], encoder: nn.Module, encoder_inputs: list[str], side_inputs: list[str],
+def combined(inputs: InputSpec, encoder: nn.Module, encoder_inputs: list[str], side_inputs: list[str],
              width: int, head: nn.Module) -> nn.Module:
-    """A module whose forward takes the inputs `names` in order: `encoder(*encoder_inputs)` gives (B, D),
-    the side inputs are flattened beside it, and `head` maps the (B, width) concatenation to the outputs."""
+    """A module whose forward takes the inputs of `inputs` in order: `encoder(*encoder_inputs)` gives (B, D),
+    each side input's `side_encoder` output goes beside it, and `head` maps the (B, width) concatenation to
+    the outputs."""
     import torch
     from torch import nn
+
+    names = inputs.names
 
     class Combined(nn.Module):
         padding_invariant = getattr(encoder, "padding_invariant", False)  # the loop may trim padding then
@@ -73,10 +95,15 @@ def combined(names: list[str], encoder: nn.Module, encoder_inputs: list[str], si
             self.positions = [names.index(n) for n in encoder_inputs]
             self.side = [names.index(n) for n in side_inputs]
             self.width = width
+            if "image" in side_inputs:  # (numeric ones are flattened: no parameters, as before images)
+                self.side_encoders = nn.ModuleList(side_encoder(inputs[n]) for n in side_inputs)
 
         def forward(self, *inputs: Any) -> Any:  # the named inputs in the spec's order -> (B, n_outputs)
             parts = [self.encoder(*(inputs[i] for i in self.positions))]  # (B, D)
-            parts += [inputs[i].flatten(1) for i in self.side]  # (B, F) each
+            if hasattr(self, "side_encoders"):
+                parts += [enc(inputs[i]) for enc, i in zip(self.side_encoders, self.side)]
+            else:
+                parts += [inputs[i].flatten(1) for i in self.side]  # (B, F) each
             return self.head(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
 
     return Combined()

@@ -143,7 +143,8 @@ def build_pretrained(config: PretrainedConfig, inputs: InputSpec, n_outputs: int
     """The encoder of `config.path` with pooling, side inputs and a head, in the fine-tuning mode asked."""
     from modelfoundry.models.pretrained_module import PretrainedClassifier
 
-    encoded, side, side_width = split_inputs(inputs, ["tokens", "attention_mask"], "pretrained", "text")
+    encoded, side, side_width = split_inputs(inputs, ["tokens", "attention_mask"], "pretrained", "text",
+                                          images=False)
     if "attention_mask" not in encoded:
         raise ConfigError("model pretrained needs the attention mask of its tokens.", "Use a text column.")
     directory = resolve_path(config.path)

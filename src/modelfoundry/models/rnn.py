@@ -67,7 +67,7 @@ def build_rnn(config: LSTMConfig | GRUConfig, inputs: InputSpec, n_outputs: int)
     encoder = RNNEncoder(config.name, n_in, config.hidden, config.layers, config.bidirectional, config.dropout,
                          config.pooling, inputs["tokens"].vocab_size if tokens else None, config.embedding_dim)
     width = encoder.width + side_width
-    return combined(inputs.names, encoder, mine, side, width, build_head(width, config.head, n_outputs, config.dropout))
+    return combined(inputs, encoder, mine, side, width, build_head(width, config.head, n_outputs, config.dropout))
 
 
 def sequence_inputs(inputs: InputSpec, model: str) -> list[str]:

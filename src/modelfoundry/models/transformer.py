@@ -72,7 +72,7 @@ def build_transformer(config: TransformerConfig, inputs: InputSpec, n_outputs: i
                                config.positional, config.max_length, config.pooling,
                                field.vocab_size if tokens else None, None if tokens else field.shape[1])
     width = config.d_model + side_width
-    return combined(inputs.names, encoder, mine, side, width, build_head(width, config.head, n_outputs, config.dropout))
+    return combined(inputs, encoder, mine, side, width, build_head(width, config.head, n_outputs, config.dropout))
 
 
 @functools.cache
