@@ -47,14 +47,8 @@ MERGED_FILES = ("encoder", "head.safetensors", "merged.json", "preprocess.json",
 def export_merged(run_dir: str | Path, out_dir: str | Path | None = None, *, tolerance: float = 1e-4,
                   parity_rows: pd.DataFrame | None = None) -> MergedExportResult:
     """Write a run's pretrained-encoder model standalone, LoRA folded into the base, after checking that it
-    answers what the adapter model answers.
-
-        <out_dir>/                  (default: <run_dir>/model/merged/)
-          encoder/          a plain Hugging Face model directory (config.json, model.safetensors, tokenizer files)
-          head.safetensors  the head's weights
-          merged.json       pooling, dropout, head widths, the model's inputs (what `load_merged` reads)
-          preprocess.json   raw columns -> model inputs, as the run's
-          export.json       the parity reached (merged vs adapters on the run's test rows); written last
+    answers what the adapter model answers, in the layout the module docstring shows (default `out_dir`:
+    <run_dir>/model/merged/).
 
     It loads with `modelfoundry.models.pretrained.load_merged(out_dir)`, or the encoder alone with
     `transformers.AutoModel.from_pretrained(out_dir / "encoder")`: no peft, no reference to the base weights.
