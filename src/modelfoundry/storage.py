@@ -32,6 +32,12 @@ def write_bytes_atomic(path: Path, data: bytes, durable: bool = False) -> None:
         raise
 
 
+def cache_root() -> Path:
+    """Where caches of derived data live (tokenized splits, frozen-encoder features): $FOUNDRY_CACHE_DIR, by
+    default .foundry-cache under the current directory."""
+    return Path(os.environ.get("FOUNDRY_CACHE_DIR") or ".foundry-cache")
+
+
 def write_json(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 

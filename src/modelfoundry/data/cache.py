@@ -11,18 +11,19 @@ atomically; a damaged or foreign entry is a miss, never an error.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from modelfoundry.storage import cache_root, write_bytes_atomic
+
 def cache_dir() -> Path:
     """$FOUNDRY_CACHE_DIR/tokens, by default .foundry-cache/tokens under the current directory."""
-    return Path(os.environ.get("FOUNDRY_CACHE_DIR") or ".foundry-cache") / "tokens"
+    return cache_root() / "tokens"
 
 FORMAT = 3  # 2: tokens in the smallest unsigned type that holds the vocabulary, masks as lengths; 3: per window
 
@@ -80,19 +81,10 @@ def save(key: str, description: dict[str, Any], arrays: dict[str, dict[str, np.n
             flat[f"{split}.tokens"] = inputs["tokens"].astype(np.uint16 if top < 2**16 else np.uint32)
             # masks are 1s then 0s (per window of a long text): their lengths say it all
             flat[f"{split}.lengths"] = inputs["attention_mask"].sum(axis=-1).astype(np.int32)
-        _atomic(directory / f"{key}.npz", lambda f: np.savez(f, **flat))
+        buffer = io.BytesIO()
+        np.savez(buffer, **flat)
+        write_bytes_atomic(directory / f"{key}.npz", buffer.getvalue())
         meta = {"format": FORMAT, "splits": sorted(arrays), "description": description}
-        _atomic(directory / f"{key}.json", lambda f: f.write(json.dumps(meta).encode()))
+        write_bytes_atomic(directory / f"{key}.json", json.dumps(meta).encode())
     except OSError:  # a read-only or full disk: the run goes on without a cache
         return
-
-
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -12,9 +12,8 @@ resume on the same tokens skips the encoder. Entries are written atomically; an 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,14 +24,15 @@ import torch
 from torch import nn
 
 from modelfoundry.artifacts.inputs import padding_trim
+from modelfoundry.storage import cache_root, write_bytes_atomic
 
 BATCH = 256  # rows per encoder call: large enough to keep the cores busy, small enough for long texts
 FORMAT = 1
 
 
 def cache_dir() -> Path:
-    """$FOUNDRY_CACHE_DIR/features (the tokenization cache's root, see data/cache.py)."""
-    return Path(os.environ.get("FOUNDRY_CACHE_DIR") or ".foundry-cache") / "features"
+    """$FOUNDRY_CACHE_DIR/features (beside the tokenization cache, see data/cache.py)."""
+    return cache_root() / "features"
 
 
 def frozen_inputs(model: nn.Module, X: Mapping[str, Mapping[str, np.ndarray]], device: torch.device,
@@ -103,16 +103,9 @@ def _load(key: str) -> np.ndarray | None:
 
 def _save(key: str, pooled: np.ndarray) -> None:
     """Write the entry atomically; a read-only or full disk only means no cache."""
-    directory = cache_dir()
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, pooled, allow_pickle=False)
-            os.replace(tmp, directory / f"{key}.npy")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        np.save(buffer, pooled, allow_pickle=False)
+        write_bytes_atomic(cache_dir() / f"{key}.npy", buffer.getvalue())
     except OSError:
         return
