@@ -116,9 +116,9 @@ class _Encoder:
         with torch.inference_mode():
             ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
             hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state  # (N, T, D)
-            weights = mask_t.unsqueeze(-1).to(hidden.dtype)
-            mean = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (N, D)
-            return torch.nn.functional.normalize(mean, dim=1).numpy()
+            from modelfoundry.models.layers import masked_mean
+
+            return torch.nn.functional.normalize(masked_mean(hidden, mask_t), dim=1).numpy()  # (N, D)
 
 
 def _text_column(frame: pd.DataFrame, wanted: str | None, origin: str) -> str:

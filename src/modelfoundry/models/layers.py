@@ -70,3 +70,10 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.norm1(self.conv1(x)))
         return self.act(x + self.norm2(self.conv2(out)))
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, C) states, (B, T) mask (1 real, 0 padding) -> (B, C): the mean over each row's real steps (0 for a
+    row without any)."""
+    weights = mask.unsqueeze(-1).to(states.dtype)  # (B, T, 1)
+    return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelfoundry.models.layers import masked_mean
 from modelfoundry.models.pretrained import PretrainedConfig, weights_sha256
 
 TOKENIZER_FILES = ("special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
@@ -60,8 +61,7 @@ class PretrainedClassifier(nn.Module):
         hidden = self.encoder(input_ids=tokens, attention_mask=mask).last_hidden_state  # (B, T, D)
         if self.pooling == "cls":
             return hidden[:, 0]
-        weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return masked_mean(hidden, mask)
 
     # ----------------------------------------------------------------------------- hooks of the training loop
     def parameter_groups(self, lr: float) -> list[dict[str, Any]] | None:

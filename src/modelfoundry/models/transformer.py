@@ -12,7 +12,7 @@ This module holds the config and the builder; torch is imported inside, so valid
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -83,6 +83,8 @@ def _encoder_class() -> type:
     from torch import nn
     from torch.nn import functional as F  # noqa: N812
 
+    from modelfoundry.models.layers import masked_mean
+
     class EncoderLayer(nn.Module):
         """x + attention(norm(x)), then x + feed_forward(norm(x)); `keep` (B, 1, 1, T) says which keys to attend."""
 
@@ -138,8 +140,7 @@ def _encoder_class() -> type:
             h = self.norm(h)
             if self.cls is not None:
                 return h[:, 0]  # (B, C)
-            weights = real.unsqueeze(2).to(h.dtype)  # (B, T, 1)
-            return (h * weights).sum(dim=1) / weights.sum(dim=1)
+            return masked_mean(h, real)
 
         def _positions(self, h: torch.Tensor) -> torch.Tensor:  # (1, T, C)
             steps = torch.arange(h.shape[1], device=h.device)
