@@ -277,7 +277,7 @@ def history_inputs(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "the
         raise DataError(f"{origin} holds {n} time step(s); the model reads {window} past steps per forecast.",
                         f"Send a history of at least {window} rows (time, {entry['target']}"
                         + "".join(f", {c}" for c in entry["features"]) + ").")
-    scaled = (series.values - np.asarray(entry["mean"])) / np.asarray(entry["std"])
+    scaled = _standardised(entry, series.values)
     origins = np.arange(window, n + 1)
     last = origins - 1
     return HistoryWindows({"series": windows(scaled, origins, window)}, series.times.iloc[last], series.rows[last])
@@ -294,7 +294,7 @@ def labelled_windows(desc: dict[str, Any], frame: pd.DataFrame, origin: str = "t
     if n < window + horizon:
         raise DataError(f"{origin} holds {n} time step(s); a window of {window} past steps and {horizon} forecast "
                         f"step(s) needs at least {window + horizon}.", "Evaluate on a longer history.")
-    scaled = (series.values - np.asarray(entry["mean"])) / np.asarray(entry["std"])
+    scaled = _standardised(entry, series.values)
     origins = np.arange(window, n - horizon + 1, entry["step"])
     return ({"series": windows(scaled, origins, window)}, targets(series.values[:, 0], origins, horizon),
             series.rows[origins])
@@ -348,10 +348,16 @@ def request_inputs(desc: dict[str, Any], instance: dict[str, Any], origin: str =
         if not np.isfinite(values[:, j]).all():
             raise DataError(f"Field '{column}' of {origin} holds NaN or infinite values.",
                             "Send finite numbers (fill gaps before forecasting).")
-    scaled = (values - np.asarray(entry["mean"])) / np.asarray(entry["std"])
+    scaled = _standardised(entry, values)
     if not np.isfinite(scaled.astype(np.float32)).all():
         raise DataError(f"{origin} holds values too large for the model.", "Send values in the training range.")
     return scaled.astype(np.float32)
+
+
+def _standardised(entry: dict[str, Any], values: np.ndarray) -> np.ndarray:
+    """Values (n, 1 + F) of the target and covariates as the model reads them: with the training period's
+    means and standard deviations (the description's `time_series` entry)."""
+    return (values - np.asarray(entry["mean"])) / np.asarray(entry["std"])
 
 
 def forecast_table(history: HistoryWindows, predictions: np.ndarray, time_column: str = "time") -> pd.DataFrame:
