@@ -313,8 +313,10 @@ class NumericAndTokens(nn.Module):
 
 
 def test_the_teacher_sees_every_named_input_in_order_across_batches():
+    from modelfoundry.models.inference import BATCH
+
     rng = np.random.default_rng(0)
-    n = distill.TEACHER_BATCH + 5
+    n = BATCH + 5  # across two batches
     X = {"numeric": rng.normal(size=(n, 2)), "tokens": rng.integers(0, 10, size=(n, 3))}
     out = distill.teacher_outputs(NumericAndTokens(), X, torch.device("cpu"))
     expected = X["numeric"].sum(1) + 100 * X["tokens"].sum(1)

@@ -13,15 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelfoundry.artifacts.inputs import Inputs, rows_of
+from modelfoundry.artifacts.inputs import Inputs
 from modelfoundry.config import FAST_MONITORS, TrainingConfig
 from modelfoundry.errors import ConfigError
 from modelfoundry.train.loop import FitResult, fit
 from modelfoundry.train.optim import build_loss
 from modelfoundry.train.runtime import select_device
 
-TEACHER_BATCH = 4096
-TEXT_TEACHER_BATCH = 256  # rows of tokens per teacher call
 
 
 # the width keys a derived student narrows, per teacher model; the depth (layers, heads) stays
@@ -102,24 +100,15 @@ def distill(teacher: nn.Module, student: nn.Module, X: dict[str, Inputs], y: dic
                target_std=target_std, seed=seed, run_dir=None, progress=False, train_loss=loss)
 
 
-@torch.no_grad()
 def teacher_outputs(teacher: nn.Module, x: Inputs, device: torch.device) -> torch.Tensor:
     """The teacher's raw outputs (logits) on the named inputs `x` (in the model's order), (N, n_outputs)
-    float32 on `device`, computed once in eval mode; the teacher goes back to where it was. Token batches are
-    smaller (a pretrained encoder's activations grow with rows x steps x width) and, for a teacher whose
-    outputs do not depend on padding, cut to their longest text, as inference does."""
-    from modelfoundry.artifacts.inputs import padding_trim
+    float32 on `device`, computed once in eval mode as inference computes them (models/inference.py: text in
+    batches cut to their longest text); the teacher goes back to where it was."""
+    from modelfoundry.models.inference import model_outputs
 
     param = next(teacher.parameters(), None)
     was = param.device if param is not None else device
     teacher.eval().to(device)
-    arrays = [torch.from_numpy(np.require(a, dtype=np.float32 if a.dtype.kind == "f" else np.int64,
-                                          requirements=["C"])) for a in x.values()]
-    trim = padding_trim(list(x)) if getattr(teacher, "padding_invariant", False) else None
-    step = TEXT_TEACHER_BATCH if "tokens" in x else TEACHER_BATCH
-    outs = []
-    for i in range(0, rows_of(x), step):
-        batch = tuple(a[i:i + step] for a in arrays)
-        outs.append(teacher(*(a.to(device) for a in (trim(batch) if trim else batch))).float())
+    out = model_outputs(teacher, x).clone().to(device)  # a plain tensor (not an inference one): a loss target
     teacher.to(was)
-    return torch.cat(outs)
+    return out

@@ -14,12 +14,22 @@ BATCH = 4096
 TOKENS = 32768  # token positions per batch for text models: attention memory grows with rows x length^2
 
 
-@torch.inference_mode()
 def predict_outputs(model: nn.Module, inputs: Mapping[str, np.ndarray], task: str) -> np.ndarray:
     """(N, K) class probabilities for classification, (N,) model-scale predictions for regression.
 
     `inputs` are the model's named inputs in its spec's order (what the preprocessing gives); they are
-    passed to the model as arguments in that order. Text goes TOKENS token positions at a time; a model whose
+    passed to the model as arguments in that order.
+    """
+    out = model_outputs(model, inputs)
+    if task == "classification":
+        return torch.softmax(out, dim=1).numpy().astype(np.float64)
+    return out.squeeze(-1).numpy().astype(np.float64)
+
+
+@torch.inference_mode()
+def model_outputs(model: nn.Module, inputs: Mapping[str, np.ndarray]) -> torch.Tensor:
+    """The model's raw outputs (logits or standardised values), (N, n_outputs) float32 on the CPU, in eval mode
+    on the model's device, BATCH rows at a time. Text goes TOKENS token positions at a time; a model whose
     outputs padding does not change (`padding_invariant`) gets its rows in order of length, each batch cut to
     its longest text, and the outputs back in the rows' order.
     """
@@ -43,6 +53,4 @@ def predict_outputs(model: nn.Module, inputs: Mapping[str, np.ndarray], task: st
     out = torch.cat(outs) if outs else torch.empty(0, 1)
     if order is not None:
         out = torch.empty_like(out).index_copy_(0, order, out)
-    if task == "classification":
-        return torch.softmax(out, dim=1).numpy().astype(np.float64)
-    return out.squeeze(-1).numpy().astype(np.float64)
+    return out
