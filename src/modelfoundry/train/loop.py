@@ -82,7 +82,8 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
     device, optimizer, schedule, scaler = setup.device, setup.optimizer, setup.schedule, setup.scaler
     loss_fn, autocast, l1_params, generator = setup.loss_fn, setup.autocast, setup.l1_params, setup.generator
     batches, accum, bs, n_used = setup.batches, cfg.accumulate_steps, cfg.batch_size, setup.train.rows_used
-    epoch_hook = getattr(model, "on_epoch_start", None) if callable(getattr(model, "on_epoch_start", None)) else None
+    epoch_hook = getattr(model, "on_epoch_start", None)
+    epoch_hook = epoch_hook if callable(epoch_hook) else None
     monitor = cfg.early_stopping.monitor if cfg.early_stopping else "val_loss"
     stopper = EarlyStopping(monitor, cfg.early_stopping.patience if cfg.early_stopping else None,
                             cfg.early_stopping.min_delta if cfg.early_stopping else 0.0)
