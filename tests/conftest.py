@@ -59,3 +59,19 @@ class InterruptAfter:
 
     def close(self) -> None:
         pass
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory: pytest.TempPathFactory):
+    """A local directory holding a tiny random Llama (2 layers, width 32) and its chat tokenizer."""
+    from tests.llm_tiny import make_tiny_llm
+
+    return make_tiny_llm(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory):
+    """A local directory holding a tiny random GPT-2 (2 layers, width 32) and its chat tokenizer."""
+    from tests.llm_tiny import make_tiny_llm
+
+    return make_tiny_llm(tmp_path_factory.mktemp("tiny-gpt2"), "gpt2")

@@ -116,10 +116,25 @@ class TimeSeriesConfig(Section):
         return v
 
 
+class LMDataConfig(Section):
+    """Examples for a causal language model (`data.task: causal_lm`): prompt/completion pairs or chat messages."""
+
+    # a column name, or a template with {column} placeholders ("Classify the sentiment of: {text}")
+    prompt: str = "prompt"
+    completion: str = "completion"  # a column name or a template, as prompt
+    messages: str | None = None  # a column of chat messages [{role, content}, ...]; replaces prompt/completion
+    system: str | None = None  # a system message put before every example (and every served chat)
+    template: Literal["model", "chatml", "plain"] = "model"  # model: the base's own chat template
+    max_length: int = Field(512, ge=8, le=131_072)  # tokens per example (prompt + completion)
+    packing: bool = False  # put several short examples in one row of max_length tokens (EOS between them)
+    train_on: Literal["completion", "all"] = "completion"  # completion: prompt tokens carry no loss
+    cache: bool = True  # keep tokenized splits in .foundry-cache/tokens/ for the next run on the same data
+
+
 class DataConfig(Section):
     source: str  # sklearn:<name> or a path to .csv / .parquet / .jsonl
     target: str = "target"
-    task: Literal["auto", "classification", "regression"] = "auto"
+    task: Literal["auto", "classification", "regression", "causal_lm"] = "auto"
     features: dict[str, FeatureConfig] = {}
     max_rows: int | None = Field(None, ge=10)  # keep a random (stratified) sample of this many rows, for speed
     text: TextConfig = TextConfig()
@@ -127,6 +142,7 @@ class DataConfig(Section):
     split: SplitConfig = SplitConfig()
     balance: BalanceConfig = BalanceConfig()
     time_series: TimeSeriesConfig | None = None  # forecasting windows over a time-ordered table
+    lm: LMDataConfig = LMDataConfig()  # read when data.task is causal_lm (a model: {name: llm})
 
     @model_validator(mode="after")
     def _time_series(self) -> DataConfig:

@@ -11,15 +11,29 @@ from modelfoundry.config.base import Section
 from modelfoundry.errors import unknown_name
 from modelfoundry.evaluate.metrics import CLASSIFICATION_METRICS, METRICS, REGRESSION_METRICS
 
-LOWER_IS_BETTER = {"loss", *(n for n, m in METRICS.items() if m.lower_is_better and not m.calibration)}
+LOWER_IS_BETTER = {"loss", "perplexity",
+                   *(n for n, m in METRICS.items() if m.lower_is_better and not m.calibration)}
 # early-stopping monitors: val_loss or val_<metric>; the loop computes these itself, the rest by metric name
-FAST_MONITORS = ("val_loss", "val_accuracy", "val_mae", "val_rmse", "val_r2")
-MONITORS = ("val_loss", *(f"val_{m}" for m in CLASSIFICATION_METRICS + REGRESSION_METRICS))
+# (a causal language model's loop computes val_perplexity and val_token_accuracy)
+LM_MONITORS = ("val_loss", "val_perplexity", "val_token_accuracy")
+FAST_MONITORS = ("val_loss", "val_accuracy", "val_mae", "val_rmse", "val_r2", *LM_MONITORS[1:])
+MONITORS = ("val_loss", *(f"val_{m}" for m in CLASSIFICATION_METRICS + REGRESSION_METRICS), *LM_MONITORS[1:])
 
 
 def monitor_mode(monitor: str) -> str:
     """'min' or 'max': the direction in which `monitor` improves."""
     return "min" if monitor.removeprefix("val_") in LOWER_IS_BETTER else "max"
+
+
+class GenerationEvalConfig(Section):
+    """How a causal language model is evaluated by generating: answers to held-out prompts scored against their
+    completions (exact match, token F1, ROUGE-L; accuracy when completions are labels), beside the base model's."""
+
+    rows: int = Field(200, ge=0)  # held-out (test) examples generated for; 0: loss and perplexity only
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    batch_size: int = Field(16, ge=1)
+    baseline: bool = True  # also score the base model (no fine-tuning) on the same rows
+    samples: int = Field(10, ge=0)  # generations shown in report.md
 
 
 class EvaluationConfig(Section):
@@ -28,6 +42,7 @@ class EvaluationConfig(Section):
     top_k: list[Annotated[int, Field(ge=2)]] = [3]  # adds top_<k>_accuracy when there are > k classes
     confused_examples: int = Field(10, ge=0)
     plots: bool = True
+    generation: GenerationEvalConfig = GenerationEvalConfig()  # causal language models only
 
     @field_validator("metrics")
     @classmethod

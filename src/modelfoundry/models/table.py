@@ -20,6 +20,7 @@ from modelfoundry.artifacts.inputs import InputSpec
 from modelfoundry.config.base import Section
 from modelfoundry.errors import ConfigError, unknown_name
 from modelfoundry.models.cnn import CNNConfig, build_cnn
+from modelfoundry.models.llm import LLMConfig, build_llm
 from modelfoundry.models.mlp import MLPConfig, build_mlp
 from modelfoundry.models.pretrained import PretrainedConfig, build_pretrained
 from modelfoundry.models.rnn import GRUConfig, LSTMConfig, build_rnn
@@ -42,6 +43,7 @@ MODELS: dict[str, ModelEntry] = {
     "gru": ModelEntry(GRUConfig, build_rnn),
     "transformer": ModelEntry(TransformerConfig, build_transformer),
     "pretrained": ModelEntry(PretrainedConfig, build_pretrained),
+    "llm": ModelEntry(LLMConfig, build_llm),
 }
 
 
