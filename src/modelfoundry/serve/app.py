@@ -60,7 +60,12 @@ def max_body_bytes(settings: ServeConfig) -> int:
 def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel | None = None,
                extensions: Sequence[Extension] = ()) -> FastAPI:
     """The FastAPI app serving `store`'s model (or `preloaded`, already loaded by the caller); it loads and warms
-    up the model at start-up. Each of `extensions` sees every answered batch (extensions.py)."""
+    up the model at start-up. Each of `extensions` sees every answered batch (extensions.py). A language model
+    is served by the OpenAI-compatible app of openai.py instead."""
+    if preloaded.language is not None if preloaded else getattr(store, "serves_language_model", False):
+        from modelfoundry.serve.openai import create_llm_app
+
+        return create_llm_app(settings, store, preloaded)
     metrics = ServerMetrics(settings.max_batch_size)
     served = ServedModel(metrics.count_warnings)
     hooks = Extensions(extensions, metrics.registry) if extensions else None
@@ -105,17 +110,7 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
         if hooks:
             await hooks.stop()
 
-    keys = ApiKeys.from_file(Path(settings.api_keys_file)) if settings.api_keys_file else None
-    limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_burst) if settings.rate_limit_per_s else None
-
-    async def authorize(request: Request) -> None:
-        """API key (when configured) and rate limit, for the routes that run the model."""
-        who = keys.verify(key_from_headers(request.headers)) if keys else (request.client.host if request.client
-                                                                           else "anonymous")
-        if limiter:
-            limiter.acquire(who)
-
-    guarded = [Depends(authorize)] if keys or limiter else []  # no dependency to solve when nothing is checked
+    guarded = request_guard(settings)
 
     # no /docs or /redoc (their pages load scripts from a CDN); /openapi.json only when asked, below
     app = FastAPI(title="modelfoundry inference server", lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -199,7 +194,21 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
     return app
 
 
-def _add_error_handlers(app: FastAPI, served: ServedModel) -> None:
+def request_guard(settings: ServeConfig) -> list[Any]:
+    """The dependencies of the routes that run the model: API key (when configured) and rate limit."""
+    keys = ApiKeys.from_file(Path(settings.api_keys_file)) if settings.api_keys_file else None
+    limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_burst) if settings.rate_limit_per_s else None
+
+    async def authorize(request: Request) -> None:
+        who = keys.verify(key_from_headers(request.headers)) if keys else (request.client.host if request.client
+                                                                           else "anonymous")
+        if limiter:
+            limiter.acquire(who)
+
+    return [Depends(authorize)] if keys or limiter else []  # no dependency to solve when nothing is checked
+
+
+def _add_error_handlers(app: FastAPI, served: Any, routes_hint: str = ROUTES_HINT) -> None:
     """One error body everywhere: {"error": what was wrong, "hint": what to do}."""
 
     @app.exception_handler(FoundryError)
@@ -222,7 +231,7 @@ def _add_error_handlers(app: FastAPI, served: ServedModel) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            error, hint = f"No route {request.method} {request.url.path}.", ROUTES_HINT
+            error, hint = f"No route {request.method} {request.url.path}.", routes_hint
         elif exc.status_code == 405:
             error = f"{request.method} is not allowed on {request.url.path}."
             hint = f"Use {(exc.headers or {}).get('Allow', 'another method')}."

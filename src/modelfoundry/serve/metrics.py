@@ -8,6 +8,11 @@
     foundry_extension_errors_total{extension}   only with server extensions (extensions.py), which add
     foundry_extension_dropped_total             these two themselves
 
+A language model's server (openai.py) adds, and counts its queue time in foundry_queue_duration_seconds:
+    foundry_time_to_first_token_seconds (histogram)    foundry_generated_tokens_total
+    foundry_generated_tokens_per_second (gauge)        foundry_active_streams (gauge)
+    foundry_queued_requests (gauge)
+
 Each app has its own registry, so several apps (tests) never collide. With several worker processes each
 worker reports its own series (set PROMETHEUS_MULTIPROC_DIR for prometheus-client's multiprocess mode).
 """
@@ -15,9 +20,11 @@ worker reports its own series (set PROMETHEUS_MULTIPROC_DIR for prometheus-clien
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
-ROUTES = ("/v2/health/live", "/v2/health/ready", "/predict", "/metrics", "/openapi.json")
+ROUTES = ("/v2/health/live", "/v2/health/ready", "/predict", "/metrics", "/openapi.json", "/v1/completions",
+          "/v1/chat/completions", "/v1/models")
 
 
 class ServerMetrics:
@@ -40,6 +47,25 @@ class ServerMetrics:
                           ["model", "version", "alias"], registry=self.registry)
         self.input_warnings = Counter("foundry_input_warnings", "Input values the model did not see in training, "
                                       "by column and kind.", ["column", "kind"], registry=self.registry)
+
+    def add_generation(self, active: Callable[[], float], queued: Callable[[], float],
+                       tokens_per_s: Callable[[], float]) -> None:
+        """The language model's series; the gauges read `active`, `queued` and `tokens_per_s` when scraped."""
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.ttft = Histogram("foundry_time_to_first_token_seconds", "Time from a generation request to its first "
+                              "token.", buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+                              registry=self.registry)
+        self.generated = Counter("foundry_generated_tokens", "Tokens generated.", registry=self.registry)
+        for name, about, read in (("foundry_generated_tokens_per_second", "Tokens generated per second, over the "
+                                   "last steps.", tokens_per_s),
+                                  ("foundry_active_streams", "Generations being decoded now.", active),
+                                  ("foundry_queued_requests", "Generations waiting for a stream.", queued)):
+            Gauge(name, about, registry=self.registry).set_function(read)
+
+    def first_token(self, queue_s: float, ttft_s: float) -> None:
+        self.queue.observe(queue_s)
+        self.ttft.observe(ttft_s)
 
     def set_model(self, name: str, version: str, alias: str | None) -> None:
         self.info.clear()

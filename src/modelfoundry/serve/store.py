@@ -1,4 +1,5 @@
-"""Where the served model comes from: a run directory, or a registered model by NAME@ALIAS."""
+"""Where the served model comes from: a run directory, or a registered model by NAME@ALIAS; for language
+models also a base (a short name such as smollm2-135m, or a local Hugging Face directory)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ class LoadedModel:
     name: str
     version: str
     alias: str | None
-    backend: Backend
+    backend: Backend | None  # None for a language model
     run_dir: Path | None = None
     schema: Any = None  # its InputSchema (data/input_schema.py), set by the server (it knows serve.on_unseen)
     inline: bool = False  # a full batch takes well under a millisecond: call it on the event loop, no thread hop
+    language: Any = None  # a causal language model: its LanguageModel (models/llm.py), served by serve/openai.py
 
 
 class ModelStore(Protocol):
@@ -29,15 +31,21 @@ class ModelStore(Protocol):
 class RunDirStore:
     """Serve a run directory as it is (tests, quick looks): version 'run'."""
 
-    def __init__(self, run_dir: Path, name: str | None = None, backend: str = "onnx"):
-        self.run_dir, self.name, self.backend = Path(run_dir), name, backend
+    def __init__(self, run_dir: Path, name: str | None = None, backend: str = "onnx", dtype: str = "float32"):
+        self.run_dir, self.name, self.backend, self.dtype = Path(run_dir), name, backend, dtype
 
     def load(self, version: str | None = None) -> LoadedModel:
         from modelfoundry.artifacts.records import ModelRecord
         from modelfoundry.artifacts.rundir import RunDir
 
         name = self.name or ModelRecord.read(RunDir(self.run_dir).model_record).name
+        if is_language_run(self.run_dir):
+            return _language(name, "run", None, self.run_dir, self.dtype)
         return LoadedModel(name, "run", None, load_backend(self.run_dir, self.backend), self.run_dir)
+
+    @property
+    def serves_language_model(self) -> bool:
+        return is_language_run(self.run_dir)
 
     def local_dir(self) -> Path:
         return self.run_dir
@@ -46,8 +54,8 @@ class RunDirStore:
 class RegistryStore:
     """Serve the version a registry reference (NAME, NAME/VERSION, NAME@ALIAS) resolves to now."""
 
-    def __init__(self, ref: str, uri: str | None = None, backend: str = "onnx"):
-        self.ref, self.uri, self.backend = ref, uri, backend
+    def __init__(self, ref: str, uri: str | None = None, backend: str = "onnx", dtype: str = "float32"):
+        self.ref, self.uri, self.backend, self.dtype = ref, uri, backend, dtype
 
     def resolve(self) -> tuple[str, str, str | None]:
         """(name, version, alias) the reference names now; an unreachable store is one RegistryError."""
@@ -85,7 +93,13 @@ class RegistryStore:
         else:
             name, _, alias = parse_ref(self.ref)
         local = download(f"{name}/{version}", self.uri)
+        if is_language_run(local):
+            return _language(name, version, alias, local, self.dtype)
         return LoadedModel(name, version, alias, load_backend(local, self.backend), local)
+
+    @property
+    def serves_language_model(self) -> bool:
+        return is_language_run(self.local_dir())
 
     def local_dir(self) -> Path:
         """The local copy of the version the reference resolves to now (downloaded once, then cached)."""
@@ -95,19 +109,61 @@ class RegistryStore:
         return download(f"{name}/{version}", self.uri)
 
 
-def store_for(model: str, uri: str | None = None, backend: str = "onnx") -> Any:
-    """A RunDirStore for an existing directory, a RegistryStore for NAME, NAME/VERSION or NAME@ALIAS."""
+class BaseModelStore:
+    """Serve a language model's base as it is: a short name (smollm2-135m) or a local Hugging Face causal-LM
+    directory; version 'base', the server's default settings."""
+
+    serves_language_model = True
+
+    def __init__(self, base: str, dtype: str = "float32"):
+        self.base, self.dtype = base, dtype
+
+    def load(self, version: str | None = None) -> LoadedModel:
+        from modelfoundry.models.llm import load_base_language_model
+
+        language = load_base_language_model(self.base, self.dtype)
+        return LoadedModel(language.name, "base", None, None, language=language)
+
+    def local_dir(self) -> Path:
+        from modelfoundry.models.llm_base import resolve_base
+
+        return resolve_base(self.base).directory
+
+
+def is_language_run(run_dir: Path) -> bool:
+    """Whether a run directory holds a causal language model (model: {name: llm})."""
+    from modelfoundry.artifacts.rundir import RunDir
+    from modelfoundry.rundir import load_run_config
+
+    return RunDir(run_dir).config.is_file() and load_run_config(run_dir).model.name == "llm"
+
+
+def _language(name: str, version: str, alias: str | None, run_dir: Path, dtype: str) -> LoadedModel:
+    from modelfoundry.rundir import load_language_model
+
+    language = load_language_model(run_dir, dtype)
+    language.name = name
+    return LoadedModel(name, version, alias, None, run_dir, language=language)
+
+
+def store_for(model: str, uri: str | None = None, backend: str = "onnx", dtype: str = "float32") -> Any:
+    """A RunDirStore for a run directory, a BaseModelStore for a language model's base (short name or Hugging
+    Face directory), a RegistryStore for NAME, NAME/VERSION or NAME@ALIAS."""
     from modelfoundry.errors import RunDirError
+    from modelfoundry.models.llm_base import SHORT_NAMES
     from modelfoundry.registry import REF
 
     path = Path(model)
+    if model in SHORT_NAMES or (path.is_dir() and (path / "config.json").is_file()
+                                and not (path / "config.yaml").is_file()):
+        return BaseModelStore(model, dtype)
     if path.is_dir():
-        return RunDirStore(path, backend=backend)
+        return RunDirStore(path, backend=backend, dtype=dtype)
     if path.exists():
         raise RunDirError(f"'{model}' is a file, not a run directory.",
                           "Pass a directory made by `foundry run` (under runs/), or NAME, NAME/VERSION or NAME@ALIAS.")
     if REF.match(str(model)):
-        return RegistryStore(str(model), uri, backend)
+        return RegistryStore(str(model), uri, backend, dtype)
     raise RunDirError(f"'{model}' is neither a run directory nor a registered model reference.",
                       "Pass a directory under runs/, or NAME, NAME/VERSION or NAME@ALIAS (see `foundry registry "
                       "list`).")
@@ -122,7 +178,7 @@ def serve_settings(store: Any, overrides: dict[str, Any]) -> Any:
     from modelfoundry.errors import ConfigError
     from modelfoundry.rundir import load_run_config
 
-    section = load_run_config(store.local_dir()).serve
+    section = ServeConfig() if isinstance(store, BaseModelStore) else load_run_config(store.local_dir()).serve
     try:
         return ServeConfig.model_validate({**section.model_dump(), **overrides})
     except ValidationError as exc:

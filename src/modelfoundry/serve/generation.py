@@ -1,0 +1,418 @@
+"""Continuous batching of a causal language model: many generations share each forward pass.
+
+One worker thread owns the model. Between two decoding steps, requests waiting for a slot join: their
+prompts are prefilled together (left-padded), and their KV caches are left-padded and concatenated to the
+running batch's along the batch dimension. Every step is then one forward of one new token per active
+stream; a stream that finishes (stop, length) or whose client went away leaves the batch at once
+(`index_select` on the cache), and the all-padding columns this leaves on the left are trimmed.
+
+    cache     per layer: keys, values (B, kv_heads, T, head_dim), rows left-padded with zeros
+    mask      (B, T) 1 where a row has a real token; a row's next position is its count of ones
+    last      (B,) the token each row feeds into the next step
+
+Rows never see each other (the attention mask hides the padding), so a request's greedy text is the
+same alone or batched (tested). Waiting requests are bounded (`max_queue_size`: Overloaded, HTTP 503 with
+Retry-After) and so is their wait (`queue_timeout_ms`).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from modelfoundry.errors import Overloaded, RetryLater, first_line
+
+if TYPE_CHECKING:
+    import asyncio
+
+    import torch
+
+    from modelfoundry.models.generation import SamplingParams
+    from modelfoundry.models.llm import LanguageModel
+
+log = logging.getLogger(__name__)
+_END = object()  # the last item of a stream's channel
+
+
+class GenerationFailed(RetryLater):
+    """The engine failed on a step (a bug or a broken model, not the request): that step's requests end."""
+
+    http_status = 503
+
+
+def kv_cache_bytes_per_token(model: Any) -> int:
+    """Bytes the KV cache holds per token of one stream: layers x (keys + values) x kv heads x head dim x
+    the weights' element size (the pre-flight estimate multiplies it by streams and context)."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+    heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or (getattr(cfg, "hidden_size", None) or cfg.n_embd) // heads
+    element = next(model.parameters()).element_size()
+    return int(layers * 2 * kv_heads * head_dim * element)
+
+
+class Stream:
+    """One request's generation as the engine runs it: text pieces arrive on a channel; usage and timings
+    are set by the engine. `cancel()` (thread-safe) makes the engine drop the row before its next step."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop | None):
+        self.prompt_ids, self.params = prompt_ids, params
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.error: BaseException | None = None
+        self.enqueued = time.perf_counter()
+        self.queue_s: float | None = None  # submitted -> prefill began
+        self.ttft_s: float | None = None  # submitted -> first token
+        self.cancelled = False
+        self._items: collections.deque = collections.deque()
+        self._loop = loop
+        if loop is None:
+            self._wake: Any = threading.Event()
+        else:
+            import asyncio
+
+            self._wake = asyncio.Event()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def put(self, item: Any) -> None:
+        """Engine side: a text piece, an exception, or _END."""
+        self._items.append(item)
+        if self._loop is None:
+            self._wake.set()
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:  # the loop is closed: nobody reads any more
+            self.cancelled = True
+
+    def _take(self) -> tuple[list[str], bool]:
+        pieces, done = [], False
+        while self._items:
+            item = self._items.popleft()
+            if item is _END:
+                done = True
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                pieces.append(item)
+        return pieces, done
+
+    async def pieces(self):  # noqa: ANN201 - AsyncIterator[str]
+        """The text pieces as they come (async); raises the engine's error for this request, if any."""
+        while True:
+            self._wake.clear()
+            pieces, done = self._take()
+            for piece in pieces:
+                yield piece
+            if done:
+                return
+            if not self._items:
+                await self._wake.wait()
+
+    def __iter__(self):  # noqa: ANN204 - Iterator[str], blocking (tests, benchmarks without a loop)
+        while True:
+            self._wake.clear()
+            pieces, done = self._take()
+            yield from pieces
+            if done:
+                return
+            if not self._items:
+                self._wake.wait()
+
+    def text(self) -> str:
+        """The whole answer, blocking (a stream made without a loop)."""
+        return "".join(self)
+
+
+@dataclass
+class _Row:
+    stream: Stream
+    text: Any  # its TextStream
+    budget: int  # new tokens it may still make (max_new_tokens, or the room the context leaves)
+    generator: Any
+    seen: torch.Tensor | None  # prompt + output ids, only for repetition_penalty
+    params: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.params = self.stream.params
+
+
+class GenerationEngine:
+    """Continuous batching over `lm` with at most `max_streams` rows per step (see the module docstring).
+
+    Args:
+        lm: the language model; its weights' dtype is the one served.
+        max_streams: rows decoded together; more requests wait.
+        max_queue_size: waiting requests before `submit` raises Overloaded.
+        queue_timeout_ms: a request waiting longer for a slot fails with Overloaded.
+        on_first_token: called with (queue seconds, time-to-first-token seconds) of each request.
+        on_tokens: called with the number of tokens each step made.
+    """
+
+    def __init__(self, lm: LanguageModel, *, max_streams: int = 8, max_queue_size: int = 1024,
+                 queue_timeout_ms: float = 1000.0, on_first_token: Any = None, on_tokens: Any = None):
+        self.lm = lm
+        self.max_streams, self.max_queue_size = max_streams, max_queue_size
+        self.queue_timeout_s = queue_timeout_ms / 1000
+        self.on_first_token, self.on_tokens = on_first_token, on_tokens
+        self.stop_ids = lm.stop_ids()
+        self.pad_id = lm.tokenizer.pad_token_id or 0
+        self._tokens_per_s = 0.0  # smoothed over the last steps
+        self._counted_at: float | None = None
+        self._pending: collections.deque[Stream] = collections.deque()
+        self._cond = threading.Condition()
+        self._rows: list[_Row] = []
+        self._cache: Any = None
+        self._mask: Any = None  # (B, T) long
+        self._last: Any = None  # (B,) long
+        self._state = "new"  # new -> running -> retiring (finish what it has) | stopped
+        self._thread: threading.Thread | None = None
+
+    @property
+    def active(self) -> int:
+        return len(self._rows)
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Tokens generated per second over the last steps (0 when nothing runs)."""
+        return self._tokens_per_s if self._rows else 0.0
+
+    @property
+    def idle(self) -> bool:
+        return not self._rows and not self._pending
+
+    def start(self) -> GenerationEngine:
+        self._state = "running"
+        self._thread = threading.Thread(target=self._work, name="foundry-generation", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, wait_s: float = 10.0) -> None:
+        """Stop now: waiting and running requests end with an error."""
+        with self._cond:
+            self._state = "stopped"
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(wait_s)
+
+    def retire(self) -> None:
+        """Finish the requests it has (a hot switch moved new ones elsewhere), then stop the thread."""
+        with self._cond:
+            self._state = "retiring"
+            self._cond.notify_all()
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams,
+               loop: asyncio.AbstractEventLoop | None = None) -> Stream:
+        """Queue one generation (params already checked, prompt within the context); returns its Stream.
+
+        Raises:
+            Overloaded: `max_queue_size` requests already wait.
+        """
+        stream = Stream(list(prompt_ids), params, loop)
+        with self._cond:
+            if len(self._pending) >= self.max_queue_size:
+                raise Overloaded(f"The server is overloaded ({len(self._pending)} generations waiting for one of "
+                                 f"{self.max_streams} streams).", "Retry after the Retry-After delay.",
+                                 retry_after_s=max(1.0, self.queue_timeout_s))
+            if self._state not in ("new", "running"):
+                raise Overloaded("This model version is shutting down.", "Retry now: a new version serves.",
+                                 retry_after_s=1.0)
+            self._pending.append(stream)
+            self._cond.notify_all()
+        return stream
+
+    # -- the worker thread ---------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        import torch
+
+        while True:
+            with self._cond:
+                while self._state != "stopped" and self.idle:
+                    if self._state == "retiring":
+                        return
+                    self._cond.wait()
+                if self._state == "stopped":
+                    break
+                joiners = self._admit()
+            with torch.inference_mode():
+                if joiners:
+                    self._guarded(self._join, joiners)
+                if self._rows:
+                    self._drop_cancelled()
+                if self._rows:
+                    self._guarded(self._step, [r.stream for r in self._rows])
+        closing = Overloaded("The server is shutting down.", "Retry on another replica.", retry_after_s=1.0)
+        for stream in [r.stream for r in self._rows] + list(self._pending):
+            stream.put(closing)
+        self._rows, self._pending = [], collections.deque()
+
+    def _admit(self) -> list[Stream]:
+        """Waiting streams that get a slot now (under the lock); timed-out and cancelled ones end here."""
+        joiners, now = [], time.perf_counter()
+        while self._pending and len(self._rows) + len(joiners) < self.max_streams:
+            stream = self._pending.popleft()
+            if stream.cancelled:
+                continue
+            waited = now - stream.enqueued
+            if waited > self.queue_timeout_s:
+                stream.put(Overloaded(f"The request waited {1000 * waited:.0f} ms for a free stream (limit "
+                                      f"{1000 * self.queue_timeout_s:.0f} ms; {self.max_streams} streams busy).",
+                                      "Retry later, or raise serve.max_streams / serve.queue_timeout_ms.",
+                                      retry_after_s=1.0))
+                continue
+            stream.queue_s = waited
+            joiners.append(stream)
+        return joiners
+
+    def _guarded(self, work: Any, streams: list[Stream]) -> None:
+        """Run one prefill or step; if it fails, only its requests end (with GenerationFailed)."""
+        try:
+            work(streams)
+        except Exception as exc:  # noqa: BLE001 - the engine keeps serving the other requests
+            log.error("generation failed on %d stream(s)", len(streams), exc_info=exc)
+            failed = GenerationFailed(f"Generation failed ({type(exc).__name__}: {first_line(exc)}).",
+                                      "This is a bug or a broken model, not a problem with the request; the "
+                                      "server log has the details. Retry.", retry_after_s=1.0)
+            ids = {id(s) for s in streams}
+            for stream in streams:
+                stream.put(failed)
+            keep = [i for i, r in enumerate(self._rows) if id(r.stream) not in ids]
+            self._keep(keep)
+
+    def _join(self, streams: list[Stream]) -> None:
+        """Prefill the joiners' prompts together and merge them into the running batch."""
+        import torch
+        from transformers import DynamicCache
+
+        from modelfoundry.models.generation import TextStream, seeded_generator
+
+        width = max(len(s.prompt_ids) for s in streams)
+        ids = torch.tensor([[self.pad_id] * (width - len(s.prompt_ids)) + s.prompt_ids for s in streams])
+        mask = (ids.new_tensor([width - len(s.prompt_ids) for s in streams])[:, None]
+                <= torch.arange(width)[None]).long()  # (b, L), left padding
+        cache = DynamicCache(config=self.lm.model.config)
+        logits = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp_(min=0),
+                               cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (b, V)
+        context = self.lm.context_length
+        rows = [_Row(s, TextStream(self.lm.tokenizer, s.params.stop, self.stop_ids),
+                     min(s.params.max_new_tokens, context - len(s.prompt_ids)), seeded_generator(s.params.seed),
+                     torch.tensor(s.prompt_ids) if s.params.repetition_penalty != 1.0 else None) for s in streams]
+        self._merge(rows, cache, mask)
+        self._advance(logits, len(self._rows) - len(rows))
+
+    def _merge(self, rows: list[_Row], cache: Any, mask: torch.Tensor) -> None:
+        """Append the prefilled rows to the batch: both caches left-padded to one width, then concatenated."""
+        import torch
+        import torch.nn.functional as F
+
+        last = mask.new_zeros(len(rows))
+        if not self._rows:
+            self._rows, self._cache, self._mask, self._last = rows, cache, mask, last
+            return
+        old, new = self._mask.shape[1], mask.shape[1]
+        width = max(old, new)
+        for mine, theirs in zip(self._cache.layers, cache.layers):
+            mine.keys = torch.cat([F.pad(mine.keys, (0, 0, width - old, 0)), F.pad(theirs.keys, (0, 0, width - new, 0))])
+            mine.values = torch.cat([F.pad(mine.values, (0, 0, width - old, 0)),
+                                     F.pad(theirs.values, (0, 0, width - new, 0))])
+        self._mask = torch.cat([F.pad(self._mask, (width - old, 0)), F.pad(mask, (width - new, 0))])
+        self._last = torch.cat([self._last, last])
+        self._rows = self._rows + rows
+
+    def _step(self, streams: list[Stream]) -> None:
+        """One token for every active row: one batched forward over the cache."""
+        import torch
+
+        mask = self._mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)  # (B, T+1)
+        logits = self.lm.model(input_ids=self._last[:, None], attention_mask=mask,
+                               position_ids=mask.sum(1, keepdim=True) - 1, cache=self._cache,
+                               use_cache=True).logits[:, -1]  # (B, V)
+        self._advance(logits, 0)
+
+    def _advance(self, logits: torch.Tensor, first: int) -> None:
+        """Pick the next token of rows `first:` from their (b, V) logits, hand out the text, drop finished rows."""
+        import torch
+
+        from modelfoundry.models.generation import next_tokens
+
+        rows = self._rows[first:]
+        params = [r.params for r in rows]
+        if all(p.temperature == 0 and p.repetition_penalty == 1.0 for p in params):
+            tokens = logits.argmax(-1)
+        else:
+            tokens = next_tokens(logits, params, [r.seen if r.seen is not None else logits.new_empty(0).long()
+                                                  for r in rows], [r.generator for r in rows])
+        self._last[first:] = tokens
+        now, keep = time.perf_counter(), list(range(first))
+        for k, (row, token) in enumerate(zip(rows, tokens.tolist())):
+            stream = row.stream
+            if stream.ttft_s is None:
+                stream.ttft_s = now - stream.enqueued
+                if self.on_first_token:
+                    self.on_first_token(stream.queue_s or 0.0, stream.ttft_s)
+            stream.completion_tokens += 1
+            row.budget -= 1
+            if row.seen is not None:
+                row.seen = torch.cat([row.seen, tokens[k:k + 1]])
+            piece = row.text.push(token)
+            if not row.text.finished and row.budget <= 0:
+                piece += row.text.flush()
+            if piece:
+                stream.put(piece)
+            if row.text.finished:
+                stream.finish_reason = row.text.finish_reason
+                stream.put(_END)
+            elif stream.cancelled:
+                stream.put(_END)
+            else:
+                keep.append(first + k)
+        self._count(len(rows), now)
+        self._keep(keep)
+
+    def _count(self, tokens: int, now: float) -> None:
+        if self.on_tokens:
+            self.on_tokens(tokens)
+        since = now - (self._counted_at or now)
+        self._counted_at = now
+        if since > 0:
+            self._tokens_per_s = 0.8 * self._tokens_per_s + 0.2 * tokens / since
+
+    def _drop_cancelled(self) -> None:
+        keep = [i for i, r in enumerate(self._rows) if not r.stream.cancelled]
+        for row in self._rows:
+            if row.stream.cancelled:
+                row.stream.put(_END)
+        self._keep(keep)
+
+    def _keep(self, keep: list[int]) -> None:
+        """Only rows `keep` stay in the batch; the padding columns every remaining row has are trimmed."""
+        import torch
+
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._rows, self._cache, self._mask, self._last = [], None, None, None
+            return
+        index = torch.tensor(keep)
+        self._rows = [self._rows[i] for i in keep]
+        self._mask, self._last = self._mask[index], self._last[index]
+        start = int(self._mask.any(0).long().argmax())  # the first column some row uses
+        self._mask = self._mask[:, start:]
+        for layer in self._cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
