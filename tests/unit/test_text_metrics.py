@@ -87,9 +87,11 @@ def test_predicted_label_rules():
     labels = ["positive", "negative", "very positive"]
     assert predicted_label("Positive!", labels) == "positive"
     assert predicted_label("Very positive, clearly", labels) == "very positive"  # the longest prefix wins
-    assert predicted_label("The sentiment is negative.", labels) == "negative"  # the one label inside
+    assert predicted_label("The sentiment is negative.", labels) == "negative"  # the label named in a sentence
     assert predicted_label("positive or negative", labels) == "positive"  # starts with one
-    assert predicted_label("not sure: negative or positive", labels) is None  # two inside: ambiguous
+    assert predicted_label("It is negative, not positive", labels) == "negative"  # the first one named
+    assert predicted_label("It is very positive, not negative", labels) == "very positive"  # longest at a word
+    assert predicted_label("I cannot tell", labels) is None
     assert predicted_label("", labels) is None
 
 

@@ -91,30 +91,28 @@ def is_label_set(references: list[str], max_labels: int = MAX_LABELS,
 
 
 def predicted_label(pred: str, labels: list[str]) -> str | None:
-    """The label a generated text gives, or None when it gives none (or several, ambiguously).
+    """The label a generated text gives, or None when it names none.
 
     Compared on normalised tokens: the label the text equals; else the longest label the text starts with
-    ("Positive. The review praises..." gives positive); else the one label that occurs anywhere in the text
-    ("The sentiment is negative." gives negative) when exactly one does.
+    ("Positive. The review praises..." gives positive); else the label named earliest in the text ("The
+    sentiment is neutral, not strongly negative" gives neutral; the longest one where two start at the same
+    word). Base models answer in sentences, so the first label named is taken as their answer.
     """
     tokens = normalize_tokens(pred)
     by_tokens = {tuple(normalize_tokens(label)): label for label in labels}
+    by_tokens.pop((), None)
     if tuple(tokens) in by_tokens:
         return by_tokens[tuple(tokens)]
-    prefixes = [lt for lt in by_tokens if lt and tuple(tokens[:len(lt)]) == lt]
-    if prefixes:
-        return by_tokens[max(prefixes, key=len)]
-    inside = [lt for lt in by_tokens if lt and _contains(tokens, lt)]
-    return by_tokens[inside[0]] if len(inside) == 1 else None
-
-
-def _contains(tokens: list[str], part: tuple[str, ...]) -> bool:
-    return any(tuple(tokens[i:i + len(part)]) == part for i in range(len(tokens) - len(part) + 1))
+    for start in range(len(tokens)):
+        found = [lt for lt in by_tokens if tuple(tokens[start:start + len(lt)]) == lt]
+        if found:
+            return by_tokens[max(found, key=len)]
+    return None
 
 
 def label_accuracy(preds: list[str], refs: list[str], labels: list[str]) -> float:
     """Share of rows whose generated text gives the reference's label (see `predicted_label`); a text that
-    gives no label, or an ambiguous one, counts as wrong. 0.0 for no rows."""
+    names no label counts as wrong. 0.0 for no rows."""
     if not refs:
         return 0.0
     hits = 0
