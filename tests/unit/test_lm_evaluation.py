@@ -157,3 +157,13 @@ def test_history_gives_a_curve_table_and_plot(llama, tmp_path):
     rows = table_rows((tmp_path / "report.md").read_text(), "## Training curve")
     assert rows[:2] == [["1", "3.0000", "2.5000", "12.1800"], ["2", "2.0000", "2.2000", "9.0300"]]
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_real_base_model_answers_score(tmp_path):
+    lm = load_base_language_model("smollm2-135m")
+    rows = [{"messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+             "reference": "Paris", "row": 0}]
+    metrics = evaluate_language_model(lm, None, rows, GenerationEvalConfig(rows=1, max_new_tokens=12), tmp_path)
+    answer = json.loads((tmp_path / "generations.jsonl").read_text())["tuned"]
+    assert "paris" in answer.lower() and metrics["token_f1"] > 0.0
