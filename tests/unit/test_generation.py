@@ -55,7 +55,7 @@ def test_greedy_is_deterministic_and_respects_max_new_tokens(lm, prompts):
 
 
 def test_same_seed_same_text_other_seed_other_text(lm, prompts):
-    sample = dict(max_new_tokens=20, temperature=1.0)
+    sample = {"max_new_tokens": 20, "temperature": 1.0}
     a = _text(lm, prompts[1], seed=7, **sample)
     assert a == _text(lm, prompts[1], seed=7, **sample)
     assert a != _text(lm, prompts[1], seed=8, **sample)

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from modelfoundry.cli import deployment, registry, runs, search, text
+from modelfoundry.cli import deployment, generation, registry, runs, search, text
 
 app = typer.Typer(name="foundry", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None,  # plain help: rendering it with rich costs ~0.1 s per call
@@ -21,7 +21,7 @@ for command in (runs.validate, runs.run, runs.train, runs.evaluate, runs.cv, run
                 search.compress):
     app.command()(command)
 app.command("export")(deployment.export_model)
-for command in (deployment.serve, text.zeroshot, runs.migrate, runs.datasets):
+for command in (deployment.serve, generation.generate, text.zeroshot, runs.migrate, runs.datasets):
     app.command()(command)
 app.add_typer(deployment.keys_app, name="keys")
 app.add_typer(registry.registry_app, name="registry")

@@ -8,10 +8,10 @@ into text with `TextStream`, which never emits half a UTF-8 character nor any pa
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from modelfoundry.errors import ConfigError
@@ -300,7 +300,7 @@ def _forward(lm: LanguageModel, ids: torch.Tensor, cache: Any, **kwargs: Any) ->
         return lm.model(input_ids=ids, use_cache=True, logits_to_keep=1, **kwargs).logits[:, -1]
 
 
-@lru_cache(maxsize=None)
+@functools.cache
 def _cache_argument(model_class: type) -> str:
     """`cache` (transformers >= 5.x) or `past_key_values` (earlier 5.x), as the model's forward names it."""
     import inspect
