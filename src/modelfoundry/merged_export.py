@@ -11,6 +11,7 @@ plus its head, after checking that it answers what the adapter model answers (`f
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -28,7 +29,10 @@ from modelfoundry.storage import write_json
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
     from torch import nn
+
+    from modelfoundry.models.llm import LanguageModel
 
 
 @dataclass
@@ -127,3 +131,89 @@ def _replace_dir(staging: Path, out: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# --- causal language models -------------------------------------------------------------------------------
+# A causal-LM run merges into one plain Hugging Face directory (config.json, model.safetensors, tokenizer files
+# whose chat template is the run's, system message included; merged.json says what it is; export.json, written
+# last, the parity reached): `load_base_language_model(out_dir)` or `AutoModelForCausalLM.from_pretrained`
+# read it, with no peft and no reference to the base weights.
+MERGED_LM_FORMAT = 1
+PARITY_PROMPTS = (  # the fixed prompt set merged logits are compared on (every position of each prompt)
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Classify the sentiment of this text: I loved the film, it was great."}],
+    [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Translate to French: cat"},
+     {"role": "assistant", "content": "chat"}, {"role": "user", "content": "And dog?"}],
+    [{"role": "user", "content": "Écris « bonjour » 3 fois | then stop.\nThanks!"}],
+)
+PLAIN_TEMPLATE = ("{% for message in messages %}{{ message['content'] }}{% if message['role'] != 'assistant' %}"
+                  "{{ '\\n' }}{% else %}{{ eos_token }}{% endif %}{% endfor %}")
+
+
+def chat_template_for(tokenizer: Any, template: str, system: str | None) -> str:
+    """A Jinja chat template that prompts as `template` (data.chat TEMPLATES) with `system` first does, so the
+    merged directory is prompted as the run was by anyone who calls `apply_chat_template`."""
+    from modelfoundry.data.chat import TEMPLATES
+
+    if template == "model":
+        body = getattr(tokenizer, "chat_template", None)
+        if not body:
+            raise ExportError("The run's tokenizer has no chat template to write (data.lm.template: model).")
+    elif template == "chatml":
+        body = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+                "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                "{% endif %}")
+    elif template == "plain":
+        body = PLAIN_TEMPLATE
+    else:
+        raise ExportError(f"Unknown chat template {template!r}; templates are {', '.join(TEMPLATES)}.")
+    if not system:
+        return body
+    literal = json.dumps(system, ensure_ascii=False)  # a Jinja string literal: quotes and newlines escaped
+    return ("{% if not messages or messages[0]['role'] != 'system' %}{% set messages = [{'role': 'system', "
+            f"'content': {literal}}}] + messages %}}{{% endif %}}" + body)
+
+
+def write_merged_language_model(lm: LanguageModel, out: Path, *, tolerance: float,
+                                description: dict[str, Any]) -> tuple[float, int]:
+    """Write `lm` (its model possibly with LoRA adapters, not merged) merged into `out` (an empty directory),
+    after checking that the merged model, read back from `out`, gives the logits `lm` gives on PARITY_PROMPTS
+    (every position, prompted through the saved chat template) to within `tolerance`.
+
+    `description` goes into merged.json. Returns (the largest |merged - adapter| logit, prompts checked).
+    """
+    from modelfoundry.models.llm import load_base_language_model
+
+    expected = [(ids, _logits(lm.model, ids)) for ids in (lm.prompt_ids(m) for m in PARITY_PROMPTS)]
+    hf = lm.model.merge_and_unload() if hasattr(lm.model, "peft_config") else lm.model
+    hf.config.use_cache = True
+    hf.save_pretrained(str(out), safe_serialization=True)
+    tokenizer = lm.tokenizer
+    saved_template = tokenizer.chat_template
+    tokenizer.chat_template = chat_template_for(tokenizer, lm.template, lm.system)
+    try:
+        tokenizer.save_pretrained(str(out))
+    finally:
+        tokenizer.chat_template = saved_template
+    write_json(out / "merged.json", {"format": MERGED_LM_FORMAT, "kind": "causal_lm", **description,
+                                     "template": lm.template, "system": lm.system})
+    merged = load_base_language_model(str(out))
+    diff = 0.0
+    for messages, (ids, logits) in zip(PARITY_PROMPTS, expected, strict=True):
+        if merged.prompt_ids(messages) != ids:
+            raise ExportError("The merged model's chat template prompts differently from the run's "
+                              f"(template {lm.template}); nothing was written.", "Report the run's data.lm.")
+        diff = max(diff, float((_logits(merged.model, ids) - logits).abs().max()))
+    if not diff <= tolerance:
+        raise ExportError(f"The merged model's logits differ from the adapter model's by up to {diff:.3g} on "
+                          f"{len(expected)} prompts, more than the tolerance {tolerance:g}; nothing was written.",
+                          "Raise --tolerance if the difference is acceptable (bfloat16 weights differ more).")
+    return diff, len(expected)
+
+
+def _logits(model: nn.Module, ids: list[int]) -> torch.Tensor:
+    """The model's float32 logits at every position of one prompt: (T, V)."""
+    import torch
+
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].float()
