@@ -10,8 +10,17 @@ import pytest
 import torch
 
 from modelfoundry.errors import ExportError
-from modelfoundry.merged_export import PARITY_PROMPTS, chat_template_for, write_merged_language_model
-from modelfoundry.models.llm import LanguageModel, LLMConfig, load_base_language_model, prepare_finetuning
+from modelfoundry.merged_export import (
+    PARITY_PROMPTS,
+    chat_template_for,
+    write_merged_language_model,
+)
+from modelfoundry.models.llm import (
+    LanguageModel,
+    LLMConfig,
+    load_base_language_model,
+    prepare_finetuning,
+)
 from modelfoundry.models.llm_base import load_causal_lm, load_tokenizer
 
 OTHER_PROMPTS = ([{"role": "user", "content": "hello world, is this a tiny language model?"}],
@@ -76,7 +85,7 @@ def test_chat_template_with_a_system_message_keeps_one_given(tiny_llm):
 
 
 def test_merge_beyond_the_tolerance_is_refused(tiny_llm, tmp_path, monkeypatch):
-    import modelfoundry.merged_export as merged_export
+    from modelfoundry import merged_export
 
     lm = adapter_model(tiny_llm)
     real = merged_export._logits
