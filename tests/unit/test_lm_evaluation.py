@@ -147,6 +147,7 @@ def test_markdown_cells_are_escaped(llama, tmp_path, monkeypatch):
     assert rows[0][1].endswith("…") and len(rows[0][1]) < 200 and "<br>" in rows[0][1]
     assert "\n" not in escape_cell(nasty) and "<|" not in escape_cell(nasty)
     assert escape_cell(nasty) == "a \\| b<br>line two\\\\\\| &lt;\\|im_end\\|&gt; &amp; more"
+    assert escape_cell("x\x1b[31my\tz\x00") == "x\\x1b[31my z\\x00"  # no terminal control codes in the report
 
 
 def test_history_gives_a_curve_table_and_plot(llama, tmp_path):

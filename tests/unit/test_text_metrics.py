@@ -87,6 +87,7 @@ def test_predicted_label_rules():
     labels = ["positive", "negative", "very positive"]
     assert predicted_label("Positive!", labels) == "positive"
     assert predicted_label("Very positive, clearly", labels) == "very positive"  # the longest prefix wins
+    assert predicted_label("negativegat", labels) == "negative"  # a model that runs on past its label
     assert predicted_label("The sentiment is negative.", labels) == "negative"  # the label named in a sentence
     assert predicted_label("positive or negative", labels) == "positive"  # starts with one
     assert predicted_label("It is negative, not positive", labels) == "negative"  # the first one named

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -185,7 +186,9 @@ def _short(text: str, limit: int) -> str:
 
 def escape_cell(text: str) -> str:
     """`text` safe inside a markdown table cell: backslashes and pipes escaped, `<`/`>` as entities (chat
-    markers such as <|im_end|> are not HTML), `&` as an entity, line breaks as <br>."""
+    markers such as <|im_end|> are not HTML), `&` as an entity, line breaks as <br>, tabs as spaces and other
+    control characters (a random model's answers have them) as \\xNN."""
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    text = text.replace("\\", "\\\\").replace("|", "\\|")
-    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("\t", " ")
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
+    return "".join(f"\\x{ord(ch):02x}" if unicodedata.category(ch) == "Cc" else ch for ch in text)

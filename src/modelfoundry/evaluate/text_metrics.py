@@ -93,20 +93,25 @@ def is_label_set(references: list[str], max_labels: int = MAX_LABELS,
 def predicted_label(pred: str, labels: list[str]) -> str | None:
     """The label a generated text gives, or None when it names none.
 
-    Compared on normalised tokens: the label the text equals; else the longest label the text starts with
-    ("Positive. The review praises..." gives positive); else the label named earliest in the text ("The
+    Compared normalised (`normalize_tokens`, joined by single spaces): the label the text equals; else the
+    longest label the text starts with, as characters ("Positive. The review praises..." and a model that runs
+    on, "negativegat", give their label); else the label named earliest in the text as whole words ("The
     sentiment is neutral, not strongly negative" gives neutral; the longest one where two start at the same
     word). Base models answer in sentences, so the first label named is taken as their answer.
     """
     tokens = normalize_tokens(pred)
-    by_tokens = {tuple(normalize_tokens(label)): label for label in labels}
-    by_tokens.pop((), None)
-    if tuple(tokens) in by_tokens:
-        return by_tokens[tuple(tokens)]
+    text = " ".join(tokens)
+    by_text = {" ".join(normalize_tokens(label)): label for label in labels}
+    by_text.pop("", None)
+    if text in by_text:
+        return by_text[text]
+    prefixes = [t for t in by_text if text.startswith(t)]
+    if prefixes:
+        return by_text[max(prefixes, key=len)]
     for start in range(len(tokens)):
-        found = [lt for lt in by_tokens if tuple(tokens[start:start + len(lt)]) == lt]
+        found = [t for t in by_text if tokens[start:start + t.count(" ") + 1] == t.split(" ")]
         if found:
-            return by_tokens[max(found, key=len)]
+            return by_text[max(found, key=len)]
     return None
 
 
