@@ -10,6 +10,9 @@ from pathlib import Path
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# weights 10x the usual scale: with the output layer tied to the (frozen, under LoRA) embeddings and a final norm,
+# a width-32 model at the usual 0.02 cannot make logits large enough to learn anything with adapters alone
+INIT = 0.2
 CORPUS = [
     "Classify the sentiment of this text: I loved the film, it was great.",
     "positive negative neutral",
@@ -40,11 +43,12 @@ def make_tiny_llm(directory: Path, arch: str = "llama", seed: int = 0) -> Path:
     if arch == "llama":
         config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                             tie_word_embeddings=True, bos_token_id=1, eos_token_id=eos, pad_token_id=eos)
+                             tie_word_embeddings=True, bos_token_id=1, eos_token_id=eos, pad_token_id=eos,
+                             initializer_range=INIT)
         model = LlamaForCausalLM(config)
     else:
         config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=256,
-                            bos_token_id=1, eos_token_id=eos, pad_token_id=eos)
+                            bos_token_id=1, eos_token_id=eos, pad_token_id=eos, initializer_range=INIT)
         model = GPT2LMHeadModel(config)
     directory = Path(directory)
     model.save_pretrained(str(directory))

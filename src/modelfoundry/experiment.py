@@ -30,8 +30,13 @@ def model_tokenizer(model_config: Any) -> str | None:
 
 def prepare(config: Config) -> PreparedData:
     """The data stage for `config`: its data section, its seed, and its model's tokenizer if it brings one."""
-    from modelfoundry.data.prepare import prepare_data
+    from modelfoundry.data.prepare import prepare_data, split_seed
 
+    if config.data.task == "causal_lm":  # examples tokenized with the base model's tokenizer and chat template
+        from modelfoundry.data.lm import prepare_lm
+        from modelfoundry.models.llm_base import load_tokenizer
+
+        return prepare_lm(config.data, split_seed(config.data, config.seed), load_tokenizer(config.model.base))
     return prepare_data(config.data, config.seed, tokenizer=model_tokenizer(config.model))
 
 

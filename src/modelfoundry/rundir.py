@@ -16,6 +16,7 @@ migrate RUN_DIR` converts them (see legacy.py, which reads the pickle without ex
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,3 +215,87 @@ def load_preprocessing(path: Path, run_dir: Path | None = None) -> tuple[Any, An
 def read_record(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
     """A JSON object from a run directory; a corrupt or truncated file is a RunDirError naming it."""
     return read_object(path)
+
+
+TOKENIZER_DIR = "model/tokenizer"  # a language model's tokenizer files (JSON): it is prompted as it was trained
+
+
+def save_language_model(run_dir: Path, model: Any, spec: dict[str, Any], fmt: Any, tokenizer: Any) -> None:
+    """A causal LM's run: model/weights.pt (what training changed: the LoRA adapters, the unfrozen layers, or
+    everything for full fine-tuning; loadable with weights_only), model/model.json (with the base's identity and
+    sha256), model/tokenizer/ (tokenizer.json and its config, data only) and preprocess.json (how examples
+    were formatted: data.lm and the chat template)."""
+    import io
+    import shutil
+
+    import torch
+
+    from modelfoundry.train.loop import trained_state
+
+    base = model.base_reference() if callable(getattr(model, "base_reference", None)) else None
+    spec = {**spec, "base": base or {"name": getattr(model, "model_name", None)}}
+    record = ModelRecord.from_json(spec, "the model spec")
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in trained_state(model).items()}, buffer)
+    layout = RunDir(run_dir)
+    staging = Path(run_dir) / f".tokenizer.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer.save_pretrained(str(staging))
+    target = Path(run_dir) / TOKENIZER_DIR
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    write_json(layout.preprocess, fmt.describe())
+    write_bytes_atomic(layout.weights, buffer.getvalue(), durable=True)
+    write_json(layout.model_record, record.to_json())
+
+
+def is_language_model(run_dir: str | Path) -> bool:
+    """Whether a run directory holds a causal language model (from its model.json, else its config)."""
+    record = RunDir(run_dir).model_record
+    if record.is_file():
+        try:
+            return json.loads(record.read_text(encoding="utf-8")).get("task") == "causal_lm"
+        except (OSError, ValueError, AttributeError):
+            return False
+    return False
+
+
+def load_language_model(run_dir: str | Path, dtype: str = "float32") -> Any:
+    """A trained causal-LM run as a LanguageModel ready to generate: the base rebuilt, the trained weights loaded
+    (the base's sha256 checked), LoRA adapters merged into the weights, weights in `dtype`; prompted with the
+    run's tokenizer, chat template and system message."""
+    import torch
+
+    from modelfoundry.models import build_model
+    from modelfoundry.models.llm import LanguageModel
+    from modelfoundry.models.llm_base import DTYPES
+
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    layout = RunDir(run_dir)
+    missing = [str(p.relative_to(run_dir)) for p in (layout.weights, layout.model_record, layout.preprocess,
+                                                     run_dir / TOKENIZER_DIR / "tokenizer_config.json")
+               if not p.is_file()]
+    if missing:
+        raise RunDirError(f"Run directory '{run_dir}' has no trained language model (missing {', '.join(missing)}).",
+                          f"Finish training first: `foundry run --resume {run_dir}`.")
+    record = ModelRecord.from_json(read_record(layout.model_record, run_dir), layout.model_record)
+    if record.task != "causal_lm":
+        raise RunDirError(f"'{run_dir}' holds a {record.task} model, not a language model.",
+                          f"Use `foundry predict {run_dir} FILE` for it.")
+    if dtype not in DTYPES:
+        raise RunDirError(f"The dtype of a language model must be one of {', '.join(DTYPES)}. Got {dtype!r} instead.")
+    model = build_model(config.model, record.input_spec, record.n_outputs)
+    _load_state(model, load_weights(layout.weights, run_dir), record, layout.model_record)
+    hf = model.generation_model().to(getattr(torch, dtype))
+    fmt = read_record(layout.preprocess, run_dir)
+    lm = fmt.get("lm", {}) if isinstance(fmt, dict) else {}
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / TOKENIZER_DIR), local_files_only=True,
+                                              trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    identity = {**(record.extra.get("base") or {}), "run": str(run_dir.resolve())}
+    return LanguageModel(hf, tokenizer, config.name, lm.get("template", "model"), lm.get("system"), identity)

@@ -17,7 +17,7 @@ from typing import Any
 _SECTIONS = {
     "modelfoundry.config.base": ("Section", "SEED_MAX"),
     "modelfoundry.config.data": ("MissingStrategy", "FeatureConfig", "OutlierConfig", "CleanConfig",
-                                 "SplitConfig", "BalanceConfig", "TextConfig", "DataConfig"),
+                                 "SplitConfig", "BalanceConfig", "TextConfig", "DataConfig", "LMDataConfig"),
     "modelfoundry.models.choices": ("Activation", "Init"),
     "modelfoundry.models.mlp": ("MLPConfig",),
     "modelfoundry.models.cnn": ("CNNConfig",),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 import modelfoundry.config.model as model_section
 from modelfoundry.config.base import SEED_MAX, Section
@@ -36,6 +36,18 @@ class Config(Section):
     tune: TuneConfig | None = None  # only `foundry tune` reads it; `foundry run` ignores it
     compress: CompressConfig = CompressConfig()  # only `foundry compress` reads it
     serve: ServeConfig = ServeConfig()  # only `foundry serve` reads it
+
+    @model_validator(mode="after")
+    def _language_model(self) -> Config:
+        """model: {name: llm} and data.task: causal_lm go together (auto becomes causal_lm)."""
+        llm = self.model.name == "llm"
+        if llm and self.data.task == "auto":
+            self.data.task = "causal_lm"
+        elif llm != (self.data.task == "causal_lm"):
+            raise ValueError("model.name: llm (a causal language model) and data.task: causal_lm go together; got "
+                             f"model.name: {self.model.name} with data.task: {self.data.task}. For a language model "
+                             "set both; otherwise choose another model or task")
+        return self
 
     def with_params(self, params: dict[str, Any]) -> Config:
         """This config with dotted-path values set (`{"training.optimizer.lr": 0.01}`), validated again."""

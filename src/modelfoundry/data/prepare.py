@@ -47,6 +47,8 @@ class PreparedData:
     info: dict[str, Any]  # what data.json records
     texts: Mapping[str, list[str]] | None = None  # split -> each row's text columns joined (the TF-IDF baseline)
     horizon: int = 1  # regression outputs per row: the forecast steps of a time series (data.time_series)
+    # a causal LM's held-out examples, split -> [{"messages": the prompt, "reference": the answer, "row"}]
+    references: Mapping[str, list[dict[str, Any]]] | None = None
 
     @property
     def input_spec(self) -> InputSpec:

@@ -101,7 +101,11 @@ def prepare_finetuning(hf: nn.Module, config: LLMConfig) -> nn.Module:
         if config.train_head:
             hf.get_output_embeddings().requires_grad_(True)
     if config.gradient_checkpointing:
-        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(hf, "activation_checkpointing_enable", None)  # transformers >= 5.2; the older name warns
+        if callable(enable):
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return hf
 
 

@@ -158,13 +158,18 @@ def _quiet_transformers() -> None:
 
 
 def load_tokenizer(base: BaseModel | str | Path) -> Any:
-    """The base's fast tokenizer (data only: tokenizer.json and its config), with a pad token (eos if none)."""
+    """The base's fast tokenizer (data only: tokenizer.json and its config), with a pad token (eos if none); read
+    once per process and directory (the data stage, the baseline and the server share it: do not change it)."""
     base = base if isinstance(base, BaseModel) else resolve_base(base)
+    return _tokenizer(str(hf_directory(base)), file_sha256(str(base.weights)))
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(directory: str, weights_sha256: str) -> Any:
     _quiet_transformers()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(hf_directory(base)), local_files_only=True,
-                                              trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -21,7 +21,7 @@ class CausalLM(nn.Module):
     def __init__(self, hf: nn.Module, config: LLMConfig, base: dict[str, Any]):
         super().__init__()
         self.hf, self.finetune, self._base = hf, config.finetune, base
-        self.model_name = config.base
+        self.model_name, self.checkpointing = config.base, config.gradient_checkpointing
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # (B, T) each
         decoder = plain_model(self.hf).get_decoder()
@@ -49,8 +49,9 @@ class CausalLM(nn.Module):
         """The Hugging Face model for generation, in eval mode with the KV cache on; LoRA adapters are merged
         into the weights (the same outputs, no adapter cost per token). Call once: it ends training."""
         hf = self.hf.merge_and_unload() if hasattr(self.hf, "peft_config") else self.hf
-        if getattr(hf, "is_gradient_checkpointing", False):
-            hf.gradient_checkpointing_disable()
+        if self.checkpointing:
+            disable = getattr(hf, "activation_checkpointing_disable", None) or hf.gradient_checkpointing_disable
+            disable()
         hf.config.use_cache = True
         hf.requires_grad_(False)
         return hf.eval()

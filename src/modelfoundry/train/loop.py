@@ -170,7 +170,10 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
                     raise TrainingError(f"The training loss became {mean_loss} in epoch {epoch}.",
                                         "Lower training.optimizer.lr, set training.clip_grad_norm: 1.0, "
                                         "or check the data for extreme values.")
-                val, val_out = validate(net, setup.val, setup.y_val, loss_fn, task, autocast, target_std)
+                if task == "causal_lm":
+                    val, val_out = validate_lm(net, setup.val, setup.y_val, loss_fn, autocast, setup.eval_batch)
+                else:
+                    val, val_out = validate(net, setup.val, setup.y_val, loss_fn, task, autocast, target_std)
                 if val_metrics is not None:
                     val.update(val_metrics(_outputs_numpy(val_out, task)))
                 record = {"epoch": epoch, "train_loss": mean_loss, **val,
@@ -223,6 +226,25 @@ def validate(model: nn.Module, inputs: EvalInputs, y: torch.Tensor, loss_fn: nn.
                                        ((y - y.mean()) ** 2).mean()])
     return {"val_loss": loss, "val_mae": mae * target_std, "val_rmse": math.sqrt(mse) * target_std,
             "val_r2": 1 - mse / var if var > 0 else 0.0}, out
+
+
+def validate_lm(model: nn.Module, inputs: EvalInputs, labels: torch.Tensor, loss_fn: nn.Module, autocast: Any,
+                batch: int) -> tuple[dict[str, float], None]:
+    """A causal language model's val_loss (mean over the labelled tokens), val_perplexity and val_token_accuracy
+    (the next token's argmax right); `loss_fn` is the model's training loss (its `totals`)."""
+    model.eval()
+    total = count = hits = 0.0
+    start = 0
+    with torch.inference_mode():
+        with autocast():
+            for chunk in inputs.chunks(batch):
+                rows = len(chunk[0])
+                summed, tokens, correct = loss_fn.totals(model(*chunk), labels[start:start + rows], correct=True)
+                start += rows
+                total, count, hits = total + float(summed), count + int(tokens), hits + int(correct)
+    loss = total / max(count, 1)
+    return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700.0)),
+            "val_token_accuracy": hits / max(count, 1)}, None
 
 
 def _outputs_numpy(out: torch.Tensor, task: str) -> np.ndarray:

@@ -55,6 +55,7 @@ class TrainingSetup:
     y_val: torch.Tensor
     l1_params: list[nn.Parameter]
     generator: torch.Generator  # the shuffling stream, saved in checkpoints
+    eval_batch: int = EVAL_BATCH  # rows per validation forward (a language model's batch size: activations are large)
     net: nn.Module | None = None  # what the batches feed: the model, or the part above its frozen encoder
     feature_cache: dict[str, Any] | None = None  # frozen encoder: features from the disk cache or computed
 
@@ -86,7 +87,8 @@ def build_setup(model: nn.Module, X: Mapping[str, Mapping[str, np.ndarray]], y: 
         net, X, cached = frozen
     loading = choose_loading(cfg.data_loading, [*X["train"].values(), *X["val"].values()], device)
     weights = torch.as_tensor(class_weights, device=device) if class_weights is not None else None
-    loss_fn = build_loss(cfg.loss, task, weights, cfg.label_smoothing)
+    own_loss = getattr(model, "training_loss", None)  # a causal LM applies its output layer inside its loss
+    loss_fn = own_loss() if callable(own_loss) else build_loss(cfg.loss, task, weights, cfg.label_smoothing)
     # a model may ask for its own parameter groups (layer-wise learning rates, parameters unfrozen later)
     grouping = getattr(model, "parameter_groups", None)
     optimizer = build_optimizer(model, cfg.optimizer, grouping(cfg.optimizer.lr) if callable(grouping) else None)
@@ -107,8 +109,9 @@ def build_setup(model: nn.Module, X: Mapping[str, Mapping[str, np.ndarray]], y: 
     amp_dtype = autocast_dtype(cfg.precision, device)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     l1_params = decayed_parameters(model)[0] if cfg.l1 else []
+    eval_batch = cfg.batch_size if task == "causal_lm" else EVAL_BATCH
     return TrainingSetup(model, device, loss_fn, optimizer, schedule, scaler, autocast, train, val,
-                         _tensor(y["val"], device), l1_params, generator, net, cached)
+                         _tensor(y["val"], device), l1_params, generator, eval_batch, net, cached)
 
 
 def choose_loading(mode: str, arrays: list[np.ndarray], device: torch.device) -> str:
