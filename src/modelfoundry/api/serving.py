@@ -24,7 +24,8 @@ def prepare_server(model: str | Path, overrides: dict[str, Any], uri: str | None
     """Resolve the settings and load the model, so that every problem shows here as one paragraph.
 
     Args:
-        model: a run directory or a registered NAME, NAME/VERSION or NAME@ALIAS.
+        model: a run directory or a registered NAME, NAME/VERSION or NAME@ALIAS; for a language model also its
+            base (a short name such as smollm2-135m, or a local Hugging Face directory).
         overrides: serve: keys to override (None values are left to the model's config).
         uri: the tracking URI of the registry, for a registered model.
     """
@@ -37,7 +38,7 @@ def prepare_server(model: str | Path, overrides: dict[str, Any], uri: str | None
 
         settings.api_keys_file = str(Path(settings.api_keys_file).resolve())
         ApiKeys.from_file(Path(settings.api_keys_file))  # a bad file fails here, with its line, not in every worker
-    store = store_for(model, uri, settings.backend)
+    store = store_for(model, uri, settings.backend, settings.llm_dtype)
     loaded = store.load()  # an unloadable model fails here, as one paragraph; downloaded and exported once
     return ServerPlan(model, uri, settings, store, loaded)
 
@@ -68,7 +69,8 @@ def start_server(plan: ServerPlan, extensions: tuple[Any, ...] = ()) -> None:
 
 
 def serve(model: str | Path, *, uri: str | None = None, extensions: tuple[Any, ...] = (), **overrides: Any) -> None:
-    """Serve a model over HTTP (Open Inference Protocol v2 and POST /predict) until stopped; `overrides` are
+    """Serve a model over HTTP (Open Inference Protocol v2 and POST /predict; a language model: the OpenAI API,
+    POST /v1/completions and /v1/chat/completions) until stopped; `overrides` are
     serve: keys (host, port, workers, backend, max_batch_size, ...); `extensions` objects with an
     `on_batch(record)` method (serve/extensions.py) that see every answered batch, off the request path."""
     start_server(prepare_server(model, overrides, uri), tuple(extensions))

@@ -20,9 +20,9 @@ def export_model(model: RunDirArg,
                  tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed difference between "
                                                           "PyTorch and ONNX Runtime outputs.")] = 1e-4,
                  merge: Annotated[bool, typer.Option("--merge", help="Instead of ONNX: a standalone merged model "
-                                                     "(LoRA folded into a plain Hugging Face encoder, plus its head; "
-                                                     "default RUN_DIR/model/merged), checked against the adapter "
-                                                     "model within --tolerance.")] = False) -> None:
+                                                     "(LoRA folded into a plain Hugging Face encoder plus its head, "
+                                                     "or into a causal LM; default RUN_DIR/model/merged), checked "
+                                                     "against the adapter model within --tolerance.")] = False) -> None:
     """Export to ONNX (dynamic batch) with its preprocessing sidecar, checked for parity on held-out rows."""
     from modelfoundry.api.exporting import export
 
@@ -31,8 +31,8 @@ def export_model(model: RunDirArg,
     result = export(str(model), output, fmt=fmt, tolerance=tolerance, merge=merge)
     if merge:
         open_console().print(f"Merged model written to [bold]{result.out_dir}[/] (load it with "
-                             f"modelfoundry.models.pretrained.load_merged): max |merged - adapters| = "
-                             f"{result.max_abs_diff:.2e} on {result.rows_checked} held-out rows.")
+                             f"{result.loads_with}): max |merged - adapters| = "
+                             f"{result.max_abs_diff:.2e} on {result.rows_checked} {result.checked_on}.")
         return
     open_console().print(f"Exported to [bold]{result.out_dir}[/] ({result.exporter} exporter, opset {result.opset}): "
                      f"max |torch - onnxruntime| = {result.max_abs_diff:.2e} on {result.rows_checked} held-out rows.")
@@ -81,8 +81,18 @@ def serve(model: RunDirArg,
           access_log: Annotated[Optional[bool], typer.Option("--access-log/--no-access-log", help="Log every "
                                                              "request (costs ~5% of throughput) [serve.access_log].",
                                                              show_default=False)] = None,
+          max_streams: Annotated[Optional[int], typer.Option(
+              "--max-streams", min=1, help="Language models: generations decoded together "
+              "[serve.max_streams].")] = None,
+          max_new_tokens: Annotated[Optional[int], typer.Option(
+              "--max-new-tokens", min=1, help="Language models: most tokens per request "
+              "[serve.max_new_tokens].")] = None,
+          dtype: Annotated[Optional[str], typer.Option("--dtype", help="Language models: float32 or bfloat16 "
+                                                       "weights [serve.llm_dtype].")] = None,
           uri: UriOption = None) -> None:
-    """Serve a model over HTTP: Open Inference Protocol v2 and POST /predict.
+    """Serve a model over HTTP: Open Inference Protocol v2 and POST /predict; a language model (a causal-LM run,
+    or a base: smollm2-135m or a Hugging Face directory) over the OpenAI API (/v1/completions,
+    /v1/chat/completions).
 
     Settings come from the model's own config (its serve: section, defaults in docs/config.md); each option
     given overrides the key in brackets."""
@@ -93,7 +103,8 @@ def serve(model: RunDirArg,
              "queue_timeout_ms": queue_timeout_ms, "max_records": max_records, "poll_s": poll_s,
              "api_keys_file": str(api_keys_file) if api_keys_file else None, "max_body_mb": max_body_mb,
              "rate_limit_per_s": rate_limit, "rate_burst": rate_burst, "on_unseen": on_unseen, "openapi": openapi,
-             "access_log": access_log}
+             "access_log": access_log, "max_streams": max_streams, "max_new_tokens": max_new_tokens,
+             "llm_dtype": dtype}
     serve_model(str(model), uri=uri, **given)
 
 

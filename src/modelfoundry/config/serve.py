@@ -31,6 +31,6 @@ class ServeConfig(Section):
     openapi: bool = False  # serve /openapi.json (behind the API key when keys are set); no HTML docs page
     access_log: bool = False  # log every request (costs ~5% of throughput)
     # language models (POST /v1/completions, /v1/chat/completions; docs/serving.md)
-    max_streams: int = Field(8, ge=1, le=256)  # generations decoded together; more wait (max_queue_size, queue_timeout_ms)
+    max_streams: int = Field(8, ge=1, le=256)  # generations decoded together; more wait in the queue (as above)
     max_new_tokens: int = Field(512, ge=1)  # the most tokens one request may generate: a larger max_tokens is a 400
     llm_dtype: Literal["float32", "bfloat16"] = "float32"  # the weights' dtype when served (bfloat16 halves memory)

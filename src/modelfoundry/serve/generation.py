@@ -328,7 +328,8 @@ class GenerationEngine:
         old, new = self._mask.shape[1], mask.shape[1]
         width = max(old, new)
         for mine, theirs in zip(self._cache.layers, cache.layers):
-            mine.keys = torch.cat([F.pad(mine.keys, (0, 0, width - old, 0)), F.pad(theirs.keys, (0, 0, width - new, 0))])
+            mine.keys = torch.cat([F.pad(mine.keys, (0, 0, width - old, 0)),
+                                   F.pad(theirs.keys, (0, 0, width - new, 0))])
             mine.values = torch.cat([F.pad(mine.values, (0, 0, width - old, 0)),
                                      F.pad(theirs.values, (0, 0, width - new, 0))])
         self._mask = torch.cat([F.pad(self._mask, (width - old, 0)), F.pad(mask, (width - new, 0))])

@@ -18,4 +18,5 @@ ENV_SETTINGS = "FOUNDRY_SERVE_SETTINGS"  # the resolved serve: section (ServeCon
 
 def build():  # noqa: ANN201 - FastAPI app
     settings = ServeConfig.model_validate(json.loads(os.environ.get(ENV_SETTINGS) or "{}"))
-    return create_app(settings, store_for(os.environ[ENV_MODEL], os.environ.get(ENV_URI) or None, settings.backend))
+    return create_app(settings, store_for(os.environ[ENV_MODEL], os.environ.get(ENV_URI) or None, settings.backend,
+                                          settings.llm_dtype))
