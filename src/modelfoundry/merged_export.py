@@ -43,6 +43,8 @@ class MergedExportResult:
     tolerance: float
     files: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    loads_with: str = "modelfoundry.models.pretrained.load_merged"  # what reads the directory back
+    checked_on: str = "held-out rows"  # what rows_checked counts
 
 
 MERGED_FILES = ("encoder", "head.safetensors", "merged.json", "preprocess.json", "export.json")
@@ -60,11 +62,13 @@ def export_merged(run_dir: str | Path, out_dir: str | Path | None = None, *, tol
     """
     from modelfoundry.models.inference import predict_outputs
     from modelfoundry.models.pretrained import MERGED_FORMAT, load_merged
-    from modelfoundry.rundir import load_model
+    from modelfoundry.rundir import is_language_model, load_model
 
     started = time.perf_counter()
     if not tolerance >= 0:
         raise ConfigError(f"The 'tolerance' parameter of export_merged must be >= 0. Got {tolerance} instead.")
+    if is_language_model(run_dir):
+        return export_merged_language_model(run_dir, out_dir, tolerance=tolerance)
     saved = load_model(run_dir)
     classifier, window_pool = _merge_target(saved.model)
     if classifier is None:
@@ -75,11 +79,7 @@ def export_merged(run_dir: str | Path, out_dir: str | Path | None = None, *, tol
     if len(rows) == 0:
         raise ExportError(f"There are no rows to check the merged model of {saved.run_dir} on.",
                           "Pass rows with parity_rows, or give the run a non-empty test split.")
-    out = Path(out_dir) if out_dir is not None else RunDir(saved.run_dir).model_dir / "merged"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / "merged.json").is_file():
-        raise ExportError(f"'{out}' exists and is not a merged model, so it would be replaced.",
-                          "Give -o a new or empty directory (or a previous merged export, which is replaced).")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = _output_dir(saved.run_dir, out_dir)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # same filesystem: renames are atomic
     try:
         names = saved.record.input_spec.names
@@ -114,6 +114,17 @@ def _merge_target(model: nn.Module) -> tuple[Any, str | None]:
     if hasattr(model, "inner") and hasattr(model, "pool"):  # models/windows.py: long texts as pooled windows
         model, window_pool = model.inner, model.pool
     return (model, window_pool) if callable(getattr(model, "save_merged", None)) else (None, None)
+
+
+def _output_dir(run_dir: Path, out_dir: str | Path | None) -> Path:
+    """Where a merged export goes (default <run_dir>/model/merged/), its parent made; refused if something
+    other than a previous merged export is there."""
+    out = Path(out_dir) if out_dir is not None else RunDir(run_dir).model_dir / "merged"
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / "merged.json").is_file():
+        raise ExportError(f"'{out}' exists and is not a merged model, so it would be replaced.",
+                          "Give -o a new or empty directory (or a previous merged export, which is replaced).")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def _replace_dir(staging: Path, out: Path) -> None:
@@ -172,6 +183,60 @@ def chat_template_for(tokenizer: Any, template: str, system: str | None) -> str:
     literal = json.dumps(system, ensure_ascii=False)  # a Jinja string literal: quotes and newlines escaped
     return ("{% if not messages or messages[0]['role'] != 'system' %}{% set messages = [{'role': 'system', "
             f"'content': {literal}}}] + messages %}}{{% endif %}}" + body)
+
+
+def export_merged_language_model(run_dir: str | Path, out_dir: str | Path | None = None, *,
+                                 tolerance: float = 1e-4) -> MergedExportResult:
+    """Write a causal-LM run's model standalone, LoRA adapters merged into the weights, as one plain Hugging Face
+    directory (default <run_dir>/model/merged/), after checking its logits against the adapter model's on a
+    fixed prompt set (see `write_merged_language_model`); export.json, written last, records the parity.
+
+    The run is loaded twice: merged, as generation and serving load it (checking the base's sha256; it gives the
+    tokenizer, chat template and system message), and with its adapters apart, for the parity check.
+    """
+    from modelfoundry.models.llm import LanguageModel
+    from modelfoundry.rundir import load_language_model, load_run_config
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    tuned = load_language_model(run_dir)
+    config = load_run_config(run_dir)
+    adapter = LanguageModel(_adapter_model(run_dir, config.model), tuned.tokenizer, tuned.name, tuned.template,
+                            tuned.system)
+    tuned.model = None  # the merged copy: not needed any more
+    out = _output_dir(run_dir, out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    base = {k: v for k, v in tuned.identity.items() if k != "run"}
+    try:
+        diff, checked = write_merged_language_model(adapter, staging, tolerance=tolerance, description={
+            "name": tuned.name, "trained_on_base": base, "finetune": config.model.finetune})
+        files = sorted(p.name for p in staging.iterdir()) + ["export.json"]
+        parity = {"max_abs_diff": diff, "rows_checked": checked, "tolerance": tolerance,
+                  "compared": f"logits at every position of {checked} fixed chat prompts: the merged model read "
+                              "back from disk vs the run's model with its adapters apart"}
+        write_json(staging / "export.json", {"format": EXPORT_FORMAT, "kind": "merged", "name": tuned.name,
+                                             "run_dir": str(run_dir.resolve()), "files": files,
+                                             "trained_on_base": base, "parity": parity,
+                                             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        _replace_dir(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return MergedExportResult(out, diff, checked, tolerance, files, time.perf_counter() - started,
+                              "modelfoundry.models.llm.load_base_language_model or transformers' "
+                              "AutoModelForCausalLM", "fixed prompts (logits at every position)")
+
+
+def _adapter_model(run_dir: Path, model_config: Any) -> nn.Module:
+    """The run's Hugging Face model with its trained weights loaded and LoRA adapters not merged, eval mode."""
+    from modelfoundry.artifacts.records import ModelRecord
+    from modelfoundry.models import build_model
+    from modelfoundry.rundir import load_weights, read_record
+
+    layout = RunDir(run_dir)
+    record = ModelRecord.from_json(read_record(layout.model_record, run_dir), layout.model_record)
+    model = build_model(model_config, record.input_spec, record.n_outputs)
+    model.load_saved_state(load_weights(layout.weights, run_dir))
+    return model.hf.eval()
 
 
 def write_merged_language_model(lm: LanguageModel, out: Path, *, tolerance: float,

@@ -98,3 +98,62 @@ def test_merge_beyond_the_tolerance_is_refused(tiny_llm, tmp_path, monkeypatch):
     monkeypatch.setattr(merged_export, "_logits", shifted)
     with pytest.raises(ExportError, match="differ from the adapter model's by up to 0.01"):
         write_merged_language_model(lm, tmp_path, tolerance=1e-3, description={})
+
+
+@pytest.fixture(scope="module")
+def lora_lm_run(tiny_llm, tmp_path_factory):
+    import pandas as pd
+
+    from modelfoundry.api.training import run
+    from modelfoundry.config import load_config
+
+    tmp = tmp_path_factory.mktemp("lm-merge")
+    pd.DataFrame([{"text": f"review {i} was {'good' if i % 2 else 'bad'}", "label": "positive" if i % 2 else "negative"}
+                  for i in range(40)]).to_json(tmp / "pairs.jsonl", orient="records", lines=True)
+    config = load_config({"name": "sft", "seed": 0,
+                          "data": {"source": str(tmp / "pairs.jsonl"),
+                                   "lm": {"prompt": "Classify: {text}", "completion": "label", "template": "chatml",
+                                          "system": "Answer with one word."}},
+                          "model": {"name": "llm", "base": str(tiny_llm), "finetune": "lora", "lora": {"r": 4}},
+                          "training": {"epochs": 2, "batch_size": 8, "optimizer": {"lr": 0.01},
+                                       "early_stopping": None},
+                          "evaluation": {"plots": False, "generation": {"rows": 2, "max_new_tokens": 2}},
+                          "tracking": {"enabled": False}})
+    return run(config, run_dir=tmp / "run").run_dir
+
+
+def test_export_merge_of_a_causal_lm_run(lora_lm_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from modelfoundry.api.exporting import export
+    from modelfoundry.cli import app
+    from modelfoundry.config.evaluation import GenerationEvalConfig
+    from modelfoundry.evaluate.lm_evaluation import generate_answers
+    from modelfoundry.merged_export import _adapter_model
+    from modelfoundry.rundir import load_language_model, load_run_config
+
+    result = export(str(lora_lm_run), merge=True)
+    out = lora_lm_run / "model" / "merged"
+    assert result.out_dir == out and result.rows_checked == len(PARITY_PROMPTS) and result.max_abs_diff <= 1e-4
+    record = json.loads((out / "export.json").read_text())
+    assert record["kind"] == "merged" and record["parity"]["max_abs_diff"] == result.max_abs_diff
+    assert record["trained_on_base"]["sha256"] and {"model.safetensors", "tokenizer.json", "config.json"} <= set(
+        record["files"])
+    assert json.loads((out / "merged.json").read_text())["template"] == "chatml"
+
+    merged = load_base_language_model(str(out))  # no peft, no base: the directory alone
+    adapter = _adapter_model(lora_lm_run, load_run_config(lora_lm_run).model)
+    assert any(float(p.detach().abs().sum()) > 0 for n, p in adapter.named_parameters() if "lora_B" in n)
+    served = load_language_model(lora_lm_run)  # what generation and serving load
+    for messages in OTHER_PROMPTS:
+        ids = served.prompt_ids(messages)
+        assert merged.prompt_ids(messages) == ids  # the run's template and system message travel in the directory
+        assert float((logits(merged.model, ids) - logits(adapter, ids)).abs().max()) <= 1e-4
+    cfg = GenerationEvalConfig(max_new_tokens=6)
+    prompts = [[{"role": "user", "content": "Classify: review 3 was good"}], list(OTHER_PROMPTS[0])]
+    assert generate_answers(merged, prompts, cfg) == generate_answers(served, prompts, cfg)
+
+    cli = CliRunner().invoke(app, ["export", str(lora_lm_run), "--merge", "-o", str(tmp_path / "m")])
+    assert cli.exit_code == 0, cli.output
+    assert "load_base_language_model" in cli.output and "fixed prompts" in cli.output
+    assert (tmp_path / "m" / "export.json").is_file()

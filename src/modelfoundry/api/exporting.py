@@ -15,8 +15,10 @@ def export(model: str | Path, out_dir: str | Path | None = None, *, fmt: str = "
 
     The ONNX file has a dynamic batch dimension; preprocessing travels as the pickle-free sidecar
     preprocess.json (see data/portable.py). With `merge`, a pretrained-encoder model is written instead as a
-    standalone merged model (LoRA folded into a plain Hugging Face encoder, plus its head; see
-    export.export_merged), checked against the adapter model. A registered model gets the result as version tags.
+    standalone merged model (LoRA folded into a plain Hugging Face encoder, plus its head), and a causal language
+    model as one plain Hugging Face causal-LM directory with the run's chat template (see
+    merged_export.export_merged), checked against the adapter model. A registered model gets the result as
+    version tags.
     """
     from modelfoundry.errors import ConfigError, unknown_name
     from modelfoundry.export import export_onnx
