@@ -6,10 +6,11 @@
 
 plus the server's /metrics, /v2/health/live and /v2/health/ready. Requests go to a GenerationEngine
 (generation.py: continuous batching); `stream: true` answers server-sent events, `data: {chunk}` per
-piece of text and `data: [DONE]` at the end. Errors answer the server's one shape, {"error", "hint"}
-(the openai client shows it in its exception); an error after a stream began is sent as one event
-`data: {"error": {"message", "type"}}`, the form the openai client raises. The request schemas, and which
-OpenAI fields are refused, are in openai_schemas.py.
+piece of text and `data: [DONE]` at the end. Every error of this app answers OpenAI's shape,
+{"error": {"message", "type", "param", "code", "hint"}} (the openai client raises with the message): the
+server's own {"error", "hint"} bodies are rewritten once, by OpenAIErrors; an error after a stream began
+is one event `data: {"error": {...}}`. The request schemas, and which OpenAI fields are refused, are in
+openai_schemas.py.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def create_llm_app(settings: ServeConfig, store: Any, preloaded: LoadedModel | N
                   openapi_url=None)
     app.state.served, app.state.metrics = served, metrics
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes(settings))
+    app.add_middleware(OpenAIErrors)  # also the 413s of BodySizeLimit
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _add_error_handlers(app, served, ROUTES_HINT)
 
@@ -226,8 +228,7 @@ async def _events(pieces: Any, first: str | None, stream: Stream, meta: dict[str
             async for piece in pieces:
                 yield chunk(piece)
         except FoundryError as exc:  # the status line is sent: the error goes in the stream
-            error = {"message": f"{exc.message} {exc.hint or ''}".strip(), "type": type(exc).__name__}
-            yield f"data: {json.dumps({'error': error})}\n\n"
+            yield f"data: {json.dumps(openai_error(exc.message, exc.hint, exc.http_status))}\n\n"
             return
         yield chunk(None, stream.finish_reason)
         if include_usage:
@@ -240,3 +241,55 @@ async def _events(pieces: Any, first: str | None, stream: Stream, meta: dict[str
 def _usage(stream: Stream) -> dict[str, int]:
     return {"prompt_tokens": stream.prompt_tokens, "completion_tokens": stream.completion_tokens,
             "total_tokens": stream.prompt_tokens + stream.completion_tokens}
+
+
+ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+               429: "rate_limit_error"}
+
+
+def openai_error(message: str, hint: str | None, status: int) -> dict[str, Any]:
+    """An error body in OpenAI's shape (with the server's hint beside the message)."""
+    kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None, "hint": hint}}
+
+
+class OpenAIErrors:
+    """ASGI middleware: the server's error bodies, {"error": message, "hint": hint}, in OpenAI's shape."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: dict | None = None
+        chunks: list[bytes] = []
+
+        async def rewrite(message: dict) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                start = message  # held until the body is known
+                return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = _rewritten(b"".join(chunks), start["status"])
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, rewrite)
+
+
+def _rewritten(body: bytes, status: int) -> bytes:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(payload, dict) or not isinstance(payload.get("error"), str):
+        return body
+    return json.dumps(openai_error(payload["error"], payload.get("hint"), status)).encode()
