@@ -58,8 +58,8 @@ def test_merged_directory_loads_plain_and_answers_as_the_adapter_model(arch, tem
 
     out = tmp_path / "merged"
     out.mkdir()
-    diff, checked = write_merged_language_model(lm, out, tolerance=1e-4, description={"name": "tuned"})
-    assert checked == len(PARITY_PROMPTS) and diff <= 1e-4
+    diff, checked, scale = write_merged_language_model(lm, out, tolerance=1e-4, description={"name": "tuned"})
+    assert checked == len(PARITY_PROMPTS) and diff <= 1e-4 and scale >= 1.0
 
     merged = load_base_language_model(str(out))  # the default template: the directory's own chat template
     from safetensors import safe_open
@@ -89,15 +89,23 @@ def test_merge_beyond_the_tolerance_is_refused(tiny_llm, tmp_path, monkeypatch):
 
     lm = adapter_model(tiny_llm)
     real = merged_export._logits
-    calls = []
 
     def shifted(model, ids):  # the read-back model (every call after the parity set's) is off by 0.01
         calls.append(1)
-        return real(model, ids) + (0.01 if len(calls) > len(PARITY_PROMPTS) else 0.0)
+        logits = real(model, ids)
+        scales.append(float(logits.abs().max()))
+        return logits + (0.01 if len(calls) > len(PARITY_PROMPTS) else 0.0)
 
+    calls, scales = [], []
     monkeypatch.setattr(merged_export, "_logits", shifted)
     with pytest.raises(ExportError, match="differ from the adapter model's by up to 0.01"):
         write_merged_language_model(lm, tmp_path, tolerance=1e-3, description={})
+    # the tolerance is relative to the logits' scale: allowed 0.01 where the largest |logit| is 10x that of 1e-3
+    scale = max(1.0, *scales[:len(PARITY_PROMPTS)])
+    calls.clear()
+    diff, _, got_scale = write_merged_language_model(lm, tmp_path / "ok", tolerance=0.0101 / scale,
+                                                     description={})
+    assert diff == pytest.approx(0.01, abs=1e-4) and got_scale == pytest.approx(scale)
 
 
 @pytest.fixture(scope="module")
