@@ -100,9 +100,11 @@ def test_rows_zero_generates_nothing(llama, tmp_path, monkeypatch):
     assert "no generation" in report and "Sample generations" not in report
 
 
-def fake_generate(answers):
-    """A generate_batch that answers each prompt (by its token ids) with a fixed text."""
+def fake_generate(answers, budgets=None):
+    """A generate_batch that answers each prompt (by its token ids) with a fixed text (noting max_new_tokens)."""
     def generate_batch(lm, prompts, params, batch_size=16):
+        if budgets is not None:
+            budgets.append(params.max_new_tokens)
         return [Generation(answers[lm.name][tuple(p)], [], "stop", len(p)) for p in prompts]
     return generate_batch
 
@@ -114,9 +116,13 @@ def test_label_accuracy_beside_the_base(llama, gpt2, tmp_path, monkeypatch):
     prompts = PROMPTS[:4]
     ids = {m.name: [tuple(m.prompt_ids([{"role": "user", "content": p}])) for p in prompts] for m in (llama, gpt2)}
     answers = {llama.name: dict(zip(ids[llama.name], tuned_says)), gpt2.name: dict(zip(ids[gpt2.name], base_says))}
-    monkeypatch.setattr("modelfoundry.models.generation.generate_batch", fake_generate(answers))
-    cfg = GenerationEvalConfig(rows=10, batch_size=3, samples=10)
+    budgets = []
+    monkeypatch.setattr("modelfoundry.models.generation.generate_batch", fake_generate(answers, budgets))
+    cfg = GenerationEvalConfig(rows=10, batch_size=3, samples=10, max_new_tokens=200)
     metrics = evaluate_language_model(llama, gpt2, examples(refs, prompts), cfg, tmp_path)
+    longest = max(len(llama.tokenizer(r)["input_ids"]) for r in refs)
+    assert budgets and set(budgets) == {longest + 16}  # labels: room for a sentence, not for 200 tokens
+    assert "answers cut at" in (tmp_path / "report.md").read_text()
     assert metrics["label_accuracy"] == pytest.approx(0.75)
     assert metrics["baseline_base_label_accuracy"] == pytest.approx(0.25)
     assert metrics["exact_match"] == pytest.approx(0.75)  # case and punctuation are normalised away

@@ -14,7 +14,7 @@ import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelfoundry.evaluate.text_metrics import score_generations
+from modelfoundry.evaluate.text_metrics import is_label_set, score_generations
 from modelfoundry.reporting import Reporter, reporter_for
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 BASELINE = "baseline_base_"  # the base model's metrics, beside the model's (evaluate/baselines.py naming)
 CURVE_KEYS = ("train_loss", "val_loss", "val_perplexity", "val_token_accuracy")
 PROMPT_CHARS, ANSWER_CHARS = 160, 240  # sample cells in report.md are cut to these lengths
+LABEL_SLACK_TOKENS = 16  # label completions: answers may run this far past the longest label
 
 
 def evaluate_language_model(tuned: LanguageModel, base: LanguageModel | None, examples: list[dict[str, Any]],
@@ -52,21 +53,13 @@ def evaluate_language_model(tuned: LanguageModel, base: LanguageModel | None, ex
     from modelfoundry.storage import write_json, write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    reporter = reporter_for(progress)
     rows = examples[:cfg.rows]
-    references = [ex["reference"] for ex in rows]
     metrics: dict[str, float] = dict(loss or {})
     facts = dict(facts or {})
     answers: dict[str, list[str]] = {}
     if rows:
-        for role, lm in (("tuned", tuned), ("base", base if cfg.baseline else None)):
-            if lm is None:
-                continue
-            start = time.perf_counter()
-            answers[role] = generate_answers(lm, [ex["messages"] for ex in rows], cfg, reporter,
-                                             "fine-tuned" if role == "tuned" else "base")
-            facts[f"generation ({'fine-tuned' if role == 'tuned' else 'base'} model)"] = \
-                f"{len(rows)} rows in {time.perf_counter() - start:.1f} s"
+        answers = _answer_all(tuned, base if cfg.baseline else None, rows, cfg, reporter_for(progress), facts)
+        references = [ex["reference"] for ex in rows]
         metrics.update(score_generations(answers["tuned"], references))
         if "base" in answers:
             metrics.update({BASELINE + k: v for k, v in score_generations(answers["base"], references).items()})
@@ -84,9 +77,33 @@ def evaluate_language_model(tuned: LanguageModel, base: LanguageModel | None, ex
     return metrics
 
 
+def _answer_all(tuned: LanguageModel, base: LanguageModel | None, rows: list[dict[str, Any]],
+                cfg: GenerationEvalConfig, reporter: Reporter | None, facts: dict[str, Any]) -> dict[str, list[str]]:
+    """{"tuned": answers, "base": answers (when `base`)} to the rows' prompts; how long each took goes into
+    `facts`. When the completions are labels, answers stop `LABEL_SLACK_TOKENS` past the longest label (or at
+    cfg.max_new_tokens if sooner): room for a sentence naming the label, not for 64 tokens of explanation."""
+    labels = is_label_set([ex["reference"] for ex in rows])
+    answers = {}
+    for role, lm in (("tuned", tuned), ("base", base)):
+        if lm is None:
+            continue
+        name = "fine-tuned" if role == "tuned" else "base"
+        budget = cfg.max_new_tokens
+        if labels:
+            longest = max(len(lm.tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
+            budget = min(budget, longest + LABEL_SLACK_TOKENS)
+        start = time.perf_counter()
+        answers[role] = generate_answers(lm, [ex["messages"] for ex in rows], cfg, reporter, name, budget)
+        facts[f"generation ({name} model)"] = f"{len(rows)} rows in {time.perf_counter() - start:.1f} s" + (
+            f", answers cut at {budget} new tokens (completions are labels)" if budget < cfg.max_new_tokens else "")
+    return answers
+
+
 def generate_answers(lm: LanguageModel, prompts: list[list[dict[str, str]]], cfg: GenerationEvalConfig,
-                     reporter: Reporter | None = None, label: str = "model") -> list[str]:
-    """Greedy answers of `lm` to chat `prompts`, in their order, `cfg.batch_size` at a time.
+                     reporter: Reporter | None = None, label: str = "model",
+                     max_new_tokens: int | None = None) -> list[str]:
+    """Greedy answers of `lm` to chat `prompts`, in their order, `cfg.batch_size` at a time, each at most
+    `max_new_tokens` (default cfg.max_new_tokens) long.
 
     Prompts go in order of length (so a batch pads little) in chunks of one batch, so that `reporter` sees each
     batch finish. A prompt longer than the context is cut to its last `context_length - 1` tokens.
@@ -97,7 +114,7 @@ def generate_answers(lm: LanguageModel, prompts: list[list[dict[str, str]]], cfg
     room = max(1, lm.context_length - 1)
     ids = [lm.prompt_ids(messages)[-room:] for messages in prompts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    params = SamplingParams(max_new_tokens=cfg.max_new_tokens)
+    params = SamplingParams(max_new_tokens=max_new_tokens or cfg.max_new_tokens)
     answers: list[str] = [""] * len(ids)
     if reporter:
         reporter.start(f"Generating ({label} model)", total=len(ids))
