@@ -162,9 +162,9 @@ PLAIN_TEMPLATE = ("{% for message in messages %}{{ message['content'] }}{% if me
 
 
 def chat_template_for(tokenizer: Any, template: str, system: str | None) -> str:
-    """A Jinja chat template that prompts as `template` (data.chat TEMPLATES) with `system` first does, so the
+    """A Jinja chat template that prompts as `template` (artifacts.chat TEMPLATES) with `system` first does, so the
     merged directory is prompted as the run was by anyone who calls `apply_chat_template`."""
-    from modelfoundry.data.chat import TEMPLATES
+    from modelfoundry.artifacts.chat import TEMPLATES
 
     if template == "model":
         body = getattr(tokenizer, "chat_template", None)

@@ -4,7 +4,7 @@ labels are the completion (assistant) tokens only.
 An example is a conversation: `data.lm.messages` names a column of chat messages, or `data.lm.prompt` and
 `data.lm.completion` (each a column name or a template such as "Classify the sentiment of: {text}") make a
 user turn and an assistant answer, after `data.lm.system` if set. The conversation is rendered with the chat
-template (data/chat.py) and tokenized once; a token carries loss when its characters lie in an assistant
+template (artifacts/chat.py) and tokenized once; a token carries loss when its characters lie in an assistant
 turn (`train_on: completion`, the default) - so the model learns to answer, not to repeat prompts.
 
 Rows are split (stratified when the completions are labels), then each split becomes arrays: `tokens` and
@@ -26,7 +26,7 @@ import numpy as np
 
 from modelfoundry.artifacts.inputs import InputField, InputSpec
 from modelfoundry.config import DataConfig, LMDataConfig
-from modelfoundry.data.chat import check_messages, render
+from modelfoundry.artifacts.chat import check_messages, render
 from modelfoundry.errors import DataError
 from modelfoundry.storage import write_bytes_atomic
 

@@ -132,7 +132,7 @@ class LanguageModel:
     model: Any  # the Hugging Face causal LM (adapters merged), eval mode, KV cache on
     tokenizer: Any  # its fast tokenizer, with a pad token
     name: str  # what it is called: a run's name, a registered reference, or the base's short name
-    template: str = "model"  # data.chat TEMPLATES
+    template: str = "model"  # artifacts.chat TEMPLATES
     system: str | None = None  # the system message put before every prompt (data.lm.system of the run)
     identity: dict[str, Any] = field(default_factory=dict)  # the base's identity (+ the run, if any)
 
@@ -143,13 +143,13 @@ class LanguageModel:
         return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048)
 
     def stop_ids(self) -> list[int]:
-        from modelfoundry.data.chat import stop_token_ids
+        from modelfoundry.artifacts.chat import stop_token_ids
 
         return stop_token_ids(self.tokenizer, self.template)
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of a chat prompt, ending where the assistant's answer begins."""
-        from modelfoundry.data.chat import prompt_ids
+        from modelfoundry.artifacts.chat import prompt_ids
 
         return prompt_ids(self.tokenizer, messages, self.template, self.system)
 

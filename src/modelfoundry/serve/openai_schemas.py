@@ -100,7 +100,7 @@ class ChatRequest(_Generation):
     max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
 
     def prompt_ids(self, lm: Any) -> list[int]:
-        from modelfoundry.data.chat import check_messages
+        from modelfoundry.artifacts.chat import check_messages
 
         try:
             return lm.prompt_ids(check_messages([_plain(m) for m in self.messages], "messages"))

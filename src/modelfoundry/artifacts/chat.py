@@ -1,4 +1,5 @@
-"""Chat messages -> the text and token ids a causal language model reads, by a chat template.
+"""Chat messages -> the text and token ids a causal language model reads, by a chat template (the contract
+between the data stage, which trains on it, and generation and serving, which prompt with it).
 
 Templates: `model` is the base's own (its tokenizer's chat_template, rendered by transformers' sandboxed
 Jinja - no code from the model directory runs), `chatml` is `<|im_start|>role\\ncontent<|im_end|>\\n` per
