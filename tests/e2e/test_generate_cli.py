@@ -38,11 +38,18 @@ def test_prompt_is_answered_as_the_api_answers_it(tiny_llm, lm):
     assert "\x1b" not in result.stdout
 
 
-def test_raw_prompt_and_stop_string(tiny_llm):
-    raw = foundry(tiny_llm, "hello world", "--raw", "--max-new-tokens", 4)
-    assert raw.exit_code == 0 and raw.stdout == " world world world world\n"  # the random model repeats itself
-    stopped = foundry(tiny_llm, "hello world", "--raw", "--max-new-tokens", 4, "--stop", "d w", "--stop", "zz")
-    assert stopped.exit_code == 0 and stopped.stdout == " worl\n"
+def test_raw_prompt_and_stop_string(tiny_llm, lm):
+    from modelfoundry.api.generation import generate_text, sampling_params
+
+    raw = foundry(tiny_llm, "hello world", "--raw", "--max-new-tokens", 6)
+    from modelfoundry.cli.generation import _UNPRINTABLE
+
+    answer = "".join(generate_text(lm, "hello world", sampling_params(6), raw=True)).translate(_UNPRINTABLE)
+    assert raw.exit_code == 0 and raw.stdout == answer + "\n"
+    assert answer != "".join(generate_text(lm, "hello world", sampling_params(6)))  # not in the chat template
+    stop = answer[1:3]
+    stopped = foundry(tiny_llm, "hello world", "--raw", "--max-new-tokens", 6, "--stop", stop, "--stop", "zz")
+    assert stopped.exit_code == 0 and stopped.stdout == answer[:answer.index(stop)] + "\n"
 
 
 def test_chat_reads_messages_until_exit(tiny_llm):

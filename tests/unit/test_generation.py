@@ -99,8 +99,8 @@ def test_repetition_penalty_lowers_seen_tokens():
 
 def test_repetition_penalty_breaks_a_greedy_loop(lm, prompts):
     looping = generate_batch(lm, prompts[:1], SamplingParams(max_new_tokens=12))[0].token_ids
-    assert len(set(looping)) <= 2  # the random model repeats itself
-    varied = generate_batch(lm, prompts[:1], SamplingParams(max_new_tokens=12, repetition_penalty=5.0))[0]
+    assert len(set(looping)) < len(looping)  # the random model repeats itself
+    varied = generate_batch(lm, prompts[:1], SamplingParams(max_new_tokens=12, repetition_penalty=2.0))[0]
     assert len(set(varied.token_ids)) > len(set(looping))
 
 
