@@ -66,7 +66,8 @@ def test_lora_checkpointing_and_bf16_need_less(estimator):
     assert estimator.profile(plan(finetune="lora")).adapter_params == estimator.profile(plan(finetune="lora")).trainable
     checkpointed = estimator.memory(plan(gradient_checkpointing=True)).items["activations"]
     logits = est.LOGIT_COPIES * 4 * 4096 * 8 * 256 // 2  # half the positions labelled: unchanged by checkpointing
-    assert checkpointed - logits < 0.5 * (full.items["activations"] - logits)
+    # 4 blocks: checkpointing keeps their inputs and two blocks at a time
+    assert checkpointed - logits < 0.6 * (full.items["activations"] - logits)
     assert estimator.memory(plan(precision="bf16")).items["activations"] < full.items["activations"]
     assert estimator.memory(plan(dtype="bfloat16")).items["weights"] == full.items["weights"] // 2
 
@@ -111,7 +112,7 @@ def test_a_plan_that_does_not_fit_gets_fallbacks_that_do(estimator):
 
 def test_lora_is_offered_when_weights_and_optimizer_state_dominate():
     wide = est.TrainingEstimator(LLMConfig(name="llm", base="unused", finetune="full"),
-                                 llama_config(hidden=512, layers=2, vocab=8192), baseline_bytes=0, available_bytes=0)
+                                 llama_config(hidden=256, layers=2), baseline_bytes=0, available_bytes=0)
     short = plan(batch_size=1, max_length=16)
     wide.available_bytes = wide.memory(short).total_bytes
     lean = wide
