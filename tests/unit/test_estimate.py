@@ -142,7 +142,8 @@ def test_serving_memory_is_weights_and_a_kv_cache_per_stream():
 
 def test_machine_memory_is_read():
     available = est.available_memory_bytes()
-    total = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+    with open("/proc/meminfo") as meminfo:
+        total = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemTotal:"))
     assert 0 < available <= total
     assert 50 * MiB < est.current_rss_bytes() < total
 

@@ -43,8 +43,8 @@ class EstimateResult:
         if not self.fallbacks:
             return ("No single change fits this machine: use a smaller base model, or a machine with more memory "
                     "(`foundry estimate CONFIG` shows the items).")
-        options = "; or ".join(", ".join(f"{k}: {_yaml(v)}" for k, v in f["changes"].items())
-                               + f" (~{gib(f['total_bytes'])})" for f in self.fallbacks)
+        options = "; or ".join(f"{describe_changes(f['changes'])} (~{gib(f['total_bytes'])})"
+                               for f in self.fallbacks)
         return f"Any of these would fit: {options}. `foundry estimate CONFIG` shows each item."
 
 
@@ -53,8 +53,11 @@ def gib(n: int) -> str:
     return f"{n / (1 << 30):.2f} GiB" if abs(n) >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
 
 
-def _yaml(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+def describe_changes(changes: dict[str, Any]) -> str:
+    """Config changes as YAML-like text: 'training.batch_size: 4, model.gradient_checkpointing: true'."""
+    from modelfoundry.train.estimate import describe_changes as describe
+
+    return describe(changes)
 
 
 def estimate(config: Config | str | Path, *, timed_steps: int = 3, baseline: str = "subprocess",
@@ -147,7 +150,7 @@ def _serving_fallbacks(base: str, dtype: str, streams: int, context: int, baseli
     for width, key_dtype in ((4, "float32"), (2, "bfloat16")):
         if width > (2 if dtype == "bfloat16" else 4):
             continue
-        for n in sorted({max(1, streams >> k) for k in range(0, 9)}, reverse=True):
+        for n in sorted({max(1, streams >> k) for k in range(9)}, reverse=True):
             memory = est.serving_memory(params * width, arch, dtype_bytes=width, max_streams=n, context=context,
                                         baseline_bytes=baseline_bytes, available_bytes=available)
             if memory.fits:

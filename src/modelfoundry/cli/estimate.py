@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -17,14 +17,14 @@ def estimate(config: ConfigArg,
                                                 "(0: memory only, nothing built).")] = 3,
              serving: Annotated[bool, typer.Option("--serving", help="Estimate serving instead: weights and a KV "
                                                    "cache per stream (serve.max_streams, serve.llm_dtype).")] = False,
-             memory_gb: Annotated[Optional[float], typer.Option("--memory-gb", min=0.01, help="Fit in this much "
+             memory_gb: Annotated[float | None, typer.Option("--memory-gb", min=0.01, help="Fit in this much "
                                                                 "memory (default: what the machine has "
                                                                 "available).", show_default=False)] = None,
              no_progress: NoProgress = False) -> None:
     """Say the memory training a language model (or serving it) will need, item by item, and the time per step;
     if it won't fit, the config changes that would. Exits non-zero when it won't fit."""
     from modelfoundry.api.estimation import estimate as estimate_training
-    from modelfoundry.api.estimation import estimate_serving
+    from modelfoundry.api.estimation import estimate_serving, gib
     from modelfoundry.config import load_config
     from modelfoundry.errors import ConfigError, ServingError, TrainingError
 
@@ -42,24 +42,26 @@ def estimate(config: ConfigArg,
     print_estimate(result)
     if not result.fits:
         error = ServingError if serving else TrainingError
-        raise error(f"This {result.kind} won't fit: it needs about {_size(result.total_bytes)} and "
-                    f"{_size(result.available_bytes)} is available (keeping 10% free).", result.hint())
+        raise error(f"This {result.kind} won't fit: it needs about {gib(result.total_bytes)} and "
+                    f"{gib(result.available_bytes)} is available (keeping 10% free).", result.hint())
 
 
 def print_estimate(result: Any) -> None:
     """The items and totals, the machine's memory, the verdict, the timing and the fallbacks as tables."""
     from rich.table import Table
 
+    from modelfoundry.api.estimation import describe_changes, gib
+
     console = open_console()
     table = Table(title=f"{result.kind.capitalize()} {result.model}: memory", title_justify="left")
     table.add_column("item", style="bold")
     table.add_column("size", justify="right")
     for name, size in result.items.items():
-        table.add_row(name, _size(size))
-    table.add_row("total", _size(result.total_bytes), style="bold")
-    table.add_row("available", _size(result.available_bytes))
+        table.add_row(name, gib(size))
+    table.add_row("total", gib(result.total_bytes), style="bold")
+    table.add_row("available", gib(result.available_bytes))
     console.print(table)
-    settings = ", ".join(f"{key}: {_yaml(value)}" for key, value in result.settings.items())
+    settings = describe_changes(result.settings)
     console.print(f"For {settings}.", markup=False, soft_wrap=True)
     params = result.parameters
     if params.get("trainable") is not None:
@@ -67,7 +69,7 @@ def print_estimate(result: Any) -> None:
                       + (f", {params['adapters']:,} in LoRA adapters" if params.get("adapters") else "") + ").",
                       markup=False)
     verdict = "[green]fits[/]" if result.fits else "[bold red]won't fit[/]"
-    console.print(f"Verdict: {verdict} ({_size(result.total_bytes)} of {_size(result.available_bytes)} available).")
+    console.print(f"Verdict: {verdict} ({gib(result.total_bytes)} of {gib(result.available_bytes)} available).")
     if result.step_s is not None:
         line = f"Time: {result.step_s:.2f} s per step, {result.tokens_s:,.0f} tokens/s"
         if result.epoch_s is not None:
@@ -76,19 +78,8 @@ def print_estimate(result: Any) -> None:
     if result.fallbacks:
         options = Table("change", "total", title="Would fit", title_justify="left")
         for fallback in result.fallbacks:
-            options.add_row(", ".join(f"{k}: {_yaml(v)}" for k, v in fallback["changes"].items()),
-                            _size(fallback["total_bytes"]))
+            options.add_row(describe_changes(fallback["changes"]), gib(fallback["total_bytes"]))
         console.print(options)
-
-
-def _size(n: int) -> str:
-    from modelfoundry.api.estimation import gib
-
-    return gib(n)
-
-
-def _yaml(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _duration(seconds: float) -> str:

@@ -1,17 +1,21 @@
 """What training or serving a causal language model will need, worked out before it starts: memory item by
 item, the time per step from a few timed steps, and the smaller configurations that would fit.
 
-Memory for training is the process baseline (Python, torch, transformers imported), the weights, the
-gradients and optimizer state of the trainable parameters, and the activations of one micro-batch. The
-parameter counts come from the model built on the meta device (no memory, no weights read: exact for any
-architecture, LoRA adapters and frozen layers included). The activations come from a *probe*: one and two
-blocks of the same architecture, shrunk to a small vocabulary, run on a short random batch while autograd's
-saved-tensor hook adds up what the backward pass will keep; the difference between one and two blocks is a
-block's share, two lengths separate the part that grows with T from the part that grows with T^2 (eager
-attention). That is scaled to the batch, the length and the layer count. The output layer's logits are
-counted where labels are only (CausalLM applies it there). What autograd keeps is not yet the process's
-peak: the backward pass's own gradients and the allocator's fragmentation come on top, a factor measured
-on Llama models (full, LoRA) against the peak resident size of real training (tests/unit/test_estimate.py).
+Memory for training is the process baseline (Python, torch, transformers imported: measured), the weights,
+the gradients and optimizer state of the trainable parameters, and the activations of one micro-batch. The
+parameter counts come from the model built on the meta device (nothing allocated, no weights read: exact for
+any architecture, LoRA adapters and frozen layers included). The activations come from a *probe*: one block
+of the same architecture (small vocabulary, uninitialised weights) runs rows of 16, 32 and 64 tokens while
+autograd's saved-tensor hook adds up what the backward pass will keep; the three lengths separate a part per
+token, a part per token^2 (eager attention's scores) and a constant (bf16 copies of the weights under
+autocast). That is scaled to the batch, the length and the blocks the backward pass goes through. The output
+layer's logits are counted where labels are only (CausalLM applies it there).
+
+What autograd keeps is not yet the process's peak: the backward pass's own gradients, the kernels' first use
+and the allocator's fragmentation come on top - PEAK_FACTOR and RUNTIME_BYTES, measured against the peak
+resident memory of real training of a 27M-parameter Llama (full, LoRA, freeze, checkpointing, bf16: all within
+20%; the slow test in tests/unit/test_estimate.py holds full and LoRA to 30%). Parameter gradients appear as
+the backward pass frees activations, so they are not counted on top of them.
 """
 
 from __future__ import annotations
@@ -117,11 +121,13 @@ class Fallback:
     plan: TrainingPlan = field(repr=False)
 
     def describe(self) -> str:
-        return ", ".join(f"{key}: {_yaml(value)}" for key, value in self.changes.items())
+        return describe_changes(self.changes)
 
 
-def _yaml(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+def describe_changes(changes: dict[str, Any]) -> str:
+    """Config changes as YAML-like text: 'training.batch_size: 4, model.gradient_checkpointing: true'."""
+    return ", ".join(f"{key}: {str(value).lower() if isinstance(value, bool) else value}"
+                     for key, value in changes.items())
 
 
 def training_memory(profile: Profile, arch: Architecture, plan: TrainingPlan, *, baseline_bytes: int,
