@@ -175,3 +175,51 @@ def test_resuming_a_finished_fit_trains_no_further(make_config, tmp_path):
     again = train(cfg, data, model, run_dir=tmp_path / "full", resume=True)
     assert [r["epoch"] for r in again.history] == [1, 2, 3] and not again.stopped_early
     assert again.best_epoch == full.best_epoch
+
+
+def _trip(model, at, how):
+    """`model`, which on its `at`-th training forward presses Ctrl-C (`signal`) or dies (`crash`)."""
+    calls = []
+
+    def hook(module, inputs):
+        if module.training:
+            calls.append(1)
+            if len(calls) == at:
+                if how == "crash":
+                    raise RuntimeError("killed")  # a process killed mid-epoch: only its saved checkpoints remain
+                signal.raise_signal(signal.SIGINT)
+
+    model.register_forward_pre_hook(hook)
+    return model
+
+
+@pytest.mark.parametrize("how", ["signal", "crash"])
+def test_a_fit_stopped_within_an_epoch_resumes_from_that_step_exactly(make_config, tmp_path, how):
+    """training.checkpoint.every_steps saves within epochs; Ctrl-C then stops at the next step (not the epoch's end),
+    and a killed process resumes from its last step checkpoint: either way the result equals an uncut fit."""
+    sections = dict(model={"name": "mlp", "hidden": [16], "dropout": 0.3},
+                    training={"epochs": 3, "batch_size": 8, "accumulate_steps": 2, "optimizer": {"lr": 0.01},
+                              "scheduler": {"name": "cosine"}, "checkpoint": {"min_interval_s": 0, "every_steps": 2}})
+    cfg, data, model = setup(make_config, **sections)
+    straight = train(cfg, data, model, run_dir=tmp_path / "a")
+    batches = -(-len(data.y["train"]) // 8)
+    assert batches > 8  # the cut below falls inside epoch 2, between step checkpoints
+    cfg, data, model = setup(make_config, **sections)
+    cut_at = batches + 7  # the 7th batch of epoch 2
+    if how == "signal":
+        first = train(cfg, data, _trip(model, cut_at, how), run_dir=tmp_path / "b")
+        assert first.interrupted and len(first.history) == 1
+    else:
+        with pytest.raises(RuntimeError, match="killed"):
+            train(cfg, data, _trip(model, cut_at, how), run_dir=tmp_path / "b")
+    state = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["step"] == (8 if how == "signal" else 4) and not state["finished"]
+    torch.manual_seed(1234)  # a resumed process starts from unrelated RNG state
+    cfg, data, model = setup(make_config, **sections)
+    resumed = train(cfg, data, model, run_dir=tmp_path / "b", resume=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    assert [r["val_loss"] for r in resumed.history] == pytest.approx([r["val_loss"] for r in straight.history],
+                                                                     abs=1e-6)
+    assert resumed.history[1]["train_loss"] == pytest.approx(straight.history[1]["train_loss"], abs=1e-6)
+    for name, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, straight.model.state_dict()[name], rtol=0, atol=1e-6)

@@ -13,7 +13,8 @@ from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.errors import DataError
 
 
-def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Path | None = None) -> RunResult:
+def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Path | None = None,
+             progress: Any = None) -> RunResult:
     """Evaluate a trained run on its own test split, or on a labelled data file (`data`).
 
     Results go to `out` if given, else `run_dir/eval-<file stem>/` for a file, and for the test split
@@ -26,8 +27,15 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Pat
     from modelfoundry.models.inference import predict_outputs
     from modelfoundry.rundir import load_model
 
+    from modelfoundry.rundir import is_language_model
+
     started = time.perf_counter()
-    saved = load_model(model_dir(run_dir))
+    run_dir = model_dir(run_dir)
+    if is_language_model(run_dir):  # generated answers scored, beside the base model's
+        from modelfoundry.api.language_models import evaluate_run
+
+        return evaluate_run(run_dir, Path(data) if data else None, Path(out) if out else None, progress)
+    saved = load_model(run_dir)
     cfg = saved.config
     baselines = None
     if data is None:

@@ -55,7 +55,7 @@ def run(config: Config | str | Path | None = None, *, run_dir: str | Path | None
                            fit_result.monitor, fit_result.best_value, fit_result.stopped_early, fit_result.interrupted)
         result.extras.update(_facts(data, fit_result))
         if not fit_result.interrupted:
-            result.metrics, result.headline = _evaluate_test(config, data, fit_result, run_path)
+            result.metrics, result.headline = _evaluate_test(config, data, fit_result, run_path, progress)
             if config.tracking.enabled:
                 register_run(result, config, worker)
     finally:
@@ -155,10 +155,12 @@ def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bo
     return data, fit_result, config, run_path
 
 
-def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult,
-                   run_path: Path) -> tuple[dict[str, float], list[str]]:
+def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult, run_path: Path,
+                   progress: Reporter | bool | None = None) -> tuple[dict[str, float], list[str]]:
     if data.task == "causal_lm":
-        return _evaluate_language_model(config, data, fit_result, run_path)
+        from modelfoundry.api.language_models import evaluate_trained
+
+        return evaluate_trained(config, data, fit_result, run_path, progress)
     from modelfoundry.evaluate.baselines import baseline_metrics
     from modelfoundry.evaluate.evaluation import evaluate_outputs
     from modelfoundry.evaluate.metrics import headline
@@ -177,51 +179,6 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult,
                                history=fit_result.history, baselines=baselines, title=f"{config.name}: test split",
                                facts=facts)
     return metrics, headline(data.task, config.evaluation.metrics, metrics)
-
-
-def _evaluate_language_model(config: Config, data: PreparedData, fit_result: FitResult,
-                             run_path: Path) -> tuple[dict[str, float], list[str]]:
-    """Test loss and perplexity, then answers generated for held-out prompts scored against their completions,
-    beside the base model's answers to the same prompts (the language model's baseline)."""
-    from modelfoundry.evaluate.lm_evaluation import evaluate_language_model
-    from modelfoundry.models.llm import LanguageModel, load_base_language_model
-    from modelfoundry.train.loop import validate_lm
-    from modelfoundry.train.setup import EvalInputs
-
-    model = fit_result.model.cpu().eval()
-    test = EvalInputs(tuple(data.X["test"].values()), model.hf.device, _trim())
-    import torch
-
-    loss, _ = validate_lm(model, test, torch.from_numpy(data.y["test"]), model.training_loss(), _no_autocast,
-                          config.training.batch_size)
-    lm_cfg, gen = config.data.lm, config.evaluation.generation
-    tuned = LanguageModel(model.generation_model(), data.preprocessor.tokenizer, config.name, lm_cfg.template,
-                          lm_cfg.system, {**model.base_reference(), "run": str(run_path)} if model.base_reference()
-                          else {"run": str(run_path)})
-    base = load_base_language_model(config.model.base, config.model.dtype, lm_cfg.template, lm_cfg.system) \
-        if gen.baseline and gen.rows else None
-    facts = {"run": str(run_path), "model": f"llm ({config.model.finetune}) on {config.model.base}",
-             "examples (train/val/test)": "/".join(str(data.info["split"][s]) for s in ("train", "val", "test")),
-             "best epoch": f"{fit_result.best_epoch} of {len(fit_result.history)} ({fit_result.monitor} = "
-                           f"{fit_result.best_value:.4f})" if fit_result.best_value is not None else "-"}
-    metrics = evaluate_language_model(tuned, base, list(data.references["test"]), gen, RunDir(run_path).eval_dir,
-                                      loss={"loss": loss["val_loss"], "perplexity": loss["val_perplexity"],
-                                            "token_accuracy": loss["val_token_accuracy"]},
-                                      facts=facts, history=fit_result.history, plots=config.evaluation.plots)
-    first = "label_accuracy" if "label_accuracy" in metrics else "token_f1"
-    return metrics, [m for m in (first, "rouge_l", "exact_match", "perplexity") if m in metrics]
-
-
-def _trim() -> Any:
-    from modelfoundry.artifacts.inputs import padding_trim
-
-    return padding_trim(["tokens", "attention_mask"])
-
-
-def _no_autocast() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def _season(data: PreparedData) -> int | None:

@@ -59,11 +59,13 @@ def train(config: Annotated[Optional[Path], typer.Argument(help="Experiment conf
 def evaluate(run_dir: RunDirArg,
              data: Annotated[Optional[Path], typer.Option("--data", help="Labelled file to evaluate on "
                                                           "(default: the run's own test split).")] = None,
-             out: Annotated[Optional[Path], typer.Option("--out", help="Output directory.")] = None) -> None:
-    """Evaluate a trained run: metrics, plots and report.md."""
+             out: Annotated[Optional[Path], typer.Option("--out", help="Output directory.")] = None,
+             no_progress: NoProgress = False) -> None:
+    """Evaluate a trained run: metrics, plots and report.md (a language model: generated answers, beside the
+    base model's)."""
     from modelfoundry.api.evaluation import evaluate as evaluate_run
 
-    print_summary(evaluate_run(run_dir, data=data, out=out))
+    print_summary(evaluate_run(run_dir, data=data, out=out, progress=reporter(no_progress, transient=True)))
 
 
 @friendly_errors

@@ -74,6 +74,9 @@ class CheckpointConfig(Section):
     every_epochs: int = Field(1, ge=1)
     # skip a save if the last one is younger than this; the final epoch and Ctrl-C always save
     min_interval_s: float = Field(1.0, ge=0)
+    # also save within an epoch every this many optimizer steps (long epochs, e.g. a language model), and stop at the
+    # next step on Ctrl-C instead of the epoch's end; resuming continues from that step exactly. None: epochs only
+    every_steps: int | None = Field(None, ge=1)
 
 
 class TrainingConfig(Section):

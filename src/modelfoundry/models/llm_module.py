@@ -79,3 +79,19 @@ class CompletionLoss(nn.Module):
         total = F.cross_entropy(logits, target, reduction="sum") if len(target) else hidden.sum() * 0.0
         hits = (logits.argmax(-1) == target).sum() if correct else None
         return total, keep.sum(), hits
+
+
+class _HiddenStates(nn.Module):
+    """forward(tokens, attention_mask) -> the last hidden states of a plain Hugging Face causal LM (what CausalLM
+    gives in training), for measuring the loss of a model loaded for generation."""
+
+    def __init__(self, hf: nn.Module):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.hf.get_decoder()(input_ids=tokens, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def hidden_states(hf: nn.Module) -> nn.Module:
+    return _HiddenStates(hf)

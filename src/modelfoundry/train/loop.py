@@ -91,6 +91,7 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
     best = BestWeights(model)
     start_epoch = 0
     finished = False
+    partial: tuple[int, torch.Tensor, list[torch.Tensor]] | None = None  # (steps done, generator, losses) of an epoch
     layout = RunDir(run_dir or ".")  # resuming without a run directory reads ./checkpoints/last.pt
     if resume:
         state = load_checkpoint(layout.last_checkpoint, device)
@@ -104,6 +105,8 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
         history, start_epoch = state["history"], state["epoch"]
         best.load(state["best_model"])
         finished = checkpoint_finished(state, cfg)  # trained to its end or stopped early: train no further
+        if state.get("step"):  # saved within epoch start_epoch + 1: redraw its batches, skip the ones done
+            partial = (state["step"], state["epoch_generator"], [torch.tensor(v) for v in state["epoch_losses"]])
 
     extra_callbacks, callbacks = list(callbacks or []), []
     metrics_log = MetricsLog(layout.metrics_log, history) if run_dir else None
@@ -117,19 +120,23 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
         callbacks.append(display)
     callbacks.extend(extra_callbacks)
     policy = CheckpointPolicy(cfg.checkpoint.every_epochs, cfg.checkpoint.min_interval_s)
+    every_steps = cfg.checkpoint.every_steps
     interrupt = _DeferredInterrupt()
     result = FitResult(model, history, monitor, stopper.best_epoch, stopper.best, device=str(device))
 
     best_saved = -1
 
-    def checkpoint(epoch: int) -> None:
+    def checkpoint(epoch: int, within: tuple[int, torch.Tensor, list[torch.Tensor]] | None = None) -> None:
+        """Save after `epoch`, or `within` it: (steps done, the generator before its batches, their losses)."""
         nonlocal best_saved
-        save_atomic({"format": CHECKPOINT_FORMAT, "epoch": epoch, "epochs": cfg.epochs,
-                     "finished": epoch == cfg.epochs or stopper.should_stop, "model": trained_state(model),
-                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                     "scaler": scaler.state_dict() if scaler else None, "early_stopping": stopper.state_dict(),
-                     "rng": rng_state(generator), "history": plain(history), "best_model": best.state},
-                    layout.last_checkpoint)
+        extra = {"step": within[0], "epoch_generator": within[1], "epoch_losses": _floats(within[2])} \
+            if within else {}
+        save_atomic({"format": CHECKPOINT_FORMAT, "epoch": epoch - 1 if within else epoch, "epochs": cfg.epochs,
+                     "finished": not within and (epoch == cfg.epochs or stopper.should_stop),
+                     "model": trained_state(model), "optimizer": optimizer.state_dict(),
+                     "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                     "early_stopping": stopper.state_dict(), "rng": rng_state(generator), "history": plain(history),
+                     "best_model": best.state, **extra}, layout.last_checkpoint)
         if best.state is not None and best_saved != best.version:  # best.pt only when it changed
             save_atomic(best.state, layout.best_checkpoint)
             best_saved = best.version
@@ -144,9 +151,15 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
                 if epoch_hook is not None:  # e.g. gradual unfreezing: told the epoch, also when resuming
                     epoch_hook(epoch)
                 model.train()
-                losses = []
+                losses, done, epoch_generator = [], 0, generator.get_state()
+                if partial is not None:  # resuming within this epoch: the same batches, the first `done` skipped
+                    done, epoch_generator, losses = partial
+                    generator.set_state(epoch_generator)
+                    partial = None
                 next_tick = epoch_start + PROGRESS_INTERVAL_S
                 for step, (idx, xb, yb) in enumerate(setup.train):  # (B,), inputs (B, *shape) each, (B,)
+                    if step < done:
+                        continue
                     with autocast():
                         out = net(*xb)  # (B, n_outputs)
                         pred = out.squeeze(-1) if task == "regression" else out
@@ -157,14 +170,23 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
                     # accumulated gradient is exactly that of one large batch (also for a short last group)
                     scaled = loss * (len(idx) / _group_rows(step, accum, bs, batches, n_used)) if accum > 1 else loss
                     (scaler.scale(scaled) if scaler else scaled).backward()
+                    losses.append(loss.detach())
                     if (step + 1) % accum == 0 or step + 1 == batches:
                         _optimizer_step(model, optimizer, scaler, cfg)
                         if schedule.active:
                             schedule.batch_end()
-                    losses.append(loss.detach())
+                        # long epochs (a language model) also save within them, and stop there on Ctrl-C
+                        if run_dir and every_steps and step + 1 < batches and (
+                                interrupt.requested or ((step + 1) // accum) % every_steps == 0):
+                            checkpoint(epoch, (step + 1, epoch_generator, losses))
+                            if interrupt.requested:
+                                break
                     if display and time.perf_counter() > next_tick:
                         display.on_steps(epoch - 1, step + 1)
                         next_tick = time.perf_counter() + PROGRESS_INTERVAL_S
+                if interrupt.requested and every_steps and run_dir and len(losses) < batches:  # saved within it
+                    result.interrupted = True
+                    break
                 mean_loss = sum(_floats(losses)) / len(losses)  # losses are fp32, also under autocast
                 if not math.isfinite(mean_loss):
                     raise TrainingError(f"The training loss became {mean_loss} in epoch {epoch}.",
