@@ -243,3 +243,24 @@ def mid_llm(tmp_path_factory, tiny_llm):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_llm / name, directory / name)
     return directory
+
+
+def test_serving_a_base_refuses_with_fewer_streams_or_bf16_that_fit(tiny_llm, monkeypatch):
+    from modelfoundry.api.estimation import estimate_serving, preflight_serving
+    from modelfoundry.errors import ServingError
+
+    monkeypatch.setattr(est, "process_baseline_bytes", lambda: 0)
+    one = estimate_serving(str(tiny_llm), max_streams=1, context=10_000)  # clamped to the model's 256 positions
+    assert one.settings["tokens per stream"] == 256
+    per_stream = one.items["KV cache (1 streams)"]
+    assert per_stream == 2 * 2 * 16 * 4 * 256  # k and v, 2 layers, 2 kv heads x 8, fp32, 256 tokens
+    weights = one.items["weights"]
+    tight = int((weights + 3.5 * per_stream) / (1 - est.HEADROOM))  # room for 3 streams of 64
+    result = estimate_serving(str(tiny_llm), max_streams=64, available_bytes=tight)
+    assert not result.fits
+    assert {"changes": {"serve.max_streams": 2}, "total_bytes": weights + 2 * per_stream} in result.fallbacks
+    monkeypatch.setattr(est, "current_rss_bytes", lambda: 0)
+    monkeypatch.setattr(est, "available_memory_bytes", lambda: tight)
+    with pytest.raises(ServingError) as refused:
+        preflight_serving(str(tiny_llm), max_streams=64)
+    assert "serve.max_streams: 2" in refused.value.hint

@@ -36,6 +36,7 @@ class EstimateResult:
     tokens_s: float | None = None
     train_rows: int | None = None  # training examples, when cheap to know (the file's rows less val and test)
     epoch_s: float | None = None  # train_rows' batches x step_s
+    per_1000_rows_s: float | None = None  # the time of 1000 training rows (packed rows hold several examples)
     fallbacks: list[dict[str, Any]] = field(default_factory=list)  # {"changes": {key: value}, "total_bytes": n}
 
     def hint(self) -> str:
@@ -90,6 +91,7 @@ def estimate(config: Config | str | Path, *, timed_steps: int = 3, baseline: str
         timing = est.time_steps(model, plan, config.training.optimizer, steps=timed_steps,
                                 device=config.training.device, progress=reporter_for(progress))
         result.step_s, result.tokens_s = timing.step_s, timing.tokens_s
+        result.per_1000_rows_s = 1000 / plan.batch_size * timing.step_s
         if result.train_rows and not config.data.lm.packing:
             result.epoch_s = -(-result.train_rows // plan.batch_size) * timing.step_s
     return result
@@ -109,7 +111,7 @@ def preflight(config: Config | str | Path, *, timed_steps: int = 0,
 def estimate_serving(base: str, *, dtype: str = "float32", max_streams: int = 8, context: int | None = None,
                      baseline: str = "subprocess", available_bytes: int | None = None) -> EstimateResult:
     """The memory serving `base` (a short name or directory) needs: weights and a KV cache of `context`
-    tokens (default: the model's context length) for each of `max_streams` streams."""
+    tokens (default and most: the model's context length) for each of `max_streams` streams."""
     import torch
 
     from modelfoundry.models.llm_base import hf_directory, resolve_base
@@ -120,14 +122,14 @@ def estimate_serving(base: str, *, dtype: str = "float32", max_streams: int = 8,
     width = torch.empty((), dtype=getattr(torch, dtype)).element_size()
     params = _parameter_count(hf_config)
     baseline_bytes, available = _machine(baseline, available_bytes)
+    context = min(context or arch.context, arch.context)
     memory = est.serving_memory(params * width, arch, dtype_bytes=width, max_streams=max_streams, context=context,
                                 baseline_bytes=baseline_bytes, available_bytes=available)
-    settings = {"serve.max_streams": max_streams, "serve.llm_dtype": dtype, "context tokens": context or arch.context}
+    settings = {"serve.max_streams": max_streams, "serve.llm_dtype": dtype, "tokens per stream": context}
     result = EstimateResult("serving", base, memory.items, memory.total_bytes, memory.available_bytes, memory.fits,
                             settings, {"total": params})
     if not memory.fits:
-        result.fallbacks = _serving_fallbacks(base, dtype, max_streams, context or arch.context, baseline_bytes,
-                                              available, arch, params)
+        result.fallbacks = _serving_fallbacks(dtype, max_streams, context, baseline_bytes, available, arch, params)
     return result
 
 
@@ -142,7 +144,7 @@ def preflight_serving(base: str, *, dtype: str = "float32", max_streams: int = 8
     return result
 
 
-def _serving_fallbacks(base: str, dtype: str, streams: int, context: int, baseline_bytes: int, available: int,
+def _serving_fallbacks(dtype: str, streams: int, context: int, baseline_bytes: int, available: int,
                        arch: Any, params: int) -> list[dict[str, Any]]:
     from modelfoundry.train import estimate as est
 

@@ -34,8 +34,10 @@ def estimate(config: ConfigArg,
         if resolved.model.name != "llm":
             raise ConfigError("foundry estimate --serving covers language models (model: {name: llm}).")
         serve = resolved.serve
+        # a stream holds its prompt and its answer: about data.lm.max_length + serve.max_new_tokens tokens
         result = estimate_serving(resolved.model.base, dtype=serve.llm_dtype, max_streams=serve.max_streams,
-                                  context=resolved.data.lm.max_length, available_bytes=available)
+                                  context=resolved.data.lm.max_length + serve.max_new_tokens,
+                                  available_bytes=available)
     else:
         result = estimate_training(resolved, timed_steps=steps, available_bytes=available,
                                    progress=reporter(no_progress, transient=True))
@@ -74,6 +76,8 @@ def print_estimate(result: Any) -> None:
         line = f"Time: {result.step_s:.2f} s per step, {result.tokens_s:,.0f} tokens/s"
         if result.epoch_s is not None:
             line += f"; an epoch of {result.train_rows:,} training rows ~{_duration(result.epoch_s)}"
+        else:
+            line += f"; 1000 training rows ~{_duration(result.per_1000_rows_s)}"
         console.print(line + ".", markup=False)
     if result.fallbacks:
         options = Table("change", "total", title="Would fit", title_justify="left")

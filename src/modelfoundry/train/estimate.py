@@ -168,6 +168,7 @@ def serving_memory(weight_bytes: int, arch: Architecture, *, dtype_bytes: int, m
 
 def read_architecture(hf_config: Any) -> Architecture:
     """The shape facts of a Hugging Face causal-LM config (Llama-style names; GPT-2's map onto them)."""
+    hf_config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
     heads = hf_config.num_attention_heads
     kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
