@@ -95,11 +95,12 @@ def _train(config: Any, run_dir: Any, resume: Any,
     else:
         config = as_config(config)
         run_path = plan_run_dir(config, run_dir)  # checked now, created once the data is known to be usable
+    estimate = _preflight(config, progress) if config.data.task == "causal_lm" else None
     data = prepare(config)
     check_task(config, data.task)
     if resume is not None:
         check_same_data(run_path, data.info)
-        return _fit_and_save(config, data, run_path, True, finished_before, progress)
+        return _estimated(_fit_and_save(config, data, run_path, True, finished_before, progress), estimate)
     from modelfoundry.data.sources import describe_source
 
     # the run directory records where the data is, whatever the working directory
@@ -110,7 +111,7 @@ def _train(config: Any, run_dir: Any, resume: Any,
         run_path.mkdir(parents=True, exist_ok=True)
         save_config(run_path, config)
         write_json(RunDir(run_path).data_record, data.info)
-        return _fit_and_save(config, data, run_path, False, False, progress)
+        return _estimated(_fit_and_save(config, data, run_path, False, False, progress), estimate)
     except Exception:
         if created and not RunDir(run_path).last_checkpoint.exists():  # nothing to resume: leave no husk
             shutil.rmtree(run_path, ignore_errors=True)
@@ -181,6 +182,28 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult, ru
     return metrics, headline(data.task, config.evaluation.metrics, metrics)
 
 
+def _estimated(outcome: tuple[PreparedData, FitResult, Config, Path], estimate: Any) -> tuple[
+        PreparedData, FitResult, Config, Path]:
+    if estimate is not None:  # shown beside the measured peak in the summary
+        outcome[1].extras["memory_estimate_bytes"] = estimate.total_bytes
+    return outcome
+
+
+def _preflight(config: Config, progress: Reporter | bool | None) -> Any:
+    """A language model's memory estimate, before anything is loaded: reported, and a TrainingError with the
+    settings that would fit when it won't (api/estimation.py)."""
+    from modelfoundry.api.estimation import gib, preflight
+    from modelfoundry.reporting import reporter_for
+
+    result = preflight(config)
+    reporter = reporter_for(progress)
+    if reporter is not None:
+        top = sorted(result.items.items(), key=lambda item: -item[1])[:3]
+        reporter.message(f"Memory estimate: {gib(result.total_bytes)} of {gib(result.available_bytes)} available ("
+                         + ", ".join(f"{name} {gib(size)}" for name, size in top) + ").")
+    return result
+
+
 def _season(data: PreparedData) -> int | None:
     """A time series' seasonal-naive period (its baselines replace dummy/linear), else None."""
     return data.info["time_series"]["season"] if "time_series" in data.info else None
@@ -197,6 +220,11 @@ def _facts(data: PreparedData, fit_result: FitResult) -> dict[str, Any]:
         facts["text"] = data.info["text"]
     if "feature_cache" in fit_result.extras:
         facts["feature_cache"] = fit_result.extras["feature_cache"]
+    if "memory_estimate_bytes" in fit_result.extras:
+        import resource
+
+        facts["memory"] = {"estimated_bytes": fit_result.extras["memory_estimate_bytes"],
+                           "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     return facts
 
 

@@ -66,6 +66,10 @@ def print_summary(result: Any) -> None:
         table.add_row("frozen encoder", "outputs from the cache" if frozen["hit"] else
                       f"run once per split ({frozen['seconds']:.1f} s)" + (", cached for the next run"
                                                                            if frozen["cached"] else ""))
+    memory = result.extras.get("memory")
+    if memory:
+        table.add_row("memory", f"peak {memory['peak_rss_bytes'] / (1 << 30):.2f} GiB resident (estimated "
+                      f"{memory['estimated_bytes'] / (1 << 30):.2f} GiB before training)")
     if result.epochs_run:
         best = f"{result.best_epoch} of {result.epochs_run}"
         if result.best_value is not None:
@@ -79,6 +83,8 @@ def print_summary(result: Any) -> None:
                       f", seasonal naive {result.metrics.get(f'baseline_seasonal_naive_{name}', 0):.4f})")
         elif linear is not None:
             value += f"   (linear baseline {linear:.4f}, dummy {result.metrics.get(f'baseline_dummy_{name}', 0):.4f})"
+        elif f"baseline_base_{name}" in result.metrics:  # a language model: its base model, not fine-tuned
+            value += f"   (base model {result.metrics[f'baseline_base_{name}']:.4f})"
         evaluated_on = result.extras.get("evaluated_on", "test split")
         table.add_row(f"test {name}" if evaluated_on == "test split" else f"{name} ({evaluated_on})", value)
     table.add_row("wall time", f"{result.wall_s:.1f} s")
