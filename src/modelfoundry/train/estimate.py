@@ -345,7 +345,7 @@ def time_steps(config: LLMConfig, plan: TrainingPlan, optimizer: Any, *, steps: 
     amp = autocast_dtype(plan.precision, where)
     autocast = (lambda: torch.autocast(where.type, dtype=amp)) if amp else contextlib.nullcontext
     generator = torch.Generator().manual_seed(0)
-    vocab = model.training_loss().head.weight.shape[0]
+    vocab = loss_fn.head.weight.shape[0]
     tokens = torch.randint(0, vocab, (b, t), generator=generator).to(where)
     labels = torch.randint(0, vocab, (b, t), generator=generator)
     labels[:, :t - max(1, round(t * plan.labelled_fraction))] = -100  # the prompt carries no loss
