@@ -65,10 +65,11 @@ def test_batched_greedy_ids_equal_alone(lm):
         decoded = {id(r.stream): r.text for r in engine._rows}  # each row's TextStream: the ids it took
         for _ in range(2):
             engine._step([r.stream for r in engine._rows])
-        width = engine._mask.shape[1]
+        width = engine._batch.mask.shape[1]
         streams[1].cancel()  # the longest prompt leaves: its padding columns go
         engine._drop_cancelled()
-        assert engine._mask.shape[1] == width - (len(prompts[1]) - max(len(p) for i, p in enumerate(prompts) if i != 1))
+        longest_left = max(len(p) for i, p in enumerate(prompts) if i != 1)
+        assert engine._batch.mask.shape[1] == width - (len(prompts[1]) - longest_left)
         while engine._rows:
             engine._step([r.stream for r in engine._rows])
     for k in (0, 2, 3):

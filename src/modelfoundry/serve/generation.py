@@ -1,18 +1,11 @@
 """Continuous batching of a causal language model: many generations share each forward pass.
 
 One worker thread owns the model. Between two decoding steps, requests waiting for a slot join: their
-prompts are prefilled together (left-padded), and their KV caches are left-padded and concatenated to the
-running batch's along the batch dimension. Every step is then one forward of one new token per active
-stream; a stream that finishes (stop, length) or whose client went away leaves the batch at once
-(`index_select` on the cache), and the all-padding columns this leaves on the left are trimmed.
-
-    cache     per layer: keys, values (B, kv_heads, T, head_dim), rows left-padded with zeros
-    mask      (B, T) 1 where a row has a real token; a row's next position is its count of ones
-    last      (B,) the token each row feeds into the next step
-
-Rows never see each other (the attention mask hides the padding), so a request's greedy text is the
-same alone or batched (tested). Waiting requests are bounded (`max_queue_size`: Overloaded, HTTP 503 with
-Retry-After) and so is their wait (`queue_timeout_ms`).
+prompts are prefilled together and merged into the running batch's KV cache (batch_cache.py); then every
+step is one forward of one new token per active stream. A stream that finishes (stop, length) or whose
+client went away leaves the batch at once. A request's greedy text is the same alone or batched (tested).
+Waiting requests are bounded (`max_queue_size`: Overloaded, HTTP 503 with Retry-After) and so is their
+wait (`queue_timeout_ms`). Each request's text reaches its caller through a Stream (stream.py).
 """
 
 from __future__ import annotations
@@ -25,6 +18,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from modelfoundry.errors import Overloaded, RetryLater, first_line
+from modelfoundry.serve.batch_cache import BatchCache, kv_cache_bytes_per_token
+from modelfoundry.serve.stream import END, Stream
+
+__all__ = ["GenerationEngine", "GenerationFailed", "Stream", "kv_cache_bytes_per_token"]
 
 if TYPE_CHECKING:
     import asyncio
@@ -35,104 +32,12 @@ if TYPE_CHECKING:
     from modelfoundry.models.llm import LanguageModel
 
 log = logging.getLogger(__name__)
-_END = object()  # the last item of a stream's channel
 
 
 class GenerationFailed(RetryLater):
     """The engine failed on a step (a bug or a broken model, not the request): that step's requests end."""
 
     http_status = 503
-
-
-def kv_cache_bytes_per_token(model: Any) -> int:
-    """Bytes the KV cache holds per token of one stream: layers x (keys + values) x kv heads x head dim x
-    the weights' element size (the pre-flight estimate multiplies it by streams and context)."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
-    heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or (getattr(cfg, "hidden_size", None) or cfg.n_embd) // heads
-    element = next(model.parameters()).element_size()
-    return int(layers * 2 * kv_heads * head_dim * element)
-
-
-class Stream:
-    """One request's generation as the engine runs it: text pieces arrive on a channel; usage and timings
-    are set by the engine. `cancel()` (thread-safe) makes the engine drop the row before its next step."""
-
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop | None):
-        self.prompt_ids, self.params = prompt_ids, params
-        self.completion_tokens = 0
-        self.finish_reason: str | None = None
-        self.error: BaseException | None = None
-        self.enqueued = time.perf_counter()
-        self.queue_s: float | None = None  # submitted -> prefill began
-        self.ttft_s: float | None = None  # submitted -> first token
-        self.cancelled = False
-        self._items: collections.deque = collections.deque()
-        self._loop = loop
-        if loop is None:
-            self._wake: Any = threading.Event()
-        else:
-            import asyncio
-
-            self._wake = asyncio.Event()
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.prompt_ids)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def put(self, item: Any) -> None:
-        """Engine side: a text piece, an exception, or _END."""
-        self._items.append(item)
-        if self._loop is None:
-            self._wake.set()
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._wake.set)
-        except RuntimeError:  # the loop is closed: nobody reads any more
-            self.cancelled = True
-
-    def _take(self) -> tuple[list[str], bool]:
-        pieces, done = [], False
-        while self._items:
-            item = self._items.popleft()
-            if item is _END:
-                done = True
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                pieces.append(item)
-        return pieces, done
-
-    async def pieces(self):  # noqa: ANN201 - AsyncIterator[str]
-        """The text pieces as they come (async); raises the engine's error for this request, if any."""
-        while True:
-            self._wake.clear()
-            pieces, done = self._take()
-            for piece in pieces:
-                yield piece
-            if done:
-                return
-            if not self._items:
-                await self._wake.wait()
-
-    def __iter__(self):  # noqa: ANN204 - Iterator[str], blocking (tests, benchmarks without a loop)
-        while True:
-            self._wake.clear()
-            pieces, done = self._take()
-            yield from pieces
-            if done:
-                return
-            if not self._items:
-                self._wake.wait()
-
-    def text(self) -> str:
-        """The whole answer, blocking (a stream made without a loop)."""
-        return "".join(self)
 
 
 @dataclass
@@ -173,9 +78,7 @@ class GenerationEngine:
         self._pending: collections.deque[Stream] = collections.deque()
         self._cond = threading.Condition()
         self._rows: list[_Row] = []
-        self._cache: Any = None
-        self._mask: Any = None  # (B, T) long
-        self._last: Any = None  # (B,) long
+        self._batch: BatchCache | None = None  # the running rows' KV cache, mask and next tokens
         self._state = "new"  # new -> running -> retiring (finish what it has) | stopped
         self._thread: threading.Thread | None = None
 
@@ -298,53 +201,24 @@ class GenerationEngine:
     def _join(self, streams: list[Stream]) -> None:
         """Prefill the joiners' prompts together and merge them into the running batch."""
         import torch
-        from transformers import DynamicCache
 
         from modelfoundry.models.generation import TextStream, seeded_generator
 
-        width = max(len(s.prompt_ids) for s in streams)
-        ids = torch.tensor([[self.pad_id] * (width - len(s.prompt_ids)) + s.prompt_ids for s in streams])
-        mask = (ids.new_tensor([width - len(s.prompt_ids) for s in streams])[:, None]
-                <= torch.arange(width)[None]).long()  # (b, L), left padding
-        cache = DynamicCache(config=self.lm.model.config)
-        logits = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp_(min=0),
-                               cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (b, V)
+        batch, logits = BatchCache.prefill(self.lm.model, [s.prompt_ids for s in streams], self.pad_id)
         context = self.lm.context_length
         rows = [_Row(s, TextStream(self.lm.tokenizer, s.params.stop, self.stop_ids),
                      min(s.params.max_new_tokens, context - len(s.prompt_ids)), seeded_generator(s.params.seed),
                      torch.tensor(s.prompt_ids) if s.params.repetition_penalty != 1.0 else None) for s in streams]
-        self._merge(rows, cache, mask)
-        self._advance(logits, len(self._rows) - len(rows))
-
-    def _merge(self, rows: list[_Row], cache: Any, mask: torch.Tensor) -> None:
-        """Append the prefilled rows to the batch: both caches left-padded to one width, then concatenated."""
-        import torch
-        import torch.nn.functional as F
-
-        last = mask.new_zeros(len(rows))
-        if not self._rows:
-            self._rows, self._cache, self._mask, self._last = rows, cache, mask, last
-            return
-        old, new = self._mask.shape[1], mask.shape[1]
-        width = max(old, new)
-        for mine, theirs in zip(self._cache.layers, cache.layers):
-            mine.keys = torch.cat([F.pad(mine.keys, (0, 0, width - old, 0)),
-                                   F.pad(theirs.keys, (0, 0, width - new, 0))])
-            mine.values = torch.cat([F.pad(mine.values, (0, 0, width - old, 0)),
-                                     F.pad(theirs.values, (0, 0, width - new, 0))])
-        self._mask = torch.cat([F.pad(self._mask, (width - old, 0)), F.pad(mask, (width - new, 0))])
-        self._last = torch.cat([self._last, last])
+        if self._batch is None:
+            self._batch = batch
+        else:
+            self._batch.merge(batch)
         self._rows = self._rows + rows
+        self._advance(logits, len(self._rows) - len(rows))
 
     def _step(self, streams: list[Stream]) -> None:
         """One token for every active row: one batched forward over the cache."""
-        import torch
-
-        mask = self._mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)  # (B, T+1)
-        logits = self.lm.model(input_ids=self._last[:, None], attention_mask=mask,
-                               position_ids=mask.sum(1, keepdim=True) - 1, cache=self._cache,
-                               use_cache=True).logits[:, -1]  # (B, V)
-        self._advance(logits, 0)
+        self._advance(self._batch.step(self.lm.model), 0)
 
     def _advance(self, logits: torch.Tensor, first: int) -> None:
         """Pick the next token of rows `first:` from their (b, V) logits, hand out the text, drop finished rows."""
@@ -359,7 +233,7 @@ class GenerationEngine:
         else:
             tokens = next_tokens(logits, params, [r.seen if r.seen is not None else logits.new_empty(0).long()
                                                   for r in rows], [r.generator for r in rows])
-        self._last[first:] = tokens
+        self._batch.last[first:] = tokens
         now, keep = time.perf_counter(), list(range(first))
         for k, (row, token) in enumerate(zip(rows, tokens.tolist())):
             stream = row.stream
@@ -378,9 +252,9 @@ class GenerationEngine:
                 stream.put(piece)
             if row.text.finished:
                 stream.finish_reason = row.text.finish_reason
-                stream.put(_END)
+                stream.put(END)
             elif stream.cancelled:
-                stream.put(_END)
+                stream.put(END)
             else:
                 keep.append(first + k)
         self._count(len(rows), now)
@@ -398,22 +272,15 @@ class GenerationEngine:
         keep = [i for i, r in enumerate(self._rows) if not r.stream.cancelled]
         for row in self._rows:
             if row.stream.cancelled:
-                row.stream.put(_END)
+                row.stream.put(END)
         self._keep(keep)
 
     def _keep(self, keep: list[int]) -> None:
-        """Only rows `keep` stay in the batch; the padding columns every remaining row has are trimmed."""
-        import torch
-
+        """Only rows `keep` stay in the batch."""
         if len(keep) == len(self._rows):
             return
-        if not keep:
-            self._rows, self._cache, self._mask, self._last = [], None, None, None
-            return
-        index = torch.tensor(keep)
         self._rows = [self._rows[i] for i in keep]
-        self._mask, self._last = self._mask[index], self._last[index]
-        start = int(self._mask.any(0).long().argmax())  # the first column some row uses
-        self._mask = self._mask[:, start:]
-        for layer in self._cache.layers:
-            layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
+        if not keep:
+            self._batch = None
+        else:
+            self._batch.keep(keep)

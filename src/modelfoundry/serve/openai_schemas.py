@@ -9,7 +9,6 @@ metadata, ...) are ignored. top_k and repetition_penalty are extensions.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
