@@ -105,3 +105,34 @@ def test_console_script_exit_code_without_traceback(tiny_llm):
     done = subprocess.run([sys.executable, "-m", "modelfoundry.cli", "generate", str(tiny_llm), "hi",
                            "--top-k", "-1"], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2 and "'top_k'" in done.stderr and "Traceback" not in done.stderr + done.stdout
+
+
+def test_a_trained_run_generates_as_the_api_loads_it(tiny_llm, tmp_path, lm):
+    import pandas as pd
+
+    from modelfoundry.api.generation import (
+        generate_text,
+        language_model,
+        sampling_params,
+    )
+    from modelfoundry.api.training import run
+    from modelfoundry.config import load_config
+
+    pairs = tmp_path / "pairs.jsonl"
+    pd.DataFrame([{"text": f"review {i} was {'good' if i % 2 else 'bad'}", "label": "positive" if i % 2 else
+                   "negative"} for i in range(40)]).to_json(pairs, orient="records", lines=True)
+    config = load_config({"name": "sft", "seed": 0,
+                          "data": {"source": str(pairs), "lm": {"prompt": "Classify: {text}", "completion": "label"}},
+                          "model": {"name": "llm", "base": str(tiny_llm), "finetune": "lora",
+                                    "lora": {"r": 8, "dropout": 0.0}},
+                          "training": {"epochs": 2, "batch_size": 8, "optimizer": {"lr": 0.05},
+                                       "early_stopping": None},
+                          "evaluation": {"plots": False, "generation": {"rows": 2, "max_new_tokens": 2}},
+                          "tracking": {"enabled": False}})
+    run_dir = run(config, run_dir=tmp_path / "run").run_dir
+    prompt = "Classify: review 7 was good"
+    result = foundry(run_dir, prompt, "--max-new-tokens", 4)
+    assert result.exit_code == 0, result.output
+    trained = "".join(generate_text(language_model(str(run_dir)), prompt, sampling_params(4)))
+    assert result.stdout == trained + "\n"
+    assert trained != "".join(generate_text(lm, prompt, sampling_params(4)))  # the adapters are in
