@@ -20,6 +20,7 @@ from typing import Any
 from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.errors import ModelNotFound, RegistryError
 from modelfoundry.redact import redact
+from modelfoundry.storage import cache_root
 from modelfoundry.tracking import client, flatten, reaching_store
 
 LOG_PREFIX = "foundry.alias_log."
@@ -111,13 +112,15 @@ def find_version(mlf: Any, name: str, version: str | None, alias: str | None) ->
 
 @reaching_store
 def download(ref: str, uri: str | None = None, dst: Path | None = None) -> Path:
-    """The artifacts of a registered version as a local run directory (for evaluate, predict, export)."""
+    """The artifacts of a registered version as a local run directory (for evaluate, predict, export), downloaded
+    once to <cache>/registry/<name>/<run id>/<version>: keyed by the run, so a version of the same name and number
+    in another store (or a store made again) is never taken for this one."""
     import mlflow
 
     mlf = client(uri)
     name, version, alias = parse_ref(ref)
     v = find_version(mlf, name, version, alias) if version or alias else _latest(mlf, name)
-    target = dst or Path(".foundry-cache") / name / str(v.version)
+    target = dst or cache_root() / "registry" / name / (v.run_id or "unknown")[:16] / str(v.version)
     if not RunDir(target).model_record.is_file():  # download beside it, then rename: never half a copy
         import shutil
         import tempfile

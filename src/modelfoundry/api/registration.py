@@ -48,7 +48,7 @@ def track_run(run_path: Path, config: Config, metrics: dict[str, float], *, pare
 
 def parent_version(model: str | Path, local: Path, saved: Any) -> str | None:
     """The registered version a compressed model derives from: the one a NAME/VERSION or NAME@ALIAS
-    reference resolved to (its download is .foundry-cache/<name>/<version>), or the version registered from
+    reference resolved to (its download is <cache>/registry/<name>/<run id>/<version>), or the version registered from
     the run directory given; None when the parent was never registered."""
     if not Path(model).exists():
         return local.name
