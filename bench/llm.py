@@ -147,8 +147,9 @@ def bench_generation(quick: bool = False, tokens: int = 128, repeats: int = 6) -
             "gen_bf16_tok_s": round(bf16_tok_s, 2), "threads": torch.get_num_threads()}
 
 
-def run_part(name: str, quick: bool) -> dict[str, Any] | None:
-    """The keys of one part, or None when its module is not there."""
+def run_part(name: str, quick: bool, threads: int | None) -> dict[str, Any] | None:
+    """The keys of one part, or None when its module is not there. `quick` and `threads` go to the parts
+    whose function takes them."""
     module_name, function_name = PARTS[name]
     if module_name == "llm":
         function = bench_generation
@@ -158,8 +159,9 @@ def run_part(name: str, quick: bool) -> dict[str, Any] | None:
         if importlib.util.find_spec(module_name) is None:
             return None
         function = getattr(importlib.import_module(module_name), function_name)
-    takes_quick = "quick" in inspect.signature(function).parameters
-    return function(quick=quick) if takes_quick else function()
+    accepted = inspect.signature(function).parameters
+    options = {"quick": quick, "threads": threads}
+    return function(**{k: v for k, v in options.items() if k in accepted})
 
 
 def main() -> None:
@@ -177,7 +179,7 @@ def main() -> None:
     for name in args.parts.split(","):
         if name not in PARTS:
             parser.error(f"unknown part {name!r}; parts are {', '.join(PARTS)}")
-        keys = run_part(name, args.quick)
+        keys = run_part(name, args.quick, args.threads)
         if keys is None:
             print(f"{name}: skipped (bench/{PARTS[name][0]}.py is not there)")
             continue
