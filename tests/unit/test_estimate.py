@@ -72,6 +72,17 @@ def test_lora_checkpointing_and_bf16_need_less(estimator):
     assert estimator.memory(plan(dtype="bfloat16")).items["weights"] == full.items["weights"] // 2
 
 
+def test_gpt2_is_profiled_too():
+    from transformers import GPT2Config
+
+    cfg = GPT2Config(vocab_size=1000, n_embd=64, n_layer=3, n_head=4, n_positions=128)
+    lora = est.TrainingEstimator(LLMConfig(name="llm", base="unused", finetune="lora"), cfg, baseline_bytes=0,
+                                 available_bytes=1 << 40)
+    profile = lora.profile(plan(finetune="lora"))
+    assert 0 < profile.trainable == profile.adapter_params < profile.params and profile.layer_bytes > 0
+    assert lora.arch == est.Architecture(layers=3, hidden=64, kv_dim=64, vocab=1000, context=128)
+
+
 def test_freezing_keeps_activations_only_from_the_lowest_trained_block_up():
     cfg = llama_config(layers=8)
     last = LLMConfig(name="llm", base="unused", finetune="freeze", trainable_layers=[-1])

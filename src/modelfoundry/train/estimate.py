@@ -223,8 +223,10 @@ def _meta_model(hf_config: Any, config: LLMConfig) -> nn.Module:
     from modelfoundry.models.llm import prepare_finetuning
 
     with torch.device("meta"), warnings.catch_warnings():
-        # peft asks transformers 5 for is_gradient_checkpointing, which warns of its new name
+        # peft asks transformers 5 for is_gradient_checkpointing (renamed) and sets fan_in_fan_out for GPT-2's
+        # Conv1D layers itself, warning each time: said once already by the real model's build
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False", category=UserWarning)
         hf = AutoModelForCausalLM.from_config(hf_config).to(getattr(torch, config.dtype))
         return prepare_finetuning(hf, config)
 
@@ -283,7 +285,8 @@ class TrainingEstimator:
             return [replace(f, changes=plan.changes(f.plan)) for f in found]
         together = replace(plan, finetune="lora" if plan.finetune == "full" else plan.finetune,
                            gradient_checkpointing=True, precision="bf16" if plan.precision == "fp32" else plan.precision)
-        fit = self._first_fitting(smaller_batches(together))
+        batches = [together, *smaller_batches(together)]
+        fit = self._first_fitting(batches + [replace(batches[-1], max_length=n) for n in shorter(plan.max_length)])
         return [replace(fit, changes=plan.changes(fit.plan))] if fit else []
 
     def _first_fitting(self, plans: list[TrainingPlan]) -> Fallback | None:
@@ -306,9 +309,13 @@ def candidate_plans(plan: TrainingPlan) -> list[list[TrainingPlan]]:
     if plan.dtype == "float32":
         options.append([replace(plan, precision="bf16" if plan.precision == "fp32" else plan.precision,
                                 dtype="bfloat16")])
-    lengths = [plan.max_length >> k for k in range(1, 8) if plan.max_length >> k >= 32]
-    options.append([replace(plan, max_length=length) for length in lengths])
+    options.append([replace(plan, max_length=length) for length in shorter(plan.max_length)])
     return [option for option in options if option]
+
+
+def shorter(max_length: int) -> list[int]:
+    """Halved lengths down to 32 tokens (a shorter data.lm.max_length cuts longer examples)."""
+    return [max_length >> k for k in range(1, 8) if max_length >> k >= 32]
 
 
 def smaller_batches(plan: TrainingPlan) -> list[TrainingPlan]:
