@@ -70,10 +70,12 @@ def test_chat_keeps_history_and_drops_the_oldest_beyond_the_context(lm):
     assert chat.history[2]["content"] == "world"
     chat.reset()
     assert chat.history == []
-    long = Chat(lm, sampling_params(max_new_tokens=150))
-    for _ in range(4):
-        "".join(long.ask("hello world, this is a tiny language model for tests."))
-    assert long.dropped > 0 and long.history[-2]["role"] == "user"
+    long = Chat(lm, sampling_params(max_new_tokens=4))
+    message = "hello world, this is a tiny language model for tests. " * 7  # ~105 tokens: 3 exceed the context
+    assert 80 < len(lm.prompt_ids([{"role": "user", "content": message}])) < 115
+    for _ in range(3):
+        "".join(long.ask(message))
+    assert long.dropped == 1 and [m["role"] for m in long.history] == ["user", "assistant"] * 2
 
 
 @pytest.mark.parametrize("args, words", [
