@@ -77,19 +77,22 @@ def estimate(config: Config | str | Path, *, timed_steps: int = 3, baseline: str
 
     config = as_config(config)
     model = _llm_section(config)
-    estimator, plan = _estimator(config, baseline, available_bytes)
+    rows = _all_rows(config)
+    estimator, plan = _estimator(config, baseline, available_bytes, rows)
     memory = estimator.memory(plan)
     profile = estimator.profile(plan)
     result = EstimateResult("training", model.base, memory.items, memory.total_bytes, memory.available_bytes,
                             memory.fits, _settings(plan), {"total": profile.params, "trainable": profile.trainable,
                                                            "adapters": profile.adapter_params})
-    result.train_rows = _train_rows(config)
+    result.train_rows = None if rows is None else max(1, round(rows * (1 - config.data.split.val
+                                                                          - config.data.split.test)))
     if not memory.fits:
         result.fallbacks = [{"changes": f.changes, "total_bytes": f.memory.total_bytes}
                             for f in estimator.fallbacks(plan)]
     if timed_steps > 0 and memory.fits:
         timing = est.time_steps(model, plan, config.training.optimizer, steps=timed_steps,
-                                device=config.training.device, progress=reporter_for(progress))
+                                device=config.training.device, threads=config.training.num_threads,
+                                progress=reporter_for(progress))
         result.step_s, result.tokens_s = timing.step_s, timing.tokens_s
         result.per_1000_rows_s = 1000 / plan.batch_size * timing.step_s
         if result.train_rows and not config.data.lm.packing:
@@ -171,7 +174,7 @@ def _llm_section(config: Config) -> Any:
     return config.model
 
 
-def _estimator(config: Config, baseline: str, available_bytes: int | None) -> tuple[Any, Any]:
+def _estimator(config: Config, baseline: str, available_bytes: int | None, rows: int | None) -> tuple[Any, Any]:
     from modelfoundry.models.llm_base import hf_directory, resolve_base
     from modelfoundry.train import estimate as est
 
@@ -182,7 +185,7 @@ def _estimator(config: Config, baseline: str, available_bytes: int | None) -> tu
     hf_config = _hf_config(hf_directory(resolve_base(model.base)))
     baseline_bytes, available = _machine(baseline, available_bytes)
     return est.TrainingEstimator(model, hf_config, baseline_bytes=baseline_bytes, available_bytes=available,
-                                 data_rows=_all_rows(config)), plan
+                                 data_rows=rows), plan
 
 
 def _machine(baseline: str, available_bytes: int | None) -> tuple[int, int]:
@@ -238,9 +241,3 @@ def _all_rows(config: Config) -> int | None:
     else:
         return None
     return min(rows, config.data.max_rows) if config.data.max_rows else rows
-
-
-def _train_rows(config: Config) -> int | None:
-    rows = _all_rows(config)
-    split = config.data.split
-    return None if rows is None else max(1, round(rows * (1 - split.val - split.test)))

@@ -332,8 +332,9 @@ class StepTiming:
 
 
 def time_steps(config: LLMConfig, plan: TrainingPlan, optimizer: Any, *, steps: int = 3, device: str = "cpu",
-               progress: Any = None) -> StepTiming:
-    """Build the model as `config` says and time `steps` training steps on random tokens (after one warm-up)."""
+               threads: int | None = None, progress: Any = None) -> StepTiming:
+    """Build the model as `config` says and time `steps` training steps on random tokens (after one warm-up),
+    on `device` with `threads` CPU threads (training.num_threads; None: torch's default) as training would."""
     import contextlib
     import time
 
@@ -346,6 +347,8 @@ def time_steps(config: LLMConfig, plan: TrainingPlan, optimizer: Any, *, steps: 
 
     b, t = plan.batch_size, plan.max_length
     where = select_device(device)
+    if threads:
+        torch.set_num_threads(threads)
     spec = InputSpec([InputField("tokens", "int64", (t,)), InputField("attention_mask", "int64", (t,))])
     model = build_llm(config, spec, 0).to(where).train()
     loss_fn, opt = model.training_loss(), build_optimizer(model, optimizer)
