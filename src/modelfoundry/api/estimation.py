@@ -149,21 +149,21 @@ def preflight_serving(base: str, *, dtype: str = "float32", max_streams: int = 8
 
 def _serving_fallbacks(dtype: str, streams: int, context: int, baseline_bytes: int, available: int,
                        arch: Any, params: int) -> list[dict[str, Any]]:
+    """The most streams (halving) that fit in this dtype and, from float32, in bfloat16 (weights and cache)."""
     from modelfoundry.train import estimate as est
 
     found = []
-    for width, key_dtype in ((4, "float32"), (2, "bfloat16")):
-        if width > (2 if dtype == "bfloat16" else 4):
-            continue
+    for name in dict.fromkeys((dtype, "bfloat16")):
+        width = 2 if name == "bfloat16" else 4
         for n in sorted({max(1, streams >> k) for k in range(9)}, reverse=True):
             memory = est.serving_memory(params * width, arch, dtype_bytes=width, max_streams=n, context=context,
                                         baseline_bytes=baseline_bytes, available_bytes=available)
             if memory.fits:
                 changes = {"serve.max_streams": n} if n != streams else {}
-                found.append({"changes": {**changes, **({"serve.llm_dtype": key_dtype} if key_dtype != dtype
-                                                         else {})}, "total_bytes": memory.total_bytes})
+                changes.update({"serve.llm_dtype": name} if name != dtype else {})
+                found.append({"changes": changes, "total_bytes": memory.total_bytes})
                 break
-    return [f for f in found if f["changes"]]
+    return found
 
 
 def _llm_section(config: Config) -> Any:
