@@ -94,6 +94,25 @@ def test_cancel_frees_the_slot_at_once(lm):
         engine.stop()
 
 
+def test_a_request_cancelled_while_waiting_ends_without_running(lm):
+    import threading
+
+    engine = GenerationEngine(lm, max_streams=1, queue_timeout_ms=30_000).start()
+    try:
+        busy = engine.submit(ids_of(lm, "hello"), SamplingParams(max_new_tokens=20))
+        next(iter(busy))
+        waiting = engine.submit(ids_of(lm, "What"), SamplingParams(max_new_tokens=5))
+        waiting.cancel()  # the client went away before it got a stream
+        texts = []
+        reader = threading.Thread(target=lambda: texts.append(waiting.text()))
+        reader.start()
+        busy.text()
+        reader.join(10)
+        assert texts == [""] and waiting.completion_tokens == 0 and engine.idle
+    finally:
+        engine.stop()
+
+
 def test_full_queue_and_long_wait_answer_overloaded(lm):
     engine = GenerationEngine(lm, max_streams=1, max_queue_size=1, queue_timeout_ms=50).start()
     try:

@@ -170,7 +170,8 @@ class GenerationEngine:
         joiners, now = [], time.perf_counter()
         while self._pending and len(self._rows) + len(joiners) < self.max_streams:
             stream = self._pending.popleft()
-            if stream.cancelled:
+            if stream.cancelled:  # its client went away while it waited
+                stream.put(END)
                 continue
             waited = now - stream.enqueued
             if waited > self.queue_timeout_s:

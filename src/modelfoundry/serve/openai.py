@@ -66,9 +66,11 @@ class ServedLanguageModel:
         old, self.loaded, self.engine = self.engine, loaded, engine  # new requests use the new engine now
         if old is not None:
             old.retire()
-            self.retired = [e for e in self.retired if not e.idle] + [old]
+            self.retired.append(old)
 
     def engines(self) -> list[GenerationEngine]:
+        """The current engine and the retired ones still finishing streams (finished ones are let go)."""
+        self.retired = [e for e in self.retired if not e.idle]
         return [e for e in [self.engine, *self.retired] if e is not None]
 
     def get(self, name: str | None) -> tuple[LoadedModel, GenerationEngine]:
