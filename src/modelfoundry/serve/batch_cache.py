@@ -56,6 +56,18 @@ class GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
 
+def transpose_linear_weights(model: Any) -> None:
+    """Store each linear layer's weight transposed in memory (same values and shape, strides swapped), so that
+    F.linear runs the plain (non-transposed) float32 GEMM, which MKL does faster for the few rows of a decoding
+    step (8 streams of SmolLM2-135M, one core: 112 ms a step instead of 121; identical logits). Idempotent."""
+    if next(model.parameters()).dtype != torch.float32:
+        return
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.weight.is_contiguous():
+                module.weight.data = module.weight.data.t().contiguous().t()
+
+
 def _with_room(held: torch.Tensor, new: torch.Tensor, length: int) -> torch.Tensor:
     """A (B, heads, length + SPARE_COLUMNS, dim) buffer starting with `held` (if it has any columns)."""
     buffer = torch.empty(*new.shape[:2], length + SPARE_COLUMNS, new.shape[-1], dtype=new.dtype, device=new.device)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from modelfoundry.errors import Overloaded, RetryLater, first_line
-from modelfoundry.serve.batch_cache import BatchCache, kv_cache_bytes_per_token
+from modelfoundry.serve.batch_cache import BatchCache, kv_cache_bytes_per_token, transpose_linear_weights
 from modelfoundry.serve.stream import END, Stream
 
 __all__ = ["GenerationEngine", "GenerationFailed", "Stream", "kv_cache_bytes_per_token"]
@@ -68,6 +68,7 @@ class GenerationEngine:
     def __init__(self, lm: LanguageModel, *, max_streams: int = 8, max_queue_size: int = 1024,
                  queue_timeout_ms: float = 1000.0, on_first_token: Any = None, on_tokens: Any = None):
         self.lm = lm
+        transpose_linear_weights(lm.model)
         self.max_streams, self.max_queue_size = max_streams, max_queue_size
         self.queue_timeout_s = queue_timeout_ms / 1000
         self.on_first_token, self.on_tokens = on_first_token, on_tokens
