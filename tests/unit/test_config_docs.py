@@ -115,12 +115,23 @@ def _table_rows(text: str):
             yield heading, dict(zip(header, cells))
 
 
+def _variant(section: type[BaseModel]) -> str:
+    """The model name a `model:` section class (or a section nested in one, such as its `lora`) belongs to."""
+    from modelfoundry.models import MODELS
+
+    if "name" in section.model_fields:
+        return section.model_fields["name"].annotation.__args__[0]
+    for entry in MODELS.values():
+        if any(field.annotation is section for field in entry.config.model_fields.values()):
+            return entry.config.model_fields["name"].annotation.__args__[0]
+    raise AssertionError(f"{section.__name__} is not a model section or nested in one")
+
+
 def _owner(path: str, heading: str) -> tuple[type[BaseModel], str]:
     """The model and field a documented path belongs to; for `model.*`, the variant of the heading."""
     owners = [(model, name) for p, model, name in FIELDS if p == path]
     if path.startswith("model.") and len(owners) > 1:
-        variant = [(model, name) for model, name in owners
-                   if model.model_fields["name"].annotation.__args__[0] in heading.lower()]
+        variant = [(model, name) for model, name in owners if _variant(model) in heading.lower()]
         assert len(variant) == 1, f"cannot tell which model variant the table under {heading!r} documents"
         return variant[0]
     assert len(owners) == 1, f"{path} belongs to several models: {owners}"
