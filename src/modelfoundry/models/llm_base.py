@@ -127,8 +127,13 @@ def hf_directory(base: BaseModel) -> Path:
     _quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(base.directory), gguf_file=base.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(str(base.directory), gguf_file=base.gguf_file)
+    import contextlib
+    import io
+
+    # transformers' GGUF reader draws a tqdm bar on stderr whatever its logging says: the library never prints
+    with contextlib.redirect_stderr(io.StringIO()):
+        tokenizer = AutoTokenizer.from_pretrained(str(base.directory), gguf_file=base.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(str(base.directory), gguf_file=base.gguf_file)
     model.hf_quantizer = None  # the weights are dequantized to float32 now: save them as plain safetensors
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
