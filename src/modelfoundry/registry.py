@@ -117,6 +117,7 @@ def download(ref: str, uri: str | None = None, dst: Path | None = None) -> Path:
     in another store (or a store made again) is never taken for this one."""
     import mlflow
 
+    existing_store(uri, ref)
     mlf = client(uri)
     name, version, alias = parse_ref(ref)
     v = find_version(mlf, name, version, alias) if version or alias else _latest(mlf, name)
@@ -136,6 +137,17 @@ def download(ref: str, uri: str | None = None, dst: Path | None = None) -> Path:
                 raise
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def existing_store(uri: str | None, ref: str) -> None:
+    """Looking a model up must not create a registry: with no URI given or set, the project's store must exist."""
+    from modelfoundry.tracking import STORE_FILE, project_store
+
+    if uri is None and not os.environ.get("MLFLOW_TRACKING_URI") and not project_store().is_file():
+        raise ModelNotFound(f"'{ref}' is not a path, and there is no model registry here to look it up in (no "
+                            f"{STORE_FILE} in {Path.cwd()} or its parents).",
+                            "Check the path, run the command in the project that registered the model, or pass "
+                            "--uri (or set $MLFLOW_TRACKING_URI) to its registry.")
 
 
 def _latest(mlf: Any, name: str) -> Any:

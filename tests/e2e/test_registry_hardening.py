@@ -351,3 +351,13 @@ def test_mlflow_params_and_the_study_key_are_redacted(source):
     tags = mlf.get_run(study["run_id"]).data.tags
     assert tags["foundry.study_key"] == "postgresql://ops:***@db.internal/optuna#s"
     assert SECRET not in json.dumps(mlf.get_run(study["run_id"]).data.params)
+
+
+@pytest.mark.parametrize("command", [["predict", "nosuch", "rows.csv"], ["generate", "nosuch", "hi"],
+                                     ["evaluate", "nosuch/2"]])
+def test_looking_up_a_model_where_there_is_no_registry_creates_none(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code != 0 and "no model registry here" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "foundry.db").exists()

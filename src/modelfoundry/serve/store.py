@@ -70,9 +70,10 @@ class RegistryStore:
             raise store_error(exc, self.uri) from None
 
     def _resolve(self) -> tuple[str, str, str | None]:
-        from modelfoundry.registry import client, find_version, parse_ref
+        from modelfoundry.registry import client, existing_store, find_version, parse_ref
 
         name, version, alias = parse_ref(self.ref)
+        existing_store(self.uri, self.ref)  # a lookup never creates a registry
         mlf = client(self.uri)
         if version is None and alias is None:
             versions = mlf.search_model_versions(f"name='{name}'")
