@@ -42,3 +42,17 @@ def test_a_resumed_run_prints_from_where_it_resumed(capsys):
 
 def test_line_every_rounds_to_readable_steps():
     assert [line_every(s, 5.0) for s in (10, 5, 3, 1, 0.3, 0.01)] == [1, 1, 2, 5, 20, 500]
+
+
+def test_a_long_epoch_says_how_far_it_is_every_interval(capsys, monkeypatch):
+    from modelfoundry.train import callbacks
+
+    clock = [100.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock[0])
+    display = TrainingProgress(TerminalReporter(), 1, 100, 0, "val_loss")
+    for step in range(1, 100):
+        clock[0] += 2.0  # 2 s per step: a line every 30 s, with the rate and what is left of the epoch
+        display.on_steps(0, step)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "s/step" in line]
+    assert 5 <= len(lines) <= 7
+    assert lines[0].startswith("epoch 1/1  step 16/100  2.00 s/step, epoch done in ~2.8 min")

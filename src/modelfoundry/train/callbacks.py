@@ -99,10 +99,25 @@ class TrainingProgress:
         self.steps_per_epoch = steps_per_epoch
         self.total_epochs = total_epochs
         self.every, self.unprinted = 0, None
+        self.steps_since: tuple[int, int, float] | None = None  # (epoch, step, time) the step rate is counted from
+        self.next_step_line = 0.0
         reporter.start("train", total_epochs * steps_per_epoch, completed=start_epoch * steps_per_epoch)
+
+    STEP_LOG_INTERVAL_S = 30.0  # off a terminal, a long epoch (a language model's) says how far it is this often
 
     def on_steps(self, epoch: int, step: int) -> None:
         self.reporter.advance(epoch * self.steps_per_epoch + step)
+        if self.reporter.live:
+            return
+        now = time.perf_counter()
+        if self.steps_since is None or self.steps_since[0] != epoch or step < self.steps_since[1]:
+            self.steps_since, self.next_step_line = (epoch, step, now), now + self.STEP_LOG_INTERVAL_S
+        elif now >= self.next_step_line:
+            per_step = (now - self.steps_since[2]) / max(step - self.steps_since[1], 1)
+            left = (self.steps_per_epoch - step) * per_step
+            self.reporter.message(f"epoch {epoch + 1}/{self.total_epochs}  step {step}/{self.steps_per_epoch}  "
+                                  f"{per_step:.2f} s/step, epoch done in ~{left / 60:.1f} min")
+            self.next_step_line = now + self.STEP_LOG_INTERVAL_S
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         epoch = record["epoch"]
