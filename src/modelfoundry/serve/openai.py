@@ -35,6 +35,7 @@ from modelfoundry.serve.security import BodySizeLimit
 from modelfoundry.serve.store import LoadedModel
 
 log = logging.getLogger(__name__)
+INLINE_BODY_BYTES = 16_384  # larger bodies are tokenized off the event loop
 ROUTES_HINT = ("Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /v2/health/live, "
                "GET /v2/health/ready, GET /metrics.")
 
@@ -148,17 +149,24 @@ def create_llm_app(settings: ServeConfig, store: Any, preloaded: LoadedModel | N
     async def completions(request: Request) -> Response:
         body = await read_request(request, CompletionRequest)
         loaded, engine = served.get(body.model)
-        prompt_ids = body.prompt_ids(loaded.language)
+        prompt_ids = await _tokenized(request, body, loaded)
         return await _answer(request, body, loaded, engine, prompt_ids, chat=False, limit=settings.max_new_tokens)
 
     @app.post("/v1/chat/completions", dependencies=guarded)
     async def chat_completions(request: Request) -> Response:
         body = await read_request(request, ChatRequest)
         loaded, engine = served.get(body.model)
-        prompt_ids = body.prompt_ids(loaded.language)
+        prompt_ids = await _tokenized(request, body, loaded)
         return await _answer(request, body, loaded, engine, prompt_ids, chat=True, limit=settings.max_new_tokens)
 
     return app
+
+
+async def _tokenized(request: Request, body: Any, loaded: LoadedModel) -> list[int]:
+    """The prompt's token ids; a long body is tokenized in a thread, so the running streams go on meanwhile."""
+    if int(request.headers.get("content-length") or 0) > INLINE_BODY_BYTES:
+        return await asyncio.to_thread(body.prompt_ids, loaded.language)
+    return body.prompt_ids(loaded.language)
 
 
 def warm_up(loaded: LoadedModel) -> None:
