@@ -74,10 +74,14 @@ def test_multi_turn_messages_label_every_assistant_turn_and_no_user_turn(tmp_pat
     assert data.references["val"][0]["messages"][0] == {"role": "system", "content": "be brief"}
 
 
-def test_messages_stored_as_json_text_in_a_csv_read_the_same(tmp_path, tokenizer):
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_messages_in_a_csv_or_parquet_file_read_the_same(tmp_path, tokenizer, suffix):
     convo = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
-    path = tmp_path / "chat.csv"
-    pd.DataFrame({"messages": [json.dumps(convo)] * 30}).to_csv(path, index=False)
+    path = tmp_path / f"chat.{suffix}"
+    if suffix == "csv":  # JSON text in a cell
+        pd.DataFrame({"messages": [json.dumps(convo)] * 30}).to_csv(path, index=False)
+    else:  # a list column (read back as arrays of structs)
+        pd.DataFrame({"messages": [convo] * 30}).to_parquet(path)
     data = prepare_lm(lm_config(path, messages="messages"), 0, tokenizer)
     assert labelled_text(tokenizer, data.X["train"]["tokens"][0], data.y["train"][0]) == "yo<|im_end|>\n"
 

@@ -72,6 +72,8 @@ def read_examples(frame: pd.DataFrame, lm: LMDataConfig, origin: str) -> Example
     if lm.messages is not None:
         _need_columns(frame, [lm.messages], origin, "data.lm.messages")
         for row, value in zip(frame.index, frame[lm.messages]):
+            if isinstance(value, np.ndarray):  # Parquet gives lists as arrays
+                value = value.tolist()
             if isinstance(value, str):
                 try:
                     value = json.loads(value)
@@ -97,6 +99,12 @@ def read_examples(frame: pd.DataFrame, lm: LMDataConfig, origin: str) -> Example
         raise DataError(f"{origin} has no row with both a prompt and a completion ({dropped} rows without).",
                         "Check data.lm.prompt and data.lm.completion (column names or templates).")
     return Examples(conversations, np.asarray(rows, dtype=np.int64), dropped)
+
+
+def _as_json(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    return json.dumps(value, default=str, sort_keys=True) if isinstance(value, (list, dict)) else value
 
 
 def _field(frame: pd.DataFrame, spec: str, origin: str, key: str) -> list[str | None]:
@@ -213,7 +221,7 @@ def prepare_lm(cfg: DataConfig, seed: int, tokenizer: Any) -> PreparedData:
 
     lm, origin = cfg.lm, str(cfg.source)
     frame = load_source(cfg.source)
-    plain = frame.map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v) if lm.messages else frame
+    plain = frame.map(_as_json) if lm.messages else frame  # message lists hash as their JSON text
     info: dict[str, Any] = {"fingerprint": fingerprint(plain, plain.columns[0], "causal_lm", describe_source(origin))}
     examples = read_examples(frame, lm, origin)
     order = np.arange(len(examples.conversations))
