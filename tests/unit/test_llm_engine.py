@@ -178,3 +178,18 @@ def test_bfloat16_weights_serve(tiny_llm):
         assert [s.text() is not None and s.completion_tokens for s in streams] == [5, 5]
     finally:
         engine.stop()
+
+
+def test_requests_arriving_together_are_prefilled_together(lm, monkeypatch):
+    from modelfoundry.serve import generation
+
+    sizes, prefill = [], generation.BatchCache.prefill
+    monkeypatch.setattr(generation.BatchCache, "prefill", staticmethod(
+        lambda model, prompts, pad_id: sizes.append(len(prompts)) or prefill(model, prompts, pad_id)))
+    engine = GenerationEngine(lm, max_streams=4, gather_ms=500).start()
+    try:
+        streams = [engine.submit(ids_of(lm, p), SamplingParams(max_new_tokens=3)) for p in PROMPTS[:3]]
+        assert [s.text() is not None and s.completion_tokens for s in streams] == [3, 3, 3]
+        assert sizes == [3]  # one prefill for the three (without gathering, the first would go alone)
+    finally:
+        engine.stop()

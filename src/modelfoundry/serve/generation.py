@@ -61,16 +61,18 @@ class GenerationEngine:
         max_streams: rows decoded together; more requests wait.
         max_queue_size: waiting requests before `submit` raises Overloaded.
         queue_timeout_ms: a request waiting longer for a slot fails with Overloaded.
+        gather_ms: with nothing running, how long the first request waits for others to prefill with it.
         on_first_token: called with (queue seconds, time-to-first-token seconds) of each request.
         on_tokens: called with the number of tokens each step made.
     """
 
     def __init__(self, lm: LanguageModel, *, max_streams: int = 8, max_queue_size: int = 1024,
-                 queue_timeout_ms: float = 1000.0, on_first_token: Any = None, on_tokens: Any = None):
+                 queue_timeout_ms: float = 1000.0, gather_ms: float = 0.0, on_first_token: Any = None,
+                 on_tokens: Any = None):
         self.lm = lm
         transpose_linear_weights(lm.model)
         self.max_streams, self.max_queue_size = max_streams, max_queue_size
-        self.queue_timeout_s = queue_timeout_ms / 1000
+        self.queue_timeout_s, self.gather_s = queue_timeout_ms / 1000, gather_ms / 1000
         self.on_first_token, self.on_tokens = on_first_token, on_tokens
         self.stop_ids = lm.stop_ids()
         self.pad_id = lm.tokenizer.pad_token_id or 0
@@ -153,6 +155,7 @@ class GenerationEngine:
                     self._cond.wait()
                 if self._state == "stopped":
                     break
+                self._gather()
                 joiners = self._admit()
             with torch.inference_mode():
                 if joiners:
@@ -165,6 +168,18 @@ class GenerationEngine:
         for stream in [r.stream for r in self._rows] + list(self._pending):
             stream.put(closing)
         self._rows, self._pending = [], collections.deque()
+
+    def _gather(self) -> None:
+        """With nothing running, wait up to `gather_ms` after the first request for others arriving with it, so
+        that their prompts are prefilled together (under the lock)."""
+        if self._rows or not self.gather_s:
+            return
+        deadline = self._pending[0].enqueued + self.gather_s
+        while len(self._pending) < self.max_streams and self._state != "stopped":
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _admit(self) -> list[Stream]:
         """Waiting streams that get a slot now (under the lock); timed-out and cancelled ones end here."""
