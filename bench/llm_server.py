@@ -1,7 +1,8 @@
 """How well does `foundry serve` batch a language model: 8 concurrent streaming clients against 1?
 
-``foundry serve smollm2-135m`` (``--max-streams 8``; float32, then ``--dtype bfloat16``, whose keys start with
-``server_bf16_``) runs in a subprocess on 127.0.0.1, as a user starts it. The clients (httpx, asyncio, in this process) stream ``POST /v1/chat/completions`` with greedy
+``foundry serve smollm2-135m`` (``--max-streams 8``; float32, then ``--dtype bfloat16``, whose keys start
+with ``server_bf16_``) runs in a subprocess on 127.0.0.1, as a user starts it. The clients (httpx, asyncio,
+in this process) stream ``POST /v1/chat/completions`` with greedy
 decoding, ``max_tokens`` 96 (32 with ``--quick``) and ``stream_options.include_usage`` (the usage chunk
 gives the tokens each answer made). **1 client** sends the 8 prompts of PROMPTS one after another; **8
 clients** send them at once. The two run interleaved, ``repeats`` times each, after one untimed warm-up.

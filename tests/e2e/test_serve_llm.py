@@ -267,32 +267,59 @@ def test_real_model_answers_through_the_openai_client():
         assert "Paris" in "".join(p.choices[0].text for p in pieces if p.choices)
 
 
-def test_a_trained_run_is_served_with_its_name_template_and_system(tiny_llm, tmp_path):
-    """A causal_lm run directory (LoRA merged in) serves under its name; a chat answer equals what
-    `load_language_model` + `generate` give for the run (its system message in the prompt)."""
+def train_tiny_chat(tmp_path, tiny_llm, tracking):
+    """A LoRA causal_lm run named tinychat on the tiny model (registered as version 1 with `tracking`)."""
     import pandas as pd
 
     from modelfoundry.api.training import run
     from modelfoundry.config import load_config
-    from modelfoundry.rundir import load_language_model
 
     pd.DataFrame([{"q": f"is review {i} good?", "a": "positive" if i % 2 else "negative"} for i in range(16)]).to_json(
         tmp_path / "pairs.jsonl", orient="records", lines=True)
+    track = {"enabled": True, "uri": f"sqlite:///{tmp_path / 'foundry.db'}", "artifacts": str(tmp_path / "mlartifacts")}
     config = load_config({"name": "tinychat", "seed": 0,
                           "data": {"source": str(tmp_path / "pairs.jsonl"),
                                    "lm": {"prompt": "Sentiment: {q}", "completion": "a", "system": "One word."}},
                           "model": {"name": "llm", "base": str(tiny_llm), "lora": {"r": 4, "dropout": 0.0}},
                           "training": {"epochs": 1, "batch_size": 8},
                           "evaluation": {"plots": False, "generation": {"rows": 0}},
-                          "tracking": {"enabled": False}})
+                          "tracking": track if tracking else {"enabled": False}})
     run(config, run_dir=tmp_path / "run", progress=False)
-    lm = load_language_model(tmp_path / "run")
-    messages = [{"role": "user", "content": "Sentiment: is review 3 good?"}]
-    expected = "".join(generate(lm, lm.prompt_ids(messages), SamplingParams(max_new_tokens=5)))
-    with TestClient(create_app(ServeConfig(), store_for(str(tmp_path / "run")))) as c:
-        assert c.get("/v1/models").json()["data"][0]["id"] == "tinychat"
+    return tmp_path / "run"
+
+
+def served_answer(store, messages):
+    with TestClient(create_app(ServeConfig(poll_s=0), store)) as c:
+        model = c.get("/v1/models").json()["data"][0]
         answer = c.post("/v1/chat/completions", json={"model": "tinychat", "messages": messages, "max_tokens": 5,
                                                       "temperature": 0}).json()
+    return model, answer
+
+
+MESSAGES = [{"role": "user", "content": "Sentiment: is review 3 good?"}]
+
+
+def test_a_trained_run_is_served_with_its_name_template_and_system(tiny_llm, tmp_path):
+    """A causal_lm run directory (LoRA merged in) serves under its name; a chat answer equals what
+    `load_language_model` + `generate` give for the run (its system message in the prompt)."""
+    from modelfoundry.rundir import load_language_model
+
+    run_dir = train_tiny_chat(tmp_path, tiny_llm, tracking=False)
+    lm = load_language_model(run_dir)
+    expected = "".join(generate(lm, lm.prompt_ids(MESSAGES), SamplingParams(max_new_tokens=5)))
+    model, answer = served_answer(store_for(str(run_dir)), MESSAGES)
+    assert model["id"] == "tinychat" and answer["choices"][0]["message"]["content"] == expected
+    assert answer["usage"]["prompt_tokens"] == len(lm.prompt_ids(MESSAGES))
+    assert "One word." in lm.tokenizer.decode(lm.prompt_ids(MESSAGES))
+
+
+@pytest.mark.slow
+def test_a_registered_language_model_is_served(tiny_llm, tmp_path):
+    from modelfoundry.rundir import load_language_model
+
+    run_dir = train_tiny_chat(tmp_path, tiny_llm, tracking=True)
+    lm = load_language_model(run_dir)
+    expected = "".join(generate(lm, lm.prompt_ids(MESSAGES), SamplingParams(max_new_tokens=5)))
+    model, answer = served_answer(store_for("tinychat/1", f"sqlite:///{tmp_path / 'foundry.db'}"), MESSAGES)
+    assert model["id"] == "tinychat" and model["metadata"]["version"] == "1"
     assert answer["choices"][0]["message"]["content"] == expected
-    assert answer["usage"]["prompt_tokens"] == len(lm.prompt_ids(messages)) and "One word." in lm.tokenizer.decode(
-        lm.prompt_ids(messages))
