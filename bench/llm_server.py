@@ -61,7 +61,7 @@ def start_server(port: int, max_tokens: int, dtype: str, threads: int | None) ->
     """`foundry serve smollm2-135m` in a subprocess; returns once /v2/health/ready answers 200."""
     command = [sys.executable, "-c", "from modelfoundry.cli import main; main()", "serve", "smollm2-135m",
                "--port", str(port), "--max-streams", "8", "--max-new-tokens", str(max_tokens),
-               "--queue-timeout-ms", "600000", "--dtype", dtype]
+               "--dtype", dtype]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 300

@@ -159,7 +159,7 @@ def test_api_keys_guard_the_routes(tiny_llm, tmp_path):
 def test_hang_up_mid_stream_under_load_frees_the_slot(tiny_llm):
     """4 concurrent streams on 2 slots; one client hangs up after its first chunk: the others finish, a later
     request is served at once, and no slot stays taken."""
-    app = create_app(ServeConfig(max_streams=2, max_new_tokens=200, queue_timeout_ms=20_000),
+    app = create_app(ServeConfig(max_streams=2, max_new_tokens=200, llm_queue_timeout_s=20),
                      store_for(str(tiny_llm)))
     with ServerThread(app) as server:
         results, submitted, engine = {}, [], app.state.served.engine

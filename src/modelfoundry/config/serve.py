@@ -34,3 +34,6 @@ class ServeConfig(Section):
     max_streams: int = Field(8, ge=1, le=256)  # generations decoded together; more wait in the queue (as above)
     max_new_tokens: int = Field(512, ge=1)  # the most tokens one request may generate: a larger max_tokens is a 400
     llm_dtype: Literal["float32", "bfloat16"] = "float32"  # the weights' dtype when served (bfloat16 halves memory)
+    # a generation waiting longer than this for a stream gets 503 (generations take seconds, predictions milliseconds:
+    # queue_timeout_ms is for the latter)
+    llm_queue_timeout_s: float = Field(120.0, gt=0)

@@ -193,7 +193,7 @@ class GenerationEngine:
             if waited > self.queue_timeout_s:
                 stream.put(Overloaded(f"The request waited {1000 * waited:.0f} ms for a free stream (limit "
                                       f"{1000 * self.queue_timeout_s:.0f} ms; {self.max_streams} streams busy).",
-                                      "Retry later, or raise serve.max_streams / serve.queue_timeout_ms.",
+                                      "Retry later, or raise serve.max_streams / serve.llm_queue_timeout_s.",
                                       retry_after_s=1.0))
                 continue
             stream.queue_s = waited

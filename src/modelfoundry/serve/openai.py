@@ -62,7 +62,7 @@ class ServedLanguageModel:
     def current(self, loaded: LoadedModel) -> None:
         s = self.settings
         engine = GenerationEngine(loaded.language, max_streams=s.max_streams, max_queue_size=s.max_queue_size,
-                                  queue_timeout_ms=s.queue_timeout_ms, gather_ms=s.max_latency_ms,
+                                  queue_timeout_ms=s.llm_queue_timeout_s * 1000, gather_ms=s.max_latency_ms,
                                   on_first_token=self.metrics.first_token,
                                   on_tokens=self.metrics.generated.inc).start()
         old, self.loaded, self.engine = self.engine, loaded, engine  # new requests use the new engine now
