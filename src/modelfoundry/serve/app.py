@@ -52,6 +52,22 @@ ROUTES_HINT = ("Routes: POST /predict, POST /v2/models/{name}/infer, GET /v2/mod
                "GET /v2/health/ready, GET /metrics.")
 
 
+def add_health_routes(app: FastAPI, served: Any, metrics: Any) -> None:
+    """GET /metrics (Prometheus), /v2/health/live and /v2/health/ready: every server has them, open to all."""
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> JSONResponse:
+        return JSONResponse({"ready": served.ready}, status_code=200 if served.ready else 503)
+
+
 def max_body_bytes(settings: ServeConfig) -> int:
     """serve.max_body_mb in bytes (the body limit's one conversion)."""
     return int(settings.max_body_mb * 1024 * 1024)
@@ -119,18 +135,7 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes(settings))
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: also counts 413s
     _add_error_handlers(app, served)
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
-
-    @app.get("/v2/health/live")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
-
-    @app.get("/v2/health/ready")
-    async def ready() -> JSONResponse:
-        return JSONResponse({"ready": served.ready}, status_code=200 if served.ready else 503)
+    add_health_routes(app, served, metrics)
 
     if settings.openapi:
         @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)

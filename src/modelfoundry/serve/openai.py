@@ -90,7 +90,8 @@ class ServedLanguageModel:
 
 def create_llm_app(settings: ServeConfig, store: Any, preloaded: LoadedModel | None = None) -> FastAPI:
     """The FastAPI app serving `store`'s language model (or `preloaded`) over the OpenAI API."""
-    from modelfoundry.serve.app import _add_error_handlers, _follow_alias, max_body_bytes, request_guard
+    from modelfoundry.serve.app import (_add_error_handlers, _follow_alias, add_health_routes, max_body_bytes,
+                                        request_guard)
 
     metrics = ServerMetrics(settings.max_batch_size)
     served = ServedLanguageModel(settings, metrics)
@@ -123,18 +124,7 @@ def create_llm_app(settings: ServeConfig, store: Any, preloaded: LoadedModel | N
     app.add_middleware(OpenAIErrors)  # also the 413s of BodySizeLimit
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _add_error_handlers(app, served, ROUTES_HINT)
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
-
-    @app.get("/v2/health/live")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
-
-    @app.get("/v2/health/ready")
-    async def ready() -> JSONResponse:
-        return JSONResponse({"ready": served.ready}, status_code=200 if served.ready else 503)
+    add_health_routes(app, served, metrics)
 
     @app.get("/v1/models", dependencies=guarded)
     async def models() -> dict[str, Any]:
@@ -146,19 +136,19 @@ def create_llm_app(settings: ServeConfig, store: Any, preloaded: LoadedModel | N
                                                          "context_length": loaded.language.context_length,
                                                          "base": identity}}]}
 
-    @app.post("/v1/completions", dependencies=guarded)
-    async def completions(request: Request) -> Response:
-        body = await read_request(request, CompletionRequest)
+    async def generation(request: Request, schema: type, chat: bool) -> Response:
+        body = await read_request(request, schema)
         loaded, engine = served.get(body.model)
         prompt_ids = await _tokenized(request, body, loaded)
-        return await _answer(request, body, loaded, engine, prompt_ids, chat=False, limit=settings.max_new_tokens)
+        return await _answer(request, body, loaded, engine, prompt_ids, chat=chat, limit=settings.max_new_tokens)
+
+    @app.post("/v1/completions", dependencies=guarded)
+    async def completions(request: Request) -> Response:
+        return await generation(request, CompletionRequest, chat=False)
 
     @app.post("/v1/chat/completions", dependencies=guarded)
     async def chat_completions(request: Request) -> Response:
-        body = await read_request(request, ChatRequest)
-        loaded, engine = served.get(body.model)
-        prompt_ids = await _tokenized(request, body, loaded)
-        return await _answer(request, body, loaded, engine, prompt_ids, chat=True, limit=settings.max_new_tokens)
+        return await generation(request, ChatRequest, chat=True)
 
     return app
 
