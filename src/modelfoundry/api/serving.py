@@ -18,6 +18,7 @@ class ServerPlan:
     settings: Any  # serve.store's settings: the serve: section with the overrides applied
     store: Any
     loaded: Any  # the model, loaded once: an unloadable model fails before the server starts
+    memory: Any = None  # a language model's memory estimate (api/estimation.py EstimateResult), else None
 
 
 def prepare_server(model: str | Path, overrides: dict[str, Any], uri: str | None = None) -> ServerPlan:
@@ -39,8 +40,27 @@ def prepare_server(model: str | Path, overrides: dict[str, Any], uri: str | None
         settings.api_keys_file = str(Path(settings.api_keys_file).resolve())
         ApiKeys.from_file(Path(settings.api_keys_file))  # a bad file fails here, with its line, not in every worker
     store = store_for(model, uri, settings.backend, settings.llm_dtype)
+    memory = _preflight(store, settings)  # a language model that won't fit fails before it loads
     loaded = store.load()  # an unloadable model fails here, as one paragraph; downloaded and exported once
-    return ServerPlan(model, uri, settings, store, loaded)
+    return ServerPlan(model, uri, settings, store, loaded, memory)
+
+
+def _preflight(store: Any, settings: Any) -> Any:
+    """The memory a language model's server needs (weights + a KV cache per stream), checked before loading it;
+    None for other models (and for a registered one, known only once downloaded)."""
+    from modelfoundry.serve.store import BaseModelStore, RunDirStore
+
+    if isinstance(store, BaseModelStore):
+        base = store.base
+    else:
+        from modelfoundry.rundir import is_language_model, load_run_config
+
+        if not (isinstance(store, RunDirStore) and is_language_model(store.run_dir)):
+            return None
+        base = load_run_config(store.run_dir).model.base
+    from modelfoundry.api.estimation import preflight_serving
+
+    return preflight_serving(base, dtype=settings.llm_dtype, max_streams=settings.max_streams)
 
 
 def start_server(plan: ServerPlan, extensions: tuple[Any, ...] = ()) -> None:

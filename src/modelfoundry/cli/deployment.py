@@ -96,7 +96,7 @@ def serve(model: RunDirArg,
 
     Settings come from the model's own config (its serve: section, defaults in docs/config.md); each option
     given overrides the key in brackets."""
-    from modelfoundry.api.serving import serve as serve_model
+    from modelfoundry.api.serving import prepare_server, start_server
 
     given = {"host": host, "port": port, "workers": workers, "backend": backend, "batching": batching,
              "max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms, "max_queue_size": max_queue_size,
@@ -105,7 +105,14 @@ def serve(model: RunDirArg,
              "rate_limit_per_s": rate_limit, "rate_burst": rate_burst, "on_unseen": on_unseen, "openapi": openapi,
              "access_log": access_log, "max_streams": max_streams, "max_new_tokens": max_new_tokens,
              "llm_dtype": dtype}
-    serve_model(str(model), uri=uri, **given)
+    plan = prepare_server(str(model), {k: v for k, v in given.items() if v is not None}, uri)
+    if plan.memory is not None:  # a language model: what its weights and streams' KV caches take
+        from modelfoundry.api.estimation import gib
+
+        items = ", ".join(f"{name} {gib(size)}" for name, size in plan.memory.items.items() if size > 0)
+        open_console().print(f"Memory estimate: {gib(plan.memory.total_bytes)} of "
+                             f"{gib(plan.memory.available_bytes)} available ({items}).", markup=False)
+    start_server(plan)
 
 
 keys_app = typer.Typer(help="API keys for `foundry serve --api-keys-file`.", no_args_is_help=True,

@@ -251,7 +251,7 @@ class GenerationEngine:
             tokens = next_tokens(logits, params, [r.seen if r.seen is not None else logits.new_empty(0).long()
                                                   for r in rows], [r.generator for r in rows])
         self._batch.last[first:] = tokens
-        now, keep = time.perf_counter(), list(range(first))
+        now, keep, ended = time.perf_counter(), list(range(first)), []
         for k, (row, token) in enumerate(zip(rows, tokens.tolist())):
             stream = row.stream
             if stream.ttft_s is None:
@@ -269,13 +269,15 @@ class GenerationEngine:
                 stream.put(piece)
             if row.text.finished:
                 stream.finish_reason = row.text.finish_reason
-                stream.put(END)
+                ended.append(stream)
             elif stream.cancelled:
-                stream.put(END)
+                ended.append(stream)
             else:
                 keep.append(first + k)
         self._count(len(rows), now)
         self._keep(keep)
+        for stream in ended:  # told once it has left the batch: its answer never races the engine's counts
+            stream.put(END)
 
     def _count(self, tokens: int, now: float) -> None:
         if self.on_tokens:
@@ -287,10 +289,10 @@ class GenerationEngine:
 
     def _drop_cancelled(self) -> None:
         keep = [i for i, r in enumerate(self._rows) if not r.stream.cancelled]
-        for row in self._rows:
-            if row.stream.cancelled:
-                row.stream.put(END)
+        ended = [r.stream for r in self._rows if r.stream.cancelled]
         self._keep(keep)
+        for stream in ended:
+            stream.put(END)
 
     def _keep(self, keep: list[int]) -> None:
         """Only rows `keep` stay in the batch."""
