@@ -150,7 +150,8 @@ def test_markdown_cells_are_escaped(llama, tmp_path, monkeypatch):
     evaluate_language_model(llama, llama, examples([nasty, "ref |"], prompts), GenerationEvalConfig(rows=2), tmp_path)
     rows = table_rows((tmp_path / "report.md").read_text(), "## Sample generations")
     assert len(rows) == 2 and all(len(r) == 5 for r in rows)  # row, prompt, reference, tuned, base: no extra cells
-    assert rows[0][1].endswith("…") and len(rows[0][1]) < 200 and "<br>" in rows[0][1]
+    long = next(r for r in rows if r[1].startswith("pipe"))  # samples show wrong answers first: find it by content
+    assert long[1].endswith("…") and len(long[1]) < 200 and "<br>" in long[1]
     assert "\n" not in escape_cell(nasty) and "<|" not in escape_cell(nasty)
     assert escape_cell(nasty) == "a \\| b<br>line two\\\\\\| &lt;\\|im_end\\|&gt; &amp; more"
     assert escape_cell("x\x1b[31my\tz\x00") == "x\\x1b[31my z\\x00"  # no terminal control codes in the report
@@ -174,3 +175,16 @@ def test_real_base_model_answers_score(tmp_path):
     metrics = evaluate_language_model(lm, None, rows, GenerationEvalConfig(rows=1, max_new_tokens=12), tmp_path)
     answer = json.loads((tmp_path / "generations.jsonl").read_text())["tuned"]
     assert "paris" in answer.lower() and metrics["token_f1"] > 0.0
+
+
+def test_report_samples_show_every_label_and_both_right_and_wrong_answers():
+    from modelfoundry.evaluate.lm_evaluation import pick_samples
+
+    labels = ["negative", "positive", "neutral"]
+    records = [{"row": i, "reference": "negative" if i < 40 else labels[i % 3],
+                "tuned": "negative" if i % 5 else "positive"} for i in range(60)]  # sorted-ish, as splits can be
+    picked = pick_samples(records, 6)
+    assert len(picked) == 6 and {r["reference"] for r in picked} == set(labels)
+    right = [r["tuned"] == r["reference"] for r in picked]
+    assert any(right) and not all(right)
+    assert len(pick_samples(records[:3], 10)) == 3

@@ -8,6 +8,7 @@ base vs difference, the training curve, sample generations) and curves.png when 
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import unicodedata
@@ -71,10 +72,32 @@ def evaluate_language_model(tuned: LanguageModel, base: LanguageModel | None, ex
         from modelfoundry.evaluate.report import plot_learning_curves
 
         plot_learning_curves(history or [], out_dir / "curves.png")
-    text = render_lm_report(f"Evaluation: {tuned.name}", metrics, facts, history or [], records[:cfg.samples],
-                            len(rows), curves)
+    text = render_lm_report(f"Evaluation: {tuned.name}", metrics, facts, history or [],
+                            pick_samples(records, cfg.samples), len(rows), curves)
     write_text(out_dir / "report.md", text)
     return metrics
+
+
+def pick_samples(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """`n` generations for report.md that show what the model does: when the references are labels, every label
+    in turn; within a label (or among all rows otherwise) wrong and right answers in turn, a wrong one first."""
+    from modelfoundry.evaluate.text_metrics import exact_match, is_label_set
+
+    labels = is_label_set([r["reference"] for r in records]) or []
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        key = next((label for label in labels if exact_match(record["reference"], label)), "")
+        groups.setdefault(key, []).append(record)
+    queues, picked = [], []
+    for group in groups.values():  # a wrong answer, a right one, a wrong one, ... (in row order within each kind)
+        wrong = [r for r in group if not exact_match(r["tuned"], r["reference"])]
+        right = [r for r in group if exact_match(r["tuned"], r["reference"])]
+        queues.append([r for pair in itertools.zip_longest(wrong, right) for r in pair if r is not None])
+    while len(picked) < n and any(queues):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop(0))
+    return picked
 
 
 def _answer_all(tuned: LanguageModel, base: LanguageModel | None, rows: list[dict[str, Any]],
