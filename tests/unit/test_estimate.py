@@ -216,7 +216,8 @@ TRAIN = textwrap.dedent("""
         loss_fn(model(tokens, mask), labels).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    from modelfoundry.train.estimate import peak_rss_bytes
+    print(peak_rss_bytes())  # VmHWM: ru_maxrss would include the pytest process this one was forked from
 """)
 
 

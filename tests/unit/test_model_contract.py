@@ -129,8 +129,13 @@ def check_contract(name: str, tmp_path, text_csv=None, **model_keys) -> None:
 
 # ~1-2 s each once torch, ONNX Runtime and FastAPI are imported: the image models are part of the fast tier on
 # purpose; the text models (2-4 s each: tokenizing, an ONNX export of a recurrent or attention graph) are slow
+# the predictors: a causal language model (llm) generates text instead of one output per class; its own suites are
+# tests/unit/test_llm_training.py (build, modes, loss, resume, save/load) and tests/e2e/test_llm_run.py
+PREDICTORS = sorted(n for n in MODELS if n != "llm")
+
+
 @pytest.mark.parametrize("name", [n if n in ("mlp", "cnn") else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in sorted(MODELS)])
+                                  for n in PREDICTORS])
 def test_every_model_in_the_table_keeps_the_contract(name, tmp_path, text_csv, model_keys):
     keys = model_keys.get(name, {})
     check_contract(name, tmp_path, text_csv if takes_text(name, keys) else None, **keys)
@@ -141,7 +146,7 @@ def test_a_model_added_as_one_module_and_one_entry_keeps_the_contract(tiny_linea
 
 
 # ------------------------------------------------------------------------------------ fast: the table itself
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", PREDICTORS)
 def test_every_model_builds_from_its_config_and_gives_one_output_per_class(name, model_keys):
     import torch
 

@@ -221,10 +221,10 @@ def _facts(data: PreparedData, fit_result: FitResult) -> dict[str, Any]:
     if "feature_cache" in fit_result.extras:
         facts["feature_cache"] = fit_result.extras["feature_cache"]
     if "memory_estimate_bytes" in fit_result.extras:
-        import resource
+        from modelfoundry.train.estimate import peak_rss_bytes
 
         facts["memory"] = {"estimated_bytes": fit_result.extras["memory_estimate_bytes"],
-                           "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+                           "peak_rss_bytes": peak_rss_bytes()}
     return facts
 
 

@@ -386,12 +386,28 @@ def process_baseline_bytes() -> int:
 
 @lru_cache(maxsize=1)
 def _baseline() -> int:
-    code = ("import resource, sys, torch, transformers, peft, pandas, modelfoundry.models.llm_module, "
-            "modelfoundry.train.setup; peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-            "print(peak if sys.platform == 'darwin' else peak * 1024)")
+    # the peak of the child's own memory: VmHWM, not ru_maxrss, which on Linux keeps the high-water mark of the
+    # process it was forked from (a big test runner or server would be counted as the child's baseline)
+    code = ("import torch, transformers, peft, pandas, modelfoundry.models.llm_module, modelfoundry.train.setup; "
+            "from modelfoundry.train.estimate import peak_rss_bytes; print(peak_rss_bytes())")
     env = {**os.environ, "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return int(out.stdout.split()[-1])
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started (or since its exec)."""
+    import resource
+
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def current_rss_bytes() -> int:
