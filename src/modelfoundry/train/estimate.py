@@ -397,25 +397,20 @@ def _baseline() -> int:
 
 def peak_rss_bytes() -> int:
     """This process's peak resident memory since it started (or since its exec)."""
-    import resource
-
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+    return _status_bytes("VmHWM:")
 
 
 def current_rss_bytes() -> int:
     """This process's resident memory now."""
+    return _status_bytes("VmRSS:")
+
+
+def _status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status in bytes; where there is none, the process's peak from getrusage."""
     try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
