@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelfoundry.errors import ConfigError, RunDirError, did_you_mean
+from modelfoundry.models.pretrained import quiet_transformers
 from modelfoundry.storage import cache_root
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ def hf_directory(base: BaseModel) -> Path:
     target = cache_root() / "llm" / file_sha256(str(base.weights))[:20]
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import contextlib
@@ -152,33 +153,15 @@ def hf_directory(base: BaseModel) -> Path:
     return target
 
 
-def _quiet_transformers() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    # peft still reads transformers' old attribute name, which warns on every LoRA model it wraps
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 def load_tokenizer(base: BaseModel | str | Path) -> Any:
-    """The base's fast tokenizer (data only: tokenizer.json and its config), with a pad token (eos if none); read
-    once per process and directory (the data stage, the baseline and the server share it: do not change it)."""
+    """The base's fast tokenizer (data only: tokenizer.json and its config), with a pad token (eos if none). A
+    fresh one each call (~0.15 s once transformers is imported): callers may change theirs (a chat template, the
+    padding side) without changing anyone else's."""
     base = base if isinstance(base, BaseModel) else resolve_base(base)
-    return _tokenizer(str(hf_directory(base)), file_sha256(str(base.weights)))
-
-
-@lru_cache(maxsize=4)
-def _tokenizer(directory: str, weights_sha256: str) -> Any:
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_directory(base)), local_files_only=True, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -189,7 +172,7 @@ def load_causal_lm(base: BaseModel | str | Path, dtype: str = "float32") -> nn.M
     base = base if isinstance(base, BaseModel) else resolve_base(base)
     if dtype not in DTYPES:
         raise ConfigError(f"The dtype of a language model must be one of {', '.join(DTYPES)}. Got {dtype!r} instead.")
-    _quiet_transformers()
+    quiet_transformers()
     import torch
     from transformers import AutoModelForCausalLM
 

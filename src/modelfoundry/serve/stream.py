@@ -55,38 +55,39 @@ class Stream:
         except RuntimeError:  # the loop is closed: nobody reads any more
             self.cancelled = True
 
-    def _take(self) -> tuple[list[str], bool]:
-        pieces, done = [], False
-        while self._items:
-            item = self._items.popleft()
-            if item is END:
-                done = True
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                pieces.append(item)
-        return pieces, done
+    def _take(self) -> tuple[str | None, bool]:
+        """The next item off the channel, one at a time (an iterator given up on leaves the rest for the next):
+        (a text piece, or None when none waits; whether the stream ended). Raises the engine's error."""
+        if not self._items:
+            return None, False
+        item = self._items.popleft()
+        if item is END:
+            return None, True
+        if isinstance(item, BaseException):
+            raise item
+        return item, False
 
     async def pieces(self):  # noqa: ANN201 - AsyncIterator[str]
         """The text pieces as they come (async); raises the engine's error for this request, if any."""
         while True:
             self._wake.clear()
-            pieces, done = self._take()
-            for piece in pieces:
-                yield piece
+            piece, done = self._take()
             if done:
                 return
-            if not self._items:
+            if piece is not None:
+                yield piece
+            elif not self._items:
                 await self._wake.wait()
 
     def __iter__(self):  # noqa: ANN204 - Iterator[str], blocking (tests, benchmarks without a loop)
         while True:
             self._wake.clear()
-            pieces, done = self._take()
-            yield from pieces
+            piece, done = self._take()
             if done:
                 return
-            if not self._items:
+            if piece is not None:
+                yield piece
+            elif not self._items:
                 self._wake.wait()
 
     def text(self) -> str:
