@@ -191,31 +191,27 @@ def export_merged_language_model(run_dir: str | Path, out_dir: str | Path | None
     directory (default <run_dir>/model/merged/), after checking its logits against the adapter model's on a
     fixed prompt set (see `write_merged_language_model`); export.json, written last, records the parity.
 
-    The run is loaded twice: merged, as generation and serving load it (checking the base's sha256; it gives the
-    tokenizer, chat template and system message), and with its adapters apart, for the parity check.
+    The run is loaded as generation and serving load it (checking the base's sha256; it gives the tokenizer, chat
+    template and system message), with its adapters kept apart for the parity check.
     """
-    from modelfoundry.models.llm import LanguageModel
     from modelfoundry.rundir import load_language_model, load_run_config
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    tuned = load_language_model(run_dir)
+    adapter = load_language_model(run_dir, merge=False)
     config = load_run_config(run_dir)
-    adapter = LanguageModel(_adapter_model(run_dir, config.model), tuned.tokenizer, tuned.name, tuned.template,
-                            tuned.system)
-    tuned.model = None  # the merged copy: not needed any more
     out = _output_dir(run_dir, out_dir)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    base = {k: v for k, v in tuned.identity.items() if k != "run"}
+    base = {k: v for k, v in adapter.identity.items() if k != "run"}
     try:
         diff, checked, scale = write_merged_language_model(adapter, staging, tolerance=tolerance, description={
-            "name": tuned.name, "trained_on_base": base, "finetune": config.model.finetune})
+            "name": adapter.name, "trained_on_base": base, "finetune": config.model.finetune})
         files = sorted(p.name for p in staging.iterdir()) + ["export.json"]
         parity = {"max_abs_diff": diff, "rows_checked": checked, "tolerance": tolerance, "logit_scale": scale,
                   "compared": f"logits at every position of {checked} fixed chat prompts: the merged model read "
                               "back from disk vs the run's model with its adapters apart; allowed: tolerance x "
                               "logit_scale (the largest |logit|, at least 1)"}
-        write_json(staging / "export.json", {"format": EXPORT_FORMAT, "kind": "merged", "name": tuned.name,
+        write_json(staging / "export.json", {"format": EXPORT_FORMAT, "kind": "merged", "name": adapter.name,
                                              "run_dir": str(run_dir.resolve()), "files": files,
                                              "trained_on_base": base, "parity": parity,
                                              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -225,19 +221,6 @@ def export_merged_language_model(run_dir: str | Path, out_dir: str | Path | None
     return MergedExportResult(out, diff, checked, tolerance, files, time.perf_counter() - started,
                               "modelfoundry.models.llm.load_base_language_model or transformers' "
                               "AutoModelForCausalLM", "fixed prompts (logits at every position)")
-
-
-def _adapter_model(run_dir: Path, model_config: Any) -> nn.Module:
-    """The run's Hugging Face model with its trained weights loaded and LoRA adapters not merged, eval mode."""
-    from modelfoundry.artifacts.records import ModelRecord
-    from modelfoundry.models import build_model
-    from modelfoundry.rundir import load_weights, read_record
-
-    layout = RunDir(run_dir)
-    record = ModelRecord.from_json(read_record(layout.model_record, run_dir), layout.model_record)
-    model = build_model(model_config, record.input_spec, record.n_outputs)
-    model.load_saved_state(load_weights(layout.weights, run_dir))
-    return model.hf.eval()
 
 
 def write_merged_language_model(lm: LanguageModel, out: Path, *, tolerance: float,

@@ -261,10 +261,11 @@ def is_language_model(run_dir: str | Path) -> bool:
     return False
 
 
-def load_language_model(run_dir: str | Path, dtype: str = "float32") -> Any:
+def load_language_model(run_dir: str | Path, dtype: str = "float32", merge: bool = True) -> Any:
     """A trained causal-LM run as a LanguageModel ready to generate: the base rebuilt, the trained weights loaded
-    (the base's sha256 checked), LoRA adapters merged into the weights, weights in `dtype`; prompted with the
-    run's tokenizer, chat template and system message."""
+    (the base's sha256 checked), LoRA adapters merged into the weights (`merge=False`: kept apart, in eval mode,
+    what a merge is checked against), weights in `dtype`; prompted with the run's tokenizer, chat template and
+    system message."""
     import torch
 
     from modelfoundry.models import build_model
@@ -288,7 +289,7 @@ def load_language_model(run_dir: str | Path, dtype: str = "float32") -> Any:
         raise RunDirError(f"The dtype of a language model must be one of {', '.join(DTYPES)}. Got {dtype!r} instead.")
     model = build_model(config.model, record.input_spec, record.n_outputs)
     _load_state(model, load_weights(layout.weights, run_dir), record, layout.model_record)
-    hf = model.generation_model().to(getattr(torch, dtype))
+    hf = (model.generation_model() if merge else model.hf.eval()).to(getattr(torch, dtype))
     fmt = read_record(layout.preprocess, run_dir)
     lm = fmt.get("lm", {}) if isinstance(fmt, dict) else {}
     from transformers import AutoTokenizer

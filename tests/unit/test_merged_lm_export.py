@@ -137,8 +137,7 @@ def test_export_merge_of_a_causal_lm_run(lora_lm_run, tmp_path):
     from modelfoundry.cli import app
     from modelfoundry.config.evaluation import GenerationEvalConfig
     from modelfoundry.evaluate.lm_evaluation import generate_answers
-    from modelfoundry.merged_export import _adapter_model
-    from modelfoundry.rundir import load_language_model, load_run_config
+    from modelfoundry.rundir import load_language_model
 
     result = export(str(lora_lm_run), merge=True)
     out = lora_lm_run / "model" / "merged"
@@ -150,7 +149,7 @@ def test_export_merge_of_a_causal_lm_run(lora_lm_run, tmp_path):
     assert json.loads((out / "merged.json").read_text())["template"] == "chatml"
 
     merged = load_base_language_model(str(out))  # no peft, no base: the directory alone
-    adapter = _adapter_model(lora_lm_run, load_run_config(lora_lm_run).model)
+    adapter = load_language_model(lora_lm_run, merge=False).model  # the adapters apart
     assert any(float(p.detach().abs().sum()) > 0 for n, p in adapter.named_parameters() if "lora_B" in n)
     served = load_language_model(lora_lm_run)  # what generation and serving load
     for messages in OTHER_PROMPTS:

@@ -39,6 +39,12 @@ class EstimateResult:
     per_1000_rows_s: float | None = None  # the time of 1000 training rows (packed rows hold several examples)
     fallbacks: list[dict[str, Any]] = field(default_factory=list)  # {"changes": {key: value}, "total_bytes": n}
 
+    def summary(self, items: int | None = None) -> str:
+        """One line for people: total of available, and the largest `items` items (all that are not zero)."""
+        largest = [(n, b) for n, b in sorted(self.items.items(), key=lambda item: -item[1]) if b > 0][:items]
+        return (f"Memory estimate: {gib(self.total_bytes)} of {gib(self.available_bytes)} available ("
+                + ", ".join(f"{name} {gib(size)}" for name, size in largest) + ").")
+
     def hint(self) -> str:
         """The fallbacks as one sentence, for an error's hint."""
         if not self.fallbacks:

@@ -192,15 +192,13 @@ def _estimated(outcome: tuple[PreparedData, FitResult, Config, Path], estimate: 
 def _preflight(config: Config, progress: Reporter | bool | None) -> Any:
     """A language model's memory estimate, before anything is loaded: reported, and a TrainingError with the
     settings that would fit when it won't (api/estimation.py)."""
-    from modelfoundry.api.estimation import gib, preflight
+    from modelfoundry.api.estimation import preflight
     from modelfoundry.reporting import reporter_for
 
     result = preflight(config)
     reporter = reporter_for(progress)
     if reporter is not None:
-        top = sorted(result.items.items(), key=lambda item: -item[1])[:3]
-        reporter.message(f"Memory estimate: {gib(result.total_bytes)} of {gib(result.available_bytes)} available ("
-                         + ", ".join(f"{name} {gib(size)}" for name, size in top) + ").")
+        reporter.message(result.summary(items=3))
     return result
 
 

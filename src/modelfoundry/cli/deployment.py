@@ -107,11 +107,7 @@ def serve(model: RunDirArg,
              "llm_dtype": dtype}
     plan = prepare_server(str(model), {k: v for k, v in given.items() if v is not None}, uri)
     if plan.memory is not None:  # a language model: what its weights and streams' KV caches take
-        from modelfoundry.api.estimation import gib
-
-        items = ", ".join(f"{name} {gib(size)}" for name, size in plan.memory.items.items() if size > 0)
-        open_console().print(f"Memory estimate: {gib(plan.memory.total_bytes)} of "
-                             f"{gib(plan.memory.available_bytes)} available ({items}).", markup=False)
+        open_console().print(plan.memory.summary(), markup=False)
     start_server(plan)
 
 

@@ -15,7 +15,6 @@ like other text (.foundry-cache/tokens/lm-*.npz, data only).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import string
@@ -151,12 +150,11 @@ def encode(tokenizer: Any, conversations: list[list[dict[str, str]]], lm: LMData
             if message["role"] != "assistant" and lm.train_on == "completion":
                 continue
             start = len(render(tokenizer, messages[:i], lm.template, True)) if i and lm.train_on == "completion" else 0
-            end = len(render(tokenizer, messages[:i + 1], lm.template, False))
-            if lm.train_on == "completion" and not full.startswith(
-                    render(tokenizer, messages[:i + 1], lm.template, False)):
+            upto = render(tokenizer, messages[:i + 1], lm.template, False)
+            if lm.train_on == "completion" and not full.startswith(upto):
                 raise DataError(f"{origin}: the chat template renders a conversation differently from its beginning, "
                                 "so the answer tokens cannot be found.", "Set data.lm.template: chatml or plain.")
-            turns.append((start, end))
+            turns.append((start, len(upto)))
         texts.append(full)
         spans.append(turns)
     encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
@@ -248,12 +246,12 @@ def prepare_lm(cfg: DataConfig, seed: int, tokenizer: Any) -> PreparedData:
     info["split"] = {"seed": seed, "stratified": bool(stratify), **{s: int(len(parts[s])) for s in SPLITS}}
     info["lm"] = {"examples": len(examples.conversations), "dropped_rows": examples.dropped,
                   "labels": labels if len(labels) <= LABEL_CLASSES else None, "length": int(length), **stats}
-    info["inputs"] = LMFormat(lm, length, getattr(tokenizer, "chat_template", None)).input_spec_.to_json()
+    fmt = LMFormat(lm, length, getattr(tokenizer, "chat_template", None), tokenizer)
+    info["inputs"] = fmt.input_spec_.to_json()
     held_out = {s: [{"messages": examples.conversations[i][:-1],
                      "reference": examples.conversations[i][-1]["content"], "row": int(examples.rows[i])}
                     for i in parts[s]] for s in ("val", "test")}
     rows = {s: examples.rows[parts[s]] for s in SPLITS}
-    fmt = LMFormat(lm, length, getattr(tokenizer, "chat_template", None), tokenizer)
     return PreparedData("causal_lm", X, y, rows, fmt, None, None, info, None, references=held_out)
 
 
@@ -295,16 +293,15 @@ def _tokenized(tokenizer: Any, examples: Examples, parts: dict[str, np.ndarray],
 
 
 def _cache_key(tokenizer: Any, lm: LMDataConfig, sha256: str, parts: dict[str, np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items())[:50_000:97])  # a sample of the vocabulary: cheap
-    meta = {"format": CACHE_FORMAT, "data": sha256, "lm": lm.model_dump(mode="json"), "vocab": len(tokenizer),
-            "sample": hashlib.sha256(vocab.encode()).hexdigest(), "template": getattr(tokenizer, "chat_template", None),
-            "eos": tokenizer.eos_token, "pad": tokenizer.pad_token_id}
-    digest.update(json.dumps(meta, sort_keys=True).encode())
-    for name in sorted(parts):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(parts[name], dtype=np.int64).tobytes())
-    return digest.hexdigest()
+    """The entry name: the text cache's key (data, settings, rows of each split) with the tokenizer described by
+    a sample of its vocabulary, its special tokens and chat template (cheap, and what the ids depend on)."""
+    from modelfoundry.data.cache import cache_key
+
+    vocab = sorted(tokenizer.get_vocab().items())[:50_000:97]
+    identity = json.dumps({"vocab": len(tokenizer), "sample": vocab, "eos": tokenizer.eos_token,
+                           "pad": tokenizer.pad_token_id, "template": getattr(tokenizer, "chat_template", None)})
+    settings = {"lm": lm.model_dump(mode="json"), "lm_format": CACHE_FORMAT, "pretrained": identity}
+    return cache_key(sha256, settings, [], parts)
 
 
 def _pad_to(arrays: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str, np.ndarray]:

@@ -23,7 +23,6 @@ from modelfoundry.config.base import Section
 from modelfoundry.errors import ConfigError
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from modelfoundry.artifacts.inputs import InputSpec

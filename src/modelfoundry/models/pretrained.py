@@ -112,14 +112,25 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 def load_encoder(path: str | Path) -> nn.Module:
     """The pretrained encoder of `path`, from local files only, quietly (no progress bars or download checks)."""
+    quiet_transformers()
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(resolve_path(path)), local_files_only=True, trust_remote_code=False)
+
+
+def quiet_transformers() -> None:
+    """Hugging Face libraries offline and quiet: no hub calls, progress bars, advisory warnings or peft's
+    deprecation notice on every LoRA model it wraps (transformers' old attribute name)."""
+    import warnings
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers import AutoModel
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from transformers.utils import logging as hf_logging
 
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    return AutoModel.from_pretrained(str(resolve_path(path)), local_files_only=True, trust_remote_code=False)
 
 
 @lru_cache(maxsize=8)
