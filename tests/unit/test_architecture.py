@@ -41,9 +41,11 @@ ALLOWED = {
     "registry": {"tracking"},
     "archive": {"registry", "tracking", "rundir"},  # an imported archive must load as a run directory does
     "serve": {"data", "export", "rundir", "models", "registry", "tracking"},
-    "api": {"data", "models", "train", "evaluate", "experiment", "cv", "tune", "compress", "rundir", "manifest", "registry",
+    # monitor plugs into serve as an extension (drift, OOD, request log, feedback, shadow)
+    "monitor": {"data", "models", "evaluate", "rundir", "export", "registry", "tracking", "serve"},
+    "api": {"monitor", "data", "models", "train", "evaluate", "experiment", "cv", "tune", "compress", "rundir", "manifest", "registry",
             "tracking", "export", "merged_export", "serve"},
-    "cli": {"api", "data", "rundir", "registry", "tracking", "archive", "serve", "compress", "legacy"},
+    "cli": {"monitor", "api", "data", "rundir", "registry", "tracking", "archive", "serve", "compress", "legacy"},
 }
 BASE = {"config", "errors", "storage", "redact", "reporting", "artifacts"}  # artifacts: run-directory paths and records
 # `from modelfoundry import run` goes through the package's lazy public API, which composes api/

@@ -3,7 +3,7 @@
     runs/<name>-<timestamp>/
       config.yaml  data.json  manifest.json  preprocess.json  metrics.jsonl  registered.json
       checkpoints/{last,best}.pt   eval/{metrics.json,report.md}
-      model/{weights.pt,model.json}   model/onnx/{model.onnx,preprocess.json,export.json}
+      model/{weights.pt,model.json,reference.json}   model/onnx/{model.onnx,preprocess.json,export.json}
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class RunDir:
     EVAL_DIR = "eval"
     WEIGHTS = "model/weights.pt"  # the one file holding a pickle, read with torch.load(weights_only=True)
     MODEL_RECORD = "model/model.json"
+    REFERENCE = "model/reference.json"  # the reference profile the monitor compares served data with
     FILES = (CONFIG, DATA_RECORD, MANIFEST, PREPROCESS, METRICS_LOG)  # the top-level files tracking logs
     DIRS = (MODEL_DIR, EVAL_DIR)  # the directories tracking logs
 
@@ -129,6 +130,10 @@ class RunDir:
     @property
     def model_record(self) -> Path:
         return self.path / self.MODEL_RECORD
+
+    @property
+    def reference(self) -> Path:
+        return self.path / self.REFERENCE
 
     @property
     def export(self) -> ExportDir:

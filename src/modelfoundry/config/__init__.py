@@ -1,6 +1,6 @@
 """The config: one pydantic schema split by section, YAML loading and errors that name the key and its line.
 
-Sections live in one module each (data, training, evaluation, tracking, tune, compress, serve); each model's
+Sections live in one module each (data, training, evaluation, tracking, tune, compress, serve, monitor); each model's
 `model:` section is declared beside its builder in models/ and collected from the model table. Dotted-path
 helpers are in `paths`, error sentences in `messages`, YAML in `loading`.
 
@@ -28,6 +28,8 @@ _SECTIONS = {
                                      "CheckpointConfig", "TrainingConfig"),
     "modelfoundry.config.tracking": ("OutputConfig", "TrackingConfig"),
     "modelfoundry.config.serve": ("ServeConfig",),
+    "modelfoundry.config.monitor": ("WindowConfig", "DriftConfig", "OODConfig", "RequestLogConfig", "RetrainConfig",
+                                    "MonitorConfig"),
     "modelfoundry.config.tune": ("ParamSpace", "SamplerConfig", "PrunerConfig", "FROZEN_PATHS", "TuneConfig"),
     "modelfoundry.config.compress": ("COMPRESSORS", "DistillConfig", "CALIBRATION_METRICS", "GUARD_METRICS",
                                      "GuardRule", "DEFAULT_GUARDS", "CompressConfig"),

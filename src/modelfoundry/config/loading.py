@@ -66,9 +66,10 @@ def dump_config(config: Config) -> str:
 
 
 def config_hash(config: Config) -> str:
-    """A short content hash of the resolved config, stable across key order. The `tune:`, `compress:` and
-    `serve:` sections are left out: they do not change what a run trains."""
-    canonical = json.dumps(config.model_dump(mode="json", exclude={"tune", "compress", "serve"}), sort_keys=True)
+    """A short content hash of the resolved config, stable across key order. The `tune:`, `compress:`,
+    `serve:` and `monitor:` sections are left out: they do not change what a run trains."""
+    canonical = json.dumps(config.model_dump(mode="json", exclude={"tune", "compress", "serve", "monitor"}),
+                           sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -15,6 +15,7 @@ from modelfoundry.config.compress import CompressConfig, DistillConfig
 from modelfoundry.config.data import DataConfig
 from modelfoundry.config.evaluation import CLASSIFICATION_METRICS, REGRESSION_METRICS, EvaluationConfig
 from modelfoundry.config.model import ModelConfig
+from modelfoundry.config.monitor import MonitorConfig
 from modelfoundry.config.paths import set_path
 from modelfoundry.config.serve import ServeConfig
 from modelfoundry.config.tracking import OutputConfig, TrackingConfig
@@ -36,6 +37,7 @@ class Config(Section):
     tune: TuneConfig | None = None  # only `foundry tune` reads it; `foundry run` ignores it
     compress: CompressConfig = CompressConfig()  # only `foundry compress` reads it
     serve: ServeConfig = ServeConfig()  # only `foundry serve` reads it
+    monitor: MonitorConfig = MonitorConfig()  # the server, `foundry monitor` and `foundry retrain` read it
 
     @model_validator(mode="after")
     def _language_model(self) -> Config:

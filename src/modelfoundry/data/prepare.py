@@ -49,6 +49,8 @@ class PreparedData:
     horizon: int = 1  # regression outputs per row: the forecast steps of a time series (data.time_series)
     # a causal LM's held-out examples, split -> [{"messages": the prompt, "reference": the answer, "row"}]
     references: Mapping[str, list[dict[str, Any]]] | None = None
+    # split -> its raw rows (typed and cleaned, before preprocessing): the monitor's reference profile reads them
+    frames: Mapping[str, pd.DataFrame] | None = None
 
     @property
     def input_spec(self) -> InputSpec:
@@ -180,7 +182,7 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
         info["text"] = text_coverage(X["train"]["attention_mask"])
     rows = {name: part.index.to_numpy() for name, part in parts.items()}
     texts = SplitTexts(fitted.text_, parts) if fitted.text_ is not None else None
-    return PreparedData(clean.task, X, y, rows, pre, target, weights, info, texts)
+    return PreparedData(clean.task, X, y, rows, pre, target, weights, info, texts, frames=parts)
 
 
 class SplitTexts(Mapping[str, list[str]]):
