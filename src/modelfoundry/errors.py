@@ -74,6 +74,14 @@ class CompressError(FoundryError):
     http_status = 500
 
 
+class DriftDetected(FoundryError):
+    """`foundry monitor` found drift that alerts (per --fail-on); its own exit code lets CI gate on it. The
+    report is written before it is raised."""
+
+    exit_code = 10
+    http_status = 409
+
+
 class ExportError(FoundryError):
     """An export failed or its parity check exceeded the tolerance; nothing half-written is left."""
 
