@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from modelfoundry.cli import deployment, estimate, generation, registry, runs, search, text
+from modelfoundry.cli import deployment, estimate, generation, monitoring, registry, runs, search, text
 
 app = typer.Typer(name="foundry", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None,  # plain help: rendering it with rich costs ~0.1 s per call
@@ -26,6 +26,7 @@ for command in (deployment.serve, generation.generate, text.zeroshot, runs.migra
 app.add_typer(deployment.keys_app, name="keys")
 app.add_typer(registry.registry_app, name="registry")
 app.add_typer(registry.models_app, name="models")
+app.command("monitor")(monitoring.monitor)  # MODEL --data FILE, or report MODEL
 
 
 def main() -> None:
