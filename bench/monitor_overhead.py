@@ -1,0 +1,154 @@
+"""What does in-server monitoring cost? Served requests/s with monitoring on vs off, interleaved in one run.
+
+Trains the breast_cancer MLP (``examples/breast_cancer.yaml``, 5 epochs: 30 numeric columns, a saved reference
+profile) into a temporary directory, exports it to ONNX, and starts three one-worker servers on 127.0.0.1, each
+as ``foundry serve`` runs it (``api.serving.start_server``, the server's default settings):
+
+* **off**: no extensions (``foundry serve --no-monitor``);
+* **drift**: the drift and OOD monitor alone (``monitor.server.DriftMonitor``);
+* **on**: the extensions ``foundry serve`` adds by default (drift + the request log, in a temporary SQLite file).
+
+Monitoring uses small windows (``--window``, default 200 rows) so that many windows close and are tested during
+each measurement: the statistics' cost is in the figures, not just the per-batch bookkeeping. The load is
+bench/serve_load.py's (a separate process of N asyncio clients on raw keep-alive connections sending one
+pre-encoded POST /predict record back to back); the servers are measured in turn, the order rotated every round,
+so that drift in the machine's speed falls on all three alike. Targets: on/off >= 0.95, drift/off >= 0.95.
+
+Run from the repository root, on a quiet machine (the load generator and the server share the cores)::
+
+    OMP_NUM_THREADS=1 python bench/monitor_overhead.py             # ~1.5 min: 5 rounds of 5 s per server
+    OMP_NUM_THREADS=1 python bench/monitor_overhead.py --quick     # a smoke run
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_load import (HOST, ROOT, Server, free_port, measure, print_table, ratio,  # noqa: E402 - after the path
+                        request_body, train, uvicorn_stack)
+
+MODES = ("off", "drift", "on")
+
+
+# --------------------------------------------------------------------------------------- a server process
+def extensions_for(mode: str, run_dir: Path, window_rows: int, log_url: str) -> tuple:
+    """The server extensions of `mode`, configured from the run's monitor: section with `window_rows` windows."""
+    from modelfoundry.rundir import load_run_config
+
+    config = load_run_config(run_dir)
+    monitor = config.monitor.model_copy(update={"window": config.monitor.window.model_copy(
+        update={"rows": window_rows}), "log": config.monitor.log.model_copy(update={"url": log_url})})
+    if mode == "off":
+        return ()
+    if mode == "drift":
+        from modelfoundry.monitor.server import DriftMonitor
+
+        return (DriftMonitor(monitor),)
+    from modelfoundry.api import serving
+
+    return tuple(serving.monitor_extensions(monitor))  # what `foundry serve` adds by default
+
+
+def serve_mode(port: int, run_dir: str, mode: str, window_rows: int, log_url: str) -> None:
+    """Run one server until stopped: `foundry serve RUN_DIR` with the extensions of `mode`."""
+    from modelfoundry.api.serving import prepare_server, start_server
+
+    plan = prepare_server(run_dir, {"host": HOST, "port": port, "workers": 1, "access_log": False})
+    start_server(plan, extensions_for(mode, Path(run_dir), window_rows, log_url))
+
+
+def server(mode: str, run_dir: Path, args: argparse.Namespace, tmp: Path) -> Server:
+    port = free_port()
+    command = [sys.executable, __file__, "--server", str(port), str(run_dir), mode, str(args.window),
+               f"sqlite:///{tmp / f'requests-{mode}.db'}"]
+    return Server(command, port, "/v2/health/ready", tmp / f"{mode}.log")
+
+
+# ----------------------------------------------------------------------------------------------- the bench
+def run_rounds(servers: dict, args: argparse.Namespace, body: Path) -> dict[str, list[dict]]:
+    """`args.rounds` measurements of every server, the order rotated each round."""
+    results: dict[str, list[dict]] = {mode: [] for mode in servers}
+    for r in range(args.rounds):
+        order = list(servers)[r % len(servers):] + list(servers)[:r % len(servers)]
+        for mode in order:
+            results[mode].append(measure(servers[mode], args, body))
+        print(f"  round {r + 1}: " + "  ".join(f"{m} {results[m][-1]['rps']:.0f} req/s" for m in servers), flush=True)
+    return results
+
+
+def median_row(rows: list[dict]) -> dict:
+    keys = ("rps", "p50_ms", "p99_ms", "server_us_per_req", "gen_us_per_req")
+    return {**{k: statistics.median(r[k] for r in rows) for k in keys}, "errors": sum(r["errors"] for r in rows)}
+
+
+def windows_tested(server: Server) -> str:
+    """The monitor endpoint's count of tested windows (proof that the statistics ran during the load)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{server.port}/v2/models/breast_cancer/monitor", timeout=5) as r:
+            return str(json.load(r).get("windows_tested"))
+    except OSError as exc:
+        return f"unreadable ({exc})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="measurements of each server, interleaved (default 5)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per measurement (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="uncounted seconds of load first (default 1)")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent connections (default 32)")
+    parser.add_argument("--window", type=int, default=200, help="monitor.window.rows of the servers (default 200)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 2 s, 0.5 s warm-up")
+    parser.add_argument("--server", nargs=5, metavar=("PORT", "RUN_DIR", "MODE", "WINDOW", "LOG_URL"),
+                        help=argparse.SUPPRESS)  # one server's process
+    args = parser.parse_args()
+    if args.server:
+        port, run_dir, mode, window, log_url = args.server
+        return serve_mode(int(port), run_dir, mode, int(window), log_url)
+    if args.quick:
+        args.rounds, args.seconds, args.warmup = 2, 2.0, 0.5
+    if not (args.rounds >= 1 and args.seconds > 0 and args.clients >= 1 and args.window >= 20):
+        parser.error("--rounds and --clients must be >= 1, --seconds > 0 and --window >= 20. Got "
+                     f"{args.rounds}, {args.clients}, {args.seconds} and {args.window} instead.")
+    with tempfile.TemporaryDirectory(prefix="foundry-monitor-bench-") as tmp_name:
+        tmp, started = Path(tmp_name), time.perf_counter()
+        run_dir = train(tmp, "breast_cancer", None, epochs=5)
+        body = request_body(tmp)
+        print(f"trained and exported in {time.perf_counter() - started:.0f} s; {args.rounds} rounds of {args.clients} "
+              f"clients, {args.warmup:g} s warm-up + {args.seconds:g} s per server; windows of {args.window} rows; "
+              f"{os.cpu_count()} CPUs shared by the load generator and the servers, load average "
+              f"{os.getloadavg()[0]:.1f}; uvicorn on {uvicorn_stack()}", flush=True)
+        servers = {mode: server(mode, run_dir, args, tmp) for mode in MODES}
+        for s in servers.values():
+            s.__enter__()
+        try:
+            results = run_rounds(servers, args, body)
+            tested = {mode: windows_tested(servers[mode]) for mode in ("drift", "on")}
+        finally:
+            for s in servers.values():
+                s.__exit__()
+    rows = {mode: median_row(results[mode]) for mode in MODES}
+    print_table(f"monitoring: breast_cancer MLP, POST /predict with one record, medians of {args.rounds} rounds "
+                "(targets: on/off >= 0.95, drift/off >= 0.95)", rows)
+    print(f"  windows tested during the load: drift {tested['drift']}, on {tested['on']}")
+    load = os.getloadavg()[0]
+    if load > (os.cpu_count() or 1) + 1:
+        print(f"\nwarning: load average {load:.1f} on {os.cpu_count()} CPUs: the numbers are noisy")
+    off, drift, on = rows["off"], rows["drift"], rows["on"]
+    print()
+    print(f"monitor_on_vs_off={ratio(on['rps'], off['rps']):.3f} drift_vs_off={ratio(drift['rps'], off['rps']):.3f} "
+          f"rps_off={off['rps']:.0f} rps_drift={drift['rps']:.0f} rps_on={on['rps']:.0f} "
+          f"cpu_us_per_req_off={off['server_us_per_req']:.0f} cpu_us_per_req_on={on['server_us_per_req']:.0f} "
+          f"p99_ms_off={off['p99_ms']:.1f} p99_ms_on={on['p99_ms']:.1f} "
+          f"errors={sum(r['errors'] for r in rows.values())} windows_tested_on={tested['on']}")
+
+
+if __name__ == "__main__":
+    main()
