@@ -90,7 +90,7 @@ def test_an_extension_sees_each_predict_and_infer_batch(run_dir, rows, recorder_
         inferred = client.post("/v2/models/tiny/infer", json={"inputs": inputs}).json()
         wait_for(lambda: len(recorder.seen) == 2)
     first, second = recorder.seen
-    assert first.model == second.model == ModelIdentity("tiny", "run", None)
+    assert first.model == second.model == ModelIdentity("tiny", "run", None, str(run_dir))
     assert first.task == "classification" and first.labels == [0, 1, 2]
     assert first.columns == list(rows.columns) and first.requests == (5,) and second.requests == (3,)
     raw = rows.to_numpy(dtype=np.float64).copy()
@@ -182,3 +182,95 @@ def test_the_python_serve_verb_passes_extensions_to_a_one_process_server(run_dir
     with pytest.raises(ConfigError, match="one process, but serve.workers is 2"):
         serve(run_dir, extensions=[extension], workers=2)
     assert len(started) == 1  # nothing started for the refused plan
+
+
+class Monitor(Recorder):
+    """Every optional member: ids for all requests, a per-row score, a route of its own, start/stop."""
+
+    id_share = 1.0
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[str] = []
+        self.context = None
+
+    def setup(self, context: ext.ServerContext) -> None:
+        self.context = context
+
+        @context.app.get("/monitor-test", dependencies=context.guard)
+        async def route() -> dict:
+            return {"model": context.served.get().name}
+
+    async def start(self) -> None:
+        self.events.append(f"start:{self.context.served.current.name}")  # the model is loaded by then
+
+    async def stop(self) -> None:
+        self.events.append(f"stop:{len(self.seen)}")  # after the queued records were delivered
+
+    def row_scores(self, model, rows) -> dict:
+        return {"total": [float(v) for v in rows.numeric.sum(axis=1)]}
+
+
+def test_requests_get_row_ids_that_reach_the_batch_record(run_dir, rows):
+    monitor = Monitor()
+    records = rows.to_dict(orient="records")
+    inputs = [{"name": c, "shape": [3], "datatype": "FP64", "data": rows[c].head(3).tolist()} for c in rows.columns]
+    with TestClient(create_app(ServeConfig(), RunDirStore(run_dir), extensions=[monitor])) as client:
+        predicted = client.post("/predict", json={"records": records}).json()
+        inferred = client.post("/v2/models/tiny/infer", json={"inputs": inputs}).json()
+        wait_for(lambda: len(monitor.seen) == 2)
+        assert client.get("/monitor-test").json() == {"model": "tiny"}  # the route setup added
+    ids = predicted["ids"]
+    assert len(ids) == 5 and len({i.rsplit("-", 1)[0] for i in ids}) == 1 and ids[4].endswith("-4")
+    assert monitor.seen[0].row_ids() == ids and monitor.seen[0].ids == (ids[0][:-2],)
+    outputs = {o["name"]: o for o in inferred["outputs"]}
+    assert outputs["ids"]["datatype"] == "BYTES" and monitor.seen[1].row_ids() == outputs["ids"]["data"]
+    assert set(ids).isdisjoint(outputs["ids"]["data"])  # each request its own id
+    assert "total" not in predicted and "total" not in outputs  # scores only when asked
+    assert monitor.events == ["start:tiny", "stop:2"]
+    assert monitor.context.registry is client.app.state.metrics.registry
+
+
+def test_per_row_scores_are_answered_when_asked(run_dir, rows):
+    records = rows.to_dict(orient="records")
+    totals = rows.sum(axis=1).tolist()
+    inputs = [{"name": c, "shape": [5], "datatype": "FP64", "data": rows[c].tolist()} for c in rows.columns]
+    with TestClient(create_app(ServeConfig(), RunDirStore(run_dir), extensions=[Monitor()])) as client:
+        predicted = client.post("/predict", json={"records": records, "ood": True}).json()
+        inferred = client.post("/v2/models/tiny/infer", json={"inputs": inputs, "parameters": {"ood": True}}).json()
+        wrong = client.post("/predict", json={"records": records, "ood": "yes"})
+    np.testing.assert_allclose(predicted["total"], totals)
+    scored = next(o for o in inferred["outputs"] if o["name"] == "total")
+    assert scored["datatype"] == "BYTES" and scored["shape"] == [5]
+    np.testing.assert_allclose([float(v) for v in scored["data"]], totals)  # one JSON value per row
+    assert wrong.status_code == 422 and "'ood' must be true or false" in wrong.json()["error"]
+
+
+@pytest.mark.parametrize("extensions", [[], [Recorder()]], ids=["none", "no-scores"])
+def test_asking_for_scores_no_extension_gives_is_a_400_with_a_hint(run_dir, rows, extensions):
+    with TestClient(create_app(ServeConfig(), RunDirStore(run_dir), extensions=extensions)) as client:
+        answer = client.post("/predict", json={"records": rows.to_dict(orient="records"), "ood": True})
+        plain = client.post("/predict", json={"records": rows.to_dict(orient="records")}).json()
+    assert answer.status_code == 400 and "--monitor" in answer.json()["hint"]
+    assert "ids" not in plain  # no extension asked for ids
+    assert all(r.ids == () and r.row_ids() == [None] * 5 for r in extensions[0].seen) if extensions else True
+
+
+def test_a_request_run_in_slices_keeps_its_row_ids(run_dir, rows):
+    monitor = Monitor()
+    settings = ServeConfig(max_batch_size=2)
+    with TestClient(create_app(settings, RunDirStore(run_dir), extensions=[monitor])) as client:
+        ids = client.post("/predict", json={"records": rows.to_dict(orient="records")}).json()["ids"]
+        wait_for(lambda: sum(len(r.outputs) for r in monitor.seen) == 5)
+    assert [r.offsets or (0,) for r in monitor.seen] == [(0,), (2,), (4,)]
+    assert [i for r in monitor.seen for i in r.row_ids()] == ids
+
+
+def test_extension_routes_are_behind_the_api_key(run_dir, tmp_path):
+    from modelfoundry.serve.security import create_key
+
+    key = create_key(tmp_path / "keys.txt", "tester")
+    settings = ServeConfig(api_keys_file=str(tmp_path / "keys.txt"))
+    with TestClient(create_app(settings, RunDirStore(run_dir), extensions=[Monitor()])) as client:
+        assert client.get("/monitor-test").status_code == 401
+        assert client.get("/monitor-test", headers={"Authorization": f"Bearer {key}"}).status_code == 200

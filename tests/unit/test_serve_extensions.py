@@ -27,10 +27,11 @@ class NanAboveBackend:
 
 class Publisher:
     def __init__(self):
-        self.calls = []
+        self.calls, self.ids = [], []
 
-    def publish(self, model, rows, outputs, warnings, requests):
+    def publish(self, model, rows, outputs, warnings, requests, ids=(), offsets=()):
         self.calls.append((model, rows, outputs, warnings, list(requests)))
+        self.ids.append((tuple(ids), tuple(offsets)))
 
 
 def served_with(publisher):
@@ -69,3 +70,24 @@ def test_a_clean_batch_has_no_warnings_and_a_batch_nobody_got_is_not_published()
     assert publisher.calls[0][3] is None and publisher.calls[0][4] == [1]
     run_jobs(served, [[{"a": 500.0, "b": 0.0}]])
     assert len(publisher.calls) == 1
+
+
+def test_route_of_names_the_monitor_routes():
+    from modelfoundry.serve.metrics import route_of
+
+    assert route_of("/feedback") == "/feedback"
+    assert route_of("/v2/models/digits/monitor") == "/v2/models/{name}/monitor"
+    assert route_of("/v2/models/digits/infer") == "/v2/models/{name}/infer"
+    assert route_of("/v2/models/digits") == route_of("/v2/models/monitor") == "/v2/models/{name}"
+
+
+def test_request_ids_and_offsets_travel_with_the_jobs():
+    publisher = Publisher()
+    served = served_with(publisher)
+
+    async def main():
+        one = await prepare(served.current, lambda s: s.from_records([{"a": 1.0, "b": 0.5}] * 3), 3, "abc")
+        two = await prepare(served.current, lambda s: s.from_records([{"a": 1.0, "b": 0.5}]), 1)
+        return await served.run_batch([one[1:3], two])
+    asyncio.run(main())
+    assert publisher.ids == [(("abc", None), (1, 0))]  # the slice starts at row 1 of its request

@@ -10,7 +10,8 @@
     POST /predict                   {"records": [{column: raw value, ...}]} -> predictions + probabilities
 
 Built by `create_app(settings, store, extensions=...)` from the `serve:` config section; extensions see every
-answered batch off the request path (extensions.py). Every error answers one JSON shape, {"error", "hint"}:
+answered batch off the request path (extensions.py), and may add routes (the monitor's POST /feedback and
+GET /v2/models/{name}/monitor), give requests ids ("ids": one per row) and per-row scores ({"ood": true}). Every error answers one JSON shape, {"error", "hint"}:
 FoundryErrors with their own HTTP status, unknown routes 404, wrong methods 405, and an unexpected failure 500.
 Each request is checked on its own before it may share a batch (runner.py), so bad input is a 4xx for that
 request alone, never a 500.
@@ -35,21 +36,21 @@ from starlette.exceptions import HTTPException
 
 from modelfoundry.config import ServeConfig
 from modelfoundry.data.input_schema import InputSchema
-from modelfoundry.errors import FoundryError, RetryLater
+from modelfoundry.errors import ConfigError, FoundryError, RetryLater
 from modelfoundry.serve.backends import warm_up
 from modelfoundry.serve.batching import DynamicBatcher
-from modelfoundry.serve.extensions import Extension, Extensions
+from modelfoundry.serve.extensions import Extension, Extensions, ServerContext
 from modelfoundry.serve.metrics import MetricsMiddleware, ServerMetrics
-from modelfoundry.serve.payloads import (InferRequest, PredictRequest, body_schema, infer_columns, infer_request,
-                                         parse_json, predict_records)
-from modelfoundry.serve.runner import ServedModel, prepare
+from modelfoundry.serve.payloads import (InferRequest, PredictRequest, asks_scores, body_schema, infer_columns,
+                                         infer_request, parse_json, predict_records)
+from modelfoundry.serve.runner import THREAD_CELLS, Job, ServedModel, prepare
 from modelfoundry.serve.security import ApiKeys, AuthError, BodySizeLimit, RateLimiter, key_from_headers
 from modelfoundry.serve.store import LoadedModel, ModelStore
 
 log = logging.getLogger(__name__)
 INLINE_CALL_S = 0.0005  # a model whose full batch takes less runs on the event loop: a thread hop costs more
 ROUTES_HINT = ("Routes: POST /predict, POST /v2/models/{name}/infer, GET /v2/models/{name}, GET /v2/health/live, "
-               "GET /v2/health/ready, GET /metrics.")
+               "GET /v2/health/ready, GET /metrics (with monitoring: POST /feedback, GET /v2/models/{name}/monitor).")
 
 
 def add_health_routes(app: FastAPI, served: Any, metrics: Any) -> None:
@@ -111,7 +112,7 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
                                             queue_timeout_ms=settings.queue_timeout_ms, observe=metrics.observe_batch)
             served.batcher.start()
         if hooks:
-            hooks.start()
+            await hooks.start()
             served.extensions = hooks
         watcher = None
         if settings.poll_s > 0 and hasattr(store, "resolve"):
@@ -167,9 +168,12 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
     @app.post("/v2/models/{name}/infer", dependencies=guarded, openapi_extra=body_schema(InferRequest))
     async def infer(name: str, request: Request) -> JSONResponse:
         body = infer_request(parse_json(await request.body(), request.headers.get("content-type")))
+        scores = asks_scores(body.parameters, "parameters") and _scorer(hooks)
         model = served.get(name)
         columns, n = infer_columns(body.inputs, model.schema, settings.max_records)
-        answer, model = await served.predict(await prepare(model, lambda s: s.from_columns(columns, n), n))
+        request_id = hooks.new_id() if hooks else None
+        job = await prepare(model, lambda s: s.from_columns(columns, n), n, request_id)
+        answer, model = await served.predict(job)
         predictions, probabilities = _decode(model, answer.output)
         outputs = [{"name": "predictions", "shape": [len(predictions)],
                     "datatype": "BYTES" if model.backend.task == "classification" else "FP64", "data": predictions}]
@@ -179,24 +183,60 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
         if answer.warnings is not None:  # one JSON list per row, as BYTES: OIP parameters hold only scalars
             outputs.append({"name": "warnings", "shape": [n], "datatype": "BYTES",
                             "data": [json.dumps(row) for row in answer.warnings]})
+        if request_id is not None:
+            outputs.append({"name": "ids", "shape": [n], "datatype": "BYTES", "data": row_ids(request_id, n)})
+        if scores:  # one JSON value per row, as BYTES (as warnings are)
+            outputs.extend({"name": field, "shape": [n], "datatype": "BYTES", "data": [json.dumps(v) for v in values]}
+                           for field, values in (await _row_scores(scores, model, job)).items())
         return JSONResponse({"model_name": model.name, "model_version": model.version, "id": body.id,
                              "outputs": outputs})
 
     @app.post("/predict", dependencies=guarded, openapi_extra=body_schema(PredictRequest))
     async def predict(request: Request) -> JSONResponse:
-        records = predict_records(parse_json(await request.body(), request.headers.get("content-type")),
-                                  settings.max_records)
+        payload = parse_json(await request.body(), request.headers.get("content-type"))
+        records = predict_records(payload, settings.max_records)
+        scores = asks_scores(payload, "body") and _scorer(hooks)
         model = served.get()
-        answer, model = await served.predict(await prepare(model, lambda s: s.from_records(records), len(records)))
+        request_id = hooks.new_id() if hooks else None
+        job = await prepare(model, lambda s: s.from_records(records), len(records), request_id)
+        answer, model = await served.predict(job)
         predictions, probabilities = _decode(model, answer.output)
         body: dict[str, Any] = {"predictions": predictions, "model": model.name, "version": model.version}
         if probabilities is not None:
             body["probabilities"] = probabilities
         if answer.warnings is not None:
             body["warnings"] = answer.warnings
+        if request_id is not None:
+            body["ids"] = row_ids(request_id, len(records))
+        if scores:
+            body.update(await _row_scores(scores, model, job))
         return JSONResponse(body)
 
+    if hooks:  # last: the extensions' routes never shadow the model's
+        hooks.setup(ServerContext(app, metrics.registry, guarded, served, settings))
     return app
+
+
+def row_ids(request_id: str, rows: int) -> list[str]:
+    """The ids of a request's rows: "<request id>-<row index>" (what POST /feedback takes)."""
+    return [f"{request_id}-{i}" for i in range(rows)]
+
+
+def _scorer(hooks: Extensions | None) -> Extensions:
+    """The extensions that give per-row scores, for a request that asked for them; a 400 when none does."""
+    if hooks is None or not hooks.scorers:
+        raise ConfigError("This server computes no per-row scores, so it cannot answer 'ood': true.",
+                          "Serve with monitoring on (`foundry serve MODEL --monitor`, monitor.ood.enabled: true) a "
+                          "model trained with a reference profile; or leave 'ood' out.")
+    return hooks
+
+
+async def _row_scores(hooks: Extensions, model: LoadedModel, job: Job) -> dict[str, list[Any]]:
+    """The per-row fields of the extensions' row_scores, on the rows as checked for the model that answered."""
+    rows = job.rows if job.model is model else job.check(model.schema)
+    if len(rows) * max(1, len(model.schema.columns)) > THREAD_CELLS:
+        return await asyncio.to_thread(hooks.row_scores, model, rows)
+    return hooks.row_scores(model, rows)
 
 
 def request_guard(settings: ServeConfig) -> list[Any]:

@@ -16,6 +16,17 @@ when extensions fall `QUEUE_SIZE` records behind, new records are dropped and co
 without bound. An extension that raises is logged and counted; it never fails a request. With no
 extensions nothing of this runs: no record is built and /metrics is unchanged.
 
+Optional members, looked up with getattr (an extension may have any of them):
+
+    setup(context: ServerContext)   once, when the app is built: add routes (dependencies=context.guard, so the
+                                    API key and rate limit apply) and Prometheus series (registry=context.registry)
+    async start() / async stop()    in the app's lifespan: after the model is loaded / after the queued records
+                                    were delivered
+    id_share: float                 the share of requests that get an id (uuid4 hex; row i of a request is
+                                    "<id>-<i>", see BatchRecord.row_ids); ids exist only when some extension asks
+    row_scores(model, rows)         per-row fields computed on the request path, only for a request that asks
+                                    ({"ood": true}); returns {field: [one value per row]}, merged into the answer
+
 Prometheus (only with extensions): foundry_extension_errors_total{extension},
 foundry_extension_dropped_total (records not delivered because the queue was full).
 """
@@ -26,7 +37,9 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+import random
 import time
+import uuid
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,8 +49,11 @@ from modelfoundry.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
+    from fastapi import FastAPI
 
+    from modelfoundry.config import ServeConfig
     from modelfoundry.data.input_schema import CheckedRows
+    from modelfoundry.serve.runner import ServedModel
     from modelfoundry.serve.store import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -52,6 +68,18 @@ class ModelIdentity:
     name: str
     version: str
     alias: str | None
+    run_dir: str | None = None  # the served run directory (a registered version: its local copy)
+
+
+@dataclass
+class ServerContext:
+    """What an extension's `setup(context)` may use to add routes and metrics to the app being built."""
+
+    app: FastAPI
+    registry: Any  # the app's prometheus_client CollectorRegistry (each app has its own)
+    guard: list[Any]  # the route dependencies of the model routes: API key and rate limit, when configured
+    served: ServedModel  # .current is the LoadedModel (None until loaded), .get() raises while loading
+    settings: ServeConfig
 
 
 @dataclass(frozen=True)
@@ -73,6 +101,17 @@ class BatchRecord:
     warnings: list[list[dict[str, Any]]] | None  # per row (empty list: none), None when no row has any
     requests: tuple[int, ...]
     answered_at: float  # time.time() when the batch was answered
+    ids: tuple[str | None, ...] = ()  # per request: its id when it got one (see id_share), else None; () when none
+    offsets: tuple[int, ...] = ()  # per request: the index of its first row here (a request larger than a batch
+    # is run in slices), so its rows are "<id>-<offset + i>"; () when all are 0
+
+    def row_ids(self) -> list[str | None]:
+        """One id per row, "<request id>-<row index in its request>", None for the rows of requests without one."""
+        if not any(self.ids):
+            return [None] * len(self.outputs)
+        offsets = self.offsets or (0,) * len(self.requests)
+        return [None if rid is None else f"{rid}-{start + i}" for rid, start, n in zip(self.ids, offsets, self.requests)
+                for i in range(n)]
 
 
 @runtime_checkable
@@ -96,6 +135,8 @@ class Extensions:
                                   "Give it `def on_batch(self, batch: BatchRecord) -> None` (or async def); see "
                                   "docs/serving.md#extensions.")
         self.extensions = list(extensions)
+        self.id_share = max((float(getattr(e, "id_share", 0.0) or 0.0) for e in self.extensions), default=0.0)
+        self.scorers = [e for e in self.extensions if callable(getattr(e, "row_scores", None))]
         self.errors = Counter("foundry_extension_errors", "Server extensions that raised, by extension.",
                               ["extension"], registry=registry)
         self.dropped = Counter("foundry_extension_dropped", "Batch records not delivered to the extensions "
@@ -103,14 +144,37 @@ class Extensions:
         self.queue: asyncio.Queue[BatchRecord] | None = None
         self.task: asyncio.Task | None = None
         self.pool: ThreadPoolExecutor | None = None
+        self.enqueued = self.settled = 0  # records queued / delivered or dropped so far (see settle)
 
-    def start(self) -> None:
+    def setup(self, context: ServerContext) -> None:
+        """Each extension's optional setup(context), once, while the app is built."""
+        for extension in self.extensions:
+            if callable(getattr(extension, "setup", None)):
+                extension.setup(context)
+
+    def new_id(self) -> str | None:
+        """A fresh request id for id_share of the requests (None for the others)."""
+        if self.id_share <= 0 or (self.id_share < 1 and random.random() >= self.id_share):
+            return None
+        return uuid.uuid4().hex
+
+    def row_scores(self, model: LoadedModel, rows: CheckedRows) -> dict[str, list[Any]]:
+        """The per-row fields of every extension with row_scores (on the request path; a request asked)."""
+        fields: dict[str, list[Any]] = {}
+        for extension in self.scorers:
+            fields.update(extension.row_scores(model, rows))
+        return fields
+
+    async def start(self) -> None:
         self.queue = asyncio.Queue(maxsize=QUEUE_SIZE)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foundry-extension")
         self.task = asyncio.get_running_loop().create_task(self._deliver())
+        for extension in self.extensions:
+            if callable(getattr(extension, "start", None)):
+                await extension.start()
 
     async def stop(self) -> None:
-        """Deliver what is queued (for at most DRAIN_S), then stop."""
+        """Deliver what is queued (for at most DRAIN_S), then stop the extensions and the delivery."""
         if self.task is None:
             return
         try:
@@ -119,27 +183,48 @@ class Extensions:
             log.warning("server extensions: %d batch records left undelivered at shutdown", self.queue.qsize())
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
+        for extension in self.extensions:
+            if callable(getattr(extension, "stop", None)):
+                try:
+                    await extension.stop()
+                except Exception:  # noqa: BLE001 - one extension's failure must not keep the others from stopping
+                    log.exception("server extension %s failed to stop", extension_name(extension))
         self.pool.shutdown(wait=False)
         self.task = None
 
+    async def settle(self, timeout_s: float) -> bool:
+        """Wait (at most timeout_s) until every record queued before this call was delivered (or dropped): a
+        route that reads what an extension wrote, e.g. feedback right after its prediction. True when settled."""
+        target, deadline = self.enqueued, time.monotonic() + timeout_s
+        while self.settled < target:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.002)
+        return True
+
     def publish(self, model: LoadedModel, rows: CheckedRows, outputs: np.ndarray,
-                warnings: list[list[dict[str, Any]]] | None, requests: Sequence[int]) -> None:
+                warnings: list[list[dict[str, Any]]] | None, requests: Sequence[int],
+                ids: Sequence[str | None] = (), offsets: Sequence[int] = ()) -> None:
         """Queue one answered batch for the extensions (called by the runner after the model call); never
-        raises, never waits."""
+        raises, never waits. `ids` and `offsets` per request (see BatchRecord), empty when no request has an id."""
         if self.queue is None:
             return
         backend = model.backend
-        record = BatchRecord(ModelIdentity(model.name, model.version, model.alias), backend.task,
-                             list(backend.labels) if backend.task == "classification" else None,
+        identity = ModelIdentity(model.name, model.version, model.alias,
+                                 str(model.run_dir) if model.run_dir is not None else None)
+        record = BatchRecord(identity, backend.task, list(backend.labels) if backend.task == "classification" else None,
                              list(backend.columns), _read_only_rows(rows), _read_only(outputs), warnings,
-                             tuple(requests), time.time())
+                             tuple(requests), time.time(), tuple(ids) if any(ids) else (),
+                             tuple(offsets) if any(offsets) else ())
         asyncio.get_running_loop().call_soon(self._enqueue, record)  # after the answers just set
 
     def _enqueue(self, record: BatchRecord) -> None:
+        self.enqueued += 1
         try:
             self.queue.put_nowait(record)
         except asyncio.QueueFull:
             self.dropped.inc()
+            self.settled += 1
 
     async def _deliver(self) -> None:
         loop = asyncio.get_running_loop()
@@ -159,6 +244,7 @@ class Extensions:
                                       len(record.outputs))
                         self.errors.labels(extension_name(extension)).inc()
             finally:
+                self.settled += 1
                 self.queue.task_done()
 
 

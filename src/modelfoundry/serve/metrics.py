@@ -6,7 +6,7 @@
     foundry_input_warnings_total{column,kind}   values the model did not see in training (kind: unseen_category,
                                                 imputed, out_of_range; see data/input_schema.py)
     foundry_extension_errors_total{extension}   only with server extensions (extensions.py), which add
-    foundry_extension_dropped_total             these two themselves
+    foundry_extension_dropped_total             these two themselves (and the monitor its own series)
 
 A language model's server (openai.py) adds, and counts its queue time in foundry_queue_duration_seconds:
     foundry_time_to_first_token_seconds (histogram)    foundry_generated_tokens_total
@@ -24,7 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 ROUTES = ("/v2/health/live", "/v2/health/ready", "/predict", "/metrics", "/openapi.json", "/v1/completions",
-          "/v1/chat/completions", "/v1/models")
+          "/v1/chat/completions", "/v1/models", "/feedback")
+MODEL_ROUTES = ("infer", "monitor")  # /v2/models/{name}/<route>
 
 
 class ServerMetrics:
@@ -91,7 +92,8 @@ def route_of(path: str) -> str:
     if path in ROUTES:
         return path
     if path.startswith("/v2/models/"):
-        return "/v2/models/{name}/infer" if path.endswith("/infer") else "/v2/models/{name}"
+        last = path.rsplit("/", 1)[-1]
+        return f"/v2/models/{{name}}/{last}" if last in MODEL_ROUTES and path.count("/") > 3 else "/v2/models/{name}"
     return "other"
 
 

@@ -16,11 +16,13 @@ from modelfoundry.errors import DataError, UnsupportedMediaType, first_line
 
 OIP_NUMERIC = ("FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
 OIP_TYPES = (*OIP_NUMERIC, "BOOL", "BYTES")
+PREDICT_FIELDS = ("records", "ood")
 
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     records: list[dict[str, Any]] = Field(min_length=1)
+    ood: bool = False  # also answer the per-row scores of the server's monitor (e.g. out-of-distribution)
 
 
 class InferInput(BaseModel):
@@ -60,10 +62,10 @@ def predict_records(payload: Any, max_records: int) -> list[dict[str, Any]]:
     hint = 'Send {"records": [{"column": value, ...}, ...]}.'
     if not isinstance(payload, dict):
         raise DataError(f"The request body must be a JSON object with 'records', not a {_json_type(payload)}.", hint)
-    extra = [str(k) for k in payload if k != "records"]
+    extra = [str(k) for k in payload if k not in PREDICT_FIELDS]
     if extra:
         raise DataError(f"body: unknown field(s) {', '.join(repr(k[:40]) for k in extra[:5])}; the body holds only "
-                        "'records'.", hint)
+                        "'records' (and 'ood').", hint)
     records = payload.get("records")
     if not isinstance(records, list) or not records:
         what = "missing" if records is None else ("an empty list" if records == [] else f"a {_json_type(records)}")
@@ -75,6 +77,15 @@ def predict_records(payload: Any, max_records: int) -> list[dict[str, Any]]:
             raise DataError(f"records.{i}: each record must be an object {{column: value}}, not a "
                             f"{_json_type(record)}.", hint)
     return records
+
+
+def asks_scores(options: dict[str, Any] | None, where: str) -> bool:
+    """Whether a request asks for the per-row scores: /predict's {"ood": true}, OIP's parameters {"ood": true}."""
+    value = (options or {}).get("ood", False)
+    if not isinstance(value, bool):
+        raise DataError(f"{where}: 'ood' must be true or false, not a {_json_type(value)}.",
+                        'Send "ood": true to get each row\'s out-of-distribution score.')
+    return value
 
 
 def infer_request(payload: Any) -> InferRequest:

@@ -30,17 +30,22 @@ THREAD_CELLS = 16_384  # requests with more values (rows x columns) are checked 
 
 @dataclass
 class Job:
-    """One request's rows, checked against `model`'s inputs; `check` redoes it for another model version."""
+    """One request's rows, checked against `model`'s inputs; `check` redoes it for another model version.
+    `id` is the request's id when it got one (extensions.py, id_share); `offset` the index of the first row here
+    in the whole request (the batcher runs a request larger than a batch in slices)."""
 
     model: LoadedModel
     rows: CheckedRows
     check: Callable[[InputSchema], CheckedRows]
+    id: str | None = None
+    offset: int = 0
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, part: slice) -> Job:  # the batcher runs a request larger than a batch in slices
-        return Job(self.model, self.rows[part], lambda schema: self.check(schema)[part])
+        return Job(self.model, self.rows[part], lambda schema: self.check(schema)[part], self.id,
+                   self.offset + (part.start or 0))
 
 
 @dataclass
@@ -57,8 +62,9 @@ class Answer:
                       [w for p in parts for w in (p.warnings or [[]] * len(p.output))] if warned else None)
 
 
-async def prepare(model: LoadedModel, check: Callable[[InputSchema], CheckedRows], rows: int) -> Job:
-    """Check and convert one request for `model`; any failure is this request's 4xx alone."""
+async def prepare(model: LoadedModel, check: Callable[[InputSchema], CheckedRows], rows: int,
+                  request_id: str | None = None) -> Job:
+    """Check and convert one request for `model` (its id: `request_id`); any failure is this request's 4xx alone."""
     try:
         if rows * len(model.schema.columns) > THREAD_CELLS:
             checked = await asyncio.to_thread(check, model.schema)
@@ -70,7 +76,7 @@ async def prepare(model: LoadedModel, check: Callable[[InputSchema], CheckedRows
         log.warning("unreadable request values: %r", exc)
         raise DataError(f"The request's values could not be read ({first_line(exc)}).",
                         "Send one JSON number, string or null per column and row.") from None
-    return Job(model, checked, check)
+    return Job(model, checked, check, request_id)
 
 
 class ServedModel:
@@ -146,13 +152,13 @@ class ServedModel:
                              "its training run, or roll back to another version.")
             start = stop
         if self.extensions is not None:
-            _publish(self.extensions, model, [len(part) for _, part in live], [slots[k] for k, _ in live], rows,
-                     output, warnings)
+            _publish(self.extensions, model, [jobs[k] for k, _ in live], [len(part) for _, part in live],
+                     [slots[k] for k, _ in live], rows, output, warnings)
         return slots
 
 
-def _publish(extensions: Extensions, model: LoadedModel, sizes: list[int], answers: list[Any], rows: CheckedRows,
-             output: np.ndarray, warnings: list[list[dict[str, Any]]] | None) -> None:
+def _publish(extensions: Extensions, model: LoadedModel, jobs: list[Job], sizes: list[int], answers: list[Any],
+             rows: CheckedRows, output: np.ndarray, warnings: list[list[dict[str, Any]]] | None) -> None:
     """Hand the rows that got an answer (not those whose output was non-finite) to the extensions."""
     answered = [isinstance(a, Answer) for a in answers]
     if not any(answered):
@@ -162,7 +168,10 @@ def _publish(extensions: Extensions, model: LoadedModel, sizes: list[int], answe
         rows, output = rows[keep], output[keep]
         warnings = [w for w, kept in zip(warnings, keep) if kept] if warnings else None
         sizes = [size for size, kept in zip(sizes, answered) if kept]
-    extensions.publish(model, rows, output, warnings if warnings and any(warnings) else None, sizes)
+        jobs = [job for job, kept in zip(jobs, answered) if kept]
+    ids = [job.id for job in jobs] if any(job.id for job in jobs) else ()
+    extensions.publish(model, rows, output, warnings if warnings and any(warnings) else None, sizes,
+                       ids=ids, offsets=[job.offset for job in jobs] if ids else ())
 
 
 def _as_error(exc: BaseException, model: LoadedModel) -> FoundryError:
