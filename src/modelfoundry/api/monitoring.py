@@ -1,0 +1,351 @@
+"""`monitor`: new rows (a data file, or the request log's) compared with a model's reference profile, window by
+window, with the server's tests, thresholds and alert rule (the model's `monitor:` section); plus the share of
+out-of-distribution rows and, from the log, live accuracy (or error) on feedback and shadow agreement.
+
+The functions return a MonitorResult and print nothing: the CLI renders it, monitor/report.py writes the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelfoundry.errors import ConfigError, DataError, RunDirError
+
+FAIL_ON = ("alert", "drift", "never")
+
+
+@dataclass
+class ColumnSummary:
+    """One column over every window: the worst window's test, score, p-value and threshold, how many windows
+    drifted, and whether the alert rule (patience consecutive drifted windows) fired."""
+
+    column: str
+    kind: str
+    test: str
+    score: float
+    p_value: float | None
+    threshold: float
+    windows_drifted: int
+    windows: int
+    alert: bool
+    note: str = ""
+
+    @property
+    def severity(self) -> float:
+        """How far the worst window went: 1 - p for a p-value test, score / threshold for a distance."""
+        if self.p_value is not None:
+            return 1.0 - self.p_value
+        return self.score / self.threshold if self.threshold else 0.0
+
+
+@dataclass
+class MonitorResult:
+    """What `foundry monitor` found. `windows` are monitor.drift.WindowDrift objects, `bounds` their rows
+    [start, stop) in the source's order; `reference` and `current` (every row's values per column) feed the
+    plots; `live` holds the request log's feedback and shadow figures."""
+
+    model: str
+    version: str | None
+    run_dir: Path
+    source: str  # the data file, or "request log"
+    task: str
+    rows: int
+    window_rows: int
+    windows: list[Any]
+    bounds: list[tuple[int, int]]
+    columns: list[ColumnSummary]
+    ood_share: float | None
+    reference: Any
+    current: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    live: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def alerts(self) -> list[str]:
+        return [c.column for c in self.columns if c.alert]
+
+    @property
+    def drifted(self) -> list[str]:
+        return [c.column for c in self.columns if c.windows_drifted]
+
+    @property
+    def dataset_drift_windows(self) -> int:
+        return sum(bool(w.dataset_drift) for w in self.windows)
+
+    def failed(self, fail_on: str) -> list[str]:
+        """The columns that fail a CI gate: alerting ("alert"), drifted in any window ("drift"), none ("never")."""
+        if fail_on not in FAIL_ON:
+            raise ConfigError(f"--fail-on must be one of {', '.join(FAIL_ON)}. Got '{fail_on}' instead.")
+        return {"alert": self.alerts, "drift": self.drifted, "never": []}[fail_on]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "version": self.version, "run_dir": str(self.run_dir), "source": self.source,
+                "task": self.task, "rows": self.rows, "window_rows": self.window_rows,
+                "alerts": self.alerts, "drifted": self.drifted, "dataset_drift_windows": self.dataset_drift_windows,
+                "ood_share": self.ood_share, "live": self.live, "notes": self.notes,
+                "columns": [vars(c) for c in self.columns],
+                "windows": [{"rows": list(b), **w.to_json()} for b, w in zip(self.bounds, self.windows)]}
+
+
+@dataclass
+class _Model:
+    """A monitored model: its local run directory, name and version, backend, config and reference."""
+
+    run_dir: Path
+    name: str
+    version: str | None  # None: a bare NAME (every version's log rows)
+    backend: Any
+    config: Any  # the run's Config (its monitor: section decides)
+    reference: Any
+
+
+def monitor_data(model: str | Path, data: str | Path, *, window_rows: int | None = None,
+                 uri: str | None = None) -> MonitorResult:
+    """Compare a data file's rows with a model's reference, in windows of `window_rows` rows in file order
+    (default monitor.window.rows; a short last window joins the one before).
+
+    Args:
+        model: a run directory, or a registered NAME, NAME/VERSION or NAME@ALIAS.
+        data: rows with the model's input columns (.csv, .parquet, .jsonl); a target column is ignored.
+        window_rows: overrides monitor.window.rows.
+        uri: the tracking URI holding the registry (for a registered model).
+    """
+    from modelfoundry.data.input_schema import InputSchema
+    from modelfoundry.data.sources import read_table
+    from modelfoundry.monitor.columns import prediction_values
+
+    loaded = _load(model, uri)
+    path = Path(data)
+    schema = InputSchema(loaded.backend.desc)
+    rows = schema.from_frame(read_table(path), origin=f"'{path}'")
+    outputs = loaded.backend.predict_inputs(rows.inputs)
+    labels = list(loaded.backend.labels) if loaded.backend.task == "classification" else None
+    predictions = prediction_values(loaded.backend.task, outputs, labels)
+    result = _analyse(loaded, schema, rows, predictions, str(path), window_rows)
+    result.ood_share = _ood_share(loaded, rows)
+    return result
+
+
+def monitor_log(model: str | Path, *, limit: int | None = None, version: str | None = None, url: str | None = None,
+                window_rows: int | None = None, uri: str | None = None) -> MonitorResult:
+    """The same analysis on the rows the server logged for a model (the request log), plus live accuracy (or
+    error) on the rows with feedback labels, shadow agreement and the logged OOD share.
+
+    Args:
+        model: a run directory, or a registered NAME, NAME/VERSION or NAME@ALIAS (its reference is the baseline).
+        limit: only the newest `limit` logged rows.
+        version: only rows served by this version (default: the version MODEL names; every version for NAME or
+            a run directory's name).
+        url: the request log's SQLAlchemy URL (default: monitor.log.url of the model, else the project's
+            foundry-requests.db).
+        window_rows: overrides monitor.window.rows.
+        uri: the tracking URI holding the registry (for a registered model).
+    """
+    from modelfoundry.data.input_schema import InputSchema
+    from modelfoundry.monitor.requestlog import RequestLog, default_log_url
+
+    loaded = _load(model, uri)
+    settings = loaded.config.monitor.log
+    url = url or settings.url or default_log_url()
+    version = version or loaded.version
+    log = RequestLog(url).read(loaded.name, version, limit)
+    if log.empty:
+        which = f"model '{loaded.name}'" + (f" version {version}" if version else "")
+        raise DataError(f"The request log has no rows of {which}.",
+                        f"Serve it with monitoring on (`foundry serve {model}`: monitor.enabled and monitor.log.enabled "
+                        "are on by default) and send it requests; or pass --url where the server logs "
+                        "(monitor.log.url), or another --version.")
+    schema = InputSchema(loaded.backend.desc)
+    frame, skipped, notes = _logged_inputs(log, loaded, settings)
+    rows = schema.from_frame(frame, origin="the request log")
+    predictions = _logged_predictions(log["prediction"], loaded.backend.task)
+    result = _analyse(loaded, schema, rows, predictions, "request log", window_rows, skip=skipped, times=log["time"])
+    result.notes += notes
+    versions = sorted({str(v) for v in log["version"].dropna()})
+    if len(versions) > 1:
+        result.notes.append(f"rows of versions {', '.join(versions)}, all compared with the reference of "
+                            f"{loaded.name} {loaded.version or 'latest'}")
+    result.version = version
+    result.ood_share = _logged_ood_share(log, loaded.reference)
+    result.live = live_figures(log, loaded.backend.task)
+    return result
+
+
+def live_figures(log: Any, task: str) -> dict[str, float]:
+    """From request-log rows: accuracy (classification) or mae/rmse (regression) on the rows with a feedback label,
+    and agreement (classification) or mean absolute difference (regression) with the shadow model's predictions."""
+    import numpy as np
+
+    out: dict[str, float] = {}
+    for column, prefix in (("label", "feedback"), ("shadow_prediction", "shadow")):
+        part = log[log[column].notna()] if column in log else log.iloc[:0]
+        out[f"{prefix}_rows"] = float(len(part))
+        if part.empty:
+            continue
+        if task == "classification":
+            same = float((part["prediction"].astype(str) == part[column].astype(str)).mean())
+            out["live_accuracy" if prefix == "feedback" else "shadow_agreement"] = same
+        else:
+            diff = part["prediction"].astype(float).to_numpy() - part[column].astype(float).to_numpy()
+            out["live_mae" if prefix == "feedback" else "shadow_mean_abs_difference"] = float(np.abs(diff).mean())
+            if prefix == "feedback":
+                out["live_rmse"] = float(np.sqrt((diff ** 2).mean()))
+    return out
+
+
+def window_bounds(n: int, rows: int) -> list[tuple[int, int]]:
+    """[start, stop) of consecutive windows of `rows` rows over n rows; a short last window joins the one before
+    (so every window but a lone one holds at least `rows` rows)."""
+    if n <= 0:
+        return []
+    count = max(1, n // rows)
+    starts = [k * rows for k in range(count)]
+    return [(start, starts[k + 1] if k + 1 < count else n) for k, start in enumerate(starts)]
+
+
+def _load(model: str | Path, uri: str | None) -> _Model:
+    from modelfoundry.artifacts.records import ModelRecord
+    from modelfoundry.artifacts.rundir import RunDir
+    from modelfoundry.monitor.profile import load_reference
+    from modelfoundry.rundir import is_language_model, load_run_config
+    from modelfoundry.serve.backends import TorchBackend
+    from modelfoundry.serve.store import RegistryStore, RunDirStore, store_for
+
+    store = store_for(str(model), uri, backend="torch")
+    if isinstance(store, RunDirStore):
+        run_dir = store.run_dir
+        name, version = ModelRecord.read(RunDir(run_dir).model_record).name, None
+    elif isinstance(store, RegistryStore):
+        from modelfoundry.registry import download, parse_ref
+
+        name, version, _ = store.resolve()
+        run_dir = download(f"{name}/{version}", uri)
+        if parse_ref(str(model))[1:] == (None, None):
+            version = None  # a bare NAME: the log rows of every version
+    else:
+        run_dir = None
+    if run_dir is None or is_language_model(run_dir):
+        raise RunDirError(f"'{model}' is a language model; drift monitoring covers classification and regression "
+                          "models on tabular, image and text inputs.", "Pass such a run directory or registered model.")
+    reference = load_reference(run_dir)
+    if reference is None:
+        raise RunDirError(f"'{model}' has no reference profile ({RunDir.REFERENCE} in {run_dir}): it was trained "
+                          "before modelfoundry saved one, or its task has none.",
+                          "Train it again (`foundry run CONFIG`): every run saves the profile of its training data "
+                          "beside the model, and registers it with the version.")
+    return _Model(Path(run_dir), name, version, TorchBackend(Path(run_dir)), load_run_config(Path(run_dir)), reference)
+
+
+def _analyse(loaded: _Model, schema: Any, rows: Any, predictions: Any, source: str, window_rows: int | None,
+             skip: set[str] = frozenset(), times: Any = None) -> MonitorResult:
+    """Windows -> compare each with the reference -> the alert rule -> one summary per column."""
+    from modelfoundry.monitor.columns import PREDICTION, column_values
+    from modelfoundry.monitor.drift import Alerts, compare
+
+    settings = loaded.config.monitor
+    size = window_rows or settings.window.rows
+    if len(rows) < settings.window.min_rows:
+        raise DataError(f"{source} has {len(rows)} rows; drift tests need at least monitor.window.min_rows = "
+                        f"{settings.window.min_rows}.", "Monitor more rows at once.")
+    alerts, windows, alerting = Alerts(settings.drift.patience), [], set()
+    bounds = window_bounds(len(rows), size)
+    for start, stop in bounds:
+        current = _values(schema, rows[start:stop], skip, column_values)
+        if loaded.reference.prediction is not None:
+            current[PREDICTION] = predictions[start:stop]
+        began, ended = (float(times.iloc[start]), float(times.iloc[stop - 1])) if times is not None else (0.0, 0.0)
+        window = compare(loaded.reference, current, settings.drift, rows=stop - start, started=began, ended=ended)
+        windows.append(window)
+        alerting |= {column for column, alert in alerts.update(window).items() if alert}
+    everything = _values(schema, rows, skip, column_values)
+    if loaded.reference.prediction is not None:
+        everything[PREDICTION] = predictions
+    notes = [f"{name}: {drift.note}" for name, drift in _notes(windows)]
+    return MonitorResult(loaded.name, loaded.version, loaded.run_dir, source, loaded.backend.task, len(rows), size,
+                         windows, bounds, _summaries(windows, alerting), None, loaded.reference, everything, notes)
+
+
+def _values(schema: Any, rows: Any, skip: set[str], column_values: Any) -> dict[str, Any]:
+    values = column_values(schema, rows)
+    return {name: v for name, v in values.items() if not skip & set(name.split(":")[0].split("+"))}
+
+
+def _summaries(windows: list[Any], alerting: set[str]) -> list[ColumnSummary]:
+    by_column: dict[str, list[Any]] = {}
+    for window in windows:
+        for drift in window.columns:
+            by_column.setdefault(drift.column, []).append(drift)
+    out = []
+    for name, drifts in by_column.items():
+        worst = max(drifts, key=_badness)
+        out.append(ColumnSummary(name, worst.kind, worst.test, float(worst.score), worst.p_value, float(worst.threshold),
+                                 sum(bool(d.drifted) for d in drifts), len(drifts), name in alerting, worst.note))
+    return out
+
+
+def _badness(drift: Any) -> tuple[bool, float]:
+    return bool(drift.drifted), (1.0 - drift.p_value) if drift.p_value is not None else \
+        (drift.score / drift.threshold if drift.threshold else 0.0)
+
+
+def _notes(windows: list[Any]) -> list[tuple[str, Any]]:
+    seen: dict[str, Any] = {}
+    for window in windows:
+        for drift in window.columns:
+            if drift.note and drift.column not in seen:
+                seen[drift.column] = drift
+    return list(seen.items())
+
+
+def _ood_share(loaded: _Model, rows: Any) -> float | None:
+    from modelfoundry.monitor.ood import ood_space
+
+    scorer = loaded.reference.ood
+    if scorer is None or not loaded.config.monitor.ood.enabled:
+        return None
+    space = ood_space(rows.inputs)
+    return None if space is None else float(scorer.flag(space).mean())
+
+
+def _logged_ood_share(log: Any, reference: Any) -> float | None:
+    if reference.ood is None or "ood_score" not in log:
+        return None
+    scores = log["ood_score"].dropna().astype(float)
+    return float((scores > reference.ood.threshold_).mean()) if len(scores) else None
+
+
+def _logged_inputs(log: Any, loaded: _Model, settings: Any) -> tuple[Any, set[str], list[str]]:
+    """The logged raw input columns as a frame the input schema reads. A hashed, excluded or absent column gets a
+    placeholder the schema accepts (so the other columns can be read) and is left out of the comparison."""
+    hashed, excluded = set(settings.hash_columns), set(settings.exclude_columns)
+    frame = log[[c for c in loaded.backend.columns if c in log.columns]].copy()
+    skipped, notes = set(), []
+    for column in loaded.backend.columns:
+        why = ("hashed in the log" if column in hashed else "excluded from the log" if column in excluded else
+               None if column in log.columns else "not in the log")
+        if why is None:
+            continue
+        skipped.add(column)
+        notes.append(f"{column}: skipped ({why})")
+        frame[column] = _placeholder(loaded.reference, column)
+    return frame[list(loaded.backend.columns)], skipped, notes
+
+
+def _placeholder(reference: Any, column: str) -> Any:
+    import numpy as np
+
+    profile = reference.columns.get(column)
+    if profile is None:  # a text column (profiled as length and tokens)
+        return ""
+    sample = profile.sample()
+    return float(np.median(sample)) if profile.kind == "numeric" else str(sample[0])
+
+
+def _logged_predictions(predictions: Any, task: str) -> Any:
+    import numpy as np
+
+    if task == "classification":
+        return predictions.astype(str).to_numpy(dtype=object)
+    return predictions.astype(float).to_numpy(dtype=np.float64)
