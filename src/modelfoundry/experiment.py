@@ -42,10 +42,12 @@ def prepare(config: Config) -> PreparedData:
 
 def fit_config(config: Config, data: PreparedData, *, run_dir: Path | None = None, resume: bool = False,
                progress: Reporter | bool | None = None, callbacks: Sequence[Callback] = (),
-               metrics: Iterable[str] = ()) -> FitResult:
+               metrics: Iterable[str] = (), initial_state: dict[str, Any] | None = None) -> FitResult:
     """Seed, build the config's model for `data` and train it.
 
     Args:
+        initial_state: weights to start from instead of the built model's initialisation (a warm retrain starts
+            from the champion's: what `trained_state` saved, so `data` must give the inputs it was trained on).
         metrics: extra `val_*` names each epoch record must carry (besides the early-stopping monitor),
             e.g. the metric a tuning study optimises.
         callbacks: more per-epoch callbacks (a tuning pruner, ...), called after the built-in ones.
@@ -57,6 +59,10 @@ def fit_config(config: Config, data: PreparedData, *, run_dir: Path | None = Non
 
     seed_everything(config.seed, config.training.deterministic)
     model = build_model(config.model, data.input_spec, data.n_outputs)
+    if initial_state is not None:
+        from modelfoundry.train.loop import load_weights
+
+        load_weights(model, initial_state)
     target_std = data.target_encoder.std_ if data.task == "regression" else 1.0
     stopping = config.training.early_stopping
     names = {stopping.monitor if stopping else "val_loss", *metrics}

@@ -2,8 +2,9 @@
 
 The store, its client and the registration of runs are tracking.py's. MLflow keeps no history of alias moves,
 so each move (promote or rollback) is recorded as a registered-model tag `foundry.alias_log.<time>-<id>`
-holding JSON {time, user, alias, from, to, action, reason}. Rollback replays that log as a stack per alias:
-promote pushes, rollback pops. Every public function turns a failing store into one RegistryError.
+holding JSON {time, user, alias, from, to, action, reason}. A retrain gate's refusal is recorded there too (action
+"refuse", `to` the refused version): it moves nothing. Rollback replays that log as a stack per alias:
+promote pushes, rollback pops, refuse is skipped. Every public function turns a failing store into one RegistryError.
 """
 
 from __future__ import annotations
@@ -181,6 +182,16 @@ def promote(name: str, version: str, alias: str, reason: str = "", uri: str | No
 
 
 @reaching_store
+def refuse(name: str, version: str, alias: str, reason: str, uri: str | None = None) -> dict[str, Any]:
+    """Record in the alias history that `version` was refused for `alias` (a retrain gate's decision), with the
+    reason; the alias does not move (`from` is the version it keeps pointing at)."""
+    mlf = client(uri)
+    target = find_version(mlf, name, str(version), None)
+    current = _aliases(_model(mlf, name)).get(alias)
+    return _record(mlf, name, alias, current, str(target.version), "refuse", reason)
+
+
+@reaching_store
 def rollback(name: str, alias: str, reason: str = "", uri: str | None = None) -> dict[str, Any]:
     """Move `alias` back to the version that held it before the current one."""
     mlf = client(uri)
@@ -216,7 +227,7 @@ def _record(mlf: Any, name: str, alias: str, previous: str | None, new: str, act
 def _alias_stack(entries: list[dict[str, Any]], alias: str) -> list[str]:
     stack: list[str] = []
     for entry in entries:
-        if entry["alias"] != alias:
+        if entry["alias"] != alias or entry["action"] == "refuse":  # a refusal moved nothing
             continue
         if entry["action"] == "rollback":
             if stack:
