@@ -65,3 +65,143 @@ def test_a_time_window_with_too_few_rows_is_not_tested():
     closed = window.close(6.0, "seconds")
     assert not closed.tested and "fewer than monitor.window.min_rows=50" in closed.note(50)
     assert not Window(WindowConfig(rows=1000, seconds=5)).due(1e9)  # an empty window is never due
+
+
+# ------------------------------------------------------------------------------------------ DriftMonitor
+from types import SimpleNamespace  # noqa: E402
+
+from fastapi import FastAPI  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from modelfoundry.config.monitor import MonitorConfig  # noqa: E402
+from modelfoundry.monitor.columns import PREDICTION  # noqa: E402
+from modelfoundry.monitor.endpoint import finite  # noqa: E402
+from modelfoundry.monitor.ood import MahalanobisScorer  # noqa: E402
+from modelfoundry.monitor.profile import Reference, profile_column, save_reference  # noqa: E402
+from modelfoundry.monitor.server import DriftMonitor  # noqa: E402
+from modelfoundry.serve.extensions import BatchRecord, ModelIdentity, ServerContext  # noqa: E402
+from modelfoundry.serve.runner import ServedModel  # noqa: E402
+from modelfoundry.serve.store import LoadedModel  # noqa: E402
+
+SCHEMA = SimpleNamespace(series=False, image=False, num_columns=["a", "b"], cat_columns=[], categorical=[],
+                         text_columns=[])  # what column_values reads of an InputSchema: two numeric columns
+LABELS = ["x", "y"]
+
+
+def reference_run(path, seed: int = 0):
+    """A run directory holding only a reference of two standard normal columns and balanced predictions."""
+    rng = np.random.default_rng(seed)
+    train, val = rng.normal(size=(600, 2)), rng.normal(size=(300, 2))
+    predictions = np.array(LABELS * 150, dtype=object)
+    reference = Reference("classification", LABELS, 900, {c: profile_column(c, "numeric", np.r_[train[:, j], val[:, j]])
+                                                          for j, c in enumerate("ab")},
+                          profile_column(PREDICTION, "categorical", predictions, LABELS), {"accuracy": 0.9},
+                          MahalanobisScorer().fit(train).calibrate(val, 0.01))
+    save_reference(path, reference)
+    return path
+
+
+def served(version: str, run_dir) -> LoadedModel:
+    return LoadedModel("m", version, None, None, run_dir, schema=SCHEMA)
+
+
+def monitored(tmp_path, **monitor):
+    """A DriftMonitor set up in a bare app (as create_app does), serving version 1."""
+    extension = DriftMonitor(MonitorConfig(window={"rows": 100, **monitor.pop("window", {})}, **monitor))
+    model = ServedModel()
+    model.current = served("1", reference_run(tmp_path / "v1"))
+    registry = CollectorRegistry()
+    extension.setup(ServerContext(FastAPI(), registry, [], model, None))
+    return extension, model, registry
+
+
+def batch(values: np.ndarray, version: str = "1", run_dir=None, now: float = 0.0) -> BatchRecord:
+    n = len(values)
+    outputs = np.tile([0.5, 0.5], (n, 1)) + np.where(np.arange(n) % 2, 0.1, -0.1)[:, None] * [1, -1]
+    return BatchRecord(ModelIdentity("m", version, None, str(run_dir) if run_dir else None), "classification",
+                       LABELS, ["a", "b"], checked(values), outputs, None, (n,), now)
+
+
+def test_a_shifted_column_alerts_and_the_series_follow(tmp_path):
+    extension, model, registry = monitored(tmp_path)
+    rng = np.random.default_rng(1)
+    extension.on_batch(batch(rng.normal(size=(100, 2)), run_dir=model.current.run_dir))
+    assert registry.get_sample_value("foundry_drift_windows_total") == 1
+    assert registry.get_sample_value("foundry_drift_alert", {"column": "a"}) == 0
+    shifted = rng.normal(size=(100, 2)) + [2.0, 0.0]  # column a moves by two standard deviations
+    extension.on_batch(batch(shifted, run_dir=model.current.run_dir))
+    assert registry.get_sample_value("foundry_drift_alert", {"column": "a"}) == 1
+    assert registry.get_sample_value("foundry_drift_alert", {"column": "b"}) == 0
+    assert registry.get_sample_value("foundry_drift_score", {"column": "a", "test": "ks"}) > 0.5
+    assert registry.get_sample_value("foundry_drift_p_value", {"column": "a", "test": "ks"}) < 1e-6
+    assert registry.get_sample_value("foundry_drift_windows_total") == 2
+    assert registry.get_sample_value("foundry_ood_rows_total") == 200
+    body = extension.report(model.current)
+    assert body["alerts"] == ["a"] and len(body["history"]) == 2
+    column_a = body["columns"][0]
+    assert (column_a["column"], column_a["test"], column_a["reason"]) == ("a", "ks", "ks: numeric, 100 rows <= 1000")
+    assert column_a["drifted"] and column_a["alerting"] and not body["columns"][1]["drifted"]
+
+
+def test_patience_needs_consecutive_drifted_windows(tmp_path):
+    extension, model, registry = monitored(tmp_path, drift={"patience": 2})
+    shifted = np.random.default_rng(2).normal(size=(100, 2)) + [2.0, 0.0]
+    extension.on_batch(batch(shifted, run_dir=model.current.run_dir))
+    assert registry.get_sample_value("foundry_drift_alert", {"column": "a"}) == 0  # drifted once: not yet
+    extension.on_batch(batch(shifted, run_dir=model.current.run_dir))
+    assert registry.get_sample_value("foundry_drift_alert", {"column": "a"}) == 1
+
+
+def test_a_hot_switch_starts_afresh_against_the_new_reference(tmp_path):
+    extension, model, registry = monitored(tmp_path)
+    rng = np.random.default_rng(3)
+    extension.on_batch(batch(rng.normal(size=(100, 2)) + [3.0, 0.0], run_dir=model.current.run_dir))
+    extension.on_batch(batch(rng.normal(size=(40, 2)), run_dir=model.current.run_dir))
+    assert registry.get_sample_value("foundry_drift_alert", {"column": "a"}) == 1
+    v2 = reference_run(tmp_path / "v2", seed=1)
+    model.current = served("2", v2)
+    extension.on_batch(batch(rng.normal(size=(30, 2)), version="2", run_dir=v2))
+    extension.on_batch(batch(rng.normal(size=(30, 2)), version="1", run_dir=tmp_path / "v1"))  # late: dropped
+    body = extension.report(model.current)
+    assert body["version"] == "2" and body["history"] == [] and body["window"]["rows"] == 30
+    assert registry.get_sample_value("foundry_drift_alert", {"column": "a"}) == 0  # no alert carried over
+    assert registry.get_sample_value("foundry_drift_score", {"column": "a", "test": "ks"}) is None
+    assert registry.get_sample_value("foundry_drift_windows_total") == 1  # a counter: it keeps its total
+
+
+def test_time_windows_close_when_read_and_too_few_rows_are_not_tested(tmp_path):
+    extension, model, registry = monitored(tmp_path, window={"rows": 1000, "seconds": 10, "min_rows": 50})
+    extension.on_batch(batch(np.zeros((20, 2)), run_dir=model.current.run_dir, now=100.0))
+    extension.close_due(now=105.0)
+    assert extension.report(model.current)["window"]["rows"] == 20  # not due yet
+    extension.close_due(now=111.0)
+    body = extension.report(model.current)
+    assert body["window"]["rows"] == 0 and not body["history"][0]["tested"]
+    assert "min_rows=50" in body["history"][0]["note"] and body["windows_tested"] == 0
+    assert registry.get_sample_value("foundry_drift_windows_total") == 0
+
+
+def test_ood_scores_per_row(tmp_path):
+    extension, model, _ = monitored(tmp_path)
+    rows = checked(np.r_[np.zeros((3, 2)), np.full((2, 2), 50.0)])
+    scores = extension.row_scores(model.current, rows)["ood"]
+    assert [s["outlier"] for s in scores] == [False, False, False, True, True]
+    assert scores[3]["score"] > scores[3]["threshold"] > scores[0]["score"]
+
+
+def test_no_reference_means_no_series_and_a_hint(tmp_path):
+    extension = DriftMonitor(MonitorConfig(window={"rows": 20}))
+    model, registry = ServedModel(), CollectorRegistry()
+    model.current = served("1", tmp_path / "old")
+    extension.setup(ServerContext(FastAPI(), registry, [], model, None))
+    for _ in range(3):
+        extension.on_batch(batch(np.zeros((20, 2)), run_dir=tmp_path / "old"))
+    body = extension.report(model.current)
+    assert not body["monitoring"] and "no reference profile" in body["message"] and "foundry run" in body["hint"]
+    assert registry.get_sample_value("foundry_drift_windows_total") is None
+    assert extension.row_scores(model.current, checked(np.zeros((2, 2)))) == {"ood": [None, None]}
+
+
+def test_json_has_no_nan():
+    assert finite({"a": [float("nan"), np.float64(1.5), float("inf")], "b": (np.int64(2),)}) == \
+        {"a": [None, 1.5, None], "b": [2]}

@@ -11,7 +11,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from modelfoundry.config.monitor import DriftConfig
-    from modelfoundry.monitor.profile import Reference
+    from modelfoundry.monitor.profile import ColumnProfile, Reference
     from modelfoundry.monitor.server import DriftMonitor
 
 
@@ -67,16 +67,19 @@ def monitored_names(reference: Reference) -> list[str]:
     return [*reference.columns, *([PREDICTION] if reference.prediction is not None else [])]
 
 
-def test_choice(kind: str, rows: int, drift: DriftConfig) -> tuple[str, str]:
-    """The test `drift.compare` runs on a `kind` column over a window of `rows` rows, and why (Evidently's rule)."""
-    numeric = kind == "numeric"
-    setting = drift.numeric_test if numeric else drift.categorical_test
-    if setting != "auto":
-        return setting, f"{setting}: {kind}, set by monitor.drift.{'numeric' if numeric else 'categorical'}_test"
-    small, large = ("ks", "wasserstein") if numeric else ("chi2", "jensen_shannon")
+def test_choice(profile: ColumnProfile, rows: int, drift: DriftConfig) -> tuple[str, str]:
+    """The test `drift.compare` runs on a column over a window of `rows` rows, and why (Evidently's rule)."""
+    from modelfoundry.monitor.drift import choose_test
+
+    test, kind = choose_test(profile, drift, rows), profile.kind
+    key = "numeric_test" if kind == "numeric" else "categorical_test"
+    if getattr(drift, key) == test:
+        return test, f"{test}: {kind}, set by monitor.drift.{key}"
+    if profile.name.endswith(":tokens"):
+        return test, f"{test}: token ids (a row's tokens are not independent draws: no p-value)"
     if rows <= drift.large_sample:
-        return small, f"{small}: {kind}, {rows} rows <= {drift.large_sample}"
-    return large, f"{large}: {kind}, {rows} rows > {drift.large_sample} (monitor.drift.large_sample)"
+        return test, f"{test}: {kind}, {rows} rows <= {drift.large_sample}"
+    return test, f"{test}: {kind}, {rows} rows > {drift.large_sample} (monitor.drift.large_sample)"
 
 
 def column_table(reference: Reference, last: Any, alerting: dict[str, bool], drift: DriftConfig,
@@ -88,13 +91,12 @@ def column_table(reference: Reference, last: Any, alerting: dict[str, bool], dri
     for name in monitored_names(reference):
         profile = reference.columns.get(name) or reference.prediction
         result = tested.get(name)
-        test, reason = test_choice(profile.kind, last.rows if last is not None else window_rows, drift)
-        if result is not None and result.test != test:  # compare chose otherwise (e.g. too few categories)
-            test, reason = result.test, f"{result.test}: {result.note or profile.kind}"
+        test, reason = test_choice(profile, last.rows if last is not None else window_rows, drift)
         table.append({"column": name, "kind": profile.kind, "test": test, "reason": reason,
                       "score": result.score if result else None, "p_value": result.p_value if result else None,
                       "threshold": result.threshold if result else None,
-                      "drifted": bool(result.drifted) if result else None, "alerting": bool(alerting.get(name))})
+                      "drifted": bool(result.drifted) if result else None, "alerting": bool(alerting.get(name)),
+                      "note": result.note if result else ""})
     return table
 
 
