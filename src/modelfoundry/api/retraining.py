@@ -211,7 +211,8 @@ def _register(result: RetrainResult, champion: dict[str, Any], config: Config, s
         return
     why = f"retrain ({settings.mode}) of v{champion['version']} on {result.rows['holdout']} holdout rows: "
     result.moves.append(promote(config.name, version, settings.challenger_alias,
-                                why + f"challenger; gate {result.decision.reason}", uri))
+                                why + f"the challenger ({'promoted' if result.decision.promote else 'refused'} "
+                                f"for {settings.alias})", uri))
     move = promote if result.decision.promote else refuse
     result.moves.append(move(config.name, version, settings.alias, why + result.decision.reason, uri))
 

@@ -78,14 +78,17 @@ def registry_rollback(name: str, alias: Annotated[str, typer.Option("--alias", h
 @registry_app.command("history")
 @friendly_errors
 def registry_history(name: str, uri: UriOption = None) -> None:
-    """Every alias move of a model: time, user, alias, from, to, action, reason."""
+    """Every alias move of a model, and every challenger a retrain gate refused: time, user, alias, from, to,
+    action, reason."""
     from rich.table import Table
 
     from modelfoundry.registry import history
 
     table = Table("time (UTC)", "user", "alias", "from", "to", "action", "reason", title_justify="left")
     for e in history(name, uri):
-        table.add_row(e["time"][:19], e["user"], e["alias"], str(e["from"] or "-"), e["to"], e["action"], e["reason"])
+        refused = e["action"] == "refuse"  # the alias stayed at `from`; `to` is the version refused
+        table.add_row(e["time"][:19], e["user"], e["alias"], str(e["from"] or "-"),
+                      f"{e['to']} (refused)" if refused else e["to"], e["action"], e["reason"] or "-")
     open_console().print(table)
 
 
