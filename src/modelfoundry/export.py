@@ -5,7 +5,8 @@
                         dtype ("numeric" (batch, F) float32, "image" (batch, C, H, W) float32, "tokens"
                         (batch, T) int64, ...; export.json `inputs` lists them) -> "probabilities"
                         (batch, K) for classification (softmax included), "prediction" (batch, 1) for
-                        regression (standardised: value = output * std + mean, both in preprocess.json).
+                        regression (standardised: value = output * std + mean, both in preprocess.json),
+                        "anomaly_score" (batch, 1) for an anomaly detector (above target.threshold: an anomaly).
                         Exports made before named inputs have one input called "input"; they still load.
       model.onnx.data   the weights, only for models too large to embed (over 1 GiB)
       preprocess.json   raw columns -> model input, pickle-free (format in modelfoundry.data.portable)
@@ -80,6 +81,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, toler
         opset: the ONNX opset; default the exporter's own.
         parity_rows: raw rows to check on instead of the run's test split (e.g. when the source moved).
     """
+    from modelfoundry.data.anomaly import describe_target
     from modelfoundry.data.portable import describe_preprocessor
     from modelfoundry.rundir import load_model
 
@@ -93,7 +95,8 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, toler
     if len(rows) == 0:
         raise ExportError(f"There are no rows to check the export of {saved.run_dir} on.",
                           "Pass rows with parity_rows, or give the run a non-empty test split.")
-    desc = describe_preprocessor(saved.preprocessor, saved.target_encoder, saved.record.target)
+    desc = describe_preprocessor(saved.preprocessor)
+    desc["target"] = describe_target(saved.target_encoder, saved.record.target)  # an anomaly's: with its threshold
     out = Path(out_dir) if out_dir is not None else RunDir(saved.run_dir).onnx_dir
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +206,7 @@ def _copy_graph(saved: SavedModel, out: Path | None, started: float) -> ExportRe
 def _stage(saved: SavedModel, desc: dict[str, Any], rows: pd.DataFrame, staging: Path, tolerance: float,
            opset: int | None) -> dict[str, Any]:
     """Export, write preprocess.json, check parity and write export.json, all inside `staging`."""
-    output_name = "probabilities" if saved.task == "classification" else "prediction"
+    output_name = {"classification": "probabilities", "anomaly": "anomaly_score"}.get(saved.task, "prediction")
     staged = ExportDir(staging)
     exporter = _export_model(_exportable(saved), saved.record.input_spec, staged.graph, output_name, opset)
     _check_onnx(staged.graph)
@@ -407,6 +410,8 @@ def _metadata(saved: SavedModel, predictor: OnnxPredictor, onnx_path: Path, expo
     model = onnx.load(str(onnx_path), load_external_data=False)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     output_meaning = ("class probabilities, in the order of labels" if saved.task == "classification"
+                      else "anomaly score (mean squared reconstruction error); an anomaly when above "
+                           "target.threshold (preprocess.json)" if saved.task == "anomaly"
                       else "standardised prediction: value = output * target.std + target.mean (preprocess.json)")
     return {
         "format": EXPORT_FORMAT,

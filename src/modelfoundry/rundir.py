@@ -87,6 +87,7 @@ def save_model(run_dir: Path, model: Any, spec: dict[str, Any], preprocessor: An
 
     import torch
 
+    from modelfoundry.data.anomaly import describe_target
     from modelfoundry.data.portable import describe_preprocessor
     from modelfoundry.train.loop import trained_state
 
@@ -96,7 +97,8 @@ def save_model(run_dir: Path, model: Any, spec: dict[str, Any], preprocessor: An
     record = ModelRecord.from_json(spec, "the model spec")  # checked before anything is written
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in trained_state(model).items()}, buffer)
-    desc = describe_preprocessor(preprocessor, target_encoder, spec.get("target"))
+    desc = describe_preprocessor(preprocessor)  # the target as any task describes it (an anomaly's threshold)
+    desc["target"] = describe_target(target_encoder, spec.get("target"))
     layout = RunDir(run_dir)
     write_bytes_atomic(layout.preprocess, (json.dumps(desc, indent=1) + "\n").encode(), durable=True)
     write_bytes_atomic(layout.weights, buffer.getvalue(), durable=True)
@@ -198,13 +200,13 @@ def load_weights(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
 
 def load_preprocessing(path: Path, run_dir: Path | None = None) -> tuple[Any, Any]:
     """(PortablePreprocessor, TargetEncoder) from a preprocess.json."""
+    from modelfoundry.data.anomaly import target_from_description
     from modelfoundry.data.portable import PortablePreprocessor
-    from modelfoundry.data.transform import TargetEncoder
     from modelfoundry.errors import DataError
 
     desc = read_record(path, run_dir)
     try:
-        return PortablePreprocessor(desc), TargetEncoder.from_description(desc["target"])
+        return PortablePreprocessor(desc), target_from_description(desc["target"])
     except DataError as exc:
         raise RunDirError(f"{path}: {exc.message}", exc.hint) from None
     except (KeyError, TypeError, AttributeError) as exc:

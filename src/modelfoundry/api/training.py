@@ -147,13 +147,61 @@ def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bo
                 "best_epoch": fit_result.best_epoch, "config_hash": config_hash(config)}
         save_language_model(run_path, fit_result.model.cpu(), spec, data.preprocessor, data.preprocessor.tokenizer)
     elif not fit_result.interrupted:
+        if data.task == "anomaly":  # the threshold, saved with the model: from the normal validation rows' scores
+            _calibrate_anomaly(fit_result.model, data)
         spec = {"name": config.name, "task": data.task, "inputs": data.input_spec.to_json(),
                 "input_shape": list(data.preprocessor.input_shape_) if len(data.input_spec) == 1 else None,
                 "n_outputs": data.n_outputs, "target": config.data.target, "columns": data.preprocessor.columns,
                 "classes": getattr(data.target_encoder, "classes_", None), "best_epoch": fit_result.best_epoch,
                 "config_hash": config_hash(config)}
+        if data.task == "anomaly":  # the label column, or none: unlabelled data trained the detector
+            spec["target"] = data.target_encoder.column_ if data.target_encoder.labelled else None
         save_model(run_path, fit_result.model.cpu(), spec, data.preprocessor, data.target_encoder)
+    if not fit_result.interrupted and data.task in ("classification", "regression"):
+        _save_reference(config, data, fit_result.model, run_path)
     return data, fit_result, config, run_path
+
+
+def _save_reference(config: Config, data: PreparedData, model: Any, run_path: Path) -> None:
+    """model/reference.json: the profile of the training data the monitor compares served data with. Data the
+    profile cannot describe is logged and skipped: it never fails the run."""
+    import logging
+
+    import numpy as np
+
+    from modelfoundry.errors import FoundryError
+    from modelfoundry.evaluate.metrics import classification_metrics, regression_metrics
+    from modelfoundry.models.inference import predict_outputs
+    from modelfoundry.monitor.profile import build_reference, save_reference
+
+    frames = data.frames
+    if frames is None or "val" not in frames or data.preprocessor.desc.get("kind") == "time_series":
+        return
+    target = data.target_encoder
+    outputs = predict_outputs(model, data.X["val"], data.task)
+    if data.task == "classification":
+        labels, metrics = list(target.classes_), classification_metrics(data.y["val"], outputs,
+                                                                        config.evaluation.top_k)
+    else:
+        labels, outputs = None, target.decode(outputs)
+        metrics = regression_metrics(target.decode(data.y["val"]), outputs) if len(outputs) else {}
+    try:
+        reference = build_reference(data.preprocessor.desc, data.task, labels, frames["train"], frames["val"],
+                                    outputs, metrics, config.monitor)
+    except (FoundryError, ValueError, KeyError, np.linalg.LinAlgError) as exc:
+        logging.getLogger(__name__).warning("no reference profile for monitoring: %s", first_line(str(exc)))
+        return
+    save_reference(run_path, reference)
+
+
+def _calibrate_anomaly(model: Any, data: PreparedData) -> None:
+    """Set the anomaly threshold: the (1 - data.anomaly.false_alarm_rate) quantile of the scores of the normal
+    validation rows."""
+    from modelfoundry.models.autoencoder import calibrate_threshold
+    from modelfoundry.models.inference import predict_outputs
+
+    target = data.target_encoder
+    target.threshold_ = calibrate_threshold(predict_outputs(model, data.X["val"], "anomaly"), target.false_alarm_rate)
 
 
 def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult, run_path: Path,
@@ -162,6 +210,8 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult, ru
         from modelfoundry.api.language_models import evaluate_trained
 
         return evaluate_trained(config, data, fit_result, run_path, progress)
+    if data.task == "anomaly":
+        return _evaluate_anomaly(config, data, fit_result, run_path)
     from modelfoundry.evaluate.baselines import baseline_metrics
     from modelfoundry.evaluate.evaluation import evaluate_outputs
     from modelfoundry.evaluate.metrics import headline
@@ -180,6 +230,33 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult, ru
                                history=fit_result.history, baselines=baselines, title=f"{config.name}: test split",
                                facts=facts)
     return metrics, headline(data.task, config.evaluation.metrics, metrics)
+
+
+def _evaluate_anomaly(config: Config, data: PreparedData, fit_result: FitResult,
+                      run_path: Path) -> tuple[dict[str, float], list[str]]:
+    """An anomaly detector on the test split (all its rows), beside an IsolationForest and a Mahalanobis distance
+    fitted on the same normal training rows."""
+    from modelfoundry.evaluate.anomaly import baseline_metrics, evaluate_anomaly, headline
+    from modelfoundry.models.inference import predict_outputs
+
+    target = data.target_encoder
+    if target.threshold_ is None:  # resumed after its model was saved: the same weights give the same threshold
+        _calibrate_anomaly(fit_result.model, data)
+    truth = data.y["test"] > 0.5 if target.labelled else None
+    scores = predict_outputs(fit_result.model, data.X["test"], data.task)
+    info = data.info["anomaly"]
+    facts = {"run": str(run_path), "model": config.model.name, "task": data.task,
+             "rows (train/val/test)": "/".join(str(data.info["split"][s]) for s in ("train", "val", "test")),
+             "normal": ", ".join(target.normal_) if target.labelled else "every row (no labels)",
+             "left out of training (anomalies in train/val)": f"{info['left_out']['train']}/{info['left_out']['val']}",
+             "threshold": f"{target.threshold_:.6g} (false-alarm rate {target.false_alarm_rate:g} on the normal "
+                          "validation rows)"}
+    metrics = evaluate_anomaly(scores=scores, is_anomaly=truth, threshold=target.threshold_, rows=data.rows["test"],
+                               out_dir=RunDir(run_path).eval_dir, plots=config.evaluation.plots,
+                               top=config.evaluation.confused_examples, history=fit_result.history,
+                               baselines=baseline_metrics(data.X, truth, target.false_alarm_rate, config.seed),
+                               title=f"{config.name}: test split", facts=facts)
+    return metrics, headline(metrics)
 
 
 def _estimated(outcome: tuple[PreparedData, FitResult, Config, Path], estimate: Any) -> tuple[

@@ -131,10 +131,25 @@ class LMDataConfig(Section):
     cache: bool = True  # keep tokenized splits in .foundry-cache/tokens/ for the next run on the same data
 
 
+class AnomalyConfig(Section):
+    """An anomaly detector (`data.task: anomaly`): which labels mean normal, and the threshold's false-alarm rate."""
+
+    # the data.target value(s) meaning normal (every other value is an anomaly); None: the most frequent one
+    normal: list[str | int | float | bool] | str | int | float | bool | None = None
+    false_alarm_rate: float = Field(0.01, gt=0, lt=0.5)  # share of normal validation rows above the threshold
+
+    @field_validator("normal")
+    @classmethod
+    def _as_list(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("normal must name at least one label value (or be left out: the most frequent one)")
+        return v if v is None or isinstance(v, list) else [v]
+
+
 class DataConfig(Section):
     source: str  # sklearn:<name> or a path to .csv / .parquet / .jsonl
-    target: str = "target"
-    task: Literal["auto", "classification", "regression", "causal_lm"] = "auto"
+    target: str | None = "target"  # None: no label column (data.task: anomaly only, every row normal)
+    task: Literal["auto", "classification", "regression", "causal_lm", "anomaly"] = "auto"
     features: dict[str, FeatureConfig] = {}
     max_rows: int | None = Field(None, ge=10)  # keep a random (stratified) sample of this many rows, for speed
     text: TextConfig = TextConfig()
@@ -143,6 +158,16 @@ class DataConfig(Section):
     balance: BalanceConfig = BalanceConfig()
     time_series: TimeSeriesConfig | None = None  # forecasting windows over a time-ordered table
     lm: LMDataConfig = LMDataConfig()  # read when data.task is causal_lm (a model: {name: llm})
+    anomaly: AnomalyConfig = AnomalyConfig()  # read when data.task is anomaly (a model: {name: autoencoder})
+
+    @model_validator(mode="after")
+    def _labels(self) -> DataConfig:
+        if self.task == "anomaly" and self.time_series is not None:
+            raise ValueError("data.task: anomaly reads rows, not a time series; remove data.time_series")
+        if self.target is None and self.task not in ("auto", "anomaly"):
+            raise ValueError(f"data.target: null (no label column) only suits data.task: anomaly; data.task is "
+                             f"{self.task}, which needs a target column")
+        return self
 
     @model_validator(mode="after")
     def _time_series(self) -> DataConfig:

@@ -41,14 +41,20 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _language_model(self) -> Config:
-        """model: {name: llm} and data.task: causal_lm go together (auto becomes causal_lm)."""
-        llm = self.model.name == "llm"
-        if llm and self.data.task == "auto":
-            self.data.task = "causal_lm"
-        elif llm != (self.data.task == "causal_lm"):
-            raise ValueError("model.name: llm (a causal language model) and data.task: causal_lm go together; got "
-                             f"model.name: {self.model.name} with data.task: {self.data.task}. For a language model "
-                             "set both; otherwise choose another model or task")
+        """model: {name: llm} and data.task: causal_lm go together (auto becomes causal_lm); so do model: {name:
+        autoencoder} and data.task: anomaly."""
+        for name, task, what in (("llm", "causal_lm", "a causal language model"),
+                                 ("autoencoder", "anomaly", "an anomaly detector")):
+            paired = self.model.name == name
+            if paired and self.data.task == "auto":
+                self.data.task = task
+            elif paired != (self.data.task == task):
+                raise ValueError(f"model.name: {name} ({what}) and data.task: {task} go together; got model.name: "
+                                 f"{self.model.name} with data.task: {self.data.task}. For {what} set both; "
+                                 "otherwise choose another model or task")
+        if self.data.target is None and self.data.task != "anomaly":
+            raise ValueError("data.target: null (no label column) only suits data.task: anomaly (model: {name: "
+                             "autoencoder}); name the column to predict")
         return self
 
     def with_params(self, params: dict[str, Any]) -> Config:

@@ -61,11 +61,12 @@ class PreparedData:
         return len(self.target_encoder.classes_) if self.task == "classification" else self.horizon
 
 
-def load_clean(cfg: DataConfig, seed: int = 0) -> CleanData:
-    """Read `cfg.source`, decide column kinds and the task, drop the rows cleaning removes, and keep a sample of
-    `cfg.max_rows` rows if asked (stratified for classification; `seed` is the split seed)."""
+def load_clean(cfg: DataConfig, seed: int = 0, raw: pd.DataFrame | None = None) -> CleanData:
+    """Read `cfg.source` (or take its rows, `raw`), decide column kinds and the task, drop the rows cleaning
+    removes, and keep a sample of `cfg.max_rows` rows if asked (stratified for classification; `seed` is the
+    split seed)."""
     origin = cfg.source
-    raw = load_source(cfg.source)
+    raw = load_source(cfg.source) if raw is None else raw
     frame = raw.copy()
     specs = plan_features(frame, cfg, origin)
     task = infer_task(frame[cfg.target], cfg.task)
@@ -121,6 +122,10 @@ def prepare_data(cfg: DataConfig, seed: int, *, tokenizer: str | None = None) ->
         from modelfoundry.data.timeseries import prepare_series
 
         return prepare_series(cfg, split_seed(cfg, seed))
+    if cfg.task == "anomaly":  # an autoencoder: normal rows to train on, a threshold from the normal val rows
+        from modelfoundry.data.anomaly import prepare_anomaly
+
+        return prepare_anomaly(cfg, split_seed(cfg, seed))
     clean = load_clean(cfg, split_seed(cfg, seed))
     positions = split_frame(clean, cfg, seed)
     parts = {name: clean.frame.iloc[positions[name]] for name in SPLITS}
@@ -139,11 +144,12 @@ def text_settings(cfg: DataConfig, tokenizer: str | None) -> dict[str, Any]:
 
 
 def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataConfig, seed: int,
-                  stratified: bool, *, tokenizer: str | None = None) -> PreparedData:
+                  stratified: bool, *, tokenizer: str | None = None, target: Any = None) -> PreparedData:
     """Fit preprocessing and the target encoding on `parts['train']` only and turn every part into arrays.
 
     `parts` holds the train, val and test rows of `clean.frame` (a cross-validation fold puts its held-out
-    rows in 'test'); `seed` (the split seed) and `stratified` are recorded in `info['split']`.
+    rows in 'test'); `seed` (the split seed) and `stratified` are recorded in `info['split']`. `target`: a
+    fitted target encoder to use instead (an anomaly task's labels, data/anomaly.py).
     """
     settings = text_settings(cfg, tokenizer)
     texts = [s.name for s in clean.specs if s.kind == "text"]
@@ -157,7 +163,7 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
                           encoder).fit(parts["train"])
     pre = PortablePreprocessor(describe_preprocessor(fitted), fitted)
     _check_description(fitted, pre, parts["train"], text=cached is None)  # a cached tokenizer was checked
-    target = TargetEncoder(clean.task).fit(parts["train"][cfg.target])
+    target = target if target is not None else TargetEncoder(clean.task).fit(parts["train"][cfg.target])
     X = {name: pre.transform(part, f"the {name} split of {cfg.source}", text=cached is None)
          for name, part in parts.items()}
     if cached is not None:
@@ -247,11 +253,18 @@ def rebuild_splits(cfg: DataConfig, seed: int, recorded_sha256: str, run_dir: An
         from modelfoundry.data.timeseries import split_histories
 
         return split_histories(cfg, recorded_sha256, run_dir)
-    clean = load_clean(cfg, split_seed(cfg, seed))
+    if cfg.task == "anomaly":  # the parts an autoencoder was trained on: normal train/val rows, all test rows
+        from modelfoundry.data.anomaly import anomaly_splits
+
+        clean, parts, *_ = anomaly_splits(cfg, split_seed(cfg, seed))
+    else:
+        clean = load_clean(cfg, split_seed(cfg, seed))
     if clean.info["fingerprint"]["sha256"] != recorded_sha256:
         raise DataError(f"The source {cfg.source} changed since {run_dir} was trained (fingerprint "
                         f"{recorded_sha256[:12]} then, {clean.info['fingerprint']['sha256'][:12]} now), so its "
                         "splits cannot be rebuilt.", "Use a labelled file instead (for example "
                         f"`foundry evaluate {run_dir} --data FILE`), or restore the original data.")
+    if cfg.task == "anomaly":
+        return parts
     positions = split_frame(clean, cfg, seed)
     return {name: clean.frame.iloc[positions[name]] for name in SPLITS}

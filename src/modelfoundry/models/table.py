@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from modelfoundry.artifacts.inputs import InputSpec
 from modelfoundry.config.base import Section
 from modelfoundry.errors import ConfigError, unknown_name
+from modelfoundry.models.autoencoder import AutoencoderConfig, build_autoencoder
 from modelfoundry.models.cnn import CNNConfig, build_cnn
 from modelfoundry.models.llm import LLMConfig, build_llm
 from modelfoundry.models.mlp import MLPConfig, build_mlp
@@ -44,6 +45,7 @@ MODELS: dict[str, ModelEntry] = {
     "transformer": ModelEntry(TransformerConfig, build_transformer),
     "pretrained": ModelEntry(PretrainedConfig, build_pretrained),
     "llm": ModelEntry(LLMConfig, build_llm),
+    "autoencoder": ModelEntry(AutoencoderConfig, build_autoencoder),
 }
 
 
