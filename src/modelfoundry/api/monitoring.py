@@ -319,18 +319,23 @@ def _logged_ood_share(log: Any, reference: Any) -> float | None:
 def _logged_inputs(log: Any, loaded: _Model, settings: Any) -> tuple[Any, set[str], list[str]]:
     """The logged raw input columns as a frame the input schema reads. A hashed, excluded or absent column gets a
     placeholder the schema accepts (so the other columns can be read) and is left out of the comparison."""
+    import pandas as pd
+
+    from modelfoundry.monitor.requestlog import META
+
     hashed, excluded = set(settings.hash_columns), set(settings.exclude_columns)
-    frame = log[[c for c in loaded.backend.columns if c in log.columns]].copy()
-    skipped, notes = set(), []
+    data, skipped, notes = {}, set(), []
     for column in loaded.backend.columns:
+        logged = f"input:{column}" if column in META else column  # the log prefixes names it uses itself
         why = ("hashed in the log" if column in hashed else "excluded from the log" if column in excluded else
-               None if column in log.columns else "not in the log")
+               None if logged in log.columns else "not in the log")
         if why is None:
+            data[column] = log[logged]
             continue
         skipped.add(column)
         notes.append(f"{column}: skipped ({why})")
-        frame[column] = _placeholder(loaded.reference, column)
-    return frame[list(loaded.backend.columns)], skipped, notes
+        data[column] = _placeholder(loaded.reference, column)
+    return pd.DataFrame(data, index=log.index), skipped, notes
 
 
 def _placeholder(reference: Any, column: str) -> Any:
