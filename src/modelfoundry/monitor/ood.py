@@ -131,9 +131,9 @@ def _matrix(X: np.ndarray) -> np.ndarray:
     return X.reshape(len(X), -1)
 
 
-def _round(value: float | None, digits: int = 7) -> float | None:
+def _round(value: float | None, digits: int = 10) -> float | None:
     return None if value is None else float(f"{value:.{digits}g}")
 
 
-def _rounds(values: np.ndarray, digits: int = 7) -> list[float]:
+def _rounds(values: np.ndarray, digits: int = 10) -> list[float]:
     return [float(f"{v:.{digits}g}") for v in np.asarray(values, dtype=np.float64).ravel()]
