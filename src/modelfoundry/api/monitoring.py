@@ -34,10 +34,8 @@ class ColumnSummary:
 
     @property
     def severity(self) -> float:
-        """How far the worst window went: 1 - p for a p-value test, score / threshold for a distance."""
-        if self.p_value is not None:
-            return 1.0 - self.p_value
-        return self.score / self.threshold if self.threshold else 0.0
+        """How far the worst window went: -log10 p for a p-value test, score / threshold for a distance."""
+        return _severity(self.p_value, self.score, self.threshold)
 
 
 @dataclass
@@ -286,8 +284,15 @@ def _summaries(windows: list[Any], alerting: set[str]) -> list[ColumnSummary]:
 
 
 def _badness(drift: Any) -> tuple[bool, float]:
-    return bool(drift.drifted), (1.0 - drift.p_value) if drift.p_value is not None else \
-        (drift.score / drift.threshold if drift.threshold else 0.0)
+    return bool(drift.drifted), _severity(drift.p_value, drift.score, drift.threshold)
+
+
+def _severity(p_value: float | None, score: float, threshold: float) -> float:
+    import math
+
+    if p_value is not None:
+        return -math.log10(max(p_value, 1e-300))
+    return score / threshold if threshold else 0.0
 
 
 def _notes(windows: list[Any]) -> list[tuple[str, Any]]:

@@ -11,6 +11,7 @@ import typer
 from modelfoundry.cli.console import friendly_errors, open_console
 from modelfoundry.cli.options import UriOption
 
+SHOWN = 10  # columns named in the alert line (the table and report list all)
 FailOn = Annotated[str, typer.Option("--fail-on", help="Exit with code 10 when a column alerts (alert: patience "
                                      "consecutive drifted windows), drifts in any window (drift), or never.")]
 
@@ -100,7 +101,9 @@ def _finish(result: Any, report: Optional[Path], fmt: str, fail_on: str) -> None
     print_monitor(result)
     open_console().print(f"Report: {path}", markup=False, soft_wrap=True)
     if failing:
-        raise DriftDetected(f"Drift alert ({fail_on}) on {', '.join(_shown(c) for c in failing)}.",
+        named = ", ".join(_shown(c) for c in failing[:SHOWN]) + (f" and {len(failing) - SHOWN} more"
+                                                                 if len(failing) > SHOWN else "")
+        raise DriftDetected(f"Drift alert ({fail_on}) on {len(failing)} column{'s' * (len(failing) != 1)}: {named}.",
                             f"See {path}; exit code 10 fails a CI step (--fail-on never reports without failing).")
 
 

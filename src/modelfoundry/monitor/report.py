@@ -42,8 +42,10 @@ def write_report(result: Any, out_dir: Path, fmt: str = "md") -> Path:
 
 
 def plotted_columns(result: Any) -> list[str]:
-    """The drifted columns (worst first), then the TOP closest to drifting, at most MAX_PLOTS in all."""
-    ranked = sorted(result.columns, key=lambda c: (not c.windows_drifted, -c.severity))
+    """The drifted columns (the prediction, then the worst first), then the TOP closest to drifting, at most
+    MAX_PLOTS in all."""
+    ranked = sorted(result.columns, key=lambda c: (not c.windows_drifted, c.column != _prediction(), -c.severity,
+                                                   -c.score))
     drifted = [c.column for c in ranked if c.windows_drifted]
     rest = [c.column for c in ranked if not c.windows_drifted][:TOP]
     return [c for c in drifted + rest if c in result.current][:MAX_PLOTS]
@@ -60,7 +62,15 @@ def plot_columns(result: Any, out_dir: Path) -> dict[str, str]:
         (out_dir / "plots").mkdir(parents=True, exist_ok=True)
         plot_distribution(column_title(column), profile, np.asarray(result.current[column]), out_dir / relative)
         paths[column] = relative
+    _remove_stale(out_dir / "plots", set(paths.values()), out_dir)
     return paths
+
+
+def _remove_stale(folder: Path, kept: set[str], out_dir: Path) -> None:
+    """A report written again into the same directory leaves no plot of the earlier one behind."""
+    for old in folder.glob("[0-9][0-9]-*.png") if folder.is_dir() else []:
+        if old.relative_to(out_dir).as_posix() not in kept:
+            old.unlink()
 
 
 def plot_distribution(title: str, profile: Any, current: np.ndarray, path: Path) -> None:
@@ -83,7 +93,8 @@ def plot_distribution(title: str, profile: Any, current: np.ndarray, path: Path)
         x = np.arange(len(names))
         ax.bar(x - 0.2, ref_share, width=0.4, label="reference (training)")
         ax.bar(x + 0.2, cur_share, width=0.4, label="current")
-        ax.set_xticks(x, names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
+        crowded = sum(len(n) for n in names) > 40
+        ax.set_xticks(x, names, rotation=45 if crowded else 0, ha="right" if crowded else "center")
         ax.set(ylabel="share of rows")
     ax.set_title(f"{title}: reference vs current")
     ax.legend(fontsize=8)
@@ -98,7 +109,9 @@ def _category_shares(reference: np.ndarray, current: np.ndarray, top: int = 20) 
     cur_names, cur_counts = np.unique(current.astype(str), return_counts=True)
     ref = dict(zip(ref_names, ref_counts / max(ref_counts.sum(), 1)))
     cur = dict(zip(cur_names, cur_counts / max(cur_counts.sum(), 1)))
-    names = sorted(set(ref) | set(cur), key=lambda n: -(ref.get(n, 0) + cur.get(n, 0)))[:top]
+    names = list(ref) + [n for n in cur if n not in ref]  # the reference's order (sorted), then new categories
+    if len(names) > top:
+        names = sorted(names, key=lambda n: -(ref.get(n, 0) + cur.get(n, 0)))[:top]
     return names, [ref.get(n, 0.0) for n in names], [cur.get(n, 0.0) for n in names]
 
 
@@ -118,6 +131,10 @@ def report_blocks(result: Any, plots: dict[str, str]) -> list[tuple]:
         blocks += [("h2", "Model health"), ("list", figures)]
     if plots:
         blocks.append(("h2", "Reference vs current"))
+        unplotted = len([c for c in result.drifted if c not in plots])
+        if unplotted:
+            blocks.append(("p", f"{unplotted} more drifted columns are not plotted (at most {MAX_PLOTS} plots); "
+                                "monitor.json holds every column's tests."))
         for column, path in plots.items():
             blocks += [("h3", column_title(column)), ("image", f"{column_title(column)}: reference vs current", path)]
     if result.notes:
