@@ -36,6 +36,8 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Pat
 
         return evaluate_run(run_dir, Path(data) if data else None, Path(out) if out else None, progress)
     saved = load_model(run_dir)
+    if saved.task == "anomaly":  # scores against normal/anomaly labels, beside the anomaly baselines
+        return _evaluate_anomaly(saved, Path(data) if data else None, Path(out) if out else None, started)
     cfg = saved.config
     baselines = None
     if data is None:
@@ -87,9 +89,43 @@ def reload_splits(saved: Any) -> dict[str, dict[str, Any]]:
         out["X"][name] = saved.preprocessor.transform(part, f"the {name} split")
         if encoder is not None:
             out["texts"][name] = encoder.texts(part, f"the {name} split")
-        out["y"][name] = saved.target_encoder.encode(part[cfg.data.target], f"the {name} split")
+        label = getattr(saved.target_encoder, "column_", cfg.data.target)  # an anomaly task's may be a stand-in
+        out["y"][name] = saved.target_encoder.encode(part[label], f"the {name} split")
         out["rows"][name] = part.index.to_numpy()
     return out
+
+
+def _evaluate_anomaly(saved: Any, data: Path | None, out: Path | None, started: float) -> RunResult:
+    """An anomaly detector on its test split (beside the baselines, refitted on its normal training rows) or on a
+    file: with the label column, against the labels; without it, the score distribution and the share flagged."""
+    from modelfoundry.evaluate.anomaly import baseline_metrics, evaluate_anomaly, headline
+    from modelfoundry.models.inference import predict_outputs
+
+    cfg, target, layout = saved.config, saved.target_encoder, RunDir(saved.run_dir)
+    baselines = None
+    if data is None:
+        splits = reload_splits(saved)
+        X, rows, split = splits["X"]["test"], splits["rows"]["test"], "test split"
+        truth = splits["y"]["test"] > 0.5 if target.labelled else None
+        baselines = baseline_metrics(splits["X"], truth, target.false_alarm_rate, cfg.seed)
+        out_dir = out or (layout.reeval_dir if layout.report.is_file() else layout.eval_dir)
+    else:
+        from modelfoundry.data.sources import read_table
+
+        frame = read_table(data)
+        labelled = saved.record.target is not None and saved.record.target in frame.columns
+        X, rows, split = saved.preprocessor.transform(frame, origin=str(data)), frame.index.to_numpy(), data.name
+        truth = target.is_anomaly(frame[saved.record.target]) if labelled else None
+        out_dir = out or saved.run_dir / f"eval-{data.stem}"
+    scores = predict_outputs(saved.model, X, saved.task)
+    facts = {"run": str(saved.run_dir), "model": cfg.model.name, "task": saved.task, "rows": len(scores),
+             "threshold": f"{target.threshold_:.6g}", "labels": "yes" if truth is not None else "none"}
+    metrics = evaluate_anomaly(scores=scores, is_anomaly=truth, threshold=target.threshold_, rows=rows,
+                               out_dir=out_dir, plots=cfg.evaluation.plots, top=cfg.evaluation.confused_examples,
+                               history=_history(saved.run_dir), baselines=baselines, title=f"{cfg.name}: {split}",
+                               facts=facts, split=split)
+    return RunResult(saved.run_dir, saved.task, metrics, headline(metrics), 0, 0, "", None,
+                     wall_s=time.perf_counter() - started, extras={"out_dir": out_dir, "evaluated_on": split})
 
 
 def _labelled_file(saved: Any, path: Path) -> tuple[Any, Any, Any]:

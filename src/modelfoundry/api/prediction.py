@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path | None = None) -> pd.DataFrame:
     """Predict every row of a data file with a trained run; returns (and optionally writes) a table with a
-    `prediction` column and, for classification, one `prob_<label>` column per class.
+    `prediction` column and, for classification, one `prob_<label>` column per class; for an anomaly detector,
+    `anomaly_score` and `anomaly` (True when the score is above the model's threshold) instead.
 
     When some row holds a value the model did not see in training (an unseen category, a missing value it
     imputed, a number outside the training range), a `warnings` column holds each row's warnings as JSON
@@ -38,7 +39,9 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
     schema = InputSchema(saved.preprocessor.desc)
     checked = schema.from_frame(frame, origin=str(input_path))
     output = predict_outputs(saved.model, checked.inputs, saved.task)
-    if saved.task == "classification":
+    if saved.task == "anomaly":  # the score, and whether it is above the threshold saved with the model
+        table = pd.DataFrame({"anomaly_score": output, "anomaly": saved.target_encoder.flag(output)}, index=frame.index)
+    elif saved.task == "classification":
         table = pd.DataFrame({"prediction": saved.target_encoder.decode(output.argmax(1))}, index=frame.index)
         for k, label in enumerate(saved.labels):
             table[f"prob_{label}"] = output[:, k]

@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException
 from modelfoundry.config import ServeConfig
 from modelfoundry.data.input_schema import InputSchema
 from modelfoundry.errors import ConfigError, FoundryError, RetryLater
-from modelfoundry.serve.backends import warm_up
+from modelfoundry.serve.backends import anomaly_flags, warm_up
 from modelfoundry.serve.batching import DynamicBatcher
 from modelfoundry.serve.extensions import Extension, Extensions, ServerContext
 from modelfoundry.serve.metrics import MetricsMiddleware, ServerMetrics
@@ -147,8 +147,10 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
     async def metadata(name: str) -> dict[str, Any]:
         model = served.get(name)
         backend = model.backend
-        outputs = [{"name": "predictions", "datatype": "BYTES" if backend.task == "classification" else "FP64",
-                    "shape": [-1]}]
+        outputs = [{"name": "predictions", "datatype": {"classification": "BYTES", "anomaly": "BOOL"}.get(
+            backend.task, "FP64"), "shape": [-1]}]
+        if backend.task == "anomaly":  # predictions: above the threshold or not; scores: the anomaly scores
+            outputs.append({"name": "scores", "datatype": "FP64", "shape": [-1]})
         if backend.task == "classification":
             outputs.append({"name": "probabilities", "datatype": "FP64", "shape": [-1, len(backend.labels)]})
         outputs.append({"name": "warnings", "datatype": "BYTES", "shape": [-1]})  # only when a row has any
@@ -176,7 +178,10 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
         answer, model = await served.predict(job)
         predictions, probabilities = _decode(model, answer.output)
         outputs = [{"name": "predictions", "shape": [len(predictions)],
-                    "datatype": "BYTES" if model.backend.task == "classification" else "FP64", "data": predictions}]
+                    "datatype": {"classification": "BYTES", "anomaly": "BOOL"}.get(model.backend.task, "FP64"),
+                    "data": predictions}]
+        if model.backend.task == "anomaly":
+            outputs.append({"name": "scores", "shape": [n], "datatype": "FP64", "data": answer.output.tolist()})
         if probabilities is not None:
             outputs.append({"name": "probabilities", "shape": list(answer.output.shape), "datatype": "FP64",
                             "data": [p for row in probabilities for p in row]})
@@ -204,6 +209,8 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
         body: dict[str, Any] = {"predictions": predictions, "model": model.name, "version": model.version}
         if probabilities is not None:
             body["probabilities"] = probabilities
+        if model.backend.task == "anomaly":  # beside the true/false predictions
+            body["scores"] = answer.output.tolist()
         if answer.warnings is not None:
             body["warnings"] = answer.warnings
         if request_id is not None:
@@ -310,6 +317,8 @@ async def _follow_alias(store: Any, served: ServedModel, metrics: ServerMetrics,
 
 
 def _decode(model: LoadedModel, output: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
+    if model.backend.task == "anomaly":  # true/false per row: the score above the model's threshold
+        return anomaly_flags(model.backend, output), None
     if model.backend.task == "classification":
         labels = model.backend.labels
         return [labels[i] for i in output.argmax(1)], output.round(8).tolist()

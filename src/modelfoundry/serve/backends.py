@@ -1,5 +1,5 @@
 """Inference backends: the model's named inputs (already preprocessed) in, class probabilities (or
-target-unit predictions) out.
+target-unit predictions, or an anomaly detector's scores) out.
 
 ONNX Runtime is the default (2-10x faster than eager torch at batch 1 on CPU); PyTorch is the fallback
 when a model cannot be exported. Each exposes the run's portable preprocessing description (`desc`), from
@@ -82,6 +82,12 @@ class TorchBackend:
 
     def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
         return self.predict_inputs(self.saved.preprocessor.transform(frame, "the request"))
+
+
+def anomaly_flags(backend: Backend, scores: np.ndarray) -> list[bool]:
+    """An anomaly detector's answer per row: True where the score (what both backends return for task anomaly)
+    is above the threshold the model was saved with (preprocess.json `target.threshold`)."""
+    return (np.asarray(scores, dtype=np.float64) > float(backend.desc["target"]["threshold"])).tolist()
 
 
 def load_backend(run_dir: Path, prefer: str = "onnx") -> Backend:

@@ -1,0 +1,133 @@
+"""`data.task: anomaly` end to end on real data: an autoencoder trained on the benign tumours of breast_cancer
+(class 1) flags the malignant ones; the threshold, predict, evaluate, the ONNX export and the server all agree."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from modelfoundry.config import load_config
+from tests.conftest import tiny_config
+
+FALSE_ALARM_RATE = 0.05
+pytestmark = pytest.mark.slow  # one training (~3 s) and an ONNX export shared by the module
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from modelfoundry import run
+
+    root = tmp_path_factory.mktemp("anomaly")
+    config = load_config(tiny_config(
+        name="bc-anomaly", data={"source": "sklearn:breast_cancer", "task": "anomaly",
+                                 "anomaly": {"normal": 1, "false_alarm_rate": FALSE_ALARM_RATE}},
+        model={"name": "autoencoder", "hidden": [16, 4]}, evaluation={"plots": True},
+        training={"epochs": 40, "batch_size": 32, "early_stopping": None}))
+    result = run(config, run_dir=root / "run", progress=False)
+    return root, result
+
+
+@pytest.fixture(scope="module")
+def rows(trained):
+    from modelfoundry.data.sources import load_source
+
+    frame = load_source("sklearn:breast_cancer")
+    picked = pd.concat([frame[frame.target == 0].head(20), frame[frame.target == 1].head(20)])
+    path = trained[0] / "rows.csv"
+    picked.drop(columns="target").to_csv(path, index=False)
+    return path, picked
+
+
+def test_the_detector_ranks_malignant_tumours_above_benign_ones_beside_both_baselines(trained):
+    _, result = trained
+    metrics = result.metrics
+    assert result.task == "anomaly"
+    assert metrics["roc_auc"] > 0.85 and metrics["average_precision"] > 0.75  # chance: 0.5 and ~0.37
+    info = json.loads((result.run_dir / "data.json").read_text())
+    assert metrics["tp"] + metrics["fn"] == info["anomaly"]["test_anomalies"] > 0  # every test row is scored
+    assert metrics["tp"] + metrics["fp"] + metrics["tn"] + metrics["fn"] == info["split"]["test"]
+    assert info["anomaly"]["left_out"]["train"] > 0  # the malignant training rows were not trained on
+    for baseline in ("isolation_forest", "mahalanobis"):
+        assert 0.5 < metrics[f"baseline_{baseline}_roc_auc"] <= 1
+    assert result.headline[:2] == ["roc_auc", "average_precision"]
+    eval_dir = result.run_dir / "eval"
+    report = (eval_dir / "report.md").read_text()
+    assert "isolation forest" in report and "| roc_auc |" in report and "scores.png" in report
+    assert (eval_dir / "scores.png").stat().st_size > 0
+
+
+def test_the_threshold_lets_about_the_false_alarm_rate_of_normal_validation_rows_through(trained):
+    from modelfoundry.api.evaluation import reload_splits
+    from modelfoundry.models.inference import predict_outputs
+    from modelfoundry.rundir import load_model
+
+    saved = load_model(trained[1].run_dir)
+    splits = reload_splits(saved)
+    assert not splits["y"]["train"].any() and not splits["y"]["val"].any()  # anomalies never train
+    scores = predict_outputs(saved.model, splits["X"]["val"], "anomaly")
+    share = float((scores > saved.target_encoder.threshold_).mean())
+    assert FALSE_ALARM_RATE - 2 / len(scores) <= share <= FALSE_ALARM_RATE
+
+
+def test_predict_answers_a_score_and_a_flag_per_row(trained, rows):
+    from modelfoundry import predict
+
+    path, picked = rows
+    table = predict(trained[1].run_dir, path)
+    assert list(table.columns[:2]) == ["anomaly_score", "anomaly"] and table["anomaly"].dtype == bool
+    threshold = load_threshold(trained[1].run_dir)
+    assert (table["anomaly"] == (table["anomaly_score"] > threshold)).all()
+    malignant = picked.target.to_numpy() == 0
+    assert table["anomaly"][malignant].mean() > table["anomaly"][~malignant].mean() + 0.3
+
+
+def test_evaluate_rebuilds_the_test_split_and_finds_the_same_metrics(trained):
+    from modelfoundry.api.evaluation import evaluate
+
+    result = evaluate(trained[1].run_dir)
+    assert result.metrics["roc_auc"] == pytest.approx(trained[1].metrics["roc_auc"])
+    assert result.metrics["baseline_mahalanobis_roc_auc"] == pytest.approx(
+        trained[1].metrics["baseline_mahalanobis_roc_auc"])
+
+
+def test_the_onnx_export_and_the_server_answer_what_predict_does(trained, rows):
+    from fastapi.testclient import TestClient
+
+    from modelfoundry import predict
+    from modelfoundry.config import ServeConfig
+    from modelfoundry.export import export_onnx, load_onnx_predictor
+    from modelfoundry.serve.app import create_app
+    from modelfoundry.serve.store import RunDirStore
+
+    run_dir = trained[1].run_dir
+    path, picked = rows
+    export = export_onnx(run_dir)
+    assert export.output_name == "anomaly_score" and export.max_abs_diff <= export.tolerance
+    expected = predict(run_dir, path)
+    onnx = load_onnx_predictor(export.out_dir)
+    assert onnx.task == "anomaly"
+    np.testing.assert_allclose(onnx.predict_frame(pd.read_csv(path)), expected.anomaly_score, rtol=1e-4, atol=1e-6)
+
+    records = pd.read_csv(path).to_dict(orient="records")
+    with TestClient(create_app(ServeConfig(), RunDirStore(run_dir))) as client:
+        body = client.post("/predict", json={"records": records}).json()
+        meta = client.get("/v2/models/bc-anomaly").json()
+        columns = pd.read_csv(path)
+        oip = client.post("/v2/models/bc-anomaly/infer", json={"inputs": [
+            {"name": c, "shape": [len(columns)], "datatype": "FP64", "data": columns[c].tolist()}
+            for c in columns]}).json()
+    assert body["predictions"] == expected.anomaly.tolist()
+    assert all(isinstance(p, bool) for p in body["predictions"])
+    np.testing.assert_allclose(body["scores"], expected.anomaly_score, rtol=1e-4, atol=1e-6)
+    assert meta["parameters"]["task"] == "anomaly"
+    assert [o["datatype"] for o in meta["outputs"][:2]] == ["BOOL", "FP64"]
+    outputs = {o["name"]: o for o in oip["outputs"]}
+    assert outputs["predictions"]["datatype"] == "BOOL" and outputs["predictions"]["data"] == body["predictions"]
+    np.testing.assert_allclose(outputs["scores"]["data"], body["scores"], rtol=1e-6)
+
+
+def load_threshold(run_dir) -> float:
+    return json.loads((run_dir / "preprocess.json").read_text())["target"]["threshold"]
