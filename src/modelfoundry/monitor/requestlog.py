@@ -1,0 +1,301 @@
+"""The request log: a sampled, bounded table of served rows, their predictions and the labels sent back.
+
+One table, `foundry_requests`, in any SQLAlchemy database (by default SQLite, foundry-requests.db beside the
+project's foundry.db, in WAL mode so a server writes while a report reads); one row per served row:
+
+    seq (insertion order)  id ("<request id>-<row>")  time (epoch s)  model  version  inputs (JSON: raw columns)
+    prediction (JSON: class label or value)  ood_score  label (JSON, with feedback)  feedback_time  shadow_prediction
+
+Bounded: beyond `max_rows` rows of one model the oldest are deleted, checked each time a tenth of `max_rows` more
+rows were written (so a model holds at most 1.1 x max_rows). Privacy: `exclude_columns` are never stored;
+`hash_columns` are stored as salted SHA-256 (`hash_value`); the salt is $FOUNDRY_LOG_SALT, else a random one made
+once and kept in `<database file>.salt` (SQLite; mode 0600) or in the table `foundry_log_salt` (other databases),
+and it is never logged. Everything stored is JSON: reading the log executes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import secrets
+import threading
+import time as clock
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+TABLE, SALT_TABLE = "foundry_requests", "foundry_log_salt"
+SALT_ENV = "FOUNDRY_LOG_SALT"
+LOG_FILE = "foundry-requests.db"
+PRUNE_SHARE = 0.1  # rows written per model, as a share of max_rows, between two checks of the bound
+META = ("id", "time", "model", "version", "prediction", "label", "ood_score", "shadow_prediction")
+
+
+def default_log_url() -> str:
+    """sqlite:///<folder of the project's foundry.db (nearest here or in a parent), else the cwd>/foundry-requests.db."""
+    from modelfoundry.tracking import project_store
+
+    return f"sqlite:///{project_store().parent / LOG_FILE}"
+
+
+class RequestLog:
+    """Served rows and their feedback in one table of `url` (None: `default_log_url()`), created on first use."""
+
+    def __init__(self, url: str | None, *, max_rows: int = 100_000, hash_columns: Sequence[str] = (),
+                 exclude_columns: Sequence[str] = ()):
+        self.url = url or default_log_url()
+        self.max_rows = max_rows
+        self.hash_columns, self.exclude_columns = set(hash_columns), set(exclude_columns)
+        self._engine: Any = None
+        self._table: Any = None
+        self._salt: bytes | None = None
+        self._lock = threading.RLock()
+        self._written: dict[str, int] = {}  # rows written per model since its last check of the bound
+
+    # ------------------------------------------------------------------------------------------ writing
+    def add(self, model: str, version: str, ids: Sequence[str], inputs: Sequence[Mapping[str, Any]],
+            predictions: Sequence[Any], *, time: float | None = None,
+            ood_scores: Sequence[float] | None = None) -> None:
+        """Log rows (one transaction): their ids, raw inputs ({column: value}; NaN stored as null), predictions."""
+        if not ids:
+            return
+        now = clock.time() if time is None else time
+        rows = [{"id": rid, "time": now, "model": model, "version": version,
+                 "inputs": json.dumps(self.private(row), separators=(",", ":"), default=_plain),
+                 "prediction": _dumps(prediction),
+                 "ood_score": _finite(ood_scores[i]) if ood_scores is not None else None}
+                for i, (rid, row, prediction) in enumerate(zip(ids, inputs, predictions))]
+        with self._lock:
+            table = self.table
+            with self._engine.begin() as conn:
+                conn.execute(table.insert(), rows)
+            self._written[model] = self._written.get(model, 0) + len(rows)
+            if self._written[model] >= max(1, int(self.max_rows * PRUNE_SHARE)):
+                self._written[model] = 0
+                self.prune(model)
+
+    def add_shadow(self, row_ids: list[str], predictions: list) -> None:
+        """Store a shadow model's predictions beside the logged rows `row_ids` (rows not logged are skipped)."""
+        self._update(row_ids, "shadow_prediction", [_dumps(p) for p in predictions])
+
+    def label(self, labels: Mapping[str, Any], time: float | None = None) -> None:
+        """Store feedback: the true label of each logged row id (a later label replaces an earlier one)."""
+        now = clock.time() if time is None else time
+        self._update(list(labels), "label", [_dumps(v) for v in labels.values()], feedback_time=now)
+
+    def _update(self, row_ids: list[str], column: str, values: list[str], **same: Any) -> None:
+        from sqlalchemy import bindparam
+
+        if not row_ids:
+            return
+        with self._lock:
+            table = self.table
+            statement = table.update().where(table.c.id == bindparam("row_id")).values(
+                {column: bindparam("value"), **same})
+            with self._engine.begin() as conn:
+                conn.execute(statement, [{"row_id": r, "value": v} for r, v in zip(row_ids, values)])
+
+    def prune(self, model: str) -> int:
+        """Delete the oldest rows of `model` beyond max_rows; returns how many were deleted."""
+        from sqlalchemy import delete, select
+
+        with self._lock:
+            table = self.table
+            with self._engine.begin() as conn:
+                cut = conn.execute(select(table.c.seq).where(table.c.model == model).order_by(table.c.seq.desc())
+                                   .limit(1).offset(self.max_rows)).scalar()
+                if cut is None:
+                    return 0
+                return conn.execute(delete(table).where(table.c.model == model, table.c.seq <= cut)).rowcount
+
+    # ------------------------------------------------------------------------------------------ reading
+    def find(self, model: str, row_ids: Sequence[str]) -> dict[str, tuple[str, Any]]:
+        """{row id: (version, prediction)} of the ids logged for `model` (the others are missing)."""
+        from sqlalchemy import select
+
+        table = self.table
+        with self._engine.connect() as conn:
+            found = conn.execute(select(table.c.id, table.c.version, table.c.prediction)
+                                 .where(table.c.model == model, table.c.id.in_(list(row_ids)))).all()
+        return {rid: (version, json.loads(prediction)) for rid, version, prediction in found}
+
+    def labelled(self, model: str, version: str | None = None, limit: int = 500) -> list[tuple[Any, Any]]:
+        """(prediction, label) of the `limit` rows of `model` (and `version`) that got feedback most recently."""
+        from sqlalchemy import select
+
+        table = self.table
+        query = select(table.c.prediction, table.c.label).where(table.c.model == model, table.c.label.is_not(None))
+        if version is not None:
+            query = query.where(table.c.version == version)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query.order_by(table.c.feedback_time.desc()).limit(limit)).all()
+        return [(json.loads(p), json.loads(lab)) for p, lab in rows]
+
+    def read(self, model: str, version: str | None = None, limit: int | None = None) -> Any:
+        """The logged rows of `model` (and `version`) as a DataFrame, newest last: id, time (epoch seconds), model,
+        version, prediction, label (None until feedback), ood_score, shadow_prediction, then one column per logged
+        raw input column (hashed ones as their hashes; a column named like one of those gets an "input:" prefix)."""
+        import pandas as pd
+        from sqlalchemy import select
+
+        table = self.table
+        query = select(*(table.c[c] for c in META), table.c.inputs).where(table.c.model == model)
+        if version is not None:
+            query = query.where(table.c.version == version)
+        query = query.order_by(table.c.seq.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()[::-1]
+        decoded = ("prediction", "label", "shadow_prediction")
+        meta = pd.DataFrame({c: pd.Series([r[j] if c not in decoded or r[j] is None else json.loads(r[j])
+                                           for r in rows], dtype=object if c in decoded else None)
+                             for j, c in enumerate(META)})
+        inputs = pd.DataFrame([json.loads(r[-1]) for r in rows], index=meta.index)
+        inputs.columns = [f"input:{c}" if c in META else c for c in inputs.columns]
+        return pd.concat([meta, inputs], axis=1)
+
+    # ------------------------------------------------------------------------------------------ privacy
+    def private(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A row as stored: excluded columns left out, hashed columns replaced by their hashes."""
+        if not self.hash_columns and not self.exclude_columns:
+            return dict(row)
+        return {c: (self.hash_value(v) if c in self.hash_columns else v) for c, v in row.items()
+                if c not in self.exclude_columns}
+
+    def hash_value(self, value: Any) -> str | None:
+        """The stored form of a hashed column's value: SHA-256 of salt + the value as JSON (integral numbers as
+        integers, so 42 and 42.0 hash alike); None stays None."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return hashlib.sha256(self.salt + _dumps(value).encode()).hexdigest()
+
+    @property
+    def salt(self) -> bytes:
+        if self._salt is None:
+            given = os.environ.get(SALT_ENV)
+            self._salt = given.encode() if given else self._stored_salt()
+        return self._salt
+
+    def _stored_salt(self) -> bytes:
+        self.table  # noqa: B018 - the database (and its folder) exists before the salt beside it
+        path = _sqlite_file(self.url)
+        if path is not None:
+            return _salt_file(Path(f"{path}.salt"))
+        from sqlalchemy import select
+
+        salt_table = self.table.metadata.tables[SALT_TABLE]
+        with self._lock, self._engine.begin() as conn:
+            stored = conn.execute(select(salt_table.c.salt)).scalar()
+            if stored is None:
+                stored = secrets.token_hex(32)
+                conn.execute(salt_table.insert(), {"salt": stored})
+        return stored.encode()
+
+    # ------------------------------------------------------------------------------------------ storage
+    @property
+    def table(self) -> Any:
+        """The log's table, created (with its database file) on first use."""
+        if self._table is None:
+            with self._lock:
+                if self._table is None:
+                    self._engine, self._table = _open(self.url)
+        return self._table
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+def frame_records(frame: Any) -> list[dict[str, Any]]:
+    """A DataFrame's rows as {column: value} with Python values and None (JSON null) for NaN: what `add` logs."""
+    import numpy as np
+    import pandas as pd
+
+    names = [str(c) for c in frame.columns]
+    columns = []
+    for name in frame.columns:
+        values = frame[name].to_numpy()
+        if values.dtype.kind in "fO":  # floats, and texts (pandas may hold a missing text as NaN)
+            values = np.where(pd.isna(values), None, values.astype(object))
+        columns.append(values.tolist())
+    return [dict(zip(names, row)) for row in zip(*columns)] if columns else [{} for _ in range(len(frame))]
+
+
+def _open(url: str) -> tuple[Any, Any]:
+    from sqlalchemy import (BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text, create_engine,
+                            event)
+    from sqlalchemy.pool import StaticPool
+
+    path = _sqlite_file(url)
+    options: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        options["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        if path is None:  # in memory: one connection shared by the threads, or each would see its own database
+            options["poolclass"] = StaticPool
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, **options)
+    if path is not None:
+        @event.listens_for(engine, "connect")
+        def _wal(connection: Any, record: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the server's writes
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+    metadata = MetaData()
+    table = Table(TABLE, metadata,
+                  Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+                  Column("id", String(80), nullable=False, unique=True), Column("time", Float, nullable=False),
+                  Column("model", String(200), nullable=False), Column("version", String(100), nullable=False),
+                  Column("inputs", Text, nullable=False), Column("prediction", Text, nullable=False),
+                  Column("ood_score", Float), Column("label", Text), Column("feedback_time", Float),
+                  Column("shadow_prediction", Text),
+                  Index(f"{TABLE}_model_seq", "model", "seq"),
+                  Index(f"{TABLE}_model_feedback", "model", "feedback_time"))
+    Table(SALT_TABLE, metadata, Column("salt", String(128), nullable=False))
+    metadata.create_all(engine)
+    return engine, table
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for in-memory SQLite and other databases."""
+    if not url.startswith("sqlite:///") or url.split("?")[0] in ("sqlite:///", "sqlite:///:memory:"):
+        return None
+    return Path(url.removeprefix("sqlite:///").split("?")[0]).resolve()
+
+
+def _salt_file(path: Path) -> bytes:
+    """The salt kept in `path`, made once (readable by its owner only); several workers agree on the first."""
+    if not path.is_file():
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_hex(32))
+        try:
+            os.link(temporary, path)  # atomic: only the first worker's salt becomes the file
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    return path.read_text().strip().encode()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers (json.dumps' fallback)."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _finite(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None

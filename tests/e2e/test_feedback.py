@@ -1,0 +1,176 @@
+"""The request log in the server and POST /feedback (monitor/feedback.py): logged rows carry the ids the
+predictions answered, feedback labels them, the live accuracy (or error) follows, bad feedback is a clear 4xx."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modelfoundry.api.training import run
+from modelfoundry.config import ServeConfig, load_config
+from modelfoundry.config.monitor import MonitorConfig
+from modelfoundry.data.sources import load_source
+from modelfoundry.monitor.feedback import FeedbackLog
+from modelfoundry.monitor.requestlog import RequestLog
+from modelfoundry.serve.app import create_app
+from modelfoundry.serve.store import RunDirStore
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def iris_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("feedback-iris")
+    run(load_config(tiny_config()), run_dir=tmp / "run", progress=False)
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def diabetes_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("feedback-diabetes")
+    cfg = tiny_config(name="diab", data={"source": "sklearn:diabetes", "task": "regression"})
+    run(load_config(cfg), run_dir=tmp / "run", progress=False)
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def iris():
+    return load_source("sklearn:iris")
+
+
+def monitored(run_dir, tmp_path, **log):
+    config = MonitorConfig.model_validate({"log": {"url": f"sqlite:///{tmp_path / 'requests.db'}", **log},
+                                           "feedback_window": 4})
+    extension = FeedbackLog(config)
+    return TestClient(create_app(ServeConfig(), RunDirStore(run_dir), extensions=[extension])), extension
+
+
+def metric(client, name: str) -> float:
+    line = next(line for line in client.get("/metrics").text.splitlines() if line.startswith(name + " ")
+                or line.startswith(name + "{"))
+    return float(line.split()[-1])
+
+
+def test_logged_rows_get_feedback_and_the_live_accuracy_follows(iris_run, iris, tmp_path):
+    records = iris.drop(columns="target").head(6).to_dict(orient="records")
+    client, extension = monitored(iris_run, tmp_path)
+    with client:
+        answer = client.post("/predict", json={"records": records}).json()
+        ids, predictions = answer["ids"], answer["predictions"]
+        assert math.isnan(metric(client, "foundry_feedback_accuracy"))  # no feedback yet
+        # feedback at once after the prediction: the row is written (or waited for) first
+        first = client.post("/feedback", json={"id": ids[0], "label": predictions[0]})
+        wrong = [label for label in (0, 1, 2) if label != predictions[1]][0]
+        batch = client.post("/feedback", json={"feedback": [{"id": ids[1], "label": wrong},
+                                                            {"id": ids[2], "label": predictions[2]}]})
+        assert first.status_code == 200 and first.json()["accepted"] == 1 and first.json()["correct"] == 1
+        assert batch.status_code == 200 and batch.json() == {"accepted": 2, "model": "tiny", "version": "run",
+                                                             "correct": 1}
+        assert metric(client, "foundry_feedback_accuracy") == pytest.approx(2 / 3)
+        assert metric(client, "foundry_feedback_rows") == 3
+        text = client.get("/metrics").text
+        assert 'foundry_feedback_total{outcome="correct"} 2.0' in text
+        assert 'foundry_feedback_total{outcome="incorrect"} 1.0' in text
+        # the window holds the latest 4 labelled rows: three more correct ones push the wrong one out
+        client.post("/feedback", json={"feedback": [{"id": i, "label": p} for i, p in zip(ids[3:], predictions[3:])]})
+        assert metric(client, "foundry_feedback_accuracy") == 1.0 and metric(client, "foundry_feedback_rows") == 4
+    logged = RequestLog(extension.log.url).read("tiny")
+    assert logged["id"].tolist() == ids and logged["prediction"].tolist() == predictions
+    assert logged["label"].tolist()[:3] == [predictions[0], wrong, predictions[2]]
+    assert logged["sepal length (cm)"].tolist() == [r["sepal length (cm)"] for r in records]  # raw inputs
+
+
+def test_unknown_ids_and_wrong_labels_are_clear_4xx_and_store_nothing(iris_run, iris, tmp_path):
+    records = iris.drop(columns="target").head(2).to_dict(orient="records")
+    client, extension = monitored(iris_run, tmp_path)
+    with client:
+        ids = client.post("/predict", json={"records": records}).json()["ids"]
+        unknown = client.post("/feedback", json={"feedback": [{"id": ids[0], "label": 0},
+                                                              {"id": "nope-0", "label": 1}]})
+        request_id = client.post("/feedback", json={"id": ids[0].rsplit("-", 1)[0], "label": 0})
+        as_text = client.post("/feedback", json={"id": ids[0], "label": "1"})
+        unseen = client.post("/feedback", json={"id": ids[0], "label": 7})
+        as_bool = client.post("/feedback", json={"id": ids[0], "label": True})
+        malformed = client.post("/feedback", content=b"{not json", headers={"content-type": "application/json"})
+        too_many = client.post("/feedback", json={"feedback": [{"id": f"x-{i}", "label": 0} for i in range(1001)]})
+        counted = client.get("/metrics").text
+    assert unknown.status_code == 404 and "'nope-0'" in unknown.json()["error"]
+    assert "sample" in unknown.json()["hint"] and "evicted" in unknown.json()["hint"]
+    assert request_id.status_code == 404 and "-0'" in request_id.json()["hint"]  # the hint names the row id
+    for answer in (as_text, unseen, as_bool):
+        assert answer.status_code == 422 and "0, 1, 2" in answer.json()["error"], answer.json()
+    assert malformed.status_code == 422 and set(malformed.json()) == {"error", "hint"}
+    assert too_many.status_code == 422 and "1 to 1000" in too_many.json()["error"]
+    assert RequestLog(extension.log.url).read("tiny")["label"].tolist() == [None, None]  # all or nothing
+    assert 'foundry_feedback_total{outcome="unknown_id"}' in counted
+    assert 'foundry_feedback_total{outcome="invalid"}' in counted
+
+
+def test_regression_feedback_gives_the_live_mae(diabetes_run, tmp_path):
+    rows = load_source("sklearn:diabetes").drop(columns="target").head(3).to_dict(orient="records")
+    client, _ = monitored(diabetes_run, tmp_path)
+    with client:
+        answer = client.post("/predict", json={"records": rows}).json()
+        ids, predictions = answer["ids"], answer["predictions"]
+        ok = client.post("/feedback", json={"feedback": [{"id": ids[0], "label": predictions[0] + 10},
+                                                         {"id": ids[1], "label": predictions[1] - 20}]})
+        assert ok.status_code == 200 and "correct" not in ok.json()
+        assert metric(client, "foundry_feedback_mae") == pytest.approx(15, abs=1e-6)
+        bad = client.post("/feedback", content=b'{"id": "%s", "label": NaN}' % ids[2].encode(),
+                          headers={"content-type": "application/json"})
+        text = client.post("/feedback", json={"id": ids[2], "label": "12"})
+    assert bad.status_code == 422 and "finite number" in bad.json()["error"]
+    assert text.status_code == 422
+
+
+def test_sampling_privacy_and_the_bound(iris_run, iris, tmp_path):
+    records = iris.drop(columns="target").head(4).to_dict(orient="records")
+    client, extension = monitored(iris_run, tmp_path, sample=0.0)
+    with client:
+        answer = client.post("/predict", json={"records": records}).json()
+    assert "ids" not in answer  # nothing sampled: no ids, nothing logged
+    assert RequestLog(extension.log.url).read("tiny").empty
+    client, extension = monitored(iris_run, tmp_path / "private", hash_columns=["sepal width (cm)"],
+                                  exclude_columns=["petal width (cm)"], max_rows=100)
+    with client:
+        for _ in range(30):  # 120 rows: more than max_rows
+            client.post("/predict", json={"records": records})
+        client.app.state.served.extensions  # noqa: B018
+        deadline = time.monotonic() + 10
+        while len(extension.log.read("tiny")) < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    logged = extension.log.read("tiny")
+    assert 100 <= len(logged) <= 110  # the oldest were deleted (checked every tenth of max_rows)
+    assert "petal width (cm)" not in logged.columns
+    hashed = logged["sepal width (cm)"].iloc[-1]
+    assert hashed == extension.log.hash_value(records[-1]["sepal width (cm)"]) and len(hashed) == 64
+    assert str(records[-1]["sepal width (cm)"]) not in json.dumps(logged["sepal width (cm)"].tolist())
+
+
+FEEDBACK_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                               lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                          max_size=3), max_leaves=8)
+
+
+@pytest.fixture(scope="module")
+def fuzz_client(iris_run, tmp_path_factory):
+    client, _ = monitored(iris_run, tmp_path_factory.mktemp("fuzz"))
+    with client:
+        yield client
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(FEEDBACK_VALUES,
+                      st.fixed_dictionaries({"id": FEEDBACK_VALUES, "label": FEEDBACK_VALUES}),
+                      st.fixed_dictionaries({"feedback": st.lists(st.fixed_dictionaries(
+                          {"id": st.text(max_size=90) | FEEDBACK_VALUES, "label": FEEDBACK_VALUES}), max_size=4)})))
+def test_any_feedback_body_is_answered_without_a_500(fuzz_client, body):
+    answer = fuzz_client.post("/feedback", content=json.dumps(body).encode(),
+                              headers={"content-type": "application/json"})
+    assert answer.status_code in (404, 422), answer.text
+    assert set(answer.json()) == {"error", "hint"}
