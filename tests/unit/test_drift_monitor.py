@@ -205,3 +205,23 @@ def test_no_reference_means_no_series_and_a_hint(tmp_path):
 def test_json_has_no_nan():
     assert finite({"a": [float("nan"), np.float64(1.5), float("inf")], "b": (np.int64(2),)}) == \
         {"a": [None, 1.5, None], "b": [2]}
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(20, 400), m=st.integers(50, 1000), shift=st.floats(0, 0.5), ties=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_the_fast_ks_agrees_with_scipy(n, m, shift, ties, seed):
+    from scipy import stats
+
+    from modelfoundry.monitor.drift import ks_2samp
+
+    rng = np.random.default_rng(seed)
+    values, reference = rng.normal(shift, 1, n), rng.normal(0, 1, m)
+    if ties:  # pixel-like values 0-16
+        values, reference = np.round(values * 4 + 8), np.round(reference * 4 + 8)
+    d, p = ks_2samp(values, np.sort(reference))
+    expected = stats.ks_2samp(values, reference)
+    assert d == pytest.approx(expected.statistic, abs=1e-12)
+    assert p == pytest.approx(expected.pvalue, abs=0.04)  # asymptotic vs scipy's exact p-value
+    if expected.pvalue < 0.1:  # where alerts are decided: close in relative terms too
+        assert p == pytest.approx(expected.pvalue, rel=0.25)

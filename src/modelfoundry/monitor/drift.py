@@ -2,9 +2,9 @@
 
 Tests (`TESTS`, name -> function of (profile, values)):
 
-- `ks` (numeric): scipy's two-sample Kolmogorov-Smirnov test of the window against the reference's quantile
-  sketch. Up to 1,000 reference values the sketch is the sample itself (exact); beyond, it is 1,000 evenly
-  spaced quantiles, whose empirical CDF is within 1/2,000 of the reference's, and the p-value is computed as
+- `ks` (numeric): the two-sample Kolmogorov-Smirnov test of the window against the reference's quantile
+  sketch (`ks_2samp`: numpy, the asymptotic p-value; scipy's exact one costs 30x more). Up to 1,000
+  reference values the sketch is the sample itself (exact); beyond, it is 1,000 evenly spaced quantiles, whose empirical CDF is within 1/2,000 of the reference's, and the p-value is computed as
   if the reference had 1,000 rows: it counts more reference noise than there is, so it errs towards "no
   drift" (conservative). Ties (pixel values 0-16) make KS conservative too.
 - `psi` (numeric or categorical): population stability index over the reference's decile bins (a bin below
@@ -175,17 +175,30 @@ def _benjamini_hochberg(columns: list[ColumnDrift], fdr: float) -> None:
 
 # ------------------------------------------------------------------------------------------------ tests
 def ks(profile: ColumnProfile, values: np.ndarray) -> _Result:
-    from scipy import stats
-
     present, note, p_missing = _missing(profile, values)
     if len(present) and len(profile.quantiles):
-        result = stats.ks_2samp(present, profile.quantiles)
-        score, p_value = float(result.statistic), float(result.pvalue)
+        score, p_value = ks_2samp(present, profile.quantiles)
     else:
         score, p_value = 0.0, 1.0
     if p_missing is not None:
         p_value = min(1.0, 2 * min(p_value, p_missing))
     return _Result(score, p_value, note)
+
+
+def ks_2samp(values: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov of `values` against the sorted `reference`: (D, p-value). D is exact (ties
+    included); the p-value is the asymptotic Kolmogorov distribution's with Stephens' small-sample correction,
+    within a few percent of scipy's exact one at window sizes. scipy.stats.ks_2samp's exact method costs about 1 ms
+    per column (a 65-column window: 80 ms, in the server's extension thread); this costs 30 us."""
+    from scipy.special import kolmogorov
+
+    values = np.sort(values)
+    both = np.concatenate([values, reference])
+    gap = (np.searchsorted(values, both, "right") / len(values)
+           - np.searchsorted(reference, both, "right") / len(reference))  # the two empirical CDFs at every point
+    d = float(np.abs(gap).max())
+    root = np.sqrt(len(values) * len(reference) / (len(values) + len(reference)))
+    return d, float(min(1.0, kolmogorov((root + 0.12 + 0.11 / root) * d)))
 
 
 def psi(profile: ColumnProfile, values: np.ndarray) -> _Result:
