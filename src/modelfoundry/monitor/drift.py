@@ -4,8 +4,9 @@ Tests (`TESTS`, name -> function of (profile, values)):
 
 - `ks` (numeric): the two-sample Kolmogorov-Smirnov test of the window against the reference's quantile
   sketch (`ks_2samp`: numpy, the asymptotic p-value; scipy's exact one costs 30x more). Up to 1,000
-  reference values the sketch is the sample itself (exact); beyond, it is 1,000 evenly spaced quantiles, whose empirical CDF is within 1/2,000 of the reference's, and the p-value is computed as
-  if the reference had 1,000 rows: it counts more reference noise than there is, so it errs towards "no
+  reference values the sketch is the sample itself (exact); beyond, it is 1,000 evenly spaced quantiles,
+  whose empirical CDF is within 1/2,000 of the reference's, and the p-value is computed as if the reference had
+  1,000 rows: it counts more reference noise than there is, so it errs towards "no
   drift" (conservative). Ties (pixel values 0-16) make KS conservative too.
 - `psi` (numeric or categorical): population stability index over the reference's decile bins (a bin below
   its minimum and one above its maximum; missing values a bin of their own) or categories; empty shares
