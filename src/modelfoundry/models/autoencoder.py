@@ -56,12 +56,15 @@ def build_autoencoder(config: AutoencoderConfig, inputs: InputSpec, n_outputs: i
 
 
 def calibrate_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
-    """The threshold above which at most `false_alarm_rate` of `scores` (normal validation rows) lie: their
-    (1 - rate) quantile, taken at an observed score (a row is an anomaly when its score is above it)."""
+    """The lowest observed score with at most `false_alarm_rate` of `scores` (normal validation rows) above it:
+    their (1 - rate) quantile (a row is an anomaly when its score is above the threshold)."""
+    import math
+
     import numpy as np
 
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.size == 0:
+    ordered = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    if ordered.size == 0:
         raise ConfigError("The anomaly threshold needs normal validation rows, and there are none.",
                           "Raise data.split.val, or check data.anomaly.normal.")
-    return float(np.quantile(scores, 1.0 - false_alarm_rate, method="higher"))
+    allowed = math.floor(ordered.size * false_alarm_rate + 1e-9)  # rows that may score above the threshold
+    return float(ordered[ordered.size - allowed - 1])
