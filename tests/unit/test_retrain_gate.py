@@ -124,3 +124,14 @@ def test_the_gate_metrics_default_to_the_headline_list():
     assert gate_metrics(listed, "accuracy") == ("accuracy", ["f1_macro", "log_loss"])
     with pytest.raises(ConfigError, match="rmse does not apply to a classification model"):
         gate_metrics(listed, "rmse")
+
+
+def test_a_refusal_in_the_alias_history_is_not_a_move_rollback_replays():
+    from modelfoundry.registry import _alias_stack
+
+    def entry(action, to, alias="production"):
+        return {"alias": alias, "action": action, "to": to}
+
+    entries = [entry("promote", "1"), entry("refuse", "2"), entry("promote", "2", "challenger"), entry("promote", "3"),
+               entry("refuse", "4")]
+    assert _alias_stack(entries, "production") == ["1", "3"]  # rollback from 3 goes to 1, never to a refused 2 or 4
