@@ -138,3 +138,36 @@ def test_report_on_an_empty_log_says_how_to_fill_it(bc):
     done = foundry("monitor", "report", run_dir, "--url", f"sqlite:///{tmp / 'empty.db'}")
     assert done.exit_code == DataError.exit_code, done.output
     assert "no rows of model 'bc'" in done.output and "foundry serve" in done.output
+
+
+@pytest.mark.slow  # tracking: a registered version (~15 s)
+def test_a_registered_version_is_monitored_by_reference(bc, tmp_path, monkeypatch):
+    from modelfoundry.api.training import run
+    from modelfoundry.config import load_config
+    from modelfoundry.monitor.requestlog import RequestLog, frame_records
+    from modelfoundry.registry import promote
+
+    _, test, tmp = bc
+    monkeypatch.chdir(tmp_path)  # the registry's download cache goes under the working directory
+    uri = f"sqlite:///{tmp_path / 'foundry.db'}"
+    cfg = tiny_config(name="bcreg", data={"source": "sklearn:breast_cancer", "split": {"val": 0.2, "test": 0.3}},
+                      model={"name": "mlp", "hidden": [16]}, training={"epochs": 2, "batch_size": 32},
+                      tracking={"enabled": True, "uri": uri, "artifacts": str(tmp_path / "mlartifacts")})
+    run(load_config(cfg), run_dir=tmp_path / "run", progress=False)
+    promote("bcreg", "1", "production", "", uri)
+    test.to_csv(tmp_path / "rows.csv", index=False)
+    done = foundry("monitor", "bcreg@production", "--data", tmp_path / "rows.csv", "--uri", uri, "--report", "rep")
+    assert done.exit_code == 0, done.output
+    assert "Drift: bcreg 1 vs its reference" in done.output and (tmp_path / "rep" / "report.md").is_file()
+    url = f"sqlite:///{tmp_path / 'requests.db'}"
+    log = RequestLog(url)
+    records = frame_records(test.iloc[:120])
+    log.add("bcreg", "1", [f"a{k}-0" for k in range(120)], records, [1] * 120)
+    log.add("bcreg", "run", [f"b{k}-0" for k in range(60)], records[:60], [0] * 60)  # served from a run directory
+    log.close()
+    one = foundry("monitor", "report", "bcreg/1", "--uri", uri, "--url", url, "--fail-on", "never")
+    assert one.exit_code == 0, one.output
+    assert "120 rows from request log" in one.output and "only the rows version 1 served" in one.output
+    every = foundry("monitor", "report", "bcreg", "--uri", uri, "--url", url, "--fail-on", "never")
+    assert every.exit_code == 0 and "180 rows from request log" in every.output
+    assert "rows of versions 1, run, all compared with the reference of bcreg version 1" in every.output

@@ -93,7 +93,8 @@ class _Model:
 
     run_dir: Path
     name: str
-    version: str | None  # None: a bare NAME (every version's log rows)
+    version: str | None  # the registered version whose reference is used; None for a run directory
+    log_version: str | None  # the log rows read by default: the version MODEL names; None (all) for NAME or a run
     backend: Any
     config: Any  # the run's Config (its monitor: section decides)
     reference: Any
@@ -147,7 +148,7 @@ def monitor_log(model: str | Path, *, limit: int | None = None, version: str | N
     loaded = _load(model, uri)
     settings = loaded.config.monitor.log
     url = url or settings.url or default_log_url()
-    version = version or loaded.version
+    version = version or loaded.log_version
     log = RequestLog(url).read(loaded.name, version, limit)
     if log.empty:
         which = f"model '{loaded.name}'" + (f" version {version}" if version else "")
@@ -160,12 +161,11 @@ def monitor_log(model: str | Path, *, limit: int | None = None, version: str | N
     rows = schema.from_frame(frame, origin="the request log")
     predictions = _logged_predictions(log["prediction"], loaded.backend.task)
     result = _analyse(loaded, schema, rows, predictions, "request log", window_rows, skip=skipped, times=log["time"])
-    result.notes += notes
+    result.notes += notes + ([f"only the rows version {version} served"] if version else [])
     versions = sorted({str(v) for v in log["version"].dropna()})
     if len(versions) > 1:
         result.notes.append(f"rows of versions {', '.join(versions)}, all compared with the reference of "
-                            f"{loaded.name} {loaded.version or 'latest'}")
-    result.version = version
+                            f"{loaded.name}" + (f" version {loaded.version}" if loaded.version else f" ({model})"))
     result.ood_share = _logged_ood_share(log, loaded.reference)
     result.live = live_figures(log, loaded.backend.task)
     return result
@@ -214,16 +214,15 @@ def _load(model: str | Path, uri: str | None) -> _Model:
     store = store_for(str(model), uri, backend="torch")
     if isinstance(store, RunDirStore):
         run_dir = store.run_dir
-        name, version = ModelRecord.read(RunDir(run_dir).model_record).name, None
+        name, version, log_version = ModelRecord.read(RunDir(run_dir).model_record).name, None, None
     elif isinstance(store, RegistryStore):
         from modelfoundry.registry import download, parse_ref
 
         name, version, _ = store.resolve()
         run_dir = download(f"{name}/{version}", uri)
-        if parse_ref(str(model))[1:] == (None, None):
-            version = None  # a bare NAME: the log rows of every version
+        log_version = None if parse_ref(str(model))[1:] == (None, None) else version  # NAME: every version's rows
     else:
-        run_dir = None
+        run_dir = version = log_version = None
     if run_dir is None or is_language_model(run_dir):
         raise RunDirError(f"'{model}' is a language model; drift monitoring covers classification and regression "
                           "models on tabular, image and text inputs.", "Pass such a run directory or registered model.")
@@ -233,7 +232,8 @@ def _load(model: str | Path, uri: str | None) -> _Model:
                           "before modelfoundry saved one, or its task has none.",
                           "Train it again (`foundry run CONFIG`): every run saves the profile of its training data "
                           "beside the model, and registers it with the version.")
-    return _Model(Path(run_dir), name, version, TorchBackend(Path(run_dir)), load_run_config(Path(run_dir)), reference)
+    return _Model(Path(run_dir), name, version, log_version, TorchBackend(Path(run_dir)),
+                  load_run_config(Path(run_dir)), reference)
 
 
 def _analyse(loaded: _Model, schema: Any, rows: Any, predictions: Any, source: str, window_rows: int | None,
