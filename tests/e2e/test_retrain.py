@@ -98,6 +98,11 @@ def test_warm_retrain_on_the_second_half(store):
     config = load_config(result.run_dir / "config.yaml")
     assert config.training.optimizer.lr == pytest.approx(1e-4) and config.training.epochs == 8 // 3
     assert evaluate(result.run_dir).metrics == pytest.approx(result.test_metrics)  # a run like any: rebuilt
+    from modelfoundry.monitor.profile import load_reference
+
+    reference = load_reference(result.run_dir)  # the monitor reference profile: the new rows (train + val)
+    split = read_json(result.run_dir / "data.json")["split"]
+    assert reference is not None and reference.rows == split["train"] + split["val"]
     record = read_json(result.run_dir / "retrain.json")
     assert record["holdout_metrics"] == result.holdout and record["challenger_version"] == "2"
 
