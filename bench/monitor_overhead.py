@@ -8,8 +8,9 @@ as ``foundry serve`` runs it (``api.serving.start_server``, the server's default
 * **drift**: the drift and OOD monitor alone (``monitor.server.DriftMonitor``);
 * **on**: the extensions ``foundry serve`` adds by default (drift + the request log, in a temporary SQLite file).
 
-Monitoring uses small windows (``--window``, default 200 rows) so that many windows close and are tested during
-each measurement: the statistics' cost is in the figures, not just the per-batch bookkeeping. The load is
+Monitoring runs with the model's monitor: section (windows of 500 rows by default; ``--window`` sets smaller ones,
+e.g. 100, for a harsher test): many windows close and are tested during each measurement, so the statistics' cost
+is in the figures, not just the per-batch bookkeeping (the last line says how many were tested). The load is
 bench/serve_load.py's (a separate process of N asyncio clients on raw keep-alive connections sending one
 pre-encoded POST /predict record back to back); the servers are measured in turn, the order rotated every round,
 so that drift in the machine's speed falls on all three alike. Targets: on/off >= 0.95, drift/off >= 0.95.
@@ -36,30 +37,40 @@ MODES = ("off", "drift", "on")
 
 
 # --------------------------------------------------------------------------------------- a server process
+class NoOp:
+    """A server extension that does nothing with the batches it is given (--modes noop)."""
+
+    def on_batch(self, batch) -> None:  # noqa: ANN001 - a BatchRecord
+        pass
+
+
 def extensions_for(mode: str, run_dir: Path, window_rows: int, log_url: str) -> tuple:
     """The server extensions of `mode`, configured from the run's monitor: section with `window_rows` windows."""
     from modelfoundry.rundir import load_run_config
 
     config = load_run_config(run_dir)
-    monitor = config.monitor.model_copy(update={"window": config.monitor.window.model_copy(
-        update={"rows": window_rows}), "log": config.monitor.log.model_copy(update={"url": log_url})})
+    window = config.monitor.window.model_copy(update={"rows": window_rows or config.monitor.window.rows})
+    monitor = config.monitor.model_copy(update={"window": window,
+                                                "log": config.monitor.log.model_copy(update={"url": log_url})})
     if mode == "off":
         return ()
+    if mode == "noop":  # the extension machinery alone: every batch delivered to an extension that does nothing
+        return (NoOp(),)
     if mode == "drift":
         from modelfoundry.monitor.server import DriftMonitor
 
         return (DriftMonitor(monitor),)
-    from modelfoundry.api import serving
+    from modelfoundry.api.serving import monitor_extensions
 
-    return tuple(serving.monitor_extensions(monitor))  # what `foundry serve` adds by default
+    return tuple(monitor_extensions(monitor))  # what `foundry serve` adds by default
 
 
 def serve_mode(port: int, run_dir: str, mode: str, window_rows: int, log_url: str) -> None:
     """Run one server until stopped: `foundry serve RUN_DIR` with the extensions of `mode`."""
     from modelfoundry.api.serving import prepare_server, start_server
 
-    plan = prepare_server(run_dir, {"host": HOST, "port": port, "workers": 1, "access_log": False})
-    start_server(plan, extensions_for(mode, Path(run_dir), window_rows, log_url))
+    plan = prepare_server(run_dir, {"host": HOST, "port": port, "workers": 1, "access_log": False}, monitor=False)
+    start_server(plan, extensions_for(mode, Path(run_dir), window_rows, log_url))  # monitor=False: only these
 
 
 def server(mode: str, run_dir: Path, args: argparse.Namespace, tmp: Path) -> Server:
@@ -104,7 +115,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per measurement (default 5)")
     parser.add_argument("--warmup", type=float, default=1.0, help="uncounted seconds of load first (default 1)")
     parser.add_argument("--clients", type=int, default=32, help="concurrent connections (default 32)")
-    parser.add_argument("--window", type=int, default=200, help="monitor.window.rows of the servers (default 200)")
+    parser.add_argument("--window", type=int, default=0,
+                        help="monitor.window.rows of the servers (default: the model's, 500)")
+    parser.add_argument("--modes", default=",".join(MODES), help="servers to compare (default off,drift,on)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 2 s, 0.5 s warm-up")
     parser.add_argument("--server", nargs=5, metavar=("PORT", "RUN_DIR", "MODE", "WINDOW", "LOG_URL"),
                         help=argparse.SUPPRESS)  # one server's process
@@ -114,7 +127,7 @@ def main() -> None:
         return serve_mode(int(port), run_dir, mode, int(window), log_url)
     if args.quick:
         args.rounds, args.seconds, args.warmup = 2, 2.0, 0.5
-    if not (args.rounds >= 1 and args.seconds > 0 and args.clients >= 1 and args.window >= 20):
+    if not (args.rounds >= 1 and args.seconds > 0 and args.clients >= 1 and (args.window >= 20 or not args.window)):
         parser.error("--rounds and --clients must be >= 1, --seconds > 0 and --window >= 20. Got "
                      f"{args.rounds}, {args.clients}, {args.seconds} and {args.window} instead.")
     with tempfile.TemporaryDirectory(prefix="foundry-monitor-bench-") as tmp_name:
@@ -122,33 +135,40 @@ def main() -> None:
         run_dir = train(tmp, "breast_cancer", None, epochs=5)
         body = request_body(tmp)
         print(f"trained and exported in {time.perf_counter() - started:.0f} s; {args.rounds} rounds of {args.clients} "
-              f"clients, {args.warmup:g} s warm-up + {args.seconds:g} s per server; windows of {args.window} rows; "
+              f"clients, {args.warmup:g} s warm-up + {args.seconds:g} s per server; windows of {args.window or 500} rows; "
               f"{os.cpu_count()} CPUs shared by the load generator and the servers, load average "
               f"{os.getloadavg()[0]:.1f}; uvicorn on {uvicorn_stack()}", flush=True)
-        servers = {mode: server(mode, run_dir, args, tmp) for mode in MODES}
+        servers = {mode: server(mode, run_dir, args, tmp) for mode in args.modes.split(",")}
         for s in servers.values():
             s.__enter__()
         try:
             results = run_rounds(servers, args, body)
-            tested = {mode: windows_tested(servers[mode]) for mode in ("drift", "on")}
+            tested = {mode: windows_tested(servers[mode]) for mode in servers if mode != "off"}
         finally:
             for s in servers.values():
                 s.__exit__()
-    rows = {mode: median_row(results[mode]) for mode in MODES}
+    rows = {mode: median_row(results[mode]) for mode in results}
     print_table(f"monitoring: breast_cancer MLP, POST /predict with one record, medians of {args.rounds} rounds "
                 "(targets: on/off >= 0.95, drift/off >= 0.95)", rows)
-    print(f"  windows tested during the load: drift {tested['drift']}, on {tested['on']}")
+    print("  windows tested during the load: " + ", ".join(f"{m} {n}" for m, n in tested.items()))
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1) + 1:
         print(f"\nwarning: load average {load:.1f} on {os.cpu_count()} CPUs: the numbers are noisy")
-    off, drift, on = rows["off"], rows["drift"], rows["on"]
     print()
-    print(f"monitor_on_vs_off={ratio(on['rps'], off['rps']):.3f} drift_vs_off={ratio(drift['rps'], off['rps']):.3f} "
-          f"rps_off={off['rps']:.0f} rps_drift={drift['rps']:.0f} rps_on={on['rps']:.0f} "
-          f"cpu_us_per_req_off={off['server_us_per_req']:.0f} cpu_us_per_req_on={on['server_us_per_req']:.0f} "
-          f"p99_ms_off={off['p99_ms']:.1f} p99_ms_on={on['p99_ms']:.1f} "
-          f"errors={sum(r['errors'] for r in rows.values())} windows_tested_on={tested['on']}")
+    print(summary(rows, tested))
 
+
+def summary(rows: dict[str, dict], tested: dict[str, str]) -> str:
+    """The machine-readable last line: each monitored server's req/s over off's, then the figures."""
+    off = rows.get("off")
+    names = {"on": "monitor_on_vs_off", "drift": "drift_vs_off", "noop": "noop_vs_off"}
+    pairs = [f"{names[m]}={ratio(rows[m]['rps'], off['rps']):.3f}" for m in names if m in rows and off]
+    pairs += [f"rps_{m}={r['rps']:.0f}" for m, r in rows.items()]
+    pairs += [f"cpu_us_per_req_{m}={r['server_us_per_req']:.0f}" for m, r in rows.items()]
+    pairs += [f"p99_ms_{m}={r['p99_ms']:.1f}" for m, r in rows.items()]
+    pairs += [f"windows_tested_{m}={n}" for m, n in tested.items()]
+    pairs.append(f"errors={sum(r['errors'] for r in rows.values())}")
+    return " ".join(pairs)
 
 if __name__ == "__main__":
     main()

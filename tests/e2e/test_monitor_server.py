@@ -37,23 +37,9 @@ def trained(tmp_path_factory, name: str, data: dict) -> tuple:
                                      training={"epochs": 5, "batch_size": 64}))
     run_dir = tmp_path_factory.mktemp(name) / "run"
     run(config, run_dir=run_dir, progress=False)
-    data = prepare(config)
-    _reference_until_training_saves_it(run_dir, config, data)
-    test = data.frames["test"]
+    assert (run_dir / "model" / "reference.json").is_file()  # training saved the reference profile
+    test = prepare(config).frames["test"]
     return run_dir, test.drop(columns="target").reset_index(drop=True), test["target"].reset_index(drop=True)
-
-
-def _reference_until_training_saves_it(run_dir, config, data) -> None:  # TEMPORARY
-    from modelfoundry.monitor.profile import build_reference, save_reference
-    from modelfoundry.serve.backends import load_backend
-
-    if (run_dir / "model" / "reference.json").exists():
-        return
-    backend = load_backend(run_dir, "onnx")
-    val = data.frames["val"]
-    reference = build_reference(backend.desc, backend.task, backend.labels, data.frames["train"], val,
-                                backend.predict_frame(val.drop(columns="target")), {}, config.monitor)
-    save_reference(run_dir, reference)
 
 
 @pytest.fixture(scope="module")
