@@ -249,3 +249,12 @@ def test_ood_space_reads_numeric_or_image_inputs_only():
     with pytest.raises(RuntimeError, match="not fitted"):
         MahalanobisScorer().score(np.ones((2, 2)))
 
+
+
+def test_a_rare_class_of_a_binary_column_is_tested_exactly_when_chi2_has_too_few_rows():
+    rng = np.random.default_rng(15)
+    reference = rng.choice(["no", "yes"], p=[0.98, 0.02], size=5000).astype(object)
+    quiet = one_column("chi2", reference, rng.choice(["no", "yes"], p=[0.98, 0.02], size=100).astype(object))
+    assert not quiet.drifted and quiet.note == "Fisher's exact test"
+    moved = one_column("chi2", reference, np.array(["yes"] * 40 + ["no"] * 60, dtype=object))
+    assert moved.drifted and moved.p_value < 1e-6

@@ -237,12 +237,16 @@ def chi2(profile: ColumnProfile, values: np.ndarray) -> _Result:
 
     reference, current = _category_counts(profile, values)
     table = np.stack([reference, current]).astype(np.float64)  # (2, K)
-    table = _merge_small(table[:, table.sum(axis=0) > 0])
+    table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or table[1].sum() == 0 or table[0].sum() == 0:
         return _Result(0.0, 1.0)
-    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
-    statistic = float(((table - expected) ** 2 / expected).sum())
-    return _Result(statistic, float(stats.chi2.sf(statistic, table.shape[1] - 1)))
+    merged = _merge_small(table)
+    if merged.shape[1] < 2:  # too few rows for chi2 (a rare class of a binary column): the reference's largest
+        j = int(np.argmax(table[0]))  # category against the rest, Fisher's exact test
+        two = np.stack([table[:, j], table.sum(axis=1) - table[:, j]], axis=1)
+        return _Result(_chi2_statistic(two), float(stats.fisher_exact(two.astype(np.int64))[1]), "Fisher's exact test")
+    statistic = _chi2_statistic(merged)
+    return _Result(statistic, float(stats.chi2.sf(statistic, merged.shape[1] - 1)))
 
 
 def jensen_shannon(profile: ColumnProfile, values: np.ndarray) -> _Result:
@@ -310,6 +314,12 @@ def _merge_small(table: np.ndarray) -> np.ndarray:
         rest[:, j:j + 1] += pool
         return rest
     return np.concatenate([rest, pool], axis=1)
+
+
+def _chi2_statistic(table: np.ndarray) -> float:
+    """Pearson's statistic of a (2, K) table with no empty row or column."""
+    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
+    return float(((table - expected) ** 2 / expected).sum())
 
 
 def _shares(counts: np.ndarray) -> np.ndarray | None:
