@@ -151,8 +151,9 @@ def _facts(result: Any) -> list[str]:
     count = len(result.windows)
     return [f"model: {result.model}" + (f" version {result.version}" if result.version else "")
             + f" ({result.run_dir}), task {result.task}",
-            f"rows: {result.rows} from {result.source}, in {count} window{'s' * (count != 1)} of "
-            f"{result.window_rows} rows (a short last window joins the one before)",
+            f"rows: {result.rows} from {result.source}, " + (
+                f"in {count} windows of {result.window_rows} rows (a short last window joins the one before)"
+                if count > 1 else f"in one window (monitor.window.rows: {result.window_rows})"),
             f"dataset drift (a share of drifted columns over monitor.drift.share) in {result.dataset_drift_windows} "
             f"of {count} windows",
             f"written {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}"]
