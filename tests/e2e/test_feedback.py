@@ -174,3 +174,69 @@ def test_any_feedback_body_is_answered_without_a_500(fuzz_client, body):
                               headers={"content-type": "application/json"})
     assert answer.status_code in (404, 422), answer.text
     assert set(answer.json()) == {"error", "hint"}
+
+
+# ------------------------------------------------------------------------------ foundry serve's wiring
+def served_app(monkeypatch, *args):
+    """`foundry serve ARGS` with uvicorn replaced: (the app it would run, uvicorn's options, the CLI result)."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from modelfoundry.cli import app as cli_app
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append((app, options)))
+    result = CliRunner().invoke(cli_app, ["serve", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return (*started[0], result)
+
+
+def extension_names(app) -> list[str]:
+    with TestClient(app) as client:
+        hooks = client.app.state.served.extensions
+        return [e.name for e in hooks.extensions] if hooks else []
+
+
+def test_foundry_serve_monitors_by_default_and_not_with_no_monitor(iris_run, iris, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default log: foundry-requests.db here (no foundry.db above)
+    app, _, _ = served_app(monkeypatch, iris_run)
+    records = iris.drop(columns="target").head(2).to_dict(orient="records")
+    with TestClient(app) as client:
+        assert [e.name for e in client.app.state.served.extensions.extensions] == ["request_log", "drift"]
+        ids = client.post("/predict", json={"records": records}).json()["ids"]
+        assert client.post("/feedback", json={"id": ids[1], "label": 2}).status_code == 200
+    assert RequestLog(f"sqlite:///{tmp_path / 'foundry-requests.db'}").read("tiny")["label"].tolist() == [None, 2]
+    app, _, _ = served_app(monkeypatch, iris_run, "--no-monitor")
+    assert extension_names(app) == []
+    with TestClient(app) as client:
+        assert client.post("/feedback", json={"id": ids[0], "label": 0}).status_code == 404  # no such route
+        assert "ids" not in client.post("/predict", json={"records": records}).json()
+
+
+def test_a_shadow_writes_beside_the_request_log(iris_run, iris, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app, _, _ = served_app(monkeypatch, iris_run, "--shadow", iris_run)  # the model shadowing itself
+    records = iris.drop(columns="target").head(3).to_dict(orient="records")
+    with TestClient(app) as client:
+        hooks = client.app.state.served.extensions.extensions
+        assert [e.name for e in hooks] == ["request_log", "drift", "shadow"] and hooks[2].log is hooks[0].log
+        answer = client.post("/predict", json={"records": records}).json()
+        deadline = time.monotonic() + 20
+        while hooks[0].log.read("tiny")["shadow_prediction"].isna().any() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    logged = RequestLog(f"sqlite:///{tmp_path / 'foundry-requests.db'}").read("tiny")
+    assert logged["shadow_prediction"].tolist() == answer["predictions"]  # the same model: the same answers
+
+
+def test_each_worker_builds_its_own_monitoring(iris_run, tmp_path, monkeypatch):
+    from modelfoundry.api import serving
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("FOUNDRY_SERVE_MODEL", "FOUNDRY_SERVE_URI", "FOUNDRY_SERVE_SETTINGS", serving.ENV_MONITOR,
+                 serving.ENV_SHADOW):
+        monkeypatch.delenv(name, raising=False)  # start_server sets them for the workers: undone after the test
+    app, options, _ = served_app(monkeypatch, iris_run, "--workers", 2)
+    assert app == "modelfoundry.api.serving:build_worker_app" and options["workers"] == 2
+    assert extension_names(serving.build_worker_app()) == ["request_log", "drift"]
+    monkeypatch.setenv(serving.ENV_MONITOR, "")  # what --no-monitor hands the workers
+    assert extension_names(serving.build_worker_app()) == []

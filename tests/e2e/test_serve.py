@@ -1,6 +1,7 @@
 """The inference server in-process (FastAPI TestClient): OIP v2, /predict, and 4xx for bad input."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -90,8 +91,9 @@ def test_bad_values_and_shapes_are_422(client, rows):
 
 
 @pytest.mark.slow  # a few seconds: the full suite runs it
-def test_foundry_serve_runs_uvicorn_and_shuts_down_on_sigterm(run_dir, rows):
-    """The real command: uvicorn on loopback, a request over TCP, then SIGTERM and a clean exit."""
+def test_foundry_serve_runs_uvicorn_and_shuts_down_on_sigterm(run_dir, rows, tmp_path):
+    """The real command: uvicorn on loopback, a request over TCP (logged with its ids, monitoring being on by
+    default), then SIGTERM and a clean exit."""
     import json
     import signal
     import socket
@@ -103,8 +105,8 @@ def test_foundry_serve_runs_uvicorn_and_shuts_down_on_sigterm(run_dir, rows):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "modelfoundry.cli", "serve", str(run_dir), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "modelfoundry.cli", "serve", str(Path(run_dir).resolve()),
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
@@ -117,12 +119,15 @@ def test_foundry_serve_runs_uvicorn_and_shuts_down_on_sigterm(run_dir, rows):
         request = urllib.request.Request(f"{base}/predict", headers={"content-type": "application/json"},
                                          data=json.dumps({"records": rows.head(2).to_dict(orient="records")}).encode())
         body = json.load(urllib.request.urlopen(request, timeout=10))
-        assert len(body["predictions"]) == 2 and body["model"] == "bc"
+        assert len(body["predictions"]) == 2 and body["model"] == "bc" and len(body["ids"]) == 2
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0].decode()
     # uvicorn drains, runs shutdown, then re-raises the signal (exit -15) as process managers expect
     assert proc.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output
+    from modelfoundry.monitor.requestlog import RequestLog
+
+    assert RequestLog(f"sqlite:///{tmp_path / 'foundry-requests.db'}").read("bc")["id"].tolist() == body["ids"]
 
 
 def test_metrics_follow_prometheus_naming(client, rows):

@@ -114,6 +114,7 @@ def test_the_default_log_sits_beside_the_projects_foundry_db(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path / "sub" / "deeper")
     assert default_log_url() == f"sqlite:///{tmp_path.resolve() / 'foundry-requests.db'}"
     log = RequestLog(None)
-    assert log.url == default_log_url() and not (tmp_path / "foundry-requests.db").exists()  # created on first use
+    assert log.read("m").empty and log.labelled("m") == [] and log.find("m", ["a-0"]) == {}
+    assert log.url == default_log_url() and not (tmp_path / "foundry-requests.db").exists()  # made by a write only
     log.add("m", "1", ["a-0"], [{}], [0])
     assert (tmp_path / "foundry-requests.db").is_file()

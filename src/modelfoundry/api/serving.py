@@ -1,5 +1,11 @@
 """`serve`: the server's settings (the model's serve: section, each given value overriding its key), the API
-keys and the model checked and loaded once before the server starts, then uvicorn with one or more workers."""
+keys and the model checked and loaded once before the server starts, then uvicorn with one or more workers.
+
+Monitoring (the model's monitor: section) adds server extensions: the request log and POST /feedback
+(monitor/feedback.py), drift and out-of-distribution monitoring (monitor/server.py) and a shadow model
+(monitor/shadow.py). With several workers each worker process builds its own (`build_worker_app`): its own drift
+windows (each sees its share of the traffic), its own shadow copy and its own counters, while all write to the
+one request log, from which the live feedback metric is read (so every worker reports the same)."""
 
 from __future__ import annotations
 
@@ -7,6 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+ENV_MONITOR = "FOUNDRY_SERVE_MONITOR"  # a worker's monitor: section as JSON ("" : monitoring off)
+ENV_SHADOW = "FOUNDRY_SERVE_SHADOW"  # a worker's shadow reference ("" : none)
 
 
 @dataclass
@@ -19,9 +28,12 @@ class ServerPlan:
     store: Any
     loaded: Any  # the model, loaded once: an unloadable model fails before the server starts
     memory: Any = None  # a language model's memory estimate (api/estimation.py EstimateResult), else None
+    monitor: Any = None  # the monitor: section the server's monitoring follows (MonitorConfig); None: off
+    shadow: str | None = None  # the challenger shadowing the served model (NAME@ALIAS, NAME/VERSION or a run)
 
 
-def prepare_server(model: str | Path, overrides: dict[str, Any], uri: str | None = None) -> ServerPlan:
+def prepare_server(model: str | Path, overrides: dict[str, Any], uri: str | None = None, *,
+                   monitor: bool | None = None, shadow: str | None = None) -> ServerPlan:
     """Resolve the settings and load the model, so that every problem shows here as one paragraph.
 
     Args:
@@ -29,6 +41,8 @@ def prepare_server(model: str | Path, overrides: dict[str, Any], uri: str | None
             base (a short name such as smollm2-135m, or a local Hugging Face directory).
         overrides: serve: keys to override (None values are left to the model's config).
         uri: the tracking URI of the registry, for a registered model.
+        monitor: request log, feedback, drift and OOD monitoring on or off (None: the model's monitor.enabled).
+        shadow: a challenger to shadow (None: the model's monitor.shadow).
     """
     from modelfoundry.serve.store import serve_settings, store_for
 
@@ -42,7 +56,59 @@ def prepare_server(model: str | Path, overrides: dict[str, Any], uri: str | None
     store = store_for(model, uri, settings.backend, settings.llm_dtype)
     memory = _preflight(store, settings)  # a language model that won't fit fails before it loads
     loaded = store.load()  # an unloadable model fails here, as one paragraph; downloaded and exported once
-    return ServerPlan(model, uri, settings, store, loaded, memory)
+    section, shadow = _monitoring(store, loaded, monitor, shadow)
+    return ServerPlan(model, uri, settings, store, loaded, memory, section, shadow)
+
+
+def _monitoring(store: Any, loaded: Any, monitor: bool | None, shadow: str | None) -> tuple[Any, str | None]:
+    """(the monitor: section when monitoring is on, else None; the shadow reference) for the served model."""
+    from modelfoundry.errors import ConfigError
+
+    if loaded.language is not None or loaded.backend is None:  # language models are not monitored
+        if shadow:
+            raise ConfigError("--shadow works for tabular, image and text classifiers and regressors, not for a "
+                              "language model.", "Serve the language model without --shadow.")
+        return None, None
+    from modelfoundry.rundir import load_run_config
+
+    section = load_run_config(loaded.run_dir or store.local_dir()).monitor
+    on = section.enabled if monitor is None else monitor
+    return (section if on else None), shadow or (section.shadow if on else None)
+
+
+def monitor_extensions(monitor: Any, *, shadow: str | None = None, uri: str | None = None,
+                       settings: Any = None) -> list[Any]:
+    """The server extensions `foundry serve` adds for a model's monitor: section (a MonitorConfig; None: only the
+    shadow): the request log and POST /feedback (when monitor.log.enabled), drift and OOD monitoring, and the
+    challenger `shadow` (else monitor.shadow) run on a copy of the traffic (looked up in the registry at `uri`,
+    with the `settings`' backend and poll_s). The request log comes first, so a shadow's predictions find their
+    rows."""
+    extensions: list[Any] = []
+    request_log = None
+    if monitor is not None and monitor.log.enabled:
+        from modelfoundry.monitor.feedback import FeedbackLog
+
+        feedback = FeedbackLog(monitor)
+        extensions.append(feedback)
+        request_log = feedback.log
+    if monitor is not None:
+        from modelfoundry.monitor.server import DriftMonitor
+
+        extensions.append(DriftMonitor(monitor))
+    ref = shadow or (monitor.shadow if monitor is not None else None)
+    if ref:
+        from modelfoundry.config import ServeConfig
+        from modelfoundry.monitor.shadow import Shadow
+
+        extensions.append(Shadow(ref, uri, settings or ServeConfig(), request_log))
+    return extensions
+
+
+def plan_extensions(plan: ServerPlan) -> list[Any]:
+    """The monitoring extensions of a plan (none when monitoring is off and nothing is shadowed)."""
+    if plan.monitor is None and not plan.shadow:
+        return []
+    return monitor_extensions(plan.monitor, shadow=plan.shadow, uri=plan.uri, settings=plan.settings)
 
 
 def _preflight(store: Any, settings: Any) -> Any:
@@ -65,8 +131,9 @@ def _preflight(store: Any, settings: Any) -> Any:
 
 def start_server(plan: ServerPlan, extensions: tuple[Any, ...] = ()) -> None:
     """Run uvicorn until it is stopped: the preloaded app in this process, or `settings.workers` processes that
-    each build theirs from the environment. `extensions` (serve/extensions.py) see every answered batch; they
-    are Python objects, so they run in a one-process server only."""
+    each build theirs from the environment (`build_worker_app`). `extensions` (serve/extensions.py) see every
+    answered batch; they are Python objects, so they run in a one-process server only. The plan's monitoring
+    extensions (`plan_extensions`) are added after them, in every worker."""
     import uvicorn
 
     from modelfoundry.serve.main import ENV_MODEL, ENV_SETTINGS, ENV_URI
@@ -77,20 +144,49 @@ def start_server(plan: ServerPlan, extensions: tuple[Any, ...] = ()) -> None:
     if settings.workers == 1:
         from modelfoundry.serve.app import create_app
 
-        uvicorn.run(create_app(settings, plan.store, preloaded=plan.loaded, extensions=extensions), **options)
+        app = create_app(settings, plan.store, preloaded=plan.loaded,
+                         extensions=[*extensions, *plan_extensions(plan)])
+        uvicorn.run(app, **options)
         return
     if extensions:
         from modelfoundry.errors import ConfigError
 
         raise ConfigError(f"Server extensions run in one process, but serve.workers is {settings.workers}.",
                           "Serve with workers: 1 (run replicas behind a load balancer to scale out).")
-    os.environ.update({ENV_MODEL: plan.model, ENV_URI: plan.uri or "", ENV_SETTINGS: settings.model_dump_json()})
-    uvicorn.run("modelfoundry.serve.main:build", factory=True, workers=settings.workers, **options)
+    os.environ.update({ENV_MODEL: plan.model, ENV_URI: plan.uri or "", ENV_SETTINGS: settings.model_dump_json(),
+                       ENV_MONITOR: plan.monitor.model_dump_json() if plan.monitor is not None else "",
+                       ENV_SHADOW: plan.shadow or ""})
+    uvicorn.run("modelfoundry.api.serving:build_worker_app", factory=True, workers=settings.workers, **options)
 
 
-def serve(model: str | Path, *, uri: str | None = None, extensions: tuple[Any, ...] = (), **overrides: Any) -> None:
+def build_worker_app() -> Any:
+    """The app of one worker process (`foundry serve --workers N`): serve/main.py's settings and model from the
+    environment, plus this worker's own monitoring extensions."""
+    import json
+
+    from modelfoundry.config import ServeConfig
+    from modelfoundry.config.monitor import MonitorConfig
+    from modelfoundry.serve.app import create_app
+    from modelfoundry.serve.main import ENV_MODEL, ENV_SETTINGS, ENV_URI
+    from modelfoundry.serve.store import store_for
+
+    settings = ServeConfig.model_validate(json.loads(os.environ.get(ENV_SETTINGS) or "{}"))
+    uri = os.environ.get(ENV_URI) or None
+    monitor = os.environ.get(ENV_MONITOR)
+    monitor = MonitorConfig.model_validate_json(monitor) if monitor else None
+    shadow = os.environ.get(ENV_SHADOW) or None
+    extensions = monitor_extensions(monitor, shadow=shadow, uri=uri, settings=settings) \
+        if monitor is not None or shadow else []
+    return create_app(settings, store_for(os.environ[ENV_MODEL], uri, settings.backend, settings.llm_dtype),
+                      extensions=extensions)
+
+
+def serve(model: str | Path, *, uri: str | None = None, extensions: tuple[Any, ...] = (), monitor: bool | None = None,
+          shadow: str | None = None, **overrides: Any) -> None:
     """Serve a model over HTTP (Open Inference Protocol v2 and POST /predict; a language model: the OpenAI API,
     POST /v1/completions and /v1/chat/completions) until stopped; `overrides` are
     serve: keys (host, port, workers, backend, max_batch_size, ...); `extensions` objects with an
-    `on_batch(record)` method (serve/extensions.py) that see every answered batch, off the request path."""
-    start_server(prepare_server(model, overrides, uri), tuple(extensions))
+    `on_batch(record)` method (serve/extensions.py) that see every answered batch, off the request path.
+    `monitor` turns the model's monitoring (request log, feedback, drift, OOD) on or off (None: its
+    monitor.enabled); `shadow` runs a challenger on a copy of the traffic (None: its monitor.shadow)."""
+    start_server(prepare_server(model, overrides, uri, monitor=monitor, shadow=shadow), tuple(extensions))

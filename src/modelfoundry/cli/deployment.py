@@ -89,13 +89,21 @@ def serve(model: RunDirArg,
               "[serve.max_new_tokens].")] = None,
           dtype: Annotated[Optional[str], typer.Option("--dtype", help="Language models: float32 or bfloat16 "
                                                        "weights [serve.llm_dtype].")] = None,
+          monitor: Annotated[Optional[bool], typer.Option(
+              "--monitor/--no-monitor", help="Request log, POST /feedback, drift and out-of-distribution "
+              "monitoring [monitor.enabled].", show_default=False)] = None,
+          shadow: Annotated[Optional[str], typer.Option(
+              "--shadow", metavar="REF", help="Run a challenger (NAME@ALIAS, NAME/VERSION or a run directory) on a "
+              "copy of the traffic: logged and measured, never returned [monitor.shadow].")] = None,
           uri: UriOption = None) -> None:
     """Serve a model over HTTP: Open Inference Protocol v2 and POST /predict; a language model (a causal-LM run,
     or a base: smollm2-135m or a Hugging Face directory) over the OpenAI API (/v1/completions,
     /v1/chat/completions).
 
-    Settings come from the model's own config (its serve: section, defaults in docs/config.md); each option
-    given overrides the key in brackets."""
+    Settings come from the model's own config (its serve: and monitor: sections, defaults in docs/config.md);
+    each option given overrides the key in brackets. With monitoring (the default) requests get ids ("ids"),
+    rows are logged (foundry-requests.db beside foundry.db), POST /feedback takes true labels, and
+    GET /v2/models/NAME/monitor and /metrics show drift, OOD and live accuracy."""
     from modelfoundry.api.serving import prepare_server, start_server
 
     given = {"host": host, "port": port, "workers": workers, "backend": backend, "batching": batching,
@@ -105,7 +113,8 @@ def serve(model: RunDirArg,
              "rate_limit_per_s": rate_limit, "rate_burst": rate_burst, "on_unseen": on_unseen, "openapi": openapi,
              "access_log": access_log, "max_streams": max_streams, "max_new_tokens": max_new_tokens,
              "llm_dtype": dtype}
-    plan = prepare_server(str(model), {k: v for k, v in given.items() if v is not None}, uri)
+    plan = prepare_server(str(model), {k: v for k, v in given.items() if v is not None}, uri, monitor=monitor,
+                          shadow=shadow)
     if plan.memory is not None:  # a language model: what its weights and streams' KV caches take
         open_console().print(plan.memory.summary(), markup=False)
     start_server(plan)

@@ -41,7 +41,8 @@ def default_log_url() -> str:
 
 
 class RequestLog:
-    """Served rows and their feedback in one table of `url` (None: `default_log_url()`), created on first use."""
+    """Served rows and their feedback in one table of `url` (None: `default_log_url()`), created on the first write
+    (reading a SQLite log that was never written finds nothing and creates no file)."""
 
     def __init__(self, url: str | None, *, max_rows: int = 100_000, hash_columns: Sequence[str] = (),
                  exclude_columns: Sequence[str] = ()):
@@ -111,10 +112,18 @@ class RequestLog:
                 return conn.execute(delete(table).where(table.c.model == model, table.c.seq <= cut)).rowcount
 
     # ------------------------------------------------------------------------------------------ reading
+    @property
+    def exists(self) -> bool:
+        """Whether there is anything to read: a SQLite file not written yet is not created by a read."""
+        path = _sqlite_file(self.url)
+        return self._table is not None or path is None or path.is_file()
+
     def find(self, model: str, row_ids: Sequence[str]) -> dict[str, tuple[str, Any]]:
         """{row id: (version, prediction)} of the ids logged for `model` (the others are missing)."""
         from sqlalchemy import select
 
+        if not self.exists:
+            return {}
         table = self.table
         with self._engine.connect() as conn:
             found = conn.execute(select(table.c.id, table.c.version, table.c.prediction)
@@ -125,6 +134,8 @@ class RequestLog:
         """(prediction, label) of the `limit` rows of `model` (and `version`) that got feedback most recently."""
         from sqlalchemy import select
 
+        if not self.exists:
+            return []
         table = self.table
         query = select(table.c.prediction, table.c.label).where(table.c.model == model, table.c.label.is_not(None))
         if version is not None:
@@ -140,15 +151,17 @@ class RequestLog:
         import pandas as pd
         from sqlalchemy import select
 
-        table = self.table
-        query = select(*(table.c[c] for c in META), table.c.inputs).where(table.c.model == model)
-        if version is not None:
-            query = query.where(table.c.version == version)
-        query = query.order_by(table.c.seq.desc())
-        if limit is not None:
-            query = query.limit(limit)
-        with self._engine.connect() as conn:
-            rows = conn.execute(query).all()[::-1]
+        rows: list[Any] = []
+        if self.exists:
+            table = self.table
+            query = select(*(table.c[c] for c in META), table.c.inputs).where(table.c.model == model)
+            if version is not None:
+                query = query.where(table.c.version == version)
+            query = query.order_by(table.c.seq.desc())
+            if limit is not None:
+                query = query.limit(limit)
+            with self._engine.connect() as conn:
+                rows = conn.execute(query).all()[::-1]
         decoded = ("prediction", "label", "shadow_prediction")
         meta = pd.DataFrame({c: pd.Series([r[j] if c not in decoded or r[j] is None else json.loads(r[j])
                                            for r in rows], dtype=object if c in decoded else None)
