@@ -49,8 +49,15 @@ def model_report(monitor: DriftMonitor, model: Any) -> dict[str, Any]:
                 "last_window_share": snap["ood_share"] if snap else None,
                 "rows": snap["ood_rows"] if snap else 0, "outliers": snap["ood_outliers"] if snap else 0},
         "windows_tested": snap["windows"] if snap else 0,
-        "history": snap["history"] if snap else [],
+        "history": [window_json(entry) for entry in snap["history"]] if snap else [],
     }
+
+
+def window_json(entry: dict[str, Any]) -> dict[str, Any]:
+    """A closed window of the monitor's history as JSON: its tests per column when it was tested."""
+    if "drift" not in entry:
+        return entry
+    return entry["drift"].to_json() | {k: v for k, v in entry.items() if k != "drift"}
 
 
 def reference_summary(reference: Reference) -> dict[str, Any]:

@@ -62,7 +62,7 @@ class Watched:
     why_none: str  # why there is no reference ('' when there is one)
     window: Window
     alerts: Any  # drift.Alerts
-    history: deque = field(default_factory=deque)  # tested (and untested) windows, newest last, as JSON
+    history: deque = field(default_factory=deque)  # closed windows, newest last (endpoint.window_json reads them)
     last: WindowDrift | None = None
     alerting: dict[str, bool] = field(default_factory=dict)
     ood_share: float | None = None
@@ -187,13 +187,12 @@ class DriftMonitor:
             drift = self._compare(watched, window)
             alerting = watched.alerts.update(drift)
             outliers = self._outliers(watched.reference, window.rows)
-            entry = drift.to_json() | {"tested": True, "alerts": sorted(c for c, on in alerting.items() if on)}
-            if outliers is not None:
-                entry["ood_share"] = outliers / window.count
+            entry = {"drift": drift, "tested": True, "alerts": sorted(c for c, on in alerting.items() if on),
+                     "ood_share": outliers / window.count if outliers is not None else None}  # JSON when read
             with self._lock:
                 watched.history.append(entry)
                 watched.last, watched.alerting = drift, alerting
-                watched.ood_share = entry.get("ood_share")
+                watched.ood_share = entry["ood_share"]
                 self.windows += 1
                 if outliers is not None:
                     self.ood_rows += window.count
