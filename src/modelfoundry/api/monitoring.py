@@ -260,9 +260,10 @@ def _analyse(loaded: _Model, schema: Any, rows: Any, predictions: Any, source: s
     everything = _values(schema, rows, skip, column_values)
     if loaded.reference.prediction is not None:
         everything[PREDICTION] = predictions
-    notes = [f"{name}: {drift.note}" for name, drift in _notes(windows)]
+    summaries = _summaries(windows, alerting)
+    notes = [f"{c.column}: {c.note}" for c in summaries if c.note]  # the worst window's (a missing share, ...)
     return MonitorResult(loaded.name, loaded.version, loaded.run_dir, source, loaded.backend.task, len(rows), size,
-                         windows, bounds, _summaries(windows, alerting), None, loaded.reference, everything, notes)
+                         windows, bounds, summaries, None, loaded.reference, everything, notes)
 
 
 def _values(schema: Any, rows: Any, skip: set[str], column_values: Any) -> dict[str, Any]:
@@ -293,15 +294,6 @@ def _severity(p_value: float | None, score: float, threshold: float) -> float:
     if p_value is not None:
         return -math.log10(max(p_value, 1e-300))
     return score / threshold if threshold else 0.0
-
-
-def _notes(windows: list[Any]) -> list[tuple[str, Any]]:
-    seen: dict[str, Any] = {}
-    for window in windows:
-        for drift in window.columns:
-            if drift.note and drift.column not in seen:
-                seen[drift.column] = drift
-    return list(seen.items())
 
 
 def _ood_share(loaded: _Model, rows: Any) -> float | None:
