@@ -167,13 +167,11 @@ values_strategy = st.one_of(
 @given(reference=values_strategy, current=values_strategy, numeric_test=st.sampled_from(["auto", *NUMERIC_TESTS]),
        categorical_test=st.sampled_from(["auto", *CATEGORICAL_TESTS]), large=st.integers(10, 50))
 def test_compare_never_raises_and_never_gives_nan(reference, current, numeric_test, categorical_test, large):
-    ref = reference_of({"x": reference, "y": reference})
-    if current.dtype.kind == "f" and reference.dtype.kind != "f" or current.dtype.kind != "f" and \
-            reference.dtype.kind == "f":
-        current = current.astype(reference.dtype) if reference.dtype.kind == "O" else np.full(len(current), np.nan)
+    ref = reference_of({"x": reference, "y": reference}, prediction=np.array(["a", "b", "a"], dtype=object))
     config = DriftConfig(numeric_test=numeric_test, categorical_test=categorical_test, large_sample=large)
-    result = compare(ref, {"x": current, "y": current[:1]}, config, len(current))
-    assert len(result.columns) == 2
+    window = {"x": current, "y": current[:1], PREDICTION: current}  # the wrong kind too: "not tested", no error
+    result = compare(ref, window, config, len(current))
+    assert len(result.columns) == 3
     for column in result.columns:
         assert np.isfinite(column.score) and np.isfinite(column.threshold)
         assert column.p_value is None or 0.0 <= column.p_value <= 1.0

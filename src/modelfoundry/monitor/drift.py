@@ -133,7 +133,7 @@ def compare(reference: Reference, current: dict[str, np.ndarray], config: DriftC
         test = choose_test(profile, config, rows)
         try:
             result = TESTS[test](profile, np.asarray(values))
-        except (ValueError, FloatingPointError, ZeroDivisionError) as exc:  # never fail a window on one column
+        except (ValueError, TypeError, FloatingPointError, ZeroDivisionError) as exc:  # one column never fails a window
             result = _Result(0.0, None if test not in P_VALUE_TESTS else 1.0, f"not tested: {exc}")
         score = _finite(result.score, nan=0.0, posinf=1e9, neginf=0.0)
         p_value = None if result.p_value is None else min(max(_finite(result.p_value, 1.0, 1.0, 0.0), 0.0), 1.0)
