@@ -119,6 +119,7 @@ def download(ref: str, uri: str | None = None, dst: Path | None = None) -> Path:
     import mlflow
 
     existing_store(uri, ref)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # MLflow's bars, one per file, on stderr
     mlf = client(uri)
     name, version, alias = parse_ref(ref)
     v = find_version(mlf, name, version, alias) if version or alias else _latest(mlf, name)

@@ -22,7 +22,7 @@ def test_a_challenger_better_by_the_margin_and_within_tolerance_is_promoted():
                     ["f1_macro"], margin=0.02, tolerance=0.01)
     assert decision.promote
     assert [c.passed for c in decision.checks] == [True, True]
-    assert decision.reason.startswith("promoted: accuracy 0.9300 vs 0.9000 (+0.0300, margin 0.02)")
+    assert decision.reason.startswith("promoted: accuracy 0.9300 vs 0.9000 (0.0300 better, margin 0.02)")
     assert "f1_macro within tolerance 0.01" in decision.reason
 
 
@@ -35,7 +35,7 @@ def test_a_tie_is_never_promoted():
     decision = gate({"accuracy": 0.9, "f1_macro": 0.8}, {"accuracy": 0.9, "f1_macro": 0.9}, "accuracy",
                     ["f1_macro"], margin=0.0, tolerance=0.01)
     assert not decision.promote
-    assert decision.reason == "refused: accuracy 0.9000 vs 0.9000 (+0.0000, must be better)"
+    assert decision.reason == "refused: accuracy 0.9000 vs 0.9000 (equal, must be better)"
 
 
 @pytest.mark.parametrize("metric", ["log_loss", "rmse", "mae"])
@@ -43,6 +43,7 @@ def test_lower_is_better_metrics_count_a_drop_as_a_gain(metric):
     better = gate({metric: 0.50}, {metric: 0.40}, metric, [], margin=0.05, tolerance=0.0)
     worse = gate({metric: 0.40}, {metric: 0.50}, metric, [], margin=0.0, tolerance=0.0)
     assert better.promote and better.checks[0].gain == pytest.approx(0.10)
+    assert f"{metric} 0.4000 vs 0.5000 (0.1000 better, margin 0.05)" in better.reason
     assert not worse.promote and worse.checks[0].gain == pytest.approx(-0.10)
 
 

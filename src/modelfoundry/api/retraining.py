@@ -50,10 +50,10 @@ class GateCheck:
 
     def text(self) -> str:
         numbers = f"{self.metric} {self.challenger:.4f} vs {self.champion:.4f}"
+        change = "equal" if abs(self.gain) < 5e-5 else f"{abs(self.gain):.4f} {'better' if self.gain > 0 else 'worse'}"
         if self.primary:
-            need = f"margin {self.limit:g}" if self.limit > 0 else "must be better"
-            return f"{numbers} ({self.gain:+.4f}, {need})"
-        return f"{numbers} ({-self.gain:.4f} worse, tolerance {self.limit:g})"
+            return f"{numbers} ({change}, {f'margin {self.limit:g}' if self.limit > 0 else 'must be better'})"
+        return f"{numbers} ({change}, tolerance {self.limit:g})"
 
 
 @dataclass

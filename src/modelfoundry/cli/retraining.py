@@ -57,6 +57,8 @@ def print_retrain_summary(result: RetrainResult) -> None:
     """Champion vs challenger per metric on the holdout, the decision and why, the versions."""
     from rich.table import Table
 
+    from modelfoundry.config import LOWER_IS_BETTER
+
     console = open_console()
     champion, decision = result.champion, result.decision
     left = f"champion v{champion['version']}" if champion["version"] else "champion"
@@ -71,8 +73,10 @@ def print_retrain_summary(result: RetrainResult) -> None:
         check = judged.get(name)
         verdict = "-" if check is None or check.passed is None else (
             f"{'pass' if check.passed else 'FAIL'} ({'margin' if check.primary else 'tolerance'} {check.limit:g})")
-        table.add_row(f"{name}{' *' if check is not None and check.primary else ''}", _num(a), _num(b),
-                      "-" if a is None or b is None else f"{b - a:+.4f}", verdict)
+        label = f"{name}{' (lower is better)' if name in LOWER_IS_BETTER else ''}"
+        table.add_row(f"{label}{' *' if check is not None and check.primary else ''}", _num(a), _num(b),
+                      "-" if a is None or b is None else f"{b - a + 0.0:+.4f}".replace("-0.0000", "+0.0000"),
+                      verdict)
     console.print(table)
     console.print(f"Decision: {decision.reason}", markup=False)
     name = champion["name"]
