@@ -132,7 +132,7 @@ class FeedbackLog:
         if len(keep) < len(row_ids):
             rows, outputs = rows[np.asarray(keep)], outputs[np.asarray(keep)]
         schema, scorer = self._version(batch)
-        inputs = frame_records(_raw_frame(schema, rows)) if schema is not None else [{}] * len(keep)
+        inputs = raw_records(schema, rows) if schema is not None else [{}] * len(keep)
         if batch.task == "classification":
             predictions = [batch.labels[i] for i in outputs.argmax(1)]
         else:
@@ -293,10 +293,19 @@ def _kind(value: Any) -> str:
         type(value), "a number")
 
 
-def _raw_frame(schema: Any, rows: Any) -> Any:
-    from modelfoundry.monitor.columns import raw_frame
+def raw_records(schema: Any, rows: Any) -> list[dict[str, Any]]:
+    """The raw input columns of `rows` as one {column: value} per row (None where missing), as
+    `columns.raw_frame` gives them; tabular rows straight from their arrays (a DataFrame costs ~1 ms a batch)."""
+    import numpy as np
 
-    return raw_frame(schema, rows)
+    if schema.series or schema.image:
+        from modelfoundry.monitor.columns import raw_frame
+
+        return frame_records(raw_frame(schema, rows))
+    names = [*schema.num_columns, *schema.cat_columns]
+    numeric = rows.numeric.astype(object)  # (N, Fn) Python floats
+    numeric[np.isnan(rows.numeric)] = None
+    return [dict(zip(names, a + b)) for a, b in zip(numeric.tolist(), rows.texts.tolist())]
 
 
 def _scorer(run_dir: str | None) -> Any:

@@ -171,10 +171,10 @@ class RequestLog:
         return pd.concat([meta, inputs], axis=1)
 
     # ------------------------------------------------------------------------------------------ privacy
-    def private(self, row: Mapping[str, Any]) -> dict[str, Any]:
+    def private(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
         """A row as stored: excluded columns left out, hashed columns replaced by their hashes."""
         if not self.hash_columns and not self.exclude_columns:
-            return dict(row)
+            return row
         return {c: (self.hash_value(v) if c in self.hash_columns else v) for c, v in row.items()
                 if c not in self.exclude_columns}
 
@@ -225,18 +225,15 @@ class RequestLog:
 
 
 def frame_records(frame: Any) -> list[dict[str, Any]]:
-    """A DataFrame's rows as {column: value} with Python values and None (JSON null) for NaN: what `add` logs."""
-    import numpy as np
+    """A DataFrame's rows as {column: value} with None (JSON null) where a value is missing: what `add` logs."""
     import pandas as pd
 
     names = [str(c) for c in frame.columns]
-    columns = []
-    for name in frame.columns:
-        values = frame[name].to_numpy()
-        if values.dtype.kind in "fO":  # floats, and texts (pandas may hold a missing text as NaN)
-            values = np.where(pd.isna(values), None, values.astype(object))
-        columns.append(values.tolist())
-    return [dict(zip(names, row)) for row in zip(*columns)] if columns else [{} for _ in range(len(frame))]
+    values = frame.to_numpy(dtype=object)  # (N, C): one conversion, whatever the columns' types
+    missing = pd.isna(values)
+    if missing.any():
+        values[missing] = None
+    return [dict(zip(names, row)) for row in values.tolist()]
 
 
 def _open(url: str) -> tuple[Any, Any]:
