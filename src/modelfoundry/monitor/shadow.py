@@ -77,6 +77,8 @@ class Shadow:
         self.rows = Counter("foundry_shadow_rows", "Rows the challenger was run on.", ["shadow"], registry=registry)
         self.errors = Counter("foundry_shadow_errors", "Shadow batches that failed (the answers were unaffected).",
                               ["shadow"], registry=registry)
+        for counter in (self.rows, self.errors):
+            counter.labels(self.ref)  # shown at 0 from the start, not only after the first row or error
 
     async def start(self) -> None:
         """Load the challenger (in a thread: a registry download may take a while); a failure is counted, and
