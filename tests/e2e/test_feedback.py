@@ -240,3 +240,23 @@ def test_each_worker_builds_its_own_monitoring(iris_run, tmp_path, monkeypatch):
     assert extension_names(serving.build_worker_app()) == ["request_log", "drift"]
     monkeypatch.setenv(serving.ENV_MONITOR, "")  # what --no-monitor hands the workers
     assert extension_names(serving.build_worker_app()) == []
+
+
+def test_an_anomaly_detector_takes_true_or_false(tmp_path):
+    cfg = tiny_config(name="bc-anomaly", data={"source": "sklearn:breast_cancer", "task": "anomaly",
+                                               "anomaly": {"normal": 1}},
+                      model={"name": "autoencoder", "hidden": [8, 2]}, training={"epochs": 2, "batch_size": 64,
+                                                                                  "early_stopping": None})
+    run(load_config(cfg), run_dir=tmp_path / "run", progress=False)
+    rows = load_source("sklearn:breast_cancer").drop(columns="target").head(2).to_dict(orient="records")
+    client, extension = monitored(tmp_path / "run", tmp_path)
+    with client:
+        answer = client.post("/predict", json={"records": rows}).json()
+        ids, flags = answer["ids"], answer["predictions"]
+        ok = client.post("/feedback", json={"feedback": [{"id": ids[0], "label": flags[0]},
+                                                         {"id": ids[1], "label": not flags[1]}]})
+        number = client.post("/feedback", json={"id": ids[0], "label": 1})
+        assert metric(client, "foundry_feedback_accuracy") == 0.5
+    assert ok.status_code == 200 and ok.json()["correct"] == 1
+    assert number.status_code == 422 and "false, true" in number.json()["error"]
+    assert extension.log.read("bc-anomaly")["prediction"].tolist() == flags  # logged as answered: true / false

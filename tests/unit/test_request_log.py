@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
 
-from modelfoundry.monitor.requestlog import SALT_ENV, RequestLog, default_log_url, frame_records
+from modelfoundry.monitor.requestlog import (
+    SALT_ENV,
+    RequestLog,
+    default_log_url,
+    frame_records,
+)
 
 
 def rows(n: int, start: int = 0) -> list[dict]:
@@ -89,7 +95,7 @@ def test_hashed_columns_are_salted_and_excluded_ones_never_stored(url, monkeypat
     stored = raw_table(url)
     assert "123-45-6789" not in stored and "4242" not in stored and read["customer"].iloc[0] in stored
     salt_file = url.removeprefix("sqlite:///") + ".salt"
-    salt = open(salt_file).read().strip()
+    salt = Path(salt_file).read_text().strip()
     assert stat.S_IMODE(os.stat(salt_file).st_mode) == 0o600 and salt not in stored  # the salt stays out of the db
     again = RequestLog(url, hash_columns=["customer"])  # another worker: the same salt, the same hashes
     assert again.hash_value(4242) == read["customer"].iloc[0] == log.hash_value(4242.0)

@@ -13,10 +13,13 @@ stores the true labels (behind the API key and rate limit of the model routes). 
 a 404 naming it, a label of the wrong type a 422 listing the model's labels; nothing is stored then. Feedback
 sent right after its prediction waits (at most SETTLE_S) for the row to be written.
 
-Prometheus: foundry_feedback_accuracy (classification) or foundry_feedback_mae (regression) over the latest
+Labels: a classifier's class labels (with their JSON type), an anomaly detector's true (anomaly) / false, a
+regressor's finite numbers.
+
+Prometheus: foundry_feedback_accuracy (classification, anomaly) or foundry_feedback_mae (regression) over the latest
 `monitor.feedback_window` labelled rows of the served version, foundry_feedback_rows (how many rows that is),
 read from the log (so every worker process reports the same; refreshed every REFRESH_S and after each feedback),
-and foundry_feedback_total{outcome}: correct / incorrect (classification), labelled (regression), unknown_id,
+and foundry_feedback_total{outcome}: correct / incorrect (classification, anomaly), labelled (regression), unknown_id,
 invalid (per process).
 """
 
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelfoundry.errors import DataError, FoundryError
+from modelfoundry.monitor.labels import MAX_ID_CHARS, check_label, classes, feedback_items, same_label
 from modelfoundry.monitor.requestlog import RequestLog, frame_records
 
 if TYPE_CHECKING:
@@ -37,12 +41,8 @@ if TYPE_CHECKING:
     from modelfoundry.serve.extensions import BatchRecord, ServerContext
 
 log = logging.getLogger(__name__)
-MAX_FEEDBACK = 1000  # labels per request
-MAX_ID_CHARS = 80
 SETTLE_S = 2.0  # how long feedback for a row not yet in the log waits for the batches being written
 REFRESH_S = 5.0  # how often the live metric is read from the log (other workers' feedback included)
-BODY_HINT = ('Send {"id": "<a row id from the prediction\'s \\"ids\\">", "label": <the true label>}, or '
-             '{"feedback": [{"id": ..., "label": ...}, ...]} (at most 1000).')
 
 
 class RowNotFound(FoundryError):
@@ -87,8 +87,7 @@ class FeedbackLog:
                 items = feedback_items(parse_json(await request.body(), request.headers.get("content-type")))
                 model = context.served.get()
                 for i, (_, label) in enumerate(items):
-                    check_label(label, model.backend.task, model.backend.labels, f"feedback.{i}.label"
-                                if len(items) > 1 else "label")
+                    check_label(label, *classes(model.backend), f"feedback.{i}.label" if len(items) > 1 else "label")
             except DataError:
                 self.outcomes.labels("invalid").inc()
                 raise
@@ -106,7 +105,7 @@ class FeedbackLog:
             from prometheus_client import Gauge
 
             self._gauges = True
-            name, about = ("foundry_feedback_accuracy", "Accuracy") if model.backend.task == "classification" \
+            name, about = ("foundry_feedback_accuracy", "Accuracy") if classes(model.backend)[1] is not None \
                 else ("foundry_feedback_mae", "Mean absolute error")
             Gauge(name, f"{about} on the latest monitor.feedback_window labelled rows of the served version.",
                   registry=self.context.registry).set_function(lambda: self.live[0])
@@ -135,6 +134,8 @@ class FeedbackLog:
         inputs = raw_records(schema, rows) if schema is not None else [{}] * len(keep)
         if batch.task == "classification":
             predictions = [batch.labels[i] for i in outputs.argmax(1)]
+        elif batch.task == "anomaly" and schema is not None:  # as answered: true where the score is above threshold
+            predictions = (outputs > float(schema.desc["target"]["threshold"])).tolist()
         else:
             predictions = [float(v) for v in outputs]
         scores = _ood_scores(scorer, rows) if scorer is not None else None
@@ -159,13 +160,13 @@ class FeedbackLog:
         counts = {"correct": 0, "incorrect": 0, "labelled": 0}
         for rid, label in items:
             prediction = found[rid][1]
-            outcome = "labelled" if model.backend.task != "classification" else \
-                "correct" if _same(prediction, label) else "incorrect"
+            outcome = "labelled" if classes(model.backend)[1] is None else \
+                "correct" if same_label(prediction, label) else "incorrect"
             counts[outcome] += 1
             self.outcomes.labels(outcome).inc()
         await asyncio.to_thread(self.refresh)
         answer = {"accepted": len(items), "model": model.name, "version": model.version}
-        return answer | ({"correct": counts["correct"]} if model.backend.task == "classification" else {})
+        return answer | ({"correct": counts["correct"]} if classes(model.backend)[1] is not None else {})
 
     def _missing(self, model: Any, missing: list[str]) -> tuple[str, str]:
         from modelfoundry.redact import redact
@@ -174,8 +175,9 @@ class FeedbackLog:
         single = [m for m in missing if "-" not in m]
         guess = f" Row ids end in '-<row>': for the first row of request '{single[0]}' send '{single[0]}-0'." \
             if single else ""
-        return (f"No logged row of model '{model.name}' has the id {shown} ({len(missing)} of the feedback's ids); "
-                "nothing was stored.",
+        error = f"No logged row of model '{model.name}' has the id {shown} ({len(missing)} of the feedback's ids); " \
+            "nothing was stored."
+        return (error,
                 f"Send the ids the prediction answered (\"ids\"). An id may be missing because its request was "
                 f"not sampled (monitor.log.sample is {self.config.log.sample}: only requests answered with ids "
                 f"are logged), because it was evicted (the log keeps the newest {self.config.log.max_rows} rows per "
@@ -192,8 +194,8 @@ class FeedbackLog:
         pairs = self.log.labelled(model.name, model.version, self.config.feedback_window)
         if not pairs:
             self.live = (math.nan, 0)
-        elif model.backend.task == "classification":
-            self.live = (sum(_same(p, lab) for p, lab in pairs) / len(pairs), len(pairs))
+        elif classes(model.backend)[1] is not None:
+            self.live = (sum(same_label(p, lab) for p, lab in pairs) / len(pairs), len(pairs))
         else:
             self.live = (sum(abs(float(p) - float(lab)) for p, lab in pairs) / len(pairs), len(pairs))
         return self.live
@@ -215,82 +217,6 @@ class FeedbackLog:
                 return None, None  # a version no longer served: log its rows without inputs
             self._versions[key] = (current.schema, _scorer(batch.model.run_dir) if self.config.ood.enabled else None)
         return self._versions[key]
-
-
-def feedback_items(payload: Any) -> list[tuple[str, Any]]:
-    """The (row id, label) pairs of a feedback body; a DataError (422) saying what is wrong otherwise."""
-    if not isinstance(payload, dict):
-        raise DataError(f"The feedback body must be a JSON object, not {_kind(payload)}.", BODY_HINT)
-    if "feedback" in payload:
-        extra = sorted(str(k)[:40] for k in payload if k != "feedback")
-        items = payload["feedback"]
-        if extra:
-            raise DataError(f"body: unknown field(s) {', '.join(map(repr, extra[:5]))} beside 'feedback'.", BODY_HINT)
-        if not isinstance(items, list) or not 1 <= len(items) <= MAX_FEEDBACK:
-            what = f"{len(items)} items" if isinstance(items, list) else _kind(items)
-            raise DataError(f"feedback: a list of 1 to {MAX_FEEDBACK} items is required, got {what}.", BODY_HINT)
-        where = "feedback.{}"
-    else:
-        items, where = [payload], "body"
-    pairs, seen = [], set()
-    for i, item in enumerate(items):
-        place = where.format(i)
-        if not isinstance(item, dict) or set(item) != {"id", "label"}:
-            got = f"the fields {', '.join(sorted(repr(str(k)[:40]) for k in item)[:5]) or 'none'}" \
-                if isinstance(item, dict) else _kind(item)
-            raise DataError(f"{place}: an object with exactly 'id' and 'label' is required, got {got}.", BODY_HINT)
-        rid = item["id"]
-        if not isinstance(rid, str) or not 0 < len(rid) <= MAX_ID_CHARS:
-            raise DataError(f"{place}.id: a row id (a string of 1 to {MAX_ID_CHARS} characters) is required, got "
-                            f"{_kind(rid) if not isinstance(rid, str) else f'{len(rid)} characters'}.", BODY_HINT)
-        if rid in seen:
-            raise DataError(f"{place}.id: '{rid}' appears twice in the feedback.", "Send one label per row id.")
-        seen.add(rid)
-        pairs.append((rid, item["label"]))
-    return pairs
-
-
-def check_label(label: Any, task: str, labels: list[Any] | None, where: str) -> None:
-    """A DataError (422) unless `label` is one of the model's class labels, with their JSON type
-    (classification), or a finite number (regression)."""
-    if task == "classification":
-        if not any(_same(label, known) for known in labels):
-            shown = ", ".join(_json(v) for v in labels[:20]) + (", ..." if len(labels) > 20 else "")
-            raise DataError(f"{where}: {_json(label)[:60]} is not one of the model's labels: {shown}.",
-                            "Send one of these labels with the same JSON type (e.g. 1, not \"1\").")
-        return
-    finite = isinstance(label, (int, float)) and not isinstance(label, bool)
-    try:
-        finite = finite and math.isfinite(float(label))
-    except OverflowError:
-        finite = False
-    if not finite:
-        raise DataError(f"{where}: a finite number is required for a regression model, got {_json(label)[:60]}.",
-                        "Send the true value as a JSON number.")
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal values of the same JSON type (True is not 1, "1" is not 1; 1 and 1.0 are both numbers)."""
-    number = (int, float)
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, number) and isinstance(b, number):
-        return a == b
-    return type(a) is type(b) and a == b
-
-
-def _json(value: Any) -> str:
-    import json
-
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number")
 
 
 def raw_records(schema: Any, rows: Any) -> list[dict[str, Any]]:

@@ -237,8 +237,19 @@ def frame_records(frame: Any) -> list[dict[str, Any]]:
 
 
 def _open(url: str) -> tuple[Any, Any]:
-    from sqlalchemy import (BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text, create_engine,
-                            event)
+    from sqlalchemy import (
+        BigInteger,
+        Column,
+        Float,
+        Index,
+        Integer,
+        MetaData,
+        String,
+        Table,
+        Text,
+        create_engine,
+        event,
+    )
     from sqlalchemy.pool import StaticPool
 
     path = _sqlite_file(url)
