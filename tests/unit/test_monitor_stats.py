@@ -256,3 +256,22 @@ def test_a_rare_class_of_a_binary_column_is_tested_exactly_when_chi2_has_too_few
     assert not quiet.drifted and quiet.note == "Fisher's exact test"
     moved = one_column("chi2", reference, np.array(["yes"] * 40 + ["no"] * 60, dtype=object))
     assert moved.drifted and moved.p_value < 1e-6
+
+
+def test_tokens_of_a_short_window_from_the_same_text_do_not_drift_and_new_words_do():
+    rng = np.random.default_rng(16)
+    weights = 1.0 / np.arange(1, 3001)  # Zipf-like vocabulary of 3,000 token ids
+    weights /= weights.sum()
+
+    def tokens(n, p=weights):
+        return rng.choice(3000, size=n, p=p).astype(str).astype(object)
+
+    reference = Reference("classification", None, 0, {"t:tokens": profile_column("t:tokens", "categorical",
+                                                                                 tokens(100_000))}, None, {}, None)
+    assert len(reference.columns["t:tokens"].categories) == 501  # the top 500 and <other>
+    for n in (500, 3000, 20_000):
+        [column] = compare(reference, {"t:tokens": tokens(n)}, DriftConfig(), 100).columns
+        assert column.test == "jensen_shannon" and not column.drifted, (n, column.score)
+    shifted = np.roll(weights, 700)  # other words are now the frequent ones
+    [column] = compare(reference, {"t:tokens": tokens(3000, shifted)}, DriftConfig(), 100).columns
+    assert column.drifted

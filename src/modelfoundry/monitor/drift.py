@@ -23,7 +23,8 @@ Tests (`TESTS`, name -> function of (profile, values)):
 
 `auto` runs KS / chi2 up to `large_sample` window rows and Wasserstein / Jensen-Shannon above (p-values
 flag negligible shifts on large samples). Token ids ("<col>:tokens") always get Jensen-Shannon under auto or
-chi2: a row's tokens are not independent draws, so a p-value would mean nothing.
+chi2: a row's tokens are not independent draws, so a p-value would mean nothing; tokens the window would
+hold fewer than 50 times are pooled first, so that a short window's sampling noise does not read as drift.
 
 Missing values: a categorical column counts "<missing>" as a category; a numeric one compares its missing
 share too (Fisher's exact test, the column's p-value then twice the smaller of the two; for Wasserstein a
@@ -54,6 +55,7 @@ P_VALUE_TESTS = ("ks", "chi2")
 EMPTY_SHARE = 1e-4  # PSI: the share an empty bin counts as
 MIN_EXPECTED = 5.0  # chi2: categories expected fewer times than this are merged
 MISSING_SHIFT = 0.1  # Wasserstein: a change in the missing share larger than this is drift
+TOKEN_EXPECTED = 50.0  # Jensen-Shannon on tokens: tokens expected fewer times than this in a window are pooled
 
 
 @dataclass
@@ -254,6 +256,8 @@ def jensen_shannon(profile: ColumnProfile, values: np.ndarray) -> _Result:
     from scipy.spatial import distance
 
     reference, current = _category_counts(profile, values)
+    if profile.name.endswith(":tokens"):
+        reference, current = _pool_rare_tokens(reference, current)
     p, q = _shares(reference), _shares(current)
     if p is None or q is None:
         return _Result(0.0)
@@ -304,6 +308,17 @@ def _category_counts(profile: ColumnProfile, values: np.ndarray) -> tuple[np.nda
         for category, count in zip(found, counts):
             current[index.get(str(category), new)] += count
     return np.append(profile.counts, 0), current
+
+
+def _pool_rare_tokens(reference: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens the window would hold fewer than TOKEN_EXPECTED times (at the reference's shares) pooled with the
+    new ones (the two most frequent are always kept): Jensen-Shannon's sampling noise grows with categories per
+    value, about sqrt(K / (8 n ln 2)), and 500 tokens against a few thousand in a window would read as drift."""
+    shares = reference / max(reference.sum(), 1)
+    keep = shares * current.sum() >= TOKEN_EXPECTED
+    keep[np.argsort(-shares[:-1], kind="stable")[:2]] = True  # a short window still compares the top two tokens
+    keep[-1] = False  # the bucket of new tokens
+    return (np.append(reference[keep], reference[~keep].sum()), np.append(current[keep], current[~keep].sum()))
 
 
 def _merge_small(table: np.ndarray) -> np.ndarray:
