@@ -122,13 +122,14 @@ def test_report_from_the_request_log_with_feedback_shadow_and_a_hashed_column(bc
     done = foundry("monitor", "report", run_dir, "--url", url, "--window-rows", 80, "--report", tmp / "live")
     assert done.exit_code == 0, done.output
     assert "Live accuracy on 40 rows with feedback: 0.7500" in done.output
+    assert "Live accuracy by window: 0.7500 (40), -." in done.output  # all feedback went to the first window
     assert "Shadow agreement on 20 rows: 0.8000" in done.output
     assert "Out-of-distribution rows: 12.5%" in done.output
     assert "mean texture: skipped (hashed in the log)" in done.output
     table = done.output[:done.output.index("Dataset drift")]
     assert "mean radius" in table and "mean texture" not in table and "2 windows" in table
     text = (tmp / "live" / "report.md").read_text()
-    assert "live accuracy on 40 rows with feedback: 0.7500" in text
+    assert "live accuracy on 40 rows with feedback: 0.7500" in text and "| 0.7500 (40) |" in text
     newest = foundry("monitor", "report", run_dir, "--url", url, "--limit", 100, "--report", tmp / "live100")
     assert newest.exit_code == 0 and "100 rows from request log" in newest.output
 

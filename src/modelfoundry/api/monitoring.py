@@ -59,6 +59,7 @@ class MonitorResult:
     current: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     live: dict[str, float] = field(default_factory=dict)
+    window_live: list[dict[str, float]] = field(default_factory=list)  # live figures per window (the log)
 
     @property
     def alerts(self) -> list[str]:
@@ -84,7 +85,8 @@ class MonitorResult:
                 "alerts": self.alerts, "drifted": self.drifted, "dataset_drift_windows": self.dataset_drift_windows,
                 "ood_share": self.ood_share, "live": self.live, "notes": self.notes,
                 "columns": [vars(c) for c in self.columns],
-                "windows": [{"rows": list(b), **w.to_json()} for b, w in zip(self.bounds, self.windows)]}
+                "windows": [{"rows": list(b), **w.to_json(), **({"live": live} if live else {})}
+                            for b, w, live in zip(self.bounds, self.windows, self.window_live or [{}] * len(self.bounds))]}
 
 
 @dataclass
@@ -168,6 +170,7 @@ def monitor_log(model: str | Path, *, limit: int | None = None, version: str | N
                             f"{loaded.name}" + (f" version {loaded.version}" if loaded.version else f" ({model})"))
     result.ood_share = _logged_ood_share(log, loaded.reference)
     result.live = live_figures(log, loaded.backend.task)
+    result.window_live = [live_figures(log.iloc[start:stop], loaded.backend.task) for start, stop in result.bounds]
     return result
 
 

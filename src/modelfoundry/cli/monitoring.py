@@ -111,6 +111,8 @@ def print_monitor(result: Any) -> None:
     """The per-column table, then dataset drift, OOD share and the log's live figures."""
     from rich.table import Table
 
+    from modelfoundry.monitor.report import health_lines
+
     count = len(result.windows)
     table = Table("column", "test", "score", "p-value", "threshold", "windows drifted", "alert", title_justify="left",
                   title=f"Drift: {result.model}{' ' + result.version if result.version else ''} vs its reference, "
@@ -122,16 +124,8 @@ def print_monitor(result: Any) -> None:
     console = open_console()
     console.print(table)
     console.print(f"Dataset drift in {result.dataset_drift_windows} of {count} windows.", markup=False)
-    if result.ood_share is not None:
-        console.print(f"Out-of-distribution rows: {100 * result.ood_share:.1f}%.", markup=False)
-    live = result.live
-    for key, text in (("live_accuracy", "Live accuracy"), ("live_mae", "Live MAE"), ("live_rmse", "Live RMSE")):
-        if key in live:
-            console.print(f"{text} on {int(live['feedback_rows'])} rows with feedback: {live[key]:.4f}", markup=False)
-    for key, text in (("shadow_agreement", "Shadow agreement"), ("shadow_mean_abs_difference", "Shadow mean "
-                                                                 "absolute difference")):
-        if key in live:
-            console.print(f"{text} on {int(live['shadow_rows'])} rows: {live[key]:.4f}", markup=False)
+    for line in health_lines(result, by_window=True):
+        console.print(line[0].upper() + line[1:] + ".", markup=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"Note: {note}", markup=False, soft_wrap=True)
 

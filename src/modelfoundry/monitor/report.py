@@ -124,9 +124,10 @@ def report_blocks(result: Any, plots: dict[str, str]) -> list[tuple]:
     blocks: list[tuple] = [("h1", _title(result)), ("p", f"Result: {verdict}."), ("list", _facts(result))]
     blocks += [("h2", "Columns"), ("table", ["column", "kind", "test", "score", "p-value", "threshold",
                                               "windows drifted", "alert"], [_column_row(c) for c in result.columns])]
-    blocks += [("h2", "Windows"), ("table", ["window", "rows", "drifted columns", "share", "dataset drift"],
-                                   [_window_row(k, b, w) for k, (b, w) in enumerate(zip(result.bounds, result.windows), 1)])]
-    figures = _figures(result)
+    live = _live_metric(result)
+    blocks += [("h2", "Windows"), ("table", ["window", "rows", "drifted columns", "share", "dataset drift"]
+                                   + ([live[1]] if live else []), _window_rows(result, live))]
+    figures = health_lines(result)
     if figures:
         blocks += [("h2", "Model health"), ("list", figures)]
     if plots:
@@ -159,7 +160,9 @@ def _facts(result: Any) -> list[str]:
             f"written {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}"]
 
 
-def _figures(result: Any) -> list[str]:
+def health_lines(result: Any, by_window: bool = False) -> list[str]:
+    """The OOD share and, from the request log, live accuracy (or error) and shadow agreement, as sentences
+    (`by_window`: also the live figure of each window, which the report's window table shows)."""
     out = []
     if result.ood_share is not None:
         out.append(f"out-of-distribution rows: {100 * result.ood_share:.1f}% (calibrated to flag "
@@ -173,6 +176,10 @@ def _figures(result: Any) -> list[str]:
                                                                  "shadow mean absolute difference")):
         if key in live:
             out.append(f"{text} on {int(live['shadow_rows'])} rows: {live[key]:.4f}")
+    metric = _live_metric(result)
+    if by_window and metric and len(result.window_live) > 1:
+        out.append(f"{metric[1].removesuffix(' (rows)')} by window: "
+                   + ", ".join(row[-1] for row in _window_rows(result, metric)))
     if live and not live.get("feedback_rows"):
         out.append("no rows with feedback labels yet (POST /feedback {id, label})")
     return out
@@ -189,9 +196,25 @@ def _column_row(c: Any) -> list[str]:
             f"{c.threshold:.4g}", f"{c.windows_drifted}/{c.windows}", "ALERT" if c.alert else "-"]
 
 
-def _window_row(k: int, bounds: tuple[int, int], window: Any) -> list[str]:
-    drifted = ", ".join(map(column_title, window.drifted)) or "-"
-    return [str(k), f"{bounds[0]}-{bounds[1] - 1}", drifted, f"{window.share:.2f}", "yes" if window.dataset_drift else "no"]
+def _live_metric(result: Any) -> tuple[str, str] | None:
+    """(key, column title) of the live figure shown per window, None when no window has feedback."""
+    for key, title in (("live_accuracy", "live accuracy (rows)"), ("live_mae", "live MAE (rows)")):
+        if any(key in live for live in getattr(result, "window_live", [])):
+            return key, title
+    return None
+
+
+def _window_rows(result: Any, live: tuple[str, str] | None) -> list[list[str]]:
+    rows = []
+    for k, (bounds, window) in enumerate(zip(result.bounds, result.windows)):
+        drifted = ", ".join(map(column_title, window.drifted)) or "-"
+        row = [str(k + 1), f"{bounds[0]}-{bounds[1] - 1}", drifted, f"{window.share:.2f}",
+               "yes" if window.dataset_drift else "no"]
+        if live:
+            figures = result.window_live[k]
+            row.append(f"{figures[live[0]]:.4f} ({int(figures['feedback_rows'])})" if live[0] in figures else "-")
+        rows.append(row)
+    return rows
 
 
 def to_markdown(blocks: list[tuple]) -> str:
