@@ -14,7 +14,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -432,9 +432,3 @@ def _finished(interrupted: bool, out: Path) -> None:
         raise TrainingError(f"Retraining was interrupted; the challenger in {out} is not finished.",
                             "Run `foundry retrain` again.")
 
-
-def result_json(result: RetrainResult) -> dict[str, Any]:
-    """The result as JSON (for --json output and the UI)."""
-    out = asdict(result)
-    out["run_dir"] = str(result.run_dir)
-    return out
