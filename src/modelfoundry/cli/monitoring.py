@@ -96,7 +96,7 @@ def _finish(result: Any, report: Optional[Path], fmt: str, fail_on: str) -> None
     from modelfoundry.monitor.report import write_report
 
     failing = result.failed(fail_on)  # a bad --fail-on is refused before anything is written
-    out_dir = report or fresh_dir(Path.cwd(), f"monitor-report-{_safe(result.model)}")
+    out_dir = report or fresh_dir(Path(), f"monitor-report-{_safe(result.model)}")
     path = write_report(result, out_dir, fmt)
     print_monitor(result)
     open_console().print(f"Report: {path}", markup=False, soft_wrap=True)
