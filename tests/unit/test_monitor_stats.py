@@ -275,3 +275,12 @@ def test_tokens_of_a_short_window_from_the_same_text_do_not_drift_and_new_words_
     shifted = np.roll(weights, 700)  # other words are now the frequent ones
     [column] = compare(reference, {"t:tokens": tokens(3000, shifted)}, DriftConfig(), 100).columns
     assert column.drifted
+
+
+@pytest.mark.parametrize("test", ["jensen_shannon", "psi"])
+def test_distance_tests_over_many_categories_do_not_mistake_sampling_noise_for_drift(test):
+    rng = np.random.default_rng(17)
+    names = np.array([f"c{i}" for i in range(200)], dtype=object)
+    reference = rng.choice(names, size=50_000)
+    assert not one_column(test, reference, rng.choice(names, size=1500)).drifted
+    assert one_column(test, reference, rng.choice(names[:40], size=1500)).drifted  # 160 categories gone

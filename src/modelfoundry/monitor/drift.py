@@ -23,8 +23,10 @@ Tests (`TESTS`, name -> function of (profile, values)):
 
 `auto` runs KS / chi2 up to `large_sample` window rows and Wasserstein / Jensen-Shannon above (p-values
 flag negligible shifts on large samples). Token ids ("<col>:tokens") always get Jensen-Shannon under auto or
-chi2: a row's tokens are not independent draws, so a p-value would mean nothing; tokens the window would
-hold fewer than 50 times are pooled first, so that a short window's sampling noise does not read as drift.
+chi2: a row's tokens are not independent draws, so a p-value would mean nothing. Before a distance test
+(Jensen-Shannon, PSI) on categories, those the window would hold fewer than 100 times are grouped (by
+reference share, new categories last) until each group would hold 100, so that a short window's sampling
+noise over many categories does not read as drift.
 
 Missing values: a categorical column counts "<missing>" as a category; a numeric one compares its missing
 share too (Fisher's exact test, the column's p-value then twice the smaller of the two; for Wasserstein a
@@ -55,7 +57,7 @@ P_VALUE_TESTS = ("ks", "chi2")
 EMPTY_SHARE = 1e-4  # PSI: the share an empty bin counts as
 MIN_EXPECTED = 5.0  # chi2: categories expected fewer times than this are merged
 MISSING_SHIFT = 0.1  # Wasserstein: a change in the missing share larger than this is drift
-TOKEN_EXPECTED = 50.0  # Jensen-Shannon on tokens: tokens expected fewer times than this in a window are pooled
+POOL_EXPECTED = 100.0  # distance tests on categories: categories expected fewer times than this are pooled
 
 
 @dataclass
@@ -212,7 +214,7 @@ def psi(profile: ColumnProfile, values: np.ndarray) -> _Result:
         reference = np.append(profile.counts, ref_missing)
         current = np.append(bin_counts(profile.edges, values), int((~np.isfinite(values)).sum()))
     else:
-        reference, current = _category_counts(profile, values)
+        reference, current = _pool_rare(*_category_counts(profile, values))
     p, q = _shares(reference), _shares(current)
     if p is None or q is None:
         return _Result(0.0)
@@ -255,9 +257,7 @@ def chi2(profile: ColumnProfile, values: np.ndarray) -> _Result:
 def jensen_shannon(profile: ColumnProfile, values: np.ndarray) -> _Result:
     from scipy.spatial import distance
 
-    reference, current = _category_counts(profile, values)
-    if profile.name.endswith(":tokens"):
-        reference, current = _pool_rare_tokens(reference, current)
+    reference, current = _pool_rare(*_category_counts(profile, values))
     p, q = _shares(reference), _shares(current)
     if p is None or q is None:
         return _Result(0.0)
@@ -310,15 +310,28 @@ def _category_counts(profile: ColumnProfile, values: np.ndarray) -> tuple[np.nda
     return np.append(profile.counts, 0), current
 
 
-def _pool_rare_tokens(reference: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens the window would hold fewer than TOKEN_EXPECTED times (at the reference's shares) pooled with the
-    new ones (the two most frequent are always kept): Jensen-Shannon's sampling noise grows with categories per
-    value, about sqrt(K / (8 n ln 2)), and 500 tokens against a few thousand in a window would read as drift."""
+def _pool_rare(reference: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Categories the window would hold fewer than POOL_EXPECTED times (at the reference's shares) grouped, in
+    order of their reference share and with the new ones last, until each group would hold that many (the two
+    most frequent categories are always kept). A distance's sampling noise grows with the categories per value
+    (Jensen-Shannon about sqrt(K / (8 n ln 2)), PSI about K / n): 500 tokens against a window of 500 read as
+    distance 0.39 on unchanged text, 200 categories in 1,500 rows as Jensen-Shannon 0.2."""
     shares = reference / max(reference.sum(), 1)
-    keep = shares * current.sum() >= TOKEN_EXPECTED
-    keep[np.argsort(-shares[:-1], kind="stable")[:2]] = True  # a short window still compares the top two tokens
-    keep[-1] = False  # the bucket of new tokens
-    return (np.append(reference[keep], reference[~keep].sum()), np.append(current[keep], current[~keep].sum()))
+    expected = shares * current.sum()
+    keep = expected >= POOL_EXPECTED
+    keep[np.argsort(-shares[:-1], kind="stable")[:2]] = True
+    keep[-1] = False  # the bucket of new categories
+    groups: list[list[int]] = []
+    pending: list[int] = []
+    for i in [int(i) for i in np.argsort(-shares, kind="stable") if not keep[i]]:
+        pending.append(i)
+        if expected[pending].sum() >= POOL_EXPECTED:
+            groups.append(pending)
+            pending = []
+    if pending:
+        groups[-1:] = [(groups[-1] if groups else []) + pending]
+    return (np.append(reference[keep], [reference[g].sum() for g in groups]),
+            np.append(current[keep], [current[g].sum() for g in groups]))
 
 
 def _merge_small(table: np.ndarray) -> np.ndarray:
