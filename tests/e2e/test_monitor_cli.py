@@ -172,3 +172,39 @@ def test_a_registered_version_is_monitored_by_reference(bc, tmp_path, monkeypatc
     every = foundry("monitor", "report", "bcreg", "--uri", uri, "--url", url, "--fail-on", "never")
     assert every.exit_code == 0 and "180 rows from request log" in every.output
     assert "rows of versions 1, run, all compared with the reference of bcreg version 1" in every.output
+
+
+@pytest.mark.slow  # trains a small LSTM (~5 s)
+def test_a_text_model_is_monitored_by_length_and_tokens_and_its_unlogged_text_is_skipped(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from modelfoundry.monitor.requestlog import RequestLog, frame_records
+
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 2, 600)
+    words = np.array(["good", "great", "nice", "fine", "superb", "bad", "awful", "poor", "meh", "dull"])
+    text = [" ".join(rng.choice(words[:5] if y else words[5:], size=rng.integers(3, 9))) for y in label]
+    frame = pd.DataFrame({"text": text, "color": rng.choice(["red", "blue", "green"], 600), "label": label})
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(
+        name="txt", data={"source": str(tmp_path / "train.csv"), "target": "label", "text": {"max_length": 16}},
+        model={"name": "lstm", "embedding_dim": 8, "hidden": 8}, training={"epochs": 1, "batch_size": 64},
+        monitor={"log": {"exclude_columns": ["text"]}})))
+    assert foundry("run", cfg, "--run-dir", tmp_path / "run", "--no-progress").exit_code == 0
+    new = frame.drop(columns=["label"]).sample(200, random_state=1)
+    odd = new.assign(text="unheard of words " * 4)
+    odd.to_csv(tmp_path / "odd.csv", index=False)
+    done = foundry("monitor", tmp_path / "run", "--data", tmp_path / "odd.csv", "--report", tmp_path / "rep")
+    assert done.exit_code == 10, done.output
+    alert = done.output[done.output.index("Drift alert"):]
+    assert "text:length" in alert and "text:tokens" in alert and "color" not in alert
+    url = f"sqlite:///{tmp_path / 'requests.db'}"
+    log = RequestLog(url, exclude_columns=["text"])
+    log.add("txt", "run", [f"r{k}-0" for k in range(200)], frame_records(new), [1] * 200)
+    log.close()
+    logged = foundry("monitor", "report", tmp_path / "run", "--url", url, "--fail-on", "never")
+    assert logged.exit_code == 0, logged.output
+    assert "text: skipped (excluded from the log)" in logged.output and "text:tokens" not in logged.output
+    assert "color" in logged.output

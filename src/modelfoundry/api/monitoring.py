@@ -244,6 +244,7 @@ def _analyse(loaded: _Model, schema: Any, rows: Any, predictions: Any, source: s
     """Windows -> compare each with the reference -> the alert rule -> one summary per column."""
     from modelfoundry.monitor.columns import PREDICTION, column_values
     from modelfoundry.monitor.drift import Alerts, compare
+    from modelfoundry.monitor.report import column_title
 
     settings = loaded.config.monitor
     size = window_rows or settings.window.rows
@@ -264,7 +265,7 @@ def _analyse(loaded: _Model, schema: Any, rows: Any, predictions: Any, source: s
     if loaded.reference.prediction is not None:
         everything[PREDICTION] = predictions
     summaries = _summaries(windows, alerting)
-    notes = [f"{c.column}: {c.note}" for c in summaries if c.note]  # the worst window's (a missing share, ...)
+    notes = [f"{column_title(c.column)}: {c.note}" for c in summaries if c.note]  # the worst window's
     return MonitorResult(loaded.name, loaded.version, loaded.run_dir, source, loaded.backend.task, len(rows), size,
                          windows, bounds, summaries, None, loaded.reference, everything, notes)
 
