@@ -154,3 +154,11 @@ def test_a_run_on_unlabelled_rows_takes_every_row_as_normal_and_flags_shifted_ro
     frame.tail(40).to_csv(tmp_path / "same.csv", index=False)
     assert predict(result.run_dir, tmp_path / "shifted.csv")["anomaly"].mean() > 0.8
     assert predict(result.run_dir, tmp_path / "same.csv")["anomaly"].mean() < 0.2
+
+
+def test_cross_validation_refuses_an_anomaly_config_saying_what_handles_it():
+    from modelfoundry.api.cross_validation import cross_validate
+
+    config = load_config(tiny_config(data=BC, model=AE))
+    with pytest.raises(ConfigError, match=r"data.task: anomaly .* is trained by `foundry run`"):
+        cross_validate(config, folds=2, progress=False)

@@ -19,7 +19,7 @@ from modelfoundry.data.sources import describe_source, load_source
 from modelfoundry.data.split import split_indices
 from modelfoundry.data.text import TextEncoder
 from modelfoundry.data.transform import Preprocessor, TargetEncoder
-from modelfoundry.errors import DataError
+from modelfoundry.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,6 +66,11 @@ def load_clean(cfg: DataConfig, seed: int = 0, raw: pd.DataFrame | None = None) 
     removes, and keep a sample of `cfg.max_rows` rows if asked (stratified for classification; `seed` is the
     split seed)."""
     origin = cfg.source
+    if cfg.task == "anomaly" and raw is None:  # its splits come from data/anomaly.py; this caller knows no others
+        raise ConfigError("This command handles classification and regression data; data.task: anomaly (an "
+                          "autoencoder's normal rows and threshold) is trained by `foundry run` or `foundry train` "
+                          "and tuned by `foundry tune`.", "Train it with `foundry run CONFIG`, then evaluate, predict, "
+                          "export or serve the run.")
     raw = load_source(cfg.source) if raw is None else raw
     frame = raw.copy()
     specs = plan_features(frame, cfg, origin)
