@@ -179,13 +179,13 @@ def _save_reference(config: Config, data: PreparedData, model: Any, run_path: Pa
         return
     target = data.target_encoder
     outputs = predict_outputs(model, data.X["val"], data.task)
-    if data.task == "classification":
-        labels, metrics = list(target.classes_), classification_metrics(data.y["val"], outputs,
-                                                                        config.evaluation.top_k)
-    else:
-        labels, outputs = None, target.decode(outputs)
-        metrics = regression_metrics(target.decode(data.y["val"]), outputs) if len(outputs) else {}
     try:
+        if data.task == "classification":
+            labels = list(target.classes_)
+            metrics = classification_metrics(data.y["val"], outputs, config.evaluation.top_k) if len(outputs) else {}
+        else:
+            labels, outputs = None, target.decode(outputs)
+            metrics = regression_metrics(target.decode(data.y["val"]), outputs) if len(outputs) else {}
         reference = build_reference(data.preprocessor.desc, data.task, labels, frames["train"], frames["val"],
                                     outputs, metrics, config.monitor)
     except (FoundryError, ValueError, KeyError, np.linalg.LinAlgError) as exc:
