@@ -11,7 +11,8 @@ with an out-of-distribution scorer, each row's OOD score.
 
 stores the true labels (behind the API key and rate limit of the model routes). All or nothing: an unknown id is
 a 404 naming it, a label of the wrong type a 422 listing the model's labels; nothing is stored then. Feedback
-sent right after its prediction waits (at most SETTLE_S) for the row to be written.
+sent right after its prediction waits (at most SETTLE_S) for the row to be written. Rows are written together, at
+most BUFFER_S after they were answered (a report reading the log meanwhile sees them that much later).
 
 Labels: a classifier's class labels (with their JSON type), an anomaly detector's true (anomaly) / false, a
 regressor's finite numbers.
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SETTLE_S = 2.0  # how long feedback for a row not yet in the log waits for the batches being written
 REFRESH_S = 5.0  # how often the live metric is read from the log (other workers' feedback included)
+BUFFER_ROWS, BUFFER_S = 512, 0.5  # logged rows are written together: at this many, or this long after the first
 
 
 class RowNotFound(FoundryError):
@@ -61,7 +63,8 @@ class FeedbackLog:
         self.config = config
         self.log = request_log or RequestLog(config.log.url, max_rows=config.log.max_rows,
                                              hash_columns=config.log.hash_columns,
-                                             exclude_columns=config.log.exclude_columns)
+                                             exclude_columns=config.log.exclude_columns, buffer_rows=BUFFER_ROWS,
+                                             buffer_s=BUFFER_S)
         self.id_share = config.log.sample
         self.context: ServerContext | None = None
         self.live: tuple[float, int] = (math.nan, 0)  # the metric over the labelled window, and its rows
@@ -111,16 +114,19 @@ class FeedbackLog:
                   registry=self.context.registry).set_function(lambda: self.live[0])
             Gauge("foundry_feedback_rows", "Labelled rows the live feedback metric is computed on.",
                   registry=self.context.registry).set_function(lambda: self.live[1])
-        self._refresher = asyncio.get_running_loop().create_task(self._refresh_every(REFRESH_S))
+        self._refresher = asyncio.get_running_loop().create_task(self._background())
 
     async def stop(self) -> None:
+        """Stop the background task and write the rows still buffered."""
         if self._refresher is not None:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
             self._refresher = None
+        await asyncio.to_thread(self.log.flush)
 
     def on_batch(self, batch: BatchRecord) -> None:
-        """Write the batch's rows that have ids (one transaction), in the extensions' thread."""
+        """Log the batch's rows that have ids (buffered: written BUFFER_S later at most), in the extensions'
+        thread."""
         import numpy as np
 
         row_ids = batch.row_ids()
@@ -152,6 +158,9 @@ class FeedbackLog:
             if extensions is not None:
                 await extensions.settle(SETTLE_S)
             found.update(await asyncio.to_thread(self.log.find, model.name, [i for i in ids if i not in found]))
+            if len(found) < len(ids):  # another worker may still hold it in its buffer
+                await asyncio.sleep(2 * BUFFER_S)
+                found.update(await asyncio.to_thread(self.log.find, model.name, [i for i in ids if i not in found]))
         missing = [rid for rid in ids if rid not in found]
         if missing:
             self.outcomes.labels("unknown_id").inc(len(missing))
@@ -200,13 +209,21 @@ class FeedbackLog:
             self.live = (sum(abs(float(p) - float(lab)) for p, lab in pairs) / len(pairs), len(pairs))
         return self.live
 
-    async def _refresh_every(self, seconds: float) -> None:
+    async def _background(self) -> None:
+        """Every BUFFER_S: write the buffered rows (in the extensions' thread, in order with the batches); every
+        REFRESH_S: read the live metric from the log."""
+        loop, refreshed = asyncio.get_running_loop(), -math.inf
         while True:
             try:
-                await asyncio.to_thread(self.refresh)
+                if self.log.pending:
+                    pool = getattr(self.context.served.extensions, "pool", None)
+                    await loop.run_in_executor(pool, self.log.flush)
+                if time.monotonic() - refreshed >= REFRESH_S:
+                    refreshed = time.monotonic()
+                    await asyncio.to_thread(self.refresh)
             except Exception as exc:  # noqa: BLE001 - the log may be unreachable for a while: keep serving
-                log.warning("could not read the live feedback metric from the request log: %s", exc)
-            await asyncio.sleep(seconds)
+                log.warning("request log: %s", exc)
+            await asyncio.sleep(BUFFER_S)
 
     def _version(self, batch: BatchRecord) -> tuple[Any, Any]:
         """(InputSchema, OOD scorer or None) of the version that answered `batch`, cached per version."""

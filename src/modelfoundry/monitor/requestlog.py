@@ -6,6 +6,8 @@ project's foundry.db, in WAL mode so a server writes while a report reads); one 
     seq (insertion order)  id ("<request id>-<row>")  time (epoch s)  model  version  inputs (JSON: raw columns)
     prediction (JSON: class label or value)  ood_score  label (JSON, with feedback)  feedback_time  shadow_prediction
 
+Rows are written in one transaction per `add`, or, with `buffer_rows` (the server's log), gathered in memory and
+written together (at most `buffer_s` later; every read or update writes them first).
 Bounded: beyond `max_rows` rows of one model the oldest are deleted, checked each time a tenth of `max_rows` more
 rows were written (so a model holds at most 1.1 x max_rows). Privacy: `exclude_columns` are never stored;
 `hash_columns` are stored as salted SHA-256 (`hash_value`); the salt is $FOUNDRY_LOG_SALT, else a random one made
@@ -45,9 +47,15 @@ class RequestLog:
     (reading a SQLite log that was never written finds nothing and creates no file)."""
 
     def __init__(self, url: str | None, *, max_rows: int = 100_000, hash_columns: Sequence[str] = (),
-                 exclude_columns: Sequence[str] = ()):
+                 exclude_columns: Sequence[str] = (), buffer_rows: int = 0, buffer_s: float = 0.5):
         self.url = url or default_log_url()
         self.max_rows = max_rows
+        # buffer_rows > 0: rows wait in memory until that many are pending or the oldest is buffer_s old (the next
+        # add, or flush(), writes them in one transaction); every read and update writes them first
+        self.buffer_rows, self.buffer_s = buffer_rows, buffer_s
+        self._pending: list[dict[str, Any]] = []
+        self._pending_ids: dict[str, dict[str, Any]] = {}
+        self._pending_since = 0.0
         self.hash_columns, self.exclude_columns = set(hash_columns), set(exclude_columns)
         self._engine: Any = None
         self._table: Any = None
@@ -59,27 +67,56 @@ class RequestLog:
     def add(self, model: str, version: str, ids: Sequence[str], inputs: Sequence[Mapping[str, Any]],
             predictions: Sequence[Any], *, time: float | None = None,
             ood_scores: Sequence[float] | None = None) -> None:
-        """Log rows (one transaction): their ids, raw inputs ({column: value}; NaN stored as null), predictions."""
+        """Log rows: their ids, raw inputs ({column: value}; NaN stored as null), predictions (one transaction, or
+        buffered: see buffer_rows)."""
         if not ids:
             return
         now = clock.time() if time is None else time
         rows = [{"id": rid, "time": now, "model": model, "version": version,
-                 "inputs": json.dumps(self.private(row), separators=(",", ":"), default=_plain),
-                 "prediction": _dumps(prediction),
+                 "inputs": _INPUTS.encode(self.private(row)),
+                 "prediction": _dumps(prediction), "shadow_prediction": None,
                  "ood_score": _finite(ood_scores[i]) if ood_scores is not None else None}
                 for i, (rid, row, prediction) in enumerate(zip(ids, inputs, predictions))]
         with self._lock:
+            if not self._pending:
+                self._pending_since = clock.monotonic()
+            self._pending.extend(rows)
+            self._pending_ids.update((row["id"], row) for row in rows)
+            if len(self._pending) >= self.buffer_rows or clock.monotonic() - self._pending_since >= self.buffer_s:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows (one transaction), then keep each model within max_rows."""
+        with self._lock:
+            if not self._pending:
+                return
+            rows, self._pending, self._pending_ids = self._pending, [], {}
             table = self.table
             with self._engine.begin() as conn:
                 conn.execute(table.insert(), rows)
-            self._written[model] = self._written.get(model, 0) + len(rows)
-            if self._written[model] >= max(1, int(self.max_rows * PRUNE_SHARE)):
-                self._written[model] = 0
-                self.prune(model)
+            for row in rows:
+                self._written[row["model"]] = self._written.get(row["model"], 0) + 1
+            for model in {row["model"] for row in rows}:
+                if self._written[model] >= max(1, int(self.max_rows * PRUNE_SHARE)):
+                    self._written[model] = 0
+                    self.prune(model)
+
+    @property
+    def pending(self) -> int:
+        """Rows buffered, not written yet."""
+        return len(self._pending)
 
     def add_shadow(self, row_ids: list[str], predictions: list) -> None:
         """Store a shadow model's predictions beside the logged rows `row_ids` (rows not logged are skipped)."""
-        self._update(row_ids, "shadow_prediction", [_dumps(p) for p in predictions])
+        values = [_dumps(p) for p in predictions]
+        with self._lock:  # rows still buffered get theirs in memory
+            buffered = self._pending_ids
+            for rid, value in zip(row_ids, values):
+                if rid in buffered:
+                    buffered[rid]["shadow_prediction"] = value
+            rest = [(rid, value) for rid, value in zip(row_ids, values) if rid not in buffered]
+        if rest:
+            self._update([r for r, _ in rest], "shadow_prediction", [v for _, v in rest])
 
     def label(self, labels: Mapping[str, Any], time: float | None = None) -> None:
         """Store feedback: the true label of each logged row id (a later label replaces an earlier one)."""
@@ -92,6 +129,7 @@ class RequestLog:
         if not row_ids:
             return
         with self._lock:
+            self.flush()
             table = self.table
             statement = table.update().where(table.c.id == bindparam("row_id")).values(
                 {column: bindparam("value"), **same})
@@ -122,6 +160,7 @@ class RequestLog:
         """{row id: (version, prediction)} of the ids logged for `model` (the others are missing)."""
         from sqlalchemy import select
 
+        self.flush()
         if not self.exists:
             return {}
         table = self.table
@@ -134,6 +173,7 @@ class RequestLog:
         """(prediction, label) of the `limit` rows of `model` (and `version`) that got feedback most recently."""
         from sqlalchemy import select
 
+        self.flush()
         if not self.exists:
             return []
         table = self.table
@@ -151,6 +191,7 @@ class RequestLog:
         import pandas as pd
         from sqlalchemy import select
 
+        self.flush()
         rows: list[Any] = []
         if self.exists:
             table = self.table
@@ -220,6 +261,8 @@ class RequestLog:
         return self._table
 
     def close(self) -> None:
+        """Write what is buffered and release the database connections."""
+        self.flush()
         if self._engine is not None:
             self._engine.dispose()
 
@@ -307,7 +350,7 @@ def _salt_file(path: Path) -> bytes:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_plain)
+    return _VALUES.encode(value)
 
 
 def _plain(value: Any) -> Any:
@@ -315,6 +358,10 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_VALUES = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_plain)  # made once: not per row
+_INPUTS = json.JSONEncoder(separators=(",", ":"), default=_plain)  # NaN already None (frame_records, raw_records)
 
 
 def _finite(value: Any) -> float | None:
