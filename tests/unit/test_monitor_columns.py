@@ -134,3 +134,16 @@ def test_a_failure_to_build_a_reference_never_fails_the_run(tmp_path, monkeypatc
         result = run(tiny_config(training={"epochs": 1}), run_dir=tmp_path / "without")
     assert load_reference(result.run_dir) is None and result.metrics
     assert "cannot be profiled" in caplog.text
+
+
+def test_a_regression_run_profiles_its_predictions_in_the_target_units(tmp_path):
+    from modelfoundry.api.training import run
+
+    config = tiny_config(data={"source": "sklearn:diabetes", "target": "target"}, training={"epochs": 1})
+    reference = load_reference(run(config, run_dir=tmp_path / "diabetes").run_dir)
+    prediction = reference.prediction
+    assert reference.task == "regression" and reference.labels is None and prediction.kind == "numeric"
+    assert prediction.n == len(prediction.quantiles) > 0 and "rmse" in reference.metrics
+    assert 20 < prediction.mean < 350  # diabetes progression units (25 to 346), not standardised values near 0
+    assert {c.test for c in compare(reference, {PREDICTION: prediction.quantiles + 100.0}, DriftConfig(), 60).columns
+            if c.drifted} == {"ks"}
