@@ -103,7 +103,7 @@ def test_the_onnx_export_and_the_server_answer_what_predict_does(trained, rows):
     from modelfoundry.serve.store import RunDirStore
 
     run_dir = trained[1].run_dir
-    path, picked = rows
+    path = rows[0]
     export = export_onnx(run_dir)
     assert export.output_name == "anomaly_score" and export.max_abs_diff <= export.tolerance
     expected = predict(run_dir, path)
@@ -131,3 +131,17 @@ def test_the_onnx_export_and_the_server_answer_what_predict_does(trained, rows):
 
 def load_threshold(run_dir) -> float:
     return json.loads((run_dir / "preprocess.json").read_text())["target"]["threshold"]
+
+
+def test_evaluate_on_a_file_uses_its_labels_when_it_has_them(trained, rows):
+    from modelfoundry.api.evaluation import evaluate
+
+    path, picked = rows
+    labelled = path.with_name("labelled.csv")
+    picked.to_csv(labelled, index=False)
+    with_labels = evaluate(trained[1].run_dir, data=labelled)
+    assert with_labels.metrics["tp"] + with_labels.metrics["fn"] == 20  # the 20 malignant rows
+    assert with_labels.metrics["roc_auc"] > 0.8 and with_labels.extras["evaluated_on"] == "labelled.csv"
+    without = evaluate(trained[1].run_dir, data=path)  # no label column: the share flagged
+    assert "roc_auc" not in without.metrics and without.headline == ["flagged_share", "threshold"]
+    assert without.metrics["flagged_share"] == pytest.approx(with_labels.metrics["flagged_share"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ class Autoencoder(nn.Module):
     @staticmethod
     def _stack(widths: list[int], act: str, dropout: float, last_plain: bool) -> nn.Sequential:
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (a, b) in enumerate(pairwise(widths)):
             layers.append(nn.Linear(a, b))
             if not (last_plain and i == len(widths) - 2):  # the reconstruction itself is linear
                 layers.append(activation(act))
