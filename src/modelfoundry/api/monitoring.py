@@ -85,8 +85,8 @@ class MonitorResult:
                 "alerts": self.alerts, "drifted": self.drifted, "dataset_drift_windows": self.dataset_drift_windows,
                 "ood_share": self.ood_share, "live": self.live, "notes": self.notes,
                 "columns": [vars(c) for c in self.columns],
-                "windows": [{"rows": list(b), **w.to_json(), **({"live": live} if live else {})}
-                            for b, w, live in zip(self.bounds, self.windows, self.window_live or [{}] * len(self.bounds))]}
+                "windows": [{"rows": list(b), **w.to_json(), **({"live": live} if live else {})} for b, w, live
+                            in zip(self.bounds, self.windows, self.window_live or [{}] * len(self.bounds))]}
 
 
 @dataclass
@@ -155,9 +155,9 @@ def monitor_log(model: str | Path, *, limit: int | None = None, version: str | N
     if log.empty:
         which = f"model '{loaded.name}'" + (f" version {version}" if version else "")
         raise DataError(f"The request log has no rows of {which}.",
-                        f"Serve it with monitoring on (`foundry serve {model}`: monitor.enabled and monitor.log.enabled "
-                        "are on by default) and send it requests; or pass --url where the server logs "
-                        "(monitor.log.url), or another --version.")
+                        f"Serve it with monitoring on (`foundry serve {model}`: monitor.enabled and "
+                        "monitor.log.enabled are on by default) and send it requests; or pass --url where the "
+                        "server logs (monitor.log.url), or another --version.")
     schema = InputSchema(loaded.backend.desc)
     frame, skipped, notes = _logged_inputs(log, loaded, settings)
     rows = schema.from_frame(frame, origin="the request log")
@@ -283,8 +283,9 @@ def _summaries(windows: list[Any], alerting: set[str]) -> list[ColumnSummary]:
     out = []
     for name, drifts in by_column.items():
         worst = max(drifts, key=_badness)
-        out.append(ColumnSummary(name, worst.kind, worst.test, float(worst.score), worst.p_value, float(worst.threshold),
-                                 sum(bool(d.drifted) for d in drifts), len(drifts), name in alerting, worst.note))
+        out.append(ColumnSummary(name, worst.kind, worst.test, float(worst.score), worst.p_value,
+                                 float(worst.threshold), sum(bool(d.drifted) for d in drifts), len(drifts),
+                                 name in alerting, worst.note))
     return out
 
 

@@ -118,9 +118,12 @@ def _category_shares(reference: np.ndarray, current: np.ndarray, top: int = 20) 
 def report_blocks(result: Any, plots: dict[str, str]) -> list[tuple]:
     """The report as blocks both renderers read: ("h1"|"h2"|"h3"|"p", text), ("list", items),
     ("table", header, rows), ("image", alt, path)."""
-    verdict = (f"**ALERT** on {', '.join(map(column_title, result.alerts))}" if result.alerts else
-               f"no alert; drift in some window on {', '.join(map(column_title, result.drifted))}" if result.drifted else
-               "no drift, no alert")
+    if result.alerts:
+        verdict = f"**ALERT** on {', '.join(map(column_title, result.alerts))}"
+    elif result.drifted:
+        verdict = f"no alert; drift in some window on {', '.join(map(column_title, result.drifted))}"
+    else:
+        verdict = "no drift, no alert"
     blocks: list[tuple] = [("h1", _title(result)), ("p", f"Result: {verdict}."), ("list", _facts(result))]
     blocks += [("h2", "Columns"), ("table", ["column", "kind", "test", "score", "p-value", "threshold",
                                               "windows drifted", "alert"], [_column_row(c) for c in result.columns])]
@@ -145,7 +148,8 @@ def report_blocks(result: Any, plots: dict[str, str]) -> list[tuple]:
 
 def _title(result: Any) -> str:
     version = f" {result.version}" if result.version else ""
-    return f"Drift report: {result.model}{version} on {Path(result.source).name if result.source != 'request log' else 'the request log'}"
+    source = "the request log" if result.source == "request log" else Path(result.source).name
+    return f"Drift report: {result.model}{version} on {source}"
 
 
 def _facts(result: Any) -> list[str]:
@@ -218,6 +222,7 @@ def _window_rows(result: Any, live: tuple[str, str] | None) -> list[list[str]]:
 
 
 def to_markdown(blocks: list[tuple]) -> str:
+    """The report's blocks as GitHub-flavoured markdown (a '|' in a cell escaped)."""
     lines: list[str] = []
     for block in blocks:
         kind = block[0]
@@ -236,6 +241,7 @@ def to_markdown(blocks: list[tuple]) -> str:
 
 
 def to_html(blocks: list[tuple], title: str) -> str:
+    """The report's blocks as one self-contained HTML page (every text escaped; images linked relatively)."""
     body: list[str] = []
     for block in blocks:
         kind = block[0]
