@@ -124,3 +124,22 @@ def test_the_default_log_sits_beside_the_projects_foundry_db(tmp_path, monkeypat
     assert log.url == default_log_url() and not (tmp_path / "foundry-requests.db").exists()  # made by a write only
     log.add("m", "1", ["a-0"], [{}], [0])
     assert (tmp_path / "foundry-requests.db").is_file()
+
+
+def test_buffered_rows_are_written_together_and_seen_by_every_read(url):
+    log = RequestLog(url, buffer_rows=10, buffer_s=60)
+    other = RequestLog(url)  # another process reading the same database
+    log.add("m", "1", ids(4), rows(4), [0] * 4)
+    log.add_shadow(["r-1"], [1])  # still buffered: set in memory
+    assert log.pending == 4 and other.read("m").empty  # nothing written yet
+    log.add("m", "1", ids(6, start=4), rows(6, start=4), [0] * 6)  # the 10th row: one transaction for all
+    assert log.pending == 0 and other.read("m")["id"].tolist() == ids(10)
+    assert other.read("m")["shadow_prediction"].tolist()[:2] == [None, 1]
+    log.add("m", "1", ["late-0"], rows(1), [1])
+    assert log.find("m", ["late-0"]) == {"late-0": ("1", 1)}  # a read writes the buffer first
+    log.add("m", "1", ["last-0"], rows(1), [1])
+    log.close()  # so does closing
+    assert other.read("m")["id"].iloc[-1] == "last-0"
+    timed = RequestLog(url, buffer_rows=1000, buffer_s=0)
+    timed.add("n", "1", ["t-0"], rows(1), [0])  # the oldest row is buffer_s old: written at once
+    assert timed.pending == 0 and other.read("n")["id"].tolist() == ["t-0"]

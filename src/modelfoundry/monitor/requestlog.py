@@ -28,7 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-TABLE, SALT_TABLE = "foundry_requests", "foundry_log_salt"
+from modelfoundry.monitor.logdb import SALT_TABLE, open_log, salt_file, sqlite_file
+
 SALT_ENV = "FOUNDRY_LOG_SALT"
 LOG_FILE = "foundry-requests.db"
 PRUNE_SHARE = 0.1  # rows written per model, as a share of max_rows, between two checks of the bound
@@ -153,7 +154,7 @@ class RequestLog:
     @property
     def exists(self) -> bool:
         """Whether there is anything to read: a SQLite file not written yet is not created by a read."""
-        path = _sqlite_file(self.url)
+        path = sqlite_file(self.url)
         return self._table is not None or path is None or path.is_file()
 
     def find(self, model: str, row_ids: Sequence[str]) -> dict[str, tuple[str, Any]]:
@@ -237,9 +238,9 @@ class RequestLog:
 
     def _stored_salt(self) -> bytes:
         self.table  # noqa: B018 - the database (and its folder) exists before the salt beside it
-        path = _sqlite_file(self.url)
+        path = sqlite_file(self.url)
         if path is not None:
-            return _salt_file(Path(f"{path}.salt"))
+            return salt_file(Path(f"{path}.salt"))
         from sqlalchemy import select
 
         salt_table = self.table.metadata.tables[SALT_TABLE]
@@ -257,7 +258,7 @@ class RequestLog:
         if self._table is None:
             with self._lock:
                 if self._table is None:
-                    self._engine, self._table = _open(self.url)
+                    self._engine, self._table = open_log(self.url)
         return self._table
 
     def close(self) -> None:
@@ -277,76 +278,6 @@ def frame_records(frame: Any) -> list[dict[str, Any]]:
     if missing.any():
         values[missing] = None
     return [dict(zip(names, row)) for row in values.tolist()]
-
-
-def _open(url: str) -> tuple[Any, Any]:
-    from sqlalchemy import (
-        BigInteger,
-        Column,
-        Float,
-        Index,
-        Integer,
-        MetaData,
-        String,
-        Table,
-        Text,
-        create_engine,
-        event,
-    )
-    from sqlalchemy.pool import StaticPool
-
-    path = _sqlite_file(url)
-    options: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        options["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        if path is None:  # in memory: one connection shared by the threads, or each would see its own database
-            options["poolclass"] = StaticPool
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, **options)
-    if path is not None:
-        @event.listens_for(engine, "connect")
-        def _wal(connection: Any, record: Any) -> None:
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the server's writes
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-    metadata = MetaData()
-    table = Table(TABLE, metadata,
-                  Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-                  Column("id", String(80), nullable=False, unique=True), Column("time", Float, nullable=False),
-                  Column("model", String(200), nullable=False), Column("version", String(100), nullable=False),
-                  Column("inputs", Text, nullable=False), Column("prediction", Text, nullable=False),
-                  Column("ood_score", Float), Column("label", Text), Column("feedback_time", Float),
-                  Column("shadow_prediction", Text),
-                  Index(f"{TABLE}_model_seq", "model", "seq"),
-                  Index(f"{TABLE}_model_feedback", "model", "feedback_time"))
-    Table(SALT_TABLE, metadata, Column("salt", String(128), nullable=False))
-    metadata.create_all(engine)
-    return engine, table
-
-
-def _sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL; None for in-memory SQLite and other databases."""
-    if not url.startswith("sqlite:///") or url.split("?")[0] in ("sqlite:///", "sqlite:///:memory:"):
-        return None
-    return Path(url.removeprefix("sqlite:///").split("?")[0]).resolve()
-
-
-def _salt_file(path: Path) -> bytes:
-    """The salt kept in `path`, made once (readable by its owner only); several workers agree on the first."""
-    if not path.is_file():
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            file.write(secrets.token_hex(32))
-        try:
-            os.link(temporary, path)  # atomic: only the first worker's salt becomes the file
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink()
-    return path.read_text().strip().encode()
 
 
 def _dumps(value: Any) -> str:
