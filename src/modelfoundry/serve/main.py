@@ -1,6 +1,8 @@
-"""The app factory uvicorn imports in each worker process (`foundry serve --workers N`).
+"""A plain app factory for uvicorn's worker processes: the model and its settings, no extensions.
 
-Settings travel in environment variables because uvicorn starts workers from an import string.
+Settings travel in environment variables because uvicorn starts workers from an import string. `foundry serve
+--workers N` starts `modelfoundry.api.serving:build_worker_app` instead, which reads the same variables and adds
+each worker's monitoring extensions (the serve stage does not import the monitor stage).
 """
 
 from __future__ import annotations
