@@ -59,13 +59,13 @@ def aliases(uri, name):
     return show(name, uri)["aliases"]
 
 
-def check_recorded(result, uri, name, before):
+def check_recorded(result, uri, name, before, margin=0.0, tolerance=0.01):
     """The challenger is a new version with its lineage; the challenger alias moved to it; the alias moved to it
     only if the gate passed, and the history says so with the numbers."""
     from modelfoundry.registry import history, show
 
     again = gate(result.holdout["champion"], result.holdout["challenger"], result.metric,
-                 [c.metric for c in result.decision.checks[1:]], 0.0, 0.01)
+                 [c.metric for c in result.decision.checks[1:]], margin, tolerance)
     assert again.promote == result.decision.promote  # the decision follows from the holdout numbers
     version = result.challenger_version
     info = show(f"{name}/{version}", uri)
@@ -134,7 +134,7 @@ def test_a_gate_forced_to_refuse_leaves_the_alias_and_rollback_unmoved(store):
     before = aliases(uri, "bc")["production"]
     result = retrain("bc", store["second"], mode="warm", margin=1.0, epochs=1, uri=uri)  # no metric gains 1.0
     assert not result.decision.promote and result.decision.reason.startswith("refused: ")
-    check_recorded(result, uri, "bc", before)
+    check_recorded(result, uri, "bc", before, margin=1.0)
     last = history("bc", uri)[-1]
     assert last["action"] == "refuse" and "margin 1" in last["reason"]
     output = cli("registry", "history", "bc", "--uri", uri)
