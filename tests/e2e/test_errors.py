@@ -27,7 +27,7 @@ CASES = {
     # name: (make config sections from tmp_path, text the message must contain, exit code)
     "unknown key": (lambda t: {"training": {"epochs": 2, "optimiser": {}}}, "Did you mean 'optimizer'", 2),
     "negative lr": (lambda t: {"training": {"optimizer": {"lr": -1}}}, "training.optimizer.lr", 2),
-    "unknown model": (lambda t: {"model": {"name": "mlpp"}}, "Did you mean 'mlp'? Valid names: cnn, ", 2),
+    "unknown model": (lambda t: {"model": {"name": "mlpp"}}, "Did you mean 'mlp'? Valid names: autoencoder, cnn, ", 2),
     "missing file": (lambda t: {"data": {"source": str(t / "nope.csv")}}, "nope.csv' does not exist", 3),
     "unknown bundled": (lambda t: {"data": {"source": "sklearn:mnist"}}, "sklearn:digits", 3),
     "unreadable suffix": (lambda t: {"data": {"source": str(t / "x.xls")}}, "does not exist", 3),
