@@ -177,7 +177,7 @@ def _judge(champion: dict[str, Any], config: Config, settings: RetrainConfig, ou
     decision = gate(scores["champion"], scores["challenger"], names[0], names[1], settings.margin, settings.tolerance)
     source = fingerprint(recent, config.data.target, challenger.task, str(out / HOLDOUT_FILE))
     record = {"mode": settings.mode, "champion": {k: champion[k] for k in ("ref", "name", "version")},
-              "champion_run": str(champion["saved"].run_dir), "data_sha256": _data_sha(out, config),
+              "champion_run": str(champion["saved"].run_dir.resolve()), "data_sha256": _data_sha(out, config),
               "holdout_sha256": source["sha256"], "rows": {"train": train_rows, "holdout": len(recent)},
               "metric": names[0], "margin": settings.margin, "tolerance": settings.tolerance,
               "holdout_metrics": scores, "promote": decision.promote, "reason": decision.reason}
