@@ -134,11 +134,22 @@ def test_report_from_the_request_log_with_feedback_shadow_and_a_hashed_column(bc
     assert newest.exit_code == 0 and "100 rows from request log" in newest.output
 
 
-def test_report_on_an_empty_log_says_how_to_fill_it(bc):
+def test_report_on_an_empty_or_missing_log_says_how_to_fill_it(bc):
+    from modelfoundry.monitor.requestlog import RequestLog
+
     run_dir, _, tmp = bc
-    done = foundry("monitor", "report", run_dir, "--url", f"sqlite:///{tmp / 'empty.db'}")
+    url = f"sqlite:///{tmp / 'other.db'}"
+    log = RequestLog(url)
+    log.add("another-model", "1", ["a-0"], [{"x": 1.0}], [0])
+    log.close()
+    done = foundry("monitor", "report", run_dir, "--url", url)
     assert done.exit_code == DataError.exit_code, done.output
     assert "no rows of model 'bc'" in done.output and "foundry serve" in done.output
+    missing = foundry("monitor", "report", run_dir, "--url", f"sqlite:///{tmp / 'nowhere.db'}")
+    assert missing.exit_code == DataError.exit_code and "There is no request log at" in missing.output
+    assert not (tmp / "nowhere.db").exists()  # reading never creates an empty log
+    bad = foundry("monitor", "report", run_dir, "--url", "postgresql://bob:s3cret@localhost:1/db")
+    assert bad.exit_code == 2 and "cannot be read" in bad.output and "s3cret" not in bad.output
 
 
 @pytest.mark.slow  # tracking: a registered version (~15 s)

@@ -151,7 +151,7 @@ def monitor_log(model: str | Path, *, limit: int | None = None, version: str | N
     settings = loaded.config.monitor.log
     url = url or settings.url or default_log_url()
     version = version or loaded.log_version
-    log = RequestLog(url).read(loaded.name, version, limit)
+    log = _read_log(RequestLog(url), loaded.name, version, limit)
     if log.empty:
         which = f"model '{loaded.name}'" + (f" version {version}" if version else "")
         raise DataError(f"The request log has no rows of {which}.",
@@ -172,6 +172,28 @@ def monitor_log(model: str | Path, *, limit: int | None = None, version: str | N
     result.live = live_figures(log, loaded.backend.task)
     result.window_live = [live_figures(log.iloc[start:stop], loaded.backend.task) for start, stop in result.bounds]
     return result
+
+
+def _read_log(log: Any, name: str, version: str | None, limit: int | None) -> Any:
+    """The log's rows; a bad URL, a missing driver or an unreachable database is one ConfigError (URL redacted)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from modelfoundry.errors import first_line
+    from modelfoundry.redact import redact
+
+    local = log.url.split("?")[0].removeprefix("sqlite:///") if log.url.startswith("sqlite:///") else None
+    if local and local != ":memory:" and not Path(local).is_file():  # reading must not create an empty log
+        raise DataError(f"There is no request log at {local}.",
+                        "Pass --url where the server logs (monitor.log.url; by default foundry-requests.db beside "
+                        "the project's foundry.db), or serve the model with monitoring on to start one.")
+    try:
+        return log.read(name, version, limit)
+    except (SQLAlchemyError, ImportError) as exc:
+        raise ConfigError(f"The request log at {redact(log.url)} cannot be read: {redact(first_line(exc))}",
+                          "Check --url (or monitor.log.url): a SQLAlchemy URL such as sqlite:///foundry-requests.db; "
+                          "another database needs its driver installed (PostgreSQL: psycopg).") from None
+    finally:
+        log.close()
 
 
 def live_figures(log: Any, task: str) -> dict[str, float]:
