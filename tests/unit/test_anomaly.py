@@ -162,3 +162,14 @@ def test_cross_validation_refuses_an_anomaly_config_saying_what_handles_it():
     config = load_config(tiny_config(data=BC, model=AE))
     with pytest.raises(ConfigError, match=r"data.task: anomaly .* is trained by `foundry run`"):
         cross_validate(config, folds=2, progress=False)
+
+
+def test_normal_labels_without_a_label_column_are_an_error_not_ignored(tmp_path):
+    from modelfoundry import run
+
+    pd.DataFrame({"x": np.arange(40.0), "label": ["ok", "bad"] * 20}).to_csv(tmp_path / "rows.csv", index=False)
+    config = load_config(tiny_config(data={"source": str(tmp_path / "rows.csv"), "anomaly": {"normal": "ok"}},
+                                     model=AE))
+    with pytest.raises(DataError, match=r"no label column 'target' .* x, label") as info:
+        run(config, run_dir=tmp_path / "run", progress=False)
+    assert "data.target" in info.value.hint

@@ -125,6 +125,11 @@ def anomaly_splits(cfg: DataConfig, seed: int) -> tuple[CleanData, dict[str, pd.
     from modelfoundry.data.split import split_indices
 
     raw, read, labelled = with_labels(load_source(cfg.source), cfg)
+    if not labelled and cfg.anomaly.normal is not None:  # labels named, but none to read them from
+        raise DataError(f"data.anomaly.normal is {cfg.anomaly.normal}, but {cfg.source} has no label column "
+                        f"'{DEFAULT_TARGET}' (data.target); its columns: {', '.join(map(str, raw.columns[:12]))}"
+                        f"{', ...' if len(raw.columns) > 12 else ''}.", "Set data.target to the label column, or "
+                        "remove data.anomaly.normal to take every row as normal.")
     clean = load_clean(read, seed, raw=raw)
     target = AnomalyTarget(cfg.anomaly.normal if labelled else None, cfg.anomaly.false_alarm_rate, labelled)
     target.fit(clean.frame[read.target])
