@@ -210,3 +210,19 @@ def test_new_data_without_the_champions_columns_is_refused(tmp_path):
     result = runner.invoke(app, ["retrain", str(tmp_path / "iris"), "--data", str(tmp_path / "new.csv")])
     assert result.exit_code != 0 and "petal width (cm)" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing trained
+
+
+@pytest.mark.slow
+def test_a_run_directory_champion_is_compared_but_nothing_is_promoted(tmp_path):
+    """iris is sorted by class: its last rows hold one class, so roc_auc cannot be judged there (shown, not used)."""
+    cfg = load_config(tiny_config(output={"dir": str(tmp_path / "runs")}))
+    run(cfg, run_dir=tmp_path / "iris", progress=False)
+    load_source("sklearn:iris").to_csv(tmp_path / "new.csv", index=False)
+    result = retrain(tmp_path / "iris", tmp_path / "new.csv", mode="warm", epochs=1)
+    assert result.champion["version"] is None and result.challenger_version is None and result.moves == []
+    checks = {c.metric: c for c in result.decision.checks}
+    assert checks["accuracy"].primary and checks["accuracy"].passed is not None
+    assert checks["roc_auc"].passed is None and "roc_auc" not in result.holdout["champion"]
+    assert result.rows == {"holdout": 45, "train": 105}
+    output = cli("retrain", tmp_path / "iris", "--data", tmp_path / "new.csv", "--epochs", 1, "--no-progress")
+    assert "no alias moved" in output and "roc_auc" in output
