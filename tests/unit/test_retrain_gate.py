@@ -93,6 +93,22 @@ def test_the_holdout_is_the_last_rows_of_the_file():
     assert train["x"].max() < recent["x"].min()
 
 
+@settings(max_examples=100, deadline=None)
+@given(labels=st.lists(st.sampled_from([0, 1, None]), min_size=30, max_size=200), share=st.floats(0.05, 0.95))
+def test_the_holdout_is_always_the_latest_labelled_rows(labels, share):
+    frame = pd.DataFrame({"order": range(len(labels)), "target": labels})
+    labelled = frame[frame["target"].notna()]
+    try:
+        train, recent = split_recent(frame, share, "target", "new.csv")
+    except DataError:
+        n = round(len(labelled) * share)
+        assert n < 10 or len(labelled) - n < 20  # refused only when too few rows remain on a side
+        return
+    assert len(train) + len(recent) == len(labelled) and recent["target"].notna().all()
+    assert train["order"].tolist() + recent["order"].tolist() == labelled["order"].tolist()  # in file order
+    assert len(recent) == round(len(labelled) * share)
+
+
 def test_too_few_rows_for_a_holdout_is_refused():
     frame = pd.DataFrame({"x": range(25), "target": [0, 1] * 12 + [0]})
     with pytest.raises(DataError, match="25 labelled rows.*8 to compare on"):

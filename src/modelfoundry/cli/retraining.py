@@ -47,6 +47,10 @@ def retrain(model: Annotated[str, typer.Argument(help="The champion: NAME@ALIAS,
 
     if mode is not None and mode not in ("warm", "full"):
         raise ConfigError(unknown_name("--mode", mode, ["warm", "full"]))
+    if not Path(model).exists():  # a registered champion: the challenger is registered beside it
+        from modelfoundry.cli.render import say_tracking
+
+        say_tracking(uri)
     result = retrain_model(model, data, mode=mode, alias=alias, metric=metric, margin=margin, tolerance=tolerance,
                            holdout=holdout, epochs=epochs, dry_run=dry_run, uri=uri,
                            progress=reporter(no_progress, transient=True))
