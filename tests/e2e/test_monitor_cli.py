@@ -215,7 +215,8 @@ def test_a_text_model_is_monitored_by_length_and_tokens_and_its_unlogged_text_is
     log = RequestLog(url, exclude_columns=["text"])
     log.add("txt", "run", [f"r{k}-0" for k in range(200)], frame_records(new), [1] * 200)
     log.close()
-    logged = foundry("monitor", "report", tmp_path / "run", "--url", url, "--fail-on", "never")
+    logged = foundry("monitor", "report", tmp_path / "run", "--url", url, "--fail-on", "never", "--report",
+                     tmp_path / "rep-log")
     assert logged.exit_code == 0, logged.output
     assert "text: skipped (excluded from the log)" in logged.output and "text:tokens" not in logged.output
     assert "color" in logged.output
