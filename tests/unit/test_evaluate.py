@@ -31,6 +31,16 @@ def test_binary_roc_auc_uses_the_positive_class():
     assert classification_metrics(y, proba, [])["roc_auc"] == pytest.approx(0.75)
 
 
+def test_roc_auc_with_two_of_three_classes_present_scores_the_two():
+    """A split (a retrain holdout) holding 2 of 3 classes: ROC-AUC of the two, renormalised, not a crash."""
+    y = np.array([0, 2, 0, 2])
+    proba = np.array([[0.5, 0.4, 0.1], [0.2, 0.3, 0.5], [0.3, 0.6, 0.1], [0.1, 0.1, 0.8]])
+    # class 2's renormalised score p2 / (p0 + p2): 0.167, 0.714, 0.25, 0.889 -> every class-2 row above every class-0 row
+    assert classification_metrics(y, proba, [])["roc_auc"] == pytest.approx(1.0)
+    proba[1] = [0.6, 0.3, 0.1]  # now one class-2 row scores 0.143, below both class-0 rows
+    assert classification_metrics(y, proba, [])["roc_auc"] == pytest.approx(0.5)
+
+
 def test_regression_metrics():
     m = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 5.0]))
     assert m["mae"] == pytest.approx(2 / 3) and m["rmse"] == pytest.approx(np.sqrt(4 / 3))

@@ -126,5 +126,7 @@ def _roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float | None:
     if len(present) < proba.shape[1]:  # one-vs-rest over the classes present in this split
         cols = proba[:, present] / proba[:, present].sum(1, keepdims=True)
         remap = {c: i for i, c in enumerate(present)}
+        if len(present) == 2:  # scikit-learn reads an (N, 2) score as binary and wants one column
+            return roc_auc_score([remap[v] for v in y_true], cols[:, 1])
         return roc_auc_score([remap[v] for v in y_true], cols, multi_class="ovr", average="macro")
     return roc_auc_score(y_true, proba, multi_class="ovr", average="macro")
