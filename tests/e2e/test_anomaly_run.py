@@ -145,3 +145,11 @@ def test_evaluate_on_a_file_uses_its_labels_when_it_has_them(trained, rows):
     without = evaluate(trained[1].run_dir, data=path)  # no label column: the share flagged
     assert "roc_auc" not in without.metrics and without.headline == ["flagged_share", "threshold"]
     assert without.metrics["flagged_share"] == pytest.approx(with_labels.metrics["flagged_share"])
+
+
+def test_compress_refuses_an_anomaly_detector_in_one_paragraph(trained):
+    from modelfoundry.api.compression import compress
+    from modelfoundry.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="anomaly model; `foundry compress` handles classifiers and regressors"):
+        compress(trained[1].run_dir)

@@ -41,6 +41,9 @@ def compress(model: str | Path, *, max_drop: float | None = None, prefer: str | 
     started = time.perf_counter()
     local = model_dir(model)
     saved = load_model(local)
+    if saved.task not in ("classification", "regression"):  # the guards compare a classifier's or regressor's metrics
+        raise ConfigError(f"{local} is a {saved.task} model; `foundry compress` handles classifiers and regressors.",
+                          "Serve or export it as it is.")
     if saved.record.runtime == "onnx":
         method = (saved.record.compression or {}).get("method")
         raise ConfigError(f"{local} is already a compressed ONNX graph ({method}).",
