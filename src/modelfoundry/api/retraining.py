@@ -389,9 +389,9 @@ def _train_warm(config: Config, saved: SavedModel, rows: pd.DataFrame, out: Path
     _finished(fit_result.interrupted, out)
     spec = {**saved.spec, "name": config.name, "best_epoch": fit_result.best_epoch, "config_hash": config_hash(config)}
     save_model(out, fit_result.model.cpu(), spec, data.preprocessor, data.target_encoder)
-    from modelfoundry.api.training import _save_reference
+    from modelfoundry.api.training import save_reference_profile
 
-    _save_reference(config, data, fit_result.model, out)  # the monitor's reference: the new training rows
+    save_reference_profile(config, data, fit_result.model, out)  # the monitor's reference: the new training rows
 
 
 def warm_data(config: Config, saved: SavedModel) -> Any:

@@ -158,11 +158,11 @@ def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bo
             spec["target"] = data.target_encoder.column_ if data.target_encoder.labelled else None
         save_model(run_path, fit_result.model.cpu(), spec, data.preprocessor, data.target_encoder)
     if not fit_result.interrupted and data.task in ("classification", "regression"):
-        _save_reference(config, data, fit_result.model, run_path)
+        save_reference_profile(config, data, fit_result.model, run_path)
     return data, fit_result, config, run_path
 
 
-def _save_reference(config: Config, data: PreparedData, model: Any, run_path: Path) -> None:
+def save_reference_profile(config: Config, data: PreparedData, model: Any, run_path: Path) -> None:
     """model/reference.json: the profile of the training data the monitor compares served data with. Data the
     profile cannot describe is logged and skipped: it never fails the run."""
     import logging
