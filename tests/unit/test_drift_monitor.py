@@ -68,6 +68,7 @@ def test_a_time_window_with_too_few_rows_is_not_tested():
 
 
 # ------------------------------------------------------------------------------------------ DriftMonitor
+import asyncio  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 from fastapi import FastAPI  # noqa: E402
@@ -122,14 +123,21 @@ def batch(values: np.ndarray, version: str = "1", run_dir=None, now: float = 0.0
                        LABELS, ["a", "b"], checked(values), outputs, None, (n,), now)
 
 
+def deliver(extension: DriftMonitor, *batches: BatchRecord) -> None:
+    """Hand batches to the extension as the server does (its async on_batch), then wait for the window tests."""
+    for record in batches:
+        asyncio.run(extension.on_batch(record))
+    extension.settle()
+
+
 def test_a_shifted_column_alerts_and_the_series_follow(tmp_path):
     extension, model, registry = monitored(tmp_path)
     rng = np.random.default_rng(1)
-    extension.on_batch(batch(rng.normal(size=(100, 2)), run_dir=model.current.run_dir))
+    deliver(extension, batch(rng.normal(size=(100, 2)), run_dir=model.current.run_dir))
     assert registry.get_sample_value("foundry_drift_windows_total") == 1
     assert registry.get_sample_value("foundry_drift_alert", {"column": "a"}) == 0
     shifted = rng.normal(size=(100, 2)) + [2.0, 0.0]  # column a moves by two standard deviations
-    extension.on_batch(batch(shifted, run_dir=model.current.run_dir))
+    deliver(extension, batch(shifted, run_dir=model.current.run_dir))
     assert registry.get_sample_value("foundry_drift_alert", {"column": "a"}) == 1
     assert registry.get_sample_value("foundry_drift_alert", {"column": "b"}) == 0
     assert registry.get_sample_value("foundry_drift_score", {"column": "a", "test": "ks"}) > 0.5
@@ -146,22 +154,22 @@ def test_a_shifted_column_alerts_and_the_series_follow(tmp_path):
 def test_patience_needs_consecutive_drifted_windows(tmp_path):
     extension, model, registry = monitored(tmp_path, drift={"patience": 2})
     shifted = np.random.default_rng(2).normal(size=(100, 2)) + [2.0, 0.0]
-    extension.on_batch(batch(shifted, run_dir=model.current.run_dir))
+    deliver(extension, batch(shifted, run_dir=model.current.run_dir))
     assert registry.get_sample_value("foundry_drift_alert", {"column": "a"}) == 0  # drifted once: not yet
-    extension.on_batch(batch(shifted, run_dir=model.current.run_dir))
+    deliver(extension, batch(shifted, run_dir=model.current.run_dir))
     assert registry.get_sample_value("foundry_drift_alert", {"column": "a"}) == 1
 
 
 def test_a_hot_switch_starts_afresh_against_the_new_reference(tmp_path):
     extension, model, registry = monitored(tmp_path)
     rng = np.random.default_rng(3)
-    extension.on_batch(batch(rng.normal(size=(100, 2)) + [3.0, 0.0], run_dir=model.current.run_dir))
-    extension.on_batch(batch(rng.normal(size=(40, 2)), run_dir=model.current.run_dir))
+    deliver(extension, batch(rng.normal(size=(100, 2)) + [3.0, 0.0], run_dir=model.current.run_dir))
+    deliver(extension, batch(rng.normal(size=(40, 2)), run_dir=model.current.run_dir))
     assert registry.get_sample_value("foundry_drift_alert", {"column": "a"}) == 1
     v2 = reference_run(tmp_path / "v2", seed=1)
     model.current = served("2", v2)
-    extension.on_batch(batch(rng.normal(size=(30, 2)), version="2", run_dir=v2))
-    extension.on_batch(batch(rng.normal(size=(30, 2)), version="1", run_dir=tmp_path / "v1"))  # late: dropped
+    deliver(extension, batch(rng.normal(size=(30, 2)), version="2", run_dir=v2))
+    deliver(extension, batch(rng.normal(size=(30, 2)), version="1", run_dir=tmp_path / "v1"))  # late: dropped
     body = extension.report(model.current)
     assert body["version"] == "2" and body["history"] == [] and body["window"]["rows"] == 30
     assert registry.get_sample_value("foundry_drift_alert", {"column": "a"}) == 0  # no alert carried over
@@ -171,7 +179,7 @@ def test_a_hot_switch_starts_afresh_against_the_new_reference(tmp_path):
 
 def test_time_windows_close_when_read_and_too_few_rows_are_not_tested(tmp_path):
     extension, model, registry = monitored(tmp_path, window={"rows": 1000, "seconds": 10, "min_rows": 50})
-    extension.on_batch(batch(np.zeros((20, 2)), run_dir=model.current.run_dir, now=100.0))
+    deliver(extension, batch(np.zeros((20, 2)), run_dir=model.current.run_dir, now=100.0))
     extension.close_due(now=105.0)
     assert extension.report(model.current)["window"]["rows"] == 20  # not due yet
     extension.close_due(now=111.0)
@@ -195,7 +203,7 @@ def test_no_reference_means_no_series_and_a_hint(tmp_path):
     model.current = served("1", tmp_path / "old")
     extension.setup(ServerContext(FastAPI(), registry, [], model, None))
     for _ in range(3):
-        extension.on_batch(batch(np.zeros((20, 2)), run_dir=tmp_path / "old"))
+        deliver(extension, batch(np.zeros((20, 2)), run_dir=tmp_path / "old"))
     body = extension.report(model.current)
     assert not body["monitoring"] and "no reference profile" in body["message"] and "foundry run" in body["hint"]
     assert registry.get_sample_value("foundry_drift_windows_total") is None
