@@ -7,13 +7,14 @@ that would overfill a window is split, so a rows-window holds exactly `rows` row
 A time window is closed by the next batch or by a read (the monitor endpoint) that finds it due; closed with
 fewer than `min_rows` rows it is not tested (too few to tell drift from chance), and says so.
 
-Joining the rows and turning them into column values (monitor/columns.py) happens once per window, when it
-closes, in the thread that tests it.
+Joining the batches and turning them into column values (monitor/columns.py) happens once per window, after it
+closed, in the thread that tests it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,15 +26,28 @@ if TYPE_CHECKING:
 
 @dataclass
 class ClosedWindow:
-    """A closed window's rows (joined) and outputs; `tested` is False when it closed by time with too few rows."""
+    """A closed window's batches; `tested` is False when it closed by time with too few rows. The batches are
+    joined when `rows` / `outputs` are first read (in the thread that tests the window, not the event loop)."""
 
-    rows: CheckedRows | None  # None when the window holds no row
-    outputs: np.ndarray  # (N, K) class probabilities or (N,) values, in the rows' order
+    parts: list[CheckedRows]
+    output_parts: list[np.ndarray]
     count: int
     started: float  # time.time() of its first row
     ended: float  # when it closed
     by: str  # "rows" or "seconds": what closed it
     tested: bool
+
+    @cached_property
+    def rows(self) -> CheckedRows | None:
+        """The window's rows, joined (None when it holds none)."""
+        from modelfoundry.data.input_schema import CheckedRows
+
+        return CheckedRows.join(self.parts) if self.parts else None
+
+    @cached_property
+    def outputs(self) -> np.ndarray:
+        """(N, K) class probabilities or (N,) values, in the rows' order."""
+        return np.concatenate(self.output_parts) if self.output_parts else np.empty(0)
 
     def note(self, min_rows: int) -> str:
         """Why the window was not tested ('' when it was)."""
@@ -77,13 +91,9 @@ class Window:
 
     def close(self, now: float, by: str) -> ClosedWindow:
         """Close the window now and start an empty one."""
-        from modelfoundry.data.input_schema import CheckedRows
-
-        rows = CheckedRows.join(self._rows) if self._rows else None
-        outputs = np.concatenate(self._outputs) if self._outputs else np.empty(0)
         tested = self.count >= (self.config.min_rows if by == "seconds" else 1)
-        window = ClosedWindow(rows, outputs, self.count, self.started if self.started is not None else now, now, by,
-                              tested)
+        window = ClosedWindow(self._rows, self._outputs, self.count,
+                              self.started if self.started is not None else now, now, by, tested)
         self._rows, self._outputs, self.count, self.started = [], [], 0, None
         return window
 
