@@ -53,7 +53,7 @@ def cancer(tmp_path_factory):
 
 
 def serving(run_dir, rows: int = 100, **monitor) -> tuple[TestClient, DriftMonitor]:
-    extension = DriftMonitor(MonitorConfig(window={"rows": rows}, **monitor))
+    extension = DriftMonitor(MonitorConfig(**{"window": {"rows": rows}, **monitor}))
     return TestClient(create_app(ServeConfig(), RunDirStore(run_dir), extensions=[extension])), extension
 
 
@@ -225,3 +225,16 @@ def test_predict_never_waits_for_the_statistics(cancer, monkeypatch):
         body = report(client, "cancer", 1)
     assert elapsed < 1.0  # five answers while one 1.5 s window test runs
     assert body["history"][0]["tested"]
+
+
+def test_a_time_window_is_closed_and_tested_when_the_endpoint_reads_it(cancer):
+    run_dir, test, _ = cancer
+    client, _ = serving(run_dir, window={"rows": 1000, "seconds": 0.3, "min_rows": 10})
+    with client:
+        send(client, test.head(30))
+        early = client.get("/v2/models/cancer/monitor").json()
+        time.sleep(0.4)
+        late = client.get("/v2/models/cancer/monitor").json()  # no batch came since: the read closes it
+    assert early["windows_tested"] == 0 and early["window"]["rows"] == 30
+    assert late["windows_tested"] == 1 and late["window"]["rows"] == 0
+    assert late["history"][0]["rows"] == 30 and late["history"][0]["tested"]

@@ -132,10 +132,16 @@ class DriftMonitor:
         for window in closed:
             self._tests().submit(self._test, watched, window)
 
-    def settle(self, timeout_s: float = 30.0) -> None:
-        """Wait until the windows closed so far are tested (tests, shutdown)."""
+    def settle(self, timeout_s: float = 30.0) -> bool:
+        """Wait (at most timeout_s) until the windows closed so far are tested (tests, shutdown); True if so."""
+        from concurrent.futures import TimeoutError as Late
+
         if self._pool is not None:
-            self._pool.submit(lambda: None).result(timeout_s)
+            try:
+                self._pool.submit(lambda: None).result(timeout_s)
+            except Late:
+                return False
+        return True
 
     def close_due(self, now: float | None = None) -> None:
         """Close and test the open time window if its `seconds` have passed (the endpoint's read)."""
