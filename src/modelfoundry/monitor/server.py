@@ -3,8 +3,8 @@
     app = create_app(settings, store, extensions=[DriftMonitor(config.monitor)])
 
 Every answered batch goes into the open window of the version that answered it (monitor/window.py): on the event
-loop, after the answers were sent, a few list appends (serve/extensions.py calls an async on_batch there: a
-thread hop per batch cost the loop more than the appends). When a window closes, the monitor's own thread (never
+loop, after the answers were sent, a few list appends (serve/extensions.py calls an async on_batch there, with no
+thread hop per batch). When a window closes, the monitor's own thread (never
 a request's) turns its rows into column values, compares each column and the predictions with the version's reference profile
 (`drift.compare`: KS / chi-squared up to `large_sample` rows, Wasserstein / Jensen-Shannon above, or the
 configured test; Benjamini-Hochberg over the window's p-values), updates the alert rule (`Alerts`: `patience`
@@ -119,8 +119,8 @@ class DriftMonitor:
 
     async def on_batch(self, batch: BatchRecord) -> None:
         """Add the batch to its version's window, on the event loop: a few list appends, no thread hop per batch
-        (one cost the event loop ~9% of its time under load). A window it closes is tested in the monitor's own
-        thread; a batch of a version not seen before looks its reference up in a thread too."""
+        (each hop is a GIL handoff between the loop and a worker thread). A window it closes is tested in the
+        monitor's own thread; a batch of a version not seen before looks its reference up in a thread too."""
         watched = self.watched
         if watched is None or (watched.identity.name, watched.identity.version) != (batch.model.name,
                                                                                     batch.model.version):
