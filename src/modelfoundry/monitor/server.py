@@ -4,11 +4,11 @@
 
 Every answered batch goes into the open window of the version that answered it (monitor/window.py): on the event
 loop, after the answers were sent, a few list appends (serve/extensions.py calls an async on_batch there, with no
-thread hop per batch). When a window closes, the monitor's own thread (never
-a request's) turns its rows into column values, compares each column and the predictions with the version's reference profile
-(`drift.compare`: KS / chi-squared up to `large_sample` rows, Wasserstein / Jensen-Shannon above, or the
-configured test; Benjamini-Hochberg over the window's p-values), updates the alert rule (`Alerts`: `patience`
-consecutive drifted windows) and scores every row's Mahalanobis distance (one matrix product per window).
+thread hop per batch). When a window closes, the monitor's own thread (never a request's) turns its rows into
+column values, compares each column and the predictions with the version's reference profile (`drift.compare`:
+KS / chi-squared up to `large_sample` rows, Wasserstein / Jensen-Shannon above, or the configured test;
+Benjamini-Hochberg over the window's p-values), updates the alert rule (`Alerts`: `patience` consecutive drifted
+windows) and scores every row's Mahalanobis distance (one matrix product per window).
 
 A hot switch to another version starts a fresh window against that version's own reference (each reference is
 read once, from the run directory the version was served from). A model without a reference (a run older
