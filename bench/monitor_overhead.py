@@ -134,8 +134,11 @@ def main() -> None:
         tmp, started = Path(tmp_name), time.perf_counter()
         run_dir = train(tmp, "breast_cancer", None, epochs=5)
         body = request_body(tmp)
+        from modelfoundry.rundir import load_run_config
+
+        window = args.window or load_run_config(run_dir).monitor.window.rows
         print(f"trained and exported in {time.perf_counter() - started:.0f} s; {args.rounds} rounds of {args.clients} "
-              f"clients, {args.warmup:g} s warm-up + {args.seconds:g} s per server; windows of {args.window or 500} rows; "
+              f"clients, {args.warmup:g} s warm-up + {args.seconds:g} s per server; windows of {window} rows; "
               f"{os.cpu_count()} CPUs shared by the load generator and the servers, load average "
               f"{os.getloadavg()[0]:.1f}; uvicorn on {uvicorn_stack()}", flush=True)
         servers = {mode: server(mode, run_dir, args, tmp) for mode in args.modes.split(",")}
