@@ -19,6 +19,11 @@ Run from the repository root, on a quiet machine (the load generator and the ser
 
     OMP_NUM_THREADS=1 python bench/monitor_overhead.py             # ~1.5 min: 5 rounds of 5 s per server
     OMP_NUM_THREADS=1 python bench/monitor_overhead.py --quick     # a smoke run
+    OMP_NUM_THREADS=1 python bench/monitor_overhead.py --modes off,noop,drift   # noop: the extension machinery
+                                                                   # alone (an extension that does nothing)
+
+Measured (2-core machine, load average 0.6, one run of 5 rounds): off 4112 req/s, drift 3972 (drift_vs_off
+0.966), on 3341 (monitor_on_vs_off 0.812, the request log's cost); with ``--window 100`` drift_vs_off 0.932.
 """
 
 import argparse
