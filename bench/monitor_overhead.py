@@ -19,11 +19,13 @@ Run from the repository root, on a quiet machine (the load generator and the ser
 
     OMP_NUM_THREADS=1 python bench/monitor_overhead.py             # ~1.5 min: 5 rounds of 5 s per server
     OMP_NUM_THREADS=1 python bench/monitor_overhead.py --quick     # a smoke run
-    OMP_NUM_THREADS=1 python bench/monitor_overhead.py --modes off,noop,drift   # noop: the extension machinery
-                                                                   # alone (an extension that does nothing)
+    OMP_NUM_THREADS=1 python bench/monitor_overhead.py --modes off,noop,ids,log,drift   # where the cost is:
+        # noop: the extension machinery alone (an extension that does nothing); ids: and request ids;
+        # log: the request log alone (drift left out of `foundry serve`'s default extensions)
 
 Measured (2-core machine, load average 0.6, one run of 5 rounds): off 4112 req/s, drift 3972 (drift_vs_off
-0.966), on 3341 (monitor_on_vs_off 0.812, the request log's cost); with ``--window 100`` drift_vs_off 0.932.
+0.966), on 3341 (monitor_on_vs_off 0.812); a second run 0.972 and 0.835; with ``--window 100`` drift_vs_off
+0.932. Where the cost is (3 rounds): noop 1.04, ids 1.02 (noise: no measurable cost), log 0.90, drift 0.99.
 """
 
 import argparse
@@ -43,7 +45,10 @@ MODES = ("off", "drift", "on")
 
 # --------------------------------------------------------------------------------------- a server process
 class NoOp:
-    """A server extension that does nothing with the batches it is given (--modes noop)."""
+    """A server extension that does nothing with the batches it is given (--modes noop, ids)."""
+
+    def __init__(self, id_share: float = 0.0):
+        self.id_share = id_share
 
     def on_batch(self, batch) -> None:  # noqa: ANN001 - a BatchRecord
         pass
@@ -61,13 +66,17 @@ def extensions_for(mode: str, run_dir: Path, window_rows: int, log_url: str) -> 
         return ()
     if mode == "noop":  # the extension machinery alone: every batch delivered to an extension that does nothing
         return (NoOp(),)
+    if mode == "ids":  # ... and every request given an id (as the request log asks), answered in "ids"
+        return (NoOp(id_share=1.0),)
     if mode == "drift":
         from modelfoundry.monitor.server import DriftMonitor
 
         return (DriftMonitor(monitor),)
     from modelfoundry.api.serving import monitor_extensions
+    from modelfoundry.monitor.server import DriftMonitor
 
-    return tuple(monitor_extensions(monitor))  # what `foundry serve` adds by default
+    extensions = monitor_extensions(monitor)  # what `foundry serve` adds by default
+    return tuple(e for e in extensions if mode == "on" or not isinstance(e, DriftMonitor))  # "log": without drift
 
 
 def serve_mode(port: int, run_dir: str, mode: str, window_rows: int, log_url: str) -> None:
@@ -122,7 +131,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32, help="concurrent connections (default 32)")
     parser.add_argument("--window", type=int, default=0,
                         help="monitor.window.rows of the servers (default: the model's, 500)")
-    parser.add_argument("--modes", default=",".join(MODES), help="servers to compare (default off,drift,on)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="servers to compare (default off,drift,on; also noop, ids, log)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 2 s, 0.5 s warm-up")
     parser.add_argument("--server", nargs=5, metavar=("PORT", "RUN_DIR", "MODE", "WINDOW", "LOG_URL"),
                         help=argparse.SUPPRESS)  # one server's process
@@ -151,7 +161,7 @@ def main() -> None:
             s.__enter__()
         try:
             results = run_rounds(servers, args, body)
-            tested = {mode: windows_tested(servers[mode]) for mode in servers if mode != "off"}
+            tested = {mode: windows_tested(servers[mode]) for mode in servers if mode in ("drift", "on")}
         finally:
             for s in servers.values():
                 s.__exit__()
@@ -169,7 +179,8 @@ def main() -> None:
 def summary(rows: dict[str, dict], tested: dict[str, str]) -> str:
     """The machine-readable last line: each monitored server's req/s over off's, then the figures."""
     off = rows.get("off")
-    names = {"on": "monitor_on_vs_off", "drift": "drift_vs_off", "noop": "noop_vs_off"}
+    names = {"on": "monitor_on_vs_off", "drift": "drift_vs_off", "log": "log_vs_off", "noop": "noop_vs_off",
+             "ids": "ids_vs_off"}
     pairs = [f"{names[m]}={ratio(rows[m]['rps'], off['rps']):.3f}" for m in names if m in rows and off]
     pairs += [f"rps_{m}={r['rps']:.0f}" for m, r in rows.items()]
     pairs += [f"cpu_us_per_req_{m}={r['server_us_per_req']:.0f}" for m, r in rows.items()]
