@@ -148,12 +148,9 @@ def render(title: str, metrics: dict[str, float], highest: list[dict[str, Any]],
     names = headline(metrics)
     present = [b for b in BASELINES if any(k.startswith(f"baseline_{b}_") for k in metrics)]
     if present:
-        lines += [f"## Model vs baselines ({split})", "", "| metric | autoencoder | "
-                  + " | ".join(b.replace("_", " ") for b in present) + " |", "|---|---|" + "---|" * len(present)]
-        for name in names:
-            cells = [metrics.get(name), *(metrics.get(f"baseline_{b}_{name}") for b in present)]
-            lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
-        lines.append("")
+        from modelfoundry.evaluate.report import baselines_table
+
+        lines += baselines_table(metrics, names, present, split, "autoencoder", [b.replace("_", " ") for b in present])
     lines += [f"## All metrics ({split})", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.6g} |" for k, v in metrics.items() if not k.startswith("baseline_")]
     if highest:

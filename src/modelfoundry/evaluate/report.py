@@ -122,6 +122,18 @@ def baselines_present(metrics: dict[str, float]) -> list[str]:
     return [b for b in BASELINES if any(k.startswith(f"baseline_{b}_") for k in metrics)]
 
 
+def baselines_table(metrics: dict[str, float], names: list[str], baselines: list[str], split: str, model: str,
+                    headers: list[str]) -> list[str]:
+    """Markdown lines: a "Model vs baselines" table of `names`, the model's value beside each baseline's
+    (`baseline_<b>_<name>`; `-` where one has none), with a blank line after it."""
+    lines = [f"## Model vs baselines ({split})", "", f"| metric | {model} | " + " | ".join(headers) + " |",
+             "|---|---|" + "---|" * len(baselines)]
+    for name in names:
+        cells = [metrics.get(name), *(metrics.get(f"baseline_{b}_{name}") for b in baselines)]
+        lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
+    return lines + [""]
+
+
 def render_report(title: str, metrics: dict[str, float], headline: list[str], hardest: list[dict[str, Any]],
                   pairs: list[tuple[str, str, int]], plots: list[str], facts: dict[str, Any],
                   split: str = "test split") -> str:
@@ -133,14 +145,11 @@ def render_report(title: str, metrics: dict[str, float], headline: list[str], ha
     lines += [f"- **{k}**: {v}" for k, v in facts.items()] + [""]
     if any(k.startswith("baseline_") for k in metrics):
         shown = baselines_present(metrics)
-        lines += [f"## Model vs baselines ({split})", "", "| metric | model | "
-                  + " | ".join(f"{b.replace('_', ' ')} baseline" for b in shown) + " |", "|---|---|" + "---|" * len(shown)]
+        table = baselines_table(metrics, headline, shown, split, "model", [f"{b.replace('_', ' ')} baseline"
+                                                                          for b in shown])
         if "baseline_season" in metrics:
-            lines[-2:-2] = [f"Seasonal naive repeats the value {metrics['baseline_season']:g} steps earlier.", ""]
-        for name in headline:
-            cells = [metrics.get(name), *(metrics.get(f"baseline_{b}_{name}") for b in shown)]
-            lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
-        lines.append("")
+            table[2:2] = [f"Seasonal naive repeats the value {metrics['baseline_season']:g} steps earlier.", ""]
+        lines += table
     lines += [f"## All metrics ({split})", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items() if not k.startswith("baseline_")]
     if pairs:
