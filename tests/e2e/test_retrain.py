@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from modelfoundry.api.retraining import gate, retrain
+from modelfoundry.api.retraining import retrain
+from modelfoundry.monitor.champion import gate
 from modelfoundry.api.training import run
 from modelfoundry.cli import app
 from modelfoundry.config import load_config

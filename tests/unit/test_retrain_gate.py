@@ -1,4 +1,4 @@
-"""The champion-challenger gate (api/retraining.py): better by the margin on the gate metric, no worse than the
+"""The champion-challenger gate (monitor/champion.py): better by the margin on the gate metric, no worse than the
 tolerance on the others, whichever way each metric points; and the pieces that feed it (the recent holdout, the
 column check, the gate's metrics)."""
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelfoundry.api.retraining import check_columns, check_holdout, gate, gate_metrics, split_recent
+from modelfoundry.monitor.champion import check_columns, check_holdout, gate, gate_metrics, split_recent
 from modelfoundry.config import load_config
 from modelfoundry.errors import ConfigError, DataError
 from tests.conftest import tiny_config
