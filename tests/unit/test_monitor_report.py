@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelfoundry.api.monitoring import ColumnSummary, MonitorResult, live_figures, window_bounds
+from modelfoundry.api.monitoring import ColumnSummary, MonitorResult, window_bounds
+from modelfoundry.monitor.logview import live_figures
 from modelfoundry.errors import ConfigError
 from modelfoundry.monitor.report import plotted_columns, write_report
 

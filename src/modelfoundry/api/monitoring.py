@@ -145,13 +145,15 @@ def monitor_log(model: str | Path, *, limit: int | None = None, version: str | N
         uri: the tracking URI holding the registry (for a registered model).
     """
     from modelfoundry.data.input_schema import InputSchema
+    from modelfoundry.monitor.logview import (live_figures, logged_inputs, logged_ood_share, logged_predictions,
+                                              read_log)
     from modelfoundry.monitor.requestlog import RequestLog, default_log_url
 
     loaded = _load(model, uri)
     settings = loaded.config.monitor.log
     url = url or settings.url or default_log_url()
     version = version or loaded.log_version
-    log = _read_log(RequestLog(url), loaded.name, version, limit)
+    log = read_log(RequestLog(url), loaded.name, version, limit)
     if log.empty:
         which = f"model '{loaded.name}'" + (f" version {version}" if version else "")
         raise DataError(f"The request log has no rows of {which}.",
@@ -159,63 +161,19 @@ def monitor_log(model: str | Path, *, limit: int | None = None, version: str | N
                         "monitor.log.enabled are on by default) and send it requests; or pass --url where the "
                         "server logs (monitor.log.url), or another --version.")
     schema = InputSchema(loaded.backend.desc)
-    frame, skipped, notes = _logged_inputs(log, loaded, settings)
+    frame, skipped, notes = logged_inputs(log, loaded.backend.columns, loaded.reference, settings)
     rows = schema.from_frame(frame, origin="the request log")
-    predictions = _logged_predictions(log["prediction"], loaded.backend.task)
+    predictions = logged_predictions(log["prediction"], loaded.backend.task)
     result = _analyse(loaded, schema, rows, predictions, "request log", window_rows, skip=skipped, times=log["time"])
     result.notes += notes + ([f"only the rows version {version} served"] if version else [])
     versions = sorted({str(v) for v in log["version"].dropna()})
     if len(versions) > 1:
         result.notes.append(f"rows of versions {', '.join(versions)}, all compared with the reference of "
                             f"{loaded.name}" + (f" version {loaded.version}" if loaded.version else f" ({model})"))
-    result.ood_share = _logged_ood_share(log, loaded.reference)
+    result.ood_share = logged_ood_share(log, loaded.reference)
     result.live = live_figures(log, loaded.backend.task)
     result.window_live = [live_figures(log.iloc[start:stop], loaded.backend.task) for start, stop in result.bounds]
     return result
-
-
-def _read_log(log: Any, name: str, version: str | None, limit: int | None) -> Any:
-    """The log's rows; a bad URL, a missing driver or an unreachable database is one ConfigError (URL redacted)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from modelfoundry.errors import first_line
-    from modelfoundry.redact import redact
-
-    local = log.url.split("?")[0].removeprefix("sqlite:///") if log.url.startswith("sqlite:///") else None
-    if local and local != ":memory:" and not Path(local).is_file():  # reading must not create an empty log
-        raise DataError(f"There is no request log at {local}.",
-                        "Pass --url where the server logs (monitor.log.url; by default foundry-requests.db beside "
-                        "the project's foundry.db), or serve the model with monitoring on to start one.")
-    try:
-        return log.read(name, version, limit)
-    except (SQLAlchemyError, ImportError) as exc:
-        raise ConfigError(f"The request log at {redact(log.url)} cannot be read: {redact(first_line(exc))}",
-                          "Check --url (or monitor.log.url): a SQLAlchemy URL such as sqlite:///foundry-requests.db; "
-                          "another database needs its driver installed (PostgreSQL: psycopg).") from None
-    finally:
-        log.close()
-
-
-def live_figures(log: Any, task: str) -> dict[str, float]:
-    """From request-log rows: accuracy (classification) or mae/rmse (regression) on the rows with a feedback label,
-    and agreement (classification) or mean absolute difference (regression) with the shadow model's predictions."""
-    import numpy as np
-
-    out: dict[str, float] = {}
-    for column, prefix in (("label", "feedback"), ("shadow_prediction", "shadow")):
-        part = log[log[column].notna()] if column in log else log.iloc[:0]
-        out[f"{prefix}_rows"] = float(len(part))
-        if part.empty:
-            continue
-        if task == "classification":
-            same = float((part["prediction"].astype(str) == part[column].astype(str)).mean())
-            out["live_accuracy" if prefix == "feedback" else "shadow_agreement"] = same
-        else:
-            diff = part["prediction"].astype(float).to_numpy() - part[column].astype(float).to_numpy()
-            out["live_mae" if prefix == "feedback" else "shadow_mean_abs_difference"] = float(np.abs(diff).mean())
-            if prefix == "feedback":
-                out["live_rmse"] = float(np.sqrt((diff ** 2).mean()))
-    return out
 
 
 def window_bounds(n: int, rows: int) -> list[tuple[int, int]]:
@@ -331,50 +289,3 @@ def _ood_share(loaded: _Model, rows: Any) -> float | None:
         return None
     space = ood_space(rows.inputs)
     return None if space is None else float(scorer.flag(space).mean())
-
-
-def _logged_ood_share(log: Any, reference: Any) -> float | None:
-    if reference.ood is None or "ood_score" not in log:
-        return None
-    scores = log["ood_score"].dropna().astype(float)
-    return float((scores > reference.ood.threshold_).mean()) if len(scores) else None
-
-
-def _logged_inputs(log: Any, loaded: _Model, settings: Any) -> tuple[Any, set[str], list[str]]:
-    """The logged raw input columns as a frame the input schema reads. A hashed, excluded or absent column gets a
-    placeholder the schema accepts (so the other columns can be read) and is left out of the comparison."""
-    import pandas as pd
-
-    from modelfoundry.monitor.requestlog import META
-
-    hashed, excluded = set(settings.hash_columns), set(settings.exclude_columns)
-    data, skipped, notes = {}, set(), []
-    for column in loaded.backend.columns:
-        logged = f"input:{column}" if column in META else column  # the log prefixes names it uses itself
-        why = ("hashed in the log" if column in hashed else "excluded from the log" if column in excluded else
-               None if logged in log.columns else "not in the log")
-        if why is None:
-            data[column] = log[logged]
-            continue
-        skipped.add(column)
-        notes.append(f"{column}: skipped ({why})")
-        data[column] = _placeholder(loaded.reference, column)
-    return pd.DataFrame(data, index=log.index), skipped, notes
-
-
-def _placeholder(reference: Any, column: str) -> Any:
-    import numpy as np
-
-    profile = reference.columns.get(column)
-    if profile is None:  # a text column (profiled as length and tokens)
-        return ""
-    sample = profile.sample()
-    return float(np.median(sample)) if profile.kind == "numeric" else str(sample[0])
-
-
-def _logged_predictions(predictions: Any, task: str) -> Any:
-    import numpy as np
-
-    if task == "classification":
-        return predictions.astype(str).to_numpy(dtype=object)
-    return predictions.astype(float).to_numpy(dtype=np.float64)
