@@ -1,6 +1,7 @@
 """`foundry monitor` as CI runs it: held-out rows pass (exit 0), scaled columns fail with the drift exit code and
 a report naming them, bad input is one clear paragraph, and `foundry monitor report` reads the request log."""
 
+import json
 import re
 import shutil
 
@@ -211,6 +212,10 @@ def test_a_text_model_is_monitored_by_length_and_tokens_and_its_unlogged_text_is
     assert done.exit_code == 10, done.output
     alert = done.output[done.output.index("Drift alert"):]
     assert "text:length" in alert and "text:tokens" in alert and "color" not in alert
+    # the model's own representation moved too: the embedding distance (input of the LSTM's output layer)
+    embedding = json.loads((tmp_path / "run" / "model" / "reference.json").read_text())["embedding"]
+    assert embedding["dim"] == 8 + 3 and embedding["layer"]  # the LSTM's 8 features beside the one-hot colour
+    assert "embedding distance" in alert
     url = f"sqlite:///{tmp_path / 'requests.db'}"
     log = RequestLog(url, exclude_columns=["text"])
     log.add("txt", "run", [f"r{k}-0" for k in range(200)], frame_records(new), [1] * 200)

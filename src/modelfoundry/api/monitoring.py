@@ -233,21 +233,36 @@ def _analyse(loaded: _Model, schema: Any, rows: Any, predictions: Any, source: s
                         f"{settings.window.min_rows}.", "Monitor more rows at once.")
     alerts, windows, alerting = Alerts(settings.drift.patience), [], set()
     bounds = window_bounds(len(rows), size)
+    extra = _embedding_scores(loaded, rows, skip)
     for start, stop in bounds:
         current = _values(schema, rows[start:stop], skip, column_values)
+        current.update({name: values[start:stop] for name, values in extra.items()})
         if loaded.reference.prediction is not None:
             current[PREDICTION] = predictions[start:stop]
         began, ended = (float(times.iloc[start]), float(times.iloc[stop - 1])) if times is not None else (0.0, 0.0)
         window = compare(loaded.reference, current, settings.drift, rows=stop - start, started=began, ended=ended)
         windows.append(window)
         alerting |= {column for column, alert in alerts.update(window).items() if alert}
-    everything = _values(schema, rows, skip, column_values)
+    everything = {**_values(schema, rows, skip, column_values), **extra}
     if loaded.reference.prediction is not None:
         everything[PREDICTION] = predictions
     summaries = _summaries(windows, alerting)
     notes = [f"{column_title(c.column)}: {c.note}" for c in summaries if c.note]  # the worst window's
     return MonitorResult(loaded.name, loaded.version, loaded.run_dir, source, loaded.backend.task, len(rows), size,
                          windows, bounds, summaries, None, loaded.reference, everything, notes)
+
+
+def _embedding_scores(loaded: _Model, rows: Any, skip: set[str]) -> dict[str, Any]:
+    """A text model's embedding distances (monitor/embedding.py), computed with its PyTorch model; none when the
+    reference has no embedding profile or a text column is missing from the rows (hashed or excluded in a log)."""
+    from modelfoundry.monitor.embedding import EMBEDDING, embedding_scores
+
+    profile = loaded.reference.embedding
+    text = set(loaded.backend.desc.get("text", {}).get("columns", []))
+    if profile is None or text & skip:
+        return {}
+    saved = loaded.backend.saved
+    return {EMBEDDING: embedding_scores(saved.model, profile, rows.inputs, saved.record.n_outputs)}
 
 
 def _values(schema: Any, rows: Any, skip: set[str], column_values: Any) -> dict[str, Any]:

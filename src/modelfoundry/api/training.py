@@ -172,6 +172,7 @@ def save_reference_profile(config: Config, data: PreparedData, model: Any, run_p
     from modelfoundry.errors import FoundryError
     from modelfoundry.evaluate.metrics import classification_metrics, regression_metrics
     from modelfoundry.models.inference import predict_outputs
+    from modelfoundry.monitor.embedding import build_embedding_profile, has_encoder
     from modelfoundry.monitor.profile import build_reference, save_reference
 
     frames = data.frames
@@ -188,6 +189,9 @@ def save_reference_profile(config: Config, data: PreparedData, model: Any, run_p
             metrics = regression_metrics(target.decode(data.y["val"]), outputs) if len(outputs) else {}
         reference = build_reference(data.preprocessor.desc, data.task, labels, frames["train"], frames["val"],
                                     outputs, metrics, config.monitor)
+        if has_encoder(data.preprocessor.desc) and config.monitor.ood.enabled and len(outputs):
+            reference.embedding = build_embedding_profile(model, data.X["train"], data.X["val"], data.n_outputs,
+                                                          config.monitor.ood.false_alarm_rate, config.seed)
     except (FoundryError, ValueError, KeyError, np.linalg.LinAlgError) as exc:
         logging.getLogger(__name__).warning("no reference profile for monitoring: %s", first_line(str(exc)))
         return

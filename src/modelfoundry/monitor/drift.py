@@ -131,7 +131,7 @@ def compare(reference: Reference, current: dict[str, np.ndarray], config: DriftC
     """
     results: list[ColumnDrift] = []
     tests = {name: (profile, choose_test(profile, config, rows)) for name in current
-             if (profile := reference.prediction if name == PREDICTION else reference.columns.get(name)) is not None}
+             if (profile := reference.profile(name)) is not None}
     together = [name for name, (_, test) in tests.items() if test == "ks"]  # all KS columns in a few numpy calls
     by_ks = dict(zip(together, ks_columns([(tests[name][0], current[name]) for name in together])))
     for name, (profile, test) in tests.items():

@@ -104,20 +104,36 @@ class Reference:
     prediction: ColumnProfile | None  # predictions on the validation split (PREDICTION)
     metrics: dict[str, float]  # validation metrics of the saved model
     ood: MahalanobisScorer | None
+    embedding: Any = None  # a text model's EmbeddingProfile (embedding.py), else None
+
+    def profile(self, name: str) -> ColumnProfile | None:
+        """The reference of a monitored column, the prediction or the embedding score (None: not profiled)."""
+        from modelfoundry.monitor.columns import PREDICTION
+        from modelfoundry.monitor.embedding import EMBEDDING
+
+        if name == PREDICTION:
+            return self.prediction
+        if name == EMBEDDING:
+            return self.embedding.scores if self.embedding is not None else None
+        return self.columns.get(name)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "task": self.task, "labels": self.labels, "rows": self.rows,
                 "columns": [c.to_json() for c in self.columns.values()],
                 "prediction": self.prediction.to_json() if self.prediction is not None else None,
-                "metrics": self.metrics, "ood": self.ood.to_json() if self.ood is not None else None}
+                "metrics": self.metrics, "ood": self.ood.to_json() if self.ood is not None else None,
+                "embedding": self.embedding.to_json() if self.embedding is not None else None}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Reference:
+        from modelfoundry.monitor.embedding import EmbeddingProfile
+
         columns = [ColumnProfile.from_json(c) for c in data["columns"]]
         return cls(str(data["task"]), data.get("labels"), int(data["rows"]), {c.name: c for c in columns},
                    ColumnProfile.from_json(data["prediction"]) if data.get("prediction") else None,
                    {str(k): float(v) for k, v in (data.get("metrics") or {}).items()},
-                   MahalanobisScorer.from_json(data["ood"]) if data.get("ood") else None)
+                   MahalanobisScorer.from_json(data["ood"]) if data.get("ood") else None,
+                   EmbeddingProfile.from_json(data["embedding"]) if data.get("embedding") else None)
 
 
 def build_reference(desc: dict[str, Any], task: str, labels: list[Any] | None, train: pd.DataFrame,

@@ -270,7 +270,10 @@ def _prediction() -> str:
 
 
 def column_title(column: str) -> str:
-    """A column as people read it: the prediction's internal name shown as 'prediction'."""
+    """A column as people read it: the prediction's internal name shown as 'prediction', a text model's embedding
+    distance as 'embedding distance'."""
+    if column == "__embedding__":  # monitor/embedding.py EMBEDDING
+        return "embedding distance"
     return PREDICTION_TITLE if column == _prediction() else column
 
 
