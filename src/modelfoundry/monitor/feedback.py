@@ -3,9 +3,14 @@
     app = create_app(settings, store, extensions=[FeedbackLog(config.monitor)])
 
 A share of the requests (`monitor.log.sample`) gets an id; their rows ("<id>-<row>", answered as "ids") are
-written to the request log (monitor/requestlog.py) by the thread that delivers batches, never the request's:
-raw inputs (hashed / excluded as `monitor.log` says), the prediction and, when the run has a reference profile
-with an out-of-distribution scorer, each row's OOD score.
+written to the request log (monitor/requestlog.py): raw inputs (hashed / excluded as `monitor.log` says), the
+prediction and, when the run has a reference profile with an out-of-distribution scorer, each row's OOD score.
+On the event loop a batch is only queued (a reference to its read-only arrays; no thread hop per batch, which
+would hand the GIL back and forth with the serving loop); the log's own writer thread encodes the queued
+batches together (whole columns at a time, one JSON object per row, one OOD matrix product per chunk) and
+inserts them, every BUFFER_ROWS rows or BUFFER_S seconds; any read or update of the log (feedback, the live
+metric) writes what is queued first. At most MAX_QUEUED rows wait; beyond that, batches are dropped and
+counted (foundry_request_log_dropped_rows_total) rather than held without bound.
 
     POST /feedback   {"id": "<row id>", "label": <true label>}  or  {"feedback": [{"id", "label"}, ...]} (<= 1000)
 
@@ -30,12 +35,22 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelfoundry.errors import DataError, FoundryError
-from modelfoundry.monitor.labels import MAX_ID_CHARS, check_label, classes, feedback_items, same_label
-from modelfoundry.monitor.requestlog import RequestLog, frame_records
+from modelfoundry.monitor.labels import (
+    MAX_ID_CHARS,
+    check_label,
+    classes,
+    feedback_items,
+    same_label,
+)
+from modelfoundry.monitor.logdb import encode_batches
+from modelfoundry.monitor.requestlog import RequestLog
 
 if TYPE_CHECKING:
     from modelfoundry.config.monitor import MonitorConfig
@@ -44,7 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SETTLE_S = 2.0  # how long feedback for a row not yet in the log waits for the batches being written
 REFRESH_S = 5.0  # how often the live metric is read from the log (other workers' feedback included)
-BUFFER_ROWS, BUFFER_S = 512, 0.5  # logged rows are written together: at this many, or this long after the first
+BUFFER_ROWS, BUFFER_S = 512, 0.5  # queued rows are written together: at this many, or every BUFFER_S
+MAX_QUEUED = 64 * BUFFER_ROWS  # rows waiting for the writer beyond which batches are dropped (and counted)
 
 
 class RowNotFound(FoundryError):
@@ -63,8 +79,13 @@ class FeedbackLog:
         self.config = config
         self.log = request_log or RequestLog(config.log.url, max_rows=config.log.max_rows,
                                              hash_columns=config.log.hash_columns,
-                                             exclude_columns=config.log.exclude_columns, buffer_rows=BUFFER_ROWS,
-                                             buffer_s=BUFFER_S)
+                                             exclude_columns=config.log.exclude_columns)
+        self.log.source = self._drain  # every flush of the log encodes the queued batches first
+        self._queue: deque[tuple[BatchRecord, Any]] = deque()  # (batch, the model served when it was queued)
+        self._queued = 0  # rows in _queue (approximate: added on the loop, taken off in the writer)
+        self._writing = False  # a flush is submitted to the writer thread
+        self._writer: ThreadPoolExecutor | None = None
+        self.dropped: Any = None
         self.id_share = config.log.sample
         self.context: ServerContext | None = None
         self.live: tuple[float, int] = (math.nan, 0)  # the metric over the labelled window, and its rows
@@ -82,6 +103,8 @@ class FeedbackLog:
         self.context = context
         self.outcomes = Counter("foundry_feedback", "Feedback labels by outcome (correct, incorrect, labelled, "
                                 "unknown_id, invalid).", ["outcome"], registry=context.registry)
+        self.dropped = Counter("foundry_request_log_dropped_rows", "Answered rows with ids not logged because the "
+                               "request log's writer fell behind.", registry=context.registry)
 
         async def feedback(request: Request) -> dict[str, Any]:
             from modelfoundry.serve.payloads import parse_json
@@ -117,36 +140,59 @@ class FeedbackLog:
         self._refresher = asyncio.get_running_loop().create_task(self._background())
 
     async def stop(self) -> None:
-        """Stop the background task and write the rows still buffered."""
+        """Stop the background task, write the rows still queued, end the writer thread."""
         if self._refresher is not None:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
             self._refresher = None
-        await asyncio.to_thread(self.log.flush)
+        await asyncio.get_running_loop().run_in_executor(self._thread(), self.log.flush)
+        self._writer, writer = None, self._writer
+        writer.shutdown(wait=False)
 
-    def on_batch(self, batch: BatchRecord) -> None:
-        """Log the batch's rows that have ids (buffered: written BUFFER_S later at most), in the extensions'
-        thread."""
-        import numpy as np
-
-        row_ids = batch.row_ids()
-        keep = [i for i, rid in enumerate(row_ids) if rid is not None]
-        if not keep:
+    async def on_batch(self, batch: BatchRecord) -> None:
+        """Queue the batch if some of its requests have ids, on the event loop: an append, no work per row; the
+        writer thread is woken once BUFFER_ROWS rows wait (else the background task writes them every BUFFER_S)."""
+        if not batch.ids:  # () when none of its requests has an id
             return
-        rows, outputs = batch.rows, batch.outputs
-        if len(keep) < len(row_ids):
-            rows, outputs = rows[np.asarray(keep)], outputs[np.asarray(keep)]
-        schema, scorer = self._version(batch)
-        inputs = raw_records(schema, rows) if schema is not None else [{}] * len(keep)
-        if batch.task == "classification":
-            predictions = [batch.labels[i] for i in outputs.argmax(1)]
-        elif batch.task == "anomaly" and schema is not None:  # as answered: true where the score is above threshold
-            predictions = (outputs > float(schema.desc["target"]["threshold"])).tolist()
-        else:
-            predictions = [float(v) for v in outputs]
-        scores = _ood_scores(scorer, rows) if scorer is not None else None
-        self.log.add(batch.model.name, batch.model.version, [row_ids[i] for i in keep], inputs, predictions,
-                     time=batch.answered_at, ood_scores=scores)
+        rows = len(batch.outputs)
+        if self._queued >= MAX_QUEUED:
+            if self.dropped is not None:
+                self.dropped.inc(rows)
+            return
+        self._queue.append((batch, self.context.served.current if self.context else None))
+        self._queued += rows
+        if self._queued >= BUFFER_ROWS and not self._writing:
+            self._writing = True
+            self._thread().submit(self._write)
+
+    def _write(self) -> None:
+        """Flush the log in the writer thread (a failure is logged: the log may be unreachable for a while)."""
+        try:
+            self.log.flush()
+        except Exception as exc:
+            log.warning("request log: %s", exc)
+        finally:
+            self._writing = False
+
+    def _thread(self) -> ThreadPoolExecutor:
+        """The log's writer thread (one, so that chunks are written in order)."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foundry-request-log")
+        return self._writer
+
+    def _drain(self) -> list[list[Any]]:
+        """The log's source (called by its flush, under its lock): the queued batches' logged rows, encoded a
+        chunk of one version at a time; a chunk that cannot be encoded is logged and skipped."""
+        taken = [self._queue.popleft() for _ in range(len(self._queue))]
+        self._queued = max(0, self._queued - sum(len(batch.outputs) for batch, _ in taken))
+        rows: list[list[Any]] = []
+        for _, chunk in groupby(taken, key=lambda entry: (entry[0].model.name, entry[0].model.version)):
+            batches = list(chunk)
+            try:
+                rows += encode_batches([b for b, _ in batches], *self._version(*batches[-1]), self.log)
+            except Exception:
+                log.exception("request log: %d batches could not be logged", len(batches))
+        return rows
 
     # --------------------------------------------------------------------------------- feedback
     async def accept(self, model: Any, items: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -210,45 +256,29 @@ class FeedbackLog:
         return self.live
 
     async def _background(self) -> None:
-        """Every BUFFER_S: write the buffered rows (in the extensions' thread, in order with the batches); every
-        REFRESH_S: read the live metric from the log."""
+        """Every BUFFER_S: write the queued rows (in the writer thread); every REFRESH_S: read the live metric
+        from the log."""
         loop, refreshed = asyncio.get_running_loop(), -math.inf
         while True:
             try:
-                if self.log.pending:
-                    pool = getattr(self.context.served.extensions, "pool", None)
-                    await loop.run_in_executor(pool, self.log.flush)
+                if (self._queue or self.log.dirty) and not self._writing:
+                    await loop.run_in_executor(self._thread(), self.log.flush)
                 if time.monotonic() - refreshed >= REFRESH_S:
                     refreshed = time.monotonic()
                     await asyncio.to_thread(self.refresh)
-            except Exception as exc:  # noqa: BLE001 - the log may be unreachable for a while: keep serving
+            except Exception as exc:
                 log.warning("request log: %s", exc)
             await asyncio.sleep(BUFFER_S)
 
-    def _version(self, batch: BatchRecord) -> tuple[Any, Any]:
-        """(InputSchema, OOD scorer or None) of the version that answered `batch`, cached per version."""
+    def _version(self, batch: BatchRecord, current: Any) -> tuple[Any, Any]:
+        """(InputSchema, OOD scorer or None) of the version that answered `batch` (`current`: the model served
+        when it was queued), cached per version."""
         key = (batch.model.name, batch.model.version)
         if key not in self._versions:
-            current = self.context.served.current if self.context else None
             if current is None or (current.name, current.version) != key:
                 return None, None  # a version no longer served: log its rows without inputs
             self._versions[key] = (current.schema, _scorer(batch.model.run_dir) if self.config.ood.enabled else None)
         return self._versions[key]
-
-
-def raw_records(schema: Any, rows: Any) -> list[dict[str, Any]]:
-    """The raw input columns of `rows` as one {column: value} per row (None where missing), as
-    `columns.raw_frame` gives them; tabular rows straight from their arrays (a DataFrame costs ~1 ms a batch)."""
-    import numpy as np
-
-    if schema.series or schema.image:
-        from modelfoundry.monitor.columns import raw_frame
-
-        return frame_records(raw_frame(schema, rows))
-    names = [*schema.num_columns, *schema.cat_columns]
-    numeric = rows.numeric.astype(object)  # (N, Fn) Python floats
-    numeric[np.isnan(rows.numeric)] = None
-    return [dict(zip(names, a + b)) for a, b in zip(numeric.tolist(), rows.texts.tolist())]
 
 
 def _scorer(run_dir: str | None) -> Any:
@@ -263,10 +293,3 @@ def _scorer(run_dir: str | None) -> Any:
         log.warning("request log: no OOD scores (%s)", exc.message)
         return None
     return reference.ood if reference is not None else None
-
-
-def _ood_scores(scorer: Any, rows: Any) -> list[float] | None:
-    from modelfoundry.monitor.ood import ood_space
-
-    space = ood_space(rows.inputs)
-    return None if space is None else scorer.score(space).tolist()

@@ -6,8 +6,11 @@ project's foundry.db, in WAL mode so a server writes while a report reads); one 
     seq (insertion order)  id ("<request id>-<row>")  time (epoch s)  model  version  inputs (JSON: raw columns)
     prediction (JSON: class label or value)  ood_score  label (JSON, with feedback)  feedback_time  shadow_prediction
 
-Rows are written in one transaction per `add`, or, with `buffer_rows` (the server's log), gathered in memory and
-written together (at most `buffer_s` later; every read or update writes them first).
+Rows are written in one transaction per `add`, or, with `buffer_rows`, gathered in memory and written together
+(at most `buffer_s` later; every read or update writes them first). The server's log has a `source` instead
+(monitor/feedback.py): the answered batches it holds, encoded when the log is flushed (by its writer thread
+every few hundred rows or `buffer_s`, or by any read or update first). Shadow predictions of rows not written yet
+wait in memory and are stored with them.
 Bounded: beyond `max_rows` rows of one model the oldest are deleted, checked each time a tenth of `max_rows` more
 rows were written (so a model holds at most 1.1 x max_rows). Privacy: `exclude_columns` are never stored;
 `hash_columns` are stored as salted SHA-256 (`hash_value`); the salt is $FOUNDRY_LOG_SALT, else a random one made
@@ -24,11 +27,20 @@ import os
 import secrets
 import threading
 import time as clock
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from modelfoundry.monitor.logdb import SALT_TABLE, open_log, salt_file, sqlite_file
+from modelfoundry.monitor.logdb import (  # noqa: F401 - frame_records: part of this module's interface
+    SALT_TABLE,
+    SHADOW,
+    dumps,
+    frame_records,
+    insert_rows,
+    open_log,
+    salt_file,
+    sqlite_file,
+)
 
 SALT_ENV = "FOUNDRY_LOG_SALT"
 LOG_FILE = "foundry-requests.db"
@@ -54,9 +66,11 @@ class RequestLog:
         # buffer_rows > 0: rows wait in memory until that many are pending or the oldest is buffer_s old (the next
         # add, or flush(), writes them in one transaction); every read and update writes them first
         self.buffer_rows, self.buffer_s = buffer_rows, buffer_s
-        self._pending: list[dict[str, Any]] = []
-        self._pending_ids: dict[str, dict[str, Any]] = {}
+        self._pending: list[list[Any]] = []  # rows as logdb.insert_rows takes them
         self._pending_since = 0.0
+        self._shadow: dict[str, str] = {}  # row id -> shadow prediction (JSON) to store at the next flush
+        # rows held elsewhere, encoded when flushed (the server's FeedbackLog): called under the lock by flush()
+        self.source: Callable[[], list[list[Any]]] | None = None
         self.hash_columns, self.exclude_columns = set(hash_columns), set(exclude_columns)
         self._engine: Any = None
         self._table: Any = None
@@ -73,69 +87,86 @@ class RequestLog:
         if not ids:
             return
         now = clock.time() if time is None else time
-        rows = [{"id": rid, "time": now, "model": model, "version": version,
-                 "inputs": _INPUTS.encode(self.private(row)),
-                 "prediction": _dumps(prediction), "shadow_prediction": None,
-                 "ood_score": _finite(ood_scores[i]) if ood_scores is not None else None}
+        rows = [[rid, now, model, version, dumps(self.private(row)), dumps(prediction), None,
+                 _finite(ood_scores[i]) if ood_scores is not None else None]
                 for i, (rid, row, prediction) in enumerate(zip(ids, inputs, predictions))]
         with self._lock:
             if not self._pending:
                 self._pending_since = clock.monotonic()
             self._pending.extend(rows)
-            self._pending_ids.update((row["id"], row) for row in rows)
             if len(self._pending) >= self.buffer_rows or clock.monotonic() - self._pending_since >= self.buffer_s:
                 self.flush()
 
     def flush(self) -> None:
-        """Write the buffered rows (one transaction), then keep each model within max_rows."""
+        """Write the buffered rows and the source's (one transaction) with the shadow predictions waiting for them
+        (the others update rows written before), then keep each model within max_rows."""
         with self._lock:
-            if not self._pending:
+            rows, self._pending = self._pending, []
+            if self.source is not None:
+                rows += self.source()
+            if not rows and not self._shadow:
                 return
-            rows, self._pending, self._pending_ids = self._pending, [], {}
+            shadow, self._shadow = self._shadow, {}
+            if shadow:
+                for row in rows:
+                    row[SHADOW] = shadow.pop(row[0], row[SHADOW])
             table = self.table
             with self._engine.begin() as conn:
-                conn.execute(table.insert(), rows)
-            for row in rows:
-                self._written[row["model"]] = self._written.get(row["model"], 0) + 1
-            for model in {row["model"] for row in rows}:
-                if self._written[model] >= max(1, int(self.max_rows * PRUNE_SHARE)):
-                    self._written[model] = 0
-                    self.prune(model)
+                insert_rows(conn, table, rows)
+                if shadow:
+                    conn.execute(self._setter("shadow_prediction"), [{"row_id": r, "value": v}
+                                                                      for r, v in shadow.items()])
+            self._bound(rows)
+
+    def _bound(self, rows: list[list[Any]]) -> None:
+        """Keep the models of the rows just written within max_rows (checked every max_rows * PRUNE_SHARE rows)."""
+        for row in rows:
+            self._written[row[2]] = self._written.get(row[2], 0) + 1
+        for model in {row[2] for row in rows}:
+            if self._written[model] >= max(1, int(self.max_rows * PRUNE_SHARE)):
+                self._written[model] = 0
+                self.prune(model)
 
     @property
     def pending(self) -> int:
-        """Rows buffered, not written yet."""
+        """Rows buffered, not written yet (the source's aside)."""
         return len(self._pending)
 
+    @property
+    def dirty(self) -> bool:
+        """Whether a flush has anything of its own to write (buffered rows or shadow predictions)."""
+        return bool(self._pending or self._shadow)
+
     def add_shadow(self, row_ids: list[str], predictions: list) -> None:
-        """Store a shadow model's predictions beside the logged rows `row_ids` (rows not logged are skipped)."""
-        values = [_dumps(p) for p in predictions]
-        with self._lock:  # rows still buffered get theirs in memory
-            buffered = self._pending_ids
-            for rid, value in zip(row_ids, values):
-                if rid in buffered:
-                    buffered[rid]["shadow_prediction"] = value
-            rest = [(rid, value) for rid, value in zip(row_ids, values) if rid not in buffered]
-        if rest:
-            self._update([r for r, _ in rest], "shadow_prediction", [v for _, v in rest])
+        """Store a shadow model's predictions beside the logged rows `row_ids` (rows not logged are skipped); with
+        a buffer or a source, at the next flush (with the rows, or as an update of rows written before)."""
+        values = [dumps(p) for p in predictions]
+        with self._lock:
+            self._shadow.update(zip(row_ids, values))
+            if self.buffer_rows or self.source is not None:
+                return
+            self.flush()
 
     def label(self, labels: Mapping[str, Any], time: float | None = None) -> None:
         """Store feedback: the true label of each logged row id (a later label replaces an earlier one)."""
         now = clock.time() if time is None else time
-        self._update(list(labels), "label", [_dumps(v) for v in labels.values()], feedback_time=now)
+        self._update(list(labels), "label", [dumps(v) for v in labels.values()], feedback_time=now)
 
     def _update(self, row_ids: list[str], column: str, values: list[str], **same: Any) -> None:
-        from sqlalchemy import bindparam
-
         if not row_ids:
             return
         with self._lock:
             self.flush()
-            table = self.table
-            statement = table.update().where(table.c.id == bindparam("row_id")).values(
-                {column: bindparam("value"), **same})
+            self.table  # noqa: B018 - created on first use
             with self._engine.begin() as conn:
-                conn.execute(statement, [{"row_id": r, "value": v} for r, v in zip(row_ids, values)])
+                conn.execute(self._setter(column, **same), [{"row_id": r, "value": v} for r, v in zip(row_ids, values)])
+
+    def _setter(self, column: str, **same: Any) -> Any:
+        """UPDATE of `column` to :value (and `same`) on the row :row_id."""
+        from sqlalchemy import bindparam
+
+        table = self.table
+        return table.update().where(table.c.id == bindparam("row_id")).values({column: bindparam("value"), **same})
 
     def prune(self, model: str) -> int:
         """Delete the oldest rows of `model` beyond max_rows; returns how many were deleted."""
@@ -268,19 +299,8 @@ class RequestLog:
             self._engine.dispose()
 
 
-def frame_records(frame: Any) -> list[dict[str, Any]]:
-    """A DataFrame's rows as {column: value} with None (JSON null) where a value is missing: what `add` logs."""
-    import pandas as pd
-
-    names = [str(c) for c in frame.columns]
-    values = frame.to_numpy(dtype=object)  # (N, C): one conversion, whatever the columns' types
-    missing = pd.isna(values)
-    if missing.any():
-        values[missing] = None
-    return [dict(zip(names, row)) for row in values.tolist()]
-
-
 def _dumps(value: Any) -> str:
+    """A hashed value as JSON: the standard library's, so hashes stay what earlier logs stored."""
     return _VALUES.encode(value)
 
 
@@ -291,8 +311,7 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-_VALUES = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_plain)  # made once: not per row
-_INPUTS = json.JSONEncoder(separators=(",", ":"), default=_plain)  # NaN already None (frame_records, raw_records)
+_VALUES = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_plain)  # made once: not per value
 
 
 def _finite(value: Any) -> float | None:
