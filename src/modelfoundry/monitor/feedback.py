@@ -169,7 +169,7 @@ class FeedbackLog:
         """Flush the log in the writer thread (a failure is logged: the log may be unreachable for a while)."""
         try:
             self.log.flush()
-        except Exception as exc:
+        except Exception as exc:  # never raised into the server: the log may be unreachable for a while
             log.warning("request log: %s", exc)
         finally:
             self._writing = False
@@ -190,7 +190,7 @@ class FeedbackLog:
             batches = list(chunk)
             try:
                 rows += encode_batches([b for b, _ in batches], *self._version(*batches[-1]), self.log)
-            except Exception:
+            except Exception:  # a chunk that fails must not lose the others, nor fail a feedback
                 log.exception("request log: %d batches could not be logged", len(batches))
         return rows
 
@@ -266,7 +266,7 @@ class FeedbackLog:
                 if time.monotonic() - refreshed >= REFRESH_S:
                     refreshed = time.monotonic()
                     await asyncio.to_thread(self.refresh)
-            except Exception as exc:
+            except Exception as exc:  # the log may be unreachable for a while: keep serving
                 log.warning("request log: %s", exc)
             await asyncio.sleep(BUFFER_S)
 
