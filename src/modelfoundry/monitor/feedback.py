@@ -169,7 +169,7 @@ class FeedbackLog:
         """Flush the log in the writer thread (a failure is logged: the log may be unreachable for a while)."""
         try:
             self.log.flush()
-        except Exception as exc:  # never raised into the server: the log may be unreachable for a while
+        except Exception as exc:  # noqa: BLE001 - never raised into the server: the log may be unreachable for a while
             log.warning("request log: %s", exc)
         finally:
             self._writing = False
@@ -266,7 +266,7 @@ class FeedbackLog:
                 if time.monotonic() - refreshed >= REFRESH_S:
                     refreshed = time.monotonic()
                     await asyncio.to_thread(self.refresh)
-            except Exception as exc:  # the log may be unreachable for a while: keep serving
+            except Exception as exc:  # noqa: BLE001 - the log may be unreachable for a while: keep serving
                 log.warning("request log: %s", exc)
             await asyncio.sleep(BUFFER_S)
 
