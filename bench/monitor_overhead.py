@@ -54,14 +54,15 @@ class NoOp:
         pass
 
 
-def extensions_for(mode: str, run_dir: Path, window_rows: int, log_url: str) -> tuple:
-    """The server extensions of `mode`, configured from the run's monitor: section with `window_rows` windows."""
+def extensions_for(mode: str, run_dir: Path, window_rows: int, log_url: str, sample: float | None = None) -> tuple:
+    """The server extensions of `mode`, configured from the run's monitor: section with `window_rows` windows (and
+    monitor.log.sample `sample`; None: the run's)."""
     from modelfoundry.rundir import load_run_config
 
     config = load_run_config(run_dir)
     window = config.monitor.window.model_copy(update={"rows": window_rows or config.monitor.window.rows})
-    monitor = config.monitor.model_copy(update={"window": window,
-                                                "log": config.monitor.log.model_copy(update={"url": log_url})})
+    logged = {"url": log_url} | ({"sample": sample} if sample is not None else {})
+    monitor = config.monitor.model_copy(update={"window": window, "log": config.monitor.log.model_copy(update=logged)})
     if mode == "off":
         return ()
     if mode == "noop":  # the extension machinery alone: every batch delivered to an extension that does nothing
@@ -79,18 +80,18 @@ def extensions_for(mode: str, run_dir: Path, window_rows: int, log_url: str) -> 
     return tuple(e for e in extensions if mode == "on" or not isinstance(e, DriftMonitor))  # "log": without drift
 
 
-def serve_mode(port: int, run_dir: str, mode: str, window_rows: int, log_url: str) -> None:
+def serve_mode(port: int, run_dir: str, mode: str, window_rows: int, log_url: str, sample: float | None) -> None:
     """Run one server until stopped: `foundry serve RUN_DIR` with the extensions of `mode`."""
     from modelfoundry.api.serving import prepare_server, start_server
 
     plan = prepare_server(run_dir, {"host": HOST, "port": port, "workers": 1, "access_log": False}, monitor=False)
-    start_server(plan, extensions_for(mode, Path(run_dir), window_rows, log_url))  # monitor=False: only these
+    start_server(plan, extensions_for(mode, Path(run_dir), window_rows, log_url, sample))  # monitor=False: only these
 
 
 def server(mode: str, run_dir: Path, args: argparse.Namespace, tmp: Path) -> Server:
     port = free_port()
     command = [sys.executable, __file__, "--server", str(port), str(run_dir), mode, str(args.window),
-               f"sqlite:///{tmp / f'requests-{mode}.db'}"]
+               f"sqlite:///{tmp / f'requests-{mode}.db'}", str(args.sample if args.sample is not None else "")]
     return Server(command, port, "/v2/health/ready", tmp / f"{mode}.log")
 
 
@@ -133,13 +134,15 @@ def main() -> None:
                         help="monitor.window.rows of the servers (default: the model's, 500)")
     parser.add_argument("--modes", default=",".join(MODES),
                         help="servers to compare (default off,drift,on; also noop, ids, log)")
+    parser.add_argument("--sample", type=float, default=None,
+                        help="monitor.log.sample of the log and on servers (default: the model's)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 2 s, 0.5 s warm-up")
-    parser.add_argument("--server", nargs=5, metavar=("PORT", "RUN_DIR", "MODE", "WINDOW", "LOG_URL"),
+    parser.add_argument("--server", nargs=6, metavar=("PORT", "RUN_DIR", "MODE", "WINDOW", "LOG_URL", "SAMPLE"),
                         help=argparse.SUPPRESS)  # one server's process
     args = parser.parse_args()
     if args.server:
-        port, run_dir, mode, window, log_url = args.server
-        return serve_mode(int(port), run_dir, mode, int(window), log_url)
+        port, run_dir, mode, window, log_url, sample = args.server
+        return serve_mode(int(port), run_dir, mode, int(window), log_url, float(sample) if sample else None)
     if args.quick:
         args.rounds, args.seconds, args.warmup = 2, 2.0, 0.5
     if not (args.rounds >= 1 and args.seconds > 0 and args.clients >= 1 and (args.window >= 20 or not args.window)):
@@ -151,9 +154,11 @@ def main() -> None:
         body = request_body(tmp)
         from modelfoundry.rundir import load_run_config
 
-        window = args.window or load_run_config(run_dir).monitor.window.rows
+        monitor = load_run_config(run_dir).monitor
+        window, sample = args.window or monitor.window.rows, args.sample if args.sample is not None else monitor.log.sample
         print(f"trained and exported in {time.perf_counter() - started:.0f} s; {args.rounds} rounds of {args.clients} "
               f"clients, {args.warmup:g} s warm-up + {args.seconds:g} s per server; windows of {window} rows; "
+              f"request log sample {sample:g}; "
               f"{os.cpu_count()} CPUs shared by the load generator and the servers, load average "
               f"{os.getloadavg()[0]:.1f}; uvicorn on {uvicorn_stack()}", flush=True)
         servers = {mode: server(mode, run_dir, args, tmp) for mode in args.modes.split(",")}

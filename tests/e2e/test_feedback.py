@@ -26,7 +26,7 @@ from tests.conftest import tiny_config
 @pytest.fixture(scope="module")
 def iris_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("feedback-iris")
-    run(load_config(tiny_config()), run_dir=tmp / "run", progress=False)
+    run(load_config(tiny_config(monitor={"log": {"sample": 1.0}})), run_dir=tmp / "run", progress=False)  # all ids
     return tmp / "run"
 
 
@@ -44,7 +44,8 @@ def iris():
 
 
 def monitored(run_dir, tmp_path, **log):
-    config = MonitorConfig.model_validate({"log": {"url": f"sqlite:///{tmp_path / 'requests.db'}", **log},
+    config = MonitorConfig.model_validate({"log": {"url": f"sqlite:///{tmp_path / 'requests.db'}", "sample": 1.0,
+                                                   **log},
                                            "feedback_window": 4})
     extension = FeedbackLog(config)
     return TestClient(create_app(ServeConfig(), RunDirStore(run_dir), extensions=[extension])), extension
@@ -260,3 +261,65 @@ def test_an_anomaly_detector_takes_true_or_false(tmp_path):
     assert ok.status_code == 200 and ok.json()["correct"] == 1
     assert number.status_code == 422 and "false, true" in number.json()["error"]
     assert extension.log.read("bc-anomaly")["prediction"].tolist() == flags  # logged as answered: true / false
+
+
+def batch_record(run_dir, frame, requests, ids, start: float = 100.0):
+    """A BatchRecord of `frame`'s rows answered by the run: `requests` rows per request, `ids` per request."""
+    from modelfoundry.data.input_schema import InputSchema
+    from modelfoundry.serve.extensions import BatchRecord, ModelIdentity
+
+    backend = RunDirStore(run_dir).load().backend
+    rows = InputSchema(backend.desc).from_frame(frame)
+    return BatchRecord(ModelIdentity("tiny", "run", None, str(run_dir)), "classification", list(backend.labels),
+                       list(backend.columns), rows, backend.predict_inputs(rows.inputs), None, tuple(requests), start,
+                       tuple(ids))
+
+
+def test_queued_batches_are_encoded_in_chunks_row_for_row(iris_run, iris, tmp_path):
+    """Only rows with ids are logged, each with its own inputs and prediction, across the batches of a chunk."""
+    import asyncio
+
+    import numpy as np
+    import pandas as pd
+
+    from modelfoundry.data.input_schema import InputSchema
+    from modelfoundry.serve.store import LoadedModel
+
+    frame = iris.drop(columns="target").iloc[[0, 60, 120, 1, 61]].reset_index(drop=True)
+    frame.iloc[1, 2] = np.nan  # a missing value: stored as null
+    first = batch_record(iris_run, frame.iloc[:3], (2, 1), ("a", None))  # the second request was not sampled
+    second = batch_record(iris_run, frame.iloc[3:], (2,), ("b",), start=101.0)
+    extension = FeedbackLog(MonitorConfig.model_validate({"log": {"url": f"sqlite:///{tmp_path / 'r.db'}"}}))
+    served = LoadedModel("tiny", "run", None, RunDirStore(iris_run).load().backend, iris_run)
+    served.schema = InputSchema(served.backend.desc)
+    extension.context = type("Context", (), {"served": type("Served", (), {"current": served})()})()
+    for batch in (first, second):
+        asyncio.run(extension.on_batch(batch))  # queued on the loop: nothing encoded or written yet
+    assert extension.log.pending == 0 and len(extension._queue) == 2
+    assert not (tmp_path / "r.db").exists()
+    logged = extension.log.read("tiny")  # a read writes what is queued first
+    kept = frame.iloc[[0, 1, 3, 4]].reset_index(drop=True)
+    outputs = np.concatenate([first.outputs[:2], second.outputs])
+    assert logged["id"].tolist() == ["a-0", "a-1", "b-0", "b-1"] and logged["time"].tolist() == [100.0] * 2 + [101.0] * 2
+    assert logged["prediction"].tolist() == [first.labels[k] for k in outputs.argmax(1)]
+    pd.testing.assert_frame_equal(logged[list(kept.columns)].astype(float), kept.astype(float))
+    assert logged["ood_score"].notna().all() and len(set(logged["ood_score"])) == 4  # each row its own score
+
+
+def test_the_queue_is_bounded_and_drops_are_counted(iris_run, iris, tmp_path, monkeypatch):
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from modelfoundry.monitor import feedback
+
+    monkeypatch.setattr(feedback, "MAX_QUEUED", 3)
+    extension = FeedbackLog(MonitorConfig.model_validate({"log": {"url": f"sqlite:///{tmp_path / 'r.db'}"}}))
+    extension.dropped = Counter("dropped", "", registry=CollectorRegistry())
+    frame = iris.drop(columns="target").head(2)
+    for name in ("a", "b", "c"):
+        asyncio.run(extension.on_batch(batch_record(iris_run, frame, (2,), (name,))))
+    assert extension.dropped._value.get() == 2  # the third batch: 4 rows already waited
+    logged = extension.log.read("tiny")
+    assert logged["id"].tolist() == ["a-0", "a-1", "b-0", "b-1"]  # no schema known: rows logged without inputs
+    assert logged.columns[-1] == "shadow_prediction" and extension._queued == 0
