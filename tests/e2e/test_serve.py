@@ -23,7 +23,8 @@ def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     cfg = load_config(tiny_config(name="bc", data={"source": "sklearn:breast_cancer"},
                                   model={"name": "mlp", "hidden": [16], "batch_norm": True}, training={"epochs": 5},
-                                  serve={"max_batch_size": 32, "on_unseen": "reject"}))
+                                  serve={"max_batch_size": 32, "on_unseen": "reject"},
+                                  monitor={"log": {"sample": 1.0}}))  # every request logged: ids to check
     run(cfg, run_dir=tmp / "run", progress=False)
     return tmp / "run"
 
