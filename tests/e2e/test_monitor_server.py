@@ -204,6 +204,7 @@ def test_a_model_without_a_reference_is_served_and_says_how_to_get_one(cancer, t
     assert "foundry_drift" not in metrics and "foundry_ood" not in metrics
 
 
+@pytest.mark.slow  # waits out a deliberately slow statistics call (~3 s)
 def test_predict_never_waits_for_the_statistics(cancer, monkeypatch):
     run_dir, test, _ = cancer
     started, real = threading.Event(), drift.compare
