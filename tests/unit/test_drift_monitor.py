@@ -221,7 +221,7 @@ def test_json_has_no_nan():
 def test_the_fast_ks_agrees_with_scipy(n, m, shift, ties, seed):
     from scipy import stats
 
-    from modelfoundry.monitor.drift import ks_2samp
+    from modelfoundry.monitor.ks import ks_2samp
 
     rng = np.random.default_rng(seed)
     values, reference = rng.normal(shift, 1, n), rng.normal(0, 1, m)
@@ -244,7 +244,7 @@ def test_the_fast_ks_agrees_with_scipy(n, m, shift, ties, seed):
 def test_ks_of_many_columns_at_once_is_ks_of_each(sizes, seed):
     from scipy import stats
 
-    from modelfoundry.monitor.drift import ks_many
+    from modelfoundry.monitor.ks import ks_many
 
     rng = np.random.default_rng(seed)
     pairs = [(rng.normal(0.3, 1, n), np.sort(rng.normal(0, 1, m))) for n, m, _ in sizes]

@@ -3,7 +3,7 @@
 Tests (`TESTS`, name -> function of (profile, values)):
 
 - `ks` (numeric): the two-sample Kolmogorov-Smirnov test of the window against the reference's quantile
-  sketch (`ks_2samp`: numpy, the asymptotic p-value; scipy's exact one costs 30x more). Up to 1,000
+  sketch (ks.py `ks_many`: numpy, the asymptotic p-value; scipy's exact one costs 30x more). Up to 1,000
   reference values the sketch is the sample itself (exact); beyond, it is 1,000 evenly spaced quantiles,
   whose empirical CDF is within 1/2,000 of the reference's, and the p-value is computed as if the reference had
   1,000 rows: it counts more reference noise than there is, so it errs towards "no
@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelfoundry.monitor.columns import PREDICTION
+from modelfoundry.monitor.ks import ks_many
 from modelfoundry.monitor.profile import OTHER, ColumnProfile, Reference, bin_counts
 
 if TYPE_CHECKING:
@@ -204,39 +205,6 @@ def ks_columns(columns: list[tuple[ColumnProfile, np.ndarray]]) -> list[_Result]
         for (i, _, note, p_missing), score, p_value in zip(ready, d.tolist(), p.tolist()):
             results[i] = _Result(score, p_value if p_missing is None else min(1.0, 2 * min(p_value, p_missing)), note)
     return results
-
-
-def ks_many(samples: list[np.ndarray], references: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Two-sample Kolmogorov-Smirnov of each sample against its sorted reference: (D, p-value) arrays, one per
-    pair. D is exact (ties included); the p-value is the asymptotic Kolmogorov distribution's with Stephens'
-    small-sample correction, within a few percent of scipy's exact one at window sizes.
-
-    All pairs go through one sort: the server tests a window in a thread beside the serving event loop, and
-    every numpy call there may hand the GIL to the loop and wait to get it back, so a few calls per window cost
-    the loop far less than a few per column (scipy's ks_2samp: ~1 ms per column)."""
-    from scipy.special import kolmogorov
-
-    n = np.array([len(s) for s in samples], dtype=np.int64)
-    m = np.array([len(r) for r in references], dtype=np.int64)
-    sizes = np.concatenate([n, m])
-    values = np.concatenate([*samples, *references]).astype(np.float64, copy=False)
-    column = np.repeat(np.tile(np.arange(len(n)), 2), sizes)
-    step = np.repeat(np.concatenate([1.0 / n, -1.0 / m]), sizes)  # the gap F_sample - F_reference moves by these
-    order = np.lexsort((values, column))  # by column, then by value
-    values, column, gap = values[order], column[order], np.cumsum(step[order])
-    starts = np.searchsorted(column, np.arange(len(n)))
-    gap -= np.concatenate([[0.0], gap])[starts][column]  # each column's gap from its own start
-    last = np.ones(len(values), dtype=bool)  # the CDFs are compared after the last of equal values
-    last[:-1] = (values[1:] != values[:-1]) | (column[1:] != column[:-1])
-    d = np.maximum.reduceat(np.where(last, np.abs(gap), 0.0), starts)
-    root = np.sqrt(n * m / (n + m))
-    return d, np.minimum(1.0, kolmogorov((root + 0.12 + 0.11 / root) * d))
-
-
-def ks_2samp(values: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
-    """`ks_many` of one pair: (D, p-value)."""
-    d, p = ks_many([values], [reference])
-    return float(d[0]), float(p[0])
 
 
 def psi(profile: ColumnProfile, values: np.ndarray) -> _Result:
