@@ -101,9 +101,10 @@ def serve(model: RunDirArg,
     /v1/chat/completions).
 
     Settings come from the model's own config (its serve: and monitor: sections, defaults in docs/config.md);
-    each option given overrides the key in brackets. With monitoring (the default) requests get ids ("ids"),
-    rows are logged (foundry-requests.db beside foundry.db), POST /feedback takes true labels, and
-    GET /v2/models/NAME/monitor and /metrics show drift, OOD and live accuracy."""
+    each option given overrides the key in brackets. With monitoring (the default) every row is watched for drift and
+    out-of-distribution values (GET /v2/models/NAME/monitor, /metrics); a sample of requests (monitor.log.sample,
+    10%) is logged (foundry-requests.db beside foundry.db) and answered with row ids ("ids"), which POST /feedback
+    takes with true labels for the live accuracy."""
     from modelfoundry.api.serving import prepare_server, start_server
 
     given = {"host": host, "port": port, "workers": workers, "backend": backend, "batching": batching,
