@@ -153,3 +153,66 @@ def test_compress_refuses_an_anomaly_detector_in_one_paragraph(trained):
 
     with pytest.raises(ConfigError, match="anomaly model; `foundry compress` handles classifiers and regressors"):
         compress(trained[1].run_dir)
+
+
+def test_the_detector_has_a_reference_and_a_flood_of_anomalies_is_drift(trained, tmp_path):
+    """The reference profiles the normal training rows and the normal validation rows' scores: served data full of
+    malignant tumours drifts from it (inputs and scores), benign rows never seen in training do not alert."""
+    from modelfoundry.api.monitoring import monitor_data
+    from modelfoundry.data.sources import load_source
+    from modelfoundry.monitor.profile import load_reference
+
+    _, result = trained
+    reference = load_reference(result.run_dir)
+    assert reference.task == "anomaly" and reference.prediction.kind == "numeric"
+    assert reference.metrics["flagged_share"] <= FALSE_ALARM_RATE + 1e-9
+    frame = load_source("sklearn:breast_cancer")
+    malignant = tmp_path / "malignant.csv"
+    frame[frame.target == 0].drop(columns="target").to_csv(malignant, index=False)
+    flood = monitor_data(result.run_dir, malignant, window_rows=100)
+    drifted = {c.column for c in flood.columns if c.alert}
+    assert "__prediction__" in drifted and len(drifted) > 5
+    assert flood.ood_share > 0.5
+
+
+def test_the_server_monitors_a_detector_and_alerts_on_a_flood_of_anomalies(trained, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from modelfoundry.config import ServeConfig
+    from modelfoundry.config.monitor import MonitorConfig
+    from modelfoundry.data.sources import load_source
+    from modelfoundry.monitor.server import DriftMonitor
+    from modelfoundry.serve.app import create_app
+    from modelfoundry.serve.store import RunDirStore
+
+    _, result = trained
+    frame = load_source("sklearn:breast_cancer")
+    malignant = frame[frame.target == 0].drop(columns="target").head(200)
+    monitor = DriftMonitor(MonitorConfig(window={"rows": 100}))
+    with TestClient(create_app(ServeConfig(), RunDirStore(result.run_dir), extensions=[monitor])) as client:
+        for start in range(0, 200, 20):
+            assert client.post("/predict", json={"records": malignant.iloc[start:start + 20].to_dict("records")}
+                               ).status_code == 200
+        monitor.settle(10.0)
+        state = client.get("/v2/models/bc-anomaly/monitor").json()
+        metrics = client.get("/metrics").text
+    assert state["monitoring"] is True and state["windows_tested"] == 2
+    assert "__prediction__" in state["alerts"] and 'foundry_drift_alert{column="__prediction__"} 1.0' in metrics
+
+
+def test_the_log_of_a_detector_is_monitored_on_its_inputs_and_says_why_not_on_its_answers(trained, tmp_path):
+    from modelfoundry.api.monitoring import monitor_log
+    from modelfoundry.data.sources import load_source
+    from modelfoundry.monitor.requestlog import RequestLog, frame_records
+
+    _, result = trained
+    frame = load_source("sklearn:breast_cancer")
+    malignant = frame[frame.target == 0].drop(columns="target").head(120)
+    url = f"sqlite:///{tmp_path / 'requests.db'}"
+    log = RequestLog(url)
+    log.add("bc-anomaly", "run", [f"r{k}-0" for k in range(120)], frame_records(malignant), [True] * 120)
+    log.close()
+    found = monitor_log(result.run_dir, url=url, window_rows=60)
+    columns = {c.column for c in found.columns}
+    assert "__prediction__" not in columns and any(c.alert for c in found.columns)  # the inputs drifted
+    assert any("true/false answers" in note for note in found.notes)

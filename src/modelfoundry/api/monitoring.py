@@ -166,6 +166,9 @@ def monitor_log(model: str | Path, *, limit: int | None = None, version: str | N
     predictions = logged_predictions(log["prediction"], loaded.backend.task)
     result = _analyse(loaded, schema, rows, predictions, "request log", window_rows, skip=skipped, times=log["time"])
     result.notes += notes + ([f"only the rows version {version} served"] if version else [])
+    if predictions is None:
+        result.notes.append("prediction: the log holds the detector's true/false answers, not its scores; the score "
+                            "distribution is tested by the server and by `foundry monitor MODEL --data FILE`")
     versions = sorted({str(v) for v in log["version"].dropna()})
     if len(versions) > 1:
         result.notes.append(f"rows of versions {', '.join(versions)}, all compared with the reference of "
@@ -237,14 +240,14 @@ def _analyse(loaded: _Model, schema: Any, rows: Any, predictions: Any, source: s
     for start, stop in bounds:
         current = _values(schema, rows[start:stop], skip, column_values)
         current.update({name: values[start:stop] for name, values in extra.items()})
-        if loaded.reference.prediction is not None:
+        if loaded.reference.prediction is not None and predictions is not None:
             current[PREDICTION] = predictions[start:stop]
         began, ended = (float(times.iloc[start]), float(times.iloc[stop - 1])) if times is not None else (0.0, 0.0)
         window = compare(loaded.reference, current, settings.drift, rows=stop - start, started=began, ended=ended)
         windows.append(window)
         alerting |= {column for column, alert in alerts.update(window).items() if alert}
     everything = {**_values(schema, rows, skip, column_values), **extra}
-    if loaded.reference.prediction is not None:
+    if loaded.reference.prediction is not None and predictions is not None:
         everything[PREDICTION] = predictions
     summaries = _summaries(windows, alerting)
     notes = [f"{column_title(c.column)}: {c.note}" for c in summaries if c.note]  # the worst window's

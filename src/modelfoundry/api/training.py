@@ -157,7 +157,7 @@ def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bo
         if data.task == "anomaly":  # the label column, or none: unlabelled data trained the detector
             spec["target"] = data.target_encoder.column_ if data.target_encoder.labelled else None
         save_model(run_path, fit_result.model.cpu(), spec, data.preprocessor, data.target_encoder)
-    if not fit_result.interrupted and data.task in ("classification", "regression"):
+    if not fit_result.interrupted and data.task in ("classification", "regression", "anomaly"):
         save_reference_profile(config, data, fit_result.model, run_path)
     return data, fit_result, config, run_path
 
@@ -184,6 +184,10 @@ def save_reference_profile(config: Config, data: PreparedData, model: Any, run_p
         if data.task == "classification":
             labels = list(target.classes_)
             metrics = classification_metrics(data.y["val"], outputs, config.evaluation.top_k) if len(outputs) else {}
+        elif data.task == "anomaly":  # the prediction profiled is the anomaly score of the normal validation rows
+            labels, threshold = None, float(target.threshold_)
+            metrics = {"threshold": threshold, "flagged_share": float((outputs > threshold).mean())} if len(outputs) \
+                else {}
         else:
             labels, outputs = None, target.decode(outputs)
             metrics = regression_metrics(target.decode(data.y["val"]), outputs) if len(outputs) else {}

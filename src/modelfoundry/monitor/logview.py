@@ -100,9 +100,12 @@ def _placeholder(reference: Any, column: str) -> Any:
 
 
 def logged_predictions(predictions: Any, task: str) -> Any:
-    """The logged predictions as the drift tests take them: class labels as text, or float values."""
+    """The logged predictions as the drift tests take them: class labels as text, or float values; None for an
+    anomaly detector, whose log holds its true/false answers while its reference profiles its scores."""
     import numpy as np
 
+    if task == "anomaly":
+        return None
     if task == "classification":
         return predictions.astype(str).to_numpy(dtype=object)
     return predictions.astype(float).to_numpy(dtype=np.float64)
