@@ -225,3 +225,10 @@ def test_a_text_model_is_monitored_by_length_and_tokens_and_its_unlogged_text_is
     assert logged.exit_code == 0, logged.output
     assert "text: skipped (excluded from the log)" in logged.output and "text:tokens" not in logged.output
     assert "color" in logged.output
+
+
+def test_a_data_file_that_does_not_exist_names_the_flag_to_fix(bc):
+    run_dir, _, tmp = bc
+    done = foundry("monitor", run_dir, "--data", tmp / "nope.csv")
+    assert done.exit_code == DataError.exit_code
+    assert "nope.csv' does not exist" in done.output and "Fix --data" in done.output

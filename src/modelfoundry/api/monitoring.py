@@ -120,7 +120,7 @@ def monitor_data(model: str | Path, data: str | Path, *, window_rows: int | None
     loaded = _load(model, uri)
     path = Path(data)
     schema = InputSchema(loaded.backend.desc)
-    rows = schema.from_frame(read_table(path), origin=f"'{path}'")
+    rows = schema.from_frame(read_table(path, "--data"), origin=f"'{path}'")
     outputs = loaded.backend.predict_inputs(rows.inputs)
     labels = list(loaded.backend.labels) if loaded.backend.task == "classification" else None
     predictions = prediction_values(loaded.backend.task, outputs, labels)

@@ -72,7 +72,7 @@ def retrain(model: str | Path, data: str | Path, *, mode: str | None = None, ali
                          tolerance=tolerance, holdout=holdout, epochs=epochs)
     _check_task(saved, settings.mode)
     primary, others = gate_metrics(saved, settings.metric)
-    frame = read_table(Path(data))
+    frame = read_table(Path(data), "--data")
     check_columns(saved, frame, str(data))
     train_rows, recent = split_recent(frame, settings.holdout, saved.record.target, str(data))
     check_holdout(recent, saved.record.target, primary, str(data))

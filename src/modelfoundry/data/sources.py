@@ -106,13 +106,14 @@ def load_source(source: str) -> pd.DataFrame:
     return read_table(Path(source).expanduser())
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read one data file, choosing the reader by its suffix."""
+def read_table(path: Path, given_as: str = "data.source in the config") -> pd.DataFrame:
+    """Read one data file, choosing the reader by its suffix; `given_as` names where the path came from (a
+    missing file's hint says what to fix)."""
     import pandas as pd
 
     if not path.exists():
         raise DataError(f"Data file '{path}' does not exist (looked in {path.resolve().parent}).",
-                        "Fix data.source in the config; relative paths are taken from the current directory.")
+                        f"Fix {given_as}; relative paths are taken from the current directory.")
     if path.is_dir():
         raise DataError(f"Data file '{path}' is a directory, not a file.",
                         f"Point at one file inside it ({', '.join(sorted(SUFFIXES))}).")
