@@ -323,3 +323,17 @@ def test_the_queue_is_bounded_and_drops_are_counted(iris_run, iris, tmp_path, mo
     logged = extension.log.read("tiny")
     assert logged["id"].tolist() == ["a-0", "a-1", "b-0", "b-1"]  # no schema known: rows logged without inputs
     assert logged.columns[-1] == "shadow_prediction" and extension._queued == 0
+
+
+def test_a_shadow_that_does_not_exist_fails_before_the_server_starts(iris_run, tmp_path, monkeypatch):
+    from modelfoundry.api.serving import prepare_server
+    from modelfoundry.errors import ModelNotFound, RunDirError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFound, match="'tiny@challenger' is not a path, and there is no model registry here"):
+        prepare_server(iris_run, {}, shadow="tiny@challenger")
+    with pytest.raises(RunDirError, match="'runs/nothing' is neither a run directory nor a registered model"):
+        prepare_server(iris_run, {}, shadow="runs/nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunDirError, match="The shadow '.*empty' is not a run directory or a registered model"):
+        prepare_server(iris_run, {}, shadow=str(tmp_path / "empty"))

@@ -57,7 +57,24 @@ def prepare_server(model: str | Path, overrides: dict[str, Any], uri: str | None
     memory = _preflight(store, settings)  # a language model that won't fit fails before it loads
     loaded = store.load()  # an unloadable model fails here, as one paragraph; downloaded and exported once
     section, shadow = _monitoring(store, loaded, monitor, shadow)
+    if shadow:
+        _check_shadow(shadow, uri)
     return ServerPlan(model, uri, settings, store, loaded, memory, section, shadow)
+
+
+def _check_shadow(ref: str, uri: str | None) -> None:
+    """A shadow that does not exist fails before the server starts, as one paragraph (once serving, a shadow that
+    cannot be loaded is only logged and retried: it must never fail the served model)."""
+    from modelfoundry.serve.store import RegistryStore, store_for
+
+    shadow = store_for(ref, uri)  # a path that does not exist and is no reference: RunDirError
+    if isinstance(shadow, RegistryStore):
+        shadow.resolve()  # an unknown model, version or alias: ModelNotFound naming it
+    elif not isinstance(shadow.local_dir(), Path) or not (shadow.local_dir() / "config.yaml").is_file():
+        from modelfoundry.errors import RunDirError
+
+        raise RunDirError(f"The shadow '{ref}' is not a run directory or a registered model.",
+                          "Pass --shadow NAME@ALIAS, NAME/VERSION or a run directory made by `foundry run`.")
 
 
 def _monitoring(store: Any, loaded: Any, monitor: bool | None, shadow: str | None) -> tuple[Any, str | None]:

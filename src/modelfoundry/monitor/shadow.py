@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelfoundry.errors import FoundryError
+
 if TYPE_CHECKING:
     from modelfoundry.config import ServeConfig
     from modelfoundry.data.input_schema import InputSchema
@@ -117,7 +119,10 @@ class Shadow:
             if self.model is not None and (not callable(resolve) or resolve()[1] == self.model.version):
                 return
             self._load(self._store.load())
-        except Exception:  # noqa: BLE001 - an unreachable registry or a broken challenger: counted, tried again
+        except FoundryError as exc:  # an alias moved away, a store down: one line, counted, tried again
+            log.warning("shadow %s could not be loaded: %s", self.ref, exc.message)
+            self._count_error()
+        except Exception:  # noqa: BLE001 - a broken challenger: counted, tried again
             log.exception("shadow %s could not be loaded", self.ref)
             self._count_error()
 
