@@ -148,3 +148,22 @@ def test_aliases_that_expand_to_billions_of_values_are_refused_at_once(tmp_path)
     shared = write(tmp_path, "name: x\ndata: {source: sklearn:iris}\ntune:\n  space:\n    model.hidden.0: &b {type: "
                              "int, low: 8, high: 64}\n    model.hidden.1: *b\n")  # a few aliases stay fine
     assert load_config(shared).tune.space["model.hidden.1"].high == 64
+
+
+def test_monitor_section_errors_name_the_key_and_the_fix(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(textwrap.dedent("""\
+        name: x
+        data: {source: sklearn:iris, target: target}
+        monitor:
+          window: {rows: 5}
+          shadow: "runs/some dir"
+        """))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "monitor.window.rows (line 4)" in err.value.message
+    assert "monitor.shadow (line 5): a registered model reference is needed" in err.value.message
+    path.write_text("name: x\ndata: {source: sklearn:iris, target: target}\n"
+                    "monitor: {log: {hash_columns: [id], exclude_columns: [id]}}\n")
+    with pytest.raises(ConfigError, match="id is both hashed and excluded"):
+        load_config(path)

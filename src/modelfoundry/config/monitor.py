@@ -3,9 +3,10 @@ scores, the request log and feedback, and champion-challenger retraining (`found
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from modelfoundry.config.base import Section
 
@@ -75,8 +76,16 @@ class MonitorConfig(Section):
     ood: OODConfig = OODConfig()
     log: RequestLogConfig = RequestLogConfig()
     feedback_window: int = Field(500, ge=1)  # the latest labelled rows the live accuracy (or error) is computed on
-    shadow: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/\d+|@[A-Za-z0-9_-]+)?$")  # NAME@ALIAS
+    shadow: str | None = None  # a registered challenger: NAME@ALIAS, NAME/VERSION or NAME
     retrain: RetrainConfig = RetrainConfig()
+
+    @field_validator("shadow")
+    @classmethod
+    def _registered(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/\d+|@[A-Za-z0-9_-]+)?", value):
+            raise ValueError("a registered model reference is needed: NAME@ALIAS, NAME/VERSION or NAME (a run "
+                             "directory can be shadowed with `foundry serve --shadow DIR`)")
+        return value
 
     @model_validator(mode="after")
     def _log_columns(self) -> MonitorConfig:
