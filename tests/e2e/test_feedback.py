@@ -330,7 +330,7 @@ def test_a_shadow_that_does_not_exist_fails_before_the_server_starts(iris_run, t
     from modelfoundry.errors import ModelNotFound, RunDirError
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ModelNotFound, match="'tiny@challenger' is not a path, and there is no model registry here"):
+    with pytest.raises(ModelNotFound, match="tiny"):  # no registry here, or one without that alias
         prepare_server(iris_run, {}, shadow="tiny@challenger")
     with pytest.raises(RunDirError, match="'runs/nothing' is neither a run directory nor a registered model"):
         prepare_server(iris_run, {}, shadow="runs/nothing")
