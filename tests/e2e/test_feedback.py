@@ -330,6 +330,7 @@ def test_a_shadow_that_does_not_exist_fails_before_the_server_starts(iris_run, t
     from modelfoundry.errors import ModelNotFound, RunDirError
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # `foundry serve --uri` in an earlier test may set it
     with pytest.raises(ModelNotFound, match="tiny"):  # no registry here, or one without that alias
         prepare_server(iris_run, {}, shadow="tiny@challenger")
     with pytest.raises(RunDirError, match="'runs/nothing' is neither a run directory nor a registered model"):
