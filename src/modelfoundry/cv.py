@@ -191,12 +191,9 @@ def _run_fold(config: Config, clean: CleanData, labels: np.ndarray, train_pos: n
 
 
 def _heldout_metrics(data: PreparedData, output: np.ndarray, top_k: list[int]) -> dict[str, float]:
-    from modelfoundry.evaluate.metrics import classification_metrics, regression_metrics
+    from modelfoundry.evaluate.metrics import task_metrics
 
-    if data.task == "classification":
-        return classification_metrics(data.y["test"], output, top_k)
-    decode = data.target_encoder.decode  # metrics in the target's own units, as `foundry run` reports them
-    return regression_metrics(decode(data.y["test"]), decode(output))
+    return task_metrics(data.task, data.y["test"], output, data.target_encoder.decode, top_k)
 
 
 class FoldProgress:

@@ -196,15 +196,13 @@ def _check_task(saved: SavedModel, mode: str) -> None:
 
 def holdout_metrics(saved: SavedModel, frame: pd.DataFrame, origin: str) -> dict[str, float]:
     """A model's metrics on labelled raw rows, through its own preprocessing."""
-    from modelfoundry.evaluate.metrics import classification_metrics, regression_metrics
+    from modelfoundry.evaluate.metrics import task_metrics
     from modelfoundry.models.inference import predict_outputs
 
     X = saved.preprocessor.transform(frame, origin)
     y = saved.target_encoder.encode(frame[saved.record.target], origin)
     output = predict_outputs(saved.model, X, saved.task)
-    if saved.task == "classification":
-        return classification_metrics(y, output, saved.config.evaluation.top_k)
-    return regression_metrics(saved.target_encoder.decode(y), saved.target_encoder.decode(output))
+    return task_metrics(saved.task, y, output, saved.target_encoder.decode, saved.config.evaluation.top_k)
 
 
 # --------------------------------------------------------------------------------- the challenger

@@ -170,7 +170,7 @@ def save_reference_profile(config: Config, data: PreparedData, model: Any, run_p
     import numpy as np
 
     from modelfoundry.errors import FoundryError
-    from modelfoundry.evaluate.metrics import classification_metrics, regression_metrics
+    from modelfoundry.evaluate.metrics import task_metrics
     from modelfoundry.models.inference import predict_outputs
     from modelfoundry.monitor.embedding import build_embedding_profile, has_encoder
     from modelfoundry.monitor.profile import build_reference, save_reference
@@ -181,16 +181,15 @@ def save_reference_profile(config: Config, data: PreparedData, model: Any, run_p
     target = data.target_encoder
     outputs = predict_outputs(model, data.X["val"], data.task)
     try:
-        if data.task == "classification":
-            labels = list(target.classes_)
-            metrics = classification_metrics(data.y["val"], outputs, config.evaluation.top_k) if len(outputs) else {}
-        elif data.task == "anomaly":  # the prediction profiled is the anomaly score of the normal validation rows
-            labels, threshold = None, float(target.threshold_)
+        labels = list(target.classes_) if data.task == "classification" else None
+        if data.task == "anomaly":  # the prediction profiled is the anomaly score of the normal validation rows
+            threshold = float(target.threshold_)
             metrics = {"threshold": threshold, "flagged_share": float((outputs > threshold).mean())} if len(outputs) \
                 else {}
         else:
-            labels, outputs = None, target.decode(outputs)
-            metrics = regression_metrics(target.decode(data.y["val"]), outputs) if len(outputs) else {}
+            metrics = task_metrics(data.task, data.y["val"], outputs, target.decode, config.evaluation.top_k) \
+                if len(outputs) else {}
+            outputs = target.decode(outputs) if data.task == "regression" else outputs  # as the server gives them
         reference = build_reference(data.preprocessor.desc, data.task, labels, frames["train"], frames["val"],
                                     outputs, metrics, config.monitor)
         if has_encoder(data.preprocessor.desc) and config.monitor.ood.enabled and len(outputs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -75,6 +76,15 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, top_k: list[in
         if n_classes > k:
             out[f"top_{k}_accuracy"] = skm.top_k_accuracy_score(y_true, proba, k=k, labels=labels)
     return {k: float(v) for k, v in out.items() if v is not None and not math.isnan(v)}
+
+
+def task_metrics(task: str, y_true: np.ndarray, output: np.ndarray, decode: Callable[[np.ndarray], np.ndarray],
+                 top_k: list[int]) -> dict[str, float]:
+    """Metrics of a model's outputs on labelled rows: classification from (N, K) probabilities and class indices,
+    regression in the target's own units (`decode` turns standardised values back), as `foundry run` reports."""
+    if task == "classification":
+        return classification_metrics(y_true, output, top_k)
+    return regression_metrics(decode(y_true), decode(output))
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
