@@ -67,10 +67,12 @@ def _check_shadow(ref: str, uri: str | None) -> None:
     cannot be loaded is only logged and retried: it must never fail the served model)."""
     from modelfoundry.serve.store import RegistryStore, store_for
 
+    from modelfoundry.artifacts.rundir import RunDir
+
     shadow = store_for(ref, uri)  # a path that does not exist and is no reference: RunDirError
     if isinstance(shadow, RegistryStore):
         shadow.resolve()  # an unknown model, version or alias: ModelNotFound naming it
-    elif not isinstance(shadow.local_dir(), Path) or not (shadow.local_dir() / "config.yaml").is_file():
+    elif not RunDir(shadow.local_dir()).config.is_file():  # a language model's base, or any other directory
         from modelfoundry.errors import RunDirError
 
         raise RunDirError(f"The shadow '{ref}' is not a run directory or a registered model.",
@@ -123,8 +125,6 @@ def monitor_extensions(monitor: Any, *, shadow: str | None = None, uri: str | No
 
 def plan_extensions(plan: ServerPlan) -> list[Any]:
     """The monitoring extensions of a plan (none when monitoring is off and nothing is shadowed)."""
-    if plan.monitor is None and not plan.shadow:
-        return []
     return monitor_extensions(plan.monitor, shadow=plan.shadow, uri=plan.uri, settings=plan.settings)
 
 

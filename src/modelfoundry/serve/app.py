@@ -11,7 +11,8 @@
 
 Built by `create_app(settings, store, extensions=...)` from the `serve:` config section; extensions see every
 answered batch off the request path (extensions.py), and may add routes (the monitor's POST /feedback and
-GET /v2/models/{name}/monitor), give requests ids ("ids": one per row) and per-row scores ({"ood": true}). Every error answers one JSON shape, {"error", "hint"}:
+GET /v2/models/{name}/monitor), give requests ids ("ids": one per row) and per-row scores ({"ood": true}).
+Every error answers one JSON shape, {"error", "hint"}:
 FoundryErrors with their own HTTP status, unknown routes 404, wrong methods 405, and an unexpected failure 500.
 Each request is checked on its own before it may share a batch (runner.py), so bad input is a 4xx for that
 request alone, never a 500.
@@ -147,8 +148,7 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
     async def metadata(name: str) -> dict[str, Any]:
         model = served.get(name)
         backend = model.backend
-        outputs = [{"name": "predictions", "datatype": {"classification": "BYTES", "anomaly": "BOOL"}.get(
-            backend.task, "FP64"), "shape": [-1]}]
+        outputs = [{"name": "predictions", "datatype": _prediction_datatype(backend.task), "shape": [-1]}]
         if backend.task == "anomaly":  # predictions: above the threshold or not; scores: the anomaly scores
             outputs.append({"name": "scores", "datatype": "FP64", "shape": [-1]})
         if backend.task == "classification":
@@ -178,8 +178,7 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
         answer, model = await served.predict(job)
         predictions, probabilities = _decode(model, answer.output)
         outputs = [{"name": "predictions", "shape": [len(predictions)],
-                    "datatype": {"classification": "BYTES", "anomaly": "BOOL"}.get(model.backend.task, "FP64"),
-                    "data": predictions}]
+                    "datatype": _prediction_datatype(model.backend.task), "data": predictions}]
         if model.backend.task == "anomaly":
             outputs.append({"name": "scores", "shape": [n], "datatype": "FP64", "data": answer.output.tolist()})
         if probabilities is not None:
@@ -222,6 +221,11 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
     if hooks:  # last: the extensions' routes never shadow the model's
         hooks.setup(ServerContext(app, metrics.registry, guarded, served, settings))
     return app
+
+
+def _prediction_datatype(task: str) -> str:
+    """The OIP datatype of the predictions: class labels BYTES, an anomaly detector's flags BOOL, values FP64."""
+    return {"classification": "BYTES", "anomaly": "BOOL"}.get(task, "FP64")
 
 
 def row_ids(request_id: str, rows: int) -> list[str]:
