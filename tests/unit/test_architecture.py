@@ -25,7 +25,7 @@ PACKAGE = Path(modelfoundry.__file__).parent
 ALLOWED = {
     "data": set(),
     "models": set(),
-    "train": {"models"},
+    "train": {"data", "models"},  # data/augment.py: the training batches' random changes
     "evaluate": {"data", "models"},
     "experiment": {"data", "models", "train", "evaluate"},
     "cv": {"data", "models", "train", "evaluate", "experiment"},

@@ -11,7 +11,8 @@ import sys
 
 import typer
 
-from modelfoundry.cli import deployment, estimate, generation, monitoring, registry, retraining, runs, search, text
+from modelfoundry.cli import (data, deployment, estimate, generation, monitoring, registry, retraining, runs, search,
+                              text)
 
 app = typer.Typer(name="foundry", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None,  # plain help: rendering it with rich costs ~0.1 s per call
@@ -23,6 +24,7 @@ for command in (runs.validate, runs.run, runs.train, estimate.estimate, runs.eva
 app.command("export")(deployment.export_model)
 for command in (deployment.serve, generation.generate, text.zeroshot, runs.migrate, runs.datasets):
     app.command()(command)
+app.add_typer(data.data_app, name="data")
 app.add_typer(deployment.keys_app, name="keys")
 app.add_typer(registry.registry_app, name="registry")
 app.add_typer(registry.models_app, name="models")

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from modelfoundry.config.augment import AugmentConfig
 from modelfoundry.config.base import SEED_MAX, Section
 
 MissingStrategy = Literal["drop", "mean", "median", "most_frequent", "constant"]
@@ -45,6 +46,9 @@ class SplitConfig(Section):
     test: float = Field(0.15, gt=0, lt=1)
     stratify: bool = True
     seed: int | None = Field(None, ge=0, le=SEED_MAX)  # None: the top-level seed
+    # train on a (stratified, seeded) share of the training split only; val and test stay whole (learning curves,
+    # "what does augmentation buy with little data")
+    train_fraction: float = Field(1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> SplitConfig:
@@ -53,8 +57,27 @@ class SplitConfig(Section):
         return self
 
 
+BalanceMethod = Literal["none", "oversample", "undersample", "smote", "adasyn", "smotenc", "gan"]
+
+
 class BalanceConfig(Section):
+    """Class imbalance (classification only): loss weights, and resampling of the training split (never val/test)."""
+
     class_weights: Literal["none", "balanced"] | dict[str, float] = "none"
+    # oversample / undersample: random (imbalanced-learn); smote / adasyn: synthetic rows between neighbours;
+    # smotenc: SMOTE that keeps categorical columns categorical; gan: rows from a class-conditional GAN
+    method: BalanceMethod = "none"
+    # each resampled class's size relative to the largest class (over-sampling) or to the smallest (under-sampling);
+    # auto: every class as large as the largest (over) or as small as the smallest (under)
+    ratio: float | Literal["auto"] = "auto"
+    k_neighbors: int = Field(5, ge=1, le=100)  # smote / adasyn / smotenc neighbours
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio(cls, v: Any) -> Any:
+        if isinstance(v, float) and not 0 < v <= 1:
+            raise ValueError(f"ratio must be above 0 and at most 1 (or auto), got {v:g}")
+        return v
 
     @field_validator("class_weights", mode="before")
     @classmethod
@@ -149,7 +172,7 @@ class AnomalyConfig(Section):
 class DataConfig(Section):
     source: str  # sklearn:<name> or a path to .csv / .parquet / .jsonl
     target: str | None = "target"  # None: no label column (data.task: anomaly only, every row normal)
-    task: Literal["auto", "classification", "regression", "causal_lm", "anomaly"] = "auto"
+    task: Literal["auto", "classification", "regression", "causal_lm", "anomaly", "generative"] = "auto"
     features: dict[str, FeatureConfig] = {}
     max_rows: int | None = Field(None, ge=10)  # keep a random (stratified) sample of this many rows, for speed
     text: TextConfig = TextConfig()
@@ -159,14 +182,27 @@ class DataConfig(Section):
     time_series: TimeSeriesConfig | None = None  # forecasting windows over a time-ordered table
     lm: LMDataConfig = LMDataConfig()  # read when data.task is causal_lm (a model: {name: llm})
     anomaly: AnomalyConfig = AnomalyConfig()  # read when data.task is anomaly (a model: {name: autoencoder})
+    augment: AugmentConfig = AugmentConfig()  # random changes to the training batches (none by default)
+    # the prepared splits (cleaned, split, fitted, transformed arrays) kept in .foundry-cache/prepared/, keyed by the
+    # data's fingerprint and every setting they depend on: run, cv, tune trials and retrain share them
+    cache: bool = True
+    workers: int | Literal["auto"] = "auto"  # processes preparing a large table in chunks; auto: by its size and cores
+    chunk_rows: int = Field(100_000, ge=1000)  # rows per chunk when a table is prepared in parallel
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        if isinstance(v, int) and not 1 <= v <= 64:
+            raise ValueError(f"workers must be 1 to 64 or auto, got {v}")
+        return v
 
     @model_validator(mode="after")
     def _labels(self) -> DataConfig:
         if self.task == "anomaly" and self.time_series is not None:
             raise ValueError("data.task: anomaly reads rows, not a time series; remove data.time_series")
-        if self.target is None and self.task not in ("auto", "anomaly"):
-            raise ValueError(f"data.target: null (no label column) only suits data.task: anomaly; data.task is "
-                             f"{self.task}, which needs a target column")
+        if self.target is None and self.task not in ("auto", "anomaly", "generative"):
+            raise ValueError(f"data.target: null (no label column) only suits data.task: anomaly or generative; "
+                             f"data.task is {self.task}, which needs a target column")
         return self
 
     @model_validator(mode="after")

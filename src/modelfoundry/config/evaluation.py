@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -36,6 +36,17 @@ class GenerationEvalConfig(Section):
     samples: int = Field(10, ge=0)  # generations shown in report.md
 
 
+class ThresholdConfig(Section):
+    """A binary classifier's decision threshold, tuned on the validation split and saved with the model: evaluate,
+    predict and serve then call a row positive when P(positive) >= the threshold (instead of 0.5)."""
+
+    # f1: the best F1 of the positive class; balanced_accuracy: the best mean of the two recalls;
+    # recall_at_precision: the highest recall with precision >= min_value; precision_at_recall: the reverse
+    metric: Literal["none", "f1", "balanced_accuracy", "recall_at_precision", "precision_at_recall"] = "none"
+    min_value: float = Field(0.9, gt=0, le=1)  # the precision (or recall) floor of the *_at_* metrics
+    positive: str | int | float | bool | None = None  # the positive class's label; None: the less frequent class
+
+
 class EvaluationConfig(Section):
     # headline metrics, first = primary; empty: accuracy, f1_macro, roc_auc / r2, rmse, mae
     metrics: list[str] = []
@@ -43,6 +54,7 @@ class EvaluationConfig(Section):
     confused_examples: int = Field(10, ge=0)
     plots: bool = True
     generation: GenerationEvalConfig = GenerationEvalConfig()  # causal language models only
+    threshold: ThresholdConfig = ThresholdConfig()  # binary classification only
 
     @field_validator("metrics")
     @classmethod

@@ -44,7 +44,8 @@ class Config(Section):
         """model: {name: llm} and data.task: causal_lm go together (auto becomes causal_lm); so do model: {name:
         autoencoder} and data.task: anomaly."""
         for name, task, what in (("llm", "causal_lm", "a causal language model"),
-                                 ("autoencoder", "anomaly", "an anomaly detector")):
+                                 ("autoencoder", "anomaly", "an anomaly detector"),
+                                 ("gan", "generative", "a generative adversarial network")):
             paired = self.model.name == name
             if paired and self.data.task == "auto":
                 self.data.task = task
@@ -52,9 +53,9 @@ class Config(Section):
                 raise ValueError(f"model.name: {name} ({what}) and data.task: {task} go together; got model.name: "
                                  f"{self.model.name} with data.task: {self.data.task}. For {what} set both; "
                                  "otherwise choose another model or task")
-        if self.data.target is None and self.data.task != "anomaly":
+        if self.data.target is None and self.data.task not in ("anomaly", "generative"):
             raise ValueError("data.target: null (no label column) only suits data.task: anomaly (model: {name: "
-                             "autoencoder}); name the column to predict")
+                             "autoencoder}) or generative (model: {name: gan}); name the column to predict")
         return self
 
     def with_params(self, params: dict[str, Any]) -> Config:
@@ -92,6 +93,16 @@ def check_task(config: Config, task: str) -> None:
         problems.append(f"training.loss: {loss} is a regression loss; use auto or cross_entropy")
     if task == "regression" and loss == "cross_entropy":
         problems.append("training.loss: cross_entropy needs classification; use auto, mse, huber or l1")
+    if task != "classification":
+        if config.data.balance.method != "none":
+            problems.append(f"data.balance.method: {config.data.balance.method} resamples classes, which needs "
+                            "classification; remove it (class balance does not apply to a "
+                            f"{task} target)")
+        if config.evaluation.threshold.metric != "none":
+            problems.append(f"evaluation.threshold.metric: {config.evaluation.threshold.metric} tunes a binary "
+                            "classifier's decision threshold; remove it")
+        if loss == "focal":
+            problems.append("training.loss: focal is a classification loss; use auto, mse, huber or l1")
     own = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
     foreign = [m for m in config.evaluation.metrics if m not in own and not (task == "classification"
                                                                            and m.startswith("top_"))]

@@ -84,7 +84,8 @@ class TrainingConfig(Section):
     batch_size: int = Field(64, ge=1)
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
-    loss: Literal["auto", "cross_entropy", "mse", "huber", "l1"] = "auto"
+    loss: Literal["auto", "cross_entropy", "focal", "mse", "huber", "l1"] = "auto"
+    focal_gamma: float = Field(2.0, ge=0, le=10)  # focal loss: (1 - p)^gamma down-weights easy rows; 0 is cross-entropy
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     l1: float = Field(0.0, ge=0)  # L1 penalty on weights (not biases or norms)
     clip_grad_norm: float | None = Field(None, gt=0)

@@ -1,12 +1,16 @@
-"""Class imbalance: per-class loss weights (resampling and SMOTE come later)."""
+"""Class imbalance: per-class loss weights, and resampling of the training split (imbalanced-learn)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from modelfoundry.errors import ConfigError
+
+if TYPE_CHECKING:
+    from modelfoundry.config import BalanceConfig
+    from modelfoundry.data.portable import PortablePreprocessor
 
 
 def class_weights(codes: np.ndarray, classes: list[Any], setting: str | dict[str, float]) -> np.ndarray | None:
@@ -29,3 +33,13 @@ def class_weights(codes: np.ndarray, classes: list[Any], setting: str | dict[str
     for label, weight in setting.items():
         weights[by_name[label]] = weight
     return weights
+
+
+def resample(X: dict[str, np.ndarray], y: np.ndarray, rows: np.ndarray, cfg: BalanceConfig, seed: int,
+             preprocessor: PortablePreprocessor) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, Any]]:
+    """The training split resampled by `cfg.method` (never called for val/test): its inputs, class indices and
+    source row numbers (-1 for a synthetic row), and what data.json records about it. 'none' and 'gan' (done by
+    the experiment, which may build models) return the split unchanged."""
+    if cfg.method in ("none", "gan"):
+        return X, y, rows, {}
+    raise NotImplementedError(f"data.balance.method: {cfg.method}")  # issue 14, helper B

@@ -10,13 +10,13 @@ import numpy as np
 
 from modelfoundry.config import DataConfig
 from modelfoundry.data import cache
-from modelfoundry.data.balance import class_weights
+from modelfoundry.data.balance import class_weights, resample
 from modelfoundry.data.clean import FeatureSpec, clean_rows, infer_task, plan_features
 from modelfoundry.data.fingerprint import fingerprint
 from modelfoundry.artifacts.inputs import Inputs, InputSpec
 from modelfoundry.data.portable import PortablePreprocessor, describe_preprocessor, share_text_encoder
 from modelfoundry.data.sources import describe_source, load_source
-from modelfoundry.data.split import split_indices
+from modelfoundry.data.split import split_indices, train_share
 from modelfoundry.data.text import TextEncoder
 from modelfoundry.data.transform import Preprocessor, TargetEncoder
 from modelfoundry.errors import ConfigError, DataError
@@ -108,7 +108,11 @@ def split_frame(clean: CleanData, cfg: DataConfig, seed: int) -> dict[str, np.nd
     """Row positions of each split; the same config and seed always give the same split."""
     labels = clean.frame[cfg.target].astype(str).to_numpy()
     stratify = cfg.split.stratify and clean.task == "classification"
-    return split_indices(labels, cfg.split.val, cfg.split.test, stratify, split_seed(cfg, seed))
+    positions = split_indices(labels, cfg.split.val, cfg.split.test, stratify, split_seed(cfg, seed))
+    if cfg.split.train_fraction < 1:
+        positions["train"] = train_share(positions["train"], labels if stratify else None, cfg.split.train_fraction,
+                                         split_seed(cfg, seed))
+    return positions
 
 
 def split_seed(cfg: DataConfig, seed: int) -> int:
@@ -179,9 +183,12 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
         cache.save(key, fitted.text_.describe(), {name: {k: X[name][k] for k in ("tokens", "attention_mask")}
                                                   for name in X})
     y = {name: target.encode(part[cfg.target], f"the {name} split of {cfg.source}") for name, part in parts.items()}
-    weights = None
+    rows = {name: part.index.to_numpy() for name, part in parts.items()}
+    weights, balanced = None, {}
     if clean.task == "classification":
         weights = class_weights(y["train"], target.classes_, cfg.balance.class_weights)
+        X["train"], y["train"], rows["train"], balanced = resample(X["train"], y["train"], rows["train"],
+                                                                  cfg.balance, seed, pre)
     info = dict(clean.info)
     info["split"] = {"seed": seed, "stratified": stratified,
                      **{name: int(len(part)) for name, part in parts.items()}}
@@ -191,7 +198,8 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
         info["text_cache"] = {"hit": cached is not None, "key": key[:16]}
     if "attention_mask" in X["train"]:
         info["text"] = text_coverage(X["train"]["attention_mask"])
-    rows = {name: part.index.to_numpy() for name, part in parts.items()}
+    if balanced:
+        info["balance"] = balanced
     texts = SplitTexts(fitted.text_, parts) if fitted.text_ is not None else None
     return PreparedData(clean.task, X, y, rows, pre, target, weights, info, texts, frames=parts)
 

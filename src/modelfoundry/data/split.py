@@ -34,6 +34,24 @@ def split_indices(labels: np.ndarray, val: float, test: float, stratify: bool,
     return {"train": np.sort(train_idx), "val": np.sort(val_idx), "test": np.sort(test_idx)}
 
 
+def train_share(train: np.ndarray, labels: np.ndarray | None, fraction: float, seed: int) -> np.ndarray:
+    """A seeded share (`data.split.train_fraction`) of the training positions `train`, stratified by `labels`
+    (all rows' labels, or None), sorted; at least one row per class (and two rows) are kept."""
+    from sklearn.model_selection import train_test_split
+
+    keep = max(2, round(len(train) * fraction))
+    if keep >= len(train):
+        return train
+    strat = labels[train] if labels is not None else None
+    if strat is not None:
+        keep = max(keep, len(np.unique(strat)))
+    try:
+        kept, _ = train_test_split(train, train_size=keep, random_state=seed, stratify=strat)
+    except ValueError:  # a class with a single training row cannot be stratified: a plain sample
+        kept, _ = train_test_split(train, train_size=keep, random_state=seed)
+    return np.sort(kept)
+
+
 def _sorted_codes(labels: np.ndarray) -> np.ndarray:
     """Each label's rank among the distinct labels: stratifying on these is stratifying on the labels (the
     classes come in the same order), without sorting every label as text."""
