@@ -58,7 +58,8 @@ class PreparedData:
 
     @property
     def n_outputs(self) -> int:
-        return len(self.target_encoder.classes_) if self.task == "classification" else self.horizon
+        # a GAN's: the classes of its label column (1 for unlabelled rows)
+        return len(self.target_encoder.classes_) if self.task in ("classification", "generative") else self.horizon
 
 
 def load_clean(cfg: DataConfig, seed: int = 0, raw: pd.DataFrame | None = None) -> CleanData:
@@ -135,6 +136,10 @@ def prepare_data(cfg: DataConfig, seed: int, *, tokenizer: str | None = None) ->
         from modelfoundry.data.anomaly import prepare_anomaly
 
         return prepare_anomaly(cfg, split_seed(cfg, seed))
+    if cfg.task == "generative":  # a GAN: one image or numeric columns, the label column optional
+        from modelfoundry.data.generative import prepare_generative
+
+        return prepare_generative(cfg, split_seed(cfg, seed))
     clean = load_clean(cfg, split_seed(cfg, seed))
     positions = split_frame(clean, cfg, seed)
     parts = {name: clean.frame.iloc[positions[name]] for name in SPLITS}

@@ -21,6 +21,7 @@ from modelfoundry.config.base import Section
 from modelfoundry.errors import ConfigError, unknown_name
 from modelfoundry.models.autoencoder import AutoencoderConfig, build_autoencoder
 from modelfoundry.models.cnn import CNNConfig, build_cnn
+from modelfoundry.models.gan import GANConfig, build_gan
 from modelfoundry.models.llm import LLMConfig, build_llm
 from modelfoundry.models.mlp import MLPConfig, build_mlp
 from modelfoundry.models.pretrained import PretrainedConfig, build_pretrained
@@ -46,6 +47,7 @@ MODELS: dict[str, ModelEntry] = {
     "pretrained": ModelEntry(PretrainedConfig, build_pretrained),
     "llm": ModelEntry(LLMConfig, build_llm),
     "autoencoder": ModelEntry(AutoencoderConfig, build_autoencoder),
+    "gan": ModelEntry(GANConfig, build_gan),
 }
 
 
