@@ -79,7 +79,8 @@ def distill(teacher: nn.Module, student: nn.Module, X: dict[str, Inputs], y: dic
     if task == "regression":
         teacher_out = teacher_out.squeeze(-1)  # (N,): the shape of the training loss's outputs
     weights = torch.as_tensor(class_weights, device=device) if class_weights is not None else None
-    hard_loss = build_loss(training_cfg.loss, task, weights, training_cfg.label_smoothing)
+    hard_loss = build_loss(training_cfg.loss, task, weights, training_cfg.label_smoothing,
+                           focal_gamma=training_cfg.focal_gamma)
 
     def loss(outputs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         target = teacher_out[rows]

@@ -52,12 +52,43 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig,
     return builders[cfg.name]()
 
 
-def build_loss(name: str, task: str, class_weights: torch.Tensor | None, label_smoothing: float) -> nn.Module:
+def build_loss(name: str, task: str, class_weights: torch.Tensor | None, label_smoothing: float, *,
+               focal_gamma: float) -> nn.Module:
+    """The training loss `name` (training.loss; `auto` picks by task), with per-class weights and label smoothing
+    for the classification losses; `focal_gamma` is training.focal_gamma (read by `focal` only)."""
     if name == "auto":
         name = "cross_entropy" if task == "classification" else "mse"
     if name == "cross_entropy":
         return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+    if name == "focal":
+        return FocalLoss(focal_gamma, class_weights, label_smoothing)
     return {"mse": nn.MSELoss, "huber": nn.HuberLoss, "l1": nn.L1Loss}[name]()
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al., 2017): each class's cross-entropy term scaled by (1 - p)^gamma, so rows the model
+    already gets right count less. Class weights act as its alpha and label smoothing mixes the targets with the
+    uniform distribution, both exactly as nn.CrossEntropyLoss does: with gamma 0 the two losses are equal (the
+    mean over the batch, weighted by the true classes' weights for class-index targets)."""
+
+    def __init__(self, gamma: float, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.gamma, self.label_smoothing = gamma, label_smoothing
+        self.register_buffer("weight", weight, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """`logits` (B, K); `target` class indices (B,) or class probabilities (B, K) (mixup's soft labels)."""
+        log_p = torch.log_softmax(logits.float(), dim=1)  # (B, K)
+        k = logits.shape[1]
+        soft = target.float() if target.ndim == 2 else nn.functional.one_hot(target, k).float()  # (B, K)
+        if self.label_smoothing:
+            soft = soft * (1 - self.label_smoothing) + self.label_smoothing / k
+        weight = self.weight.float() if self.weight is not None else torch.ones(k, device=logits.device)
+        focus = (1 - log_p.exp()).clamp(min=0) ** self.gamma  # (B, K): near 0 where the model is already sure
+        per_row = -(soft * weight * focus * log_p).sum(1)  # (B,)
+        if target.ndim == 2:  # as nn.CrossEntropyLoss: soft targets average over the rows
+            return per_row.mean()
+        return per_row.sum() / weight[target].sum()
 
 
 class Schedule:

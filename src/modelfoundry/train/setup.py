@@ -88,7 +88,8 @@ def build_setup(model: nn.Module, X: Mapping[str, Mapping[str, np.ndarray]], y: 
     loading = choose_loading(cfg.data_loading, [*X["train"].values(), *X["val"].values()], device)
     weights = torch.as_tensor(class_weights, device=device) if class_weights is not None else None
     own_loss = getattr(model, "training_loss", None)  # a causal LM applies its output layer inside its loss
-    loss_fn = own_loss() if callable(own_loss) else build_loss(cfg.loss, task, weights, cfg.label_smoothing)
+    loss_fn = own_loss() if callable(own_loss) else build_loss(cfg.loss, task, weights, cfg.label_smoothing,
+                                                               focal_gamma=cfg.focal_gamma)
     # a model may ask for its own parameter groups (layer-wise learning rates, parameters unfrozen later)
     grouping = getattr(model, "parameter_groups", None)
     optimizer = build_optimizer(model, cfg.optimizer, grouping(cfg.optimizer.lr) if callable(grouping) else None)
