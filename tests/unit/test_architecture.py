@@ -41,10 +41,12 @@ ALLOWED = {
     "registry": {"tracking"},
     "archive": {"registry", "tracking", "rundir"},  # an imported archive must load as a run directory does
     "serve": {"data", "export", "rundir", "models", "registry", "tracking"},
+    # ensembles combine trained runs (evaluated, exported as one graph, registered); api composes them
+    "ensemble": {"data", "models", "train", "evaluate", "rundir", "export", "registry", "tracking"},
     # monitor plugs into serve as an extension (drift, OOD, request log, feedback, shadow)
     "monitor": {"data", "models", "evaluate", "rundir", "export", "registry", "tracking", "serve"},
     "api": {"monitor", "data", "models", "train", "evaluate", "experiment", "cv", "tune", "compress", "rundir", "manifest", "registry",
-            "tracking", "export", "merged_export", "serve"},
+            "tracking", "export", "merged_export", "serve", "ensemble"},
     "cli": {"monitor", "api", "data", "rundir", "registry", "tracking", "archive", "serve", "compress", "legacy"},
 }
 BASE = {"config", "errors", "storage", "redact", "reporting", "artifacts"}  # artifacts: run-directory paths and records
