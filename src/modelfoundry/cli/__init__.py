@@ -11,15 +11,15 @@ import sys
 
 import typer
 
-from modelfoundry.cli import (data, deployment, estimate, generation, monitoring, registry, retraining, runs, search,
-                              text)
+from modelfoundry.cli import (data, deployment, ensemble, estimate, generation, monitoring, registry, retraining, runs,
+                              search, text)
 
 app = typer.Typer(name="foundry", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None,  # plain help: rendering it with rich costs ~0.1 s per call
                   help="modelfoundry: dataset -> trained, evaluated, reproducible model, from one YAML config.")
 
 for command in (runs.validate, runs.run, runs.train, estimate.estimate, runs.evaluate, runs.cv, runs.predict,
-                search.tune, search.compress, retraining.retrain):
+                search.tune, search.compress, ensemble.ensemble, retraining.retrain):
     app.command()(command)
 app.command("export")(deployment.export_model)
 for command in (deployment.serve, generation.generate, text.zeroshot, runs.migrate, runs.datasets):
