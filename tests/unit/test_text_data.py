@@ -160,7 +160,7 @@ def test_tokenized_splits_are_cached_and_a_changed_setting_or_a_damaged_entry_is
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FOUNDRY_CACHE_DIR", raising=False)  # the default: under the current directory
     reviews(200).to_csv("r.csv", index=False)
-    sections = {"source": "r.csv", "text": {"max_length": 24}}
+    sections = {"source": "r.csv", "cache": False, "text": {"max_length": 24}}  # the token cache alone (not data.cache)
     cfg = load_config(tiny_config(data=sections))
     first = prepare_data(cfg.data, cfg.seed)
     second = prepare_data(cfg.data, cfg.seed)

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelfoundry.artifacts.inputs import Inputs, InputSpec
 from modelfoundry.config import DataConfig
 from modelfoundry.data import cache
 from modelfoundry.data.balance import class_weights, resample
 from modelfoundry.data.clean import FeatureSpec, clean_rows, infer_task, plan_features
 from modelfoundry.data.fingerprint import fingerprint
-from modelfoundry.artifacts.inputs import Inputs, InputSpec
-from modelfoundry.data.portable import PortablePreprocessor, describe_preprocessor, share_text_encoder
+from modelfoundry.data.portable import (
+    PortablePreprocessor,
+    describe_preprocessor,
+    share_text_encoder,
+    text_encoder,
+)
 from modelfoundry.data.sources import describe_source, load_source
 from modelfoundry.data.split import split_indices, train_share
 from modelfoundry.data.text import TextEncoder
@@ -126,7 +132,8 @@ def prepare_data(cfg: DataConfig, seed: int, *, tokenizer: str | None = None) ->
 
     `tokenizer`: a pretrained model's tokenizer (its tokenizer.json text) for the text columns; None fits a
     vocabulary on the training split (data.text). A time series (data.time_series) becomes chronologically
-    split windows instead (data/timeseries.py).
+    split windows instead (data/timeseries.py). With data.cache the prepared splits come from the disk cache
+    when this source and these settings were prepared before (data/prepared_cache.py), without reading the source.
     """
     if cfg.time_series is not None:
         from modelfoundry.data.timeseries import prepare_series
@@ -140,11 +147,30 @@ def prepare_data(cfg: DataConfig, seed: int, *, tokenizer: str | None = None) ->
         from modelfoundry.data.generative import prepare_generative
 
         return prepare_generative(cfg, split_seed(cfg, seed))
+    started = time.perf_counter()
+    key = _source_key(cfg, split_seed(cfg, seed), tokenizer) if cfg.cache else None
+    if key is not None:
+        hit = _from_cache(key, started, lambda: _split_parts(cfg, seed)[1],
+                          lambda: _prepare_unbalanced(*_split_parts(cfg, seed), cfg, seed, tokenizer))
+        if hit is not None:
+            return _balanced(hit, cfg, split_seed(cfg, seed))
+    clean, parts = _split_parts(cfg, seed)
+    data = _prepare_unbalanced(clean, parts, cfg, seed, tokenizer)
+    if key is not None:
+        _store(key, data, started, parts)
+    return _balanced(data, cfg, split_seed(cfg, seed))
+
+
+def _split_parts(cfg: DataConfig, seed: int) -> tuple[CleanData, dict[str, pd.DataFrame]]:
     clean = load_clean(cfg, split_seed(cfg, seed))
     positions = split_frame(clean, cfg, seed)
-    parts = {name: clean.frame.iloc[positions[name]] for name in SPLITS}
+    return clean, {name: clean.frame.iloc[positions[name]] for name in SPLITS}
+
+
+def _prepare_unbalanced(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataConfig, seed: int,
+                        tokenizer: str | None) -> PreparedData:
     stratified = cfg.split.stratify and clean.task == "classification"
-    return prepare_parts(clean, parts, cfg, split_seed(cfg, seed), stratified, tokenizer=tokenizer)
+    return fit_transform(clean, parts, cfg, split_seed(cfg, seed), stratified, tokenizer=tokenizer)
 
 
 def text_settings(cfg: DataConfig, tokenizer: str | None) -> dict[str, Any]:
@@ -163,8 +189,33 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
 
     `parts` holds the train, val and test rows of `clean.frame` (a cross-validation fold puts its held-out
     rows in 'test'); `seed` (the split seed) and `stratified` are recorded in `info['split']`. `target`: a
-    fitted target encoder to use instead (an anomaly task's labels, data/anomaly.py).
+    fitted target encoder to use instead (an anomaly task's labels, data/anomaly.py). With data.cache the arrays
+    come from the disk cache when these rows were prepared with these settings before (every fold of a CV).
     """
+    started = time.perf_counter()
+    key = None
+    if cfg.cache:
+        from modelfoundry.data import prepared_cache as store
+
+        # a given target encoder is fitted on clean.frame by the data settings: the key holds both
+        key = store.entry_key({"data": store.data_settings(cfg), "clean": clean.info, "task": clean.task,
+                               "specs": [asdict(s) for s in clean.specs], "seed": seed, "stratified": stratified,
+                               "tokenizer": store.text_hash(tokenizer),
+                               "target": type(target).__name__ if target is not None else None},
+                              {name: part.index.to_numpy() for name, part in parts.items()})
+        hit = _from_cache(key, started, lambda: parts, lambda: fit_transform(
+            clean, parts, cfg, seed, stratified, tokenizer=tokenizer, target=target), target)
+        if hit is not None:
+            return _balanced(hit, cfg, seed)
+    data = fit_transform(clean, parts, cfg, seed, stratified, tokenizer=tokenizer, target=target)
+    if key is not None:
+        _store(key, data, started, None)
+    return _balanced(data, cfg, seed)
+
+
+def fit_transform(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataConfig, seed: int,
+                  stratified: bool, *, tokenizer: str | None = None, target: Any = None) -> PreparedData:
+    """`prepare_parts` without the cache and before resampling (data.balance) and class weights."""
     settings = text_settings(cfg, tokenizer)
     texts = [s.name for s in clean.specs if s.kind == "text"]
     key = cached = None
@@ -189,24 +240,30 @@ def prepare_parts(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
                                                   for name in X})
     y = {name: target.encode(part[cfg.target], f"the {name} split of {cfg.source}") for name, part in parts.items()}
     rows = {name: part.index.to_numpy() for name, part in parts.items()}
-    weights, balanced = None, {}
-    if clean.task == "classification":
-        weights = class_weights(y["train"], target.classes_, cfg.balance.class_weights)
-        X["train"], y["train"], rows["train"], balanced = resample(X["train"], y["train"], rows["train"],
-                                                                  cfg.balance, seed, pre)
     info = dict(clean.info)
     info["split"] = {"seed": seed, "stratified": stratified,
-                     **{name: int(len(part)) for name, part in parts.items()}}
+                     **{name: len(part) for name, part in parts.items()}}
     info["input_shape"] = list(pre.input_shape_) if len(pre.input_spec_) == 1 else None
     info["inputs"] = pre.input_spec_.to_json()
     if key is not None:
         info["text_cache"] = {"hit": cached is not None, "key": key[:16]}
     if "attention_mask" in X["train"]:
         info["text"] = text_coverage(X["train"]["attention_mask"])
-    if balanced:
-        info["balance"] = balanced
     texts = SplitTexts(fitted.text_, parts) if fitted.text_ is not None else None
-    return PreparedData(clean.task, X, y, rows, pre, target, weights, info, texts, frames=parts)
+    return PreparedData(clean.task, X, y, rows, pre, target, None, info, texts, frames=parts)
+
+
+def _balanced(data: PreparedData, cfg: DataConfig, seed: int) -> PreparedData:
+    """Class weights, and the training split resampled by data.balance (after the cache: seeded and cheap)."""
+    if data.task != "classification":
+        return data
+    data.class_weights = class_weights(data.y["train"], data.target_encoder.classes_, cfg.balance.class_weights)
+    X, y, rows, balanced = resample(data.X["train"], data.y["train"], data.rows["train"], cfg.balance, seed,
+                                    data.preprocessor)
+    data.X["train"], data.y["train"], data.rows["train"] = X, y, rows
+    if balanced:
+        data.info["balance"] = balanced
+    return data
 
 
 class SplitTexts(Mapping[str, list[str]]):
@@ -286,3 +343,58 @@ def rebuild_splits(cfg: DataConfig, seed: int, recorded_sha256: str, run_dir: An
         return parts
     positions = split_frame(clean, cfg, seed)
     return {name: clean.frame.iloc[positions[name]] for name in SPLITS}
+
+
+# ---------------------------------------------------------------------------------------- the prepared-data cache
+def _source_key(cfg: DataConfig, seed: int, tokenizer: str | None) -> str | None:
+    """The cache key of `prepare_data` for this source and settings, found without reading the source (None when
+    its file cannot be read: preparing then says why)."""
+    from modelfoundry.data import prepared_cache as store
+    from modelfoundry.data.fingerprint import source_identity
+
+    try:
+        source = source_identity(cfg.source)
+    except OSError:
+        return None
+    return store.entry_key({"source": source, "data": store.data_settings(cfg), "seed": seed,
+                            "tokenizer": store.text_hash(tokenizer)})
+
+
+def _from_cache(key: str, started: float, frames: Callable[[], Mapping[str, pd.DataFrame]],
+                refit: Callable[[], PreparedData], target: Any = None) -> PreparedData | None:
+    """The entry `key` as PreparedData (before resampling), or None. `frames` gives the split frames when the entry
+    does not hold them; `refit` prepares afresh, for the scikit-learn preprocessing only tests and tools ask for;
+    `target`: the caller's fitted target encoder (else the entry's)."""
+    from modelfoundry.data import prepared_cache as store
+
+    cached = store.load(key, rebuild=frames)
+    if cached is None:
+        return None
+    try:
+        pre = PortablePreprocessor(cached.preprocessor, store.FittedOnDemand(lambda: refit().preprocessor.fitted))
+        target = target if target is not None else TargetEncoder.from_description(cached.target)
+    except (DataError, KeyError, TypeError, ValueError):
+        return None
+    info = cached.info
+    loaded_s = time.perf_counter() - started
+    info["cache"] = {"hit": True, "key": key[:16], "prepare_s": round(cached.prepare_s, 3),
+                     "load_s": round(loaded_s, 3), "saved_s": round(max(cached.prepare_s - loaded_s, 0.0), 3)}
+    if "text_cache" in info:
+        info["text_cache"]["hit"] = True  # its tokens come from a cache
+    frames = cached.frames if cached.frames is not None else frames()
+    texts = SplitTexts(text_encoder(pre.desc), frames) if "text" in pre.desc else None
+    return PreparedData(cached.task, cached.X, cached.y, cached.rows, pre, target, None, info, texts,
+                        horizon=cached.horizon, frames=frames)
+
+
+def _store(key: str, data: PreparedData, started: float, frames: Mapping[str, pd.DataFrame] | None) -> None:
+    """Write `data` (before resampling) as the entry `key`; what data.json then says about the cache."""
+    from modelfoundry.data import prepared_cache as store
+    from modelfoundry.data.portable import describe_target
+
+    prepare_s = time.perf_counter() - started
+    meta = {"task": data.task, "preprocessor": data.preprocessor.desc, "horizon": data.horizon,
+            "target": describe_target(data.target_encoder) if isinstance(data.target_encoder, TargetEncoder) else None,
+            "info": data.info, "prepare_s": prepare_s}
+    stored = store.save(key, {"X": data.X, "y": data.y, "rows": data.rows}, meta, frames)
+    data.info["cache"] = {"hit": False, "key": key[:16], "prepare_s": round(prepare_s, 3), "stored": stored}
