@@ -49,6 +49,11 @@ def print_summary(result: Any) -> None:
         trained = params["trainable"]
         table.add_row("parameters", f"{_count(params['total'])}" + ("" if trained == params["total"] else
                       f" ({_count(trained)} trained, {100 * trained / params['total']:.2g}%)"))
+    prepared = result.extras.get("prepared_cache")
+    if prepared:
+        table.add_row("prepared data", f"cache hit (saved {prepared['saved_s']:.1f} s)" if prepared["hit"] else
+                      f"prepared in {prepared['prepare_s']:.1f} s" + (", cached for the next run" if prepared["stored"]
+                                                                      else ""))
     text = []
     if "text_cache" in result.extras:
         text.append("tokens from the cache" if result.extras["text_cache"] else "tokenized (cached for the next run)")

@@ -76,8 +76,8 @@ INDEX_ENTRIES = 1000
 
 
 def source_identity(source: str) -> dict[str, Any]:
-    """What a source's content is, without parsing it: a file's sha256 of its bytes (with its resolved path and
-    size), or a bundled dataset's name and the version of the package that ships it.
+    """What a source's content is, without parsing it: a file's sha256 of its bytes and its format (not its path:
+    a copy elsewhere is the same data), or a bundled dataset's name and the version of the package that ships it.
 
     A small index (`$FOUNDRY_CACHE_DIR/file-hashes.json`) keeps each file's hash beside its size, times and inode,
     so an unchanged file is not read again; any write to the file changes its ctime, and a file written within
@@ -90,7 +90,7 @@ def source_identity(source: str) -> dict[str, Any]:
         return {"bundled": source, "package": package, "version": _package_version(package)}
     path = Path(describe_source(source))
     stat = path.stat()  # a missing file fails here; callers read the source then, which names it
-    return {"path": str(path), "size": stat.st_size, "sha256": file_sha256(path, stat)}
+    return {"format": path.suffix.lower(), "size": stat.st_size, "sha256": file_sha256(path, stat)}
 
 
 def file_sha256(path: Path, stat: os.stat_result | None = None) -> str:

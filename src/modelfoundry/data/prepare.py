@@ -153,6 +153,7 @@ def prepare_data(cfg: DataConfig, seed: int, *, tokenizer: str | None = None) ->
         hit = _from_cache(key, started, lambda: _split_parts(cfg, seed)[1],
                           lambda: _prepare_unbalanced(*_split_parts(cfg, seed), cfg, seed, tokenizer))
         if hit is not None:
+            hit.info["fingerprint"]["source"] = describe_source(cfg.source)  # the same bytes, maybe another path
             return _balanced(hit, cfg, split_seed(cfg, seed))
     clean, parts = _split_parts(cfg, seed)
     data = _prepare_unbalanced(clean, parts, cfg, seed, tokenizer)
