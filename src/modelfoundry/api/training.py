@@ -296,6 +296,8 @@ def _facts(data: PreparedData, fit_result: FitResult) -> dict[str, Any]:
     params = list(fit_result.model.parameters())
     facts: dict[str, Any] = {"parameters": {"total": sum(p.numel() for p in params),
                                             "trainable": sum(p.numel() for p in params if p.requires_grad)}}
+    if "cache" in data.info:  # the prepared-data cache: hit or miss, and the time saved
+        facts["prepared_cache"] = data.info["cache"]
     if "text_cache" in data.info:
         facts["text_cache"] = data.info["text_cache"]["hit"]
     if "text" in data.info:
