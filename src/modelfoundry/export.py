@@ -423,6 +423,9 @@ def _metadata(saved: SavedModel, predictor: OnnxPredictor, onnx_path: Path, expo
                    for node, f in zip(predictor.input_names, spec)],
         "output": {"name": predictor.output_name, "shape": ["batch", saved.record.n_outputs],
                    "meaning": output_meaning},
+        # a binary classifier's tuned decision: the class at threshold.positive_index when its probability is
+        # >= threshold.value, else the other one (model.json's `threshold`; absent: the most probable class)
+        "threshold": saved.record.threshold,
         "opset": opset, "exporter": exporter, "files": files,
         "merged": callable(getattr(saved.model, "merged", None)),  # LoRA adapters folded into the base weights
         "padding_invariant": predictor.trim is not None,  # the server cuts token batches to their longest text

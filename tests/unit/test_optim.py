@@ -92,8 +92,9 @@ def test_schedule_state_round_trips():
 
 def test_losses():
     weights = torch.tensor([1.0, 3.0])
-    ce = build_loss("auto", "classification", weights, 0.1)
+    ce = build_loss("auto", "classification", weights, 0.1, focal_gamma=2.0)
     assert isinstance(ce, nn.CrossEntropyLoss) and ce.label_smoothing == 0.1 and torch.equal(ce.weight, weights)
-    assert isinstance(build_loss("auto", "regression", None, 0), nn.MSELoss)
-    assert isinstance(build_loss("huber", "regression", None, 0), nn.HuberLoss)
-    assert math.isclose(build_loss("l1", "regression", None, 0)(torch.zeros(2), torch.ones(2)).item(), 1.0)
+    assert isinstance(build_loss("auto", "regression", None, 0, focal_gamma=2.0), nn.MSELoss)
+    assert isinstance(build_loss("huber", "regression", None, 0, focal_gamma=2.0), nn.HuberLoss)
+    l1 = build_loss("l1", "regression", None, 0, focal_gamma=2.0)
+    assert math.isclose(l1(torch.zeros(2), torch.ones(2)).item(), 1.0)

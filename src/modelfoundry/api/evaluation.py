@@ -62,7 +62,8 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Pat
     output = predict_outputs(saved.model, X, saved.task)
     metrics = evaluate_outputs(task=saved.task, y_true=y, output=output, rows=rows, target_encoder=saved.target_encoder,
                                cfg=cfg.evaluation, out_dir=out_dir, history=_history(saved.run_dir),
-                               baselines=baselines, title=f"{cfg.name}: {split}", facts=facts, split=split)
+                               baselines=baselines, title=f"{cfg.name}: {split}", facts=facts, split=split,
+                               threshold=saved.record.threshold)
     return RunResult(saved.run_dir, saved.task, metrics, headline(saved.task, cfg.evaluation.metrics, metrics),
                      0, 0, "", None, wall_s=time.perf_counter() - started,
                      extras={"out_dir": out_dir, "evaluated_on": split})

@@ -123,7 +123,7 @@ def monitor_data(model: str | Path, data: str | Path, *, window_rows: int | None
     rows = schema.from_frame(read_table(path, "--data"), origin=f"'{path}'")
     outputs = loaded.backend.predict_inputs(rows.inputs)
     labels = list(loaded.backend.labels) if loaded.backend.task == "classification" else None
-    predictions = prediction_values(loaded.backend.task, outputs, labels)
+    predictions = prediction_values(loaded.backend.task, outputs, labels, getattr(loaded.backend, "threshold", None))
     result = _analyse(loaded, schema, rows, predictions, str(path), window_rows)
     result.ood_share = _ood_share(loaded, rows)
     return result

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path | None = None) -> pd.DataFrame:
     """Predict every row of a data file with a trained run; returns (and optionally writes) a table with a
-    `prediction` column and, for classification, one `prob_<label>` column per class; for an anomaly detector,
+    `prediction` column (a binary classifier saved with a tuned decision threshold predicts with it) and, for
+    classification, one `prob_<label>` column per class; for an anomaly detector,
     `anomaly_score` and `anomaly` (True when the score is above the model's threshold) instead.
 
     When some row holds a value the model did not see in training (an unseen category, a missing value it
@@ -24,6 +25,7 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
 
     import pandas as pd
 
+    from modelfoundry.artifacts.records import decide_classes
     from modelfoundry.data.input_schema import InputSchema
     from modelfoundry.data.sources import read_table
     from modelfoundry.models.inference import predict_outputs
@@ -42,7 +44,9 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
     if saved.task == "anomaly":  # the score, and whether it is above the threshold saved with the model
         table = pd.DataFrame({"anomaly_score": output, "anomaly": saved.target_encoder.flag(output)}, index=frame.index)
     elif saved.task == "classification":
-        table = pd.DataFrame({"prediction": saved.target_encoder.decode(output.argmax(1))}, index=frame.index)
+        # the most probable class, or a binary model's decision at its tuned threshold (model.json `threshold`)
+        predicted = decide_classes(output, saved.record.threshold)
+        table = pd.DataFrame({"prediction": saved.target_encoder.decode(predicted)}, index=frame.index)
         for k, label in enumerate(saved.labels):
             table[f"prob_{label}"] = output[:, k]
     else:

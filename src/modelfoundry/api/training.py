@@ -12,6 +12,7 @@ from modelfoundry.api.arguments import as_config
 from modelfoundry.api.registration import register_run
 from modelfoundry.api.results import RunResult
 from modelfoundry.api.resume import check_same_data, completed_run, finished_checkpoint, model_saved
+from modelfoundry.artifacts.records import ModelRecord
 from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import Config, check_task, config_hash
 from modelfoundry.errors import first_line
@@ -98,6 +99,11 @@ def _train(config: Any, run_dir: Any, resume: Any,
     estimate = _preflight(config, progress) if config.data.task == "causal_lm" else None
     data = prepare(config)
     check_task(config, data.task)
+    if data.task == "classification" and config.evaluation.threshold.metric != "none":  # before training for it
+        from modelfoundry.evaluate.threshold import positive_index
+
+        positive_index(config.evaluation.threshold, list(data.target_encoder.classes_), _train_counts(data),
+                       config.data.target)
     if resume is not None:
         check_same_data(run_path, data.info)
         return _estimated(_fit_and_save(config, data, run_path, True, finished_before, progress), estimate)
@@ -156,6 +162,10 @@ def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bo
                 "config_hash": config_hash(config)}
         if data.task == "anomaly":  # the label column, or none: unlabelled data trained the detector
             spec["target"] = data.target_encoder.column_ if data.target_encoder.labelled else None
+        if data.task == "generative":  # a GAN's class column, or none (unlabelled rows, one stand-in class)
+            spec["target"] = data.info["generative"]["column"]
+        if data.task == "classification" and config.evaluation.threshold.metric != "none":
+            spec["threshold"] = _tune_threshold(config, data, fit_result.model)
         save_model(run_path, fit_result.model.cpu(), spec, data.preprocessor, data.target_encoder)
     if not fit_result.interrupted and data.task in ("classification", "regression", "anomaly"):
         save_reference_profile(config, data, fit_result.model, run_path)
@@ -190,8 +200,10 @@ def save_reference_profile(config: Config, data: PreparedData, model: Any, run_p
             metrics = task_metrics(data.task, data.y["val"], outputs, target.decode, config.evaluation.top_k) \
                 if len(outputs) else {}
             outputs = target.decode(outputs) if data.task == "regression" else outputs  # as the server gives them
+        saved = RunDir(run_path).model_record  # its tuned decision threshold, which the server predicts with
+        threshold = ModelRecord.read(saved).threshold if saved.is_file() else None
         reference = build_reference(data.preprocessor.desc, data.task, labels, frames["train"], frames["val"],
-                                    outputs, metrics, config.monitor)
+                                    outputs, metrics, config.monitor, threshold)
         if has_encoder(data.preprocessor.desc) and config.monitor.ood.enabled and len(outputs):
             reference.embedding = build_embedding_profile(model, data.X["train"], data.X["val"], data.n_outputs,
                                                           config.monitor.ood.false_alarm_rate, config.seed)
@@ -199,6 +211,24 @@ def save_reference_profile(config: Config, data: PreparedData, model: Any, run_p
         logging.getLogger(__name__).warning("no reference profile for monitoring: %s", first_line(str(exc)))
         return
     save_reference(run_path, reference)
+
+
+def _tune_threshold(config: Config, data: PreparedData, model: Any) -> dict[str, Any]:
+    """model.json's `threshold`: the decision threshold tuned on the validation split (evaluation.threshold)."""
+    from modelfoundry.evaluate.threshold import threshold_record
+    from modelfoundry.models.inference import predict_outputs
+
+    return threshold_record(config.evaluation.threshold, list(data.target_encoder.classes_), _train_counts(data),
+                            data.y["val"], predict_outputs(model, data.X["val"], data.task), config.data.target)
+
+
+def _train_counts(data: PreparedData) -> Any:
+    """Training rows per class as the data has them (before data.balance resampled the split)."""
+    import numpy as np
+
+    before = data.info.get("balance", {}).get("before")
+    return np.array(list(before.values())) if before else np.bincount(data.y["train"],
+                                                                      minlength=len(data.target_encoder.classes_))
 
 
 def _calibrate_anomaly(model: Any, data: PreparedData) -> None:
@@ -219,6 +249,10 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult, ru
         return evaluate_trained(config, data, fit_result, run_path, progress)
     if data.task == "anomaly":
         return _evaluate_anomaly(config, data, fit_result, run_path)
+    if data.task == "generative":  # C2ST, TSTR and FD of generated rows, beside Gaussian noise
+        from modelfoundry.api.sampling import evaluate_trained_gan
+
+        return evaluate_trained_gan(config, data, fit_result, run_path)
     from modelfoundry.evaluate.baselines import baseline_metrics
     from modelfoundry.evaluate.evaluation import evaluate_outputs
     from modelfoundry.evaluate.metrics import headline
@@ -235,7 +269,7 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult, ru
     metrics = evaluate_outputs(task=data.task, y_true=data.y["test"], output=output, rows=data.rows["test"],
                                target_encoder=data.target_encoder, cfg=config.evaluation, out_dir=eval_dir,
                                history=fit_result.history, baselines=baselines, title=f"{config.name}: test split",
-                               facts=facts)
+                               facts=facts, threshold=ModelRecord.read(RunDir(run_path).model_record).threshold)
     return metrics, headline(data.task, config.evaluation.metrics, metrics)
 
 

@@ -90,13 +90,15 @@ class ModelRecord(_Record):
     runtime: str | None = None  # "onnx": a compressed graph in model/onnx/ instead of weights.pt
     compression: dict[str, Any] | None = None  # the recipe of a compressed variant
     parent_run: str | None = None  # the run a compressed variant came from
+    threshold: dict[str, Any] | None = None  # a binary classifier's tuned decision threshold (ThresholdRecord)
     format_version: int = MODEL_FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
     TYPES = {"name": (str,), "task": (str,), "inputs": (list,), "input_shape": (list,), "n_outputs": (int,),
              "target": (str,),
              "columns": (list,), "classes": (list,), "best_epoch": (int,), "config_hash": (str,),
-             "runtime": (str,), "compression": (dict,), "parent_run": (str,), "format_version": (int,)}
+             "runtime": (str,), "compression": (dict,), "parent_run": (str,), "threshold": (dict,),
+             "format_version": (int,)}
     REQUIRED = ("name", "task", "n_outputs")
 
     @classmethod
@@ -118,6 +120,13 @@ class ModelRecord(_Record):
                               f"got {self.input_shape!r:.60}.", HINT)
         if self.inputs is not None:
             InputSpec.from_json(self.inputs, f"'{path}'")  # a malformed spec: named now, with the file
+        if self.threshold is not None:
+            ThresholdRecord.from_json(self.threshold, f"{path} (field 'threshold')")
+
+    @property
+    def decision(self) -> ThresholdRecord | None:
+        """The tuned decision threshold of a binary classifier, None when it predicts its most probable class."""
+        return ThresholdRecord.from_json(self.threshold, "model.json") if self.threshold is not None else None
 
     @property
     def input_spec(self) -> InputSpec:
@@ -131,6 +140,48 @@ class ModelRecord(_Record):
         out = {k: v for k, v in self.to_json().items() if k != "format_version"}
         return {k: v for k, v in out.items() if v is not None or k in ("target", "classes", "best_epoch",
                                                                        "config_hash")}
+
+
+@dataclass
+class ThresholdRecord(_Record):
+    """model.json's `threshold` (also export.json's): a binary classifier calls a row the positive class when
+    P(positive) >= value, tuned on the validation split for `metric` (evaluate/threshold.py)."""
+
+    value: float
+    positive_index: int  # the positive class's index in `classes` (the output order)
+    positive: Any = None  # its label
+    metric: str | None = None
+    validation: float | None = None  # the metric on the validation split at `value`
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    TYPES = {"value": (float, int), "positive_index": (int,), "metric": (str,), "validation": (float, int)}
+    REQUIRED = ("value", "positive_index")
+
+    def _check(self, path: Path | str) -> None:
+        if not 0 <= self.value <= 1 or self.positive_index not in (0, 1):
+            raise RunDirError(f"'{path}' is malformed: a threshold needs 0 <= value <= 1 and positive_index 0 or 1, "
+                              f"got {self.value!r} and {self.positive_index!r}.", HINT)
+
+    def decide(self, proba: Any) -> Any:
+        """Class indices (N,) of (N, 2) probabilities: the positive class where its probability reaches `value`."""
+        import numpy as np
+
+        proba = np.asarray(proba)
+        if proba.ndim != 2 or proba.shape[1] != 2:
+            raise RunDirError(f"A decision threshold applies to two class probabilities, got outputs of shape "
+                              f"{proba.shape}.", HINT)
+        hit = proba[:, self.positive_index] >= self.value
+        return np.where(hit, self.positive_index, 1 - self.positive_index).astype(np.int64)
+
+
+def decide_classes(proba: Any, threshold: dict[str, Any] | None) -> Any:
+    """Predicted class indices (N,) of (N, K) class probabilities: the most probable class, or with a tuned
+    threshold (model.json / export.json `threshold`) the binary decision it makes."""
+    import numpy as np
+
+    if threshold is None:
+        return np.asarray(proba).argmax(1)
+    return ThresholdRecord.from_json(threshold, "the model's threshold").decide(proba)
 
 
 @dataclass

@@ -53,8 +53,10 @@ CALIBRATION_METRICS = tuple(n for n, m in METRICS.items() if m.calibration)
 DEFAULT_HEADLINE = {"classification": ["accuracy", "f1_macro", "roc_auc"], "regression": ["r2", "rmse", "mae"]}
 
 
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray, top_k: list[int]) -> dict[str, float]:
-    """`y_true`: class indices (N,); `proba`: class probabilities (N, K)."""
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, top_k: list[int],
+                           pred: np.ndarray | None = None) -> dict[str, float]:
+    """`y_true`: class indices (N,); `proba`: class probabilities (N, K); `pred`: the predicted classes when not
+    the most probable ones (a tuned decision threshold's, evaluate/threshold.py)."""
     import numpy as np
     from sklearn import metrics as skm
 
@@ -62,7 +64,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, top_k: list[in
     proba = proba / proba.sum(1, keepdims=True)  # float32 softmax rows can miss 1 by more than sklearn allows
     n_classes = proba.shape[1]
     labels = list(range(n_classes))
-    pred = proba.argmax(1)
+    pred = proba.argmax(1) if pred is None else pred
     out: dict[str, float] = {
         "accuracy": skm.accuracy_score(y_true, pred),
         "balanced_accuracy": skm.balanced_accuracy_score(y_true, pred),

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelfoundry.artifacts.records import decide_classes
 from modelfoundry.data.input_schema import MISSING, UNSEEN, CheckedRows, InputSchema
 
 if TYPE_CHECKING:
@@ -80,15 +81,17 @@ def column_values(schema: InputSchema, rows: CheckedRows) -> dict[str, np.ndarra
     return values
 
 
-def prediction_values(task: str, outputs: np.ndarray, labels: list[Any] | None) -> np.ndarray:
+def prediction_values(task: str, outputs: np.ndarray, labels: list[Any] | None,
+                      threshold: dict[str, Any] | None = None) -> np.ndarray:
     """The served predictions as a monitored column: the class label as text (argmax of (N, K) probabilities in
-    the order of `labels`), or the (N,) values in the target's units as float64."""
+    the order of `labels`, or the decision of a binary model's tuned `threshold`, model.json's), or the (N,)
+    values in the target's units as float64."""
     outputs = np.asarray(outputs)
     if task == "classification":
         names = np.asarray([str(label) for label in (labels or range(outputs.shape[1]))], dtype=object)
         if outputs.ndim != 2 or not len(outputs):
             return np.empty(0, dtype=object)
-        return names[np.argmax(outputs, axis=1)]
+        return names[decide_classes(outputs, threshold)]
     return outputs.reshape(len(outputs), -1)[:, 0].astype(np.float64) if len(outputs) else np.empty(0)
 
 

@@ -138,7 +138,7 @@ class Reference:
 
 def build_reference(desc: dict[str, Any], task: str, labels: list[Any] | None, train: pd.DataFrame,
                     val: pd.DataFrame, val_outputs: np.ndarray, metrics: dict[str, float],
-                    config: MonitorConfig) -> Reference:
+                    config: MonitorConfig, threshold: dict[str, Any] | None = None) -> Reference:
     """The reference profile of a model trained on `train` and validated on `val` (raw frames, as
     `PreparedData.frames` holds them).
 
@@ -165,7 +165,8 @@ def build_reference(desc: dict[str, Any], task: str, labels: list[Any] | None, t
     if val_outputs is not None and len(val_outputs):
         kind = "categorical" if task == "classification" else "numeric"
         categories = [str(label) for label in labels] if labels is not None else None
-        prediction = profile_column(PREDICTION, kind, prediction_values(task, val_outputs, labels), categories)
+        predicted = prediction_values(task, val_outputs, labels, threshold)  # as the server decides (model.json)
+        prediction = profile_column(PREDICTION, kind, predicted, categories)
     ood = None
     train_space = ood_space(train_rows.inputs) if config.ood.enabled else None
     if train_space is not None:

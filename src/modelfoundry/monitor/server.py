@@ -69,6 +69,7 @@ class Watched:
     last: WindowDrift | None = None
     alerting: dict[str, bool] = field(default_factory=dict)
     ood_share: float | None = None
+    threshold: dict[str, Any] | None = None  # its tuned decision threshold: the prediction column is its decision
 
 
 class DriftMonitor:
@@ -200,7 +201,7 @@ class DriftMonitor:
             why = "time series models are not monitored for drift yet"
         watched = Watched(identity, batch.task, batch.labels, current.schema, reference, why,
                           Window(self.config.window), Alerts(self.config.drift.patience),
-                          deque(maxlen=self.config.window.history))
+                          deque(maxlen=self.config.window.history), threshold=batch.threshold)
         with self._lock:
             self.watched = watched
         log.info("drift monitoring of %s v%s %s", identity.name, identity.version,
@@ -244,7 +245,7 @@ class DriftMonitor:
 
         current = column_values(watched.schema, window.rows)
         if watched.reference.prediction is not None:
-            current[PREDICTION] = prediction_values(watched.task, window.outputs, watched.labels)
+            current[PREDICTION] = prediction_values(watched.task, window.outputs, watched.labels, watched.threshold)
         return compare(watched.reference, current, self.config.drift, window.count, window.started, window.ended)
 
     def _outliers(self, reference: Reference, rows: CheckedRows) -> int | None:

@@ -170,8 +170,9 @@ class Shadow:
         from modelfoundry.monitor.columns import prediction_values
 
         backend = self.model.backend
-        served = prediction_values(batch.task, batch.outputs, batch.labels)
-        shadow = prediction_values(batch.task, outputs, backend.labels if batch.task == "classification" else None)
+        served = prediction_values(batch.task, batch.outputs, batch.labels, batch.threshold)
+        shadow = prediction_values(batch.task, outputs, backend.labels if batch.task == "classification" else None,
+                                   getattr(backend, "threshold", None))
         with self._lock:
             if batch.task == "classification":
                 self._agree.extend((served == shadow).tolist())

@@ -35,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from modelfoundry.artifacts.records import decide_classes
 from modelfoundry.config import ServeConfig
 from modelfoundry.data.input_schema import InputSchema
 from modelfoundry.errors import ConfigError, FoundryError, RetryLater
@@ -165,6 +166,8 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
         return {"name": model.name, "versions": [model.version], "platform": backend.platform, "inputs": inputs,
                 "outputs": outputs, "parameters": {"alias": model.alias, "task": backend.task,
                                                    "labels": backend.labels, "on_unseen": settings.on_unseen,
+                                                   "decision_threshold": (getattr(backend, "threshold", None)
+                                                                          or {}).get("value"),
                                                    "model_inputs": tensors}}
 
     @app.post("/v2/models/{name}/infer", dependencies=guarded, openapi_extra=body_schema(InferRequest))
@@ -323,7 +326,8 @@ async def _follow_alias(store: Any, served: ServedModel, metrics: ServerMetrics,
 def _decode(model: LoadedModel, output: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
     if model.backend.task == "anomaly":  # true/false per row: the score above the model's threshold
         return anomaly_flags(model.backend, output), None
-    if model.backend.task == "classification":
+    if model.backend.task == "classification":  # the most probable class, or the tuned threshold's decision
         labels = model.backend.labels
-        return [labels[i] for i in output.argmax(1)], output.round(8).tolist()
+        chosen = decide_classes(output, getattr(model.backend, "threshold", None))
+        return [labels[i] for i in chosen], output.round(8).tolist()
     return output.tolist(), None

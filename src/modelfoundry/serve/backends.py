@@ -28,6 +28,7 @@ class Backend(Protocol):
     labels: list[Any]  # class values as in the training data (ints stay ints in JSON)
     columns: list[str]
     desc: dict[str, Any]  # the portable preprocessing description (data/portable.py)
+    threshold: dict[str, Any] | None  # a binary classifier's tuned decision threshold (artifacts/records.py)
 
     def predict_inputs(self, inputs: Inputs) -> np.ndarray: ...
 
@@ -47,6 +48,7 @@ class OnnxBackend:
         self.labels = list(self.predictor.preprocess["target"].get("classes") or [])  # original class values
         self.columns = list(self.predictor.preprocess["columns"])
         self.desc = self.predictor.preprocess
+        self.threshold = self.predictor.metadata.get("threshold")  # export.json: the decision beside the graph
 
     def predict_inputs(self, inputs: Inputs) -> np.ndarray:
         """The named model inputs -> probabilities (N, K) or values (N,) in the target's units."""
@@ -73,6 +75,7 @@ class TorchBackend:
         self.labels = list(getattr(self.saved.target_encoder, "classes_", []))  # original class values
         self.columns = list(self.saved.preprocessor.columns)
         self.desc = self.saved.preprocessor.desc
+        self.threshold = self.saved.record.threshold
 
     def predict_inputs(self, inputs: Inputs) -> np.ndarray:
         from modelfoundry.models.inference import predict_outputs

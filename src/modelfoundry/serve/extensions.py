@@ -104,6 +104,7 @@ class BatchRecord:
     ids: tuple[str | None, ...] = ()  # per request: its id when it got one (see id_share), else None; () when none
     offsets: tuple[int, ...] = ()  # per request: the index of its first row here (a request larger than a batch
     # is run in slices), so its rows are "<id>-<offset + i>"; () when all are 0
+    threshold: dict[str, Any] | None = None  # a binary classifier's tuned decision threshold (model.json's)
 
     def row_ids(self) -> list[str | None]:
         """One id per row, "<request id>-<row index in its request>", None for the rows of requests without one."""
@@ -215,7 +216,7 @@ class Extensions:
         record = BatchRecord(identity, backend.task, list(backend.labels) if backend.task == "classification" else None,
                              list(backend.columns), _read_only_rows(rows), _read_only(outputs), warnings,
                              tuple(requests), time.time(), tuple(ids) if any(ids) else (),
-                             tuple(offsets) if any(offsets) else ())
+                             tuple(offsets) if any(offsets) else (), getattr(backend, "threshold", None))
         asyncio.get_running_loop().call_soon(self._enqueue, record)  # after the answers just set
 
     def _enqueue(self, record: BatchRecord) -> None:
