@@ -82,6 +82,14 @@ class DriftDetected(FoundryError):
     http_status = 409
 
 
+class DataCheckFailed(FoundryError):
+    """`foundry data check` found what --fail-on names (a severity or finding kinds); its own exit code lets CI gate
+    on it. The report is written before it is raised."""
+
+    exit_code = 11
+    http_status = 422
+
+
 class ExportError(FoundryError):
     """An export failed or its parity check exceeded the tolerance; nothing half-written is left."""
 

@@ -1,0 +1,152 @@
+"""Row checks: exact duplicates, duplicates after normalisation, identical features with different targets, and the
+target itself (missing values, rare classes)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from modelfoundry.data.quality.findings import Finding, percent, share
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SIGNIFICANT_DIGITS = 6  # numbers equal to this many significant digits are equal after normalisation
+
+
+def row_hashes(frame: pd.DataFrame, normalise: bool = False) -> np.ndarray:
+    """One 64-bit hash per row; `normalise` strips, lowercases and collapses the whitespace of text and rounds
+    numbers to SIGNIFICANT_DIGITS first. Numeric columns are hashed together through two fixed random projections
+    (equal rows give equal sums; different ones collide with probability ~0); other cells by their value (arrays
+    and dicts by their text)."""
+    import pandas as pd
+
+    dtypes = frame.dtypes.to_dict()
+    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(dtypes[c])
+               and not pd.api.types.is_bool_dtype(dtypes[c])]
+    columns = {}
+    if numeric:
+        matrix = frame[numeric].to_numpy(dtype=float, copy=True)
+        floats = [j for j, c in enumerate(numeric) if pd.api.types.is_float_dtype(dtypes[c])]
+        if normalise and floats:  # integers are exact already
+            matrix[:, floats] = _round_significant(matrix[:, floats])
+        matrix = np.where(np.isnan(matrix), 1.2345e300, matrix) + 0.0  # + 0.0: -0.0 becomes 0.0
+        weights = np.random.default_rng(0).standard_normal((len(numeric), 2))
+        projected = np.ascontiguousarray(matrix @ weights)
+        columns["_numeric_a"], columns["_numeric_b"] = projected.view(np.uint64)[:, 0], projected.view(np.uint64)[:, 1]
+    for name in frame.columns:
+        if name in numeric:
+            continue
+        series = frame[name]
+        if series.dtype == object or isinstance(series.dtype, pd.StringDtype):
+            series = series.map(lambda v: v if v is None or isinstance(v, (str, int, float)) else repr(v))
+            if normalise:
+                series = series.map(lambda v: " ".join(v.split()).lower() if isinstance(v, str) else v)
+        columns[name] = series.to_numpy()
+    if not columns:
+        return np.zeros(len(frame), dtype=np.uint64)
+    typed = pd.DataFrame(columns)
+    try:
+        return pd.util.hash_pandas_object(typed, index=False).to_numpy()
+    except TypeError:  # mixed cells hashing cannot order: compare their text
+        return pd.util.hash_pandas_object(typed.astype(str), index=False).to_numpy()
+
+
+def _round_significant(values: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(values) & (values != 0)
+    exponent = np.zeros_like(values)
+    exponent[finite] = np.floor(np.log10(np.abs(values[finite])))
+    scale = 10.0 ** (SIGNIFICANT_DIGITS - 1 - exponent)
+    return np.where(finite, np.round(values * scale) / scale, values)
+
+
+def duplicate_findings(frame: pd.DataFrame) -> list[Finding]:
+    """Rows repeated exactly, and rows that only become equal after normalisation."""
+    import pandas as pd
+
+    if len(frame) < 2 or not len(frame.columns):
+        return []
+    exact = int(pd.Series(row_hashes(frame)).duplicated().sum())
+    dtypes = frame.dtypes.to_dict()
+    loosened = any(dtypes[c] == object or pd.api.types.is_float_dtype(dtypes[c]) for c in frame.columns)
+    loose = int(pd.Series(row_hashes(frame, normalise=True)).duplicated().sum()) if loosened else exact
+    findings = []
+    if exact:
+        part = share(exact, len(frame))
+        findings.append(Finding("duplicates", "warning" if part >= 0.01 else "info", [], part,
+                                f"{exact} rows ({percent(part)}) repeat an earlier row exactly; a repeated row can "
+                                "land in both the training and the test split and flatter the test score.",
+                                "Set data.clean.duplicates: drop, or remove them from the file.", {"rows": exact}))
+    if loose > exact:
+        extra = loose - exact
+        part = share(extra, len(frame))
+        findings.append(Finding("near_duplicates", "warning" if part >= 0.01 else "info", [], part,
+                                f"{extra} more rows ({percent(part)}) repeat an earlier row once text is stripped and "
+                                f"lowercased and numbers are rounded to {SIGNIFICANT_DIGITS} significant digits.",
+                                "Normalise the text (case, spaces) and the number formats at the source, then drop "
+                                "the duplicates.", {"rows": extra}))
+    return findings
+
+
+def conflict_findings(frame: pd.DataFrame, target: str, task: str) -> list[Finding]:
+    """Rows whose features repeat another row's while their target differs (label noise, or missing features)."""
+    import pandas as pd
+
+    features = frame.drop(columns=[target])
+    labelled = frame[target].notna().to_numpy()
+    if len(frame) < 2 or not len(features.columns) or labelled.sum() < 2:
+        return []
+    keys = pd.Series(row_hashes(features[labelled]))
+    targets = pd.Series(row_hashes(frame[[target]][labelled]))
+    distinct = targets.groupby(keys.to_numpy()).transform("nunique")
+    rows = int((distinct.to_numpy() > 1).sum())
+    if not rows:
+        return []
+    part = share(rows, int(labelled.sum()))
+    severity = "warning" if task == "classification" else "info"
+    return [Finding("conflicting_targets", severity, [target], part,
+                    f"{rows} rows ({percent(part)}) share their feature values with a row whose '{target}' differs: "
+                    "no model can get all of them right.",
+                    "Check those labels for errors, or add the feature that tells them apart.", {"rows": rows})]
+
+
+def target_findings(frame: pd.DataFrame, target: str, task: str) -> list[Finding]:
+    """Missing targets, and for classification the class balance: rare classes and the imbalance ratio."""
+    series = frame[target]
+    missing = int(series.isna().sum())
+    findings = []
+    if missing:
+        part = share(missing, len(frame))
+        findings.append(Finding("target_missing", "error" if missing == len(frame) else "warning", [target], part,
+                                f"The target '{target}' is missing in {missing} of {len(frame)} rows "
+                                f"({percent(part)}); those rows are dropped before training.",
+                                "Label them, or check data.target names the right column.", {"rows": missing}))
+    if task == "classification":
+        findings += _imbalance(series.dropna(), target)
+    return findings
+
+
+def _imbalance(labels: pd.Series, target: str) -> list[Finding]:
+    counts = labels.astype(str).value_counts()
+    if len(counts) < 2:
+        return []
+    ratio = float(counts.iloc[0] / counts.iloc[-1])
+    minority, part = counts.index[-1], share(counts.iloc[-1], len(labels))
+    findings = []
+    if ratio >= 3:
+        findings.append(Finding("imbalance", "warning" if ratio >= 10 else "info", [target], part,
+                                f"Class '{minority[:40]}' of '{target}' has {counts.iloc[-1]} rows ({percent(part)}); "
+                                f"the largest class has {ratio:.1f} times as many.",
+                                "Try data.balance (class_weights: balanced, or method: smote | oversample), and "
+                                "judge the model by F1 or balanced accuracy rather than accuracy.",
+                                {"ratio": round(ratio, 3), "minority_share": round(part, 6),
+                                 "classes": int(len(counts))}))
+    rare = counts[counts < 5]
+    if len(rare):
+        findings.append(Finding("imbalance", "warning", [target], float(len(rare)),
+                                f"{len(rare)} class{'es' * (len(rare) != 1)} of '{target}' "
+                                f"{'have' if len(rare) != 1 else 'has'} fewer than 5 rows: too few to stratify the "
+                                "splits and to learn from.", "Collect more rows of them, merge them into a broader "
+                                "class, or drop them.", {"rare_classes": int(len(rare))}))
+    return findings
