@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -20,12 +20,15 @@ from torch import nn
 
 from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import TrainingConfig
-from modelfoundry.errors import RunDirError, TrainingError
+from modelfoundry.errors import ConfigError, RunDirError, TrainingError
 from modelfoundry.reporting import Reporter, reporter_for
 from modelfoundry.train.callbacks import (Callback, CheckpointPolicy, EarlyStopping, MetricsLog, TensorBoardLogger,
                                           TrainingProgress, save_atomic)
 from modelfoundry.train.runtime import restore_rng_state, rng_state
 from modelfoundry.train.setup import EVAL_BATCH, EvalInputs, build_setup
+
+if TYPE_CHECKING:
+    from modelfoundry.data.augment import Augmenter
 
 CHECKPOINT_FORMAT = 2  # 1 (modelfoundry 0.1) needed weights_only=False to load: it is refused
 PROGRESS_INTERVAL_S = 0.25
@@ -51,7 +54,7 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
         val_metrics: Callable[[np.ndarray], dict[str, float]] | None = None,
         callbacks: list[Callback] | None = None,
         train_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        feature_cache: bool = True) -> FitResult:
+        feature_cache: bool = True, augmenter: Augmenter | None = None) -> FitResult:
     """Train `model` on X/y['train'], validating on X/y['val'] each epoch; X[split] holds the model's named
     inputs in its spec's order (artifacts/inputs.py).
 
@@ -74,6 +77,9 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
     A model with a frozen encoder (`frozen_features()`) has the encoder's outputs computed once, and the epochs
     train the part above it (train/features.py); `feature_cache` keeps those outputs on disk for the next run,
     and `extras["feature_cache"]` says whether they came from there.
+
+    `augmenter` (data/augment.py) changes each training batch after it is drawn, with draws that depend on
+    (seed, epoch, step) only; a mixed batch (mixup, cutmix) takes the mixed loss `Mix.loss`, also with `train_loss`.
     """
     started = time.perf_counter()
     setup = build_setup(model, X, y, cfg, task=task, class_weights=class_weights, seed=seed,
@@ -82,6 +88,13 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
     device, optimizer, schedule, scaler = setup.device, setup.optimizer, setup.schedule, setup.scaler
     loss_fn, autocast, l1_params, generator = setup.loss_fn, setup.autocast, setup.l1_params, setup.generator
     batches, accum, bs, n_used = setup.batches, cfg.accumulate_steps, cfg.batch_size, setup.train.rows_used
+    if augmenter is not None and net is not model:
+        raise ConfigError("data.augment: the model's frozen encoder has its outputs computed once, so changed inputs "
+                          "would never reach it.", "Remove data.augment, or fine-tune the encoder (lora or full).")
+
+    def batch_loss(pred: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return train_loss(pred, targets, rows) if train_loss is not None else loss_fn(pred, targets)
+
     epoch_hook = getattr(model, "on_epoch_start", None)
     epoch_hook = epoch_hook if callable(epoch_hook) else None
     monitor = cfg.early_stopping.monitor if cfg.early_stopping else "val_loss"
@@ -160,10 +173,14 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
                 for step, (idx, xb, yb) in enumerate(setup.train):  # (B,), inputs (B, *shape) each, (B,)
                     if step < done:
                         continue
+                    mix = None
+                    if augmenter is not None:  # the training batches only; the same changes when resumed
+                        xb, mix = augmenter(xb, epoch, step)
                     with autocast():
                         out = net(*xb)  # (B, n_outputs)
                         pred = out.squeeze(-1) if task == "regression" else out
-                        loss = train_loss(pred, yb, idx) if train_loss is not None else loss_fn(pred, yb)
+                        # a mixed batch: lam * loss(out, y) + (1 - lam) * loss(out, y[perm])
+                        loss = batch_loss(pred, yb, idx) if mix is None else mix.loss(batch_loss, pred, yb, idx)
                     if l1_params:
                         loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
                     # each micro-batch weighs its share of the rows in its accumulation group, so the
