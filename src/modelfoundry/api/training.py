@@ -54,7 +54,7 @@ def run(config: Config | str | Path | None = None, *, run_dir: str | Path | None
         data, fit_result, config, run_path = _train(config, run_dir, resume, progress)
         result = RunResult(run_path, data.task, {}, [], fit_result.best_epoch, len(fit_result.history),
                            fit_result.monitor, fit_result.best_value, fit_result.stopped_early, fit_result.interrupted)
-        result.extras.update(_facts(data, fit_result))
+        result.extras.update(_facts(data, fit_result, run_path))
         if not fit_result.interrupted:
             result.metrics, result.headline = _evaluate_test(config, data, fit_result, run_path, progress)
             if config.tracking.enabled:
@@ -325,8 +325,9 @@ def _season(data: PreparedData) -> int | None:
     return data.info["time_series"]["season"] if "time_series" in data.info else None
 
 
-def _facts(data: PreparedData, fit_result: FitResult) -> dict[str, Any]:
-    """What the summary shows besides metrics: the parameters trained, and whether text came from the cache."""
+def _facts(data: PreparedData, fit_result: FitResult, run_path: Path) -> dict[str, Any]:
+    """What the summary shows besides metrics: the parameters trained, whether text came from the cache, the
+    resampled training rows (data.balance) and the tuned decision threshold."""
     params = list(fit_result.model.parameters())
     facts: dict[str, Any] = {"parameters": {"total": sum(p.numel() for p in params),
                                             "trainable": sum(p.numel() for p in params if p.requires_grad)}}
@@ -336,6 +337,12 @@ def _facts(data: PreparedData, fit_result: FitResult) -> dict[str, Any]:
         facts["text_cache"] = data.info["text_cache"]["hit"]
     if "text" in data.info:
         facts["text"] = data.info["text"]
+    if "balance" in data.info:
+        facts["balance"] = data.info["balance"]
+    saved = RunDir(run_path).model_record
+    threshold = ModelRecord.read(saved).threshold if saved.is_file() else None
+    if threshold is not None:
+        facts["threshold"] = threshold
     if "feature_cache" in fit_result.extras:
         facts["feature_cache"] = fit_result.extras["feature_cache"]
     if "memory_estimate_bytes" in fit_result.extras:

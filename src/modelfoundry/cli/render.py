@@ -54,6 +54,15 @@ def print_summary(result: Any) -> None:
         table.add_row("prepared data", f"cache hit (saved {prepared['saved_s']:.1f} s)" if prepared["hit"] else
                       f"prepared in {prepared['prepare_s']:.1f} s" + (", cached for the next run" if prepared["stored"]
                                                                       else ""))
+    balance, threshold = result.extras.get("balance"), result.extras.get("threshold")
+    if balance:  # data.balance: the training split resampled
+        counts = " -> ".join(", ".join(f"{k}: {v}" for k, v in balance[when].items()) for when in ("before", "after"))
+        table.add_row("training rows", f"{balance['method']}: {counts}" + (f" ({balance['synthetic']} synthetic)"
+                                                                           if balance["synthetic"] else ""))
+    if threshold:  # evaluation.threshold: the decision the model predicts with
+        positive = threshold["positive"]
+        table.add_row("decision threshold", f"{positive} when P({positive}) >= {threshold['value']:.4f} (validation "
+                      f"{threshold['metric']} {threshold['validation']:.4f}; {threshold['validation_at_0.5']:.4f} at 0.5)")
     text = []
     if "text_cache" in result.extras:
         text.append("tokens from the cache" if result.extras["text_cache"] else "tokenized (cached for the next run)")

@@ -43,7 +43,8 @@ FLOAT_INPUTS = ("numeric", "image")
 
 
 def resample(X: dict[str, np.ndarray], y: np.ndarray, rows: np.ndarray, cfg: BalanceConfig, seed: int,
-             preprocessor: PortablePreprocessor) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, Any]]:
+             preprocessor: PortablePreprocessor, classes: list[Any] | None = None,
+             ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, Any]]:
     """The training split resampled by `cfg.method` (never called for val/test).
 
     Args:
@@ -54,6 +55,8 @@ def resample(X: dict[str, np.ndarray], y: np.ndarray, rows: np.ndarray, cfg: Bal
         seed: seeds imbalanced-learn's sampler (the same seed gives the same rows).
         preprocessor: the fitted portable preprocessing; smotenc reads the one-hot groups of categorical columns
             from its description.
+        classes: the target's labels in class-index order, to name the classes in what data.json records (their
+            indices when None).
 
     Returns:
         The resampled inputs, class indices and row numbers (-1 for a synthetic row; a repeated row keeps its
@@ -62,14 +65,15 @@ def resample(X: dict[str, np.ndarray], y: np.ndarray, rows: np.ndarray, cfg: Bal
     """
     if cfg.method in ("none", "gan"):
         return X, y, rows, {}
-    counts = np.bincount(y)
+    counts = np.bincount(y, minlength=len(classes) if classes is not None else 0)
+    names = [str(c) for c in classes] if classes is not None else [str(c) for c in range(len(counts))]
     targets = _class_targets(counts, cfg)
     if all(targets.get(c, n) == n for c, n in enumerate(counts)):  # the ratio asks for no change
-        return X, y, rows, _info(cfg, counts, counts, 0)
+        return X, y, rows, _info(cfg, names, counts, counts, 0)
     if cfg.method in INDEX_METHODS:
         kept = _sample_indices(cfg.method, y, targets, seed)
         X, y, rows = take(X, kept), y[kept], rows[kept]
-        return X, y, rows, _info(cfg, counts, np.bincount(y, minlength=len(counts)), 0)
+        return X, y, rows, _info(cfg, names, counts, np.bincount(y, minlength=len(counts)), 0)
     name = _float_input(X, cfg.method)
     targets = {c: n for c, n in targets.items() if n > counts[c]}  # the classes that grow
     _check_neighbours(counts, targets, cfg)
@@ -82,8 +86,8 @@ def resample(X: dict[str, np.ndarray], y: np.ndarray, rows: np.ndarray, cfg: Bal
     added = len(new_y) - len(y)
     X = {name: new_flat.reshape(-1, *values.shape[1:]).astype(values.dtype, copy=False)}
     rows = np.concatenate([rows, np.full(added, -1, dtype=rows.dtype)])  # imblearn appends the new rows
-    return X, new_y.astype(y.dtype, copy=False), rows, _info(cfg, counts, np.bincount(new_y, minlength=len(counts)),
-                                                             added)
+    after = np.bincount(new_y, minlength=len(counts))
+    return X, new_y.astype(y.dtype, copy=False), rows, _info(cfg, names, counts, after, added)
 
 
 def _class_targets(counts: np.ndarray, cfg: BalanceConfig) -> dict[int, int]:
@@ -217,10 +221,10 @@ def _decode_groups(compact: np.ndarray, groups: list[tuple[int, int]], width_all
     return out
 
 
-def _info(cfg: BalanceConfig, before: np.ndarray, after: np.ndarray, synthetic: int) -> dict[str, Any]:
-    """data.json's `balance`: class counts keyed by class index (the order of the target's classes)."""
-    return {"method": cfg.method, "ratio": cfg.ratio, "k_neighbors": cfg.k_neighbors if cfg.method in
-            SYNTHETIC_METHODS else None, "before": {str(c): int(n) for c, n in enumerate(before)},
-            "after": {str(c): int(n) for c, n in enumerate(after)}, "rows": {"before": int(before.sum()),
-                                                                               "after": int(after.sum())},
-            "synthetic": int(synthetic)}
+def _info(cfg: BalanceConfig, names: list[str], before: np.ndarray, after: np.ndarray,
+          synthetic: int) -> dict[str, Any]:
+    """data.json's `balance`: the training rows per class (in class-index order) before and after."""
+    return {"method": cfg.method, "ratio": cfg.ratio,
+            "k_neighbors": cfg.k_neighbors if cfg.method in SYNTHETIC_METHODS else None,
+            "before": dict(zip(names, before.tolist())), "after": dict(zip(names, after.tolist())),
+            "rows": {"before": int(before.sum()), "after": int(after.sum())}, "synthetic": int(synthetic)}
