@@ -54,6 +54,8 @@ def ensemble_graph(graphs: list[Path], combination: Combination, out: Path, n_ou
         functions += list(prefixed.functions)
         outputs.append(prefixed.graph.output[0].name)
     top, top_inits, output = _combination_nodes(combination, outputs, scales, n_outputs)
+    for i, node in enumerate(top):
+        node.name = f"ens_{i}_{node.op_type}"
     graph = helper.make_graph(nodes + top, "ensemble", inputs, [output], initializers + top_inits)
     model = helper.make_model(graph, opset_imports=_opsets(members), functions=functions,
                               producer_name="modelfoundry-ensemble")
