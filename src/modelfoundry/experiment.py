@@ -41,7 +41,12 @@ def prepare(config: Config) -> PreparedData:
         from modelfoundry.models.llm_base import load_tokenizer
 
         return prepare_lm(config.data, split_seed(config.data, config.seed), load_tokenizer(config.model.base))
-    return prepare_data(config.data, config.seed, tokenizer=model_tokenizer(config.model))
+    data = prepare_data(config.data, config.seed, tokenizer=model_tokenizer(config.model))
+    if config.data.balance.method == "gan" and data.task == "classification":  # rows of a conditional GAN
+        from modelfoundry.train.gan_balance import add_gan_rows
+
+        add_gan_rows(data, config.data.balance.ratio, config.seed, config.training.device)
+    return data
 
 
 def fit_config(config: Config, data: PreparedData, *, run_dir: Path | None = None, resume: bool = False,
@@ -68,6 +73,8 @@ def fit_config(config: Config, data: PreparedData, *, run_dir: Path | None = Non
 
         load_weights(model, initial_state)
     augmenter = build_augmenter(config, data, model)
+    if data.task == "generative":  # a GAN: its own loop (train/gan_loop.py)
+        return _fit_gan(config, data, model, run_dir, resume, progress, callbacks)
     target_std = data.target_encoder.std_ if data.task == "regression" else 1.0
     stopping = config.training.early_stopping
     names = {stopping.monitor if stopping else "val_loss", *metrics}
@@ -87,6 +94,27 @@ def build_augmenter(config: Config, data: PreparedData, model: Any) -> Any:
     frozen = getattr(model, "frozen_features", None)
     return build(config.data.augment, data.task, data.input_spec, data.preprocessor.desc, data.X["train"],
                  config.seed, frozen_encoder=callable(frozen) and frozen() is not None)
+
+
+def _fit_gan(config: Config, data: PreparedData, model: Any, run_dir: Path | None, resume: bool,
+             progress: Reporter | bool | None, callbacks: Sequence[Callback]) -> FitResult:
+    """Train a GAN (two Adam optimizers of its own: training.optimizer and training.scheduler do not apply),
+    scored each epoch by the Frechet distance of generated rows to the validation rows."""
+    from modelfoundry.errors import ConfigError
+    from modelfoundry.evaluate.generative import epoch_quality
+    from modelfoundry.train.gan_loop import fit_gan
+
+    foreign = sorted({"optimizer", "scheduler"} & config.training.model_fields_set)
+    if foreign:
+        raise ConfigError(f"A GAN trains with two Adam optimizers of its own, so training.{foreign[0]} does not "
+                          "apply.", f"Remove training.{foreign[0]}; set the learning rates with model.g_lr and "
+                          "model.d_lr.")
+    gan = config.model
+    val = next(iter(data.X["val"].values()))
+    return fit_gan(model, data.X, data.y, config.training, g_lr=gan.g_lr, d_lr=gan.d_lr,
+                   label_smoothing=gan.label_smoothing, n_critic=gan.n_critic, seed=config.seed, run_dir=run_dir,
+                   resume=resume, progress=progress, quality=epoch_quality(val) if len(val) > 1 else None,
+                   callbacks=list(callbacks))
 
 
 def val_metric_fn(names: Iterable[str], data: PreparedData) -> Callable[[np.ndarray], dict[str, float]] | None:

@@ -164,6 +164,8 @@ def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bo
             spec["target"] = data.target_encoder.column_ if data.target_encoder.labelled else None
         if data.task == "generative":  # a GAN's class column, or none (unlabelled rows, one stand-in class)
             spec["target"] = data.info["generative"]["column"]
+        if data.task == "generative":  # a GAN's class column, or none (unlabelled rows, one stand-in class)
+            spec["target"] = data.info["generative"]["column"]
         if data.task == "classification" and config.evaluation.threshold.metric != "none":
             spec["threshold"] = _tune_threshold(config, data, fit_result.model)
         save_model(run_path, fit_result.model.cpu(), spec, data.preprocessor, data.target_encoder)
@@ -249,6 +251,10 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult, ru
         return evaluate_trained(config, data, fit_result, run_path, progress)
     if data.task == "anomaly":
         return _evaluate_anomaly(config, data, fit_result, run_path)
+    if data.task == "generative":  # C2ST, TSTR and FD of generated rows, beside Gaussian noise
+        from modelfoundry.api.sampling import evaluate_trained_gan
+
+        return evaluate_trained_gan(config, data, fit_result, run_path)
     if data.task == "generative":  # C2ST, TSTR and FD of generated rows, beside Gaussian noise
         from modelfoundry.api.sampling import evaluate_trained_gan
 

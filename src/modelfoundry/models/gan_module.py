@@ -146,10 +146,11 @@ class GAN(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """`n` generated rows (n, *shape), in eval mode (BatchNorm's running statistics); `labels` (n,) class
         indices for a conditional GAN (None: drawn uniformly)."""
-        device = next(self.parameters()).device
+        device = next(self.parameters()).device  # drawn on the CPU (where `generator` is), then moved
         if self.conditional and labels is None:
-            labels = torch.randint(self.n_classes, (n,), generator=generator, device=device)
-        z = torch.randn(n, self.latent_dim, generator=generator, device=device)
+            labels = torch.randint(self.n_classes, (n,), generator=generator)
+        z = torch.randn(n, self.latent_dim, generator=generator).to(device)
+        labels = labels.to(device) if labels is not None else None
         was_training = self.training
         self.eval()
         try:
