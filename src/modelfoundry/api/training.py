@@ -99,6 +99,10 @@ def _train(config: Any, run_dir: Any, resume: Any,
     estimate = _preflight(config, progress) if config.data.task == "causal_lm" else None
     data = prepare(config)
     check_task(config, data.task)
+    if resume is None:  # the quick data checks' warnings, before training (never fails the run)
+        from modelfoundry.api.data_check import warn_before_training
+
+        warn_before_training(config, data, progress)
     if data.task == "classification" and config.evaluation.threshold.metric != "none":  # before training for it
         from modelfoundry.evaluate.threshold import positive_index
 
@@ -162,8 +166,6 @@ def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bo
                 "config_hash": config_hash(config)}
         if data.task == "anomaly":  # the label column, or none: unlabelled data trained the detector
             spec["target"] = data.target_encoder.column_ if data.target_encoder.labelled else None
-        if data.task == "generative":  # a GAN's class column, or none (unlabelled rows, one stand-in class)
-            spec["target"] = data.info["generative"]["column"]
         if data.task == "generative":  # a GAN's class column, or none (unlabelled rows, one stand-in class)
             spec["target"] = data.info["generative"]["column"]
         if data.task == "classification" and config.evaluation.threshold.metric != "none":
@@ -251,10 +253,6 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult, ru
         return evaluate_trained(config, data, fit_result, run_path, progress)
     if data.task == "anomaly":
         return _evaluate_anomaly(config, data, fit_result, run_path)
-    if data.task == "generative":  # C2ST, TSTR and FD of generated rows, beside Gaussian noise
-        from modelfoundry.api.sampling import evaluate_trained_gan
-
-        return evaluate_trained_gan(config, data, fit_result, run_path)
     if data.task == "generative":  # C2ST, TSTR and FD of generated rows, beside Gaussian noise
         from modelfoundry.api.sampling import evaluate_trained_gan
 

@@ -94,3 +94,14 @@ def percent(value: float) -> str:
     if 0 < value < 0.001:
         return "<0.1%"
     return f"{100 * value:.1f}%"
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 error', '3 errors'."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def summary(findings: Sequence[Finding]) -> str:
+    """'1 error, 2 warnings, 0 notes'."""
+    return ", ".join(counted(sum(f.severity == s for f in findings), noun)
+                     for s, noun in (("error", "error"), ("warning", "warning"), ("info", "note")))

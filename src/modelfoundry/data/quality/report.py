@@ -8,7 +8,7 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelfoundry.data.quality.findings import percent
+from modelfoundry.data.quality.findings import percent, summary
 from modelfoundry.data.quality.plots import MAX_PLOTS, plot_columns
 from modelfoundry.errors import ConfigError
 from modelfoundry.storage import write_json, write_text
@@ -67,13 +67,11 @@ def value_text(kind: str, value: float) -> str:
 
 
 def _blocks(result: CheckResult, plots: dict[str, str], n_columns: int) -> list[tuple]:
-    counts = {s: sum(f.severity == s for f in result.findings) for s in ("error", "warning", "info")}
     about = (f"{result.rows} rows, {result.columns} columns" + (f", target '{result.target}' ({result.task})"
                                                                if result.target else ", no target given")
              + (f"; compared with {result.compare}" if result.compare else ""))
     blocks: list[tuple] = [("h1", f"Data check: {result.source}"), ("p", about),
-                           ("p", f"**{counts['error']} errors, {counts['warning']} warnings, {counts['info']} "
-                                 "notes.**")]
+                           ("p", f"**{summary(result.findings)}.**")]
     if result.findings:
         blocks += [("h2", "Findings"), ("table", ["severity", "kind", "columns", "value", "finding", "fix"],
                                         [[f.severity, f.kind, cell_columns(f.columns), value_text(f.kind, f.value),
