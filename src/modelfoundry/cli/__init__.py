@@ -12,7 +12,7 @@ import sys
 import typer
 
 from modelfoundry.cli import (data, deployment, ensemble, estimate, generation, monitoring, registry, retraining, runs,
-                              search, text)
+                              sampling, search, text)
 
 app = typer.Typer(name="foundry", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None,  # plain help: rendering it with rich costs ~0.1 s per call
@@ -24,6 +24,7 @@ for command in (runs.validate, runs.run, runs.train, estimate.estimate, runs.eva
 app.command("export")(deployment.export_model)
 for command in (deployment.serve, generation.generate, text.zeroshot, runs.migrate, runs.datasets):
     app.command()(command)
+app.command("sample")(sampling.sample)  # a GAN's rows or images
 app.add_typer(data.data_app, name="data")
 app.add_typer(deployment.keys_app, name="keys")
 app.add_typer(registry.registry_app, name="registry")
