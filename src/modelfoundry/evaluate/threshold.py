@@ -15,7 +15,7 @@ import numpy as np
 from modelfoundry.errors import ConfigError
 
 if TYPE_CHECKING:
-    from modelfoundry.config import ThresholdConfig
+    from modelfoundry.config.evaluation import ThresholdConfig
 
 # the test metrics the report shows at 0.5 and at the threshold (the threshold-free ones, roc_auc and log_loss,
 # do not change)
@@ -87,8 +87,9 @@ def _metric_value(metric: str, tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg
         denom = 2 * tp + fp + (n_pos - tp)
         return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
     recall = tp / n_pos if n_pos else np.zeros_like(tp)
-    if metric == "balanced_accuracy":
-        return (recall + ((n_neg - fp) / n_neg if n_neg else np.zeros_like(fp))) / 2
+    if metric == "balanced_accuracy":  # the mean recall of the classes present (scikit-learn's definition)
+        recalls = [r for r, n in ((recall, n_pos), ((n_neg - fp) / max(n_neg, 1), n_neg)) if n]
+        return sum(recalls) / len(recalls) if recalls else np.zeros_like(tp)
     if metric == "recall_at_precision":
         return recall
     return np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
