@@ -25,7 +25,7 @@ _SECTIONS = {
     "modelfoundry.config.evaluation": ("CLASSIFICATION_METRICS", "REGRESSION_METRICS", "LOWER_IS_BETTER",
                                        "FAST_MONITORS", "MONITORS", "monitor_mode", "EvaluationConfig"),
     "modelfoundry.config.training": ("OptimizerConfig", "SchedulerConfig", "EarlyStoppingConfig",
-                                     "CheckpointConfig", "TrainingConfig"),
+                                     "CheckpointConfig", "AverageConfig", "TrainingConfig"),
     "modelfoundry.config.tracking": ("OutputConfig", "TrackingConfig"),
     "modelfoundry.config.serve": ("ServeConfig",),
     "modelfoundry.config.monitor": ("WindowConfig", "DriftConfig", "OODConfig", "RequestLogConfig", "RetrainConfig",

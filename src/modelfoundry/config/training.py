@@ -79,6 +79,16 @@ class CheckpointConfig(Section):
     every_steps: int | None = Field(None, ge=1)
 
 
+class AverageConfig(Section):
+    """Weight averaging within a run: the averaged weights are what is evaluated and saved."""
+
+    method: Literal["none", "swa", "ema"] = "none"
+    # averaging begins at epoch ceil(start x epochs) (at least 1): swa averages the weights at the end of that
+    # epoch and every later one; ema updates its average after every optimizer step from that epoch on
+    start: float = Field(0.75, ge=0, le=1)
+    ema_decay: float = Field(0.999, gt=0, lt=1)  # ema: average = decay x average + (1 - decay) x weights
+
+
 class TrainingConfig(Section):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -94,6 +104,7 @@ class TrainingConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
     restore_best: bool = True  # evaluate with the weights of the best val epoch
+    average: AverageConfig = AverageConfig()  # swa / ema: the averaged weights replace the best epoch's
     checkpoint: CheckpointConfig = CheckpointConfig()
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = True

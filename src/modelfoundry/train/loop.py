@@ -22,6 +22,7 @@ from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import TrainingConfig
 from modelfoundry.errors import ConfigError, RunDirError, TrainingError
 from modelfoundry.reporting import Reporter, reporter_for
+from modelfoundry.train.averaging import build_average, training_pass
 from modelfoundry.train.callbacks import (Callback, CheckpointPolicy, EarlyStopping, MetricsLog, TensorBoardLogger,
                                           TrainingProgress, save_atomic)
 from modelfoundry.train.runtime import restore_rng_state, rng_state
@@ -102,6 +103,7 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
                             cfg.early_stopping.min_delta if cfg.early_stopping else 0.0)
     history: list[dict[str, Any]] = []
     best = BestWeights(model)
+    average = build_average(trained_state(model), cfg.average, cfg.epochs)  # training.average: swa / ema, or None
     start_epoch = 0
     finished = False
     partial: tuple[int, torch.Tensor, list[torch.Tensor]] | None = None  # (steps done, generator, losses) of an epoch
@@ -117,6 +119,8 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
         restore_rng_state(state["rng"], generator)
         history, start_epoch = state["history"], state["epoch"]
         best.load(state["best_model"])
+        if average is not None:
+            average.load_state_dict(state.get("average"))
         finished = checkpoint_finished(state, cfg)  # trained to its end or stopped early: train no further
         if state.get("step"):  # saved within epoch start_epoch + 1: redraw its batches, skip the ones done
             partial = (state["step"], state["epoch_generator"], [torch.tensor(v) for v in state["epoch_losses"]])
@@ -149,7 +153,8 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
                      "model": trained_state(model), "optimizer": optimizer.state_dict(),
                      "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                      "early_stopping": stopper.state_dict(), "rng": rng_state(generator), "history": plain(history),
-                     "best_model": best.state, **extra}, layout.last_checkpoint)
+                     "best_model": best.state, "average": average.state_dict() if average else None, **extra},
+                    layout.last_checkpoint)
         if best.state is not None and best_saved != best.version:  # best.pt only when it changed
             save_atomic(best.state, layout.best_checkpoint)
             best_saved = best.version
@@ -190,6 +195,8 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
                     losses.append(loss.detach())
                     if (step + 1) % accum == 0 or step + 1 == batches:
                         _optimizer_step(model, optimizer, scaler, cfg)
+                        if average is not None:
+                            average.step_end(epoch)
                         if schedule.active:
                             schedule.batch_end()
                         # long epochs (a language model) also save within them, and stop there on Ctrl-C
@@ -221,6 +228,8 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
                 if stopper.update(record[monitor], epoch):
                     best.capture()
                 history.append(record)
+                if average is not None:
+                    average.epoch_end(epoch)
                 for callback in callbacks:
                     callback.on_epoch_end(record)
                 final = epoch == cfg.epochs or stopper.should_stop or interrupt.requested
@@ -236,7 +245,11 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
 
     if net is not model:  # validation left only the part above the frozen encoder in eval mode
         model.eval()
-    if cfg.restore_best and best.state is not None:
+    if average is not None and average.ready:  # the averaged weights replace the best epoch's
+        average.apply(net, training_pass(setup.train, generator, autocast))
+        result.extras["average"] = {"method": average.method, "from_epoch": average.first_epoch,
+                                    "averaged": average.count}
+    elif cfg.restore_best and best.state is not None:
         load_weights(model, best.state)
     result.best_epoch, result.best_value = stopper.best_epoch, stopper.best
     result.wall_s = time.perf_counter() - started
