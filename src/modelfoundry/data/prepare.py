@@ -13,6 +13,7 @@ from modelfoundry.artifacts.inputs import Inputs, InputSpec
 from modelfoundry.config import DataConfig
 from modelfoundry.data import cache
 from modelfoundry.data.balance import class_weights, resample
+from modelfoundry.data.chunked import plan_workers, transform_parts
 from modelfoundry.data.clean import FeatureSpec, clean_rows, infer_task, plan_features
 from modelfoundry.data.fingerprint import fingerprint
 from modelfoundry.data.portable import (
@@ -230,8 +231,10 @@ def fit_transform(clean: CleanData, parts: dict[str, pd.DataFrame], cfg: DataCon
     pre = PortablePreprocessor(describe_preprocessor(fitted), fitted)
     _check_description(fitted, pre, parts["train"], text=cached is None)  # a cached tokenizer was checked
     target = target if target is not None else TargetEncoder(clean.task).fit(parts["train"][cfg.target])
-    X = {name: pre.transform(part, f"the {name} split of {cfg.source}", text=cached is None)
-         for name, part in parts.items()}
+    workers = plan_workers(sum(len(part) for part in parts.values()), cfg.chunk_rows, cfg.workers,
+                           text="text" in pre.desc and cached is None)
+    X = transform_parts(pre.desc, parts, {name: f"the {name} split of {cfg.source}" for name in parts},
+                        cached is None, workers, cfg.chunk_rows)
     if cached is not None:
         share_text_encoder(pre.desc, fitted.text_)  # both read the cached description: one tokenizer
         for name in X:

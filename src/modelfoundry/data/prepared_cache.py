@@ -130,7 +130,7 @@ def save(key: str, arrays: dict[str, Any], meta: dict[str, Any],
         if total > max_bytes():
             return False
         record = {**meta, "format": FORMAT, "key": key, "files": files, "bytes": total, "frames": stored,
-                  "splits": sorted(arrays["y"]), "inputs": {s: list(x) for s, x in arrays["X"].items()}}  # in the inputs' order
+                  "splits": list(arrays["y"]), "inputs": {s: list(x) for s, x in arrays["X"].items()}}  # in the inputs' order
         (tmp / "meta.json").write_text(json.dumps(record, default=str))
         _evict(directory, max_bytes() - total)
         try:

@@ -1,0 +1,90 @@
+"""Fitted preprocessing applied to a large table in chunks of rows by a pool of worker processes.
+
+Fitting stays in the calling process, on the training split; the workers apply the fitted preprocessing's portable
+description (JSON, data/portable.py) to chunks of `data.chunk_rows` rows, which gives exactly what one process
+gives: every row is transformed alone (scaling, encoding, tokenizing to a fixed length), and the chunks are put
+back together in order. Workers are forked where the platform allows (they start in milliseconds and inherit
+the rows, so nothing but the chunk bounds and the arrays made travel between processes), else spawned.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelfoundry.artifacts.inputs import Inputs
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MAX_AUTO_WORKERS = 8
+_SHARED: dict[str, Any] = {}  # what forked workers inherit: the description and the frames
+
+
+def plan_workers(rows: int, chunk_rows: int, workers: int | str, text: bool = False) -> int:
+    """Worker processes for `rows` rows: `workers` when a number (1: none); for auto one per core when the rows
+    make at least two chunks and there are at least two cores, else 1 - and 1 for text columns, whose tokenizer
+    (the tokenizers library) already encodes a batch on every core (measured: workers made it slower)."""
+    if workers != "auto":
+        return max(1, int(workers))
+    if text:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    chunks = -(-rows // chunk_rows)
+    return min(cores, chunks, MAX_AUTO_WORKERS) if chunks >= 2 and cores >= 2 else 1
+
+
+def transform_parts(desc: dict[str, Any], parts: dict[str, pd.DataFrame], origins: dict[str, str], text: bool,
+                    workers: int, chunk_rows: int) -> dict[str, Inputs]:
+    """Each part through the portable preprocessing `desc` (`text=False` leaves text inputs out), in chunks of
+    `chunk_rows` rows shared by `workers` processes; one process (the caller's) when `workers` is 1."""
+    from modelfoundry.data.portable import apply_portable
+
+    if workers <= 1:
+        return {name: apply_portable(desc, part, origins[name], text) for name, part in parts.items()}
+    tasks = [(name, start, min(start + chunk_rows, len(part))) for name, part in parts.items()
+             for start in range(0, max(len(part), 1), chunk_rows)]
+    forked = "fork" in multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if forked else "spawn")
+    text_json = json.dumps(desc)
+    _SHARED.update(desc=desc, parts=parts, origins=origins, text=text)
+    try:
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as pool:
+            if forked:
+                done = list(pool.map(_forked_chunk, tasks))
+            else:
+                done = list(pool.map(_shipped_chunk, [(text_json, parts[n].iloc[a:b], origins[n], text)
+                                                      for n, a, b in tasks]))
+    finally:
+        _SHARED.clear()
+    return _joined(parts, tasks, done)
+
+
+def _forked_chunk(task: tuple[str, int, int]) -> Inputs:
+    from modelfoundry.data.portable import apply_portable
+
+    name, start, stop = task
+    return apply_portable(_SHARED["desc"], _SHARED["parts"][name].iloc[start:stop], _SHARED["origins"][name],
+                          _SHARED["text"])
+
+
+def _shipped_chunk(task: tuple[str, pd.DataFrame, str, bool]) -> Inputs:
+    from modelfoundry.data.portable import apply_portable
+
+    desc_json, chunk, origin, text = task
+    return apply_portable(json.loads(desc_json), chunk, origin, text)
+
+
+def _joined(parts: dict[str, pd.DataFrame], tasks: list[tuple[str, int, int]], done: list[Inputs]) -> dict[str, Inputs]:
+    """The chunks' inputs put back together, part by part, in row order."""
+    out: dict[str, Inputs] = {}
+    for name in parts:
+        chunks = [inputs for (part, _, _), inputs in zip(tasks, done) if part == name]
+        out[name] = {key: np.concatenate([c[key] for c in chunks]) if len(chunks) > 1 else chunks[0][key]
+                     for key in chunks[0]}
+    return out
