@@ -36,10 +36,19 @@ def separability(base: pd.DataFrame, other: pd.DataFrame, columns: list[str], ki
     both = pd.concat([a[used], b[used]], ignore_index=True)
     features = np.column_stack([numeric_values(both[c]).to_numpy(dtype=float) if kinds[c] == "numeric" else
                                 _codes(both[c]) for c in used])
+    features[~np.isfinite(features)] = np.nan
+    features = np.clip(features, -1e37, 1e37)  # the classifier reads float32
+    known = np.array([len(np.unique(col[~np.isnan(col)])) > 1 for col in features.T], dtype=bool)
+    used, features = [c for c, k in zip(used, known) if k], features[:, known]
+    if not used:
+        return None
     labels = np.r_[np.zeros(len(a)), np.ones(len(b))]
     model = HistGradientBoostingClassifier(max_iter=60, max_depth=4, learning_rate=0.1, random_state=seed)
     folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
-    scores = cross_val_predict(model, features, labels, cv=folds, method="predict_proba")[:, 1]
+    try:
+        scores = cross_val_predict(model, features, labels, cv=folds, method="predict_proba")[:, 1]
+    except ValueError:  # a fold whose column has no known value: too little to compare
+        return None
     auc = float(roc_auc_score(labels, scores))
     return auc, _leaning(features, labels, used, seed)
 
@@ -56,13 +65,14 @@ def _leaning(features: np.ndarray, labels: np.ndarray, used: list[str], seed: in
     from sklearn.metrics import roc_auc_score
     from sklearn.tree import DecisionTreeClassifier
 
-    rng = np.random.default_rng(seed)
-    half = rng.random(len(labels)) < 0.5
+    half = np.random.default_rng(seed).random(len(labels)) < 0.5
+    if len(set(labels[half])) < 2 or len(set(labels[~half])) < 2:
+        return []
     ranked = []
     for j, column in enumerate(used[:200]):
-        x = np.nan_to_num(features[:, j:j + 1], nan=-1e300)
+        x = features[:, j:j + 1]  # missing values: the tree sends them down the better side
         tree = DecisionTreeClassifier(max_depth=3, random_state=seed).fit(x[half], labels[half])
-        auc = roc_auc_score(labels[~half], tree.predict_proba(x[~half])[:, 1]) if len(set(labels[~half])) > 1 else 0.5
+        auc = roc_auc_score(labels[~half], tree.predict_proba(x[~half])[:, 1])
         ranked.append((column, float(max(auc, 1 - auc))))
     return sorted(ranked, key=lambda item: -item[1])[:5]
 

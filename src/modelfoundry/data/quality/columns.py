@@ -24,10 +24,17 @@ TEXT_MIN_WORDS, TEXT_MIN_DISTINCT = 4, 20  # free text: several words per value,
 SAMPLE = 2000  # values looked at to decide a text column's kind
 
 
+def holds_text(dtype: object) -> bool:
+    """Whether a column of this dtype can hold strings: object, or pandas' string dtype (pandas 3's default)."""
+    import pandas as pd
+
+    return dtype == object or isinstance(dtype, pd.StringDtype)
+
+
 def present(series: pd.Series) -> pd.Series:
     """The values that are there: not missing, and not empty or blank strings."""
     values = series.dropna()
-    if values.dtype == object:
+    if holds_text(values.dtype):
         values = values[~values.map(lambda v: isinstance(v, str) and not v.strip())]
     return values
 
@@ -79,7 +86,7 @@ def missing_counts(frame: pd.DataFrame, columns: list[str]) -> dict[str, int]:
     counts = frame[columns].isna().sum()
     dtypes = frame.dtypes.to_dict()
     for column in columns:
-        if dtypes[column] == object:
+        if holds_text(dtypes[column]):
             counts[column] = len(frame) - len(present(frame[column]))
     return {c: int(counts[c]) for c in columns}
 

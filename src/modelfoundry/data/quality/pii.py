@@ -100,12 +100,14 @@ def pii_findings(frame: pd.DataFrame, columns: list[str], seed: int = 0) -> list
     matching each pattern; a column where at least 30% match is an error, from 1% a warning."""
     import pandas as pd
 
+    from modelfoundry.data.quality.columns import holds_text
+
     findings = []
     dtypes = frame.dtypes.to_dict()
     integers = [c for c in columns if pd.api.types.is_integer_dtype(dtypes[c])]
     longest = frame[integers].abs().max().to_dict() if integers else {}
     for column in columns:
-        if not (dtypes[column] == object or longest.get(column, 0) >= 10 ** 8):  # shorter: no phone or card
+        if not (holds_text(dtypes[column]) or longest.get(column, 0) >= 10 ** 8):  # shorter: no phone or card
             continue
         values = _sample_text(frame[column], seed)
         if values is None:
@@ -127,10 +129,12 @@ def pii_findings(frame: pd.DataFrame, columns: list[str], seed: int = 0) -> list
 def _sample_text(series: pd.Series, seed: int) -> list[str] | None:
     import pandas as pd
 
+    from modelfoundry.data.quality.columns import holds_text
+
     values = series.dropna()
     if pd.api.types.is_integer_dtype(values):
         values = values.astype(str)
-    elif values.dtype != object:
+    elif not holds_text(values.dtype):
         return None
     values = values[values.map(lambda v: isinstance(v, str) and bool(v.strip()))]
     if values.empty:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from modelfoundry.data.quality.columns import holds_text
 from modelfoundry.data.quality.findings import Finding, percent, share
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def row_hashes(frame: pd.DataFrame, normalise: bool = False) -> np.ndarray:
         if name in numeric:
             continue
         series = frame[name]
-        if series.dtype == object or isinstance(series.dtype, pd.StringDtype):
+        if holds_text(series.dtype):
             series = series.map(lambda v: v if v is None or isinstance(v, (str, int, float)) else repr(v))
             if normalise:
                 series = series.map(lambda v: " ".join(v.split()).lower() if isinstance(v, str) else v)
@@ -69,7 +70,7 @@ def duplicate_findings(frame: pd.DataFrame) -> list[Finding]:
         return []
     exact = int(pd.Series(row_hashes(frame)).duplicated().sum())
     dtypes = frame.dtypes.to_dict()
-    loosened = any(dtypes[c] == object or pd.api.types.is_float_dtype(dtypes[c]) for c in frame.columns)
+    loosened = any(holds_text(dtypes[c]) or pd.api.types.is_float_dtype(dtypes[c]) for c in frame.columns)
     loose = int(pd.Series(row_hashes(frame, normalise=True)).duplicated().sum()) if loosened else exact
     findings = []
     if exact:
