@@ -19,7 +19,7 @@ from modelfoundry.errors import ConfigError
 if TYPE_CHECKING:
     from modelfoundry.data.prepare import PreparedData
 
-STEPS = 1500  # generator steps the balancing GAN trains for (about)
+STEPS = 1000  # generator steps the balancing GAN trains for (about)
 MAX_EPOCHS = 300
 BATCH = 64
 LR = 5e-4
@@ -45,7 +45,7 @@ def add_gan_rows(data: PreparedData, ratio: float | str, seed: int, device: str 
         started = time.perf_counter()
         torch.manual_seed(seed)
         image = name == "image"
-        gan = GAN(x.shape[1:], len(counts), 32, [64, 32] if image else [128, 128], [32, 64] if image else [128, 128],
+        gan = GAN(x.shape[1:], len(counts), 32, [64, 32] if image else [64, 64], [32, 64] if image else [64, 64],
                   image=image)
         batches = max(1, len(x) // BATCH)
         epochs = max(1, min(MAX_EPOCHS, math.ceil(STEPS / batches)))

@@ -171,7 +171,7 @@ def fit_gan(model: Any, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.nda
 def _validation_samples(model: Any, y_val: np.ndarray, seed: int) -> np.ndarray:
     """As many generated rows as the validation split has (with its classes), from a generator of their own
     (the training RNG is left as it is), flattened: (N, features)."""
-    labels = torch.from_numpy(np.asarray(y_val, dtype=np.int64)) if model.conditional else None
+    labels = torch.from_numpy(np.array(y_val, dtype=np.int64)) if model.conditional else None
     rows = model.sample(len(y_val), labels, generator=torch.Generator().manual_seed(seed))
     return rows.reshape(len(y_val), -1).cpu().numpy().astype(np.float64)
 
