@@ -270,8 +270,12 @@ def _train_warm(config: Config, saved: SavedModel, rows: pd.DataFrame, out: Path
     fit_result = fit_config(config, data, run_dir=out, progress=progress, initial_state=trained_state(saved.model))
     _finished(fit_result.interrupted, out)
     spec = {**saved.spec, "name": config.name, "best_epoch": fit_result.best_epoch, "config_hash": config_hash(config)}
+    from modelfoundry.api.training import save_reference_profile, tuned_threshold
+
+    if data.task == "classification":  # the decision threshold, tuned again for the new weights
+        tuned = config.evaluation.threshold.metric != "none"
+        spec["threshold"] = tuned_threshold(config, data, fit_result.model) if tuned else None
     save_model(out, fit_result.model.cpu(), spec, data.preprocessor, data.target_encoder)
-    from modelfoundry.api.training import save_reference_profile
 
     save_reference_profile(config, data, fit_result.model, out)  # the monitor's reference: the new training rows
 

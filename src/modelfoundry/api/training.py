@@ -169,7 +169,7 @@ def _fit_and_save(config: Config, data: PreparedData, run_path: Path, resume: bo
         if data.task == "generative":  # a GAN's class column, or none (unlabelled rows, one stand-in class)
             spec["target"] = data.info["generative"]["column"]
         if data.task == "classification" and config.evaluation.threshold.metric != "none":
-            spec["threshold"] = _tune_threshold(config, data, fit_result.model)
+            spec["threshold"] = tuned_threshold(config, data, fit_result.model)
         save_model(run_path, fit_result.model.cpu(), spec, data.preprocessor, data.target_encoder)
     if not fit_result.interrupted and data.task in ("classification", "regression", "anomaly"):
         save_reference_profile(config, data, fit_result.model, run_path)
@@ -217,7 +217,7 @@ def save_reference_profile(config: Config, data: PreparedData, model: Any, run_p
     save_reference(run_path, reference)
 
 
-def _tune_threshold(config: Config, data: PreparedData, model: Any) -> dict[str, Any]:
+def tuned_threshold(config: Config, data: PreparedData, model: Any) -> dict[str, Any]:
     """model.json's `threshold`: the decision threshold tuned on the validation split (evaluation.threshold)."""
     from modelfoundry.evaluate.threshold import threshold_record
     from modelfoundry.models.inference import predict_outputs
