@@ -137,6 +137,10 @@ def load_model(run_dir: str | Path) -> SavedModel:
     spec_path = layout.model_record
     spec = read_record(spec_path, run_dir) if spec_path.is_file() else {}
     runtime = spec.get("runtime")
+    if runtime == "group":
+        raise RunDirError(f"'{run_dir}' is an ensemble of members that preprocess their inputs differently: it runs "
+                          "as a served group, not as one model.", f"Serve it (`foundry serve {run_dir}`); its test "
+                          "metrics are in eval/ (written by `foundry ensemble`).")
     weights = layout.export.graph if runtime == "onnx" else layout.weights
     if not layout.preprocess.is_file() and layout.legacy_preprocess.is_file():
         raise RunDirError(f"'{run_dir}' stores its preprocessing as a pickle ({LEGACY_PREPROCESS}, made by "

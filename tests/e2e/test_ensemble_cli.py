@@ -126,3 +126,39 @@ def test_stack_and_a_member_on_other_rows_is_refused(store, tmp_path):
     with pytest.raises(DataError, match=r"(?s)Member 2 \(.*other\) was trained on other rows.*--data FILE"):
         ensemble([store["tmp"] / "run0", other], register=False, out=tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
+
+
+def test_members_with_other_preprocessing_are_served_as_a_group(store, tmp_path, monkeypatch):
+    """An MLP on standard-scaled features and one on min-max scaled ones: no shared graph input, so a served
+    group, whose answers (TestClient) equal the members' own predictions combined."""
+    from modelfoundry.api.ensembles import ensemble
+    from modelfoundry.api.training import run
+    from modelfoundry.artifacts.records import DataRecord
+    from modelfoundry.config import ServeConfig
+    from modelfoundry.data.prepare import rebuild_splits
+    from modelfoundry.errors import RunDirError
+    from modelfoundry.models.inference import predict_outputs
+    from modelfoundry.rundir import load_model
+    from modelfoundry.serve.app import create_app
+    from modelfoundry.serve.store import RunDirStore
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(tiny_config(name="bc", seed=3, model={"name": "mlp", "hidden": [12]}, training={"epochs": 3},
+                                  data={"source": "sklearn:breast_cancer", "split": {"seed": 0},
+                                        "features": {"*": {"scale": "minmax"}}}))
+    other = run(cfg, run_dir=tmp_path / "minmax", progress=False).run_dir
+    result = ensemble([store["tmp"] / "run0", other], method="vote", weights=[0.7, 0.3], out=tmp_path / "group",
+                      register=False)
+    assert result.parity["served_as"] == "group"
+    members = [load_model(store["tmp"] / "run0"), load_model(other)]
+    raw = rebuild_splits(members[0].config.data, members[0].config.seed,
+                         DataRecord.read(members[0].run_dir / "data.json").sha256, members[0].run_dir)["test"]
+    outputs = [predict_outputs(m.model, m.preprocessor.transform(raw), m.task) for m in members]
+    from modelfoundry.ensemble.combine import Combination
+
+    expected = Combination.from_json(result.combination).apply(outputs)
+    with TestClient(create_app(ServeConfig(max_records=500), RunDirStore(tmp_path / "group"))) as client:
+        body = client.post("/predict", json={"records": raw.drop(columns="target").to_dict(orient="records")}).json()
+    np.testing.assert_allclose(np.asarray(body["probabilities"]), expected, atol=1e-4)
+    with pytest.raises(RunDirError, match="served group"):
+        load_model(tmp_path / "group")

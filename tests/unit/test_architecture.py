@@ -40,7 +40,7 @@ ALLOWED = {
     "tracking": set(),
     "registry": {"tracking"},
     "archive": {"registry", "tracking", "rundir"},  # an imported archive must load as a run directory does
-    "serve": {"data", "export", "rundir", "models", "registry", "tracking"},
+    "serve": {"data", "export", "rundir", "models", "registry", "tracking", "ensemble"},  # serve/group.py
     # ensembles combine trained runs (evaluated, exported as one graph, registered); api composes them
     "ensemble": {"data", "models", "train", "evaluate", "rundir", "export", "registry", "tracking"},
     # monitor plugs into serve as an extension (drift, OOD, request log, feedback, shadow)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from modelfoundry.api.arguments import fresh_dir, model_dir
-from modelfoundry.artifacts.rundir import RunDir
+from modelfoundry.artifacts.rundir import ExportDir, RunDir
 from modelfoundry.errors import ConfigError, RunDirError
 
 
@@ -99,7 +99,8 @@ def _member(ref: str | Path) -> Any:
 
 def _rows(group: list[Any], data: Path | None) -> dict[str, Any]:
     """Every member's outputs on the evaluated rows (and validation rows), the truth, member 1's inputs, the
-    baselines: {"test": [...], "val": [...] | None, "truth", "val_truth", "inputs", "rows", "baselines", "split"}."""
+    baselines: {"test": [...], "val": [...] | None, "truth", "val_truth", "inputs", "rows", "baselines", "split",
+    "frame" (the evaluated raw rows, when the members' preprocessing differs)}."""
     from modelfoundry.api.evaluation import reload_splits
     from modelfoundry.data.prepare import rebuild_splits
 
@@ -112,7 +113,7 @@ def _rows(group: list[Any], data: Path | None) -> dict[str, Any]:
         test = [m.outputs(inputs if m.desc == group[0].desc else m.saved.preprocessor.transform(frame, str(data)))
                 for m in group]
         return {"test": test, "val": None, "truth": truth, "val_truth": None, "inputs": inputs, "rows": rows,
-                "baselines": None, "split": data.name}
+                "baselines": None, "split": data.name, "frame": frame}
     splits = reload_splits(first)
     raw = None
     if any(m.desc != group[0].desc for m in group[1:]):
@@ -128,7 +129,8 @@ def _rows(group: list[Any], data: Path | None) -> dict[str, Any]:
     if first.task == "regression":  # the meta-model is fitted in the target's units
         truth["val"] = first.target_encoder.decode(truth["val"])
     return {**out, "truth": truth["test"], "val_truth": truth["val"], "inputs": splits["X"]["test"],
-            "rows": splits["rows"]["test"], "baselines": _baselines(first, splits), "split": "test split"}
+            "rows": splits["rows"]["test"], "baselines": _baselines(first, splits), "split": "test split",
+            "frame": raw["test"] if raw is not None else None}
 
 
 def _frame(path: Path, target: str) -> Any:
@@ -148,23 +150,23 @@ def _baselines(saved: Any, splits: dict[str, Any]) -> dict[str, float]:
 
 def _build(group: list[Any], config: Any, combination: Any, rows: dict[str, Any], out: Path,
            started: float) -> EnsembleResult:
-    """Write the run directory, check its graph, evaluate it beside its members; an error leaves nothing."""
-    from modelfoundry.ensemble.directory import check_graph, member_graph, write_run_dir
+    """Write the run directory (one graph, or a served group when the members' preprocessing differs), check it
+    against the Python combination, evaluate it beside its members; an error leaves nothing behind."""
+    from modelfoundry.ensemble.directory import check_graph, member_export, write_group_dir, write_run_dir
 
-    if any(m.desc != group[0].desc for m in group[1:]):
-        raise ConfigError("These members preprocess their inputs differently (e.g. other scalings or columns), so "
-                          "they cannot share one ONNX graph; a served group of such members is not built yet.",
-                          "Ensemble members trained on the same data config (data.features, data.image, "
-                          "data.text), e.g. versions of one registered model.")
     created = not out.exists()
     work = Path(tempfile.mkdtemp(prefix=".ensemble-"))
     try:
-        graphs = [member_graph(m, work / f"m{k}") for k, m in enumerate(group)]
+        exports = [member_export(m, work / f"m{k}") for k, m in enumerate(group)]
         facts = {"method": combination.method, "evaluated_on": rows["split"],
                  "members": [{"ref": m.ref, "version": m.version, "run_dir": str(m.run_dir.resolve())} for m in group]}
-        write_run_dir(out, group, config, combination, graphs, facts)
         expected = _model_scale(group[0].saved, combination.apply(rows["test"]))
-        parity = check_graph(out, rows["inputs"], expected)
+        if all(m.desc == group[0].desc for m in group[1:]):
+            write_run_dir(out, group, config, combination, [ExportDir(e).graph for e in exports], facts)
+            parity = check_graph(out, rows["inputs"], expected)
+        else:
+            write_group_dir(out, group, config, combination, exports, facts)
+            parity = _check_group(out, rows["frame"], expected)
         return _evaluate(group, config, combination, rows, expected, out, parity)
     except BaseException:
         if created:
@@ -172,6 +174,24 @@ def _build(group: list[Any], config: Any, combination: Any, rows: dict[str, Any]
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_group(out: Path, frame: Any, expected: np.ndarray) -> dict[str, Any]:
+    """The served group (what `foundry serve` runs) on the evaluated raw rows against the Python combination."""
+    from modelfoundry.ensemble.directory import TOLERANCE
+    from modelfoundry.errors import ExportError
+    from modelfoundry.serve.group import GroupBackend
+
+    backend = GroupBackend(out)
+    got = backend.predict_frame(frame)
+    if backend.task == "regression":
+        target = backend.desc["target"]
+        got = (got - target["mean"]) / target["std"]
+    diff = float(np.abs(got - expected).max()) if len(expected) else 0.0
+    if not diff <= TOLERANCE:
+        raise ExportError(f"The ensemble's served group differs from the Python combination by up to {diff:.3g}.",
+                          "Report the members' configs; meanwhile evaluate the members separately.")
+    return {"max_abs_diff": diff, "rows_checked": len(expected), "served_as": "group"}
 
 
 def _model_scale(saved: Any, output: np.ndarray) -> np.ndarray:

@@ -60,8 +60,10 @@ def _print(result: Any) -> None:
         table.add_row(label, *(f"{values[m]:.4f}" if m in values else "-" for m in shown),
                       style="bold" if label == "ensemble" else None)
     console.print(table)
-    console.print(f"Run directory: {result.run_dir} (one ONNX graph, parity {result.parity['max_abs_diff']:.2g} "
-                  f"on {result.parity['rows_checked']} rows)", markup=False)
+    form = "a served group: members' preprocessing differs" if result.parity.get("served_as") == "group" else \
+        "one ONNX graph"
+    console.print(f"Run directory: {result.run_dir} ({form}; matches the Python combination within "
+                  f"{result.parity['max_abs_diff']:.2g} on {result.parity['rows_checked']} rows)", markup=False)
     registry = result.extras.get("registry")
     if registry and registry.get("version"):
         console.print(f"Registered {registry['model']} version {registry['version']} (members as lineage).",

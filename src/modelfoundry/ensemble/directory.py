@@ -6,6 +6,10 @@
       model/model.json         the first member's record, "runtime": "onnx", "ensemble": {method, members}
       model/onnx/              model.onnx (every member's graph + the combination), preprocess.json, export.json
       eval/                    metrics.json (with baselines), members.json, report.md (members beside it)
+
+Members that preprocess their inputs differently make a served group instead (serve/group.py): model.json says
+"runtime": "group", and model/members/m<k>/ holds each member's model.json, preprocess.json and onnx/ export
+(under model/, so tracking logs them and a registry download brings them).
 """
 
 from __future__ import annotations
@@ -28,14 +32,14 @@ RECORD = "ensemble.json"
 TOLERANCE = 1e-4  # the graph against the Python combination, on the test rows (probabilities or standardised values)
 
 
-def member_graph(member: Member, work: Path) -> Path:
-    """The member's ONNX graph: its own export when it has one, else exported (parity-checked) into `work`."""
+def member_export(member: Member, work: Path) -> Path:
+    """The member's ONNX export directory: its own when it has one, else exported (parity-checked) into `work`."""
     own = RunDir(member.run_dir).export
     if own.record.is_file() and own.graph.is_file():
-        return own.graph
+        return own.path
     from modelfoundry.export import export_onnx
 
-    return export_onnx(member.run_dir, work).onnx_path
+    return export_onnx(member.run_dir, work).out_dir
 
 
 def write_run_dir(out: Path, members: list[Member], config: Any, combination: Combination,
@@ -65,6 +69,33 @@ def write_run_dir(out: Path, members: list[Member], config: Any, combination: Co
     write_json(layout.model_record, {**kept, "name": config.name, "config_hash": config_hash(config),
                                      "runtime": "onnx", "ensemble": summary})
     write_json(out / RECORD, {**facts, "combination": combination.to_json(), "graph": "onnx"})
+
+
+def write_group_dir(out: Path, members: list[Member], config: Any, combination: Combination,
+                    exports: list[Path], facts: dict[str, Any]) -> None:
+    """A served group's run directory: the first member's records, each member's export under
+    model/members/m<k>/, model.json with "runtime": "group", ensemble.json."""
+    from modelfoundry.config import config_hash
+    from modelfoundry.rundir import save_config
+
+    first, layout = RunDir(members[0].run_dir), RunDir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for source, target in ((first.data_record, layout.data_record), (first.manifest, layout.manifest),
+                           (first.preprocess, layout.preprocess)):
+        shutil.copyfile(source, target)
+    save_config(out, config)
+    write_text(layout.metrics_log, "")
+    for k, (member, export) in enumerate(zip(members, exports)):
+        target = layout.model_dir / "members" / f"m{k}"
+        shutil.copytree(export, target / "onnx")
+        shutil.copyfile(RunDir(member.run_dir).model_record, target / "model.json")
+        shutil.copyfile(RunDir(member.run_dir).preprocess, target / "preprocess.json")
+    summary = {"method": combination.method, "members": [m["ref"] for m in facts["members"]]}
+    saved = members[0].saved
+    kept = {k: v for k, v in saved.spec.items() if k not in ("base", "compression", "parent_run", "best_epoch")}
+    write_json(layout.model_record, {**kept, "name": config.name, "config_hash": config_hash(config),
+                                     "runtime": "group", "ensemble": summary})
+    write_json(out / RECORD, {**facts, "combination": combination.to_json(), "graph": "group"})
 
 
 def check_graph(out: Path, inputs: dict[str, np.ndarray], expected: np.ndarray) -> dict[str, Any]:

@@ -90,7 +90,9 @@ def create_app(settings: ServeConfig, store: ModelStore, preloaded: LoadedModel 
     hooks = Extensions(extensions, metrics.registry) if extensions else None
 
     def with_schema(loaded: LoadedModel) -> LoadedModel:
-        loaded.schema = InputSchema(loaded.backend.desc, settings.on_unseen)
+        group = getattr(loaded.backend, "schema", None)  # a served group checks a request for each member
+        loaded.schema = group(settings.on_unseen) if callable(group) else InputSchema(loaded.backend.desc,
+                                                                                      settings.on_unseen)
         return loaded
 
     async def warmed(loaded: LoadedModel) -> LoadedModel:

@@ -94,7 +94,12 @@ def anomaly_flags(backend: Backend, scores: np.ndarray) -> list[bool]:
 
 
 def load_backend(run_dir: Path, prefer: str = "onnx") -> Backend:
-    """ONNX Runtime from run_dir/model/onnx (exported and parity-checked on first use), else PyTorch."""
+    """ONNX Runtime from run_dir/model/onnx (exported and parity-checked on first use), else PyTorch; an ensemble
+    of members with different preprocessing: its served group (serve/group.py)."""
+    from modelfoundry.serve.group import GroupBackend, is_group
+
+    if is_group(run_dir):
+        return GroupBackend(Path(run_dir))
     if prefer == "onnx":
         from modelfoundry.artifacts.rundir import RunDir
 
