@@ -46,7 +46,7 @@ class _Table:
 
 def check_data(data: str | Path, *, target: str | None = None, compare: str | Path | None = None,
                out: str | Path = "data-check", fmt: str = "md", fail_on: str | None = None,
-               seed: int | None = None) -> DataCheckResult:
+               seed: int | None = None, max_plots: int | None = None) -> DataCheckResult:
     """Check a table's quality and write the report.
 
     Args:
@@ -58,6 +58,7 @@ def check_data(data: str | Path, *, target: str | None = None, compare: str | Pa
         fmt: md, html or both.
         fail_on: a severity (warning, error) and/or finding kinds (leakage,pii): `failing` lists what matches.
         seed: the seed of every sample and fold (default: the config's, else 0).
+        max_plots: columns plotted at most (default 50, those with findings first; 0: no plots).
     """
     from modelfoundry.data.quality.checkup import check_frame
     from modelfoundry.data.quality.findings import failing, parse_fail_on
@@ -73,7 +74,7 @@ def check_data(data: str | Path, *, target: str | None = None, compare: str | Pa
     result = check_frame(table.frame, source=table.name, target=table.target, task=table.task,
                          compare=other, compare_name=None if compare is None else _name(compare),
                          seed=table.seed if seed is None else seed, kinds=table.kinds)
-    files = write_report(result, table.frame, Path(out), fmt, other)
+    files = write_report(result, table.frame, Path(out), fmt, other, max_plots)
     return DataCheckResult(result, files, failing(result.findings, fail_on), fail_on, time.perf_counter() - started)
 
 

@@ -27,6 +27,8 @@ def check(data: Annotated[str, typer.Argument(metavar="DATA", show_default=False
           fail_on: Annotated[Optional[str], typer.Option("--fail-on", help="Exit with code 11 when a finding is at "
                                                          "least this severe (warning, error) or of these kinds "
                                                          "(e.g. leakage,pii); comma-separated.")] = None,
+          plots: Annotated[int, typer.Option("--plots", min=0, help="Histograms of at most this many columns "
+                                             "(those with findings first); 0: none.")] = 50,
           seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the samples and folds (default: "
                                                       "the config's, else 0).")] = None) -> None:
     """A data-quality report before any training: missing values, duplicates, constant, ID-like and
@@ -35,7 +37,8 @@ def check(data: Annotated[str, typer.Argument(metavar="DATA", show_default=False
     from modelfoundry.api.data_check import check_data
     from modelfoundry.errors import DataCheckFailed
 
-    result = check_data(data, target=target, compare=compare, out=out, fmt=fmt, fail_on=fail_on, seed=seed)
+    result = check_data(data, target=target, compare=compare, out=out, fmt=fmt, fail_on=fail_on, seed=seed,
+                         max_plots=plots)
     print_findings(result)
     if result.failing:
         kinds = sorted({f.kind for f in result.failing})

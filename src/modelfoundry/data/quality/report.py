@@ -24,20 +24,21 @@ SHOWN_SCORES = 10  # single-feature scores listed
 
 
 def write_report(result: CheckResult, frame: pd.DataFrame, out_dir: Path, fmt: str = "md",
-                 other: pd.DataFrame | None = None) -> dict[str, Path]:
-    """Write findings.json, the report(s) and the plots into `out_dir`; returns name -> path of what was written."""
+                 other: pd.DataFrame | None = None, max_plots: int | None = None) -> dict[str, Path]:
+    """Write findings.json, the report(s) and the plots (of at most `max_plots` columns, default MAX_PLOTS; 0: none)
+    into `out_dir`; returns name -> path of what was written."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}. Got '{fmt}' instead.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    columns = plotted(result)
-    plots = plot_columns(frame, result.kinds, columns, out_dir / "plots", other)
+    limit = MAX_PLOTS if max_plots is None else max(max_plots, 0)
+    plots = plot_columns(frame, result.kinds, plotted(result, limit), out_dir / "plots", other) if limit else {}
     record = result.to_json()
-    record["plots"] = {"columns": len(frame.columns), "plotted": len(plots), "limit": MAX_PLOTS,
+    record["plots"] = {"columns": len(frame.columns), "plotted": len(plots), "limit": limit,
                        "files": {c: f"plots/{name}" for c, name in plots.items()}}
     written = {"findings": out_dir / "findings.json"}
     write_json(written["findings"], record)
-    blocks = _blocks(result, plots, len(frame.columns))
+    blocks = _blocks(result, plots, len(frame.columns), limit)
     for kind in FORMATS[fmt]:
         path = out_dir / f"report.{kind}"
         write_text(path, _markdown(blocks) if kind == "md" else _html(blocks, f"Data check: {result.source}",
@@ -46,11 +47,11 @@ def write_report(result: CheckResult, frame: pd.DataFrame, out_dir: Path, fmt: s
     return written
 
 
-def plotted(result: CheckResult) -> list[str]:
-    """The columns to plot: those named by findings first (worst first), then the rest in order; MAX_PLOTS at most."""
+def plotted(result: CheckResult, limit: int = MAX_PLOTS) -> list[str]:
+    """The columns to plot: those named by findings first (worst first), then the rest in order; `limit` at most."""
     named = [c for f in result.findings for c in f.columns if c in result.kinds]
     ordered = list(dict.fromkeys(named + list(result.kinds)))
-    return [c for c in ordered if result.kinds[c] != "other"][:MAX_PLOTS]
+    return [c for c in ordered if result.kinds[c] != "other"][:limit]
 
 
 def cell_columns(columns: list[str]) -> str:
@@ -66,7 +67,7 @@ def value_text(kind: str, value: float) -> str:
     return percent(value)
 
 
-def _blocks(result: CheckResult, plots: dict[str, str], n_columns: int) -> list[tuple]:
+def _blocks(result: CheckResult, plots: dict[str, str], n_columns: int, limit: int) -> list[tuple]:
     about = (f"{result.rows} rows, {result.columns} columns" + (f", target '{result.target}' ({result.task})"
                                                                if result.target else ", no target given")
              + (f"; compared with {result.compare}" if result.compare else ""))
@@ -90,7 +91,7 @@ def _blocks(result: CheckResult, plots: dict[str, str], n_columns: int) -> list[
     kinds = {k: sum(v == k for v in result.kinds.values()) for k in ("numeric", "categorical", "text", "other")}
     blocks += [("h2", "Columns"), ("p", ", ".join(f"{v} {k}" for k, v in kinds.items() if v) + ".")]
     if plots:
-        note = (f"Plots of {len(plots)} of {n_columns} columns (columns with findings first; at most {MAX_PLOTS})."
+        note = (f"Plots of {len(plots)} of {n_columns} columns (columns with findings first; at most {limit})."
                 if len(plots) < n_columns else "")
         blocks += [("h2", "Distributions")] + ([("p", note)] if note else [])
         blocks += [("img", column, f"plots/{name}") for column, name in plots.items()]
