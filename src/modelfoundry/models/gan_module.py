@@ -116,8 +116,9 @@ class GAN(nn.Module):
         else:
             self.generator = MLPGenerator(self.shape[0], n_in, g_widths)
             self.critic = MLPCritic(self.shape[0], d_widths, spectral)
-        self.head = _norm(nn.Linear(self.critic.features, 1), spectral)
-        self.embed = _norm(nn.Embedding(n_classes, self.critic.features), spectral) if n_classes else None
+        features = self.critic.features + 1  # + the batch's feature spread (minibatch standard deviation)
+        self.head = _norm(nn.Linear(features, 1), spectral)
+        self.embed = _norm(nn.Embedding(n_classes, features), spectral) if n_classes else None
 
     @property
     def conditional(self) -> bool:
@@ -130,6 +131,9 @@ class GAN(nn.Module):
 
     def discriminate(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = self.critic(x)  # (B, features)
+        # how varied the batch is, a feature of every row: a generator that collapses to a few modes is caught
+        spread = h.std(dim=0, unbiased=False).mean() if len(h) > 1 else h.new_zeros(())
+        h = torch.cat([h, spread.expand(len(h), 1)], dim=1)  # (B, features + 1)
         logits = self.head(h).squeeze(-1)  # (B,)
         if self.conditional:
             logits = logits + (self.embed(labels) * h).sum(dim=1)
