@@ -76,7 +76,7 @@ def resample(X: dict[str, np.ndarray], y: np.ndarray, rows: np.ndarray, cfg: Bal
         return X, y, rows, _info(cfg, names, counts, np.bincount(y, minlength=len(counts)), 0)
     name = _float_input(X, cfg.method)
     targets = {c: n for c, n in targets.items() if n > counts[c]}  # the classes that grow
-    _check_neighbours(counts, targets, cfg)
+    _check_neighbours(counts, targets, cfg, names)
     values = X[name]
     flat = values.reshape(len(values), -1)  # (N, F); an image (N, C, H, W) becomes (N, C*H*W) pixels
     if cfg.method == "smotenc":
@@ -128,15 +128,15 @@ def _float_input(X: dict[str, np.ndarray], method: str) -> str:
     return floats[0]
 
 
-def _check_neighbours(counts: np.ndarray, targets: dict[int, int], cfg: BalanceConfig) -> None:
+def _check_neighbours(counts: np.ndarray, targets: dict[int, int], cfg: BalanceConfig, names: list[str]) -> None:
     """Every class that grows needs more rows than data.balance.k_neighbors (its neighbours come from itself)."""
     short = {c: int(counts[c]) for c in targets if counts[c] <= cfg.k_neighbors}
     if short:
         fewest = min(short.values())
         fix = (f"Set data.balance.k_neighbors to at most {fewest - 1}, " if fewest > 1 else "")
+        rows = ", ".join(f"class {names[c]!r} has {n}" for c, n in short.items())
         raise DataError(f"data.balance.method: {cfg.method} needs more than k_neighbors ({cfg.k_neighbors}) training "
-                        f"rows in each class it grows, but class index(es) {list(short)} have "
-                        f"{list(short.values())} row(s) in the training split.",
+                        f"rows in each class it grows, but {rows} in the training split.",
                         f"{fix}use data.balance.method: oversample (which repeats rows), or add rows of those classes.")
 
 

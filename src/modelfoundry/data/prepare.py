@@ -263,7 +263,7 @@ def _balanced(data: PreparedData, cfg: DataConfig, seed: int) -> PreparedData:
         return data
     data.class_weights = class_weights(data.y["train"], data.target_encoder.classes_, cfg.balance.class_weights)
     X, y, rows, balanced = resample(data.X["train"], data.y["train"], data.rows["train"], cfg.balance, seed,
-                                    data.preprocessor)
+                                    data.preprocessor, list(data.target_encoder.classes_))
     data.X["train"], data.y["train"], data.rows["train"] = X, y, rows
     if balanced:
         data.info["balance"] = balanced
