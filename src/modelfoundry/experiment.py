@@ -46,6 +46,8 @@ def prepare(config: Config) -> PreparedData:
         from modelfoundry.train.gan_balance import add_gan_rows
 
         add_gan_rows(data, config.data.balance.ratio, config.seed, config.training.device)
+    if config.data.augment.active:  # transforms that do not fit the data: refused before a run or trial starts
+        build_augmenter(config, data)
     return data
 
 
@@ -84,9 +86,10 @@ def fit_config(config: Config, data: PreparedData, *, run_dir: Path | None = Non
                augmenter=augmenter)
 
 
-def build_augmenter(config: Config, data: PreparedData, model: Any) -> Any:
+def build_augmenter(config: Config, data: PreparedData, model: Any = None) -> Any:
     """The training batches' augmenter for `config.data.augment` on `data` (None when none is configured); a
-    ConfigError, before training, lists every transform that does not fit the data or the model."""
+    ConfigError, before training, lists every transform that does not fit the data or the `model` (one whose
+    frozen encoder's outputs are cached takes no augmentation)."""
     if not config.data.augment.active:
         return None
     from modelfoundry.data.augment import build_augmenter as build

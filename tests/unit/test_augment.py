@@ -351,3 +351,41 @@ def test_augmentation_is_refused_where_it_cannot_apply(make_config, section, mes
     raw = {"source": "x.csv", "target": "y", "augment": {"mixup": {}}, **section}
     with pytest.raises(ConfigError, match=message):
         check_augment_task(DataConfig.model_validate(raw))
+
+
+def test_a_pretrained_tokenizers_special_tokens_are_kept_and_its_mask_token_used(make_config, tmp_path):
+    """With a model's own tokenizer ([CLS] text [SEP], a [MASK] token), masking writes [MASK] and no change
+    touches [CLS], [SEP] or padding; a model whose frozen encoder caches its outputs refuses augmentation."""
+    import pandas as pd
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    from modelfoundry.experiment import build_augmenter as for_model
+
+    words = ["good", "bad", "fine", "great", "awful", "movie", "plot"]
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"text": [" ".join(rng.choice(words, 8)) for _ in range(50)], "y": rng.integers(0, 2, 50)})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(frame["text"], trainers.WordPieceTrainer(
+        vocab_size=60, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False))
+    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[
+        ("[CLS]", 2), ("[SEP]", 3)])
+    cfg = make_config(data={"source": str(tmp_path / "t.csv"), "target": "y", "cache": False,
+                            "features": {"text": {"type": "text"}},
+                            "augment": {"text": {"mask": 0.3, "delete": 0.2, "swap": 0.2}}})
+    data = prepare_data(cfg.data, cfg.seed, tokenizer=tokenizer.to_str())
+    augmenter = for_model(cfg, data, torch.nn.Linear(1, 1))
+    assert augmenter.text.unknown_id == 4 and {0, 1, 2, 3, 4} <= set(augmenter.text.special.tolist())
+    tokens, mask = (torch.from_numpy(data.X["train"][k]) for k in ("tokens", "attention_mask"))
+    (out, out_mask), _ = augmenter((tokens, mask), 1, 0)
+    assert (out == 4).any() and (out_mask.sum(1) < mask.sum(1)).any()
+    lengths = out_mask.sum(1)
+    assert (out[:, 0] == 2).all() and (out[torch.arange(len(out)), lengths - 1] == 3).all()
+
+    class FrozenModel(torch.nn.Module):
+        def frozen_features(self):
+            return object()
+
+    with pytest.raises(ConfigError, match="encoder is frozen"):
+        for_model(cfg, data, FrozenModel())

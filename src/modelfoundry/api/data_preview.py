@@ -77,10 +77,12 @@ def preview_augmentation(config: Config | str | Path | dict, output: str | Path,
                                               data.preprocessor.desc["image"], mixed))
         return result
     if kind == "text":
-        result.table = text_table(originals, batches, data.preprocessor.desc["text"], output.suffix.lower())
+        shown = augmenter.text.special.tolist() if augmenter.text is not None else []
+        hidden = {i for i in shown if augmenter.text is None or i != augmenter.text.unknown_id}
+        result.table = text_table(originals, batches, data.preprocessor.desc["text"], output.suffix.lower(), hidden)
     else:
         result.table = numeric_table(originals["numeric"], [b["numeric"] for b in batches], data.preprocessor.desc,
-                                     output.suffix.lower())
+                                     output.suffix.lower(), mixed)
     write_text(output, result.table)
     return result
 
@@ -149,15 +151,16 @@ def image_grid(originals: np.ndarray, versions: list[np.ndarray], image: dict[st
 
 
 def text_table(originals: dict[str, np.ndarray], versions: list[dict[str, np.ndarray]], text: dict[str, Any],
-               suffix: str) -> str:
-    """Each row's text, then each augmented version, decoded back to words (windows joined)."""
+               suffix: str, hidden: set[int]) -> str:
+    """Each row's text, then each augmented version, decoded back to words (windows joined); the special tokens
+    in `hidden` ([CLS], [SEP], padding) are left out, a masked token shows as the mask or unknown token."""
     from modelfoundry.data.text import TextEncoder
 
     tokenizer = TextEncoder.from_description(dict(text)).tokenizer_
 
     def decode(tokens: np.ndarray, mask: np.ndarray) -> str:
-        ids = tokens[mask == 1].tolist()  # the row's tokens in order (window after window)
-        return tokenizer.decode(ids, skip_special_tokens=True).replace("|", "\\|").replace("\n", " ")
+        ids = [i for i in tokens[mask == 1].tolist() if i not in hidden]  # the row's tokens, window after window
+        return tokenizer.decode(ids, skip_special_tokens=False).replace("|", "\\|").replace("\n", " ")
 
     lines = []
     for row in range(len(originals["tokens"])):
@@ -168,14 +171,16 @@ def text_table(originals: dict[str, np.ndarray], versions: list[dict[str, np.nda
     return "\n".join(lines)
 
 
-def numeric_table(originals: np.ndarray, versions: list[np.ndarray], desc: dict[str, Any], suffix: str) -> str:
-    """Each row's first numeric columns, then each augmented version, in the columns' original units."""
+def numeric_table(originals: np.ndarray, versions: list[np.ndarray], desc: dict[str, Any], suffix: str,
+                  mixed: list[str]) -> str:
+    """Each row's first numeric columns, then each augmented version, in the columns' original units (a version
+    mixed with another row says so: "aug 2 (mixup 0.83)" kept 83% of this row)."""
     columns = _unscaled_columns(desc, originals.shape[1])[:MAX_COLUMNS]
+    labels = ["original", *[f"aug {k}" + (f" ({m})" if m else "") for k, m in enumerate(mixed, 1)]]
     lines = []
     for row in range(len(originals)):
         values = [[_show(x[row, i], scale) for _, i, scale in columns] for x in [originals, *versions]]
-        lines.append(_block(f"row {row + 1}", ["original", *[f"aug {k}" for k in range(1, len(versions) + 1)]],
-                            values, [name for name, _, _ in columns], suffix))
+        lines.append(_block(f"row {row + 1}", labels, values, [name for name, _, _ in columns], suffix))
     return "\n".join(lines)
 
 
@@ -206,6 +211,8 @@ def _block(title: str, labels: list[str], values: list[list[str]], headers: list
         out += ["| " + " | ".join([label, *row]) + " |" for label, row in zip(labels, values)]
         return "\n".join(out) + "\n"
     widths = [max(len(h), *(len(r[i]) for r in values)) for i, h in enumerate(headers)]
-    out = [title, "  ".join(["version ", *(h.ljust(w) for h, w in zip(headers, widths))])]
-    out += ["  ".join([label.ljust(8), *(v.ljust(w) for v, w in zip(row, widths))]) for label, row in zip(labels, values)]
+    first = max(len(label) for label in ["version", *labels])
+    out = [title, "  ".join(["version".ljust(first), *(h.ljust(w) for h, w in zip(headers, widths))]).rstrip()]
+    out += ["  ".join([label.ljust(first), *(v.ljust(w) for v, w in zip(row, widths))]).rstrip()
+            for label, row in zip(labels, values)]
     return "\n".join(out) + "\n"

@@ -31,6 +31,5 @@ def preview(config: ConfigArg,
     console.print(f"Transforms: {', '.join(result.transforms)}" +
                   (f"; {mixed} of {result.versions} versions mixed ({', '.join(m for m in result.mixed if m)})"
                    if mixed else ""), markup=False, soft_wrap=True)
-    if result.table is not None and result.kind == "text":
-        console.print(result.table.split("\n\n")[0] if result.path.suffix == ".txt" else
-                      "\n".join(result.table.splitlines()[:4 + result.versions]), markup=False, soft_wrap=True)
+    if result.table is not None:  # the first row's table; the file holds them all
+        console.print(result.table.split("\n\n### ")[0].split("\n\nrow ")[0].rstrip(), markup=False, soft_wrap=True)
