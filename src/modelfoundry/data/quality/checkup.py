@@ -127,7 +127,7 @@ def _table_findings(frame: pd.DataFrame, target: str | None, task: str | None, k
     findings += col.categorical_findings(frame, by_kind["categorical"])
     findings += col.mixed_findings(frame, features, numbers)
     started = time.perf_counter()
-    findings += rows.duplicate_findings(frame)
+    findings += rows.duplicate_findings(frame, target, task)
     timings["rows"] = time.perf_counter() - started
     started = time.perf_counter()
     findings += pii.pii_findings(frame, features, seed)
@@ -135,7 +135,6 @@ def _table_findings(frame: pd.DataFrame, target: str | None, task: str | None, k
     scores = []
     if target is not None:
         findings += rows.target_findings(frame, target, task)
-        findings += rows.conflict_findings(frame, target, task)
         started = time.perf_counter()
         scores = leakage.score_columns(frame, target, task, kinds, seed,
                                        QUICK_CELLS if quick else leakage.MAX_CELLS)

@@ -105,7 +105,8 @@ def pii_findings(frame: pd.DataFrame, columns: list[str], seed: int = 0) -> list
     findings = []
     dtypes = frame.dtypes.to_dict()
     integers = [c for c in columns if pd.api.types.is_integer_dtype(dtypes[c])]
-    longest = frame[integers].abs().max().to_dict() if integers else {}
+    magnitude = np.abs(frame[integers].to_numpy(dtype=float, na_value=np.nan)) if integers else np.zeros((1, 0))
+    longest = dict(zip(integers, np.fmax.reduce(magnitude, axis=0) if len(magnitude) else [0.0] * len(integers)))
     for column in columns:
         if not (holds_text(dtypes[column]) or longest.get(column, 0) >= 10 ** 8):  # shorter: no phone or card
             continue

@@ -18,9 +18,8 @@ SIGNIFICANT_DIGITS = 6  # numbers equal to this many significant digits are equa
 
 def row_hashes(frame: pd.DataFrame, normalise: bool = False) -> np.ndarray:
     """One 64-bit hash per row; `normalise` strips, lowercases and collapses the whitespace of text and rounds
-    numbers to SIGNIFICANT_DIGITS first. Numeric columns are hashed together through two fixed random projections
-    (equal rows give equal sums; different ones collide with probability ~0); other cells by their value (arrays
-    and dicts by their text)."""
+    numbers to SIGNIFICANT_DIGITS first. Numeric columns are hashed together from their exact bits (one pass per
+    column over a float matrix); other cells by their value (arrays and dicts by their text)."""
     import pandas as pd
 
     dtypes = frame.dtypes.to_dict()
@@ -28,14 +27,11 @@ def row_hashes(frame: pd.DataFrame, normalise: bool = False) -> np.ndarray:
                and not pd.api.types.is_bool_dtype(dtypes[c])]
     columns = {}
     if numeric:
-        matrix = frame[numeric].to_numpy(dtype=float, copy=True)
+        matrix = frame[numeric].to_numpy(dtype=float, na_value=np.nan, copy=True)
         floats = [j for j, c in enumerate(numeric) if pd.api.types.is_float_dtype(dtypes[c])]
         if normalise and floats:  # integers are exact already
             matrix[:, floats] = _round_significant(matrix[:, floats])
-        matrix = np.where(np.isnan(matrix), 1.2345e300, matrix) + 0.0  # + 0.0: -0.0 becomes 0.0
-        weights = np.random.default_rng(0).standard_normal((len(numeric), 2))
-        projected = np.ascontiguousarray(matrix @ weights)
-        columns["_numeric_a"], columns["_numeric_b"] = projected.view(np.uint64)[:, 0], projected.view(np.uint64)[:, 1]
+        columns["_numbers"] = _mix_columns(matrix)
     for name in frame.columns:
         if name in numeric:
             continue
@@ -54,6 +50,21 @@ def row_hashes(frame: pd.DataFrame, normalise: bool = False) -> np.ndarray:
         return pd.util.hash_pandas_object(typed.astype(str), index=False).to_numpy()
 
 
+def _mix_columns(matrix: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row of a float matrix from the exact bits of its values (splitmix64 mixing; NaN and
+    -0.0 made canonical first)."""
+    matrix = np.where(np.isnan(matrix), np.nan, matrix) + 0.0
+    bits = np.ascontiguousarray(matrix).view(np.uint64)
+    hashed = np.zeros(len(matrix), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(bits.shape[1]):
+            z = (hashed ^ bits[:, j]) + np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            hashed = z ^ (z >> np.uint64(31))
+    return hashed
+
+
 def _round_significant(values: np.ndarray) -> np.ndarray:
     finite = np.isfinite(values) & (values != 0)
     exponent = np.zeros_like(values)
@@ -62,16 +73,22 @@ def _round_significant(values: np.ndarray) -> np.ndarray:
     return np.where(finite, np.round(values * scale) / scale, values)
 
 
-def duplicate_findings(frame: pd.DataFrame) -> list[Finding]:
-    """Rows repeated exactly, and rows that only become equal after normalisation."""
+def duplicate_findings(frame: pd.DataFrame, target: str | None = None, task: str | None = None) -> list[Finding]:
+    """Rows repeated exactly, rows that only become equal after normalisation, and (with a target) rows whose
+    features repeat another row's while their target differs. The features are hashed once for all three."""
     import pandas as pd
 
     if len(frame) < 2 or not len(frame.columns):
         return []
-    exact = int(pd.Series(row_hashes(frame)).duplicated().sum())
-    dtypes = frame.dtypes.to_dict()
-    loosened = any(holds_text(dtypes[c]) or pd.api.types.is_float_dtype(dtypes[c]) for c in frame.columns)
-    loose = int(pd.Series(row_hashes(frame, normalise=True)).duplicated().sum()) if loosened else exact
+    features = frame.drop(columns=[target]) if target is not None else frame
+    keys = row_hashes(features)
+    targets = row_hashes(frame[[target]]) if target is not None else np.zeros(len(frame), dtype=np.uint64)
+    exact = int(pd.DataFrame({"x": keys, "y": targets}).duplicated().sum())
+    dtypes = features.dtypes.to_dict()
+    loosened = any(holds_text(dtypes[c]) or pd.api.types.is_float_dtype(dtypes[c]) for c in features.columns)
+    loose = exact
+    if loosened:
+        loose = int(pd.DataFrame({"x": row_hashes(features, normalise=True), "y": targets}).duplicated().sum())
     findings = []
     if exact:
         part = share(exact, len(frame))
@@ -87,20 +104,18 @@ def duplicate_findings(frame: pd.DataFrame) -> list[Finding]:
                                 f"lowercased and numbers are rounded to {SIGNIFICANT_DIGITS} significant digits.",
                                 "Normalise the text (case, spaces) and the number formats at the source, then drop "
                                 "the duplicates.", {"rows": extra}))
+    if target is not None and len(features.columns):
+        findings += _conflicts(keys, targets, frame[target].notna().to_numpy(), target, task)
     return findings
 
 
-def conflict_findings(frame: pd.DataFrame, target: str, task: str) -> list[Finding]:
-    """Rows whose features repeat another row's while their target differs (label noise, or missing features)."""
+def _conflicts(keys: np.ndarray, targets: np.ndarray, labelled: np.ndarray, target: str,
+               task: str | None) -> list[Finding]:
     import pandas as pd
 
-    features = frame.drop(columns=[target])
-    labelled = frame[target].notna().to_numpy()
-    if len(frame) < 2 or not len(features.columns) or labelled.sum() < 2:
+    if labelled.sum() < 2:
         return []
-    keys = pd.Series(row_hashes(features[labelled]))
-    targets = pd.Series(row_hashes(frame[[target]][labelled]))
-    distinct = targets.groupby(keys.to_numpy()).transform("nunique")
+    distinct = pd.Series(targets[labelled]).groupby(keys[labelled]).transform("nunique")
     rows = int((distinct.to_numpy() > 1).sum())
     if not rows:
         return []
