@@ -55,6 +55,8 @@ def test_a_smote_run_records_its_resampling_and_threshold(trained):
     assert threshold["validation"] >= threshold["validation_at_0.5"]
     assert trained.metrics["decision_threshold"] == threshold["value"] and "f1_positive" in trained.metrics
     assert trained.extras["balance"] == balance and trained.extras["threshold"] == threshold
+    # the baselines are fitted on the training rows as they are: the dummy predicts the majority, benign (~63%)
+    assert trained.metrics["baseline_dummy_accuracy"] > 0.6
     report = (trained.run_dir / "eval" / "report.md").read_text()
     assert "## Decision threshold (test split)" in report and "| recall_positive |" in report
 

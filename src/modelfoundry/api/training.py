@@ -263,7 +263,7 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult, ru
     from modelfoundry.models.inference import predict_outputs
 
     output = predict_outputs(fit_result.model, data.X["test"], data.task)
-    baselines = baseline_metrics(data.task, data.X, data.y, data.n_outputs, data.target_encoder.decode,
+    baselines = baseline_metrics(data.task, *_natural_train(data), data.n_outputs, data.target_encoder.decode,
                                  config.evaluation.top_k, data.texts, season=_season(data))
     facts = {"run": str(run_path), "model": config.model.name, "task": data.task,
              "rows (train/val/test)": "/".join(str(data.info["split"][s]) for s in ("train", "val", "test")),
@@ -275,6 +275,22 @@ def _evaluate_test(config: Config, data: PreparedData, fit_result: FitResult, ru
                                history=fit_result.history, baselines=baselines, title=f"{config.name}: test split",
                                facts=facts, threshold=ModelRecord.read(RunDir(run_path).model_record).threshold)
     return metrics, headline(data.task, config.evaluation.metrics, metrics)
+
+
+def _natural_train(data: PreparedData) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every split's inputs and targets, the training split without data.balance's resampling (each source row once,
+    no synthetic rows), as `foundry evaluate` fits the baselines: a dummy baseline fitted on balanced classes would
+    guess at random rather than predict the majority."""
+    if "balance" not in data.info:
+        return data.X, data.y
+    import numpy as np
+
+    from modelfoundry.artifacts.inputs import take
+
+    rows = data.rows["train"]
+    _, first = np.unique(rows, return_index=True)
+    kept = np.sort(first[rows[first] >= 0])
+    return {**data.X, "train": take(data.X["train"], kept)}, {**data.y, "train": data.y["train"][kept]}
 
 
 def _evaluate_anomaly(config: Config, data: PreparedData, fit_result: FitResult,
