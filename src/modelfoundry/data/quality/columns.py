@@ -168,10 +168,10 @@ def _id_like_number(column: str, values: np.ndarray, distinct: int, count: int) 
 
 
 def _id_finding(column: str, count: int, why: str, detail: dict) -> Finding:
-    return Finding("id_like", "warning", [column], 1.0, f"'{column}' looks like an ID: {why}, {count} distinct "
-                   "values. A model learns nothing general from it, and it can leak the row order.",
-                   "Drop it: data.features: {" + column + ": {type: ignore}} (keep the file's ID out of training).",
-                   detail)
+    return Finding("id_like", "warning", [column], 1.0, f"'{column}' looks like an ID or a row index: {why}, "
+                   f"{count} distinct values. A model learns nothing general from it, and it can leak the row order.",
+                   "Drop it: data.features: {" + column + ": {type: ignore}}; if it is time (a year, a date), "
+                   "forecast with data.time_series or split by time instead.", detail)
 
 
 def _outliers(column: str, values: np.ndarray, distinct: int) -> list[Finding]:
@@ -211,8 +211,10 @@ def categorical_findings(frame: pd.DataFrame, columns: list[str]) -> list[Findin
         elif top >= NEAR_CONSTANT:
             findings.append(_constant(column, top, len(values), None))
         elif len(counts) == len(values) and len(values) >= 10 and _key_like(column, counts.index):
-            findings.append(_id_finding(column, len(values), "text values unique per row, shaped like keys",
-                                        {"named": bool(ID_NAME.search(column))}))
+            dates = _date_share(counts.index)
+            findings.append(_id_finding(column, len(values), "dates unique per row" if dates >= 0.9 else
+                                        "text values unique per row, shaped like keys",
+                                        {"named": bool(ID_NAME.search(column)), "dates": dates >= 0.9}))
         elif len(counts) > 100 or (len(counts) >= 20 and len(counts) >= 0.5 * len(values)):
             findings.append(Finding("high_cardinality", "warning", [column], float(len(counts)),
                                     f"'{column}' has {len(counts)} distinct values in {len(values)} rows "
@@ -228,6 +230,19 @@ def _key_like(column: str, values: pd.Index) -> bool:
     uuid = np.mean([bool(UUID.match(v)) for v in sample])
     digits = np.mean([any(ch.isdigit() for ch in v) and " " not in v.strip() for v in sample])
     return bool(uuid >= 0.9 or digits >= 0.95 or ID_NAME.search(column))
+
+
+def _date_share(values: pd.Index) -> float:
+    """The share of (sampled) values that read as dates or times."""
+    import warnings
+
+    import pandas as pd
+
+    sample = pd.Series(values[:200].astype(str))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "could not infer format": expected for keys
+        parsed = pd.to_datetime(sample, errors="coerce", format="mixed")
+    return share(parsed.notna().sum(), len(sample))
 
 
 def mixed_findings(frame: pd.DataFrame, columns: list[str], numbers: dict[str, float]) -> list[Finding]:

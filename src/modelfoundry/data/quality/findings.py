@@ -93,6 +93,8 @@ def percent(value: float) -> str:
     """A share as a short percentage: 0.1234 -> '12.3%', tiny non-zero shares as '<0.1%'."""
     if 0 < value < 0.001:
         return "<0.1%"
+    if 0.999 < value < 1:
+        return ">99.9%"
     return f"{100 * value:.1f}%"
 
 
