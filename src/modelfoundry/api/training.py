@@ -365,6 +365,8 @@ def _facts(data: PreparedData, fit_result: FitResult, run_path: Path) -> dict[st
         facts["threshold"] = threshold
     if "feature_cache" in fit_result.extras:
         facts["feature_cache"] = fit_result.extras["feature_cache"]
+    if "average" in fit_result.extras:  # training.average: the saved weights are an average
+        facts["average"] = fit_result.extras["average"]
     if "memory_estimate_bytes" in fit_result.extras:
         from modelfoundry.train.estimate import peak_rss_bytes
 

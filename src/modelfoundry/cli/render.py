@@ -80,6 +80,11 @@ def print_summary(result: Any) -> None:
         table.add_row("frozen encoder", "outputs from the cache" if frozen["hit"] else
                       f"run once per split ({frozen['seconds']:.1f} s)" + (", cached for the next run"
                                                                            if frozen["cached"] else ""))
+    average = result.extras.get("average")
+    if average:
+        what = "epochs" if average["method"] == "swa" else "steps"
+        table.add_row("weights", f"{average['method'].upper()} average of {average['averaged']} {what} from epoch "
+                      f"{average['from_epoch']} on (training.average)")
     memory = result.extras.get("memory")
     if memory:
         table.add_row("memory", f"peak {memory['peak_rss_bytes'] / (1 << 30):.2f} GiB resident (estimated "
