@@ -42,7 +42,8 @@ def check(data: Annotated[str, typer.Argument(metavar="DATA", show_default=False
     print_findings(result)
     if result.failing:
         kinds = sorted({f.kind for f in result.failing})
-        raise DataCheckFailed(f"{len(result.failing)} finding{'s' * (len(result.failing) != 1)} match --fail-on "
+        many = len(result.failing) != 1
+        raise DataCheckFailed(f"{len(result.failing)} finding{'s' * many} match{'es' * (not many)} --fail-on "
                               f"{fail_on}: {', '.join(kinds)}.",
                               f"See {result.files.get('md', result.files.get('html'))}; exit code 11 fails a CI step.")
 
