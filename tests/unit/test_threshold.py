@@ -145,3 +145,6 @@ def test_the_evaluation_takes_class_metrics_at_the_threshold_and_reports_both(tm
     assert report.index("## Decision threshold") < report.index("## All metrics")
     matrix = json.loads((tmp_path / "tuned" / "confusion_matrix.json").read_text())["matrix"]
     assert matrix == [[4, 1], [0, 3]]  # the confusion matrix of the decisions made
+    wrong = json.loads((tmp_path / "tuned" / "errors.json").read_text())
+    assert [(e["row"], e["predicted"]) for e in wrong] == [(1, "1")]  # the one row wrong at the threshold
+    assert len(json.loads((tmp_path / "plain" / "errors.json").read_text())) == 3

@@ -40,7 +40,7 @@ def evaluate_outputs(*, task: str, y_true: np.ndarray, output: np.ndarray, rows:
             metrics, decision = _at_threshold(metrics, y_true, output, pred, threshold, cfg, split)
         cm = confusion(y_true, pred, len(labels))
         pairs = report.confused_pairs(cm, labels)
-        hardest = report.hardest_examples(task, y_true, output, rows, labels, cfg.confused_examples)
+        hardest = report.hardest_examples(task, y_true, output, rows, labels, cfg.confused_examples, pred)
         write_json(out_dir / "confusion_matrix.json", {"labels": labels, "matrix": cm.tolist()})
         if cfg.plots:
             report.plot_confusion(cm, labels, out_dir / "confusion_matrix.png", short)

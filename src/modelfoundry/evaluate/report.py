@@ -9,17 +9,18 @@ import numpy as np
 
 
 def hardest_examples(task: str, y_true: np.ndarray, output: np.ndarray, rows: np.ndarray, labels: list[str],
-                     n: int) -> list[dict[str, Any]]:
+                     n: int, predicted: np.ndarray | None = None) -> list[dict[str, Any]]:
     """The `n` test rows the model got most wrong: lowest probability on the true class, or largest error.
 
     `output` is (N, K) probabilities for classification, (N,) predictions in target units for regression;
-    `rows` are the rows' numbers in the source data.
+    `rows` are the rows' numbers in the source data; `predicted`: the classes predicted when not the most probable
+    ones (a tuned decision threshold's).
     """
     if n == 0 or len(y_true) == 0:
         return []
     if task == "classification":
         p_true = output[np.arange(len(y_true)), y_true]
-        pred = output.argmax(1)
+        pred = output.argmax(1) if predicted is None else predicted
         order = [i for i in np.argsort(p_true) if pred[i] != y_true[i]][:n]
         return [{"row": int(rows[i]), "true": labels[y_true[i]], "predicted": labels[pred[i]],
                  "p_predicted": float(output[i, pred[i]]), "p_true": float(p_true[i])} for i in order]
