@@ -87,14 +87,3 @@ def test_run_with_augmentation_trains_and_misfits_are_config_errors(tmp_path):
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "data.augment.image: the data has no image input" in result.output and "data.augment.cutmix" in result.output
     assert not (tmp_path / "bad").exists()
-
-
-@pytest.mark.parametrize("example", ["digits_augment.yaml"])
-def test_the_augmentation_example_validates(example):
-    from pathlib import Path
-
-    from modelfoundry.config import load_config
-
-    path = Path(__file__).resolve().parents[2] / "examples" / example
-    assert path.read_text().startswith("# foundry run examples/")
-    assert load_config(path).data.augment.image.affine is not None

@@ -104,7 +104,7 @@ def cutout(x: torch.Tensor, chosen: torch.Tensor, top: torch.Tensor, left: torch
 def cutmix_box(lam: float, height: int, width: int, centre_y: int, centre_x: int) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) of the pasted rectangle: (1 - lam) of the area about the centre, clipped."""
     cut = math.sqrt(1.0 - lam)
-    half_h, half_w = int(round(height * cut)) // 2, int(round(width * cut)) // 2
+    half_h, half_w = round(height * cut) // 2, round(width * cut) // 2
     return (max(centre_y - half_h, 0), min(centre_y + half_h, height),
             max(centre_x - half_w, 0), min(centre_x + half_w, width))
 
