@@ -37,7 +37,7 @@ def test_a_planted_leak_fails_ci_with_exit_11_and_a_complete_report(leaky, tmp_p
     done = foundry("data", "check", leaky, "--target", "target", "-o", out, "--format", "both",
                    "--fail-on", "leakage", "--plots", 4)  # the cap applies, and the report says so
     assert done.exit_code == DataCheckFailed.exit_code == 11, done.output
-    assert "ERROR leakage [leak]" in done.output and "match --fail-on leakage" in done.output
+    assert "ERROR leakage [leak]" in done.output and "1 finding matches --fail-on leakage" in done.output
     record = json.loads((out / "findings.json").read_text())
     assert [f["columns"] for f in record["findings"] if f["kind"] == "leakage"] == [["leak"]]
     assert record["plots"]["plotted"] == 4 and record["plots"]["columns"] == 32

@@ -4,7 +4,7 @@ and exit code 11 when --fail-on matches."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -17,19 +17,19 @@ SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 def check(data: Annotated[str, typer.Argument(metavar="DATA", show_default=False,
                                               help="A data file (.csv, .parquet, .jsonl, ...), a bundled dataset "
                                               "(sklearn:breast_cancer) or a config YAML (its data section applies).")],
-          target: Annotated[Optional[str], typer.Option("--target", help="The column to predict (default: the "
+          target: Annotated[str | None, typer.Option("--target", help="The column to predict (default: the "
                                                         "config's data.target; none: no target checks).")] = None,
-          compare: Annotated[Optional[str], typer.Option("--compare", help="A second file (e.g. the test set) to "
+          compare: Annotated[str | None, typer.Option("--compare", help="A second file (e.g. the test set) to "
                                                          "compare with: per-column shift and whether a classifier "
                                                          "tells the two apart.")] = None,
           out: Annotated[Path, typer.Option("-o", "--out", help="Report directory.")] = Path("data-check"),
           fmt: Annotated[str, typer.Option("--format", help="Report format: md, html or both.")] = "md",
-          fail_on: Annotated[Optional[str], typer.Option("--fail-on", help="Exit with code 11 when a finding is at "
+          fail_on: Annotated[str | None, typer.Option("--fail-on", help="Exit with code 11 when a finding is at "
                                                          "least this severe (warning, error) or of these kinds "
                                                          "(e.g. leakage,pii); comma-separated.")] = None,
           plots: Annotated[int, typer.Option("--plots", min=0, help="Histograms of at most this many columns "
                                              "(those with findings first); 0: none.")] = 50,
-          seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the samples and folds (default: "
+          seed: Annotated[int | None, typer.Option("--seed", help="Seed of the samples and folds (default: "
                                                       "the config's, else 0).")] = None) -> None:
     """A data-quality report before any training: missing values, duplicates, constant, ID-like and
     high-cardinality columns, class imbalance, outliers, mixed types, target leakage, likely personal data,

@@ -23,8 +23,8 @@ def separability(base: pd.DataFrame, other: pd.DataFrame, columns: list[str], ki
     it leans on most with their importance); None when there is too little to compare."""
     import pandas as pd
     from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     from modelfoundry.data.quality.columns import numeric_values
 

@@ -221,7 +221,7 @@ def categorical_findings(frame: pd.DataFrame, columns: list[str]) -> list[Findin
                                     f"({percent(share(len(counts), len(values)))} distinct): one-hot encoding makes "
                                     "a column of each, and most are seen too rarely to learn from.",
                                     "Group rare values, use data.features: {" + column + ": {encode: ordinal}}, or "
-                                    "drop it if it is a name or key.", {"distinct": int(len(counts))}))
+                                    "drop it if it is a name or key.", {"distinct": len(counts)}))
     return findings
 
 
@@ -260,5 +260,5 @@ def mixed_findings(frame: pd.DataFrame, columns: list[str], numbers: dict[str, f
                                 f"({percent(part)}) and text ({len(text)} values, e.g. {shown}).",
                                 "Clean the text values (a missing-value marker? a unit?) so the column is numeric, "
                                 "or set data.features: {" + column + ": {type: categorical}}.",
-                                {"numbers_share": round(part, 4), "text_values": int(len(text))}))
+                                {"numbers_share": round(part, 4), "text_values": len(text)}))
     return findings

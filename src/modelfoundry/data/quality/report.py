@@ -82,9 +82,9 @@ def _blocks(result: CheckResult, plots: dict[str, str], n_columns: int, limit: i
     if result.leakage:
         metric = "balanced accuracy" if result.task == "classification" else "R^2"
         blocks += [("h2", "Each column alone"),
-                   ("p", f"Cross-validated {metric} of a single-feature model per column (the best "
-                         f"{min(SHOWN_SCORES, len(result.leakage))}); close to 1 means the column alone gives the "
-                         "target away."),
+                   ("p", (f"Cross-validated {metric} of a single-feature model per column (the best "
+                          f"{min(SHOWN_SCORES, len(result.leakage))}); close to 1 means the column alone gives the "
+                          "target away.")),
                    ("table", ["column", metric, "ROC-AUC"],
                     [[s["column"], f"{s['score']:.3f}", "-" if s["auc"] is None else f"{s['auc']:.3f}"]
                      for s in result.leakage[:SHOWN_SCORES]])]

@@ -157,12 +157,12 @@ def _imbalance(labels: pd.Series, target: str) -> list[Finding]:
                                 "Try data.balance (class_weights: balanced, or method: smote | oversample), and "
                                 "judge the model by F1 or balanced accuracy rather than accuracy.",
                                 {"ratio": round(ratio, 3), "minority_share": round(part, 6),
-                                 "classes": int(len(counts))}))
+                                 "classes": len(counts)}))
     rare = counts[counts < 5]
     if len(rare):
         findings.append(Finding("imbalance", "warning", [target], float(len(rare)),
                                 f"{len(rare)} class{'es' * (len(rare) != 1)} of '{target}' "
                                 f"{'have' if len(rare) != 1 else 'has'} fewer than 5 rows: too few to stratify the "
                                 "splits and to learn from.", "Collect more rows of them, merge them into a broader "
-                                "class, or drop them.", {"rare_classes": int(len(rare))}))
+                                "class, or drop them.", {"rare_classes": len(rare)}))
     return findings
