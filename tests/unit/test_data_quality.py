@@ -249,3 +249,17 @@ def test_any_small_table_gives_findings_or_a_clean_data_error(case, task):
         return
     assert all(f.severity in ("info", "warning", "error") for f in result.findings)
     result.to_json()
+
+
+def test_foundry_run_shows_warnings_and_errors_only_a_few_and_how_to_see_all():
+    from modelfoundry.api.data_check import SHOWN_AT_RUN, run_lines
+    from modelfoundry.data.quality.findings import Finding
+
+    findings = [Finding("constant", "warning", [f"c{i}"], 1.0, f"c{i} is constant.", "drop it") for i in range(9)]
+    findings.append(Finding("outliers", "info", ["x"], 0.1, "x has outliers.", "check"))
+    lines = run_lines(findings, "my data.csv", "label")
+    assert lines[:SHOWN_AT_RUN] == [f"Data warning: c{i} is constant." for i in range(SHOWN_AT_RUN)]
+    assert len(lines) == SHOWN_AT_RUN + 1 and "outliers" not in " ".join(lines)
+    assert lines[-1].startswith(f"{9 - SHOWN_AT_RUN} more data findings.")
+    assert "`foundry data check 'my data.csv' --target label`" in lines[-1]
+    assert run_lines(findings[-1:], "d.csv", "y") == []
