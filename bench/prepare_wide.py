@@ -46,7 +46,7 @@ def foundry_prepare(path: Path) -> float:
     from modelfoundry.config import load_config
     from modelfoundry.data.prepare import prepare_data
 
-    config = load_config({"name": "wide", "data": {"source": str(path), "target": "target"},
+    config = load_config({"name": "wide", "data": {"source": str(path), "target": "target", "cache": False},
                           "model": {"name": "mlp"}, "tracking": {"enabled": False}})
     start = time.perf_counter()
     prepare_data(config.data, config.seed)

