@@ -89,3 +89,13 @@ def test_balance_method_gan_grows_the_minority_class_in_a_run(tmp_path):
     assert balance["method"] == "gan" and balance["after"]["0"] == balance["after"]["1"] == balance["before"]["1"]
     assert balance["synthetic"] == balance["before"]["1"] - balance["before"]["0"] > 0
     assert balance["gan"]["steps"] > 0
+
+
+def test_predict_on_a_gan_says_to_sample_instead(gan_run):
+    root, run_dir, _ = gan_run
+    from modelfoundry.data.sources import load_source
+
+    load_source("sklearn:digits").head(3).to_csv(root / "rows.csv", index=False)
+    result = foundry("predict", run_dir, root / "rows.csv", "-o", root / "p.csv")
+    assert result.exit_code == 2 and "it does not predict" in result.output and "foundry sample" in result.output
+    assert "Traceback" not in result.output

@@ -125,6 +125,12 @@ class GAN(nn.Module):
         return self.n_classes > 0
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:  # given data rows: predict, evaluate, export or serve
+            from modelfoundry.errors import ConfigError
+
+            raise ConfigError("This model is a GAN (data.task: generative): it generates rows, it does not predict, "
+                              "evaluate data files, export or serve.", "Draw rows with `foundry sample MODEL -n N -o "
+                              "out.csv` (or out.png); its quality scores are in the run's eval/metrics.json.")
         if self.conditional:
             z = torch.cat([z, F.one_hot(labels, self.n_classes).to(z.dtype)], dim=1)  # (B, latent + classes)
         return self.generator(z)
