@@ -263,3 +263,13 @@ def test_foundry_run_shows_warnings_and_errors_only_a_few_and_how_to_see_all():
     assert lines[-1].startswith(f"{9 - SHOWN_AT_RUN} more data findings.")
     assert "`foundry data check 'my data.csv' --target label`" in lines[-1]
     assert run_lines(findings[-1:], "d.csv", "y") == []
+
+
+def test_a_date_recorded_only_for_one_class_is_leakage(breast_cancer):
+    """A post-outcome column whose values are all distinct (a date of surgery, missing for benign cases): no single
+    value repeats, but whether it is there gives the target away."""
+    frame = breast_cancer.copy()
+    days = np.random.default_rng(2).permutation(len(frame))
+    dates = pd.to_datetime("2020-01-01") + pd.to_timedelta(days, unit="D")
+    frame["surgery_date"] = np.where(frame["target"] == 0, dates.strftime("%Y-%m-%d"), None)
+    assert columns_of(check_frame(frame, source="bc", target="target"), "leakage") == {"surgery_date"}

@@ -38,7 +38,7 @@ class ColumnScore:
 
 def bin_codes(frame: pd.DataFrame, columns: list[str], kinds: dict[str, str]) -> tuple[np.ndarray, int]:
     """(rows, columns) int64 bin ids, distinct across columns, and how many there are: quantile bins for numbers,
-    one per category, and a bin for each column's missing values."""
+    one per category (those seen once share one), and a bin for each column's missing values."""
     import pandas as pd
 
     from modelfoundry.data.quality.columns import numeric_matrix
@@ -58,10 +58,12 @@ def bin_codes(frame: pd.DataFrame, columns: list[str], kinds: dict[str, str]) ->
     for j, column in enumerate(columns):
         if kinds[column] == "numeric":
             size = BINS
-        else:
+        else:  # a bin per category; categories seen once share one bin (dates or notes filled only for one class)
             code, uniques = pd.factorize(frame[column].map(str).where(frame[column].notna()))
-            size = len(uniques)
-            codes[:, j] = np.where(code < 0, size, code)
+            size = len(uniques) + 1
+            seen = np.bincount(code[code >= 0], minlength=len(uniques) + 1)  # + 1: no category at all
+            code = np.where(code < 0, size, np.where(seen[np.maximum(code, 0)] == 1, size - 1, code))
+            codes[:, j] = code
         codes[:, j] += offset
         offset += size + 1
     return codes, offset
