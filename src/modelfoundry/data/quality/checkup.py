@@ -98,7 +98,10 @@ def _kinds(frame: pd.DataFrame, given: dict[str, str]) -> tuple[dict[str, str], 
     kinds, numbers = {}, {}
     for column, dtype in frame.dtypes.items():
         plain = pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
-        kind, part = ("numeric", 1.0) if plain else column_kind(frame[column])
+        if pd.api.types.is_complex_dtype(dtype):
+            kind, part = "other", 0.0
+        else:
+            kind, part = ("numeric", 1.0) if plain else column_kind(frame[column])
         kinds[column], numbers[column] = given.get(column, kind), part
     return kinds, numbers
 
