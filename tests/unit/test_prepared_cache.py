@@ -261,3 +261,22 @@ def test_prepare_data_with_workers_equals_one_process(tmp_path, cache_dir):
     made = [prepare(load_config(tiny_config(data={"source": str(tmp_path / "t.csv"), "cache": False,
                                                   "workers": workers, "chunk_rows": 1000}))) for workers in (1, 2)]
     assert_same(made[1], made[0])
+
+
+def test_the_splits_of_a_finished_run_come_from_the_cache_while_the_source_is_unchanged(cache_dir, source,
+                                                                                        monkeypatch):
+    import modelfoundry.data.prepare as prepare_module
+    from modelfoundry.errors import DataError
+
+    cfg = config(source)
+    made = prepare(cfg)
+    sha = made.info["fingerprint"]["sha256"]
+    real = prepare_module.load_source
+    monkeypatch.setattr(prepare_module, "load_source", lambda *a: (_ for _ in ()).throw(AssertionError("read")))
+    rebuilt = prepare_module.rebuild_splits(cfg.data, cfg.seed, sha, "RUN")
+    for split in ("train", "val", "test"):
+        pd.testing.assert_frame_equal(rebuilt[split], made.frames[split])
+    monkeypatch.setattr(prepare_module, "load_source", real)
+    source.write_text(source.read_text().replace("Rome", "Roma", 1))
+    with pytest.raises(DataError, match="changed since RUN was trained"):
+        prepare_module.rebuild_splits(cfg.data, cfg.seed, sha, "RUN")

@@ -336,6 +336,8 @@ def rebuild_splits(cfg: DataConfig, seed: int, recorded_sha256: str, run_dir: An
         from modelfoundry.data.anomaly import anomaly_splits
 
         clean, parts, *_ = anomaly_splits(cfg, split_seed(cfg, seed))
+    elif (stored := _cached_frames(cfg, seed, recorded_sha256)) is not None:
+        return stored
     else:
         clean = load_clean(cfg, split_seed(cfg, seed))
     if clean.info["fingerprint"]["sha256"] != recorded_sha256:
@@ -402,3 +404,18 @@ def _store(key: str, data: PreparedData, started: float, frames: Mapping[str, pd
             "info": data.info, "prepare_s": prepare_s}
     stored = store.save(key, {"X": data.X, "y": data.y, "rows": data.rows}, meta, frames)
     data.info["cache"] = {"hit": False, "key": key[:16], "prepare_s": round(prepare_s, 3), "stored": stored}
+
+
+def _cached_frames(cfg: DataConfig, seed: int, recorded_sha256: str) -> dict[str, pd.DataFrame] | None:
+    """The split frames a cache entry of this unchanged source holds (its fingerprint the recorded one), else None.
+    Looked up without a pretrained tokenizer: a run of a pretrained encoder rebuilds its splits from the source."""
+    from modelfoundry.data import prepared_cache as store
+
+    key = _source_key(cfg, split_seed(cfg, seed), None) if cfg.cache else None
+    cached = store.load(key) if key is not None else None
+    if cached is None or cached.frames is None or cached.info["fingerprint"]["sha256"] != recorded_sha256:
+        return None
+    try:
+        return {name: cached.frames[name] for name in SPLITS}
+    except KeyError:
+        return None

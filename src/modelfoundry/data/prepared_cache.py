@@ -5,7 +5,7 @@ instead of preparing again.
 An entry is a directory `$FOUNDRY_CACHE_DIR/prepared/<key>/` named by everything the prepared data depends on
 (`entry_key`): the source's identity (its bytes' hash, or a bundled dataset's package version), the data section
 less the keys that do not change it, the split seed, a pretrained tokenizer, the rows of each split (a CV fold's),
-the versions of the libraries that compute it and this module's FORMAT. It holds:
+the versions of the libraries and a digest of the data modules that compute it, and this module's FORMAT. It holds:
 
 - `meta.json`: the task, the preprocessing's portable description, the target encoding, data.json's info, the
   time the first preparation took, the size of every file (a partial entry is a miss);
@@ -22,6 +22,7 @@ used entries are removed once the cache holds more than $FOUNDRY_CACHE_MAX_MB (d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -48,6 +49,8 @@ MMAP_BYTES = 512 << 20  # an entry whose arrays take more (in total) is streamed
 # (data.balance) runs after the cache (it is seeded and cheap), augmentation in the training loop
 IGNORED = ("source", "cache", "workers", "chunk_rows", "augment", "balance")
 STALE_TMP_S = 3600
+CODE = ("prepare.py", "clean.py", "split.py", "transform.py", "portable.py", "text.py", "sources.py", "chunked.py",
+        "fingerprint.py", "prepared_cache.py")  # data/ modules whose code the key includes (not balance.py: after)
 
 
 def cache_dir() -> Path:
@@ -81,10 +84,23 @@ def library_versions() -> dict[str, str | None]:
     return found
 
 
+@functools.cache
+def code_digest() -> str:
+    """sha256 of the modules that compute prepared data: a change to any of them (a fix to cleaning, scaling,
+    tokenizing) makes every older entry a miss, without anyone remembering to bump FORMAT."""
+    digest = hashlib.sha256()
+    for name in CODE:
+        try:
+            digest.update((Path(__file__).parent / name).read_bytes())
+        except OSError:  # an installation without sources: the package version keys it
+            digest.update(name.encode())
+    return digest.hexdigest()
+
+
 def entry_key(parts: dict[str, Any], rows: Mapping[str, np.ndarray] | None = None) -> str:
     """The entry name (sha256, hex) for these inputs of preparation: `parts` as JSON, then each split's rows."""
     digest = hashlib.sha256()
-    meta = {"format": FORMAT, "versions": library_versions(), **parts}
+    meta = {"format": FORMAT, "versions": library_versions(), "code": code_digest(), **parts}
     digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name in sorted(rows or {}):
         digest.update(name.encode())
