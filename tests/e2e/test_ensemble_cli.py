@@ -81,9 +81,9 @@ def test_registered_with_its_members_as_lineage(built, store):
 def test_one_onnx_graph_equals_the_python_combination(built):
     import onnx
 
-    from modelfoundry.rundir import load_model
-    from modelfoundry.models.inference import predict_outputs
     from modelfoundry.api.evaluation import reload_splits
+    from modelfoundry.models.inference import predict_outputs
+    from modelfoundry.rundir import load_model
 
     graph = onnx.load(str(built["dir"] / "model" / "onnx" / "model.onnx"))
     assert [i.name for i in graph.graph.input] == ["numeric"] and len(graph.graph.output) == 1
@@ -95,9 +95,9 @@ def test_one_onnx_graph_equals_the_python_combination(built):
 
 
 def test_served_answers_equal_the_offline_ensemble(built, monkeypatch):
+    from modelfoundry.artifacts.records import DataRecord
     from modelfoundry.config import ServeConfig
     from modelfoundry.data.prepare import rebuild_splits
-    from modelfoundry.artifacts.records import DataRecord
     from modelfoundry.serve.app import create_app
     from modelfoundry.serve.store import RunDirStore
 

@@ -98,7 +98,7 @@ def test_a_swa_run_keeps_the_mean_of_its_last_epochs(make_config):
     torch.testing.assert_close(result.model.state_dict()["0.weight"], expected)
     last = snapshots.weights[-1]
     assert not torch.allclose(result.model.state_dict()["0.weight"], last["0.weight"])
-    bn = [k for k in last if k.endswith("running_mean")][0]
+    bn = next(k for k in last if k.endswith("running_mean"))
     assert not torch.allclose(result.model.state_dict()[bn], last[bn])  # recomputed for the averaged weights
 
 
