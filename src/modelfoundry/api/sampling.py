@@ -38,7 +38,7 @@ def sampler(model: Any, seed: int) -> Callable[[np.ndarray | None, int], np.ndar
     import torch
 
     def draw(labels: np.ndarray | None, n: int) -> np.ndarray:
-        given = torch.from_numpy(np.asarray(labels, dtype=np.int64)) if labels is not None and model.conditional \
+        given = torch.from_numpy(np.array(labels, dtype=np.int64)) if labels is not None and model.conditional \
             else None
         rows = model.sample(n, given, generator=torch.Generator().manual_seed(seed))
         return rows.cpu().numpy().astype(np.float64)

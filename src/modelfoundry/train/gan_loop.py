@@ -24,7 +24,8 @@ from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import TrainingConfig
 from modelfoundry.errors import TrainingError
 from modelfoundry.reporting import Reporter, reporter_for
-from modelfoundry.train.callbacks import Callback, CheckpointPolicy, MetricsLog, save_atomic
+from modelfoundry.train.callbacks import (Callback, CheckpointPolicy, MetricsLog, TrainingProgress, line_every,
+                                          ordinal, save_atomic)
 from modelfoundry.train.loop import (CHECKPOINT_FORMAT, BestWeights, FitResult, _DeferredInterrupt, load_checkpoint,
                                      load_weights, plain, trained_state)
 from modelfoundry.train.runtime import restore_rng_state, rng_state, select_device
@@ -74,6 +75,7 @@ def fit_gan(model: Any, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.nda
     metrics_log = MetricsLog(layout.metrics_log, history) if run_dir else None
     callbacks = ([metrics_log] if metrics_log else []) + callbacks
     reporter = reporter_for(progress)
+    lines = EpochLines(reporter, cfg.epochs) if reporter else None
     if reporter:
         reporter.start("train", cfg.epochs * batches, completed=start_epoch * batches)
     policy = CheckpointPolicy(cfg.checkpoint.every_epochs, cfg.checkpoint.min_interval_s)
@@ -145,11 +147,8 @@ def fit_gan(model: Any, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.nda
                 history.append(record)
                 for callback in callbacks:
                     callback.on_epoch_end(record)
-                if reporter:
-                    line = (f"epoch {epoch}/{cfg.epochs}  d_loss {record['d_loss']:.4f}  g_loss {record['g_loss']:.4f}"
-                            f"  D(x) {record['d_real']:.3f}  D(G(z)) {record['d_fake']:.3f}"
-                            + (f"  {MONITOR} {value:.4f}" if value is not None else ""))
-                    reporter.advance(epoch * batches, status=line) if reporter.live else reporter.message(line)
+                if lines:
+                    lines.show(record, epoch * batches)
                 if run_dir and policy.due(epoch, epoch == cfg.epochs or interrupt.requested):
                     checkpoint(epoch)
                 if interrupt.requested:
@@ -166,6 +165,30 @@ def fit_gan(model: Any, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.nda
     result.best_epoch, result.best_value = best_epoch, best_value
     result.wall_s = time.perf_counter() - started
     return result
+
+
+class EpochLines:
+    """An epoch's numbers as a line: the status of a live bar, or else a message for the first epoch, then about
+    one every TrainingProgress.LOG_INTERVAL_S (every Nth epoch), and the last."""
+
+    def __init__(self, reporter: Reporter, epochs: int):
+        self.reporter, self.epochs, self.every = reporter, epochs, 0
+
+    def show(self, record: dict[str, Any], steps: int) -> None:
+        epoch = record["epoch"]
+        line = (f"epoch {epoch}/{self.epochs}  d_loss {record['d_loss']:.4f}  g_loss {record['g_loss']:.4f}  "
+                f"D(x) {record['d_real']:.3f}  D(G(z)) {record['d_fake']:.3f}"
+                + (f"  {MONITOR} {record[MONITOR]:.4f}" if MONITOR in record else ""))
+        if self.reporter.live:
+            self.reporter.advance(steps, status=line)
+        elif not self.every:
+            self.reporter.message(line)
+            self.every = line_every(record["epoch_s"], TrainingProgress.LOG_INTERVAL_S)
+            if self.every > 1 and epoch < self.epochs:
+                self.reporter.message(f"(epochs take {record['epoch_s']:.2g} s: printing every {ordinal(self.every)} "
+                                      "epoch and the last)")
+        elif epoch % self.every == 0 or epoch == self.epochs:
+            self.reporter.message(line)
 
 
 def _validation_samples(model: Any, y_val: np.ndarray, seed: int) -> np.ndarray:
