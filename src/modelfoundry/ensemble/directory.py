@@ -29,6 +29,9 @@ from modelfoundry.errors import ExportError
 from modelfoundry.storage import read_json, write_json, write_text
 
 RECORD = "ensemble.json"
+# model.json fields that describe the first member alone, not the ensemble (a decision threshold was tuned on
+# its outputs, not the ensemble's)
+MEMBER_ONLY = ("base", "compression", "parent_run", "best_epoch", "threshold")
 TOLERANCE = 1e-4  # the graph against the Python combination, on the test rows (probabilities or standardised values)
 
 
@@ -65,7 +68,7 @@ def write_run_dir(out: Path, members: list[Member], config: Any, combination: Co
     ensemble_graph(graphs, combination, onnx_dir.graph, saved.record.n_outputs, scales)
     shutil.copyfile(first.preprocess, onnx_dir.preprocess)
     summary = {"method": combination.method, "members": [m["ref"] for m in facts["members"]]}
-    kept = {k: v for k, v in saved.spec.items() if k not in ("base", "compression", "parent_run", "best_epoch")}
+    kept = {k: v for k, v in saved.spec.items() if k not in MEMBER_ONLY}
     write_json(layout.model_record, {**kept, "name": config.name, "config_hash": config_hash(config),
                                      "runtime": "onnx", "ensemble": summary})
     write_json(out / RECORD, {**facts, "combination": combination.to_json(), "graph": "onnx"})
@@ -92,7 +95,7 @@ def write_group_dir(out: Path, members: list[Member], config: Any, combination: 
         shutil.copyfile(RunDir(member.run_dir).preprocess, target / "preprocess.json")
     summary = {"method": combination.method, "members": [m["ref"] for m in facts["members"]]}
     saved = members[0].saved
-    kept = {k: v for k, v in saved.spec.items() if k not in ("base", "compression", "parent_run", "best_epoch")}
+    kept = {k: v for k, v in saved.spec.items() if k not in MEMBER_ONLY}
     write_json(layout.model_record, {**kept, "name": config.name, "config_hash": config_hash(config),
                                      "runtime": "group", "ensemble": summary})
     write_json(out / RECORD, {**facts, "combination": combination.to_json(), "graph": "group"})
