@@ -115,7 +115,8 @@ def _fit_gan(config: Config, data: PreparedData, model: Any, run_dir: Path | Non
     gan = config.model
     val = next(iter(data.X["val"].values()))
     return fit_gan(model, data.X, data.y, config.training, g_lr=gan.g_lr, d_lr=gan.d_lr,
-                   label_smoothing=gan.label_smoothing, n_critic=gan.n_critic, seed=config.seed, run_dir=run_dir,
+                   label_smoothing=gan.label_smoothing, n_critic=gan.n_critic, ema_decay=gan.ema_decay,
+                   seed=config.seed, run_dir=run_dir,
                    resume=resume, progress=progress, quality=epoch_quality(val) if len(val) > 1 else None,
                    callbacks=list(callbacks))
 

@@ -80,7 +80,7 @@ def _fit(tmp_path, epochs: int, resume: bool = False, callbacks=()):
 
     cfg = TrainingConfig(epochs=epochs, batch_size=32, early_stopping=None, device="cpu")
     return fit_gan(_toy_gan(), {"train": {"numeric": x}, "val": {"numeric": xv}}, {"train": y, "val": yv}, cfg,
-                   g_lr=1e-3, d_lr=1e-3, n_critic=2, seed=3, run_dir=tmp_path, resume=resume,
+                   g_lr=1e-3, d_lr=1e-3, n_critic=2, ema_decay=0.99, seed=3, run_dir=tmp_path, resume=resume,
                    quality=epoch_quality(xv), callbacks=list(callbacks))
 
 

@@ -41,6 +41,7 @@ class GANConfig(Section):
     label_smoothing: float = Field(0.1, ge=0, lt=0.5)  # one-sided: real rows' target is 1 - label_smoothing
     n_critic: int = Field(1, ge=1, le=10)  # discriminator steps per generator step
     spectral_norm: bool = True  # on the discriminator's layers
+    ema_decay: float = Field(0.999, ge=0, lt=1)  # the generator kept is a moving average of its weights; 0: the last
 
 
 def build_gan(config: GANConfig, inputs: InputSpec, n_outputs: int) -> nn.Module:

@@ -50,7 +50,7 @@ def add_gan_rows(data: PreparedData, ratio: float | str, seed: int, device: str 
         batches = max(1, len(x) // BATCH)
         epochs = max(1, min(MAX_EPOCHS, math.ceil(STEPS / batches)))
         cfg = TrainingConfig(epochs=epochs, batch_size=BATCH, early_stopping=None, device=device, restore_best=False)
-        fit_gan(gan, {"train": data.X["train"]}, {"train": y}, cfg, g_lr=LR, d_lr=LR, seed=seed)
+        fit_gan(gan, {"train": data.X["train"]}, {"train": y}, cfg, g_lr=LR, d_lr=LR, ema_decay=0.999, seed=seed)
         labels = np.repeat(np.arange(len(counts)), grow)
         made = gan.cpu().sample(len(labels), torch.from_numpy(labels), torch.Generator().manual_seed(seed))
         data.X["train"] = {name: np.concatenate([x, made.numpy().astype(x.dtype)])}

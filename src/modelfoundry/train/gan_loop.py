@@ -12,6 +12,8 @@ best.pt holds the epoch with the lowest `val_fd` (the last epoch without one).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,14 +36,16 @@ MONITOR = "val_fd"
 
 
 def fit_gan(model: Any, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.ndarray], cfg: TrainingConfig, *,
-            g_lr: float, d_lr: float, label_smoothing: float = 0.1, n_critic: int = 1, seed: int = 0,
+            g_lr: float, d_lr: float, label_smoothing: float = 0.1, n_critic: int = 1, ema_decay: float = 0.0,
+            seed: int = 0,
             run_dir: Path | None = None, resume: bool = False, progress: Reporter | bool | None = None,
             quality: Callable[[np.ndarray], dict[str, float]] | None = None,
             callbacks: list[Callback] | None = None) -> FitResult:
     """Train the GAN `model` (models/gan_module.py) on X['train'] (its one input) and y['train'] (class indices,
     read when the GAN is conditional) for `cfg.epochs` epochs of `cfg.batch_size` rows.
 
-    `quality(generated)` maps rows generated for the validation split (as many, with its classes) to the epoch's
+    `ema_decay` > 0 keeps an exponential moving average of the generator's weights (GeneratorAverage): it is the
+    generator scored each epoch, kept as the best and returned. `quality(generated)` maps rows generated for the validation split (as many, with its classes) to the epoch's
     `val_*` numbers; `callbacks` see each epoch record (one may raise to end training). With `run_dir`, writes
     metrics.jsonl and checkpoints there; `resume` continues from checkpoints/last.pt exactly where it stopped.
     """
@@ -60,6 +64,7 @@ def fit_gan(model: Any, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.nda
     generator = torch.Generator().manual_seed(seed)  # the shuffles and the noise
     history: list[dict[str, Any]] = []
     best, best_value, best_epoch, start_epoch, finished = BestWeights(model), None, 0, 0, False
+    average = GeneratorAverage(model.generator, ema_decay) if ema_decay else None
     layout = RunDir(run_dir or ".")
     if resume:
         state = load_checkpoint(layout.last_checkpoint, device)
@@ -70,6 +75,8 @@ def fit_gan(model: Any, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.nda
         history, start_epoch, finished = state["history"], state["epoch"], bool(state.get("finished"))
         best_value, best_epoch = state["early_stopping"]["best"], state["early_stopping"]["best_epoch"]
         best.load(state["best_model"])
+        if average is not None and state.get("generator_average"):
+            average.load_state_dict(state["generator_average"])
 
     callbacks = list(callbacks or [])
     metrics_log = MetricsLog(layout.metrics_log, history) if run_dir else None
@@ -88,7 +95,8 @@ def fit_gan(model: Any, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.nda
                      "finished": epoch == cfg.epochs, "model": trained_state(model),
                      "optimizer": {"generator": g_opt.state_dict(), "discriminator": d_opt.state_dict()},
                      "schedule": {}, "early_stopping": {"best": best_value, "best_epoch": best_epoch},
-                     "rng": rng_state(generator), "history": plain(history), "best_model": best.state},
+                     "rng": rng_state(generator), "history": plain(history), "best_model": best.state,
+                     "generator_average": average.state_dict() if average is not None else None},
                     layout.last_checkpoint)
         if best.state is not None:
             save_atomic(best.state, layout.best_checkpoint)
@@ -124,6 +132,8 @@ def fit_gan(model: Any, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.nda
                         g_loss.backward()
                         clip(model.generator_parameters())
                         g_opt.step()
+                        if average is not None:
+                            average.update()
                         sums[1] += g_loss.detach().cpu()
                         g_steps += 1
                     sums[0] += d_loss.detach().cpu()
@@ -137,13 +147,14 @@ def fit_gan(model: Any, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.nda
                 if not all(np.isfinite(v) for v in record.values()):
                     raise TrainingError(f"The GAN's losses became infinite or NaN in epoch {epoch}.",
                                         "Lower model.g_lr and model.d_lr, or set training.clip_grad_norm: 1.0.")
-                if quality is not None:
-                    record.update(quality(_validation_samples(model, y["val"], seed + epoch)))
+                with average.swapped() if average is not None else nullcontext():  # the averaged generator
+                    if quality is not None:
+                        record.update(quality(_validation_samples(model, y["val"], seed + epoch)))
+                    value = record.get(MONITOR)
+                    if value is None or best_value is None or value < best_value:  # without a score: the last epoch
+                        best_value, best_epoch = value, epoch
+                        best.capture()
                 record["epoch_s"] = time.perf_counter() - epoch_start
-                value = record.get(MONITOR)
-                if value is None or best_value is None or value < best_value:  # without a score: the last epoch
-                    best_value, best_epoch = value, epoch
-                    best.capture()
                 history.append(record)
                 for callback in callbacks:
                     callback.on_epoch_end(record)
@@ -161,10 +172,53 @@ def fit_gan(model: Any, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.nda
             reporter.finish()
     if cfg.restore_best and best.state is not None:
         load_weights(model, best.state)
+    elif average is not None:
+        average.copy_to_generator()
     model.eval()
     result.best_epoch, result.best_value = best_epoch, best_value
     result.wall_s = time.perf_counter() - started
     return result
+
+
+class GeneratorAverage:
+    """An exponential moving average of the generator's parameters and BatchNorm statistics, updated after each
+    generator step with decay min(decay, (1 + t) / (10 + t)) at step t, so early steps are not swamped by the
+    initial weights. GAN samples from averaged weights are markedly better than from the last step's."""
+
+    def __init__(self, generator: nn.Module, decay: float):
+        self.generator, self.decay, self.steps = generator, decay, 0
+        self.live = generator.state_dict()  # views, updated in place by training
+        self.average = {k: v.detach().clone() for k, v in self.live.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        floats = [k for k, v in self.live.items() if v.is_floating_point()]
+        torch._foreach_lerp_([self.average[k] for k in floats], [self.live[k] for k in floats], 1 - decay)
+        for key in self.live.keys() - set(floats):  # counters (BatchNorm's num_batches_tracked)
+            self.average[key].copy_(self.live[key])
+
+    @contextmanager
+    def swapped(self) -> Iterator[None]:
+        """The averaged weights in the generator inside the block, the trained ones back after it."""
+        kept = {k: v.detach().clone() for k, v in self.live.items()}
+        self.copy_to_generator()
+        try:
+            yield
+        finally:
+            self.generator.load_state_dict(kept)
+
+    def copy_to_generator(self) -> None:
+        self.generator.load_state_dict(self.average)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "average": self.average}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        for key, value in state["average"].items():
+            self.average[key].copy_(value)
 
 
 class EpochLines:
