@@ -274,3 +274,13 @@ def test_a_date_recorded_only_for_one_class_is_leakage(breast_cancer):
     dates = pd.to_datetime("2020-01-01") + pd.to_timedelta(days, unit="D")
     frame["surgery_date"] = np.where(frame["target"] == 0, dates.strftime("%Y-%m-%d"), None)
     assert columns_of(check_frame(frame, source="bc", target="target"), "leakage") == {"surgery_date"}
+
+
+def test_the_report_skips_what_cannot_be_plotted_and_still_writes(tmp_path):
+    from modelfoundry.data.quality.report import write_report
+
+    frame = pd.DataFrame({"huge": [5.6295e14, 5.6295e14 + 0.01], "tiny": [1e-300, 2e-300], "y": [0, 1]})
+    result = check_frame(frame, source="odd.csv", target="y")
+    files = write_report(result, frame, tmp_path, "both")
+    assert set(files) == {"findings", "md", "html"} and all(p.is_file() for p in files.values())
+    assert (tmp_path / "plots" / "huge.png").is_file()

@@ -42,8 +42,12 @@ def plot_columns(frame: pd.DataFrame, kinds: dict[str, str], columns: list[str],
     for column in columns:
         figure = Figure(figsize=(4.8, 3.0), dpi=80)
         axes = figure.subplots()
-        if not _draw(axes, frame[column], kinds.get(column, "categorical"),
-                     other[column] if other is not None and column in other.columns else None):
+        try:
+            drawn = _draw(axes, frame[column], kinds.get(column, "categorical"),
+                          other[column] if other is not None and column in other.columns else None)
+        except (ValueError, OverflowError):  # values matplotlib cannot bin (extreme magnitudes): no plot
+            drawn = False
+        if not drawn:
             continue
         axes.set_title(column[:60], fontsize=10)
         figure.tight_layout()
@@ -67,7 +71,10 @@ def _draw(axes: object, series: pd.Series, kind: str, other: pd.Series | None) -
         low, high = float(values.min()), float(values.max())
         if compared is not None and len(compared):
             low, high = min(low, float(np.nanmin(compared))), max(high, float(np.nanmax(compared)))
-        bins = np.linspace(low, high, 31) if high > low else 10
+        bins = np.linspace(low, high, 31)
+        if len(np.unique(bins)) < len(bins):  # one value, or a range too narrow for its magnitude
+            pad = max(abs(low) * 1e-3, 0.5)
+            bins = np.array([low - pad, high + pad])
         axes.hist(values, bins=bins, color="#4477aa", alpha=0.8, density=compared is not None, label="data")
         if compared is not None and len(compared):
             axes.hist(compared, bins=bins, color="#ee6677", alpha=0.5, density=True, label="compared")
