@@ -284,3 +284,16 @@ def test_the_report_skips_what_cannot_be_plotted_and_still_writes(tmp_path):
     files = write_report(result, frame, tmp_path, "both")
     assert set(files) == {"findings", "md", "html"} and all(p.is_file() for p in files.values())
     assert (tmp_path / "plots" / "huge.png").is_file()
+
+
+def test_high_cardinality_and_near_constant_columns():
+    rng = np.random.default_rng(0)
+    n = 1000
+    towns = np.array(["".join(rng.choice(list("abcdefghij"), 6)) for _ in range(300)])
+    frame = pd.DataFrame({"town": rng.choice(towns, n), "rare": ["x"] * 995 + ["y"] * 5,
+                          "size": rng.choice(["S", "M", "L"], n), "y": rng.integers(0, 2, n)})
+    result = check_frame(frame, source="t", target="y")
+    high = kinds_of(result, "high_cardinality")
+    assert [f.columns for f in high] == [["town"]] and high[0].value > 250
+    near = kinds_of(result, "constant")
+    assert [(f.columns, f.severity) for f in near] == [(["rare"], "info")] and near[0].value == 0.995
