@@ -162,3 +162,16 @@ def test_members_with_other_preprocessing_are_served_as_a_group(store, tmp_path,
     np.testing.assert_allclose(np.asarray(body["probabilities"]), expected, atol=1e-4)
     with pytest.raises(RunDirError, match="served group"):
         load_model(tmp_path / "group")
+
+
+def test_a_labelled_file_replaces_the_test_split(store, tmp_path):
+    """--data: evaluated on the file's rows (no baselines: there is no training split to fit them on)."""
+    from modelfoundry.api.ensembles import ensemble
+    from modelfoundry.data.sources import load_source
+
+    load_source("sklearn:breast_cancer").head(60).to_csv(tmp_path / "rows.csv", index=False)
+    result = ensemble([store["tmp"] / "run0", store["tmp"] / "run1"], data=tmp_path / "rows.csv",
+                      out=tmp_path / "file", register=False)
+    assert result.evaluated_on == "rows.csv" and result.parity["rows_checked"] == 60
+    assert not any(k.startswith("baseline_") for k in result.metrics)
+    assert all(len(m["metrics"]) and "accuracy" in m["metrics"] for m in result.members)

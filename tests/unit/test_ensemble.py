@@ -171,3 +171,12 @@ def test_combined_outputs_are_probabilities_and_vote_follows_the_majority(member
         counts = sum(np.eye(3)[m.argmax(1)] for m in members)
         winners = out.argmax(1)
         assert (counts[np.arange(5), winners] == counts.max(1)).all()  # a class with the most votes wins
+
+
+def test_cli_refuses_weights_that_are_not_numbers():
+    from typer.testing import CliRunner
+
+    from modelfoundry.cli import app
+
+    result = CliRunner().invoke(app, ["ensemble", "a/1", "a/2", "--weights", "0.6,heavy"])
+    assert result.exit_code != 0 and "--weights must be comma-separated numbers" in result.output

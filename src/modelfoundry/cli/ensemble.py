@@ -54,8 +54,9 @@ def _print(result: Any) -> None:
     for metric in shown:
         table.add_column(metric, justify="right")
     rows = [("ensemble", result.metrics)] + [(m["ref"], m["metrics"]) for m in result.members]
-    rows += [(f"baseline ({b})", {k.removeprefix(f"baseline_{b}_"): v for k, v in result.metrics.items()
-                                  if k.startswith(f"baseline_{b}_")}) for b in ("dummy", "linear")]
+    baselines = [(f"baseline ({b})", {k.removeprefix(f"baseline_{b}_"): v for k, v in result.metrics.items()
+                                      if k.startswith(f"baseline_{b}_")}) for b in ("dummy", "linear")]
+    rows += [(label, values) for label, values in baselines if values]  # none on a --data file
     for label, values in rows:
         table.add_row(label, *(f"{values[m]:.4f}" if m in values else "-" for m in shown),
                       style="bold" if label == "ensemble" else None)

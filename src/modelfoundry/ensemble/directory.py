@@ -147,8 +147,9 @@ def members_table(task: str, names: list[str], metrics: list[dict[str, float]], 
     rows = [("**ensemble**", ensemble)] + list(zip(names, metrics))
     for base in ("dummy", "linear"):
         prefix = f"baseline_{base}_"
-        rows.append((f"baseline ({base})", {k.removeprefix(prefix): v for k, v in ensemble.items()
-                                            if k.startswith(prefix)}))
+        values = {k.removeprefix(prefix): v for k, v in ensemble.items() if k.startswith(prefix)}
+        if values:  # none on a --data file
+            rows.append((f"baseline ({base})", values))
     lines = ["## Ensemble and members", "", "| model | " + " | ".join(shown) + " |",
              "|---" * (len(shown) + 1) + "|"]
     for name, values in rows:
