@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 KINDS = ("numeric", "categorical", "text", "other")
 NEAR_CONSTANT = 0.99  # top value share from which a column is near-constant
 OUTLIER_FENCE = 3.0  # outliers lie beyond Q1 - 3 IQR or Q3 + 3 IQR ("far out")
-ID_NAME = re.compile(r"(^|[^a-z])(id|ids|uuid|guid|identifier|key|idx|index|obs|row|rownum|record)$|[a-z]Id$|_no$",
-                     re.IGNORECASE)
+ID_WORD = re.compile(r"(^|[^a-z])(id|ids|uuid|guid|identifier|key|idx|index|obs|row|rownum|record|no)$", re.IGNORECASE)
+ID_CAMEL = re.compile(r"[a-z](Id|ID|Key|Uuid|UUID)$")  # customerId, orderID: case matters (not 'paid', 'valid')
 UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 TEXT_MIN_WORDS, TEXT_MIN_DISTINCT = 4, 20  # free text: several words per value, many distinct values
 SAMPLE = 2000  # values looked at to decide a text column's kind
@@ -149,6 +149,11 @@ def _constant(column: str, part: float, count: int, value: float | None) -> Find
                    "data.features: {" + column + ": {type: ignore}}.", {"top_share": round(part, 6)})
 
 
+def named_like_key(column: str) -> bool:
+    """Whether a column's name says it is a key: 'id', 'customer_id', 'Row ID', 'identifier', 'orderId', ..."""
+    return bool(ID_WORD.search(column) or ID_CAMEL.search(column))
+
+
 def _id_like_number(column: str, values: np.ndarray, distinct: int, count: int) -> list[Finding]:
     """A column of integers unique per row that counts rows (consecutive, or in file order) or is named like a key."""
     if distinct < count or count < 10 or len(values) != count:  # missing values: not a key
@@ -158,7 +163,7 @@ def _id_like_number(column: str, values: np.ndarray, distinct: int, count: int) 
     steps = np.diff(values)
     increasing = share(max((steps > 0).sum(), (steps < 0).sum()), len(steps))
     consecutive = values.max() - values.min() + 1 == count
-    named = bool(ID_NAME.search(column))
+    named = named_like_key(column)
     if not (named or consecutive or increasing >= 0.95):
         return []
     why = ", ".join(w for w, on in (("consecutive integers", consecutive), (f"{percent(increasing)} in file order",
@@ -214,7 +219,7 @@ def categorical_findings(frame: pd.DataFrame, columns: list[str]) -> list[Findin
             dates = _date_share(counts.index)
             findings.append(_id_finding(column, len(values), "dates unique per row" if dates >= 0.9 else
                                         "text values unique per row, shaped like keys",
-                                        {"named": bool(ID_NAME.search(column)), "dates": dates >= 0.9}))
+                                        {"named": named_like_key(column), "dates": dates >= 0.9}))
         elif len(counts) > 100 or (len(counts) >= 20 and len(counts) >= 0.5 * len(values)):
             findings.append(Finding("high_cardinality", "warning", [column], float(len(counts)),
                                     f"'{column}' has {len(counts)} distinct values in {len(values)} rows "
@@ -229,7 +234,7 @@ def _key_like(column: str, values: pd.Index) -> bool:
     sample = values[:SAMPLE].astype(str)
     uuid = np.mean([bool(UUID.match(v)) for v in sample])
     digits = np.mean([any(ch.isdigit() for ch in v) and " " not in v.strip() for v in sample])
-    return bool(uuid >= 0.9 or digits >= 0.95 or ID_NAME.search(column))
+    return bool(uuid >= 0.9 or digits >= 0.95 or named_like_key(column))
 
 
 def _date_share(values: pd.Index) -> float:
