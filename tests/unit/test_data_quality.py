@@ -297,3 +297,9 @@ def test_high_cardinality_and_near_constant_columns():
     assert [f.columns for f in high] == [["town"]] and high[0].value > 250
     near = kinds_of(result, "constant")
     assert [(f.columns, f.severity) for f in near] == [(["rare"], "info")] and near[0].value == 0.995
+
+
+def test_timestamps_and_decimals_are_not_phone_numbers():
+    values = [f"2024-0{1 + i % 9}-1{i % 10} 1{i % 10}:30:00" for i in range(50)] + \
+             [f"{1000 + i}.{123456 + i}" for i in range(50)]
+    assert not kinds_of(check_frame(pd.DataFrame({"when": values}), source="t"), "pii")

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 SAMPLE = 2000  # values looked at per column
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-PHONE = re.compile(r"(?<![\w.])\+?\(?\d{1,4}\)?(?:[ .-]?\(?\d{2,5}\)?){2,5}(?![\w.])")
+PHONE = re.compile(r"(?<![\w.:/-])\+?\(?\d{1,4}\)?(?:[ .-]?\(?\d{2,5}\)?){2,5}(?![\w.:/-])")
+DATE = re.compile(r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|^\d{1,2}[-/.]\d{1,2}[-/.]\d{4}")  # not phone numbers
 CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
 IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.])")
@@ -59,7 +60,8 @@ def _phone(text: str) -> str | None:
         found = match.group()
         digits = re.sub(r"\D", "", found)
         formatted = found.startswith("+") or bool(re.search(r"[ .()-]", found))
-        if 9 <= len(digits) <= 15 and formatted and not _card(found):
+        decimal = re.fullmatch(r"\+?\d+\.\d+", found)  # 12345.678901: a number, not a phone
+        if 9 <= len(digits) <= 15 and formatted and not decimal and not DATE.match(found) and not _card(found):
             return found
     return None
 
