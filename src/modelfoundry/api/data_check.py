@@ -132,7 +132,8 @@ def warn_before_training(config: Config, data: PreparedData, progress: Reporter 
     from modelfoundry.reporting import reporter_for
 
     reporter = reporter_for(progress)
-    if reporter is None or not data.frames or data.task not in ("classification", "regression"):
+    if reporter is None or not data.frames or data.task not in ("classification", "regression") \
+            or config.data.time_series is not None:  # a series' time column is meant to be unique and ordered
         return
     try:
         frame = pd.concat(list(data.frames.values()))
