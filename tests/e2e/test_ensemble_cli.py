@@ -66,6 +66,8 @@ def test_table_shows_the_ensemble_its_members_and_the_baselines(built):
     metrics = json.loads((built["dir"] / "eval" / "metrics.json").read_text())
     assert [m["ref"] for m in members] == ["bc/1", "bc/2"] and "baseline_linear_accuracy" in metrics
     assert metrics["accuracy"] >= min(m["metrics"]["accuracy"] for m in members)
+    reference = json.loads((built["dir"] / "model" / "reference.json").read_text())  # for serve --monitor
+    assert reference["task"] == "classification" and reference["rows"] > 0
 
 
 def test_registered_with_its_members_as_lineage(built, store):

@@ -100,7 +100,7 @@ def _member(ref: str | Path) -> Any:
 def _rows(group: list[Any], data: Path | None) -> dict[str, Any]:
     """Every member's outputs on the evaluated rows (and validation rows), the truth, member 1's inputs, the
     baselines: {"test": [...], "val": [...] | None, "truth", "val_truth", "inputs", "rows", "baselines", "split",
-    "frame" (the evaluated raw rows, when the members' preprocessing differs)}."""
+    "frame" (the evaluated raw rows), "raw" (the raw splits, None on a file)}."""
     from modelfoundry.api.evaluation import reload_splits
     from modelfoundry.data.prepare import rebuild_splits
 
@@ -113,24 +113,22 @@ def _rows(group: list[Any], data: Path | None) -> dict[str, Any]:
         test = [m.outputs(inputs if m.desc == group[0].desc else m.saved.preprocessor.transform(frame, str(data)))
                 for m in group]
         return {"test": test, "val": None, "truth": truth, "val_truth": None, "inputs": inputs, "rows": rows,
-                "baselines": None, "split": data.name, "frame": frame}
-    splits = reload_splits(first)
-    raw = None
-    if any(m.desc != group[0].desc for m in group[1:]):
-        from modelfoundry.artifacts.records import DataRecord
+                "baselines": None, "split": data.name, "frame": frame, "raw": None}
+    from modelfoundry.artifacts.records import DataRecord
 
-        raw = rebuild_splits(first.config.data, first.config.seed,
-                             DataRecord.read(RunDir(first.run_dir).data_record).sha256, first.run_dir)
+    splits = reload_splits(first)
+    raw = rebuild_splits(first.config.data, first.config.seed,
+                         DataRecord.read(RunDir(first.run_dir).data_record).sha256, first.run_dir)
     out: dict[str, Any] = {}
     for split in ("val", "test"):
-        out[split] = [m.outputs(splits["X"][split] if raw is None or m.desc == group[0].desc
+        out[split] = [m.outputs(splits["X"][split] if m.desc == group[0].desc
                                 else m.saved.preprocessor.transform(raw[split], f"the {split} split")) for m in group]
     truth = {s: splits["y"][s] for s in ("val", "test")}
     if first.task == "regression":  # the meta-model is fitted in the target's units
         truth["val"] = first.target_encoder.decode(truth["val"])
     return {**out, "truth": truth["test"], "val_truth": truth["val"], "inputs": splits["X"]["test"],
             "rows": splits["rows"]["test"], "baselines": _baselines(first, splits), "split": "test split",
-            "frame": raw["test"] if raw is not None else None}
+            "frame": raw["test"], "raw": raw}
 
 
 def _frame(path: Path, target: str) -> Any:
@@ -167,7 +165,9 @@ def _build(group: list[Any], config: Any, combination: Any, rows: dict[str, Any]
         else:
             write_group_dir(out, group, config, combination, exports, facts)
             parity = _check_group(out, rows["frame"], expected)
-        return _evaluate(group, config, combination, rows, expected, out, parity)
+        result = _evaluate(group, config, combination, rows, expected, out, parity)
+        _save_reference(group[0].saved, config, combination, rows, out)
+        return result
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -192,6 +192,32 @@ def _check_group(out: Path, frame: Any, expected: np.ndarray) -> dict[str, Any]:
         raise ExportError(f"The ensemble's served group differs from the Python combination by up to {diff:.3g}.",
                           "Report the members' configs; meanwhile evaluate the members separately.")
     return {"max_abs_diff": diff, "rows_checked": len(expected), "served_as": "group"}
+
+
+def _save_reference(saved: Any, config: Any, combination: Any, rows: dict[str, Any], out: Path) -> None:
+    """model/reference.json for `foundry serve --monitor`: the first member's data profile with the ensemble's own
+    validation predictions and metrics. Like a run's, a profile that cannot be built is logged and skipped."""
+    import logging
+
+    from modelfoundry.errors import FoundryError, first_line
+    from modelfoundry.evaluate.metrics import task_metrics
+    from modelfoundry.monitor.profile import build_reference, save_reference
+
+    if rows["raw"] is None or not len(rows["val_truth"]):
+        return
+    outputs = combination.apply(rows["val"])  # as the server gives them: probabilities, or the target's units
+    labels = list(saved.target_encoder.classes_) if saved.task == "classification" else None
+    truth = rows["val_truth"] if saved.task == "classification" else \
+        (rows["val_truth"] - saved.target_encoder.mean_) / saved.target_encoder.std_
+    try:
+        metrics = task_metrics(saved.task, truth, _model_scale(saved, outputs), saved.target_encoder.decode,
+                               config.evaluation.top_k)
+        reference = build_reference(saved.preprocessor.desc, saved.task, labels, rows["raw"]["train"],
+                                    rows["raw"]["val"], outputs, metrics, config.monitor)
+    except (FoundryError, ValueError, KeyError, np.linalg.LinAlgError) as exc:
+        logging.getLogger(__name__).warning("no reference profile for monitoring: %s", first_line(exc))
+        return
+    save_reference(out, reference)
 
 
 def _model_scale(saved: Any, output: np.ndarray) -> np.ndarray:
