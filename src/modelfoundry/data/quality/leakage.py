@@ -96,8 +96,9 @@ def score_columns(frame: pd.DataFrame, target: str, task: str, kinds: dict[str, 
             return []
         scores, aucs = _regression(codes[keep], total, y[keep], folds[keep]), None
         skills = scores
-    result = [ColumnScore(c, float(scores[j]), float(skills[j]), None if aucs is None else float(aucs[j]))
-              for j, c in enumerate(columns)]
+    scores, skills = np.asarray(scores, dtype=float).tolist(), np.asarray(skills, dtype=float).tolist()
+    aucs = [None] * len(columns) if aucs is None else np.asarray(aucs, dtype=float).tolist()
+    result = [ColumnScore(c, scores[j], skills[j], aucs[j]) for j, c in enumerate(columns)]
     return sorted(result, key=lambda s: -s.skill)
 
 

@@ -29,7 +29,10 @@ def row_hashes(frame: pd.DataFrame, normalise: bool = False) -> np.ndarray:
     if numeric:
         matrix = frame[numeric].to_numpy(dtype=float, na_value=np.nan, copy=True)
         floats = [j for j, c in enumerate(numeric) if pd.api.types.is_float_dtype(dtypes[c])]
-        if normalise and floats:  # integers are exact already
+        if normalise and floats:  # integers (and float columns of whole numbers) are exact already
+            fractional = ~np.all((matrix[:, floats] % 1 == 0) | np.isnan(matrix[:, floats]), axis=0)
+            floats = [j for j, keep in zip(floats, fractional) if keep]
+        if normalise and floats:
             matrix[:, floats] = _round_significant(matrix[:, floats])
         columns["_numbers"] = _mix_columns(matrix)
     for name in frame.columns:
@@ -50,18 +53,20 @@ def row_hashes(frame: pd.DataFrame, normalise: bool = False) -> np.ndarray:
         return pd.util.hash_pandas_object(typed.astype(str), index=False).to_numpy()
 
 
-def _mix_columns(matrix: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each row of a float matrix from the exact bits of its values (splitmix64 mixing; NaN and
-    -0.0 made canonical first)."""
-    matrix = np.where(np.isnan(matrix), np.nan, matrix) + 0.0
-    bits = np.ascontiguousarray(matrix).view(np.uint64)
+def _mix_columns(matrix: np.ndarray, block: int = 128) -> np.ndarray:
+    """A 64-bit hash of each row of a float matrix from the exact bits of its values: the sum over columns of
+    splitmix64(bits ^ a per-column salt), `block` columns at a time (NaN and -0.0 made canonical first)."""
+    salts = np.random.default_rng(0).integers(0, 2 ** 63, size=matrix.shape[1], dtype=np.uint64)
     hashed = np.zeros(len(matrix), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for j in range(bits.shape[1]):
-            z = (hashed ^ bits[:, j]) + np.uint64(0x9E3779B97F4A7C15)
+        for start in range(0, matrix.shape[1], block):
+            part = matrix[:, start:start + block]
+            part = np.where(np.isnan(part), np.nan, part) + 0.0
+            z = np.ascontiguousarray(part).view(np.uint64) ^ salts[start:start + block]
+            z = z + np.uint64(0x9E3779B97F4A7C15)
             z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
             z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            hashed = z ^ (z >> np.uint64(31))
+            hashed += (z ^ (z >> np.uint64(31))).sum(axis=1, dtype=np.uint64)
     return hashed
 
 
@@ -120,7 +125,7 @@ def _conflicts(keys: np.ndarray, targets: np.ndarray, labelled: np.ndarray, targ
     if not rows:
         return []
     part = share(rows, int(labelled.sum()))
-    severity = "warning" if task == "classification" else "info"
+    severity = "warning" if task == "classification" and part >= 0.01 else "info"  # regression: noise, not error
     return [Finding("conflicting_targets", severity, [target], part,
                     f"{rows} rows ({percent(part)}) share their feature values with a row whose '{target}' differs: "
                     "no model can get all of them right.",
