@@ -99,3 +99,14 @@ def test_predict_on_a_gan_says_to_sample_instead(gan_run):
     result = foundry("predict", run_dir, root / "rows.csv", "-o", root / "p.csv")
     assert result.exit_code == 2 and "it does not predict" in result.output and "foundry sample" in result.output
     assert "Traceback" not in result.output
+
+
+def test_evaluate_scores_the_rebuilt_test_split_again_and_cv_is_refused(gan_run):
+    root, run_dir, _ = gan_run
+    result = foundry("evaluate", run_dir)
+    assert result.exit_code == 0, result.output
+    again = json.loads((run_dir / "eval-test-split" / "metrics.json").read_text())
+    first = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert again == pytest.approx(first)  # the same split, the same generator, the same seeds
+    refused = foundry("cv", root / "gan.yaml")
+    assert refused.exit_code == 2 and "not cross-validated" in refused.output and "Traceback" not in refused.output

@@ -38,6 +38,10 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Pat
     saved = load_model(run_dir)
     if saved.task == "anomaly":  # scores against normal/anomaly labels, beside the anomaly baselines
         return _evaluate_anomaly(saved, Path(data) if data else None, Path(out) if out else None, started)
+    if saved.task == "generative":  # a GAN's rows scored against its test split again (C2ST, TSTR, FD)
+        from modelfoundry.api.sampling import evaluate_saved_gan
+
+        return evaluate_saved_gan(saved, data, out, started)
     cfg = saved.config
     baselines = None
     if data is None:

@@ -68,6 +68,40 @@ def evaluate_trained_gan(config: Config, data: PreparedData, fit_result: FitResu
     return metrics, headline(metrics)
 
 
+def evaluate_saved_gan(saved: Any, data: str | Path | None, out: str | Path | None, started: float) -> Any:
+    """`foundry evaluate` of a GAN run: its test split rebuilt from the source (which must be unchanged) and scored
+    again (C2ST, FD, TSTR, beside Gaussian noise) into eval-test-split/ (eval/ when the run wrote none)."""
+    import time
+
+    from modelfoundry.api.results import RunResult
+    from modelfoundry.artifacts.records import DataRecord
+    from modelfoundry.artifacts.rundir import RunDir
+    from modelfoundry.data.generative import prepare_generative
+    from modelfoundry.data.prepare import split_seed
+    from modelfoundry.errors import DataError
+    from modelfoundry.evaluate.generative import evaluate_generative, headline
+
+    if data is not None:
+        raise ConfigError(f"A GAN is scored against the real rows of its own test split, so --data {data} does not "
+                          "apply.", f"Run `foundry evaluate {saved.run_dir}` without --data.")
+    cfg, layout = saved.config, RunDir(saved.run_dir)
+    prepared = prepare_generative(cfg.data, split_seed(cfg.data, cfg.seed))
+    recorded = DataRecord.read(layout.data_record).sha256
+    if prepared.info["fingerprint"]["sha256"] != recorded:
+        raise DataError(f"The source {cfg.data.source} changed since {saved.run_dir} was trained, so its test split "
+                        "cannot be rebuilt.", "Restore the original data; the run's own scores are in "
+                        f"{layout.eval_dir / 'metrics.json'}.")
+    name = next(iter(prepared.X["train"]))
+    out_dir = Path(out) if out else (layout.reeval_dir if layout.report.is_file() else layout.eval_dir)
+    metrics = evaluate_generative(sample=sampler(saved.model, cfg.seed + 1),
+                                  X={s: prepared.X[s][name] for s in prepared.X}, y=prepared.y,
+                                  conditional=saved.model.conditional, classes=prepared.info["generative"]["classes"],
+                                  out_dir=out_dir, seed=cfg.seed, plots=cfg.evaluation.plots,
+                                  title=f"{cfg.name}: test split", facts={"run": str(saved.run_dir), "model": "gan"})
+    return RunResult(saved.run_dir, saved.task, metrics, headline(metrics), 0, 0, "", None,
+                     wall_s=time.perf_counter() - started, extras={"out_dir": out_dir, "evaluated_on": "test split"})
+
+
 def sample(model: str | Path, n: int = 64, out: str | Path | None = None, *, label: str | None = None,
            seed: int = 0) -> SampleResult:
     """Draw `n` rows from a trained GAN (a run directory or a registered `NAME`, `NAME/VERSION`, `NAME@ALIAS`).

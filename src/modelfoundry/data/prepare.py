@@ -79,6 +79,10 @@ def load_clean(cfg: DataConfig, seed: int = 0, raw: pd.DataFrame | None = None) 
                           "autoencoder's normal rows and threshold) is trained by `foundry run` or `foundry train` "
                           "and tuned by `foundry tune`.", "Train it with `foundry run CONFIG`, then evaluate, predict, "
                           "export or serve the run.")
+    if cfg.task == "generative" and raw is None:  # its splits come from data/generative.py
+        raise ConfigError("This command handles classification and regression data; data.task: generative (a GAN) "
+                          "is trained by `foundry run` or `foundry train`, not cross-validated or tuned.",
+                          "Train it with `foundry run CONFIG`, then draw rows with `foundry sample RUN_DIR`.")
     raw = load_source(cfg.source) if raw is None else raw
     frame = raw.copy()
     specs = plan_features(frame, cfg, origin)
