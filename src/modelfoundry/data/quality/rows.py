@@ -89,10 +89,8 @@ def duplicate_findings(frame: pd.DataFrame, target: str | None = None, task: str
     keys = row_hashes(features)
     targets = row_hashes(frame[[target]]) if target is not None else np.zeros(len(frame), dtype=np.uint64)
     exact = int(pd.DataFrame({"x": keys, "y": targets}).duplicated().sum())
-    dtypes = features.dtypes.to_dict()
-    loosened = any(holds_text(dtypes[c]) or pd.api.types.is_float_dtype(dtypes[c]) for c in features.columns)
     loose = exact
-    if loosened:
+    if _normalising_changes(features):
         loose = int(pd.DataFrame({"x": row_hashes(features, normalise=True), "y": targets}).duplicated().sum())
     findings = []
     if exact:
@@ -112,6 +110,20 @@ def duplicate_findings(frame: pd.DataFrame, target: str | None = None, task: str
     if target is not None and len(features.columns):
         findings += _conflicts(keys, targets, frame[target].notna().to_numpy(), target, task)
     return findings
+
+
+def _normalising_changes(frame: pd.DataFrame) -> bool:
+    """Whether normalising can change a row: a text column, or a float column with fractional values."""
+    import pandas as pd
+
+    dtypes = frame.dtypes.to_dict()
+    if any(holds_text(dtypes[c]) for c in frame.columns):
+        return True
+    floats = [c for c in frame.columns if pd.api.types.is_float_dtype(dtypes[c])]
+    if not floats:
+        return False
+    values = frame[floats].to_numpy(dtype=float, na_value=np.nan)
+    return bool(np.any(np.isfinite(values) & (values % 1 != 0)))
 
 
 def _conflicts(keys: np.ndarray, targets: np.ndarray, labelled: np.ndarray, target: str,
