@@ -3,9 +3,10 @@ evaluation of a freshly trained GAN on its test split (evaluate/generative.py)."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from modelfoundry.api.arguments import model_dir
 from modelfoundry.errors import ConfigError

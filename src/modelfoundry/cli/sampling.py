@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,7 +17,7 @@ def sample(run_dir: RunDirArg,
            output: Annotated[Path, typer.Option("-o", "--output", help="Where to write them: .png (a grid of "
                                                 "images), .csv or .parquet (a table in the data's units, with the "
                                                 "class column of a conditional GAN).")] = Path("samples.csv"),
-           label: Annotated[Optional[str], typer.Option("--class", help="Generate this class only (a conditional "
+           label: Annotated[str | None, typer.Option("--class", help="Generate this class only (a conditional "
                                                         "GAN); default: classes drawn at random.",
                                                         show_default=False)] = None,
            seed: Annotated[int, typer.Option("--seed", help="The noise's seed: the same seed gives the same "

@@ -17,8 +17,9 @@ TSTR); and, for a conditional generator, a stronger reference, the same noise fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -189,8 +190,8 @@ def render(title: str, metrics: dict[str, float], plots: list[str], facts: dict[
     """eval/report.md: the generator beside the Gaussian-noise floor, then every number."""
     lines = [f"# {title}", ""] + [f"- **{k}**: {v}" for k, v in facts.items()] + [""]
     lines += ["## Generator vs Gaussian noise (test split)", "",
-              "C2ST accuracy 0.5: generated rows cannot be told from real ones. TSTR: a classifier trained on "
-              "generated rows, scored on real ones (TRTR: trained on the real training rows).", "",
+              ("C2ST accuracy 0.5: generated rows cannot be told from real ones. TSTR: a classifier trained on "
+               "generated rows, scored on real ones (TRTR: trained on the real training rows)."), "",
               "| metric | generator | Gaussian noise | per-class Gaussian |", "|---|---|---|---|"]
     for name in ("c2st_accuracy", "c2st_p_value", "fd", "tstr_accuracy"):
         if name in metrics:

@@ -12,10 +12,10 @@ best.pt holds the epoch with the lowest `val_fd` (the last epoch without one).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,10 +26,25 @@ from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import TrainingConfig
 from modelfoundry.errors import TrainingError
 from modelfoundry.reporting import Reporter, reporter_for
-from modelfoundry.train.callbacks import (Callback, CheckpointPolicy, MetricsLog, TrainingProgress, line_every,
-                                          ordinal, save_atomic)
-from modelfoundry.train.loop import (CHECKPOINT_FORMAT, BestWeights, FitResult, _DeferredInterrupt, load_checkpoint,
-                                     load_weights, plain, trained_state)
+from modelfoundry.train.callbacks import (
+    Callback,
+    CheckpointPolicy,
+    MetricsLog,
+    TrainingProgress,
+    line_every,
+    ordinal,
+    save_atomic,
+)
+from modelfoundry.train.loop import (
+    CHECKPOINT_FORMAT,
+    BestWeights,
+    FitResult,
+    _DeferredInterrupt,
+    load_checkpoint,
+    load_weights,
+    plain,
+    trained_state,
+)
 from modelfoundry.train.runtime import restore_rng_state, rng_state, select_device
 
 MONITOR = "val_fd"
