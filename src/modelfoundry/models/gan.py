@@ -36,8 +36,9 @@ class GANConfig(Section):
     generator: list[Annotated[int, Field(gt=0)]] = Field([128, 64], min_length=1, max_length=6)
     discriminator: list[Annotated[int, Field(gt=0)]] = Field([64, 128], min_length=1, max_length=6)
     conditional: bool | Literal["auto"] = "auto"  # auto: when data.target names a class column with 2+ classes
-    g_lr: float = Field(2e-4, gt=0, le=1)  # Adam, betas (0.5, 0.999), for each network
-    d_lr: float = Field(2e-4, gt=0, le=1)
+    # Adam, betas (0.5, 0.999), for each network; the discriminator learns faster (the two-timescale rule)
+    g_lr: float = Field(1e-4, gt=0, le=1)
+    d_lr: float = Field(4e-4, gt=0, le=1)
     label_smoothing: float = Field(0.1, ge=0, lt=0.5)  # one-sided: real rows' target is 1 - label_smoothing
     n_critic: int = Field(1, ge=1, le=10)  # discriminator steps per generator step
     spectral_norm: bool = True  # on the discriminator's layers
