@@ -35,10 +35,25 @@ class CheckResult:
 
     def to_json(self) -> dict[str, Any]:
         counts = {s: sum(f.severity == s for f in self.findings) for s in ("error", "warning", "info")}
-        return {"source": self.source, "compare": self.compare, "rows": self.rows, "columns": self.columns,
-                "target": self.target, "task": self.task, "counts": counts, "kinds": self.kinds,
-                "findings": [f.to_json() for f in self.findings], "leakage_scores": self.leakage,
-                "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
+        return finite({"source": self.source, "compare": self.compare, "rows": self.rows, "columns": self.columns,
+                       "target": self.target, "task": self.task, "counts": counts, "kinds": self.kinds,
+                       "findings": [f.to_json() for f in self.findings], "leakage_scores": self.leakage,
+                       "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}})
+
+
+def finite(value: Any) -> Any:
+    """`value` with NaN and infinite floats as None (findings.json stays strict JSON), numpy numbers as Python's."""
+    import math
+
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def check_frame(frame: pd.DataFrame, *, source: str, target: str | None = None, task: str = "auto",
