@@ -177,3 +177,22 @@ def test_a_labelled_file_replaces_the_test_split(store, tmp_path):
     assert result.evaluated_on == "rows.csv" and result.parity["rows_checked"] == 60
     assert not any(k.startswith("baseline_") for k in result.metrics)
     assert all(len(m["metrics"]) and "accuracy" in m["metrics"] for m in result.members)
+
+
+def test_snapshot_ensemble_of_one_runs_last_epochs(tmp_path, monkeypatch):
+    from modelfoundry.api.ensembles import ensemble
+    from modelfoundry.api.training import run
+    from modelfoundry.errors import ConfigError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(tiny_config(name="bc", data={"source": "sklearn:breast_cancer"},
+                                  training={"epochs": 4, "optimizer": {"lr": 0.05}, "average": {"snapshots": 3}}))
+    run_dir = run(cfg, run_dir=tmp_path / "run", progress=False).run_dir
+    result = runner.invoke(app, ["ensemble", str(run_dir), "--snapshots", "3", "-o", str(tmp_path / "snap")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "snap" / "ensemble.json").read_text())
+    assert [m["ref"] for m in record["members"]] == [f"{run_dir}@epoch-{e}" for e in (2, 3, 4)]
+    assert {m["run_dir"] for m in record["members"]} == {str(run_dir.resolve())}
+    assert record["parity"]["max_abs_diff"] < 1e-4 and "bc-snapshots" in (tmp_path / "snap" / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="needs at least two"):
+        ensemble([tmp_path / "snap"], snapshots=2, register=False)

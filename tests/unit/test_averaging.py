@@ -126,3 +126,15 @@ def test_stop_and_resume_ends_with_the_weights_of_a_straight_run(make_config, tm
     assert resumed.extras["average"]["averaged"] == straight.extras["average"]["averaged"] > 0
     for key, value in resumed.model.state_dict().items():
         torch.testing.assert_close(value, expected[key])
+
+
+def test_the_last_k_epochs_weights_are_kept_as_snapshots(make_config, tmp_path):
+    cfg, data, model = _setup(make_config, average={"snapshots": 2}, restore_best=False)
+    result = _train(cfg, data, model, run_dir=tmp_path / "run")
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("snapshot-*.pt"))
+    assert kept == ["snapshot-3.pt", "snapshot-4.pt"]
+    last = torch.load(tmp_path / "run" / "checkpoints" / "snapshot-4.pt", weights_only=True)
+    for key, value in result.model.state_dict().items():
+        torch.testing.assert_close(last[key], value)
+    earlier = torch.load(tmp_path / "run" / "checkpoints" / "snapshot-3.pt", weights_only=True)
+    assert not torch.equal(earlier["0.weight"], last["0.weight"])

@@ -35,7 +35,7 @@ class EnsembleResult:
 
 def ensemble(members: list[str | Path], *, method: str = "average", weights: list[float] | None = None,
              name: str | None = None, register: bool | None = None, out: str | Path | None = None,
-             data: str | Path | None = None) -> EnsembleResult:
+             data: str | Path | None = None, snapshots: int | None = None) -> EnsembleResult:
     """Combine trained models into an ensemble run directory.
 
     Args:
@@ -49,7 +49,12 @@ def ensemble(members: list[str | Path], *, method: str = "average", weights: lis
         out: the run directory to write (default `<output.dir>/<name>-<timestamp>/`).
         data: a labelled file to evaluate on instead of the members' own test split (needed when they were
             trained on different rows; not for stacking, which needs their validation split).
+        snapshots: snapshot ensembling: `members` is one run directory trained with training.average.snapshots,
+            and the members are its last `snapshots` epochs' weights.
     """
+    if snapshots:
+        return _snapshot_ensemble(members, snapshots, method=method, weights=weights, name=name, register=register,
+                                  out=out, data=data)
     from modelfoundry.ensemble.combine import combine, member_weights
     from modelfoundry.ensemble.members import check_members, check_same_rows
 
@@ -78,10 +83,36 @@ def ensemble(members: list[str | Path], *, method: str = "average", weights: lis
     return result
 
 
-def _member(ref: str | Path) -> Any:
+def _snapshot_ensemble(members: list[str | Path], keep: int, **options: Any) -> EnsembleResult:
+    """The ensemble of one run's last `keep` epoch snapshots (each a temporary member run directory)."""
+    from modelfoundry.ensemble.members import snapshot_dirs
+
+    if len(members) != 1 or not Path(members[0]).is_dir():
+        raise ConfigError(f"--snapshots ensembles the weight snapshots of one run directory; got {len(members)} "
+                          f"member(s): {', '.join(map(str, members))}.",
+                          "Pass one run directory trained with training.average.snapshots: "
+                          "`foundry ensemble runs/RUN --snapshots 5`.")
+    run = Path(members[0])
+    work = Path(tempfile.mkdtemp(prefix=".snapshots-"))
+    try:
+        dirs = snapshot_dirs(run, keep, work)
+        version = _member(run).version
+        group = [_member(path) for _, path in dirs]
+        for member, (label, _) in zip(group, dirs):
+            member.ref, member.version, member.origin = label, version, str(run.resolve())
+        options.setdefault("name", None)
+        options["name"] = options["name"] or f"{group[0].saved.config.name}-snapshots"
+        return ensemble(group, **options)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _member(ref: Any) -> Any:
     from modelfoundry.ensemble.members import Member
     from modelfoundry.rundir import is_language_model, load_model
 
+    if isinstance(ref, Member):  # already loaded (a run's weight snapshot)
+        return ref
     local = model_dir(ref)
     if is_language_model(local):
         raise ConfigError(f"{ref} is a language model; ensembles combine classifiers and regressors.",
@@ -157,7 +188,7 @@ def _build(group: list[Any], config: Any, combination: Any, rows: dict[str, Any]
     try:
         exports = [member_export(m, work / f"m{k}") for k, m in enumerate(group)]
         facts = {"method": combination.method, "evaluated_on": rows["split"],
-                 "members": [{"ref": m.ref, "version": m.version, "run_dir": str(m.run_dir.resolve())} for m in group]}
+                 "members": [{"ref": m.ref, "version": m.version, "run_dir": m.origin or str(m.run_dir.resolve())} for m in group]}
         expected = _model_scale(group[0].saved, combination.apply(rows["test"]))
         if all(m.desc == group[0].desc for m in group[1:]):
             write_run_dir(out, group, config, combination, [ExportDir(e).graph for e in exports], facts)
@@ -246,7 +277,7 @@ def _evaluate(group: list[Any], config: Any, combination: Any, rows: dict[str, A
     member_metrics = [task_metrics(first.task, rows["truth"], _model_scale(first, o), decode, top_k)
                       for o in rows["test"]]
     shown = headline(first.task, config.evaluation.metrics, metrics)
-    members = [{"ref": m.ref, "version": m.version, "run_dir": str(m.run_dir.resolve()), "metrics": mm}
+    members = [{"ref": m.ref, "version": m.version, "run_dir": m.origin or str(m.run_dir.resolve()), "metrics": mm}
                for m, mm in zip(group, member_metrics)]
     write_json(layout.eval_dir / "members.json", members)
     table = members_table(first.task, [m.ref for m in group], member_metrics, metrics, shown)
@@ -265,7 +296,7 @@ def _register(result: EnsembleResult, config: Any, group: list[Any]) -> dict[str
     logged = track_run(result.run_dir, config, {k: v for k, v in result.metrics.items()
                                                 if isinstance(v, (int, float))})
     if logged.get("version"):
-        refs = [m.version or str(m.run_dir.resolve()) for m in group]
+        refs = [m.ref if m.origin else m.version or str(m.run_dir.resolve()) for m in group]
         tag_version(f"{config.name}/{logged['version']}", {"foundry.ensemble_members": json.dumps(refs)[:5000],
                                                           "foundry.ensemble_method": result.method},
                     config.tracking.uri)

@@ -27,7 +27,11 @@ def ensemble(members: Annotated[list[str], typer.Argument(help="Two or more memb
              out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Run directory to write (default: "
                                                          "runs/<name>-<timestamp>/).")] = None,
              data: Annotated[Optional[Path], typer.Option("--data", help="Labelled file to evaluate on, when the "
-                                                          "members were not trained on the same split.")] = None) -> None:
+                                                          "members were not trained on the same split.")] = None,
+             snapshots: Annotated[Optional[int], typer.Option("--snapshots", min=2, help="Snapshot ensembling: "
+                                                              "the one member is a run directory trained with "
+                                                              "training.average.snapshots; combine its last K epochs' "
+                                                              "weights.")] = None) -> None:
     """Combine trained models (average, vote or stack) into an ensemble run: evaluated beside its members and the
     baselines, one ONNX graph (serve and predict take it like any run), registered with its members as lineage."""
     from modelfoundry.api.ensembles import ensemble as build
@@ -40,7 +44,8 @@ def ensemble(members: Annotated[list[str], typer.Argument(help="Two or more memb
         except ValueError:
             raise ConfigError(f"--weights must be comma-separated numbers, e.g. 0.6,0.4. Got {weights!r} instead.") \
                 from None
-    result = build(members, method=method, weights=parsed, name=name, register=register, out=out, data=data)
+    result = build(members, method=method, weights=parsed, name=name, register=register, out=out, data=data,
+                   snapshots=snapshots)
     _print(result)
 
 

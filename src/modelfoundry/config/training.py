@@ -87,6 +87,9 @@ class AverageConfig(Section):
     # epoch and every later one; ema updates its average after every optimizer step from that epoch on
     start: float = Field(0.75, ge=0, le=1)
     ema_decay: float = Field(0.999, gt=0, lt=1)  # ema: average = decay x average + (1 - decay) x weights
+    # keep the weights of the last K epochs as checkpoints/snapshot-<epoch>.pt, for snapshot ensembling:
+    # `foundry ensemble RUN_DIR --snapshots K` averages their predictions (independent of `method`)
+    snapshots: int = Field(0, ge=0, le=100)
 
 
 class TrainingConfig(Section):

@@ -23,6 +23,7 @@ class Member:
     ref: str
     saved: Any
     version: str | None = None  # NAME/VERSION when it is (or was registered as) a registry version
+    origin: str | None = None  # where it comes from when its directory is temporary (a run's weight snapshot)
 
     @property
     def run_dir(self) -> Path:
@@ -87,3 +88,28 @@ def check_same_rows(members: list[Member]) -> None:
                             "test rows.", "Train the members on the same data with the same split seed "
                             "(data.split.seed), or evaluate the ensemble on a labelled file all members held out: "
                             "--data FILE.")
+
+
+def snapshot_dirs(run_dir: Path, keep: int, work: Path) -> list[tuple[str, Path]]:
+    """Snapshot ensembling: the last `keep` epochs' weights of a run (checkpoints/snapshot-<epoch>.pt, kept by
+    training.average.snapshots), each made a run directory under `work` (the run's records, that epoch's
+    weights); [(label "<run>@epoch-<N>", directory)], oldest first."""
+    import re
+    import shutil
+
+    layout = RunDir(run_dir)
+    found = sorted((int(m.group(1)), p) for p in layout.checkpoints.glob("snapshot-*.pt")
+                   if (m := re.fullmatch(r"snapshot-(\d+)\.pt", p.name)))[-keep:]
+    if len(found) < 2:
+        raise ConfigError(f"{run_dir} holds {len(found)} weight snapshot(s) (checkpoints/snapshot-<epoch>.pt); "
+                          f"--snapshots {keep} needs at least two.", "Train it with `training.average.snapshots: "
+                          f"{max(keep, 2)}` (the last epochs' weights are kept), then run this again.")
+    out = []
+    for epoch, snapshot in found:
+        target = RunDir(work / f"epoch-{epoch}")
+        target.model_dir.mkdir(parents=True)
+        for name in (RunDir.CONFIG, RunDir.DATA_RECORD, RunDir.MANIFEST, RunDir.PREPROCESS, RunDir.MODEL_RECORD):
+            shutil.copyfile(layout.path / name, target.path / name)
+        shutil.copyfile(snapshot, target.weights)
+        out.append((f"{run_dir}@epoch-{epoch}", target.path))
+    return out

@@ -115,3 +115,19 @@ def training_pass(train: Iterable[tuple[Any, ...]], generator: torch.Generator, 
             generator.set_state(state)
 
     return batches
+
+
+SNAPSHOT = "snapshot-{epoch}.pt"
+
+
+def save_snapshot(live: dict[str, torch.Tensor], checkpoints: Any, epoch: int, keep: int) -> None:
+    """The weights at the end of `epoch` as checkpoints/snapshot-<epoch>.pt (loadable with weights_only), and
+    the snapshot `keep` epochs older removed: the last `keep` epochs' weights stay (snapshot ensembling)."""
+    from pathlib import Path
+
+    from modelfoundry.train.callbacks import save_atomic
+
+    folder = Path(checkpoints)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_atomic({k: v.detach().cpu().clone() for k, v in live.items()}, folder / SNAPSHOT.format(epoch=epoch))
+    (folder / SNAPSHOT.format(epoch=epoch - keep)).unlink(missing_ok=True)

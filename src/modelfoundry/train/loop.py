@@ -22,7 +22,7 @@ from modelfoundry.artifacts.rundir import RunDir
 from modelfoundry.config import TrainingConfig
 from modelfoundry.errors import ConfigError, RunDirError, TrainingError
 from modelfoundry.reporting import Reporter, reporter_for
-from modelfoundry.train.averaging import build_average, training_pass
+from modelfoundry.train.averaging import build_average, save_snapshot, training_pass
 from modelfoundry.train.callbacks import (Callback, CheckpointPolicy, EarlyStopping, MetricsLog, TensorBoardLogger,
                                           TrainingProgress, save_atomic)
 from modelfoundry.train.runtime import restore_rng_state, rng_state
@@ -230,6 +230,8 @@ def fit(model: nn.Module, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.n
                 history.append(record)
                 if average is not None:
                     average.epoch_end(epoch)
+                if run_dir and cfg.average.snapshots:  # snapshot ensembling: the last K epochs' weights
+                    save_snapshot(trained_state(model), layout.checkpoints, epoch, cfg.average.snapshots)
                 for callback in callbacks:
                     callback.on_epoch_end(record)
                 final = epoch == cfg.epochs or stopper.should_stop or interrupt.requested
