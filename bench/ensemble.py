@@ -5,6 +5,9 @@ that differ in seed and architecture are trained on the same split (`data.split.
 three methods (average, vote, stack) combine them. Each line compares the ensemble's test accuracy / log loss
 with the best member's and the members' mean, on the same test rows.
 
+Snapshot ensembling: one run per seed keeping its last 5 epochs' weights (constant learning rate), its own
+test accuracy (best epoch) against the average of the snapshots' predictions.
+
 Weight averaging: the same data, one MLP per seed trained three ways that differ only in `training.average`
 (none: the best validation epoch; swa and ema: the averaged weights), with a step learning rate that stays high,
 the regime where averaging helps most.
@@ -72,6 +75,20 @@ def averaging(seed: int, epochs: int, work: Path) -> dict[str, float]:
     return out
 
 
+def snapshots(seed: int, epochs: int, work: Path) -> dict[str, float]:
+    """One run keeping its last 5 epochs' weights (constant lr): its own test accuracy (best epoch) against the
+    average of those snapshots' predictions (`foundry ensemble RUN --snapshots 5`)."""
+    from modelfoundry.api.ensembles import ensemble
+    from modelfoundry.api.training import run
+
+    cfg = base(seed, epochs)
+    cfg["training"].update(optimizer={"lr": 0.01}, average={"snapshots": 5})
+    result = run(load_config({**cfg, "model": {"name": "mlp", "hidden": [64]}}), run_dir=work / f"snap-{seed}",
+                 progress=False)
+    combined = ensemble([result.run_dir], snapshots=5, out=work / f"snap-{seed}-ens", register=False)
+    return {"run": result.metrics["accuracy"], "snapshots": combined.metrics["accuracy"]}
+
+
 def main() -> None:
     global SOURCE
     parser = argparse.ArgumentParser()
@@ -82,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     SOURCE = args.source
     epochs = 6 if args.quick else 20
-    gains, rows, avg_rows = [], [], []
+    gains, rows, avg_rows, snap_rows = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
             found = ensembles(seed, epochs, Path(tmp))
@@ -97,12 +114,16 @@ def main() -> None:
             avg_rows.append(averaged)
             print(f"seed {seed}: weights none {averaged['none']:.4f} swa {averaged['swa']:.4f} "
                   f"ema {averaged['ema']:.4f}", flush=True)
+            snap_rows.append(snapshots(seed, epochs, Path(tmp)))
+            print(f"seed {seed}: one run {snap_rows[-1]['run']:.4f} | its last 5 epochs' snapshots "
+                  f"{snap_rows[-1]['snapshots']:.4f}", flush=True)
     mean = statistics.mean
     print(f"best_member_acc={mean(r[0] for r in rows):.4f} mean_member_acc={mean(r[1] for r in rows):.4f} "
           f"average_acc={mean(r[2]['average'] for r in rows):.4f} vote_acc={mean(r[2]['vote'] for r in rows):.4f} "
           f"stack_acc={mean(r[2]['stack'] for r in rows):.4f} average_minus_best={mean(gains):+.4f} "
           f"none_acc={mean(r['none'] for r in avg_rows):.4f} swa_acc={mean(r['swa'] for r in avg_rows):.4f} "
-          f"ema_acc={mean(r['ema'] for r in avg_rows):.4f} seeds={args.seeds} source={args.source}")
+          f"ema_acc={mean(r['ema'] for r in avg_rows):.4f} run_acc={mean(r['run'] for r in snap_rows):.4f} "
+          f"snapshots_acc={mean(r['snapshots'] for r in snap_rows):.4f} seeds={args.seeds} source={args.source}")
 
 
 if __name__ == "__main__":
