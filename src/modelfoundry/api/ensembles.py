@@ -100,8 +100,7 @@ def _snapshot_ensemble(members: list[str | Path], keep: int, **options: Any) -> 
         group = [_member(path) for _, path in dirs]
         for member, (label, _) in zip(group, dirs):
             member.ref, member.version, member.origin = label, version, str(run.resolve())
-        options.setdefault("name", None)
-        options["name"] = options["name"] or f"{group[0].saved.config.name}-snapshots"
+        options["name"] = options.get("name") or f"{group[0].saved.config.name}-snapshots"
         return ensemble(group, **options)
     finally:
         shutil.rmtree(work, ignore_errors=True)
