@@ -104,6 +104,10 @@ def print_summary(result: Any) -> None:
             value += f"   (linear baseline {linear:.4f}, dummy {result.metrics.get(f'baseline_dummy_{name}', 0):.4f})"
         elif f"baseline_base_{name}" in result.metrics:  # a language model: its base model, not fine-tuned
             value += f"   (base model {result.metrics[f'baseline_base_{name}']:.4f})"
+        elif f"baseline_noise_{name}" in result.metrics:  # a GAN: beside Gaussian noise (and per-class noise)
+            value += f"   (Gaussian noise {result.metrics[f'baseline_noise_{name}']:.4f}" + (
+                f", per-class {result.metrics[f'baseline_class_gaussian_{name}']:.4f})"
+                if f"baseline_class_gaussian_{name}" in result.metrics else ")")
         evaluated_on = result.extras.get("evaluated_on", "test split")
         table.add_row(f"test {name}" if evaluated_on == "test split" else f"{name} ({evaluated_on})", value)
     table.add_row("wall time", f"{result.wall_s:.1f} s")
