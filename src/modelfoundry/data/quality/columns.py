@@ -195,8 +195,8 @@ def _outliers(column: str, values: np.ndarray, distinct: int) -> list[Finding]:
         return []
     return [Finding("outliers", "info", [column], part,
                     f"'{column}' has {count} values ({percent(part)}) beyond 3 IQR of its quartiles "
-                    f"(outside [{low:.4g}, {high:.4g}]).", "Check them for unit or entry errors; data.clean.outliers "
-                    "(iqr | zscore) clips them to bounds learnt on the training rows.",
+                    f"(outside [{low:.4g}, {high:.4g}]).", "Check them for unit or entry errors; data.clean.outliers.method: "
+                    "iqr | zscore clips them to bounds learnt on the training rows.",
                     {"count": count, "low": float(low), "high": float(high)})]
 
 

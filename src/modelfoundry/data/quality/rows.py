@@ -98,7 +98,8 @@ def duplicate_findings(frame: pd.DataFrame, target: str | None = None, task: str
         findings.append(Finding("duplicates", "warning" if part >= 0.01 else "info", [], part,
                                 f"{exact} rows ({percent(part)}) repeat an earlier row exactly; a repeated row can "
                                 "land in both the training and the test split and flatter the test score.",
-                                "Set data.clean.duplicates: drop, or remove them from the file.", {"rows": exact}))
+                                "Training drops them before splitting (data.clean.duplicates: drop, the default); "
+                                "keep that, or remove them at the source.", {"rows": exact}))
     if loose > exact:
         extra = loose - exact
         part = share(extra, len(frame))
