@@ -139,7 +139,7 @@ def warn_before_training(config: Config, data: PreparedData, progress: Reporter 
         frame = pd.concat(list(data.frames.values()))
         result = quick_check(frame, source=config.data.source, target=config.data.target, task=data.task,
                              seed=config.seed)
-    except (FoundryError, ValueError, TypeError, KeyError, MemoryError) as exc:
+    except (FoundryError, ValueError, TypeError, KeyError, IndexError, MemoryError, OSError) as exc:
         logging.getLogger(__name__).warning("the quick data check was skipped: %s", exc)
         return
     for line in run_lines(result.findings, config.data.source, config.data.target):
