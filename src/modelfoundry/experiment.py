@@ -76,7 +76,7 @@ def fit_config(config: Config, data: PreparedData, *, run_dir: Path | None = Non
         load_weights(model, initial_state)
     augmenter = build_augmenter(config, data, model)
     if data.task == "generative":  # a GAN: its own loop (train/gan_loop.py)
-        return _fit_gan(config, data, model, run_dir, resume, progress, callbacks)
+        return _fit_gan(config, data, model, run_dir, resume, progress, callbacks, metrics)
     target_std = data.target_encoder.std_ if data.task == "regression" else 1.0
     stopping = config.training.early_stopping
     names = {stopping.monitor if stopping else "val_loss", *metrics}
@@ -100,14 +100,19 @@ def build_augmenter(config: Config, data: PreparedData, model: Any = None) -> An
 
 
 def _fit_gan(config: Config, data: PreparedData, model: Any, run_dir: Path | None, resume: bool,
-             progress: Reporter | bool | None, callbacks: Sequence[Callback]) -> FitResult:
+             progress: Reporter | bool | None, callbacks: Sequence[Callback], metrics: Iterable[str]) -> FitResult:
     """Train a GAN (two Adam optimizers of its own: training.optimizer and training.scheduler do not apply),
     scored each epoch by the Frechet distance of generated rows to the validation rows."""
     from modelfoundry.errors import ConfigError
     from modelfoundry.evaluate.generative import epoch_quality
     from modelfoundry.train.gan_loop import fit_gan
 
-    foreign = sorted({"optimizer", "scheduler"} & config.training.model_fields_set)
+    if set(metrics) - {"val_fd"}:  # a tuning study's objective: a GAN's epochs record no val_loss or val_<metric>
+        raise ConfigError(f"A GAN's epochs record val_fd, not {', '.join(sorted(set(metrics)))}, so `foundry tune` "
+                          "cannot score its trials.", "Compare GAN settings with separate `foundry run`s (their "
+                          "eval/report.md), or tune the classifier that uses its rows (data.balance.method: gan).")
+    defaults = type(config.training)()
+    foreign = [key for key in ("optimizer", "scheduler") if getattr(config.training, key) != getattr(defaults, key)]
     if foreign:
         raise ConfigError(f"A GAN trains with two Adam optimizers of its own, so training.{foreign[0]} does not "
                           "apply.", f"Remove training.{foreign[0]}; set the learning rates with model.g_lr and "

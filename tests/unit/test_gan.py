@@ -185,3 +185,15 @@ def test_a_gan_refuses_training_optimizer_settings_it_would_ignore():
     config = _generative({"optimizer": {"name": "sgd", "lr": 0.1}}, source="sklearn:breast_cancer", target=None)
     with pytest.raises(ConfigError, match="training.optimizer"):
         fit_config(config, prepare(config))
+
+
+def test_a_gan_config_with_every_default_written_out_still_trains_and_tuning_is_refused():
+    from modelfoundry.config import Config
+    from modelfoundry.experiment import fit_config, prepare
+
+    config = _generative({"epochs": 1}, source="sklearn:breast_cancer", target=None)
+    written = Config.model_validate(config.model_dump(mode="json"))  # as config.yaml is read back on --resume
+    data = prepare(written)
+    assert len(fit_config(written, data).history) == 1
+    with pytest.raises(ConfigError, match="cannot score its trials"):
+        fit_config(written, data, metrics=["val_loss"])
