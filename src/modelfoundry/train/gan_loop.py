@@ -37,6 +37,7 @@ from modelfoundry.train.callbacks import (
 )
 from modelfoundry.train.loop import (
     CHECKPOINT_FORMAT,
+    PROGRESS_INTERVAL_S,
     BestWeights,
     FitResult,
     _DeferredInterrupt,
@@ -60,8 +61,8 @@ def fit_gan(model: Any, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.nda
     read when the GAN is conditional) for `cfg.epochs` epochs of `cfg.batch_size` rows.
 
     `ema_decay` > 0 keeps an exponential moving average of the generator's weights (GeneratorAverage): it is the
-    generator scored each epoch, kept as the best and returned. `quality(generated)` maps rows generated for the validation split (as many, with its classes) to the epoch's
-    `val_*` numbers; `callbacks` see each epoch record (one may raise to end training). With `run_dir`, writes
+    generator scored each epoch, kept as the best and returned. `quality(generated)` maps rows generated for the
+    validation split (as many, with its classes) to the epoch's `val_*` numbers; `callbacks` see each epoch record (one may raise to end training). With `run_dir`, writes
     metrics.jsonl and checkpoints there; `resume` continues from checkpoints/last.pt exactly where it stopped.
     """
     started = time.perf_counter()
@@ -126,7 +127,7 @@ def fit_gan(model: Any, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.nda
                 model.train()
                 order = torch.randperm(n_rows, generator=generator)
                 sums = torch.zeros(4)  # d_loss, g_loss, D(x), D(G(z)) summed over the steps
-                g_steps = 0
+                g_steps, next_tick = 0, epoch_start + PROGRESS_INTERVAL_S
                 for step in range(batches):
                     idx = order[step * bs:(step + 1) * bs if step + 1 < batches else n_rows].to(device)
                     real, labels = real_all[idx], labels_all[idx] if model.conditional else None
@@ -154,8 +155,9 @@ def fit_gan(model: Any, X: dict[str, dict[str, np.ndarray]], y: dict[str, np.nda
                     sums[0] += d_loss.detach().cpu()
                     sums[2] += torch.sigmoid(d_real.detach()).mean().cpu()
                     sums[3] += torch.sigmoid(d_fake.detach()).mean().cpu()
-                    if reporter:
+                    if reporter and time.perf_counter() > next_tick:
                         reporter.advance((epoch - 1) * batches + step + 1)
+                        next_tick = time.perf_counter() + PROGRESS_INTERVAL_S
                 d_mean, g_sum, d_x, d_gz = sums.tolist()
                 record = {"epoch": epoch, "d_loss": d_mean / batches, "g_loss": g_sum / max(g_steps, 1),
                           "d_real": d_x / batches, "d_fake": d_gz / batches}
