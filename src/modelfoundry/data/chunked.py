@@ -3,13 +3,15 @@
 Fitting stays in the calling process, on the training split; the workers apply the fitted preprocessing's portable
 description (JSON, data/portable.py) to chunks of `data.chunk_rows` rows, which gives exactly what one process
 gives: every row is transformed alone (scaling, encoding, tokenizing to a fixed length), and the chunks are put
-back together in order. Workers are forked where the platform allows (they start in milliseconds and inherit
-the rows, so nothing but the chunk bounds and the arrays made travel between processes), else spawned.
+back together in order. Workers are forked where the platform allows: they start in milliseconds, inherit the rows
+and write their chunks' rows straight into the output arrays, which live in shared memory (only the chunk bounds
+travel between processes); elsewhere they are spawned and chunks and arrays are sent both ways.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -45,32 +47,54 @@ def transform_parts(desc: dict[str, Any], parts: dict[str, pd.DataFrame], origin
     `chunk_rows` rows shared by `workers` processes; one process (the caller's) when `workers` is 1."""
     from modelfoundry.data.portable import apply_portable
 
-    if workers <= 1:
+    if workers <= 1 or not any(len(part) for part in parts.values()):
         return {name: apply_portable(desc, part, origins[name], text) for name, part in parts.items()}
     tasks = [(name, start, min(start + chunk_rows, len(part))) for name, part in parts.items()
-             for start in range(0, max(len(part), 1), chunk_rows)]
-    forked = "fork" in multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if forked else "spawn")
-    text_json = json.dumps(desc)
-    _SHARED.update(desc=desc, parts=parts, origins=origins, text=text)
-    try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as pool:
-            if forked:
-                done = list(pool.map(_forked_chunk, tasks))
-            else:
-                done = list(pool.map(_shipped_chunk, [(text_json, parts[n].iloc[a:b], origins[n], text)
-                                                      for n, a, b in tasks]))
+             for start in range(0, len(part), chunk_rows)]
+    if "fork" not in multiprocessing.get_all_start_methods():
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(_shipped_chunk, [(json.dumps(desc), parts[n].iloc[a:b], origins[n], text)
+                                                  for n, a, b in tasks]))
+        return _joined(parts, tasks, done)
+    out = _shared_outputs(desc, parts, origins, text)
+    _SHARED.update(desc=desc, parts=parts, origins=origins, text=text, out=out)
+    try:  # forked workers inherit the rows and write their chunk's rows of the shared outputs
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
+                                 mp_context=multiprocessing.get_context("fork")) as pool:
+            list(pool.map(_forked_chunk, tasks))
     finally:
         _SHARED.clear()
-    return _joined(parts, tasks, done)
+    return out
 
 
-def _forked_chunk(task: tuple[str, int, int]) -> Inputs:
+def _shared_outputs(desc: dict[str, Any], parts: dict[str, pd.DataFrame], origins: dict[str, str],
+                    text: bool) -> dict[str, Inputs]:
+    """Each part's output arrays in anonymous shared memory (what forked workers write into), laid out as one
+    row of the first non-empty part comes out (names, dtypes, per-row shapes)."""
+    from modelfoundry.data.portable import apply_portable
+
+    name = next(n for n, part in parts.items() if len(part))
+    layout = apply_portable(desc, parts[name].iloc[:1], origins[name], text)
+    out: dict[str, Inputs] = {}
+    for split, part in parts.items():
+        out[split] = {}
+        for key, row in layout.items():
+            shape = (len(part), *row.shape[1:])
+            size = int(np.prod(shape)) * row.dtype.itemsize
+            buffer = mmap.mmap(-1, size) if size else bytearray(0)  # MAP_SHARED | MAP_ANONYMOUS
+            out[split][key] = np.frombuffer(buffer, dtype=row.dtype).reshape(shape)
+    return out
+
+
+def _forked_chunk(task: tuple[str, int, int]) -> None:
     from modelfoundry.data.portable import apply_portable
 
     name, start, stop = task
-    return apply_portable(_SHARED["desc"], _SHARED["parts"][name].iloc[start:stop], _SHARED["origins"][name],
+    made = apply_portable(_SHARED["desc"], _SHARED["parts"][name].iloc[start:stop], _SHARED["origins"][name],
                           _SHARED["text"])
+    for key, array in made.items():
+        _SHARED["out"][name][key][start:stop] = array
 
 
 def _shipped_chunk(task: tuple[str, pd.DataFrame, str, bool]) -> Inputs:
