@@ -236,6 +236,7 @@ def test_cv_folds_hit_the_cache_on_a_second_run(cache_dir, monkeypatch):
 
 def test_chunked_workers_give_what_one_process_gives(tmp_path):
     from modelfoundry.data.chunked import plan_workers, transform_parts
+    from modelfoundry.data.portable import apply_portable
 
     frame = reviews(300)
     frame.loc[::7, "stars"] = np.nan
@@ -244,12 +245,14 @@ def test_chunked_workers_give_what_one_process_gives(tmp_path):
     data = prepare(cfg)
     parts = {"train": frame.iloc[:250], "test": frame.iloc[250:]}
     origins = {name: name for name in parts}
-    one = transform_parts(data.preprocessor.desc, parts, origins, True, 1, 1000)
-    many = transform_parts(data.preprocessor.desc, parts, origins, True, 2, 40)  # 7 + 2 chunks on 2 workers
-    for split in parts:
-        assert list(many[split]) == list(one[split]) == ["numeric", "tokens", "attention_mask"]
-        for name in one[split]:
-            np.testing.assert_array_equal(many[split][name], one[split][name])
+    whole = {name: apply_portable(data.preprocessor.desc, part) for name, part in parts.items()}
+    for workers in (1, 2):  # 7 + 2 chunks, in this process or on 2 workers
+        chunked = transform_parts(data.preprocessor.desc, parts, origins, True, workers, 40)
+        for split in parts:
+            assert list(chunked[split]) == list(whole[split]) == ["numeric", "tokens", "attention_mask"]
+            for name in whole[split]:
+                assert chunked[split][name].dtype == whole[split][name].dtype
+                np.testing.assert_array_equal(chunked[split][name], whole[split][name])
     assert plan_workers(10_000, 1000, 3) == 3 and plan_workers(10_000, 1000, 1) == 1
     assert plan_workers(500, 1000, "auto") == 1 and plan_workers(10**6, 1000, "auto", text=True) == 1
 
@@ -280,3 +283,16 @@ def test_the_splits_of_a_finished_run_come_from_the_cache_while_the_source_is_un
     source.write_text(source.read_text().replace("Rome", "Roma", 1))
     with pytest.raises(DataError, match="changed since RUN was trained"):
         prepare_module.rebuild_splits(cfg.data, cfg.seed, sha, "RUN")
+
+
+def test_spawned_workers_where_fork_is_missing_give_the_same_arrays(tmp_path, monkeypatch):
+    from modelfoundry.data import chunked
+    from modelfoundry.data.portable import apply_portable
+
+    frame = reviews(120)
+    frame.to_csv(tmp_path / "r.csv", index=False)
+    data = prepare(config(tmp_path / "r.csv", cache=False))
+    monkeypatch.setattr(chunked.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    made = chunked.transform_parts(data.preprocessor.desc, {"all": frame}, {"all": "all"}, True, 2, 50)
+    for name, expected in apply_portable(data.preprocessor.desc, frame).items():
+        np.testing.assert_array_equal(made["all"][name], expected)
