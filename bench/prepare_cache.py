@@ -15,10 +15,11 @@ source file read once before timing (the OS cache warm for both). `cache_speedup
 three. Writing the entry is timed apart (the first preparation's own time is recorded in the entry), and a
 preparation with `data.cache: false` is shown beside it.
 
-**Workers.** The fitted preprocessing applied to the table's splits by `data/chunked.py transform_parts` with one
-process and with two (chunks of data.chunk_rows = 100,000 rows), alternating, median of three each:
-`parallel_speedup`. The same for the sentiment texts (why `auto` keeps one process for text: the tokenizers library
-already encodes on every core).
+**Chunks and workers.** The fitted preprocessing applied to the table's splits whole in one process (what
+preparation did before chunks), by `data/chunked.py transform_parts` in chunks of data.chunk_rows = 100,000 rows in
+one process, and in chunks on two workers; alternating, medians of three: `chunk_speedup` (chunks over whole) and
+`parallel_speedup` (two workers over one process, both in chunks). The same for the sentiment texts (why `auto`
+keeps one process for text: the tokenizers library already encodes on every core).
 
 **Memory-mapped training.** One epoch of a small MLP on the table's cached arrays, preloaded (in memory) vs
 streamed from the memory-mapped entry (what a hit above MMAP_BYTES gives): `stream_vs_preload`.
@@ -103,22 +104,27 @@ def cache_times(config: Any) -> dict[str, float]:
     return times
 
 
-def worker_times(config: Any, chunk_rows: int, repeats: int = 3) -> tuple[float, float]:
-    """Median seconds of transforming the splits with one process and with two."""
+def worker_times(config: Any, chunk_rows: int, repeats: int = 3) -> dict[str, float]:
+    """Median seconds of transforming the splits whole in one process (before chunks), in chunks in one process,
+    and in chunks on two workers."""
     from modelfoundry.data.chunked import transform_parts
+    from modelfoundry.data.portable import apply_portable
     from modelfoundry.data.prepare import _split_parts, prepare_data
 
     cfg = config.data.model_copy(update={"cache": False, "workers": 1})
-    data = prepare_data(cfg, config.seed)
+    desc = prepare_data(cfg, config.seed).preprocessor.desc
     _, parts = _split_parts(cfg, config.seed)
     origins = {name: name for name in parts}
-    one, two = [], []
+    ways = {"whole": lambda: {name: apply_portable(desc, part) for name, part in parts.items()},
+            "chunks": lambda: transform_parts(desc, parts, origins, True, 1, chunk_rows),
+            "workers": lambda: transform_parts(desc, parts, origins, True, 2, chunk_rows)}
+    times: dict[str, list[float]] = {name: [] for name in ways}
     for i in range(repeats):
-        for workers in ((1, 2) if i % 2 == 0 else (2, 1)):
+        for name in (list(ways) if i % 2 == 0 else list(reversed(ways))):
             start = time.perf_counter()
-            transform_parts(data.preprocessor.desc, parts, origins, True, workers, chunk_rows)
-            (one if workers == 1 else two).append(time.perf_counter() - start)
-    return statistics.median(one), statistics.median(two)
+            ways[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def epoch_times(config: Any, repeats: int = 2) -> tuple[float, float]:
@@ -167,17 +173,19 @@ def main() -> None:
             print(f"{name:9s} first {t['first']:7.3f} s (of which writing the entry {t['store']:.3f} s; without the "
                   f"cache {t['uncached']:.3f} s)  hit {t['hit']:.4f} s  -> {ratios[name]:6.1f}x  "
                   f"(+{t['frames']:.3f} s when the split frames are read)")
-        one, two = worker_times(cfgs["table"], cfgs["table"].data.chunk_rows)
-        text_one, text_two = worker_times(cfgs["sentiment"], 5000)
-        print(f"transform, table:     1 process {one:.3f} s, 2 workers {two:.3f} s -> {one / two:.2f}x")
-        print(f"transform, sentiment: 1 process {text_one:.3f} s, 2 workers {text_two:.3f} s -> {text_one / text_two:.2f}x")
+        table, text = worker_times(cfgs["table"], cfgs["table"].data.chunk_rows), worker_times(cfgs["sentiment"], 5000)
+        for name, t in (("table", table), ("sentiment", text)):
+            print(f"transform, {name + ':':10s} whole {t['whole']:.3f} s, chunks in 1 process {t['chunks']:.3f} s "
+                  f"({t['whole'] / t['chunks']:.2f}x), chunks on 2 workers {t['workers']:.3f} s "
+                  f"({t['chunks'] / t['workers']:.2f}x more)")
         stream = ""
         if not args.no_train:
             preload, streamed = epoch_times(cfgs["table"])
             print(f"one epoch on the cached table: preloaded {preload:.2f} s, streamed (memory-mapped) {streamed:.2f} s")
             stream = f" stream_vs_preload={streamed / preload:.2f}"
     print(f"cache_speedup={min(ratios.values()):.1f} " + " ".join(f"{k}_speedup={v:.1f}" for k, v in ratios.items())
-          + f" parallel_speedup={one / two:.2f} text_parallel_speedup={text_one / text_two:.2f}{stream} "
+          + f" chunk_speedup={table['whole'] / table['chunks']:.2f} parallel_speedup={table['chunks'] / table['workers']:.2f}"
+          f" text_parallel_speedup={text['chunks'] / text['workers']:.2f}{stream} "
           f"rows={args.rows} cores={len(os.sched_getaffinity(0))}")
 
 
