@@ -276,9 +276,9 @@ def _evict(directory: Path, room: int) -> None:
                     shutil.rmtree(folder, ignore_errors=True)
                 continue
             meta = folder / "meta.json"
-            size = int(json.loads(meta.read_text()).get("bytes", 0)) if meta.is_file() else 0
+            size = sum(f.stat().st_size for f in os.scandir(folder) if f.name != "meta.json")  # not parsed: big
             entries.append((meta.stat().st_mtime if meta.is_file() else 0.0, size, folder))
-        except (OSError, ValueError, TypeError, AttributeError):
+        except OSError:
             entries.append((0.0, 0, folder))
     total = sum(size for _, size, _ in entries)
     for _, size, folder in sorted(entries, key=lambda e: e[0]):
